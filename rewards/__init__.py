@@ -1,0 +1,1 @@
+"""Reward models, installed as ``flowrl.rewards`` (one file per reward model)."""

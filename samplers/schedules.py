@@ -1,0 +1,90 @@
+"""Sigma schedules for flow matching (x_σ = (1−σ)·x0 + σ·ε, σ runs 1 → 0).
+
+A schedule is a 1-D tensor of ``T + 1`` decreasing sigmas ending at 0; step ``i`` goes from
+``sigmas[i]`` to ``sigmas[i + 1]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def shift_sigmas(sigmas: Tensor, shift: float) -> Tensor:
+    """Time-shift sigmas: σ' = s·σ / (1 + (s − 1)·σ) (SD3 uses s = 3). Shape preserved."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def linear_sigmas(num_steps: int, shift: float = 1.0, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``num_steps + 1`` sigmas, linear from 1 to 0 in un-shifted time, then shifted. Shape ``[T + 1]``."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, dtype=dtype), shift)
+
+
+def dynamic_shift_mu(image_seq_len: int, config: Any) -> float:
+    """FLUX's resolution-dependent shift exponent, interpolated linearly in the token count.
+
+    Reads ``base_image_seq_len``, ``max_image_seq_len``, ``base_shift`` and ``max_shift`` from a
+    ``FlowMatchEulerDiscreteScheduler`` config.
+    """
+    base_len, max_len = config.base_image_seq_len, config.max_image_seq_len
+    slope = (config.max_shift - config.base_shift) / (max_len - base_len)
+    return config.base_shift + slope * (image_seq_len - base_len)
+
+
+def scheduler_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None = None) -> Tensor:
+    """Sigmas a diffusers ``FlowMatchEulerDiscreteScheduler`` uses for ``num_steps`` steps. Shape ``[T + 1]``.
+
+    The scheduler's own config decides the shift: a fixed ``shift`` (SD3.5) or, with
+    ``use_dynamic_shifting`` (FLUX), an exponent ``mu`` computed from ``image_seq_len`` (the number of
+    packed latent tokens) on the sigma grid ``linspace(1, 1/T, T)`` that ``FluxPipeline`` passes.
+    The scheduler is modified in place (``set_timesteps``), as a pipeline call would.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if getattr(scheduler.config, "use_dynamic_shifting", False):
+        if image_seq_len is None:
+            raise ValueError("this scheduler uses dynamic shifting (FLUX): pass image_seq_len, the packed token count")
+        grid = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64).tolist()
+        scheduler.set_timesteps(sigmas=grid, mu=dynamic_shift_mu(image_seq_len, scheduler.config))
+    else:
+        scheduler.set_timesteps(num_steps)
+    sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
+    if sigmas.shape != (num_steps + 1,) or sigmas[-1] != 0:
+        raise ValueError(
+            f"scheduler returned sigmas of shape {tuple(sigmas.shape)} not ending at 0; expected [{num_steps + 1}]"
+        )
+    return sigmas
+
+
+def subsample_sigmas(sigmas: Tensor, num_steps: int) -> Tensor:
+    """Re-discretise a schedule on ``num_steps`` steps, keeping its first and last sigma.
+
+    Picks evenly spaced indices of the given schedule (so its shift is kept). Used for coarser
+    ODE tails (MixGRPO-Flash, G2RPO). ``sigmas``: ``[S + 1]`` → ``[num_steps + 1]``.
+    """
+    total = sigmas.numel() - 1
+    if not 1 <= num_steps <= total:
+        raise ValueError(f"num_steps must be in [1, {total}] for a schedule of {total} steps, got {num_steps}")
+    idx = [round(i * total / num_steps) for i in range(num_steps + 1)]
+    return sigmas[idx]
+
+
+def timesteps_from_sigmas(sigmas: Tensor, num_train_timesteps: int = 1000) -> Tensor:
+    """diffusers' flow-matching timestep convention: t = σ · num_train_timesteps."""
+    return sigmas * num_train_timesteps
+
+
+__all__ = [
+    "dynamic_shift_mu",
+    "linear_sigmas",
+    "scheduler_sigmas",
+    "shift_sigmas",
+    "subsample_sigmas",
+    "timesteps_from_sigmas",
+]

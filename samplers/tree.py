@@ -1,0 +1,158 @@
+"""The rollout core: a denoising tree with shared prefixes (BranchGRPO), of which a chain and a
+singular branch are special cases.
+
+At every step the *frontier* (the current states) is evaluated once, whatever the number of
+leaves that will descend from it: a shared prefix costs one forward pass, not one per leaf.
+At a split step each frontier state spawns ``branch_factor`` children with independent noise.
+Steps marked stochastic (``sde_mask``) and split steps record transitions; all other steps are
+Euler ODE steps. After the last stochastic step the remaining schedule can be handed to another
+ODE solver on a coarser grid (MixGRPO-Flash) and, for G2RPO, decoded again with coarser tails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .ode import ode_solve, sigma_batch
+from .schedules import subsample_sigmas
+from .steps import check_kind, sample_step
+from .transitions import Rollout, Transitions, Velocity, index_cond
+
+
+def _check_inputs(x: Tensor, sigmas: Tensor, group_id: Tensor, sde_mask: Tensor) -> int:
+    num_steps = sigmas.numel() - 1
+    if sigmas.ndim != 1 or num_steps < 1:
+        raise ValueError(f"sigmas must be a 1-D schedule of T + 1 >= 2 values, got shape {tuple(sigmas.shape)}")
+    if group_id.shape != (x.shape[0],):
+        raise ValueError(
+            f"group_id has shape {tuple(group_id.shape)}; expected [{x.shape[0]}] (one per initial state)"
+        )
+    if sde_mask.shape != (num_steps,):
+        raise ValueError(f"sde_mask has shape {tuple(sde_mask.shape)}; expected [{num_steps}] (one per step)")
+    return num_steps
+
+
+def tree_rollout(
+    velocity: Velocity,
+    x: Tensor,
+    sigmas: Tensor,
+    cond: Any,
+    group_id: Tensor,
+    *,
+    kind: str = "flow_sde",
+    noise_level: float = 0.7,
+    sde_mask: Tensor | None = None,
+    split_steps: Sequence[int] = (),
+    branch_factor: int = 2,
+    split_noise_level: float | None = None,
+    tail_solver: str = "euler",
+    tail_steps: int | None = None,
+    extra_tail_steps: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> Rollout:
+    """Sample a denoising tree from the initial states ``x`` (``[R, *S]`` at ``sigmas[0]``).
+
+    Args:
+        velocity: ``velocity(x [M, *S], sigma [M], cond) -> v [M, *S]``.
+        sigmas: ``[T + 1]`` decreasing schedule ending at 0.
+        cond: conditioning batch of R rows (tensor, dict or tuple of tensors, or None).
+        group_id: ``[R]`` prompt group of each initial state.
+        kind: step kind for stochastic steps (see ``flowrl.samplers.steps``).
+        noise_level: a or η of stochastic steps; ``split_noise_level`` overrides it at split steps.
+        sde_mask: ``[T]`` bool, stochastic (and trained) steps; default all. Split steps are always
+            stochastic. BranchGRPO-Mix passes a mask that is False off the split/window steps.
+        split_steps: step indices at which each state spawns ``branch_factor`` children.
+        tail_solver, tail_steps: after the last stochastic step, solve the rest of the schedule with
+            this ODE solver (``euler`` or ``dpm2m``) on ``tail_steps`` steps (default: as scheduled).
+        extra_tail_steps: also decode the leaves with these coarser step counts (G2RPO);
+            results land in ``Rollout.extra_samples``.
+
+    Returns a ``Rollout`` with ``R * branch_factor ** len(split_steps)`` samples in root-major order.
+    Transitions from deterministic steps (std = 0, e.g. CPS into σ = 0) are not recorded.
+    """
+    check_kind(kind)
+    num_steps = sigmas.numel() - 1
+    sde_mask = torch.ones(num_steps, dtype=torch.bool) if sde_mask is None else sde_mask.to("cpu", torch.bool)
+    _check_inputs(x, sigmas, group_id, sde_mask)
+    splits = sorted(set(int(s) for s in split_steps))
+    if any(not 0 <= s < num_steps for s in splits):
+        raise ValueError(f"split_steps must lie in [0, {num_steps - 1}], got {list(split_steps)}")
+    if splits and branch_factor < 2:
+        raise ValueError(f"branch_factor must be >= 2 when splitting, got {branch_factor}")
+    stochastic = sde_mask.clone()
+    stochastic[splits] = True
+    last_stochastic = int(stochastic.nonzero().max()) if stochastic.any() else -1
+    sigma_cap = float(sigmas[1])
+    values = [float(s) for s in sigmas]
+
+    node = torch.arange(x.shape[0])  # frontier state ids
+    root = torch.arange(x.shape[0])  # initial state each frontier state descends from
+    next_id, depth, nfe = x.shape[0], 0, 0
+    parts: list[Transitions] = []
+    for i in range(last_stochastic + 1):
+        v = velocity(x, sigma_batch(values[i], x), index_cond(cond, root))
+        nfe += x.shape[0]
+        if not stochastic[i]:
+            x = sample_step("ode", x, v, values[i], values[i + 1]).x_next
+            continue
+        fan = branch_factor if i in splits else 1
+        depth += int(fan > 1)
+        if fan > 1:  # children share the parent's forward pass: repeat its inputs, not the network call
+            x, v = x.repeat_interleave(fan, 0), v.repeat_interleave(fan, 0)
+        parent, root = node.repeat_interleave(fan), root.repeat_interleave(fan)
+        level = split_noise_level if (fan > 1 and split_noise_level is not None) else noise_level
+        out = sample_step(kind, x, v, values[i], values[i + 1], level, sigma_cap=sigma_cap, generator=generator)
+        node = torch.arange(next_id, next_id + x.shape[0])
+        next_id += x.shape[0]
+        if out.log_prob is not None:
+            after_last_split = not any(s > i for s in splits)
+            parts.append(
+                Transitions(
+                    x=x,
+                    x_next=out.x_next,
+                    mean=out.mean,
+                    std=out.std,
+                    log_prob=out.log_prob,
+                    sigma=torch.full_like(out.std, values[i]),
+                    sigma_next=torch.full_like(out.std, values[i + 1]),
+                    step=torch.full((x.shape[0],), i, dtype=torch.long),
+                    depth=torch.full((x.shape[0],), depth, dtype=torch.long),
+                    node_id=node,
+                    parent_id=parent,
+                    sample_id=torch.arange(x.shape[0]) if after_last_split else torch.full((x.shape[0],), -1),
+                    group_id=group_id.cpu()[root],
+                    cond_index=root,
+                )
+            )
+        x = out.x_next
+
+    leaf_cond = index_cond(cond, root)
+    tail_sigmas = sigmas[last_stochastic + 1 :]
+    if tail_sigmas.numel() > 1:
+        grid = subsample_sigmas(tail_sigmas, min(tail_steps, tail_sigmas.numel() - 1)) if tail_steps else tail_sigmas
+        samples, calls = ode_solve(tail_solver, velocity, x, grid, leaf_cond)
+        nfe += calls * x.shape[0]
+    else:
+        samples = x
+    extra: dict[int, Tensor] = {}
+    for n in extra_tail_steps:
+        if tail_sigmas.numel() < 2:
+            raise ValueError("extra_tail_steps need ODE steps after the last stochastic step")
+        extra[n], calls = ode_solve(tail_solver, velocity, x, subsample_sigmas(tail_sigmas, n), leaf_cond)
+        nfe += calls * x.shape[0]
+    transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
+    return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe, extra)
+
+
+def _empty_transitions(x: Tensor) -> Transitions:
+    state = x.new_zeros((0, *x.shape[1:]))
+    flt = torch.zeros(0, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    lng = torch.zeros(0, dtype=torch.long)
+    return Transitions(state, state, state.to(flt.dtype), flt, flt, flt, flt, lng, lng, lng, lng, lng, lng, lng)
+
+
+__all__ = ["tree_rollout"]
