@@ -1,0 +1,34 @@
+"""Advantage estimators: one registry, one signature ``fn(batch, cfg, state) -> AdvantageResult``.
+
+Registered names: grpo, global-std, dr-grpo, rloo, median, gdpo, pairwise, stratified, ngrpo,
+multi-granularity, per-prompt, tree. See the README's table for formulas and when to use each.
+"""
+
+from . import group, tracker, tree  # noqa: F401  (importing registers the estimators)
+from .core import (
+    ADVANTAGES,
+    AdvantageBatch,
+    AdvantageConfig,
+    AdvantageResult,
+    Estimator,
+    Groups,
+    TreeStructure,
+    combine,
+    compute_advantages,
+    zscore,
+)
+from .tree import node_rewards
+
+__all__ = [
+    "ADVANTAGES",
+    "AdvantageBatch",
+    "AdvantageConfig",
+    "AdvantageResult",
+    "Estimator",
+    "Groups",
+    "TreeStructure",
+    "combine",
+    "compute_advantages",
+    "node_rewards",
+    "zscore",
+]

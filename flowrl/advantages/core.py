@@ -1,0 +1,189 @@
+"""Types, group statistics and the registry shared by every advantage estimator.
+
+Every estimator has ONE signature, ``fn(batch, cfg, state) -> AdvantageResult``:
+``batch`` carries rewards ``[N, K]`` (K weighted components), group ids ``[N]`` and the extras
+some estimators need; ``cfg`` is the common option set; ``state`` is a dict the estimator may
+read and update across calls (the per-prompt tracker's buffers), saved with the trainer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.registry import Registry
+
+
+@dataclass
+class TreeStructure:
+    """Transitions of denoising trees (``flowrl.samplers.tree_rollout``), ``[M]`` each.
+
+    ``leaf_node_id`` ``[N]`` is the node id of each final sample, in the order of the batch's rewards.
+    """
+
+    node_id: Tensor
+    parent_id: Tensor
+    step: Tensor
+    depth: Tensor
+    log_prob: Tensor
+    group_id: Tensor
+    leaf_node_id: Tensor
+
+
+@dataclass
+class AdvantageBatch:
+    """Inputs of an advantage estimator.
+
+    rewards: ``[N, K]`` reward components; weights: ``[K]`` (default all 1); group_id: ``[N]``.
+    Optional extras: prompt_keys (N strings, per-prompt tracker), strata ``[N]`` (stratified),
+    pairwise ``[N, N]`` with pairwise[i, j] = 1 if i beats j, 0.5 for a tie, 0 if it loses, for pairs
+    in one group (Pref-GRPO), granular_rewards ``[J, N, K]`` from coarser decodings (G2RPO), tree
+    (BranchGRPO: advantages are then per transition).
+    """
+
+    rewards: Tensor
+    group_id: Tensor
+    weights: Tensor | None = None
+    prompt_keys: Sequence[str] | None = None
+    strata: Tensor | None = None
+    pairwise: Tensor | None = None
+    granular_rewards: Tensor | None = None
+    tree: TreeStructure | None = None
+
+    def __post_init__(self) -> None:
+        if self.rewards.ndim != 2:
+            raise ValueError(f"rewards must be [N, K], got shape {tuple(self.rewards.shape)}")
+        n, k = self.rewards.shape
+        if self.group_id.shape != (n,):
+            raise ValueError(f"group_id has shape {tuple(self.group_id.shape)}; expected [{n}]")
+        if self.weights is not None and self.weights.shape != (k,):
+            raise ValueError(f"weights has shape {tuple(self.weights.shape)}; expected [{k}] (one per reward)")
+        if not torch.isfinite(self.rewards).all():
+            raise ValueError("rewards contain NaN or inf; check the reward models' outputs")
+
+    def combined(self) -> Tensor:
+        """Weighted sum of the reward components, ``[N]``."""
+        return combine(self.rewards, self.weights)
+
+
+def combine(rewards: Tensor, weights: Tensor | None) -> Tensor:
+    """``[..., K]`` rewards → ``[...]`` weighted sum (weights ``[K]``, default ones)."""
+    if weights is None:
+        return rewards.sum(-1)
+    return (rewards * weights.to(rewards)).sum(-1)
+
+
+@dataclass
+class AdvantageConfig:
+    """Options common to the estimators (each documents which it reads)."""
+
+    eps: float = 1e-4  # added to a std before dividing (Flow-GRPO and TRL use 1e-4)
+    clip_max: float | None = 5.0  # clamp advantages to ±clip_max; None disables
+    std_unbiased: bool = False  # group std with Bessel's correction (TRL) instead of the population std
+    tracker_buffer: int = 32  # per-prompt tracker: rewards kept per prompt
+    tracker_min_count: int = 16  # per-prompt tracker: below this, use batch statistics
+    ngrpo_max_reward: float = 1.0  # ngrpo: reward of the virtual sample added to each group
+    stratified_alpha: float = 0.8  # stratified: weight of the within-stratum estimate in the blend
+    tree_fusion: str = "mean"  # tree: internal node reward = "mean" of leaves or "logprob"-weighted
+    tree_keep_fraction: float = 1.0  # tree width pruning: keep this fraction (best and worst halves)
+    tree_skip_depths: tuple[int, ...] = ()  # tree depth pruning: depths left out of the backward pass
+
+
+@dataclass
+class AdvantageResult:
+    """Advantages ``[N]`` (``[M]`` per transition for trees), the backprop mask of the same shape, metrics."""
+
+    advantages: Tensor
+    mask: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Estimator = Callable[[AdvantageBatch, AdvantageConfig, dict[str, Any]], AdvantageResult]
+ADVANTAGES: Registry[Estimator] = Registry("advantage estimator")
+
+
+@dataclass
+class Groups:
+    """Dense group indices: ``index [N]`` in ``[0, count)``, ``size [count]``."""
+
+    index: Tensor
+    size: Tensor
+
+    @property
+    def count(self) -> int:
+        return self.size.numel()
+
+    @staticmethod
+    def of(ids: Tensor) -> Groups:
+        _, index = torch.unique(ids.cpu(), return_inverse=True)
+        index = index.to(ids.device)
+        return Groups(index, torch.bincount(index))
+
+    def sum(self, values: Tensor) -> Tensor:
+        """Per-group sums ``[count]`` of ``values [N]``."""
+        return torch.zeros(self.count, dtype=values.dtype, device=values.device).index_add_(0, self.index, values)
+
+    def mean(self, values: Tensor) -> Tensor:
+        """Each sample's group mean, ``[N]``."""
+        return (self.sum(values) / self.size.to(values))[self.index]
+
+    def std(self, values: Tensor, unbiased: bool = False) -> Tensor:
+        """Each sample's group std, ``[N]`` (population std unless ``unbiased``; 0 for singletons)."""
+        dev = values - self.mean(values)
+        denom = (self.size - int(unbiased)).clamp(min=1).to(values)
+        return torch.sqrt(self.sum(dev**2) / denom)[self.index]
+
+    def constant(self, values: Tensor) -> Tensor:
+        """``[N]`` bool: the sample's group has identical values (or one member)."""
+        hi = torch.full((self.count,), -torch.inf, dtype=values.dtype, device=values.device)
+        lo = torch.full((self.count,), torch.inf, dtype=values.dtype, device=values.device)
+        hi = hi.scatter_reduce(0, self.index, values, "amax")
+        lo = lo.scatter_reduce(0, self.index, values, "amin")
+        return (hi == lo)[self.index]
+
+
+def zscore(values: Tensor, groups: Groups, cfg: AdvantageConfig) -> tuple[Tensor, Tensor]:
+    """(v − mean_g) / (std_g + eps), exactly 0 in constant groups. Returns (scores ``[N]``, constant ``[N]``)."""
+    constant = groups.constant(values)
+    scores = (values - groups.mean(values)) / (groups.std(values, cfg.std_unbiased) + cfg.eps)
+    return torch.where(constant, torch.zeros_like(scores), scores), constant
+
+
+def finish(
+    advantages: Tensor,
+    constant: Tensor,
+    groups: Groups,
+    cfg: AdvantageConfig,
+    mask: Tensor | None = None,
+    **extra: float,
+) -> AdvantageResult:
+    """Clip, build the mask and the metrics every estimator reports."""
+    clipped = torch.zeros_like(advantages, dtype=torch.bool)
+    if cfg.clip_max is not None:
+        clipped = advantages.abs() > cfg.clip_max
+        advantages = advantages.clamp(-cfg.clip_max, cfg.clip_max)
+    mask = torch.ones_like(advantages, dtype=torch.bool) if mask is None else mask
+    zero_groups = torch.zeros(groups.count, device=constant.device).scatter_reduce(
+        0, groups.index, constant.float(), "amax"
+    )
+    metrics = {
+        "adv/mean": float(advantages.mean()) if advantages.numel() else 0.0,
+        "adv/std": float(advantages.std()) if advantages.numel() > 1 else 0.0,
+        "adv/abs_max": float(advantages.abs().max()) if advantages.numel() else 0.0,
+        "adv/clip_frac": float(clipped.float().mean()) if advantages.numel() else 0.0,
+        "adv/zero_std_frac": float(zero_groups.mean()) if groups.count else 0.0,
+        "adv/mask_frac": float(mask.float().mean()) if mask.numel() else 0.0,
+        **extra,
+    }
+    return AdvantageResult(advantages, mask, metrics)
+
+
+def compute_advantages(
+    name: str, batch: AdvantageBatch, cfg: AdvantageConfig | None = None, state: dict[str, Any] | None = None
+) -> AdvantageResult:
+    """Run the estimator registered as ``name``. ``state`` persists across calls (default: a fresh dict)."""
+    return ADVANTAGES.get(name)(batch, cfg or AdvantageConfig(), {} if state is None else state)

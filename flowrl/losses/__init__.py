@@ -1,0 +1,34 @@
+"""Policy losses: one registry, one signature ``fn(inputs, cfg) -> LossOutput``.
+
+Registered names: ppo-clip, grpo-guard, awm (flows); grpo, bnpo, dr-grpo, dapo, gspo (tokens).
+Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every
+clipped loss. See the README's table.
+"""
+
+from . import policy  # noqa: F401  (importing registers the losses)
+from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss
+from .terms import (
+    STEP_WEIGHTINGS,
+    aggregate,
+    clipped_surrogate,
+    gaussian_kl,
+    guard_log_ratio,
+    k3_kl,
+    step_weights,
+)
+
+__all__ = [
+    "LOSSES",
+    "STEP_WEIGHTINGS",
+    "Loss",
+    "LossConfig",
+    "LossInputs",
+    "LossOutput",
+    "aggregate",
+    "clipped_surrogate",
+    "compute_loss",
+    "gaussian_kl",
+    "guard_log_ratio",
+    "k3_kl",
+    "step_weights",
+]

@@ -1,0 +1,81 @@
+"""Types and the registry of policy losses.
+
+Every loss has ONE signature, ``fn(inputs, cfg) -> LossOutput``. Losses act on ``[N, T]`` log-probs
+with a mask/weights of the same shape: for text N sequences × T tokens, for flows N samples × T
+trained steps (or N transitions × 1). Flow losses also read the step means and stds that
+``flowrl.samplers`` stores with every transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from flowrl.registry import Registry
+
+
+@dataclass
+class LossInputs:
+    """What a loss may read. Required by every policy-gradient loss: log_prob, old_log_prob (``[N, T]``),
+    advantages (``[N]`` or ``[N, T]``), mask (``[N, T]``, bool or float weights).
+
+    Optional, by use:
+    - ref_log_prob ``[N, T]``: token KL (k3) against the reference policy;
+    - x_next, mean, old_mean, ref_mean ``[N, T, *S]`` and std, dt ``[N, T]``: flow transitions, for
+      GRPO-Guard's normalised ratio, the Gaussian KL and the step weights;
+    - v_pred, v_target, v_ref ``[N, *S]``: AWM's flow-matching terms (advantages ``[N]``).
+    """
+
+    log_prob: Tensor | None = None
+    old_log_prob: Tensor | None = None
+    advantages: Tensor | None = None
+    mask: Tensor | None = None
+    ref_log_prob: Tensor | None = None
+    x_next: Tensor | None = None
+    mean: Tensor | None = None
+    old_mean: Tensor | None = None
+    ref_mean: Tensor | None = None
+    std: Tensor | None = None
+    dt: Tensor | None = None
+    v_pred: Tensor | None = None
+    v_target: Tensor | None = None
+    v_ref: Tensor | None = None
+    token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
+
+    def need(self, *names: str, loss: str) -> None:
+        """Raise naming the loss and the missing inputs."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"loss {loss!r} needs inputs: {', '.join(missing)}")
+
+
+@dataclass
+class LossConfig:
+    """Options common to the losses (each documents which it reads)."""
+
+    clip_low: float = 0.2  # ratio clip 1 − clip_low (Flow-GRPO uses 1e-4, text GRPO 0.2)
+    clip_high: float = 0.2  # ratio clip 1 + clip_high (DAPO raises it, e.g. 0.28)
+    dual_clip: float | None = None  # c > 1: for A < 0 the loss is capped at −c·A (dual-clip PPO)
+    kl_coef: float = 0.0  # β: Gaussian KL (flows, needs ref_mean) or k3 KL (tokens, needs ref_log_prob)
+    step_weighting: str = "uniform"  # uniform | noise-aware (TempFlow) | inverse-dt (GRPO-Guard)
+    max_length: int | None = None  # dr-grpo: the L in sum / (N·L); default T
+    awm_ref_coef: float = 0.0  # AWM: β in + β·‖vθ − v_ref‖²
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise and metrics (clip fractions, ratio stats, approx KL, …)."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+Loss = Callable[[LossInputs, LossConfig], LossOutput]
+LOSSES: Registry[Loss] = Registry("policy loss")
+
+
+def compute_loss(name: str, inputs: LossInputs, cfg: LossConfig | None = None) -> LossOutput:
+    """Run the loss registered as ``name``."""
+    return LOSSES.get(name)(inputs, cfg or LossConfig())

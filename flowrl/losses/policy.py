@@ -1,0 +1,114 @@
+"""The registered policy losses. Each is a composition of the terms in ``terms.py``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import Tensor
+
+from .core import LOSSES, LossConfig, LossInputs, LossOutput
+from .terms import aggregate, clipped_surrogate, guard_log_ratio, kl_term, ratio_metrics, step_weights
+
+
+def _advantages(inputs: LossInputs) -> Tensor:
+    a = inputs.advantages
+    return a.unsqueeze(-1) if a.ndim == 1 else a
+
+
+def _clipped_policy_loss(inputs: LossInputs, cfg: LossConfig, log_ratio: Tensor, mode: str) -> LossOutput:
+    """Per-element clipped surrogate + β·KL, weighted by mask × step weights, reduced by ``mode``."""
+    adv = _advantages(inputs).to(log_ratio.dtype)
+    per_element, ratio = clipped_surrogate(log_ratio, adv, cfg)
+    kl = kl_term(inputs, cfg)
+    if kl is not None:
+        per_element = per_element + cfg.kl_coef * kl
+    weights = step_weights(cfg.step_weighting, inputs.mask, inputs.std, inputs.dt).to(per_element)
+    loss = aggregate(per_element, weights, mode, cfg.max_length, inputs.token_count)
+    metrics = ratio_metrics(ratio, adv, log_ratio, inputs.mask, cfg)
+    if kl is not None:
+        metrics["kl"] = float((kl.detach() * weights).sum() / weights.sum().clamp(min=1e-12))
+    return LossOutput(loss, metrics)
+
+
+def _log_ratio(inputs: LossInputs, loss: str) -> Tensor:
+    inputs.need("log_prob", "old_log_prob", "advantages", "mask", loss=loss)
+    return inputs.log_prob - inputs.old_log_prob
+
+
+@LOSSES.register("ppo-clip")
+def ppo_clip(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """Flow-GRPO: clipped surrogate on r = exp(logp − logp_old) per transition, mean over valid elements."""
+    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "ppo-clip"), "token-mean")
+
+
+@LOSSES.register("grpo-guard")
+def grpo_guard(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """GRPO-Guard: the clipped surrogate on the normalised log-ratio (see ``guard_log_ratio``). Pair it with
+    ``step_weighting = "inverse-dt"`` for the paper's per-step gradient reweighting."""
+    inputs.need("advantages", "mask", "x_next", "mean", "old_mean", "std", loss="grpo-guard")
+    log_ratio = guard_log_ratio(inputs.x_next, inputs.old_mean, inputs.mean, inputs.std)
+    return _clipped_policy_loss(inputs, cfg, log_ratio, "token-mean")
+
+
+@LOSSES.register("grpo")
+def grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """Text GRPO: per-token clipped surrogate, mean over each sequence's tokens, then over sequences."""
+    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "grpo"), "sequence-mean")
+
+
+@LOSSES.register("bnpo")
+def bnpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """BNPO: token mean over the local batch."""
+    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "bnpo"), "token-mean")
+
+
+@LOSSES.register("dr-grpo")
+def dr_grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """Dr. GRPO: token sum divided by N · L_max (no length normalisation per sequence)."""
+    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dr-grpo"), "fixed-length")
+
+
+@LOSSES.register("dapo")
+def dapo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """DAPO: token sum divided by the valid tokens of the whole global batch (``inputs.token_count``)."""
+    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dapo"), "global-token-mean")
+
+
+@LOSSES.register("gspo")
+def gspo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """GSPO: one ratio per sequence, exp(mean of its token log-ratios), clipped per sequence; mean over
+    sequences. KL (k3) is averaged per sequence the same way."""
+    token_log_ratio = _log_ratio(inputs, "gspo")
+    m = inputs.mask.to(token_log_ratio.dtype)
+    seq_log_ratio = (token_log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+    seq_mask = m.sum(-1, keepdim=True) > 0
+    seq_inputs = LossInputs(advantages=inputs.advantages, mask=seq_mask)
+    seq_cfg = replace(cfg, kl_coef=0.0, step_weighting="uniform")  # KL is added per sequence below
+    out = _clipped_policy_loss(seq_inputs, seq_cfg, seq_log_ratio, "token-mean")
+    kl = kl_term(inputs, cfg)
+    if kl is not None:
+        seq_kl = (kl * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+        out.loss = out.loss + cfg.kl_coef * seq_kl[seq_mask.squeeze(-1)].mean()
+        out.metrics["kl"] = float(seq_kl.detach().mean())
+    return out
+
+
+@LOSSES.register("awm")
+def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """Advantage-weighted matching: mean_i(A_i · ‖vθ(x_t, t) − (ε − x0)‖²) + β·mean‖vθ − v_ref‖².
+
+    Needs no log-probs: v_pred, v_target (= ε − x0 for the sampled t, ε) and advantages ``[N]``.
+    """
+    inputs.need("v_pred", "v_target", "advantages", loss="awm")
+    per_sample = ((inputs.v_pred - inputs.v_target) ** 2).flatten(1).mean(1)
+    loss = (inputs.advantages.to(per_sample) * per_sample).mean()
+    metrics = {"fm_loss": float(per_sample.detach().mean())}
+    if cfg.awm_ref_coef:
+        inputs.need("v_ref", loss="awm")
+        reg = ((inputs.v_pred - inputs.v_ref) ** 2).flatten(1).mean(1).mean()
+        loss = loss + cfg.awm_ref_coef * reg
+        metrics["ref_reg"] = float(reg.detach())
+    return LossOutput(loss, metrics)
+
+
+__all__ = ["awm", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]
