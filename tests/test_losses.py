@@ -37,7 +37,7 @@ def test_ppo_clip_hand_values_with_asymmetric_and_dual_clip():
     assert out.metrics["approx_kl"] == pytest.approx(expected_kl)
     dual = compute_loss("ppo-clip", inp, LossConfig(clip_low=0.2, clip_high=0.3, dual_clip=3.0))
     assert dual.loss.item() == pytest.approx((-1.3 + 1.6 - 3.0 + 3.0) / 4)  # 10 capped at −c·A = 3
-    with pytest.raises(ValueError, match="dual_clip"):
+    with pytest.raises(ValueError, match=r"dual_clip"):
         compute_loss("ppo-clip", inp, LossConfig(dual_clip=0.5))
 
 
@@ -111,11 +111,14 @@ def test_guard_log_ratio_matches_independent_formula_and_exact_ratio():
     expected = torch.empty(3, 2, dtype=torch.float64)
     for i in range(3):
         for t in range(2):
-            expected[i, t] = sum(
-                ((x_next[i, t].flatten()[k] - old_mean[i, t].flatten()[k]) / std[i, t])
-                * (mean[i, t].flatten()[k] - old_mean[i, t].flatten()[k])
-                for k in range(16)
-            ) / 16
+            expected[i, t] = (
+                sum(
+                    ((x_next[i, t].flatten()[k] - old_mean[i, t].flatten()[k]) / std[i, t])
+                    * (mean[i, t].flatten()[k] - old_mean[i, t].flatten()[k])
+                    for k in range(16)
+                )
+                / 16
+            )
     assert torch.allclose(got, expected, atol=1e-12)
     # the exact Gaussian log-ratio = guard / s − mean(Δμ²)/(2s²)
     s = std[..., None, None]
@@ -135,7 +138,7 @@ def test_grpo_guard_loss_uses_the_normalised_ratio():
     out = compute_loss("grpo-guard", inp, LossConfig(clip_low=1.0, clip_high=1.0))  # wide clip: unclipped
     ratio = torch.exp(((x_next - old_mean) / 0.5 * (mean - old_mean)).mean(-1)).squeeze(1)
     assert out.loss.item() == pytest.approx((-adv * ratio).mean().item(), rel=1e-6)
-    with pytest.raises(ValueError, match="grpo-guard.*needs inputs: x_next"):
+    with pytest.raises(ValueError, match=r"grpo-guard.*needs inputs: x_next"):
         compute_loss("grpo-guard", LossInputs(advantages=adv, mask=torch.ones(4, 1)))
 
 
@@ -155,7 +158,7 @@ def test_kl_terms():
     inp = _inputs(lp, lp, torch.zeros(1), torch.ones(1, 2), ref_log_prob=ref_lp)
     out = compute_loss("bnpo", inp, LossConfig(kl_coef=0.1))
     assert out.loss.item() == pytest.approx(0.1 * (math.exp(-0.5) + 0.5 - 1) / 2)
-    with pytest.raises(ValueError, match="kl_coef > 0 needs"):
+    with pytest.raises(ValueError, match=r"kl_coef > 0 needs"):
         compute_loss("bnpo", _inputs(zeros, zeros, torch.zeros(1), torch.ones(1, 2)), LossConfig(kl_coef=0.1))
 
 
@@ -170,9 +173,9 @@ def test_step_weights():
     inv = torch.tensor([[10.0, 5.0, 0.0], [10.0, 5.0, 2.5]])
     assert torch.allclose(w, inv / (inv.sum() / 5))
     assert torch.equal(step_weights("uniform", mask), mask)
-    with pytest.raises(ValueError, match="unknown step_weighting 'linear'"):
+    with pytest.raises(ValueError, match=r"unknown step_weighting 'linear'"):
         step_weights("linear", mask)
-    with pytest.raises(ValueError, match="needs inputs.std"):
+    with pytest.raises(ValueError, match=r"needs inputs.std"):
         step_weights("noise-aware", mask)
 
 
@@ -198,9 +201,9 @@ def test_awm_hand_value_and_direction():
 def test_registry_errors():
     with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'; valid: awm, bnpo"):
         compute_loss("ppo", LossInputs())
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match=r"already registered"):
         LOSSES.register("grpo")(lambda inputs, cfg: None)
-    with pytest.raises(ValueError, match="'bnpo' needs inputs: log_prob, old_log_prob"):
+    with pytest.raises(ValueError, match=r"'bnpo' needs inputs: log_prob, old_log_prob"):
         compute_loss("bnpo", LossInputs(advantages=torch.zeros(1), mask=torch.ones(1, 1)))
 
 
