@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/sampler_demo.py
+	$(VENV)/bin/flowrl train --config configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,1 +1,11 @@
-"""Reward models, installed as ``flowrl.rewards`` (one file per reward model)."""
+"""Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS``.
+
+- ``base``: the reward interface, ``make_reward`` and the weighted ``RewardSet``.
+- ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
+- ``jpeg``: JPEG (in)compressibility (DDPO).
+"""
+
+from . import jpeg, toy  # noqa: F401  (register their rewards)
+from .base import REWARDS, RewardFn, RewardSet, check_reward_output, make_reward
+
+__all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "make_reward"]

@@ -169,7 +169,7 @@ def test_tree_structure_nfe_and_shared_prefixes():
     paths = [path(int(n)) for n in out.node_id]
     for a in range(18):
         for b in range(a + 1, 18):
-            shared = next(i for i, (u, v) in enumerate(zip(paths[a], paths[b], strict=False)) if u != v)
+            shared = next(i for i, (u, v) in enumerate(zip(paths[a], paths[b], strict=True)) if u != v)
             same_root, same_first = a // 9 == b // 9, a // 3 == b // 3
             assert shared == (0 if not same_root else 2 if not same_first else 4)
     assert not torch.equal(out.samples[0], out.samples[1])

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.options import option
 from flowrl.registry import Registry
 
 
@@ -81,25 +82,33 @@ def combine(rewards: Tensor, weights: Tensor | None) -> Tensor:
 class AdvantageConfig:
     """Options common to the estimators (each documents which it reads)."""
 
-    eps: float = 1e-4  # added to a std before dividing (Flow-GRPO and TRL use 1e-4)
-    clip_max: float | None = 5.0  # clamp advantages to ±clip_max; None disables
-    std_unbiased: bool = False  # group std with Bessel's correction (TRL) instead of the population std
-    tracker_buffer: int = 32  # per-prompt tracker: rewards kept per prompt
-    tracker_min_count: int = 16  # per-prompt tracker: below this, use batch statistics
-    ngrpo_max_reward: float = 1.0  # ngrpo: reward of the virtual sample added to each group
-    stratified_alpha: float = 0.8  # stratified: weight of the within-stratum estimate in the blend
-    tree_fusion: str = "mean"  # tree: internal node reward = "mean" of leaves or "logprob"-weighted
-    tree_keep_fraction: float = 1.0  # tree width pruning: keep this fraction (best and worst halves)
-    tree_skip_depths: tuple[int, ...] = ()  # tree depth pruning: depths left out of the backward pass
+    eps: float = option(1e-4, "added to a std before dividing (Flow-GRPO and TRL use 1e-4)", low=0.0)
+    clip_max: float | None = option(5.0, "clamp advantages to ±clip_max; None disables", low=0.0)
+    std_unbiased: bool = option(False, "group std with Bessel's correction (TRL) instead of the population std")
+    tracker_buffer: int = option(32, "per-prompt tracker: rewards kept per prompt", low=1)
+    tracker_min_count: int = option(16, "per-prompt tracker: below this, use batch statistics", low=1)
+    ngrpo_max_reward: float = option(1.0, "ngrpo: reward of the virtual sample added to each group")
+    stratified_alpha: float = option(
+        0.8, "stratified: weight of the within-stratum estimate in the blend", low=0.0, high=1.0
+    )
+    tree_fusion: str = option(
+        "mean", "tree: internal node reward = 'mean' of leaves or 'logprob'-weighted", choices=("mean", "logprob")
+    )
+    tree_keep_fraction: float = option(
+        1.0, "tree width pruning: keep this fraction (best and worst halves)", low=0.0, high=1.0
+    )
+    tree_skip_depths: tuple[int, ...] = option((), "tree depth pruning: depths left out of the backward pass")
 
 
 @dataclass
 class AdvantageResult:
-    """Advantages ``[N]`` (``[M]`` per transition for trees), the backprop mask of the same shape, metrics."""
+    """Advantages ``[N]`` per sample, or ``[M]`` per tree transition when ``per_transition`` (the tree
+    estimator), the backprop mask of the same shape, and metrics."""
 
     advantages: Tensor
     mask: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    per_transition: bool = False
 
 
 Estimator = Callable[[AdvantageBatch, AdvantageConfig, dict[str, Any]], AdvantageResult]

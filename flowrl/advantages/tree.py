@@ -79,4 +79,6 @@ def tree(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
             keep[order[:k]] = True
             keep[order[-k:]] = True
         mask &= keep
-    return finish(adv, constant, levels, cfg, mask=mask)
+    result = finish(adv, constant, levels, cfg, mask=mask)
+    result.per_transition = True
+    return result

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from flowrl.options import option
 from flowrl.registry import Registry
 
 
@@ -55,13 +56,19 @@ class LossInputs:
 class LossConfig:
     """Options common to the losses (each documents which it reads)."""
 
-    clip_low: float = 0.2  # ratio clip 1 − clip_low (Flow-GRPO uses 1e-4, text GRPO 0.2)
-    clip_high: float = 0.2  # ratio clip 1 + clip_high (DAPO raises it, e.g. 0.28)
-    dual_clip: float | None = None  # c > 1: for A < 0 the loss is capped at −c·A (dual-clip PPO)
-    kl_coef: float = 0.0  # β: Gaussian KL (flows, needs ref_mean) or k3 KL (tokens, needs ref_log_prob)
-    step_weighting: str = "uniform"  # uniform | noise-aware (TempFlow) | inverse-dt (GRPO-Guard)
-    max_length: int | None = None  # dr-grpo: the L in sum / (N·L); default T
-    awm_ref_coef: float = 0.0  # AWM: β in + β·‖vθ − v_ref‖²
+    clip_low: float = option(0.2, "ratio clip 1 − clip_low (Flow-GRPO uses 1e-4, text GRPO 0.2)", low=0.0)
+    clip_high: float = option(0.2, "ratio clip 1 + clip_high (DAPO raises it, e.g. 0.28)", low=0.0)
+    dual_clip: float | None = option(None, "c > 1: for A < 0 the loss is capped at −c·A (dual-clip PPO)", low=1.0)
+    kl_coef: float = option(
+        0.0, "β: Gaussian KL (flows, needs ref_mean) or k3 KL (tokens, needs ref_log_prob)", low=0.0
+    )
+    step_weighting: str = option(
+        "uniform",
+        "uniform | noise-aware (TempFlow) | inverse-dt (GRPO-Guard)",
+        choices=("uniform", "noise-aware", "inverse-dt"),
+    )
+    max_length: int | None = option(None, "dr-grpo: the L in sum / (N·L); default T", low=1)
+    awm_ref_coef: float = option(0.0, "AWM: β in + β·‖vθ − v_ref‖²", low=0.0)
 
 
 @dataclass

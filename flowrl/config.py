@@ -1,0 +1,238 @@
+"""The flow trainer's configuration: typed sections with help text, YAML presets, dotted overrides.
+
+``load_config(path, overrides)`` reads a YAML preset, applies ``key=value`` overrides (values are
+parsed as YAML: ``train.lr=1e-4``, ``sampler.split_steps=[1,3]``), and validates every key, type,
+range and combination before anything heavy is imported, raising ``ConfigError`` with the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from flowrl.advantages import ADVANTAGES, AdvantageConfig
+from flowrl.losses import LOSSES, LossConfig
+from flowrl.options import ConfigError, load, option, set_dotted, to_dict
+from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES
+from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES
+
+SD3_LORA_TARGETS = [
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+]
+
+
+def _reward_names() -> list[str]:
+    from flowrl.rewards import REWARDS
+
+    return REWARDS.names()
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("assets/toy-sd3", "diffusers folder of an SD3-architecture model (the toy base by default)")
+    resolution: int = option(32, "image side in pixels", low=8)
+    finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
+    lora_rank: int = option(16, "LoRA rank", low=1)
+    lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", low=0.0)
+    lora_targets: list[str] = option(SD3_LORA_TARGETS, "module name suffixes that get LoRA adapters")
+    cfg_scale: float = option(1.0, "classifier-free guidance scale during sampling and training (1 = off)", low=1.0)
+    mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "fp16", "bf16"))
+    gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
+
+
+@dataclass
+class SamplerConfig:
+    mode: str = option("flow-grpo", "rollout layout (see the README's sampler modes)", choices=ROLLOUT_MODES.names)
+    num_steps: int = option(10, "denoising steps of the sampling schedule", low=1)
+    kind: str = option("flow_sde", "stochastic step kind", choices=tuple(k for k in STEP_KINDS if k != "ode"))
+    noise_level: float = option(0.7, "a (flow_sde, cps) or eta (dance_sde)", low=0.0)
+    window: str = option(
+        "", "window schedule of stochastic steps; empty = the mode's default", choices=lambda: ("", *WINDOW_SCHEDULES)
+    )
+    window_size: int = option(0, "steps in the window; 0 = the mode's default (0 there = every step)", low=0)
+    window_options: dict[str, Any] = option({}, "extra window options (stride, shift_interval, decay, min_start, ...)")
+    split_steps: list[int] = option([], "tree modes: steps at which each state branches", low=0)
+    branch_factor: int = option(2, "tree modes: children per split", low=2)
+    tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=tuple(ODE_SOLVERS))
+    tail_steps: int = option(0, "steps of the tail solver (0 = as scheduled)", low=0)
+    extra_tail_steps: list[int] = option([], "G2RPO: also decode with these coarser tails (multi-granularity)", low=1)
+
+
+@dataclass
+class AdvantageSection(AdvantageConfig):
+    name: str = option("grpo", "advantage estimator (registry name)", choices=ADVANTAGES.names)
+
+
+@dataclass
+class LossSection(LossConfig):
+    name: str = option("ppo-clip", "policy loss (registry name)", choices=LOSSES.names)
+
+
+@dataclass
+class RewardSpec:
+    name: str = option("toy-geneval", "reward (registry name)", choices=_reward_names)
+    weight: float = option(1.0, "weight in the total reward")
+    options: dict[str, Any] = option({}, "keyword options of the reward's factory")
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = option(20, "training iterations (sample, score, update)", low=0)
+    max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
+    prompts_per_step: int = option(8, "prompts sampled per iteration", low=1)
+    group_size: int = option(8, "images per prompt (GRPO group)", low=2)
+    inner_epochs: int = option(1, "passes over each iteration's transitions", low=1)
+    minibatches: int = option(1, "optimizer steps per inner epoch (gradients accumulate across timesteps)", low=1)
+    micro_batch: int = option(64, "transitions per forward/backward pass", low=1)
+    lr: float = option(3e-4, "AdamW learning rate", low=0.0)
+    weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)
+    ema_decay: float = option(
+        0.0, "EMA of trainable weights, used for evaluation and saving (0 = off)", low=0.0, high=0.99999
+    )
+    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
+
+
+@dataclass
+class DataConfig:
+    train_prompts: str = option(
+        "toy:train", "toy:train | toy:held-out | toy:all | path of a text file, one prompt per line"
+    )
+    eval_prompts: str = option("toy:held-out", "prompts for evaluation and the gallery (same forms)")
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = option(True, "evaluate the base before and the policy after training")
+    num_prompts: int = option(0, "evaluation prompts (0 = all)", low=0)
+    seeds_per_prompt: int = option(2, "images per evaluation prompt (fixed seeds 0..n-1)", low=1)
+    num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
+    solver: str = option("euler", "ODE solver for evaluation", choices=tuple(ODE_SOLVERS))
+    gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = option("", "run directory (default runs/<preset>-<timestamp>)")
+    tensorboard: bool = option(True, "write tensorboard event files")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclass
+class Config:
+    seed: int = option(0, "seed of prompts, noise and initialisation", low=0)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    advantage: AdvantageSection = dataclasses.field(default_factory=AdvantageSection)
+    loss: LossSection = dataclasses.field(default_factory=LossSection)
+    rewards: list[RewardSpec] = dataclasses.field(
+        default_factory=lambda: [RewardSpec()],
+        metadata={"help": "rewards to maximise: a list of {name, weight, options} (rewards[i].name etc.)"},
+    )
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+
+def window_of(cfg: SamplerConfig) -> tuple[str, int]:
+    """The effective (window schedule, size) after the mode's defaults; size 0 → every step."""
+    kind, size = DEFAULT_WINDOWS[cfg.mode]
+    kind = cfg.window or kind
+    size = cfg.window_size or size or cfg.num_steps
+    return kind, size
+
+
+def check_combinations(cfg: Config) -> None:
+    """Cross-field rules (each message names the keys)."""
+    s, t = cfg.sampler, cfg.train
+    kind, size = window_of(s)
+    if size > s.num_steps:
+        raise ConfigError(f"sampler.window_size={size} is longer than sampler.num_steps={s.num_steps}")
+    if len(s.split_steps) != len(s.split_steps):
+        raise ConfigError(f"sampler.split_steps {s.split_steps} lists a step twice")
+    if any(k >= s.num_steps for k in s.split_steps):
+        raise ConfigError(f"sampler.split_steps {s.split_steps} must all be < sampler.num_steps={s.num_steps}")
+    tree = s.mode in ("branchgrpo", "branchgrpo-mix")
+    if tree:
+        if not s.split_steps:
+            raise ConfigError(f"sampler.mode={s.mode} needs sampler.split_steps (steps at which to branch)")
+        leaves = s.branch_factor ** len(s.split_steps)
+        if leaves != t.group_size:
+            raise ConfigError(
+                f"sampler.branch_factor={s.branch_factor} ** len(sampler.split_steps)={len(s.split_steps)} "
+                f"= {leaves} leaves per prompt, but train.group_size={t.group_size}; make them equal"
+            )
+    elif s.split_steps:
+        raise ConfigError(f"sampler.split_steps is only used by the tree modes, not sampler.mode={s.mode}")
+    if s.extra_tail_steps and s.mode != "singular" and kind == "fixed" and size == s.num_steps:
+        raise ConfigError("sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)")
+    if s.mode == "singular" and size != 1:
+        raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
+    if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
+        raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
+    if not cfg.rewards:
+        raise ConfigError("rewards: list at least one reward")
+    for name in (cfg.data.train_prompts, cfg.data.eval_prompts):
+        if not name.startswith("toy:") and not os.path.isfile(name):
+            raise ConfigError(f"data prompts file {name!r} does not exist")
+    if not os.path.isdir(cfg.model.path):
+        raise ConfigError(f"model.path {cfg.model.path!r} is not a directory")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"train.lr=1e-4"`` → ("train.lr", 0.0001); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {_one_line(e)}") from None
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads "1e-4" as a string
+        value = float(value)
+    return key.strip(), value
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML preset (or the defaults), apply overrides, validate everything."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path!r} is not valid YAML: {_one_line(e)}") from None
+        data = {} if data is None else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(data, key, value)
+    cfg = load(Config, data)
+    check_combinations(cfg)
+    return cfg
+
+
+__all__ = ["Config", "ConfigError", "load_config", "to_dict", "window_of"]

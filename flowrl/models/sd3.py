@@ -1,0 +1,188 @@
+"""Stable Diffusion 3 family as a policy: load the pipeline's components from a diffusers folder and
+expose what the trainer needs (prompt encoding, velocity, initial noise, decoding).
+
+The folder has the layout ``StableDiffusion3Pipeline.save_pretrained`` writes: ``transformer/``,
+``scheduler/``, ``text_encoder[_2, _3]/`` with ``tokenizer[_2, _3]/`` and, optionally, ``vae/``.
+Each component is loaded with its own class's ``from_pretrained``, as the pipeline does. Without a
+``vae/`` folder the model works in pixel space: the transformer's channels are RGB in [−1, 1]
+(the toy base model). Prompt encoding follows the SD3 pipeline: CLIP penultimate hidden states
+concatenated along features and zero-padded to the transformer's ``joint_attention_dim``, then
+T5's last hidden state appended along the sequence; pooled CLIP projections concatenated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.samplers import scheduler_sigmas
+
+_ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
+
+
+@dataclass
+class PromptCond:
+    """Conditioning rows for the transformer: ``embeds [B, L, D]``, ``pooled [B, P]``; with
+    classifier-free guidance also the unconditional ``neg_embeds`` / ``neg_pooled`` of the same shapes."""
+
+    embeds: Tensor
+    pooled: Tensor
+    neg_embeds: Tensor | None = None
+    neg_pooled: Tensor | None = None
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors as a mapping (what the rollout drivers index row by row)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+class SD3Policy:
+    """An SD3-architecture model ready for RL: ``velocity(x, sigma, cond)`` is the network the
+    samplers drive (with guidance when ``cfg_scale > 1``); everything else is frozen plumbing."""
+
+    def __init__(self, path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+        if not os.path.isdir(os.path.join(path, "transformer")):
+            raise FileNotFoundError(
+                f"model path {path!r} has no transformer/ folder (expected a diffusers SD3 layout)"
+            )
+        self.path, self.dtype, self.device = path, dtype, torch.device(device)
+        self.transformer = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+        self.encoders: list[tuple[Any, Any]] = []
+        for enc, tok in _ENCODERS:
+            if os.path.isdir(os.path.join(path, enc)):
+                self.encoders.append(_load_text_encoder(path, enc, tok, dtype))
+        if not self.encoders:
+            raise FileNotFoundError(f"model path {path!r} has no text_encoder/ folder")
+        has_vae = os.path.isdir(os.path.join(path, "vae"))
+        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype) if has_vae else None
+        for module in [self.transformer, self.vae, *(e for e, _ in self.encoders)]:
+            if module is not None:
+                module.to(self.device).requires_grad_(False).eval()
+        self.cfg_scale = 1.0
+
+    # ----------------------------------------------------------------- shapes and schedule
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        if resolution % (factor * self.transformer.config.patch_size):
+            raise ValueError(
+                f"resolution {resolution} must be a multiple of {factor * self.transformer.config.patch_size} "
+                "(VAE downsampling × patch size)"
+            )
+        side = resolution // factor
+        return (self.transformer.config.in_channels, side, side)
+
+    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
+        """The scheduler's ``[T + 1]`` sigma schedule for ``num_steps`` steps (float64)."""
+        _c, h, w = self.latent_shape(resolution)
+        seq_len = (h // self.transformer.config.patch_size) * (w // self.transformer.config.patch_size)
+        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len)
+
+    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
+        """``[B, C, h, w]`` standard normal noise, one generator per seed (reproducible per sample)."""
+        shape = self.latent_shape(resolution)
+        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        return torch.stack(rows).to(self.device, self.dtype)
+
+    # ----------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
+        """Encode prompts (``with_negative`` defaults to ``cfg_scale > 1``: also the empty prompt)."""
+        embeds, pooled = self._encode(prompts)
+        cond = PromptCond(embeds, pooled)
+        if with_negative if with_negative is not None else self.cfg_scale > 1:
+            neg, neg_pooled = self._encode([""])
+            cond.neg_embeds = neg.expand_as(embeds).contiguous()
+            cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
+        return cond
+
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        clip_states, pooled, t5 = [], [], None
+        for encoder, tokenizer in self.encoders:
+            ids = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(self.device)
+            if "T5" in type(encoder).__name__:
+                t5 = encoder(ids).last_hidden_state
+                continue
+            out = encoder(ids, output_hidden_states=True)
+            clip_states.append(out.hidden_states[-2])
+            pooled.append(out.text_embeds)
+        states = torch.cat(clip_states, dim=-1)
+        width = self.transformer.config.joint_attention_dim
+        if states.shape[-1] > width:
+            raise ValueError(f"CLIP hidden sizes sum to {states.shape[-1]} > joint_attention_dim {width}")
+        states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
+        if t5 is not None:
+            states = torch.cat([states, t5], dim=1)
+        return states.to(self.dtype), torch.cat(pooled, dim=-1).to(self.dtype)
+
+    # ----------------------------------------------------------------- network
+    def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Velocity ``[B, C, h, w]`` at states ``x`` and noise levels ``sigma`` (``[B]``), guided when
+        ``cfg_scale > 1`` (the conditioning must then carry the negative prompt)."""
+        t = (sigma * self.scheduler.config.num_train_timesteps).to(x.dtype)
+        if self.cfg_scale <= 1:
+            return self._forward(x, t, cond["embeds"], cond["pooled"])
+        if "neg_embeds" not in cond:
+            raise ValueError("cfg_scale > 1 needs the negative prompt: encode(..., with_negative=True)")
+        both = self._forward(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([cond["neg_embeds"], cond["embeds"]]),
+            torch.cat([cond["neg_pooled"], cond["pooled"]]),
+        )
+        uncond, text = both.chunk(2)
+        return uncond + self.cfg_scale * (text - uncond)
+
+    def _forward(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
+        x_in = x.to(self.dtype)
+        out = self.transformer(
+            hidden_states=x_in, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t, return_dict=False
+        )[0]
+        return out.to(x.dtype)
+
+    # ----------------------------------------------------------------- images
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
+        if self.vae is None:
+            return (latents.float() * 0.5 + 0.5).clamp(0, 1)
+        cfg = self.vae.config
+        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        return (self.vae.decode(z, return_dict=False)[0].float() * 0.5 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE mode, scaled as SD3 does)."""
+        x = images.to(self.device, self.dtype) * 2 - 1
+        if self.vae is None:
+            return x
+        cfg = self.vae.config
+        z = self.vae.encode(x).latent_dist.mode()
+        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+
+def _load_text_encoder(path: str, enc: str, tok: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+    with open(os.path.join(path, enc, "config.json")) as f:
+        arch = json.load(f).get("architectures", [""])[0]
+    cls = T5EncoderModel if arch.startswith("T5") else CLIPTextModelWithProjection
+    return cls.from_pretrained(path, subfolder=enc, torch_dtype=dtype), AutoTokenizer.from_pretrained(
+        path, subfolder=tok
+    )
+
+
+__all__ = ["PromptCond", "SD3Policy"]

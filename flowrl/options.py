@@ -1,0 +1,167 @@
+"""Typed option fields and a strict loader from plain dicts (YAML) into nested dataclasses.
+
+``option(default, help, ...)`` declares a dataclass field with its help text and checks
+(``low`` / ``high`` bounds, ``choices``: a tuple or a zero-argument callable that returns the valid
+names, so registries are read when validating, not when importing). ``load(cls, data)`` builds the
+dataclass, raising ``ConfigError`` that names the dotted key for an unknown key (with a suggestion),
+a wrong type or a value out of range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and what is allowed."""
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] | Callable[[], Any] | None = None,
+) -> Any:
+    """A dataclass field with help text and checks (mutable defaults are copied per instance)."""
+    meta = {"help": help, "low": low, "high": high, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(tp):
+        return load(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check(f: dataclasses.Field, value: Any, key: str) -> None:
+    meta = f.metadata
+    low, high, choices = meta.get("low"), meta.get("high"), meta.get("choices")
+    values = value if isinstance(value, (list, tuple)) else [value]
+    for v in values:
+        if v is None or isinstance(v, (bool, dict)):
+            continue
+        if low is not None and isinstance(v, (int, float)) and v < low:
+            raise ConfigError(f"{key}: must be >= {low}, got {v}")
+        if high is not None and isinstance(v, (int, float)) and v > high:
+            raise ConfigError(f"{key}: must be <= {high}, got {v}")
+        if choices is not None and isinstance(v, str):
+            valid = tuple(choices() if callable(choices) else choices)
+            if v not in valid:
+                hint = difflib.get_close_matches(v, valid, 1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"{key}: {v!r} is not one of {', '.join(valid)}{extra}")
+
+
+def load(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, validating every key, type and range."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, 1)
+            extra = f"; did you mean {prefix}{hint[0]}?" if hint else f"; valid keys: {', '.join(known)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{extra}")
+    kwargs = {}
+    for name, f in known.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], prefix + name)
+            _check(f, kwargs[name], prefix + name)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts and lists (what ``load`` reads back)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "train.lr", 1e-4)``: set a nested key, creating sections as needed."""
+    *path, last = dotted.split(".")
+    node = data
+    for part in path:
+        child = node.get(part)
+        if child is None:  # an empty YAML section reads as null
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node = child
+    node[last] = value
+
+
+def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
+    """(dotted key, type name, default, help) for every leaf option of a dataclass tree."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from describe(tp, prefix + f.name + ".")
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        yield prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")
+
+
+__all__ = ["ConfigError", "describe", "load", "option", "set_dotted", "to_dict"]

@@ -1,0 +1,268 @@
+"""The flow-GRPO training recipe: setup → sample → score → advantages → update → log / save.
+
+Each stage is a plain function of a ``Run`` (the objects built once by ``setup``) so the loop in
+``train`` reads like the algorithm. The sampler mode, advantage estimator, loss and rewards are
+looked up by name in their registries; nothing below branches on those names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
+from flowrl.config import Config, window_of
+from flowrl.generate import generate
+from flowrl.losses import LossInputs, compute_loss
+from flowrl.models import SD3Policy
+from flowrl.rewards import RewardSet
+from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
+from flowrl.trainer.data import load_prompts
+from flowrl.trainer.modes import ROLLOUT_MODES
+from flowrl.trainer.weights import EMA, make_trainable, reference_policy
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between iterations."""
+
+    cfg: Config
+    accelerator: Any
+    policy: SD3Policy
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    rewards: RewardSet
+    window: WindowSchedule
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    rng: random.Random
+    adv_state: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+
+
+@dataclass
+class Batch:
+    """One iteration's experience: the rollout, its conditioning rows (one per root), and rewards."""
+
+    rollout: Rollout
+    cond: dict[str, Tensor]
+    prompts: list[str]  # per final sample [N]
+    rewards: Tensor  # [N, K] reward components (weights in run.rewards)
+    components: dict[str, Tensor]  # every reward score and diagnostic, [N] each
+    granular: Tensor | None = None  # [J, N, K] rewards of coarser decodings (G2RPO)
+
+
+def setup(cfg: Config) -> Run:
+    """Load the model, add LoRA or unfreeze it, build optimizer, EMA, rewards, window and data."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision)
+    policy = SD3Policy(cfg.model.path, device=accelerator.device)
+    policy.cfg_scale = cfg.model.cfg_scale
+    m = cfg.model
+    params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
+    if m.gradient_checkpointing:
+        policy.transformer.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    kind, size = window_of(cfg.sampler)
+    options = dict(cfg.sampler.window_options)
+    if kind == "random":
+        options.setdefault("seed", cfg.seed)
+    window = make_window(kind, cfg.sampler.num_steps, size, **options)
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        policy=policy,
+        params=params,
+        optimizer=optimizer,
+        ema=EMA(params, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
+        rewards=RewardSet.from_specs([vars(r) for r in cfg.rewards]),
+        window=window,
+        train_prompts=load_prompts(cfg.data.train_prompts),
+        eval_prompts=load_prompts(cfg.data.eval_prompts),
+        rng=random.Random(cfg.seed),
+    )
+
+
+def score(run: Run, images: Tensor, prompts: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Rewards ``[N, K]`` (one column per configured reward) and every logged component."""
+    _, parts = run.rewards(images, prompts)
+    return torch.stack([parts[name] for name in run.rewards.rewards], dim=1), parts
+
+
+@torch.no_grad()
+def sample(run: Run, prompts: list[str]) -> Batch:
+    """Roll out the current policy on ``prompts`` (``P``) with the iteration's plan, decode and score."""
+    cfg, policy = run.cfg, run.policy
+    plan = ROLLOUT_MODES.get(cfg.sampler.mode)(cfg.sampler, run.window, cfg.train.group_size)
+    prompt_of_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
+    cond = index_cond(policy.encode(prompts).as_dict(), prompt_of_root)
+    seed = cfg.seed * 1_000_003 + run.iteration
+    noise_seeds = [seed * 4096 + i for i in range(prompt_of_root.numel())]
+    x = policy.initial_noise(noise_seeds, cfg.model.resolution)
+    policy.transformer.eval()
+    rollout = tree_rollout(
+        policy.velocity,
+        x,
+        policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution).to(x.device),
+        cond,
+        prompt_of_root,
+        kind=cfg.sampler.kind,
+        noise_level=cfg.sampler.noise_level,
+        sde_mask=plan.sde_mask,
+        split_steps=plan.split_steps,
+        branch_factor=plan.branch_factor,
+        tail_solver=plan.tail_solver,
+        tail_steps=plan.tail_steps,
+        extra_tail_steps=plan.extra_tail_steps,
+        generator=torch.Generator(x.device).manual_seed(seed),
+    )
+    sample_prompts = [prompts[int(g)] for g in rollout.group_id]
+    rewards, parts = score(run, policy.decode(rollout.samples), sample_prompts)
+    granular = None
+    if rollout.extra_samples:
+        granular = torch.stack(
+            [score(run, policy.decode(s), sample_prompts)[0] for _, s in sorted(rollout.extra_samples.items())]
+        )
+    return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
+
+
+def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """Per-transition advantages ``[M]`` and backprop mask ``[M]`` from the configured estimator."""
+    tr = batch.rollout.transitions
+    adv_batch = AdvantageBatch(
+        rewards=batch.rewards,
+        group_id=batch.rollout.group_id,
+        weights=torch.tensor([run.rewards.weights[n] for n in run.rewards.rewards]),
+        prompt_keys=batch.prompts,
+        granular_rewards=batch.granular,
+        tree=TreeStructure(
+            tr.node_id, tr.parent_id, tr.step, tr.depth, tr.log_prob, tr.group_id, batch.rollout.node_id
+        ),
+    )
+    result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
+    if result.per_transition:
+        return result.advantages, result.mask, result.metrics
+    # per-sample advantages reach the steps that lead to exactly one sample; shared tree prefixes get none
+    own = tr.sample_id >= 0
+    idx = tr.sample_id.clamp(min=0)
+    return result.advantages[idx] * own, result.mask[idx] & own, result.metrics
+
+
+def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float]:
+    """Policy-gradient update on the masked transitions: ``inner_epochs`` passes, ``minibatches``
+    optimizer steps each, gradients accumulated over micro-batches (and so across timesteps)."""
+    cfg, policy, acc = run.cfg, run.policy, run.accelerator
+    tr = batch.rollout.transitions
+    keep = mask.nonzero().squeeze(1)
+    sums: dict[str, float] = {}
+    if keep.numel() == 0:
+        return {"train/transitions": 0.0}
+    policy.transformer.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration)
+    count = 0
+    for _ in range(cfg.train.inner_epochs):
+        order = keep[torch.randperm(keep.numel(), generator=gen)]
+        for chunk in order.chunk(cfg.train.minibatches):
+            for mb in chunk.split(cfg.train.micro_batch):
+                out = _micro_batch_loss(run, tr.select(mb), batch.cond, adv[mb].to(acc.device))
+                acc.backward(out.loss * (mb.numel() / chunk.numel()))
+                for k, v in out.metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v * mb.numel()
+                sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
+                count += mb.numel()
+            if cfg.train.max_grad_norm > 0:
+                norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
+                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(norm) * chunk.numel()
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update()
+    metrics = {k: v / count for k, v in sums.items()}
+    metrics["train/transitions"] = float(keep.numel())
+    return metrics
+
+
+def _micro_batch_loss(run: Run, tr, cond: dict[str, Tensor], adv: Tensor):
+    cfg, policy = run.cfg, run.policy
+    log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+    ref_mean = None
+    if cfg.loss.kl_coef > 0:
+        with torch.no_grad(), reference_policy(policy.transformer):
+            _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+    col = lambda t: None if t is None else t.unsqueeze(1)  # noqa: E731  one trained step per row: [M] -> [M, 1]
+    inputs = LossInputs(
+        log_prob=col(log_prob),
+        old_log_prob=col(tr.log_prob),
+        advantages=adv,
+        mask=torch.ones_like(col(log_prob), dtype=torch.bool),
+        x_next=col(tr.x_next),
+        mean=col(mean),
+        old_mean=col(tr.mean),
+        ref_mean=col(ref_mean),
+        std=col(tr.std),
+        dt=col(tr.sigma_next - tr.sigma),
+    )
+    return compute_loss(cfg.loss.name, inputs, cfg.loss)
+
+
+@torch.no_grad()
+def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed) pairs, and their rewards."""
+    cfg, policy = run.cfg, run.policy
+    policy.transformer.eval()
+    ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
+    with ctx:
+        images = generate(
+            policy,
+            prompts,
+            seeds,
+            resolution=cfg.model.resolution,
+            num_steps=cfg.eval.num_steps,
+            solver=cfg.eval.solver,
+        )
+    total, parts = run.rewards(images, prompts)
+    return images, {"reward": total, **parts}
+
+
+def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:
+    """Reward statistics of a batch: total mean/std, each component's mean, NFE per sample."""
+    total = (batch.rewards * torch.tensor([run.rewards.weights[n] for n in run.rewards.rewards])).sum(1)
+    out = {"reward/mean": total.mean().item(), "reward/std": total.std().item() if total.numel() > 1 else 0.0}
+    out.update({f"reward/{k}": v.mean().item() for k, v in batch.components.items()})
+    out["sampler/nfe_per_sample"] = batch.rollout.nfe / max(1, batch.rollout.samples.shape[0])
+    out["sampler/transitions"] = float(len(batch.rollout.transitions))
+    return out
+
+
+def train_step(run: Run) -> dict[str, float]:
+    """One iteration: pick prompts, sample, score, compute advantages, update, advance the window."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    prompts = run.rng.sample(run.train_prompts, min(cfg.train.prompts_per_step, len(run.train_prompts)))
+    batch = sample(run, prompts)
+    t1 = time.perf_counter()
+    adv, mask, adv_metrics = advantages(run, batch)
+    metrics = {**iteration_metrics(batch, run), **adv_metrics}
+    metrics.update(update(run, batch, adv, mask))
+    t2 = time.perf_counter()
+    metrics.update({"time/sample_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"non-finite training metrics at iteration {run.iteration}: {', '.join(bad)}")
+    run.window.advance()
+    run.iteration += 1
+    return metrics
+
+
+__all__ = ["Batch", "Run", "advantages", "evaluate", "sample", "score", "setup", "train_step", "update"]

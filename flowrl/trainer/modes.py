@@ -1,0 +1,124 @@
+"""Sampler modes: how one training iteration's rollout is laid out.
+
+Every mode is a registered pure function with ONE signature, ``plan(cfg, window, group_size)
+-> RolloutPlan``, and every plan is executed by the same call to ``flowrl.samplers.tree_rollout``
+(chains and singular branches are trees with no split or one split), so the trainer never looks
+at the mode's name. ``window`` is the iteration's window schedule (``cfg.window``), already
+advanced by the trainer.
+
+| mode | rollout | stochastic (trained) steps |
+|---|---|---|
+| flow-grpo | G independent chains per prompt | all steps (or the window) |
+| flow-grpo-fast | G chains | the window (``window: random`` by default in presets) |
+| mixgrpo | G chains | the window; ODE elsewhere |
+| mixgrpo-flash | G chains | the window; DPM-Solver++(2M) tail on ``tail_steps`` steps |
+| branchgrpo | one tree per prompt, ``branch_factor`` children at ``split_steps`` | all steps |
+| branchgrpo-mix | one tree per prompt | split steps and the window; ODE elsewhere |
+| singular | ODE to the window's first step, G children there, ODE after | that one step |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from flowrl.registry import Registry
+from flowrl.samplers import WindowSchedule
+
+
+@dataclass
+class RolloutPlan:
+    """Arguments of ``tree_rollout`` for one iteration, plus how many roots each prompt gets."""
+
+    roots_per_prompt: int
+    sde_mask: Tensor
+    split_steps: tuple[int, ...] = ()
+    branch_factor: int = 2
+    tail_solver: str = "euler"
+    tail_steps: int | None = None
+    extra_tail_steps: tuple[int, ...] = field(default_factory=tuple)
+
+
+ModePlanner = Callable[..., RolloutPlan]
+ROLLOUT_MODES: Registry[ModePlanner] = Registry("sampler mode")
+
+
+def _chain(cfg, window: WindowSchedule, group_size: int, tail_solver: str = "euler") -> RolloutPlan:
+    return RolloutPlan(
+        roots_per_prompt=group_size,
+        sde_mask=window.sde_mask(),
+        tail_solver=tail_solver,
+        tail_steps=cfg.tail_steps or None,
+        extra_tail_steps=tuple(cfg.extra_tail_steps),
+    )
+
+
+@ROLLOUT_MODES.register("flow-grpo")
+@ROLLOUT_MODES.register("flow-grpo-fast")
+@ROLLOUT_MODES.register("mixgrpo")
+def chains(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """G independent chains per prompt, SDE inside the window and ODE elsewhere. Flow-GRPO, Flow-GRPO-Fast
+    and MixGRPO differ only in their window (whole schedule, short random, progressive)."""
+    return _chain(cfg, window, group_size)
+
+
+@ROLLOUT_MODES.register("mixgrpo-flash")
+def mixgrpo_flash(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """MixGRPO-Flash: as MixGRPO, with a second-order ODE solver (DPM-Solver++ 2M) after the window."""
+    return _chain(cfg, window, group_size, tail_solver="dpm2m")
+
+
+def _tree(cfg, group_size: int, sde_mask: Tensor) -> RolloutPlan:
+    return RolloutPlan(
+        roots_per_prompt=1,
+        sde_mask=sde_mask,
+        split_steps=tuple(cfg.split_steps),
+        branch_factor=cfg.branch_factor,
+        tail_solver=cfg.tail_solver,
+        tail_steps=cfg.tail_steps or None,
+        extra_tail_steps=tuple(cfg.extra_tail_steps),
+    )
+
+
+@ROLLOUT_MODES.register("branchgrpo")
+def branchgrpo(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """BranchGRPO: a tree per prompt; SDE on all steps of the window, branching at ``split_steps``."""
+    return _tree(cfg, group_size, window.sde_mask())
+
+
+@ROLLOUT_MODES.register("branchgrpo-mix")
+def branchgrpo_mix(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """BranchGRPO-Mix: the tree with ODE steps off the split steps (and off the window if one is set)."""
+    mask = window.sde_mask() if window.size < window.num_steps else torch.zeros(window.num_steps, dtype=torch.bool)
+    return _tree(cfg, group_size, mask)
+
+
+@ROLLOUT_MODES.register("singular")
+def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """TempFlow / G2RPO singular branching: one stochastic step, the window's first, with G children."""
+    return RolloutPlan(
+        roots_per_prompt=1,
+        sde_mask=torch.zeros(window.num_steps, dtype=torch.bool),
+        split_steps=(window.start,),
+        branch_factor=group_size,
+        tail_solver=cfg.tail_solver,
+        tail_steps=cfg.tail_steps or None,
+        extra_tail_steps=tuple(cfg.extra_tail_steps),
+    )
+
+
+#: window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step)
+DEFAULT_WINDOWS: dict[str, tuple[str, int]] = {
+    "flow-grpo": ("fixed", 0),
+    "flow-grpo-fast": ("random", 2),
+    "mixgrpo": ("progressive", 4),
+    "mixgrpo-flash": ("progressive", 4),
+    "branchgrpo": ("fixed", 0),
+    "branchgrpo-mix": ("fixed", 0),
+    "singular": ("random", 1),
+}
+
+__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "RolloutPlan"]

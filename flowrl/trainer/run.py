@@ -1,0 +1,173 @@
+"""A whole training run: evaluate the base, train, evaluate the result, and write the run folder.
+
+Run folder: ``config.yaml`` (resolved), ``tb/`` (tensorboard), ``checkpoints/final/`` (LoRA in
+diffusers format + trainer state), ``gallery/`` (base vs trained), ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from flowrl.config import Config, to_dict
+from flowrl.trainer.checkpoint import atomic_dir, save_state, write_json
+from flowrl.trainer.flow import Run, evaluate, setup, train_step
+from flowrl.trainer.weights import save_weights
+
+
+def make_run_dir(cfg: Config, name: str) -> str:
+    """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``; refuses to reuse a finished run folder."""
+    path = cfg.output.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(os.path.join(path, "summary.json")):
+        raise FileExistsError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
+    os.makedirs(path, exist_ok=True)
+    return os.path.abspath(path)
+
+
+def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
+    """Fixed (prompt, seed) pairs: the first ``eval.num_prompts`` prompts × seeds 0..n−1."""
+    chosen = prompts[: cfg.eval.num_prompts] if cfg.eval.num_prompts else prompts
+    n = cfg.eval.seeds_per_prompt
+    return [p for p in chosen for _ in range(n)], [k for _ in chosen for k in range(n)]
+
+
+def save_checkpoint(run: Run, path: str) -> None:
+    """Trainable weights (EMA if enabled) and trainer state, written atomically."""
+    transformer = run.accelerator.unwrap_model(run.policy.transformer)
+    with atomic_dir(path) as tmp:
+        ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
+        with ctx:
+            save_weights(transformer, run.cfg.model.finetune, os.path.join(tmp, run.cfg.model.finetune))
+        state = {
+            "iteration": run.iteration,
+            "params": [p.detach().cpu() for p in run.params],
+            "optimizer": run.optimizer.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "window": run.window.state_dict(),
+            "advantage_state": _plain(run.adv_state),
+            "prompt_rng": list(_plain(run.rng.getstate())),
+            "torch_rng": torch.get_rng_state(),
+        }
+        save_state(os.path.join(tmp, "trainer_state.pt"), state)
+
+
+def _plain(value: Any) -> Any:
+    """Containers as lists/dicts so that ``torch.load(weights_only=True)`` reads them back."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, torch.Tensor)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _stats(values: torch.Tensor) -> tuple[float, float]:
+    return values.mean().item(), values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
+
+
+def train_and_report(cfg: Config, name: str = "run") -> str:
+    """Run training end to end; returns the run folder. See the module docstring for its contents."""
+    start = time.time()
+    run_dir = make_run_dir(cfg, name)
+    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    run = setup(cfg)
+    writer = _writer(cfg, run_dir)
+    prompts, seeds = eval_pairs(cfg, run.eval_prompts)
+    before = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(cfg.train.iterations), desc="train", disable=not cfg.output.progress, dynamic_ncols=True)
+    train_start = time.time()
+    for _ in bar:
+        metrics = train_step(run)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, run.iteration)
+        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", clip=f"{metrics.get('clip_frac_high', 0):.2f}")
+        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
+            save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+        if cfg.train.max_minutes and time.time() - train_start > 60 * cfg.train.max_minutes:
+            break
+    bar.close()
+    train_seconds = time.time() - train_start
+    save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+    after = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
+
+    summary: dict[str, Any] = {
+        "train_steps": run.iteration,
+        "train_seconds": round(train_seconds, 1),
+        "seed": cfg.seed,
+        "num_eval_samples": len(prompts) if cfg.eval.enabled else 0,
+        "eval_seeds": sorted(set(seeds)),
+        "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
+    }
+    if before is not None and after is not None:
+        summary.update(_eval_summary(run, before[1], after[1]))
+        if cfg.eval.gallery_prompts:
+            summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
+        if writer is not None:
+            writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+    summary["wall_time_s"] = round(time.time() - start, 1)
+    summary["config"] = to_dict(cfg)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    if writer is not None:
+        writer.close()
+    return run_dir
+
+
+def _eval_summary(run: Run, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Means and standard errors of the total reward and of every component, before and after."""
+    out: dict[str, Any] = {}
+    first = next(iter(run.rewards.rewards))
+    for key in before:
+        b, b_se = _stats(before[key])
+        a, a_se = _stats(after[key])
+        out[f"eval/{key}"] = {"before": b, "before_se": b_se, "after": a, "after_se": a_se}
+    diff = after["reward"] - before["reward"]  # same prompts and seeds: a paired difference
+    out["eval_reward_before"], out["eval_reward_after"] = out["eval/reward"]["before"], out["eval/reward"]["after"]
+    out["eval_reward_gain"], out["eval_reward_gain_se"] = _stats(diff)
+    strict = f"{first}/strict"
+    if strict in before:
+        out["eval_strict_before"], out["eval_strict_after"] = before[strict].mean().item(), after[strict].mean().item()
+    return out
+
+
+def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
+    from flowrl.gallery import GalleryColumn, write_gallery
+
+    rows = [i for i, s in enumerate(seeds) if s == seeds[0]][: cfg.eval.gallery_prompts]
+
+    def column(label: str, result) -> GalleryColumn:
+        images, parts = result
+        scores = [{k: round(v[i].item(), 4) for k, v in parts.items()} for i in rows]
+        return GalleryColumn(label, images[rows], scores)
+
+    paths = write_gallery(
+        run_dir,
+        [prompts[i] for i in rows],
+        [seeds[i] for i in rows],
+        [column("base", before), column("trained", after)],
+        title=f"flowrl: base vs trained ({cfg.sampler.mode}, {cfg.train.iterations} iterations)",
+        sort_key="reward",
+    )
+    return paths["html"]
+
+
+def _writer(cfg: Config, run_dir: str):
+    if not cfg.output.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(run_dir, "tb"))
+
+
+__all__ = ["eval_pairs", "make_run_dir", "save_checkpoint", "train_and_report"]

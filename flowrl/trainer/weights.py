@@ -1,0 +1,108 @@
+"""Trainable weights: LoRA through peft or full fine-tuning, the reference policy, EMA, and saving.
+
+With LoRA the reference policy is the same network with its adapter disabled, so KL costs one
+extra forward pass and no second copy of the model. LoRA checkpoints are written with
+``StableDiffusion3Pipeline.save_lora_weights`` so that ``pipeline.load_lora_weights(dir)`` loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+ADAPTER = "default"
+
+
+def make_trainable(
+    transformer: nn.Module, finetune: str, rank: int, alpha: float, targets: list[str]
+) -> list[nn.Parameter]:
+    """Add a LoRA adapter (``finetune="lora"``) or unfreeze everything (``"full"``); return the trainables."""
+    if finetune == "lora":
+        from peft import LoraConfig
+
+        names = [n for n, _ in transformer.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise ValueError(f"model.lora_targets {missing} match no module of {type(transformer).__name__}")
+        config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
+        transformer.add_adapter(config, adapter_name=ADAPTER)
+    elif finetune == "full":
+        transformer.requires_grad_(True)
+    else:
+        raise ValueError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters after setting up fine-tuning")
+    return params
+
+
+@contextlib.contextmanager
+def reference_policy(transformer: nn.Module) -> Iterator[None]:
+    """Inside the block the transformer is the reference policy (its LoRA adapter disabled)."""
+    if not getattr(transformer, "_hf_peft_config_loaded", False):
+        raise ValueError("the reference policy needs a LoRA adapter (model.finetune=lora)")
+    transformer.disable_adapters()
+    try:
+        yield
+    finally:
+        transformer.enable_adapters()
+
+
+class EMA:
+    """Exponential moving average of trainable parameters: ``avg ← decay·avg + (1 − decay)·p``."""
+
+    def __init__(self, params: list[nn.Parameter], decay: float) -> None:
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, p in zip(self.shadow, self.params, strict=True):
+            avg.lerp_(p.detach(), 1 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Temporarily load the averaged weights into the live parameters."""
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, avg in zip(self.params, self.shadow, strict=True):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, value in zip(self.params, live, strict=True):
+                    p.copy_(value)
+
+    def state_dict(self) -> dict[str, object]:
+        return {"decay": self.decay, "shadow": [t.clone() for t in self.shadow]}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.decay = float(state["decay"])
+        for avg, t in zip(self.shadow, state["shadow"], strict=True):
+            avg.copy_(t)
+
+
+def save_weights(transformer: nn.Module, finetune: str, path: str) -> None:
+    """Write the trainable weights into folder ``path`` (callers make the whole checkpoint atomic).
+
+    LoRA: ``pytorch_lora_weights.safetensors`` in diffusers' SD3 LoRA format; full: the transformer
+    in diffusers format (``from_pretrained``-loadable). Non-finite weights are never written.
+    """
+    for p in transformer.parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise FloatingPointError("refusing to save non-finite weights")
+    if finetune == "lora":
+        from diffusers import StableDiffusion3Pipeline
+        from peft.utils import get_peft_model_state_dict
+
+        layers = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
+        StableDiffusion3Pipeline.save_lora_weights(path, transformer_lora_layers=layers)
+    else:
+        transformer.save_pretrained(path, safe_serialization=True)
+
+
+__all__ = ["EMA", "make_trainable", "reference_policy", "save_weights"]

@@ -1,0 +1,25 @@
+"""The toy world's rule-based evaluator as a reward: ``score`` is the partial score in [0, 1]
+(counts, colours, shapes, positions), ``strict`` the 0/1 GenEval-style correctness."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from flowrl.toy_world import evaluate, parse_prompt
+
+from .base import REWARDS, RewardFn
+
+
+@REWARDS.register("toy-geneval")
+def toy_geneval() -> RewardFn:
+    """Factory of the toy evaluator reward (no options)."""
+
+    def reward(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        scores = [evaluate(img, parse_prompt(p)) for img, p in zip(images, prompts, strict=True)]
+        return {
+            "score": torch.tensor([s.partial for s in scores]),
+            "strict": torch.tensor([s.strict for s in scores]),
+        }
+
+    return reward

@@ -1,0 +1,644 @@
+"""Configuration: typed options, YAML presets, dotted overrides, cross-field checks, prompt sources and the CLI.
+
+No test here reaches training: the CLI is only driven with invalid configs or ``--help``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowrl import cli
+from flowrl.advantages import ADVANTAGES
+from flowrl.config import (
+    SD3_LORA_TARGETS,
+    Config,
+    SamplerConfig,
+    check_combinations,
+    load_config,
+    parse_override,
+    window_of,
+)
+from flowrl.losses import LOSSES
+from flowrl.options import ConfigError, describe, load, set_dotted, to_dict
+from flowrl.trainer.data import load_prompts
+from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """An empty directory standing in for the model (validation never loads it)."""
+    path = tmp_path / "model"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def mp(model_dir: Path) -> str:
+    """The ``model.path=...`` override every valid config needs."""
+    return f"model.path={model_dir}"
+
+
+def config_error(overrides: list[str], path: str | Path | None = None) -> str:
+    """The message of the ``ConfigError`` that ``load_config`` raises."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None if path is None else str(path), overrides)
+    return str(info.value)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_defaults_load(mp: str, model_dir: Path) -> None:
+    cfg = load_config(None, [mp])
+    assert isinstance(cfg, Config)
+    assert cfg.model.path == str(model_dir)
+    expected = Config()
+    expected.model.path = str(model_dir)
+    assert cfg == expected
+    assert cfg.sampler.mode == "flow-grpo"
+    assert cfg.train.lr == 3e-4
+    assert cfg.advantage.name == "grpo"
+    assert cfg.loss.name == "ppo-clip"
+    assert [r.name for r in cfg.rewards] == ["toy-geneval"]
+    assert cfg.data.train_prompts == "toy:train"
+
+
+def test_mutable_defaults_are_copied_per_instance() -> None:
+    a, b = Config(), Config()
+    assert a.model.lora_targets == SD3_LORA_TARGETS
+    assert a.model.lora_targets is not SD3_LORA_TARGETS
+    assert a.model.lora_targets is not b.model.lora_targets
+    assert a.sampler.window_options is not b.sampler.window_options
+    assert a.rewards is not b.rewards
+
+
+def test_yaml_preset_loads(tmp_path: Path, mp: str) -> None:
+    preset = write(
+        tmp_path,
+        "preset.yaml",
+        "seed: 7\n"
+        "sampler:\n  mode: mixgrpo\n  num_steps: 12\n"
+        "train:\n  group_size: 4\n  lr: 0.001\n"
+        "rewards:\n  - name: toy-geneval\n    weight: 2\n",
+    )
+    cfg = load_config(str(preset), [mp])
+    assert cfg.seed == 7
+    assert cfg.sampler.mode == "mixgrpo"
+    assert cfg.sampler.num_steps == 12
+    assert cfg.train.group_size == 4
+    assert cfg.train.lr == 0.001
+    assert cfg.rewards[0].weight == 2.0 and isinstance(cfg.rewards[0].weight, float)
+    # untouched keys keep their defaults
+    assert cfg.train.iterations == Config().train.iterations
+
+
+def test_overrides_override_the_file(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "preset.yaml", "train:\n  lr: 0.001\n  group_size: 4\nsampler:\n  mode: branchgrpo\n")
+    cfg = load_config(str(preset), [mp, "train.lr=2.0e-4", "sampler.split_steps=[1,3]"])
+    assert cfg.train.lr == 2e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.sampler.split_steps == [1, 3]
+    assert isinstance(cfg.sampler.split_steps, list)
+    assert cfg.train.group_size == 4  # from the file, not overridden
+
+
+def test_later_override_wins(mp: str) -> None:
+    cfg = load_config(None, [mp, "train.iterations=3", "train.iterations=5"])
+    assert cfg.train.iterations == 5
+
+
+def test_override_lr_in_exponent_notation_is_a_float(mp: str) -> None:
+    assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
+    cfg = load_config(None, [mp, "train.lr=1e-4"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+
+
+def test_demo_preset_loads(mp: str, model_dir: Path) -> None:
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"), [mp])
+    assert cfg.model.path == str(model_dir)
+    assert cfg.model.lora_rank == 32
+    assert cfg.model.lora_alpha == 32.0
+    assert cfg.train.iterations == 40
+    assert cfg.train.max_minutes == 7.0
+    assert cfg.train.lr == 3e-4
+    assert cfg.loss.clip_low == 1e-3
+    assert cfg.eval.seeds_per_prompt == 4
+
+
+def test_empty_yaml_file_gives_defaults(tmp_path: Path, mp: str, model_dir: Path) -> None:
+    cfg = load_config(str(write(tmp_path, "empty.yaml", "")), [mp])
+    assert cfg == load_config(None, [mp])
+
+
+def test_optional_float_accepts_null(mp: str) -> None:
+    cfg = load_config(None, [mp, "advantage.clip_max=null"])
+    assert cfg.advantage.clip_max is None
+    cfg = load_config(None, [mp, "advantage.clip_max=3"])
+    assert cfg.advantage.clip_max == 3.0 and isinstance(cfg.advantage.clip_max, float)
+
+
+def test_tuple_option_is_loaded_as_tuple(mp: str) -> None:
+    cfg = load_config(None, [mp, "advantage.tree_skip_depths=[0,2]"])
+    assert cfg.advantage.tree_skip_depths == (0, 2)
+
+
+def test_override_into_empty_yaml_section(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "preset.yaml", "train:\nseed: 1\n")
+    assert load_config(str(preset), [mp]).train == Config().train  # the null section alone is fine
+    cfg = load_config(str(preset), [mp, "train.lr=0.1"])
+    assert cfg.train.lr == 0.1
+
+
+# --------------------------------------------------------------------------- keys, types, ranges
+
+
+def test_unknown_nested_key_suggests(mp: str) -> None:
+    assert config_error([mp, "train.lrr=1"]) == "unknown config key train.lrr; did you mean train.lr?"
+
+
+def test_unknown_top_level_key_suggests(mp: str) -> None:
+    assert config_error([mp, "sede=1"]) == "unknown config key sede; did you mean seed?"
+    assert config_error([mp, "trian.lr=1"]) == "unknown config key trian; did you mean train?"
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(mp: str) -> None:
+    assert config_error([mp, "zzz=1"]) == (
+        "unknown config key zzz; valid keys: seed, model, sampler, train, advantage, loss, rewards, data, eval, output"
+    )
+
+
+def test_unknown_key_in_yaml_file(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "preset.yaml", "loss:\n  clip_lo: 0.1\n")
+    assert config_error([mp], preset) == "unknown config key loss.clip_lo; did you mean loss.clip_low?"
+
+
+def test_unknown_key_inside_reward_entry(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "preset.yaml", "rewards:\n  - name: toy-geneval\n    wieght: 2\n")
+    assert config_error([mp], preset) == "unknown config key rewards[0].wieght; did you mean rewards[0].weight?"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.group_size=two", "train.group_size: expected int, got 'two' (str)"),
+        ("train.lr=[1]", "train.lr: expected float, got [1] (list)"),
+        ("train.group_size=true", "train.group_size: expected int, got True (bool)"),
+        ("train.group_size=2.5", "train.group_size: expected int, got 2.5 (float)"),
+        ("train.lr=true", "train.lr: expected float, got True (bool)"),
+        ("eval.enabled=1", "eval.enabled: expected true or false, got 1"),
+        ("model.path=3", "model.path: expected str, got 3 (int)"),
+        ("model.lora_targets=attn", "model.lora_targets: expected a list, got 'attn'"),
+        ("sampler.split_steps=[1,x]", "sampler.split_steps[1]: expected int, got 'x' (str)"),
+        ("sampler.window_options=3", "sampler.window_options: expected a mapping, got 3"),
+        ("train=5", "train: expected a mapping, got 5"),
+        ("advantage.clip_max=abc", "advantage.clip_max: expected float, got 'abc' (str)"),
+    ],
+)
+def test_wrong_type(mp: str, override: str, message: str) -> None:
+    assert config_error([mp, override]) == message
+
+
+def test_int_is_accepted_for_float(mp: str) -> None:
+    cfg = load_config(None, [mp, "train.lr=1", "loss.clip_low=0"])
+    assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
+    assert cfg.loss.clip_low == 0.0 and type(cfg.loss.clip_low) is float
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.group_size=1", "train.group_size: must be >= 2, got 1"),
+        ("loss.clip_low=-1", "loss.clip_low: must be >= 0.0, got -1.0"),
+        ("advantage.stratified_alpha=2", "advantage.stratified_alpha: must be <= 1.0, got 2.0"),
+        ("train.ema_decay=1", "train.ema_decay: must be <= 0.99999, got 1.0"),
+        ("loss.dual_clip=0.5", "loss.dual_clip: must be >= 1.0, got 0.5"),
+        ("sampler.split_steps=[1,-1]", "sampler.split_steps: must be >= 0, got -1"),
+        ("sampler.extra_tail_steps=[0]", "sampler.extra_tail_steps: must be >= 1, got 0"),
+        ("seed=-3", "seed: must be >= 0, got -3"),
+    ],
+)
+def test_out_of_range(mp: str, override: str, message: str) -> None:
+    assert config_error([mp, override]) == message
+
+
+def test_range_bounds_are_inclusive(mp: str) -> None:
+    cfg = load_config(None, [mp, "train.group_size=2", "advantage.stratified_alpha=1", "loss.clip_low=0"])
+    assert (cfg.train.group_size, cfg.advantage.stratified_alpha, cfg.loss.clip_low) == (2, 1.0, 0.0)
+
+
+def test_unknown_advantage_name_suggests(mp: str) -> None:
+    assert config_error([mp, "advantage.name=grp0"]) == (
+        f"advantage.name: 'grp0' is not one of {', '.join(ADVANTAGES.names())} (did you mean 'grpo'?)"
+    )
+
+
+def test_unknown_loss_name_suggests(mp: str) -> None:
+    assert config_error([mp, "loss.name=ppo-clp"]) == (
+        f"loss.name: 'ppo-clp' is not one of {', '.join(LOSSES.names())} (did you mean 'ppo-clip'?)"
+    )
+
+
+def test_unknown_sampler_mode_suggests(mp: str) -> None:
+    assert config_error([mp, "sampler.mode=mixgrp"]) == (
+        f"sampler.mode: 'mixgrp' is not one of {', '.join(ROLLOUT_MODES.names())} (did you mean 'mixgrpo'?)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "prefix"),
+    [
+        ("sampler.window=randm", "sampler.window: 'randm' is not one of "),
+        ("model.finetune=ful", "model.finetune: 'ful' is not one of lora, full"),
+        ("loss.step_weighting=uniformm", "loss.step_weighting: 'uniformm' is not one of "),
+    ],
+)
+def test_unknown_choice_of_fixed_sets(mp: str, override: str, prefix: str) -> None:
+    message = config_error([mp, override])
+    assert message.startswith(prefix)
+    assert message.endswith("?)")  # each has a close match
+
+
+def test_unknown_reward_name_in_yaml(tmp_path: Path, mp: str) -> None:
+    from flowrl.rewards import REWARDS
+
+    valid = ", ".join(REWARDS.names())
+    preset = write(tmp_path, "preset.yaml", "rewards: [{name: nope}]\n")
+    assert config_error([mp], preset) == f"rewards[0].name: 'nope' is not one of {valid}"
+    preset = write(tmp_path, "close.yaml", "rewards: [{name: toy-genevl}]\n")
+    assert config_error([mp], preset) == (
+        f"rewards[0].name: 'toy-genevl' is not one of {valid} (did you mean 'toy-geneval'?)"
+    )
+
+
+def test_set_dotted_into_a_scalar_is_an_error(mp: str) -> None:
+    assert config_error([mp, "seed=1", "seed.x=1"]) == "cannot set seed.x: seed is not a section"
+    # with no scalar there yet, the section is created and then fails type checking
+    assert config_error([mp, "seed.x=1"]) == "seed: expected int, got {'x': 1} (dict)"
+
+
+def test_set_dotted_creates_sections() -> None:
+    data: dict = {"train": {"lr": 1.0}}
+    set_dotted(data, "train.group_size", 4)
+    set_dotted(data, "a.b.c", "x")
+    assert data == {"train": {"lr": 1.0, "group_size": 4}, "a": {"b": {"c": "x"}}}
+
+
+# --------------------------------------------------------------------------- combinations
+
+
+def test_window_longer_than_schedule(mp: str) -> None:
+    assert config_error([mp, "sampler.window_size=11"]) == "sampler.window_size=11 is longer than sampler.num_steps=10"
+    assert load_config(None, [mp, "sampler.window_size=10"]).sampler.window_size == 10
+
+
+def test_branchgrpo_needs_split_steps(mp: str) -> None:
+    assert config_error([mp, "sampler.mode=branchgrpo"]) == (
+        "sampler.mode=branchgrpo needs sampler.split_steps (steps at which to branch)"
+    )
+    assert config_error([mp, "sampler.mode=branchgrpo-mix"]) == (
+        "sampler.mode=branchgrpo-mix needs sampler.split_steps (steps at which to branch)"
+    )
+
+
+def test_branchgrpo_leaves_must_equal_group_size(mp: str) -> None:
+    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3]"]) == (
+        "sampler.branch_factor=2 ** len(sampler.split_steps)=2 = 4 leaves per prompt, but train.group_size=8; "
+        "make them equal"
+    )
+    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3,5]"])  # 2**3 == 8
+    assert cfg.sampler.split_steps == [1, 3, 5]
+    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.split_steps=[2]", "sampler.branch_factor=8"])
+    assert cfg.sampler.branch_factor == 8
+
+
+def test_split_steps_with_chain_mode(mp: str) -> None:
+    for mode in ("flow-grpo", "mixgrpo"):
+        assert config_error([mp, f"sampler.mode={mode}", "sampler.split_steps=[1,3]"]) == (
+            f"sampler.split_steps is only used by the tree modes, not sampler.mode={mode}"
+        )
+
+
+def test_split_step_outside_schedule(mp: str) -> None:
+    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3,10]"]) == (
+        "sampler.split_steps [1, 3, 10] must all be < sampler.num_steps=10"
+    )
+
+
+def test_singular_needs_window_of_one(mp: str) -> None:
+    assert config_error([mp, "sampler.mode=singular", "sampler.window_size=2"]) == (
+        "sampler.mode=singular branches at one step; sampler.window_size must be 1, got 2"
+    )
+    assert load_config(None, [mp, "sampler.mode=singular"]).sampler.mode == "singular"
+
+
+def test_full_finetune_with_kl(mp: str) -> None:
+    assert config_error([mp, "model.finetune=full", "loss.kl_coef=0.1"]) == (
+        "loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)"
+    )
+    assert load_config(None, [mp, "model.finetune=full"]).model.finetune == "full"
+    assert load_config(None, [mp, "loss.kl_coef=0.1"]).loss.kl_coef == 0.1
+
+
+def test_missing_model_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    assert config_error([f"model.path={missing}"]) == f"model.path {str(missing)!r} is not a directory"
+    a_file = write(tmp_path, "file.txt", "x")
+    assert config_error([f"model.path={a_file}"]) == f"model.path {str(a_file)!r} is not a directory"
+
+
+def test_missing_prompt_file(mp: str) -> None:
+    assert config_error([mp, "data.train_prompts=/nonexistent.txt"]) == (
+        "data prompts file '/nonexistent.txt' does not exist"
+    )
+    assert config_error([mp, "data.eval_prompts=/nonexistent.txt"]) == (
+        "data prompts file '/nonexistent.txt' does not exist"
+    )
+
+
+def test_existing_prompt_file_is_accepted(tmp_path: Path, mp: str) -> None:
+    prompts = write(tmp_path, "prompts.txt", "a red circle\n")
+    assert load_config(None, [mp, f"data.train_prompts={prompts}"]).data.train_prompts == str(prompts)
+
+
+def test_empty_rewards(mp: str) -> None:
+    assert config_error([mp, "rewards=[]"]) == "rewards: list at least one reward"
+
+
+def test_extra_tail_steps_need_ode_tail(mp: str) -> None:
+    assert config_error([mp, "sampler.extra_tail_steps=[2]"]) == (
+        "sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)"
+    )
+    cfg = load_config(None, [mp, "sampler.extra_tail_steps=[2]", "sampler.window_size=4"])
+    assert cfg.sampler.extra_tail_steps == [2]
+
+
+def test_check_combinations_on_a_built_config(model_dir: Path) -> None:
+    cfg = Config()
+    cfg.model.path = str(model_dir)
+    check_combinations(cfg)  # defaults are consistent
+    cfg.sampler.window_size = 20
+    with pytest.raises(ConfigError, match=r"^sampler\.window_size=20 is longer than sampler\.num_steps=10$"):
+        check_combinations(cfg)
+
+
+# --------------------------------------------------------------------------- window_of
+
+
+def test_every_mode_has_a_default_window() -> None:
+    assert set(DEFAULT_WINDOWS) == set(ROLLOUT_MODES.names())
+
+
+@pytest.mark.parametrize("mode", sorted(DEFAULT_WINDOWS))
+def test_window_of_mode_default(mode: str) -> None:
+    kind, size = DEFAULT_WINDOWS[mode]
+    assert window_of(SamplerConfig(mode=mode, num_steps=10)) == (kind, size or 10)
+    assert window_of(SamplerConfig(mode=mode, num_steps=7)) == (kind, size or 7)
+
+
+def test_window_of_known_defaults() -> None:
+    assert window_of(SamplerConfig(mode="flow-grpo", num_steps=10)) == ("fixed", 10)
+    assert window_of(SamplerConfig(mode="flow-grpo-fast", num_steps=10)) == ("random", 2)
+    assert window_of(SamplerConfig(mode="mixgrpo", num_steps=10)) == ("progressive", 4)
+    assert window_of(SamplerConfig(mode="singular", num_steps=10)) == ("random", 1)
+
+
+@pytest.mark.parametrize("mode", sorted(DEFAULT_WINDOWS))
+def test_window_of_explicit_overrides_win(mode: str) -> None:
+    assert window_of(SamplerConfig(mode=mode, num_steps=10, window="decaying", window_size=3)) == ("decaying", 3)
+    assert window_of(SamplerConfig(mode=mode, num_steps=10, window_size=5))[1] == 5
+    assert window_of(SamplerConfig(mode=mode, num_steps=10, window="fixed"))[0] == "fixed"
+
+
+def test_window_of_through_load_config(mp: str) -> None:
+    cfg = load_config(None, [mp, "sampler.mode=mixgrpo", "sampler.window=random", "sampler.window_size=3"])
+    assert window_of(cfg.sampler) == ("random", 3)
+
+
+# --------------------------------------------------------------------------- overrides and files
+
+
+def test_parse_override_values() -> None:
+    assert parse_override("train.lr=0.5") == ("train.lr", 0.5)
+    assert parse_override("train.iterations=5") == ("train.iterations", 5)
+    assert parse_override("sampler.split_steps=[1,3]") == ("sampler.split_steps", [1, 3])
+    assert parse_override("eval.enabled=false") == ("eval.enabled", False)
+    assert parse_override("output.run_dir=") == ("output.run_dir", "")
+    assert parse_override(" output.run_dir =a=b") == ("output.run_dir", "a=b")
+    assert parse_override("advantage.clip_max=null") == ("advantage.clip_max", None)
+
+
+def test_parse_override_without_equals() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_override("train.lr")
+    assert str(info.value) == "override 'train.lr' must look like key=value (e.g. train.lr=1e-4)"
+
+
+def test_parse_override_bad_yaml_value() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_override("sampler.split_steps=[1")
+    assert str(info.value).startswith("override sampler.split_steps: cannot parse value '[1': ")
+
+
+def test_yaml_file_not_a_mapping(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "list.yaml", "- a\n- b\n")
+    assert config_error([mp], preset) == f"config file {str(preset)!r} must hold a mapping of sections"
+    preset = write(tmp_path, "scalar.yaml", "hello\n")
+    assert config_error([mp], preset) == f"config file {str(preset)!r} must hold a mapping of sections"
+
+
+def test_invalid_yaml_file(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "bad.yaml", "train: [1\n")
+    assert config_error([mp], preset).startswith(f"config file {str(preset)!r} is not valid YAML: ")
+
+
+def test_nonexistent_config_file(tmp_path: Path, mp: str) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert config_error([mp], missing) == f"config file {str(missing)!r} does not exist"
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def test_toy_prompt_sets() -> None:
+    train, held_out, everything = load_prompts("toy:train"), load_prompts("toy:held-out"), load_prompts("toy:all")
+    assert len(train) == 374
+    assert len(held_out) == 94
+    assert len(set(train)) == 374 and len(set(held_out)) == 94
+    assert not set(train) & set(held_out)
+    assert set(train) | set(held_out) == set(everything)
+    assert load_prompts("toy:train") == train  # deterministic
+
+
+def test_unknown_toy_set() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_prompts("toy:test")
+    assert str(info.value) == "unknown prompt set 'toy:test'; valid: toy:train, toy:held-out, toy:all or a file path"
+
+
+def test_prompt_file_skips_blanks_and_comments(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "prompts.txt", "# header\na red circle\n\n   \n  two blue squares  \n  # indented comment\nx\n"
+    )
+    assert load_prompts(str(path)) == ["a red circle", "two blue squares", "x"]
+
+
+def test_empty_prompt_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.txt", "")
+    with pytest.raises(ConfigError) as info:
+        load_prompts(str(path))
+    assert str(info.value) == f"prompt file {str(path)!r} has no prompts"
+    only_comments = write(tmp_path, "comments.txt", "# a\n\n#b\n")
+    with pytest.raises(ConfigError, match="has no prompts"):
+        load_prompts(str(only_comments))
+
+
+def test_non_utf8_prompt_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(ConfigError) as info:
+        load_prompts(str(path))
+    assert str(info.value) == f"prompt file {str(path)!r} is not UTF-8 text (byte 0)"
+
+
+def test_missing_prompt_file_in_load_prompts(tmp_path: Path) -> None:
+    path = tmp_path / "missing.txt"
+    with pytest.raises(ConfigError) as info:
+        load_prompts(str(path))
+    assert str(info.value) == f"prompt file {str(path)!r} does not exist"
+
+
+# --------------------------------------------------------------------------- to_dict / describe
+
+
+def test_to_dict_round_trips_defaults(mp: str) -> None:
+    cfg = load_config(None, [mp])
+    data = to_dict(cfg)
+    assert isinstance(data, dict) and isinstance(data["train"], dict) and isinstance(data["rewards"][0], dict)
+    assert load(Config, data) == cfg
+
+
+def test_to_dict_round_trips_non_defaults(tmp_path: Path, mp: str) -> None:
+    preset = write(
+        tmp_path,
+        "preset.yaml",
+        "rewards:\n  - name: toy-geneval\n    weight: 0.5\n    options: {a: 1}\n",
+    )
+    cfg = load_config(
+        str(preset),
+        [
+            mp,
+            "sampler.mode=branchgrpo",
+            "sampler.split_steps=[1,3,5]",
+            "sampler.window_options={stride: 2}",
+            "advantage.tree_skip_depths=[0,2]",
+            "advantage.clip_max=null",
+            "loss.dual_clip=3",
+            "train.lr=0.01",
+        ],
+    )
+    data = to_dict(cfg)
+    assert data["advantage"]["tree_skip_depths"] == [0, 2]
+    back = load(Config, data)
+    assert back == cfg
+    assert back.advantage.tree_skip_depths == (0, 2)
+    assert back.rewards[0].options == {"a": 1}
+
+
+def _describe() -> dict[str, tuple[str, object, str]]:
+    return {key: (tp, default, text) for key, tp, default, text in describe(Config)}
+
+
+def test_describe_lists_leaf_keys_with_help() -> None:
+    rows = _describe()
+    for key in ("seed", "train.lr", "loss.clip_low", "advantage.name", "sampler.mode", "model.path", "eval.solver"):
+        assert key in rows
+        assert rows[key][2].strip()
+    assert rows["train.lr"][:2] == ("float", 3e-4)
+    assert rows["train.group_size"][:2] == ("int", 8)
+    assert rows["model.lora_targets"][1] == SD3_LORA_TARGETS
+    # sections are descended into, not listed themselves
+    for section in ("model", "sampler", "train", "advantage", "loss", "data", "eval", "output"):
+        assert section not in rows
+
+
+def test_describe_covers_every_loadable_leaf(mp: str) -> None:
+    """Every leaf key of ``to_dict(cfg)`` (outside the rewards list) is described."""
+
+    def leaves(data: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in data.items():
+            if isinstance(v, dict) and k != "window_options":
+                out |= leaves(v, prefix + k + ".")
+            else:
+                out.add(prefix + k)
+        return out
+
+    data = to_dict(load_config(None, [mp]))
+    assert leaves(data) == set(_describe())
+
+
+def test_describe_every_help_is_non_empty() -> None:
+    empty = [key for key, (_, _, text) in _describe().items() if not text.strip()]
+    assert empty == []
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_bad_key_prints_one_line(mp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", mp, "train.lrr=1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "flowrl: config error: unknown config key train.lrr; did you mean train.lr?\n"
+
+
+def test_cli_bad_config_file(tmp_path: Path, mp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["train", "--config", str(missing), mp]) == 2
+    err = capsys.readouterr().err
+    assert err == f"flowrl: config error: config file {str(missing)!r} does not exist\n"
+
+
+def test_cli_combination_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", f"model.path={tmp_path / 'nope'}"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("flowrl: config error: model.path ")
+
+
+@pytest.mark.parametrize("kind", ["file", "override"])
+def test_cli_yaml_error_is_one_line(tmp_path: Path, mp: str, kind: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if kind == "file":
+        argv = ["train", "--config", str(write(tmp_path, "bad.yaml", "train: [1\n")), mp]
+    else:
+        argv = ["train", mp, "sampler.split_steps=[1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flowrl: config error: ")
+    assert len(err.splitlines()) == 1
+
+
+def test_cli_debug_reraises(mp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=r"^unknown config key train\.lrr; did you mean train\.lr\?$"):
+        cli.main(["train", "--debug", mp, "train.lrr=1"])
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_train_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out
+    assert "sampler.mode" in out
+    assert "loss.clip_low (float, default 0.2)" in out
+    assert "--config" in out and "--debug" in out
