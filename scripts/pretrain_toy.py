@@ -6,7 +6,7 @@ trained jointly; 10% of prompts are dropped to "" so that classifier-free guidan
 The EMA weights are saved in SD3 pipeline layout, loaded back through ``SD3Policy`` and evaluated
 on the held-out prompts; the report lands in ``<out>/pretrain_report.json``.
 
-    python scripts/pretrain_toy.py --out assets/toy-sd3 --steps 2500
+    python scripts/pretrain_toy.py --out assets/toy-sd3   # the committed base: defaults below
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from flowrl.toy_world import render, split_scenes
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/toy-sd3", help="output folder (replaced atomically)")
-    p.add_argument("--steps", type=int, default=2500, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=5000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=6e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.998, help="EMA decay of the saved weights")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
     p.add_argument("--drop-prompt", type=float, default=0.1, help="fraction of empty prompts (for CFG)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
