@@ -183,6 +183,11 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
         raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
+    if cfg.loss.name == "awm":
+        raise ConfigError(
+            "loss.name=awm trains on clean samples, not transitions; the flow trainer does not build its inputs yet "
+            "(planned with the benchmark, issue 7). Choose another loss."
+        )
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
     for name in (cfg.data.train_prompts, cfg.data.eval_prompts):
