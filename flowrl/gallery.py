@@ -11,13 +11,14 @@ import html
 import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from flowrl.atomic import atomic_dir
 
 _PAD = 6
 _PROMPT_W = 220  # contact-sheet width of the prompt column, pixels
@@ -245,13 +246,8 @@ def write_gallery(
         raise ValueError(f"sort_key {sort_key!r} is not in any column's scores")
     arrays = [a.repeat(upscale, axis=1).repeat(upscale, axis=2) for a in arrays]
 
-    out_dir = os.path.abspath(out_dir)
-    final, tmp = os.path.join(out_dir, "gallery"), os.path.join(out_dir, f".gallery.tmp-{os.getpid()}")
-    old = os.path.join(out_dir, f".gallery.old-{os.getpid()}")
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in (tmp, old):  # left over by a crashed run with the same pid
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
+    final = os.path.join(os.path.abspath(out_dir), "gallery")
+    with atomic_dir(final) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
         srcs = []
         for slug, arr in zip(_slugs([c.label for c in columns]), arrays, strict=True):
@@ -263,15 +259,6 @@ def write_gallery(
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write(page)
         _contact_sheet(os.path.join(tmp, "contact_sheet.png"), title, prompts, seeds, columns, arrays, sort_key)
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if os.path.exists(old) and not os.path.exists(final):
-            os.replace(old, final)  # put the previous gallery back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return {
         "html": os.path.join(final, "index.html"),
         "contact_sheet": os.path.join(final, "contact_sheet.png"),

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 import yaml
 
+from flowrl.atomic import atomic_dir, write_json
 from flowrl.config import Config, to_dict
-from flowrl.trainer.checkpoint import atomic_dir, save_state, write_json
+from flowrl.trainer.checkpoint import save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.weights import save_weights
 

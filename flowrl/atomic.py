@@ -1,0 +1,50 @@
+"""Crash-safe files: a folder or file is built under a temporary name next to its destination and
+renamed into place, so a reader never sees a half-written one (checkpoints, galleries, reports)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+    """Yield an empty temporary sibling folder; on success it replaces ``path``, on error it is removed
+    and a previous ``path`` is left (or put back) in place."""
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+    old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+    for stale in (tmp, old):  # left over by a crashed process with the same pid
+        shutil.rmtree(stale, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if os.path.isdir(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isdir(old) and not os.path.exists(path):
+            os.replace(old, path)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write JSON atomically (temporary file, fsync, rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = ["atomic_dir", "write_json"]
