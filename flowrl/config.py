@@ -19,7 +19,7 @@ from flowrl.advantages import ADVANTAGES, AdvantageConfig
 from flowrl.losses import LOSSES, LossConfig
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES
-from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES
+from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES, TREE_MODES
 
 SD3_LORA_TARGETS = [
     "attn.to_q",
@@ -165,7 +165,7 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.split_steps {s.split_steps} lists a step twice")
     if any(k >= s.num_steps for k in s.split_steps):
         raise ConfigError(f"sampler.split_steps {s.split_steps} must all be < sampler.num_steps={s.num_steps}")
-    tree = s.mode in ("branchgrpo", "branchgrpo-mix")
+    tree = s.mode in TREE_MODES
     if tree:
         if not s.split_steps:
             raise ConfigError(f"sampler.mode={s.mode} needs sampler.split_steps (steps at which to branch)")

@@ -74,6 +74,10 @@ class RewardSet:
             parts.update({f"{name}/{k}": v for k, v in out.items() if k != "score"})
         return total, parts
 
+    def weight_vector(self) -> Tensor:
+        """``[K]`` weights in the order of ``rewards`` (the columns of the trainer's reward matrix)."""
+        return torch.tensor([self.weights[name] for name in self.rewards])
+
     def describe(self) -> str:
         return " + ".join(f"{w:g}·{n}" if not math.isclose(w, 1.0) else n for n, w in self.weights.items())
 

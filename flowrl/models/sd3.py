@@ -97,7 +97,9 @@ class SD3Policy:
         """Encode prompts (``with_negative`` defaults to ``cfg_scale > 1``: also the empty prompt)."""
         embeds, pooled = self._encode(prompts)
         cond = PromptCond(embeds, pooled)
-        if with_negative if with_negative is not None else self.cfg_scale > 1:
+        if with_negative is None:
+            with_negative = self.cfg_scale > 1
+        if with_negative:
             neg, neg_pooled = self._encode([""])
             cond.neg_embeds = neg.expand_as(embeds).contiguous()
             cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()

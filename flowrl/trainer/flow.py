@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
+from flowrl.advantages.core import combine
 from flowrl.config import Config, window_of
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss
@@ -143,7 +144,7 @@ def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]
     adv_batch = AdvantageBatch(
         rewards=batch.rewards,
         group_id=batch.rollout.group_id,
-        weights=torch.tensor([run.rewards.weights[n] for n in run.rewards.rewards]),
+        weights=run.rewards.weight_vector(),
         prompt_keys=batch.prompts,
         granular_rewards=batch.granular,
         tree=TreeStructure(
@@ -193,6 +194,11 @@ def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float
     return metrics
 
 
+def _col(t: Tensor | None) -> Tensor | None:
+    """One trained step per row: ``[M, ...]`` -> ``[M, 1, ...]`` (the losses' ``[N, T]`` layout)."""
+    return None if t is None else t.unsqueeze(1)
+
+
 def _micro_batch_loss(run: Run, tr, cond: dict[str, Tensor], adv: Tensor):
     cfg, policy = run.cfg, run.policy
     log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
@@ -200,18 +206,17 @@ def _micro_batch_loss(run: Run, tr, cond: dict[str, Tensor], adv: Tensor):
     if cfg.loss.kl_coef > 0:
         with torch.no_grad(), reference_policy(policy.transformer):
             _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
-    col = lambda t: None if t is None else t.unsqueeze(1)  # noqa: E731  one trained step per row: [M] -> [M, 1]
     inputs = LossInputs(
-        log_prob=col(log_prob),
-        old_log_prob=col(tr.log_prob),
+        log_prob=_col(log_prob),
+        old_log_prob=_col(tr.log_prob),
         advantages=adv,
-        mask=torch.ones_like(col(log_prob), dtype=torch.bool),
-        x_next=col(tr.x_next),
-        mean=col(mean),
-        old_mean=col(tr.mean),
-        ref_mean=col(ref_mean),
-        std=col(tr.std),
-        dt=col(tr.sigma_next - tr.sigma),
+        mask=torch.ones_like(_col(log_prob), dtype=torch.bool),
+        x_next=_col(tr.x_next),
+        mean=_col(mean),
+        old_mean=_col(tr.mean),
+        ref_mean=_col(ref_mean),
+        std=_col(tr.std),
+        dt=_col(tr.sigma_next - tr.sigma),
     )
     return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
@@ -237,7 +242,7 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
 
 def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:
     """Reward statistics of a batch: total mean/std, each component's mean, NFE per sample."""
-    total = (batch.rewards * torch.tensor([run.rewards.weights[n] for n in run.rewards.rewards])).sum(1)
+    total = combine(batch.rewards, run.rewards.weight_vector())
     out = {"reward/mean": total.mean().item(), "reward/std": total.std().item() if total.numel() > 1 else 0.0}
     out.update({f"reward/{k}": v.mean().item() for k, v in batch.components.items()})
     out["sampler/nfe_per_sample"] = batch.rollout.nfe / max(1, batch.rollout.samples.shape[0])

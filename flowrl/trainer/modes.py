@@ -110,6 +110,9 @@ def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     )
 
 
+#: modes that grow one tree per prompt from ``split_steps`` (their leaves per prompt = the group size)
+TREE_MODES = ("branchgrpo", "branchgrpo-mix")
+
 #: window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step)
 DEFAULT_WINDOWS: dict[str, tuple[str, int]] = {
     "flow-grpo": ("fixed", 0),
@@ -121,4 +124,4 @@ DEFAULT_WINDOWS: dict[str, tuple[str, int]] = {
     "singular": ("random", 1),
 }
 
-__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "RolloutPlan"]
+__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "TREE_MODES", "RolloutPlan"]
