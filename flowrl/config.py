@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig
-from flowrl.losses import LOSSES, LossConfig
+from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES
 from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES, TREE_MODES
@@ -183,11 +183,16 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
         raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
-    if cfg.loss.name == "awm":
-        raise ConfigError(
-            "loss.name=awm trains on clean samples, not transitions; the flow trainer does not build its inputs yet "
-            "(planned with the benchmark, issue 7). Choose another loss."
-        )
+    if trains_on(cfg.loss.name) == "samples":
+        if cfg.advantage.name == "tree":
+            raise ConfigError(
+                f"loss.name={cfg.loss.name} trains on final samples; advantage.name=tree gives "
+                "per-transition advantages (use a per-sample estimator such as grpo)"
+            )
+        if cfg.model.cfg_scale > 1:
+            raise ConfigError(f"loss.name={cfg.loss.name} regresses the unguided velocity; needs model.cfg_scale=1")
+        if cfg.loss.awm_ref_coef > 0 and cfg.model.finetune == "full":
+            raise ConfigError("loss.awm_ref_coef > 0 needs a reference policy: use model.finetune=lora")
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
     for name in (cfg.data.train_prompts, cfg.data.eval_prompts):

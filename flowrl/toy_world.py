@@ -11,7 +11,6 @@ circle ≈ π/4, triangle ≈ 1/2) and where their mass sits, and scores counts,
 from __future__ import annotations
 
 import itertools
-import math
 import random
 from dataclasses import dataclass, field
 
@@ -118,14 +117,15 @@ def _mask(shape: str, cx: float, cy: float, r: float, size: int) -> Tensor:
 
 def layout(scene: Scene, size: int, rng: random.Random) -> list[Placed]:
     """Random non-overlapping positions satisfying the scene (the relation, if any)."""
-    r = size / 9
+    r = size / 6.4
     for _ in range(1000):
         objs = [
             Placed(c, rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1), r)
             for c in scene.clauses
             for _ in range(c.count)
         ]
-        apart = all(math.hypot(a.cx - b.cx, a.cy - b.cy) > 2.3 * r for a, b in itertools.combinations(objs, 2))
+        # a gap of at least 1.5 px on some axis, so that no two objects touch
+        apart = all(max(abs(a.cx - b.cx), abs(a.cy - b.cy)) > 2 * r + 1.5 for a, b in itertools.combinations(objs, 2))
         if apart and (scene.relation is None or relation_holds(scene.relation, objs[0], objs[1], size, 2.0)):
             return objs
     raise RuntimeError(f"could not lay out {scene.text!r} on a {size}px canvas")
@@ -233,8 +233,9 @@ def evaluate(image: Tensor, scene: Scene) -> Score:
     """Score an image ``[3, H, W]`` against its scene.
 
     Per clause: count score 1 − |count − found| / count (floored at 0) over objects of the clause's
-    colour and shape, and a colour score (objects of the clause's colour found / count, capped at 1),
-    so a right-coloured wrong shape earns part of the credit. For relations, a position check (0/1)
+    colour and shape, and the same score over objects of the clause's colour whatever their shape,
+    so a right-coloured wrong shape earns part of the credit and stray fragments cost as much as
+    missing objects (a policy cannot buy shape credit by scattering pieces). For relations, a position check (0/1)
     between the largest objects matching each clause. Strict: every count exact, no extra objects of
     the named colours, and the relation holding.
     """
@@ -246,7 +247,7 @@ def evaluate(image: Tensor, scene: Scene) -> Score:
         right = [o for o in objs if o.colour == c.colour and o.shape == c.shape]
         coloured = [o for o in objs if o.colour == c.colour]
         checks[f"count{i}"] = max(0.0, 1 - abs(c.count - len(right)) / c.count)
-        checks[f"colour{i}"] = min(1.0, len(coloured) / c.count)
+        checks[f"colour{i}"] = max(0.0, 1 - abs(c.count - len(coloured)) / c.count)
         exact &= len(right) == c.count and len(coloured) == c.count
     if scene.relation is not None:
         a = [o for o in objs if o.colour == scene.clauses[0].colour and o.shape == scene.clauses[0].shape]

@@ -1,7 +1,9 @@
 """Pretrain the toy base model from scratch on CPU (deterministic for a seed, torch version and thread count).
 
 Flow matching on rendered ground truth of the *train* prompts only: x_σ = (1 − σ)·x0 + σ·ε with
-σ = sigmoid(N(0, 1)) (SD3's logit-normal sampling), loss ‖v − (ε − x0)‖². The text encoder is
+σ = sigmoid(N(0, 1)) (SD3's logit-normal sampling) moved by the sampling schedule's shift s,
+σ ← s·σ / (1 + (s − 1)·σ), so that the high-noise steps where the layout is decided are trained as
+often as they are sampled; loss ‖v − (ε − x0)‖². The text encoder is
 trained jointly; 10% of prompts are dropped to "" so that classifier-free guidance is available.
 The EMA weights are saved in SD3 pipeline layout, loaded back through ``SD3Policy`` and evaluated
 on the held-out prompts; the report lands in ``<out>/pretrain_report.json``.
@@ -33,11 +35,12 @@ from flowrl.toy_world import render, split_scenes
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/toy-sd3", help="output folder (replaced atomically)")
-    p.add_argument("--steps", type=int, default=5000, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=4000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--sigma-shift", type=float, default=3.0, help="shift applied to the logit-normal sigmas")
     p.add_argument("--drop-prompt", type=float, default=0.1, help="fraction of empty prompts (for CFG)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         ).input_ids
         out = text(ids, output_hidden_states=True)
         sigma = torch.sigmoid(torch.randn(args.batch_size, generator=gen))
+        sigma = args.sigma_shift * sigma / (1 + (args.sigma_shift - 1) * sigma)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * noise

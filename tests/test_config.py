@@ -352,6 +352,21 @@ def test_full_finetune_with_kl(mp: str) -> None:
     assert load_config(None, [mp, "loss.kl_coef=0.1"]).loss.kl_coef == 0.1
 
 
+def test_awm_combinations(mp: str) -> None:
+    awm = [mp, "loss.name=awm"]
+    assert config_error([*awm, "advantage.name=tree"]) == (
+        "loss.name=awm trains on final samples; advantage.name=tree gives per-transition advantages "
+        "(use a per-sample estimator such as grpo)"
+    )
+    assert config_error([*awm, "model.cfg_scale=4"]) == (
+        "loss.name=awm regresses the unguided velocity; needs model.cfg_scale=1"
+    )
+    assert config_error([*awm, "loss.awm_ref_coef=0.1", "model.finetune=full"]) == (
+        "loss.awm_ref_coef > 0 needs a reference policy: use model.finetune=lora"
+    )
+    assert load_config(None, [*awm, "loss.awm_ref_coef=0.1"]).loss.awm_ref_coef == 0.1
+
+
 def test_missing_model_dir(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     assert config_error([f"model.path={missing}"]) == f"model.path {str(missing)!r} is not a directory"

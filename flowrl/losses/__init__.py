@@ -6,7 +6,7 @@ clipped loss. See the README's table.
 """
 
 from . import policy  # noqa: F401  (importing registers the losses)
-from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss
+from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss, trains_on
 from .terms import (
     STEP_WEIGHTINGS,
     aggregate,
@@ -31,4 +31,5 @@ __all__ = [
     "guard_log_ratio",
     "k3_kl",
     "step_weights",
+    "trains_on",
 ]

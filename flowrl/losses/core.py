@@ -83,6 +83,12 @@ Loss = Callable[[LossInputs, LossConfig], LossOutput]
 LOSSES: Registry[Loss] = Registry("policy loss")
 
 
+def trains_on(name: str) -> str:
+    """What one row of the loss is: ``"transitions"`` (log-prob losses: one denoising step each) or
+    ``"samples"`` (AWM: a clean sample, re-noised at a drawn σ). Losses declare it as ``fn.trains_on``."""
+    return getattr(LOSSES.get(name), "trains_on", "transitions")
+
+
 def compute_loss(name: str, inputs: LossInputs, cfg: LossConfig | None = None) -> LossOutput:
     """Run the loss registered as ``name``."""
     return LOSSES.get(name)(inputs, cfg or LossConfig())

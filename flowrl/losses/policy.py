@@ -111,4 +111,6 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return LossOutput(loss, metrics)
 
 
+awm.trains_on = "samples"
+
 __all__ = ["awm", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]

@@ -21,7 +21,7 @@ from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import Config, window_of
 from flowrl.generate import generate
-from flowrl.losses import LossInputs, compute_loss
+from flowrl.losses import LossInputs, compute_loss, trains_on
 from flowrl.models import SD3Policy
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
@@ -139,7 +139,8 @@ def sample(run: Run, prompts: list[str]) -> Batch:
 
 
 def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """Per-transition advantages ``[M]`` and backprop mask ``[M]`` from the configured estimator."""
+    """Advantages and backprop mask from the configured estimator, one per row the loss trains on:
+    per transition ``[M]``, or per final sample ``[N]`` for sample losses (AWM)."""
     tr = batch.rollout.transitions
     adv_batch = AdvantageBatch(
         rewards=batch.rewards,
@@ -152,7 +153,7 @@ def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]
         ),
     )
     result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
-    if result.per_transition:
+    if result.per_transition or trains_on(run.cfg.loss.name) == "samples":
         return result.advantages, result.mask, result.metrics
     # per-sample advantages reach the steps that lead to exactly one sample; shared tree prefixes get none
     own = tr.sample_id >= 0
@@ -161,10 +162,10 @@ def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]
 
 
 def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float]:
-    """Policy-gradient update on the masked transitions: ``inner_epochs`` passes, ``minibatches``
-    optimizer steps each, gradients accumulated over micro-batches (and so across timesteps)."""
+    """Update on the masked rows (transitions, or samples for AWM): ``inner_epochs`` passes,
+    ``minibatches`` optimizer steps each, gradients accumulated over micro-batches (and so across timesteps)."""
     cfg, policy, acc = run.cfg, run.policy, run.accelerator
-    tr = batch.rollout.transitions
+    row_loss = _sample_loss if trains_on(cfg.loss.name) == "samples" else _transition_loss
     keep = mask.nonzero().squeeze(1)
     sums: dict[str, float] = {}
     if keep.numel() == 0:
@@ -176,7 +177,7 @@ def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float
         order = keep[torch.randperm(keep.numel(), generator=gen)]
         for chunk in order.chunk(cfg.train.minibatches):
             for mb in chunk.split(cfg.train.micro_batch):
-                out = _micro_batch_loss(run, tr.select(mb), batch.cond, adv[mb].to(acc.device))
+                out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
                 acc.backward(out.loss * (mb.numel() / chunk.numel()))
                 for k, v in out.metrics.items():
                     sums[k] = sums.get(k, 0.0) + v * mb.numel()
@@ -199,8 +200,10 @@ def _col(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.unsqueeze(1)
 
 
-def _micro_batch_loss(run: Run, tr, cond: dict[str, Tensor], adv: Tensor):
-    cfg, policy = run.cfg, run.policy
+def _transition_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator):
+    """Log-prob losses on transitions ``rows``: replay each step under the current (and reference) policy."""
+    cfg, policy, cond = run.cfg, run.policy, batch.cond
+    tr = batch.rollout.transitions.select(rows)
     log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
     ref_mean = None
     if cfg.loss.kl_coef > 0:
@@ -218,6 +221,26 @@ def _micro_batch_loss(run: Run, tr, cond: dict[str, Tensor], adv: Tensor):
         std=_col(tr.std),
         dt=_col(tr.sigma_next - tr.sigma),
     )
+    return compute_loss(cfg.loss.name, inputs, cfg.loss)
+
+
+def _sample_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator):
+    """Sample losses (AWM) on final samples ``rows``: re-noise each clean sample x0 at a σ drawn from
+    the sampling schedule's own noise levels, x_σ = (1 − σ)·x0 + σ·ε, and compare the velocity
+    with the flow-matching target ε − x0 (and, with a reference coefficient, the base's velocity)."""
+    cfg, policy = run.cfg, run.policy
+    x0 = batch.rollout.samples[rows.to(batch.rollout.samples.device)]
+    cond = index_cond(batch.cond, batch.rollout.cond_index[rows])
+    levels = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)[:-1]
+    sigma = levels[torch.randint(len(levels), (len(rows),), generator=gen)].to(x0)
+    eps = torch.randn(x0.shape, generator=gen).to(x0)
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - s) * x0 + s * eps
+    v_ref = None
+    if cfg.loss.awm_ref_coef > 0:
+        with torch.no_grad(), reference_policy(policy.transformer):
+            v_ref = policy.velocity(x_t, sigma, cond)
+    inputs = LossInputs(advantages=adv, v_pred=policy.velocity(x_t, sigma, cond), v_target=eps - x0, v_ref=v_ref)
     return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
