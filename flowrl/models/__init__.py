@@ -1,5 +1,35 @@
-"""Model adapters: a policy object per model family (``SD3Policy``) and the toy base's architecture."""
+"""Model adapters: a policy object per model family (``SD3Policy``, ``FluxPolicy``), chosen from a
+diffusers folder by ``load_policy``, and the toy base's architecture (``flowrl.models.toy``)."""
 
-from .sd3 import PromptCond, SD3Policy
+from __future__ import annotations
 
-__all__ = ["PromptCond", "SD3Policy"]
+import json
+import os
+from typing import Any
+
+from .common import PromptCond
+from .flux import FluxPolicy
+from .sd3 import SD3Policy
+
+#: pipeline class recorded in model_index.json → adapter
+FAMILIES: dict[str, type] = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
+
+
+def policy_class(path: str) -> type:
+    """The adapter for a diffusers folder, from ``model_index.json``'s ``_class_name``."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        raise FileNotFoundError(f"model path {path!r} has no model_index.json (expected a diffusers pipeline folder)")
+    with open(index) as f:
+        name = json.load(f).get("_class_name", "")
+    if name not in FAMILIES:
+        raise ValueError(f"model path {path!r} holds a {name or 'unnamed'} pipeline; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def load_policy(path: str, **options: Any) -> SD3Policy | FluxPolicy:
+    """Load the right adapter for ``path``; ``options`` go to its constructor (dtype, device, ...)."""
+    return policy_class(path)(path, **options)
+
+
+__all__ = ["FAMILIES", "FluxPolicy", "PromptCond", "SD3Policy", "load_policy", "policy_class"]

@@ -12,9 +12,7 @@ T5's last hidden state appended along the sequence; pooled CLIP projections conc
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,22 +20,9 @@ from torch import Tensor
 
 from flowrl.samplers import scheduler_sigmas
 
+from .common import Codec, PromptCond, freeze, load_text_encoder, require_folder, seeded_noise, token_ids
+
 _ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
-
-
-@dataclass
-class PromptCond:
-    """Conditioning rows for the transformer: ``embeds [B, L, D]``, ``pooled [B, P]``; with
-    classifier-free guidance also the unconditional ``neg_embeds`` / ``neg_pooled`` of the same shapes."""
-
-    embeds: Tensor
-    pooled: Tensor
-    neg_embeds: Tensor | None = None
-    neg_pooled: Tensor | None = None
-
-    def as_dict(self) -> dict[str, Tensor]:
-        """The tensors as a mapping (what the rollout drivers index row by row)."""
-        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 class SD3Policy:
@@ -45,32 +30,27 @@ class SD3Policy:
     samplers drive (with guidance when ``cfg_scale > 1``); everything else is frozen plumbing."""
 
     def __init__(self, path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-        if not os.path.isdir(os.path.join(path, "transformer")):
-            raise FileNotFoundError(
-                f"model path {path!r} has no transformer/ folder (expected a diffusers SD3 layout)"
-            )
+        require_folder(path, "transformer", "SD3")
         self.path, self.dtype, self.device = path, dtype, torch.device(device)
         self.transformer = SD3Transformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
         self.encoders: list[tuple[Any, Any]] = []
         for enc, tok in _ENCODERS:
             if os.path.isdir(os.path.join(path, enc)):
-                self.encoders.append(_load_text_encoder(path, enc, tok, dtype))
+                self.encoders.append(load_text_encoder(path, enc, tok, dtype))
         if not self.encoders:
             raise FileNotFoundError(f"model path {path!r} has no text_encoder/ folder")
-        has_vae = os.path.isdir(os.path.join(path, "vae"))
-        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype) if has_vae else None
-        for module in [self.transformer, self.vae, *(e for e, _ in self.encoders)]:
-            if module is not None:
-                module.to(self.device).requires_grad_(False).eval()
+        self.codec = Codec(path, dtype)
+        self.vae = self.codec.vae
+        freeze(self.transformer, self.vae, *(e for e, _ in self.encoders), device=self.device)
         self.cfg_scale = 1.0
 
     # ----------------------------------------------------------------- shapes and schedule
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        factor = self.codec.factor
         if resolution % (factor * self.transformer.config.patch_size):
             raise ValueError(
                 f"resolution {resolution} must be a multiple of {factor * self.transformer.config.patch_size} "
@@ -87,9 +67,7 @@ class SD3Policy:
 
     def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
         """``[B, C, h, w]`` standard normal noise, one generator per seed (reproducible per sample)."""
-        shape = self.latent_shape(resolution)
-        rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        return torch.stack(rows).to(self.device, self.dtype)
+        return seeded_noise(self.latent_shape(resolution), seeds, self.device, self.dtype)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
@@ -108,13 +86,7 @@ class SD3Policy:
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         clip_states, pooled, t5 = [], [], None
         for encoder, tokenizer in self.encoders:
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
+            ids = token_ids(tokenizer, prompts, self.device)
             if "T5" in type(encoder).__name__:
                 t5 = encoder(ids).last_hidden_state
                 continue
@@ -156,35 +128,13 @@ class SD3Policy:
         return out.to(x.dtype)
 
     # ----------------------------------------------------------------- images
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
-        if self.vae is None:
-            return (latents.float() * 0.5 + 0.5).clamp(0, 1)
-        cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return (self.vae.decode(z, return_dict=False)[0].float() * 0.5 + 0.5).clamp(0, 1)
+        return self.codec.decode(latents)
 
-    @torch.no_grad()
     def encode_images(self, images: Tensor) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE mode, scaled as SD3 does)."""
-        x = images.to(self.device, self.dtype) * 2 - 1
-        if self.vae is None:
-            return x
-        cfg = self.vae.config
-        z = self.vae.encode(x).latent_dist.mode()
-        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
-
-
-def _load_text_encoder(path: str, enc: str, tok: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
-
-    with open(os.path.join(path, enc, "config.json")) as f:
-        arch = json.load(f).get("architectures", [""])[0]
-    cls = T5EncoderModel if arch.startswith("T5") else CLIPTextModelWithProjection
-    return cls.from_pretrained(path, subfolder=enc, torch_dtype=dtype), AutoTokenizer.from_pretrained(
-        path, subfolder=tok
-    )
+        return self.codec.encode(images, self.device, self.dtype)
 
 
 __all__ = ["PromptCond", "SD3Policy"]

@@ -1,0 +1,113 @@
+"""Plumbing every model family shares: the prompt conditioning record, component loading, per-seed
+noise, and the latent ↔ image codec (a VAE, or pixel space when the folder has no ``vae/``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class PromptCond:
+    """Conditioning rows for the transformer: ``embeds [B, L, D]``, ``pooled [B, P]``; with
+    classifier-free guidance also the unconditional ``neg_embeds`` / ``neg_pooled`` of the same shapes."""
+
+    embeds: Tensor
+    pooled: Tensor
+    neg_embeds: Tensor | None = None
+    neg_pooled: Tensor | None = None
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """The tensors as a mapping (what the rollout drivers index row by row)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def require_folder(path: str, sub: str, layout: str) -> None:
+    """Raise ``FileNotFoundError`` naming the model path when ``sub/`` is missing."""
+    if not os.path.isdir(os.path.join(path, sub)):
+        raise FileNotFoundError(f"model path {path!r} has no {sub}/ folder (expected a diffusers {layout} layout)")
+
+
+def load_text_encoder(path: str, enc: str, tok: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """A text encoder and its tokenizer from ``path/enc`` and ``path/tok``; the class follows the
+    config's ``architectures`` (T5 encoder, CLIP text model with or without projection)."""
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, T5EncoderModel
+
+    with open(os.path.join(path, enc, "config.json")) as f:
+        arch = json.load(f).get("architectures", [""])[0]
+    classes = {"T5EncoderModel": T5EncoderModel, "CLIPTextModel": CLIPTextModel}
+    cls = classes.get(arch, T5EncoderModel if arch.startswith("T5") else CLIPTextModelWithProjection)
+    model = cls.from_pretrained(path, subfolder=enc, torch_dtype=dtype)
+    return model, AutoTokenizer.from_pretrained(path, subfolder=tok)
+
+
+def token_ids(tokenizer: Any, prompts: list[str], device: torch.device, max_length: int | None = None) -> Tensor:
+    """``[B, L]`` ids padded (and truncated) to ``max_length`` (default: the tokenizer's maximum)."""
+    return tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(device)
+
+
+def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[B, *shape]`` standard normal noise, one generator per seed (reproducible per sample)."""
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device, dtype)
+
+
+class Codec:
+    """Latents ↔ images. With a VAE: ``z = (mode − shift) · scale`` as the SD3 / FLUX pipelines do;
+    without one the latents are the RGB image in [−1, 1] (toy models)."""
+
+    def __init__(self, path: str, dtype: torch.dtype) -> None:
+        from diffusers import AutoencoderKL
+
+        has_vae = os.path.isdir(os.path.join(path, "vae"))
+        self.vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype) if has_vae else None
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+
+    @property
+    def channels(self) -> int:
+        """Channels of an unpacked latent."""
+        return self.vae.config.latent_channels if self.vae is not None else 3
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
+        if self.vae is None:
+            return (latents.float() * 0.5 + 0.5).clamp(0, 1)
+        cfg = self.vae.config
+        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        return (self.vae.decode(z, return_dict=False)[0].float() * 0.5 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the posterior's mode, scaled)."""
+        x = images.to(device, dtype) * 2 - 1
+        if self.vae is None:
+            return x
+        cfg = self.vae.config
+        z = self.vae.encode(x).latent_dist.mode()
+        return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
+
+
+def freeze(*modules: Any, device: torch.device) -> None:
+    """Move modules to ``device``, in eval mode, with gradients off (the trainer unfreezes what it trains)."""
+    for module in modules:
+        if module is not None:
+            module.to(device).requires_grad_(False).eval()
+
+
+__all__ = ["Codec", "PromptCond", "freeze", "load_text_encoder", "require_folder", "seeded_noise", "token_ids"]
