@@ -41,13 +41,16 @@ def _reward_names() -> list[str]:
 
 @dataclass
 class ModelConfig:
-    path: str = option("assets/toy-sd3", "diffusers folder of an SD3-architecture model (the toy base by default)")
+    path: str = option(
+        "assets/toy-sd3", "diffusers pipeline folder, SD3 or FLUX (model_index.json decides; the toy base by default)"
+    )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
     lora_rank: int = option(16, "LoRA rank", low=1)
     lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", low=0.0)
     lora_targets: list[str] = option(SD3_LORA_TARGETS, "module name suffixes that get LoRA adapters")
     cfg_scale: float = option(1.0, "classifier-free guidance scale during sampling and training (1 = off)", low=1.0)
+    guidance_scale: float = option(3.5, "FLUX.1-dev: scale fed to its guidance embedding (SD3: unused)", low=0.0)
     mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
 

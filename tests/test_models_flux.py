@@ -88,3 +88,41 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(ValueError, match="StableDiffusionXLPipeline pipeline; supported: StableDiffusion3Pipeline"):
         policy_class(str(tmp_path))
+
+
+def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
+    from diffusers import FluxPipeline
+
+    from flowrl.config import load_config
+    from flowrl.trainer.flow import setup, train_step
+    from flowrl.trainer.run import save_checkpoint
+
+    cfg = load_config(
+        None,
+        [
+            f"model.path={flux_dir}", "model.lora_rank=4", "model.lora_alpha=4", "model.guidance_scale=2.0",
+            "sampler.num_steps=3", "train.prompts_per_step=2", "train.group_size=4", "train.lr=1e-2",
+            "loss.clip_low=0.2", "loss.clip_high=0.2", "output.progress=false",
+            "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
+        ],
+    )  # fmt: skip
+    run = setup(cfg)
+    assert isinstance(run.policy, FluxPolicy) and run.policy.guidance_scale == 2.0
+    before = [p.detach().clone() for p in run.params]
+    for _ in range(2):
+        m = train_step(run)
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()) and m["train/transitions"] == 2 * 4 * 3
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+
+    pipe = FluxPipeline.from_pretrained(flux_dir)
+    pipe.load_lora_weights(str(tmp_path / "ckpt" / "lora"))
+    fresh = FluxPolicy(flux_dir)
+    fresh.transformer, fresh.guidance_scale = pipe.transformer, 2.0
+    x, sigma = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
+    cond = fresh.encode(["two red circles"]).as_dict()
+    with torch.no_grad():
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_base = FluxPolicy(flux_dir, guidance_scale=2.0).velocity(x, sigma, cond)
+    torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
+    assert (v_loaded - v_base).abs().max() > 1e-4

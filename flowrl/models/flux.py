@@ -45,6 +45,8 @@ def image_ids(h: int, w: int) -> Tensor:
 class FluxPolicy:
     """A FLUX-architecture model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
 
+    pipeline_class = "FluxPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
+
     def __init__(
         self,
         path: str,

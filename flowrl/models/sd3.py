@@ -29,6 +29,8 @@ class SD3Policy:
     """An SD3-architecture model ready for RL: ``velocity(x, sigma, cond)`` is the network the
     samplers drive (with guidance when ``cfg_scale > 1``); everything else is frozen plumbing."""
 
+    pipeline_class = "StableDiffusion3Pipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
+
     def __init__(self, path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 

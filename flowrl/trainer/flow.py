@@ -22,7 +22,7 @@ from flowrl.advantages.core import combine
 from flowrl.config import Config, window_of
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
-from flowrl.models import SD3Policy
+from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
@@ -36,7 +36,7 @@ class Run:
 
     cfg: Config
     accelerator: Any
-    policy: SD3Policy
+    policy: SD3Policy | FluxPolicy
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
@@ -67,9 +67,11 @@ def setup(cfg: Config) -> Run:
 
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision)
-    policy = SD3Policy(cfg.model.path, device=accelerator.device)
-    policy.cfg_scale = cfg.model.cfg_scale
     m = cfg.model
+    policy = load_policy(m.path, device=accelerator.device)
+    policy.cfg_scale = m.cfg_scale
+    if isinstance(policy, FluxPolicy):
+        policy.guidance_scale = m.guidance_scale
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()

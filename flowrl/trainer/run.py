@@ -44,7 +44,8 @@ def save_checkpoint(run: Run, path: str) -> None:
     with atomic_dir(path) as tmp:
         ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
         with ctx:
-            save_weights(transformer, run.cfg.model.finetune, os.path.join(tmp, run.cfg.model.finetune))
+            folder = os.path.join(tmp, run.cfg.model.finetune)
+            save_weights(transformer, run.cfg.model.finetune, folder, run.policy.pipeline_class)
         state = {
             "iteration": run.iteration,
             "params": [p.detach().cpu() for p in run.params],

@@ -86,21 +86,22 @@ class EMA:
             avg.copy_(t)
 
 
-def save_weights(transformer: nn.Module, finetune: str, path: str) -> None:
+def save_weights(transformer: nn.Module, finetune: str, path: str, pipeline: str = "StableDiffusion3Pipeline") -> None:
     """Write the trainable weights into folder ``path`` (callers make the whole checkpoint atomic).
 
-    LoRA: ``pytorch_lora_weights.safetensors`` in diffusers' SD3 LoRA format; full: the transformer
-    in diffusers format (``from_pretrained``-loadable). Non-finite weights are never written.
+    LoRA: ``pytorch_lora_weights.safetensors`` in the LoRA format of diffusers' ``pipeline`` class
+    (so ``pipeline.load_lora_weights(path)`` loads it); full: the transformer in diffusers format
+    (``from_pretrained``-loadable). Non-finite weights are never written.
     """
     for p in transformer.parameters():
         if p.requires_grad and not torch.isfinite(p).all():
             raise FloatingPointError("refusing to save non-finite weights")
     if finetune == "lora":
-        from diffusers import StableDiffusion3Pipeline
+        import diffusers
         from peft.utils import get_peft_model_state_dict
 
         layers = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
-        StableDiffusion3Pipeline.save_lora_weights(path, transformer_lora_layers=layers)
+        getattr(diffusers, pipeline).save_lora_weights(path, transformer_lora_layers=layers)
     else:
         transformer.save_pretrained(path, safe_serialization=True)
 
