@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,38 @@ class PromptCond:
     def as_dict(self) -> dict[str, Tensor]:
         """The tensors as a mapping (what the rollout drivers index row by row)."""
         return {k: v for k, v in vars(self).items() if v is not None}
+
+
+Encoder = Callable[[list[str]], tuple[Tensor, Tensor]]
+Forward = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def encode_prompts(encode: Encoder, prompts: list[str], with_negative: bool) -> PromptCond:
+    """``encode(prompts) -> (embeds, pooled)``, plus the empty prompt's rows as the negative when asked."""
+    embeds, pooled = encode(prompts)
+    cond = PromptCond(embeds, pooled)
+    if with_negative:
+        neg, neg_pooled = encode([""])
+        cond.neg_embeds = neg.expand_as(embeds).contiguous()
+        cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
+    return cond
+
+
+def guided(forward: Forward, x: Tensor, t: Tensor, cond: dict[str, Tensor], scale: float) -> Tensor:
+    """``forward(x, t, embeds, pooled)``, with classifier-free guidance ``u + scale·(c − u)`` when
+    ``scale > 1`` (one batched pass over the negative and the prompt rows)."""
+    if scale <= 1:
+        return forward(x, t, cond["embeds"], cond["pooled"])
+    if "neg_embeds" not in cond:
+        raise ValueError("cfg_scale > 1 needs the negative prompt: encode(..., with_negative=True)")
+    both = forward(
+        torch.cat([x, x]),
+        torch.cat([t, t]),
+        torch.cat([cond["neg_embeds"], cond["embeds"]]),
+        torch.cat([cond["neg_pooled"], cond["pooled"]]),
+    )
+    uncond, text = both.chunk(2)
+    return uncond + scale * (text - uncond)
 
 
 def require_folder(path: str, sub: str, layout: str) -> None:
@@ -110,4 +143,14 @@ def freeze(*modules: Any, device: torch.device) -> None:
             module.to(device).requires_grad_(False).eval()
 
 
-__all__ = ["Codec", "PromptCond", "freeze", "load_text_encoder", "require_folder", "seeded_noise", "token_ids"]
+__all__ = [
+    "Codec",
+    "PromptCond",
+    "encode_prompts",
+    "freeze",
+    "guided",
+    "load_text_encoder",
+    "require_folder",
+    "seeded_noise",
+    "token_ids",
+]

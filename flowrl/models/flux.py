@@ -19,7 +19,17 @@ from torch import Tensor
 
 from flowrl.samplers import scheduler_sigmas
 
-from .common import Codec, PromptCond, freeze, load_text_encoder, require_folder, seeded_noise, token_ids
+from .common import (
+    Codec,
+    PromptCond,
+    encode_prompts,
+    freeze,
+    guided,
+    load_text_encoder,
+    require_folder,
+    seeded_noise,
+    token_ids,
+)
 
 
 def pack(x: Tensor) -> Tensor:
@@ -100,13 +110,7 @@ class FluxPolicy:
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """T5 sequence ``embeds [B, L, 4096]`` and CLIP ``pooled [B, 768]`` (sizes of FLUX.1); the empty
         prompt as negative when ``cfg_scale > 1`` (or ``with_negative``)."""
-        embeds, pooled = self._encode(prompts)
-        cond = PromptCond(embeds, pooled)
-        if with_negative if with_negative is not None else self.cfg_scale > 1:
-            neg, neg_pooled = self._encode([""])
-            cond.neg_embeds = neg.expand_as(embeds).contiguous()
-            cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
-        return cond
+        return encode_prompts(self._encode, prompts, self.cfg_scale > 1 if with_negative is None else with_negative)
 
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         pooled = self.clip(token_ids(self.clip_tokenizer, prompts, self.device)).pooler_output
@@ -117,18 +121,7 @@ class FluxPolicy:
     # ----------------------------------------------------------------- network
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Velocity ``[B, C, h, w]`` at unpacked states ``x`` and noise levels ``sigma`` (``[B]``)."""
-        if self.cfg_scale <= 1:
-            return self._forward(x, sigma, cond["embeds"], cond["pooled"])
-        if "neg_embeds" not in cond:
-            raise ValueError("cfg_scale > 1 needs the negative prompt: encode(..., with_negative=True)")
-        both = self._forward(
-            torch.cat([x, x]),
-            torch.cat([sigma, sigma]),
-            torch.cat([cond["neg_embeds"], cond["embeds"]]),
-            torch.cat([cond["neg_pooled"], cond["pooled"]]),
-        )
-        uncond, text = both.chunk(2)
-        return uncond + self.cfg_scale * (text - uncond)
+        return guided(self._forward, x, sigma, cond, self.cfg_scale)
 
     def _forward(self, x: Tensor, sigma: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
         b, _c, h, w = x.shape

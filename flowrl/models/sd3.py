@@ -20,7 +20,17 @@ from torch import Tensor
 
 from flowrl.samplers import scheduler_sigmas
 
-from .common import Codec, PromptCond, freeze, load_text_encoder, require_folder, seeded_noise, token_ids
+from .common import (
+    Codec,
+    PromptCond,
+    encode_prompts,
+    freeze,
+    guided,
+    load_text_encoder,
+    require_folder,
+    seeded_noise,
+    token_ids,
+)
 
 _ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
 
@@ -75,15 +85,7 @@ class SD3Policy:
     @torch.no_grad()
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """Encode prompts (``with_negative`` defaults to ``cfg_scale > 1``: also the empty prompt)."""
-        embeds, pooled = self._encode(prompts)
-        cond = PromptCond(embeds, pooled)
-        if with_negative is None:
-            with_negative = self.cfg_scale > 1
-        if with_negative:
-            neg, neg_pooled = self._encode([""])
-            cond.neg_embeds = neg.expand_as(embeds).contiguous()
-            cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
-        return cond
+        return encode_prompts(self._encode, prompts, self.cfg_scale > 1 if with_negative is None else with_negative)
 
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         clip_states, pooled, t5 = [], [], None
@@ -109,18 +111,7 @@ class SD3Policy:
         """Velocity ``[B, C, h, w]`` at states ``x`` and noise levels ``sigma`` (``[B]``), guided when
         ``cfg_scale > 1`` (the conditioning must then carry the negative prompt)."""
         t = (sigma * self.scheduler.config.num_train_timesteps).to(x.dtype)
-        if self.cfg_scale <= 1:
-            return self._forward(x, t, cond["embeds"], cond["pooled"])
-        if "neg_embeds" not in cond:
-            raise ValueError("cfg_scale > 1 needs the negative prompt: encode(..., with_negative=True)")
-        both = self._forward(
-            torch.cat([x, x]),
-            torch.cat([t, t]),
-            torch.cat([cond["neg_embeds"], cond["embeds"]]),
-            torch.cat([cond["neg_pooled"], cond["pooled"]]),
-        )
-        uncond, text = both.chunk(2)
-        return uncond + self.cfg_scale * (text - uncond)
+        return guided(self._forward, x, t, cond, self.cfg_scale)
 
     def _forward(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
         x_in = x.to(self.dtype)
