@@ -99,4 +99,44 @@ def save_tiny_flux(path: str, *, vae: bool = True, guidance_embeds: bool = True,
     return path
 
 
-__all__ = ["save_tiny_flux", "t5_tokenizer", "tiny_vae"]
+def save_tiny_sd3(path: str, seed: int = 0) -> str:
+    """A full SD3.5-layout folder (two CLIP encoders with projection, T5, VAE) with tiny components."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from flowrl.models.toy import clip_tokenizer
+
+    torch.manual_seed(seed)
+
+    def clip():
+        return CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407,
+                pad_token_id=49407,
+            )
+        )  # fmt: skip
+
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=16,
+    )  # fmt: skip
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=64, d_model=64, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
+    )
+    StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0),
+        vae=tiny_vae(4, seed),
+        text_encoder=clip(),
+        tokenizer=clip_tokenizer(77),
+        text_encoder_2=clip(),
+        tokenizer_2=clip_tokenizer(77),
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer(256),
+    ).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+__all__ = ["save_tiny_flux", "save_tiny_sd3", "t5_tokenizer", "tiny_vae"]

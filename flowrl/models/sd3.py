@@ -7,7 +7,9 @@ Each component is loaded with its own class's ``from_pretrained``, as the pipeli
 ``vae/`` folder the model works in pixel space: the transformer's channels are RGB in [−1, 1]
 (the toy base model). Prompt encoding follows the SD3 pipeline: CLIP penultimate hidden states
 concatenated along features and zero-padded to the transformer's ``joint_attention_dim``, then
-T5's last hidden state appended along the sequence; pooled CLIP projections concatenated.
+T5's last hidden state (``max_sequence_length`` tokens, 256 as in the pipeline) appended along
+the sequence; pooled CLIP projections concatenated. One difference: for a folder without T5 the
+pipeline appends 256 zero tokens, this adapter appends none (the toy base is trained that way).
 """
 
 from __future__ import annotations
@@ -41,7 +43,14 @@ class SD3Policy:
 
     pipeline_class = "StableDiffusion3Pipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
 
-    def __init__(self, path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        max_sequence_length: int = 256,
+    ):
         from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
         require_folder(path, "transformer", "SD3")
@@ -58,6 +67,7 @@ class SD3Policy:
         self.vae = self.codec.vae
         freeze(self.transformer, self.vae, *(e for e, _ in self.encoders), device=self.device)
         self.cfg_scale = 1.0
+        self.max_sequence_length = max_sequence_length  # T5 tokens, the pipeline's default 256
 
     # ----------------------------------------------------------------- shapes and schedule
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
@@ -90,11 +100,10 @@ class SD3Policy:
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         clip_states, pooled, t5 = [], [], None
         for encoder, tokenizer in self.encoders:
-            ids = token_ids(tokenizer, prompts, self.device)
             if "T5" in type(encoder).__name__:
-                t5 = encoder(ids).last_hidden_state
+                t5 = encoder(token_ids(tokenizer, prompts, self.device, self.max_sequence_length)).last_hidden_state
                 continue
-            out = encoder(ids, output_hidden_states=True)
+            out = encoder(token_ids(tokenizer, prompts, self.device), output_hidden_states=True)
             clip_states.append(out.hidden_states[-2])
             pooled.append(out.text_embeds)
         states = torch.cat(clip_states, dim=-1)
