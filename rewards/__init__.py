@@ -3,9 +3,10 @@
 - ``base``: the reward interface, ``make_reward`` and the weighted ``RewardSet``.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
+- ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 """
 
-from . import jpeg, toy  # noqa: F401  (register their rewards)
+from . import aesthetic, jpeg, toy  # noqa: F401  (register their rewards)
 from .base import REWARDS, RewardFn, RewardSet, check_reward_output, make_reward
 
 __all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "make_reward"]
