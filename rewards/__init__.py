@@ -4,9 +4,10 @@
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
+- ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
 """
 
-from . import aesthetic, jpeg, toy  # noqa: F401  (register their rewards)
+from . import aesthetic, clipscore, jpeg, pickscore, toy  # noqa: F401  (register their rewards)
 from .base import REWARDS, RewardFn, RewardSet, check_reward_output, make_reward
 
 __all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "make_reward"]

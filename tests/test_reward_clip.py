@@ -1,0 +1,53 @@
+"""PickScore and CLIPScore on a tiny CLIPModel saved with a real CLIP tokenizer, against a hand computation."""
+
+import pytest
+import torch
+
+from flowrl.models.toy import clip_tokenizer
+from flowrl.rewards import make_reward
+from flowrl.rewards.preprocess import clip_preprocess
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory) -> str:
+    from transformers import CLIPConfig, CLIPModel
+
+    path = tmp_path_factory.mktemp("clip") / "model"
+    torch.manual_seed(0)
+    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
+            "pad_token_id": 49407}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "image_size": 224, "patch_size": 32}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    clip_tokenizer(77).save_pretrained(path)
+    return str(path)
+
+
+def _by_hand(path: str, images: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, float]:
+    from transformers import AutoTokenizer, CLIPModel
+
+    model, tok = CLIPModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    ids = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        img = model.visual_projection(model.vision_model(pixel_values=clip_preprocess(images)).pooler_output)
+        txt = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+    cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1)
+    return cos, model.logit_scale.exp().item()
+
+
+def test_pickscore_and_clipscore_equal_the_hand_computation(clip_dir):
+    images = torch.rand(3, 3, 40, 56, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "two blue squares", "a photo of a cat " * 30]  # the last one is truncated to 77
+    cos, scale = _by_hand(clip_dir, images, prompts)
+    pick = make_reward("pickscore", path=clip_dir, scale=26.0, batch_size=2)(images, prompts)
+    torch.testing.assert_close(pick["raw"], scale * cos, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pick["score"], scale * cos / 26.0, atol=1e-5, rtol=1e-5)
+    clip = make_reward("clipscore", path=clip_dir)(images, prompts)["score"]
+    torch.testing.assert_close(clip, (100 * cos).clamp(min=0), atol=1e-4, rtol=1e-5)
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # CLIP's initial temperature
+
+
+def test_mismatched_prompts_are_named(clip_dir):
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        make_reward("clipscore", path=clip_dir)(torch.rand(2, 3, 32, 32), ["one"])
