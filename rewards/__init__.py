@@ -5,9 +5,10 @@
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
+- ``hps``: HPSv2 / HPSv2.1 (open_clip ViT-H-14 with the HPS state dict).
 """
 
-from . import aesthetic, clipscore, jpeg, pickscore, toy  # noqa: F401  (register their rewards)
+from . import aesthetic, clipscore, hps, jpeg, pickscore, toy  # noqa: F401  (register their rewards)
 from .base import REWARDS, RewardFn, RewardSet, check_reward_output, make_reward
 
 __all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "make_reward"]
