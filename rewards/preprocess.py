@@ -7,6 +7,8 @@ normalise with OpenAI's mean and std.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,17 +21,9 @@ def clip_preprocess(
     images: Tensor, size: int = 224, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD
 ) -> Tensor:
     """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, size, size]`` (shortest side, centre crop)."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(images.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[..., top : top + size, left : left + size].clamp(0, 1)
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x - m) / s
+    x = _resize(images, size, min)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    return _normalise(x[..., top : top + size, left : left + size], mean, std)
 
 
 def longest_side_preprocess(
@@ -37,14 +31,25 @@ def longest_side_preprocess(
 ) -> Tensor:
     """HPS's transform (open_clip ``image_resize_mode="longest"``): resize the longest side to ``size``
     (bicubic, antialiased), pad to ``size × size`` with black (left/top get the smaller half), normalise."""
+    x = _resize(images, size, max)
+    h, w = x.shape[-2:]
+    top, left = (size - h) // 2, (size - w) // 2
+    return _normalise(F.pad(x, (left, size - w - left, top, size - h - top), value=0.0), mean, std)
+
+
+def _resize(images: Tensor, size: int, side: Callable[[int, int], int]) -> Tensor:
+    """Bicubic (antialiased) resize so that ``side(h, w)`` (min: shortest, max: longest) becomes ``size``."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
     h, w = images.shape[-2:]
-    scale = size / max(h, w)
-    new_h, new_w = min(size, round(h * scale)), min(size, round(w * scale))
-    x = F.interpolate(images.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
-    x = F.pad(x.clamp(0, 1), (left, size - new_w - left, top, size - new_h - top), value=0.0)
+    scale = size / side(h, w)
+    guard = max if side is min else min  # rounding must not take the fitted side past ``size``
+    new = tuple(guard(size, round(n * scale)) for n in (h, w))
+    x = F.interpolate(images.float(), size=new, mode="bicubic", antialias=True, align_corners=False)
+    return x.clamp(0, 1)
+
+
+def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s

@@ -136,6 +136,27 @@ class Codec:
         return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
 
 
+class LatentIO:
+    """Latent plumbing both policies share; subclasses set ``codec``, ``device``, ``dtype`` and ``latent_shape``."""
+
+    codec: Codec
+    device: torch.device
+    dtype: torch.dtype
+    latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
+
+    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
+        """``[B, C, h, w]`` standard normal noise, one generator per seed (reproducible per sample)."""
+        return seeded_noise(self.latent_shape(resolution), seeds, self.device, self.dtype)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
+        return self.codec.decode(latents)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE posterior's mode, scaled)."""
+        return self.codec.encode(images, self.device, self.dtype)
+
+
 def freeze(*modules: Any, device: torch.device) -> None:
     """Move modules to ``device``, in eval mode, with gradients off (the trainer unfreezes what it trains)."""
     for module in modules:
@@ -145,6 +166,7 @@ def freeze(*modules: Any, device: torch.device) -> None:
 
 __all__ = [
     "Codec",
+    "LatentIO",
     "PromptCond",
     "encode_prompts",
     "freeze",

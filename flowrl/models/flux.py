@@ -21,13 +21,13 @@ from flowrl.samplers import scheduler_sigmas
 
 from .common import (
     Codec,
+    LatentIO,
     PromptCond,
     encode_prompts,
     freeze,
     guided,
     load_text_encoder,
     require_folder,
-    seeded_noise,
     token_ids,
 )
 
@@ -52,7 +52,7 @@ def image_ids(h: int, w: int) -> Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxPolicy:
+class FluxPolicy(LatentIO):
     """A FLUX-architecture model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
 
     pipeline_class = "FluxPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
@@ -101,10 +101,6 @@ class FluxPolicy:
         _c, h, w = self.latent_shape(resolution)
         return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=(h // 2) * (w // 2))
 
-    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
-        """``[B, C, h, w]`` standard normal noise, one generator per seed."""
-        return seeded_noise(self.latent_shape(resolution), seeds, self.device, self.dtype)
-
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
@@ -139,15 +135,6 @@ class FluxPolicy:
             return_dict=False,
         )[0]
         return unpack(out, h, w).to(x.dtype)
-
-    # ----------------------------------------------------------------- images
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
-        return self.codec.decode(latents)
-
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (scaled and shifted as FLUX does)."""
-        return self.codec.encode(images, self.device, self.dtype)
 
 
 __all__ = ["FluxPolicy", "image_ids", "pack", "unpack"]

@@ -24,20 +24,20 @@ from flowrl.samplers import scheduler_sigmas
 
 from .common import (
     Codec,
+    LatentIO,
     PromptCond,
     encode_prompts,
     freeze,
     guided,
     load_text_encoder,
     require_folder,
-    seeded_noise,
     token_ids,
 )
 
 _ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
 
 
-class SD3Policy:
+class SD3Policy(LatentIO):
     """An SD3-architecture model ready for RL: ``velocity(x, sigma, cond)`` is the network the
     samplers drive (with guidance when ``cfg_scale > 1``); everything else is frozen plumbing."""
 
@@ -87,10 +87,6 @@ class SD3Policy:
         seq_len = (h // self.transformer.config.patch_size) * (w // self.transformer.config.patch_size)
         return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len)
 
-    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
-        """``[B, C, h, w]`` standard normal noise, one generator per seed (reproducible per sample)."""
-        return seeded_noise(self.latent_shape(resolution), seeds, self.device, self.dtype)
-
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
@@ -128,15 +124,6 @@ class SD3Policy:
             hidden_states=x_in, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t, return_dict=False
         )[0]
         return out.to(x.dtype)
-
-    # ----------------------------------------------------------------- images
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
-        return self.codec.decode(latents)
-
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE mode, scaled as SD3 does)."""
-        return self.codec.encode(images, self.device, self.dtype)
 
 
 __all__ = ["PromptCond", "SD3Policy"]
