@@ -1,4 +1,4 @@
-"""Command line: ``flowrl train --config configs/demo.yaml [key=value ...]``.
+"""Command line: ``flowrl train --config configs/demo.yaml [key=value ...]``; ``flowrl serve-reward --reward NAME``.
 
 Configuration errors print one line and exit with code 2 (``--debug`` shows the traceback). The
 last line ``train`` prints is the run folder's path.
@@ -38,11 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
     train.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
+    from flowrl.serve import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser(
+        "serve-reward",
+        help="serve a reward model over HTTP for the `remote` reward",
+        description="Serve one reward (POST /score, GET /health) on 127.0.0.1 by default, e.g. "
+        "`flowrl serve-reward --reward jpeg-compressibility --options quality=80 --port 8000`.",
+    )
+    add_serve_arguments(serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve-reward":
+        from flowrl.serve import run
+
+        return run(args)
     try:
         from flowrl.config import load_config
 

@@ -1,0 +1,253 @@
+"""A reward computed by a reward server (``flowrl serve-reward``), and the wire format both sides share.
+
+Heavy reward models (VLM judges, detectors) run in their own process or node; the trainer's reward is
+then ``make_reward("remote", url="http://127.0.0.1:8000")``. The wire format is JSON, never pickle:
+
+    POST /score   {"prompts": ["a cat", ...],
+                   "images": {"format": "png", "data": ["<base64 PNG>", ...]}}            one RGB PNG per image
+              or   "images": {"format": "safetensors", "data": "<base64 safetensors file>"}
+                   whose tensor "images" is float [B, 3, H, W] in [0, 1]
+    200           {"outputs": {"score": [B floats], "<other key>": [B floats], ...}}
+    4xx / 5xx     {"error": "<message>"}         400: malformed request; 500: the reward raised
+    GET /health   {"status": "ok", "reward": "<name>"}
+
+PNG is 8-bit, so the server scores ``quantize_8bit(images)`` (``round(x·255)/255``); it is small and
+what a third-party client can produce easily. safetensors carries the float tensor bit-exactly (in
+its own dtype), so remote scores equal local ones. Scores travel as JSON numbers: float32 values
+survive the round trip exactly, and ``NaN`` is allowed (Python's ``json`` extension).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from .base import REWARDS, RewardFn, check_reward_output
+from .http import post_json
+
+WIRE_FORMATS = ("png", "safetensors")
+
+#: Default cap on pixels (summed over the batch) a server decodes per request: 32 images of 1024², and
+#: a guard against PNGs that decompress to far more memory than their size on the wire suggests.
+MAX_PIXELS = 2**25
+
+
+class WireError(ValueError):
+    """A malformed request or response; the message names the field and what was expected."""
+
+
+def quantize_8bit(images: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` → the float32 values a PNG round trip gives: ``round(clamp(x, 0, 1)·255) / 255``."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
+
+
+def encode_images(images: Tensor, fmt: str = "png") -> dict[str, Any]:
+    """``[B, 3, H, W]`` images → the request's ``"images"`` object in format ``fmt``."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+    if fmt == "png":
+        data = []
+        for image in quantize_8bit(images):
+            array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG")
+            data.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        return {"format": "png", "data": data}
+    if fmt == "safetensors":
+        tensor = images.detach().cpu().contiguous()
+        if not tensor.is_floating_point():
+            raise ValueError(f"safetensors images must be floating point, got {tensor.dtype}")
+        return {
+            "format": "safetensors",
+            "data": base64.b64encode(save_safetensors({"images": tensor})).decode("ascii"),
+        }
+    raise ValueError(f"unknown image format {fmt!r}; valid: {', '.join(WIRE_FORMATS)}")
+
+
+def _b64(text: Any, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise WireError(f"{where}: expected a base64 string, got {type(text).__name__}")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise WireError(f"{where}: invalid base64 ({e})") from e
+
+
+def _check_pixels(count: int, max_pixels: int) -> None:
+    if count > max_pixels:
+        raise WireError(f"images: {count} pixels in the batch exceed this server's limit of {max_pixels}")
+
+
+def _decode_png(data: Any, max_pixels: int) -> Tensor:
+    if not isinstance(data, list) or not data:
+        raise WireError("images.data: expected a non-empty list of base64 PNG strings for format 'png'")
+    arrays, total = [], 0
+    for i, text in enumerate(data):
+        raw = _b64(text, f"images.data[{i}]")
+        try:
+            image = Image.open(io.BytesIO(raw))  # reads the header only; pixels are decoded by asarray below
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
+        if image.format != "PNG" or image.mode != "RGB":
+            raise WireError(f"images.data[{i}]: expected an RGB PNG, got {image.format} in mode {image.mode!r}")
+        total += image.width * image.height
+        _check_pixels(total, max_pixels)
+        if arrays and (image.height, image.width) != tuple(arrays[0].shape[:2]):
+            height, width = arrays[0].shape[:2]
+            raise WireError(
+                f"images.data[{i}]: size {image.width}x{image.height} differs from image 0's {width}x{height}"
+            )
+        try:
+            arrays.append(np.asarray(image))
+        except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+            raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
+    # contiguous: reductions over a channels-last view sum in another order, so scores would differ in the last bit
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float() / 255
+
+
+def _decode_safetensors(data: Any, max_pixels: int) -> Tensor:
+    raw = _b64(data, "images.data")
+    try:
+        tensors = load_safetensors(raw)
+    except (SafetensorError, ValueError) as e:
+        raise WireError(f"images.data: not a readable safetensors file ({e})") from e
+    if "images" not in tensors:
+        raise WireError(f"images.data: the safetensors file has no tensor 'images' (found: {sorted(tensors)})")
+    images = tensors["images"]
+    if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
+        raise WireError(f"images.data: tensor 'images' must be [B, 3, H, W], got shape {list(images.shape)}")
+    if not images.is_floating_point():
+        raise WireError(f"images.data: tensor 'images' must be floating point, got {images.dtype}")
+    _check_pixels(images.shape[0] * images.shape[2] * images.shape[3], max_pixels)
+    return images
+
+
+def encode_request(images: Tensor, prompts: list[str], fmt: str = "png") -> dict[str, Any]:
+    """The ``POST /score`` body for a batch."""
+    if images.shape[0] != len(prompts):
+        raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
+    return {"prompts": list(prompts), "images": encode_images(images, fmt)}
+
+
+def decode_request(body: Any, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, list[str]]:
+    """A parsed ``POST /score`` body → (images ``[B, 3, H, W]``, prompts). Raises ``WireError``."""
+    if not isinstance(body, Mapping):
+        raise WireError(f"request: expected a JSON object, got {type(body).__name__}")
+    missing = [key for key in ("prompts", "images") if key not in body]
+    if missing:
+        raise WireError(f"request: missing key(s) {', '.join(map(repr, missing))}")
+    prompts, spec = body["prompts"], body["images"]
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise WireError("prompts: expected a list of strings")
+    if not isinstance(spec, Mapping) or "format" not in spec or "data" not in spec:
+        raise WireError("images: expected an object with keys 'format' and 'data'")
+    if spec["format"] == "png":
+        images = _decode_png(spec["data"], max_pixels)
+    elif spec["format"] == "safetensors":
+        images = _decode_safetensors(spec["data"], max_pixels)
+    else:
+        raise WireError(f"images.format: {spec['format']!r} is not one of {', '.join(WIRE_FORMATS)}")
+    if images.shape[0] != len(prompts):
+        raise WireError(f"request: {images.shape[0]} images but {len(prompts)} prompts")
+    return images, prompts
+
+
+def encode_outputs(outputs: Mapping[str, Tensor]) -> dict[str, Any]:
+    """A checked reward output (``[B]`` float32 tensors) → the response body."""
+    return {"outputs": {key: value.tolist() for key, value in outputs.items()}}
+
+
+def decode_outputs(body: Any, batch: int, source: str = "server") -> dict[str, Tensor]:
+    """A response body → ``{key: Tensor[B]}``, validated like a local reward's output."""
+    outputs = body.get("outputs") if isinstance(body, Mapping) else None
+    if not isinstance(outputs, Mapping):
+        raise WireError(f"{source}: response has no 'outputs' object")
+    for key, values in outputs.items():
+        if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):  # bool is no score
+            raise WireError(f"{source}: outputs[{key!r}] is not a list of numbers")
+    tensors = {key: torch.tensor(values, dtype=torch.float32) for key, values in outputs.items()}
+    try:
+        return check_reward_output(source, tensors, batch)
+    except (TypeError, ValueError) as e:
+        raise WireError(str(e)) from e
+
+
+def score_url(url: str) -> str:
+    """The ``/score`` endpoint of a server given by its base address (or by the endpoint itself)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"remote reward: url must look like http://host:port, got {url!r}")
+    path = parts.path.rstrip("/")
+    return urllib.parse.urlunsplit(parts._replace(path=path if path.endswith("/score") else path + "/score"))
+
+
+@REWARDS.register("remote")
+def remote(
+    url: str,
+    format: str = "png",
+    timeout: float = 120.0,
+    retries: int = 3,
+    backoff: float = 1.0,
+    batch_size: int = 0,
+) -> RewardFn:
+    """A reward served by ``flowrl serve-reward`` at ``url``.
+
+    ``format``: ``"png"`` (8-bit, small) or ``"safetensors"`` (exact floats). ``timeout`` seconds per
+    request; ``retries`` extra attempts with back-off ``backoff · 2^k`` s on connection errors, timeouts
+    and 5xx; ``batch_size`` > 0 splits larger batches into several requests (0: one request).
+    """
+    endpoint = score_url(url)
+    if format not in WIRE_FORMATS:
+        raise ValueError(f"remote reward: format {format!r} is not one of {', '.join(WIRE_FORMATS)}")
+    if timeout <= 0 or retries < 0 or backoff < 0 or batch_size < 0:
+        raise ValueError(
+            f"remote reward: need timeout > 0, retries >= 0, backoff >= 0, batch_size >= 0; "
+            f"got {timeout}, {retries}, {backoff}, {batch_size}"
+        )
+
+    def reward(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        if images.shape[0] != len(prompts):
+            raise ValueError(f"remote reward: {images.shape[0]} images but {len(prompts)} prompts")
+        if not prompts:  # nothing to send; the server rejects empty batches
+            return {"score": torch.zeros(0)}
+        step = batch_size or len(prompts)
+        parts: list[dict[str, Tensor]] = []
+        for start in range(0, len(prompts), step):
+            chunk = prompts[start : start + step]
+            body = encode_request(images[start : start + step], chunk, format)
+            answer = post_json(endpoint, body, timeout=timeout, retries=retries, backoff=backoff)
+            parts.append(decode_outputs(answer, len(chunk), source=endpoint))
+            if set(parts[-1]) != set(parts[0]):
+                raise WireError(
+                    f"{endpoint}: output keys changed between chunks: {sorted(parts[0])} vs {sorted(parts[-1])}"
+                )
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    return reward
+
+
+__all__ = [
+    "MAX_PIXELS",
+    "WIRE_FORMATS",
+    "WireError",
+    "decode_outputs",
+    "decode_request",
+    "encode_images",
+    "encode_outputs",
+    "encode_request",
+    "quantize_8bit",
+    "remote",
+    "score_url",
+]

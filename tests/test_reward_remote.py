@@ -1,0 +1,326 @@
+"""Remote reward: wire format, server (in-process on 127.0.0.1), client retries/timeouts, and the real CLI."""
+
+import base64
+import http.client
+import io
+import json
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save as save_safetensors
+
+import flowrl.rewards.http as rhttp
+from flowrl.cli import build_parser, main
+from flowrl.rewards import check_reward_output, make_reward
+from flowrl.rewards.http import HTTPCallError, post_json
+from flowrl.rewards.remote import decode_request, encode_request, quantize_8bit
+from flowrl.serve import RewardServer, make_server, parse_options
+
+
+def float_reward(images, prompts):
+    """Sensitive to every float bit (unlike JPEG size), with an extra diagnostic key."""
+    weights = torch.arange(1, images[0].numel() + 1, dtype=images.dtype) / images[0].numel()
+    score = (images.flatten(1) * weights).sum(1) * torch.tensor([len(p) for p in prompts], dtype=images.dtype)
+    return {"score": score, "mean": images.mean((1, 2, 3))}
+
+
+def failing_reward(images, prompts):
+    raise RuntimeError("model exploded")
+
+
+def images_for(batch, size=8, seed=0):
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def start(server):
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    return server
+
+
+def stop(server):
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = start(RewardServer(("127.0.0.1", 0), "float", float_reward, max_body_bytes=200_000, max_pixels=10_000))
+    yield srv
+    stop(srv)
+
+
+def raw_request(url, body, path="/score", method="POST"):
+    """Send raw bytes with http.client (no proxies, no retries); (status, parsed JSON reply)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    result = response.status, json.loads(response.read())
+    conn.close()
+    return result
+
+
+def png_b64(array_hwc):
+    buffer = io.BytesIO()
+    Image.fromarray(array_hwc).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_wire_round_trip_without_sockets():
+    images = images_for(3).double()
+    decoded, prompts = decode_request(json.loads(json.dumps(encode_request(images, ["a", "b", "c"], "safetensors"))))
+    assert prompts == ["a", "b", "c"] and decoded.dtype == torch.float64 and torch.equal(decoded, images)
+    decoded, _ = decode_request(encode_request(images, ["a", "b", "c"], "png"))
+    assert torch.equal(decoded, quantize_8bit(images)) and not torch.equal(decoded, images.float())
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "png"])
+def test_round_trip_scores_equal_local(server, fmt):
+    images, prompts = images_for(5), ["a cat", "two dogs", "x", "a red cube", "sky"]
+    remote = make_reward("remote", url=server.url, format=fmt, retries=0)
+    got = remote(images, prompts)
+    seen = images if fmt == "safetensors" else quantize_8bit(images)  # PNG is 8-bit: the server sees this
+    want = check_reward_output("float", float_reward(seen, prompts), 5)
+    assert set(got) == {"score", "mean"}
+    for key in want:
+        assert torch.equal(got[key], want[key]), key  # bit-exact, not approximately equal
+    if fmt == "png":
+        assert not torch.equal(got["score"], check_reward_output("f", float_reward(images, prompts), 5)["score"])
+
+
+def test_batch_size_splits_requests():
+    sizes = []
+
+    def counting(images, prompts):
+        sizes.append(len(prompts))
+        return float_reward(images, prompts)
+
+    srv = start(RewardServer(("127.0.0.1", 0), "counting", counting))
+    try:
+        images, prompts = images_for(5), list("abcde")
+        got = make_reward("remote", url=srv.url + "/score", format="safetensors", batch_size=2)(images, prompts)
+    finally:
+        stop(srv)
+    assert sizes == [2, 2, 1]
+    assert torch.equal(got["score"], check_reward_output("f", float_reward(images, prompts), 5)["score"])
+
+
+def test_health_and_unknown_path(server):
+    assert raw_request(server.url, None, "/health", "GET") == (200, {"status": "ok", "reward": "float"})
+    status, reply = raw_request(server.url, b"{}", path="/nope")
+    assert status == 404 and "/nope" in reply["error"]
+
+
+def _png_ok(size=8):
+    return png_b64((images_for(1, size)[0].permute(1, 2, 0) * 255).byte().numpy())
+
+
+def png_request(data, prompts=("a",)):
+    return {"prompts": list(prompts), "images": {"format": "png", "data": data}}
+
+
+def st_request(tensors=None, raw=None):
+    data = base64.b64encode(raw if raw is not None else save_safetensors(tensors)).decode()
+    return {"prompts": ["a"], "images": {"format": "safetensors", "data": data}}
+
+
+GREY_PNG = png_b64(torch.zeros(4, 4).byte().numpy())
+MALFORMED = {
+    "bad json": (b"{not json", "not valid JSON"),
+    "not an object": (b"[1, 2]", "expected a JSON object"),
+    "missing images": ({"prompts": ["a"]}, "missing key(s) 'images'"),
+    "prompts not strings": (png_request(["x"], prompts=[1]), "prompts: expected a list of strings"),
+    "images not an object": ({"prompts": ["a"], "images": ["x"]}, "keys 'format' and 'data'"),
+    "unknown format": ({"prompts": ["a"], "images": {"format": "jpeg", "data": []}}, "'jpeg' is not one of"),
+    "count mismatch": (png_request([_png_ok()] * 2, prompts="abc"), "2 images but 3 prompts"),
+    "bad base64": (png_request(["@@not base64@@"]), "images.data[0]: invalid base64"),
+    "not a png": (png_request([base64.b64encode(b"hello").decode()]), "images.data[0]: not a readable PNG"),
+    "grey png": (png_request([GREY_PNG]), "images.data[0]: expected an RGB PNG, got PNG in mode 'L'"),
+    "sizes differ": (png_request([_png_ok(8), _png_ok(6)], prompts="ab"), "images.data[1]: size 6x6 differs"),
+    "too many pixels": (png_request([_png_ok(80)] * 2, prompts="ab"), "exceed this server's limit of 10000"),
+    "bad safetensors": (st_request(raw=b"zz"), "not a readable safetensors"),
+    "no images tensor": (st_request({"x": torch.zeros(1)}), "has no tensor 'images'"),
+    "wrong shape": (st_request({"images": torch.zeros(1, 4, 2, 2)}), "[B, 3, H, W], got shape [1, 4, 2, 2]"),
+    "integer tensor": (st_request({"images": torch.zeros(1, 3, 2, 2).byte()}), "must be floating point"),
+    "body too large": (b"x" * 300_000, "300000 bytes exceeds this server's limit of 200000 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_request_is_400_with_its_message(server, case):
+    body, message = MALFORMED[case]
+    status, reply = raw_request(server.url, body if isinstance(body, bytes) else json.dumps(body).encode())
+    assert status == 400 and message in reply["error"], reply
+
+
+def test_client_reports_400_without_retry(server, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(rhttp, "_sleep", sleeps.append)
+    with pytest.raises(HTTPCallError, match=r"HTTP 400: .*missing key") as info:
+        post_json(server.url + "/score", {"prompts": []}, timeout=5, retries=3, backoff=0.1)
+    assert info.value.status == 400 and server.url in str(info.value) and sleeps == []
+
+
+def test_reward_exception_is_500_and_client_gives_up(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(rhttp, "_sleep", sleeps.append)
+    srv = start(RewardServer(("127.0.0.1", 0), "boom", failing_reward))
+    try:
+        status, reply = raw_request(srv.url, json.dumps(encode_request(images_for(1), ["a"])).encode())
+        assert status == 500 and reply["error"] == "reward 'boom' failed: RuntimeError: model exploded"
+        with pytest.raises(HTTPCallError, match=r"HTTP 500: reward 'boom' failed.*gave up after 3 attempts"):
+            make_reward("remote", url=srv.url, retries=2, backoff=0.5)(images_for(1), ["a"])
+    finally:
+        stop(srv)
+    assert sleeps == [0.5, 1.0]
+
+
+class FlakyServer(ThreadingHTTPServer):
+    """Fails the first ``failures`` requests (503 or a dropped connection), then answers with scores."""
+
+    daemon_threads = True
+
+    def __init__(self, failures, how):
+        self.failures, self.how, self.requests = failures, how, 0
+        super().__init__(("127.0.0.1", 0), FlakyHandler)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class FlakyHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests += 1
+        self.server.authorization = self.headers.get("Authorization")
+        if self.server.requests <= self.server.failures:
+            if self.server.how == "drop":
+                self.close_connection = True  # no reply at all: the client sees the connection close
+                return
+            self._send(503, {"error": "model still loading"})
+            return
+        self._send(200, {"outputs": {"score": [float(i) for i in range(len(body["prompts"]))]}})
+
+    def _send(self, status, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("how", ["503", "drop"])
+def test_retries_with_exponential_backoff_then_success(monkeypatch, how):
+    sleeps = []
+    monkeypatch.setattr(rhttp, "_sleep", sleeps.append)
+    srv = start(FlakyServer(failures=3, how=how))
+    try:
+        got = make_reward("remote", url=srv.url, retries=3, backoff=0.25)(images_for(2), ["a", "b"])
+    finally:
+        stop(srv)
+    assert torch.equal(got["score"], torch.tensor([0.0, 1.0])) and srv.requests == 4
+    assert sleeps == [0.25, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("how", ["503", "drop"])
+def test_gives_up_after_retries_with_a_clear_error(monkeypatch, how):
+    sleeps = []
+    monkeypatch.setattr(rhttp, "_sleep", sleeps.append)
+    srv = start(FlakyServer(failures=100, how=how))
+    try:
+        with pytest.raises(HTTPCallError) as info:
+            headers = {"Authorization": "Bearer s3cret"}
+            post_json(srv.url + "/score", {"prompts": ["a"]}, timeout=5, retries=2, backoff=0.1, headers=headers)
+    finally:
+        stop(srv)
+    message = str(info.value)
+    assert srv.authorization == "Bearer s3cret" and "s3cret" not in message
+    assert srv.url + "/score" in message and "gave up after 3 attempts" in message and srv.requests == 3
+    assert ("HTTP 503: model still loading" if how == "503" else "connection error") in message
+    assert sleeps == [0.1, 0.2]
+
+
+def test_timeout_raises_a_clear_error():
+    release = threading.Event()
+
+    def slow(images, prompts):
+        release.wait(5)
+        return {"score": torch.zeros(len(prompts))}
+
+    srv = start(RewardServer(("127.0.0.1", 0), "slow", slow))
+    try:
+        with pytest.raises(HTTPCallError, match=r"POST http://127\.0\.0\.1:\d+/score timed out after 0\.3 s"):
+            make_reward("remote", url=srv.url, timeout=0.3, retries=0)(images_for(1), ["a"])
+    finally:
+        release.set()
+        stop(srv)
+
+
+def test_connection_refused_is_retried_and_named(monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(rhttp, "_sleep", sleeps.append)
+    with socket.socket() as probe:  # a port that was free a moment ago: nobody listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(HTTPCallError, match=rf"127\.0\.0\.1:{port}/score failed: connection error.*after 2 attempts"):
+        make_reward("remote", url=f"http://127.0.0.1:{port}", retries=1, backoff=0.1)(images_for(1), ["a"])
+    assert sleeps == [0.1]
+
+
+def test_defaults_bind_loopback_only():
+    srv = make_server("jpeg-compressibility", port=0)
+    try:
+        assert srv.server_address[0] == "127.0.0.1"
+    finally:
+        srv.server_close()
+    assert build_parser().parse_args(["serve-reward", "--reward", "x"]).host == "127.0.0.1"
+
+
+def test_cli_options_and_errors(capsys):
+    parsed = parse_options(['{"quality": 80, "x": [1]}', "y=2.5", "z=text"])
+    assert parsed == {"quality": 80, "x": [1], "y": 2.5, "z": "text"}
+    assert main(["serve-reward", "--reward", "no-such-reward", "--port", "0"]) == 2
+    assert "unknown reward 'no-such-reward'; valid:" in capsys.readouterr().err
+    assert main(["serve-reward", "--reward", "jpeg-compressibility", "--options", "colour=red", "--port", "0"]) == 2
+    assert "unexpected keyword argument 'colour'" in capsys.readouterr().err
+
+
+def test_real_cli_subprocess_serves_jpeg_reward():
+    exe = Path(sys.executable).parent / "flowrl"
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "flowrl.cli"]
+    process = subprocess.Popen(
+        [*command, "serve-reward", "--reward", "jpeg-compressibility", "--options", "quality=80", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+        banner = lines.get(timeout=60)
+        if not banner:  # it exited before listening: show why
+            pytest.fail(f"serve-reward did not start: {process.communicate(timeout=10)[1]}")
+        assert "serving reward 'jpeg-compressibility' at http://127.0.0.1:" in banner
+        url = banner.split(" at ")[1].split()[0]
+        assert raw_request(url, None, "/health", "GET") == (200, {"status": "ok", "reward": "jpeg-compressibility"})
+        images, prompts = images_for(3, size=16), ["a", "b", "c"]
+        got = make_reward("remote", url=url, format="png", retries=0)(images, prompts)
+        local = make_reward("jpeg-compressibility", quality=80)(quantize_8bit(images), prompts)
+        assert torch.equal(got["score"], local["score"].float())
+        assert torch.equal(got["kilobytes"], local["kilobytes"].float())
+    finally:
+        process.terminate()
+        code = process.wait(timeout=30)
+    assert code == 0  # SIGTERM is a clean shutdown
+    assert "POST /score 200 batch=3" in process.stderr.read()
