@@ -97,9 +97,10 @@ def setup(cfg: Config) -> Run:
     )
 
 
-def score(run: Run, images: Tensor, prompts: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Rewards ``[N, K]`` (one column per configured reward) and every logged component."""
-    _, parts = run.rewards(images, prompts)
+def score(run: Run, images: Tensor, prompts: list[str], groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Rewards ``[N, K]`` (one column per configured reward) and every logged component; ``groups`` ``[N]``
+    are the samples' prompt groups, which groupwise rewards (pairwise judges) compare within."""
+    _, parts = run.rewards(images, prompts, groups)
     return torch.stack([parts[name] for name in run.rewards.rewards], dim=1), parts
 
 
@@ -131,11 +132,12 @@ def sample(run: Run, prompts: list[str]) -> Batch:
         generator=torch.Generator(x.device).manual_seed(seed),
     )
     sample_prompts = [prompts[int(g)] for g in rollout.group_id]
-    rewards, parts = score(run, policy.decode(rollout.samples), sample_prompts)
+    groups = rollout.group_id
+    rewards, parts = score(run, policy.decode(rollout.samples), sample_prompts, groups)
     granular = None
     if rollout.extra_samples:
         granular = torch.stack(
-            [score(run, policy.decode(s), sample_prompts)[0] for _, s in sorted(rollout.extra_samples.items())]
+            [score(run, policy.decode(s), sample_prompts, groups)[0] for _, s in sorted(rollout.extra_samples.items())]
         )
     return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
 
@@ -248,7 +250,10 @@ def _sample_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.G
 
 @torch.no_grad()
 def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
-    """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed) pairs, and their rewards."""
+    """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed) pairs, and their rewards.
+
+    The images of one prompt text (its seeds) form a group for groupwise rewards, so a pairwise judge
+    compares the seeds of each prompt; with one seed per prompt it has nothing to compare and raises."""
     cfg, policy = run.cfg, run.policy
     policy.transformer.eval()
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
@@ -261,8 +266,14 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
             num_steps=cfg.eval.num_steps,
             solver=cfg.eval.solver,
         )
-    total, parts = run.rewards(images, prompts)
+    total, parts = run.rewards(images, prompts, _prompt_groups(prompts))
     return images, {"reward": total, **parts}
+
+
+def _prompt_groups(prompts: list[str]) -> Tensor:
+    """Group ids ``[N]``: equal prompt texts share an id (numbered in order of first appearance)."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
 
 
 def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:

@@ -1,0 +1,299 @@
+"""The pairwise VLM judge against a scripted OpenAI-compatible server on 127.0.0.1, and groupwise RewardSet calls.
+
+The fake judge decodes the PNG images it is sent and, unless a test scripts it otherwise, prefers the brighter
+one, so every expected win rate below can be worked out by hand from the images' grey levels.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flowrl.rewards import RewardSet, make_reward
+from flowrl.rewards.http import HTTPCallError
+from flowrl.rewards.vlm_judge import balanced_first
+
+Reply = tuple[int, str, float]  # HTTP status, assistant text (or raw body for errors), delay in seconds
+
+
+class FakeJudge:
+    """A chat-completions server in a thread; ``script(body, n)`` (n = 0-based request count) decides each reply."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.script: Callable[[dict[str, Any], int], Reply] = lambda body, n: (200, brighter(body), 0.0)
+        lock, judge = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    n = len(judge.requests)
+                    judge.requests.append(body)
+                    judge.headers.append(dict(self.headers))
+                status, text, delay = judge.script(body, n)
+                time.sleep(delay)
+                if status == 200:
+                    text = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(text.encode())))
+                    self.end_headers()
+                    self.wfile.write(text.encode())
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and went away
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads, self.server.block_on_close = True, False
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def judge() -> Iterator[FakeJudge]:
+    server = FakeJudge()
+    yield server
+    server.close()
+
+
+def shown_levels(body: dict[str, Any]) -> list[float]:
+    """Mean grey level of each image in a request, in the order shown."""
+    levels = []
+    for part in body["messages"][0]["content"]:
+        if part["type"] == "image_url":
+            header, data = part["image_url"]["url"].split(",", 1)
+            assert header == "data:image/png;base64"
+            levels.append(float(np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))).mean()) / 255)
+    return levels
+
+
+def brighter(body: dict[str, Any]) -> str:
+    first, second = shown_levels(body)
+    return "It is a tie." if first == second else f"Image {1 if first > second else 2} is better"
+
+
+def grey(*levels: int) -> torch.Tensor:
+    """Flat images ``[len(levels), 3, 8, 8]`` of 8-bit grey levels (exact through PNG)."""
+    return torch.tensor(levels, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 8, 8) / 255
+
+
+def judge_reward(judge: FakeJudge, **options: Any):
+    return make_reward("vlm-judge", base_url=judge.base_url, model="fake-judge", timeout=5.0, **options)
+
+
+def test_win_rates_of_two_interleaved_groups(judge):
+    # group 0 (a): levels 50, 200, 120, 120 -> 200 beats all, 50 loses all, the two 120s tie with each other
+    # group 1 (b): levels 10, 30, 20       -> 30 wins both, 20 wins one, 10 none
+    images = grey(50, 10, 200, 30, 120, 20, 120)
+    groups = torch.tensor([0, 1, 0, 1, 0, 1, 0])
+    prompts = ["a" if g == 0 else "b" for g in groups.tolist()]
+    out = judge_reward(judge)(images, prompts, groups=groups)
+    torch.testing.assert_close(out["score"], torch.tensor([0, 0, 1, 1, 0.5, 0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(out["ties"], torch.tensor([0, 0, 0, 0, 1 / 3, 0, 1 / 3], dtype=torch.float64))
+    assert out["unparseable"].eq(0).all()
+    assert len(judge.requests) == 4 * 3 // 2 + 3 * 2 // 2  # every unordered pair once
+
+
+def test_malformed_answers_count_half_and_are_logged(judge):
+    # any pair involving the level-90 image gets an answer without a verdict
+    judge.script = lambda body, n: (200, "Hard to say." if 90 / 255 in shown_levels(body) else brighter(body), 0.0)
+    out = judge_reward(judge)(grey(10, 50, 90), ["p"] * 3, groups=torch.zeros(3, dtype=torch.long))
+    # 10: lost to 50, half vs 90 -> 0.5/2; 50: beat 10, half vs 90 -> 1.5/2; 90: two halves -> 1/2
+    torch.testing.assert_close(out["score"], torch.tensor([0.25, 0.75, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(out["unparseable"], torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "<think>{noise}</think>\n<answer>Image {k} is better</answer>",
+        "<think>{noise}</think>\n\nImage {k}",
+        "{noise}\nAfter weighing both, the better image is Image {k}.",
+    ],
+)
+def test_think_style_replies_use_the_final_verdict(judge, template):
+    def reply(body: dict[str, Any], n: int) -> Reply:
+        first, second = shown_levels(body)
+        k, other = (1, 2) if first > second else (2, 1)
+        # long reasoning that praises the loser first, as think models do before concluding
+        noise = f"Image {other} is better lit at first glance. " * 20 + f"But Image {other} has artifacts."
+        return 200, template.format(noise=noise, k=k), 0.0
+
+    judge.script = reply
+    out = judge_reward(judge)(grey(40, 160, 100), ["p"] * 3, groups=torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(out["score"], torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64))
+    assert out["unparseable"].eq(0).all()
+
+
+@pytest.mark.parametrize("order", ["balanced", "random", "fixed"])
+def test_position_swaps_map_verdicts_back_to_the_images(judge, order):
+    images, groups = grey(40, 160, 100, 220), torch.zeros(4, dtype=torch.long)
+    out = judge_reward(judge, order=order, seed=3)(images, ["p"] * 4, groups=groups)
+    torch.testing.assert_close(out["score"], torch.tensor([0, 2 / 3, 1 / 3, 1], dtype=torch.float64))
+
+
+def test_balanced_order_cancels_a_first_position_bias(judge):
+    judge.script = lambda body, n: (200, "Image 1 is better", 0.0)  # a judge that always picks the first image
+    images, prompts, groups = grey(10, 20, 30), ["p"] * 3, torch.zeros(3, dtype=torch.long)
+    fixed = judge_reward(judge, order="fixed")(images, prompts, groups=groups)["score"]
+    torch.testing.assert_close(fixed, torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))  # lower index leads
+    balanced = judge_reward(judge, order="balanced")(images, prompts, groups=groups)["score"]
+    torch.testing.assert_close(balanced, torch.full((3,), 0.5, dtype=torch.float64))  # each leads once
+    # even groups: each member leads in G/2 or G/2 - 1 of its G - 1 pairs
+    for size in (4, 6):
+        leads = [0] * size
+        for i in range(size):
+            for j in range(i + 1, size):
+                leads[i if balanced_first(i, j, size) else j] += 1
+        assert sorted(set(leads)) == [size // 2 - 1, size // 2]
+
+
+def test_random_order_is_deterministic_given_the_seed(judge):
+    images, prompts, groups = grey(10, 20, 30, 40, 50), ["p"] * 5, torch.zeros(5, dtype=torch.long)
+    orders = []
+    for seed in (7, 7, 8):
+        before = len(judge.requests)
+        judge_reward(judge, order="random", seed=seed, workers=1)(images, prompts, groups=groups)
+        orders.append([tuple(shown_levels(b)) for b in judge.requests[before:]])
+    assert orders[0] == orders[1] != orders[2]
+
+
+def test_request_body_format(judge):
+    images = torch.rand(2, 3, 6, 5, generator=torch.Generator().manual_seed(0))
+    reward = judge_reward(judge, temperature=0.7, max_tokens=256, order="fixed")
+    reward(images, ["a red {cube}"] * 2, groups=torch.tensor([4, 4]))
+    (body,) = judge.requests
+    assert body["model"] == "fake-judge" and body["temperature"] == 0.7 and body["max_tokens"] == 256
+    (message,) = body["messages"]
+    assert message["role"] == "user"
+    kinds = [part["type"] for part in message["content"]]
+    assert kinds == ["image_url", "image_url", "text"]
+    assert "a red {cube}" in message["content"][2]["text"]  # braces in prompts survive the template
+    for part, image in zip(message["content"][:2], images, strict=True):
+        header, data = part["image_url"]["url"].split(",", 1)
+        assert header == "data:image/png;base64"
+        decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(base64.b64decode(data))))).permute(2, 0, 1)
+        assert torch.equal(decoded, (image * 255).round().to(torch.uint8))
+    assert "Authorization" not in judge.headers[0]
+
+
+def test_pointwise_scores_divide_by_five(judge):
+    def reply(body: dict[str, Any], n: int) -> Reply:
+        (level,) = shown_levels(body)
+        answers = {10: "Score: 2", 60: "<think>Score 1? No.</think> Final rating: **4.5**/5", 110: "5", 160: "meh"}
+        return 200, answers[round(level * 255)], 0.0
+
+    judge.script = reply
+    reward = judge_reward(judge, mode="pointwise")
+    assert not reward.groupwise
+    out = reward(grey(10, 60, 110, 160), ["p", "q", "r", "s"])  # no groups needed
+    torch.testing.assert_close(out["score"], torch.tensor([0.4, 0.9, 1.0, 0.6]))  # unparseable -> midpoint 3/5
+    torch.testing.assert_close(out["unparseable"], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert all(len(b["messages"][0]["content"]) == 2 for b in judge.requests)  # one image + the instruction
+
+
+def test_a_stalled_request_times_out_and_is_retried(judge):
+    judge.script = lambda body, n: (200, brighter(body), 2.0 if n == 0 else 0.0)
+    reward = judge_reward(judge, retries=2, backoff=0.01)
+    reward.timeout = 0.3
+    start = time.perf_counter()
+    out = reward(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+    assert time.perf_counter() - start < 1.5  # did not wait for the stalled answer
+    torch.testing.assert_close(out["score"], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert len(judge.requests) == 2
+
+
+def test_503_is_retried_then_succeeds_and_persistent_errors_name_url_and_status(judge):
+    judge.script = lambda body, n: (503, '{"error": "loading"}', 0.0) if n < 2 else (200, brighter(body), 0.0)
+    out = judge_reward(judge, retries=3, backoff=0.01)(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+    assert out["score"].tolist() == [0.0, 1.0] and len(judge.requests) == 3
+    judge.script = lambda body, n: (503, '{"error": "overloaded"}', 0.0)
+    with pytest.raises(HTTPCallError, match=r"chat/completions.*503.*overloaded"):
+        judge_reward(judge, retries=1, backoff=0.01)(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+    judge.script = lambda body, n: (400, '{"error": "unknown model"}', 0.0)
+    with pytest.raises(HTTPCallError, match=rf"{judge.base_url}/chat/completions.*400.*unknown model"):
+        judge_reward(judge, retries=3, backoff=0.01)(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+
+
+def test_a_body_that_is_not_a_chat_completion_is_an_error(judge):
+    judge.script = lambda body, n: (201, '{"result": 1}', 0.0)
+    with pytest.raises(ValueError, match="did not return a chat completion"):
+        judge_reward(judge)(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+
+
+def test_group_errors(judge):
+    reward = judge_reward(judge)
+    with pytest.raises(ValueError, match="needs groups"):
+        reward(grey(10, 20), ["p", "p"])
+    with pytest.raises(ValueError, match="at least 2 images per group; group 1 has 1"):
+        reward(grey(10, 20, 30), ["p", "p", "q"], groups=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="mixes different prompts"):
+        reward(grey(10, 20), ["p", "q"], groups=torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        judge_reward(judge, mode="listwise")
+    assert judge.requests == []
+
+
+def test_api_key_comes_from_the_environment(judge, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    monkeypatch.setenv("EMPTY_KEY", "")
+    with pytest.raises(ValueError, match=r"'EMPTY_KEY'.*empty"):
+        judge_reward(judge, api_key_env="EMPTY_KEY")
+    judge_reward(judge, api_key_env="JUDGE_KEY")(grey(10, 20), ["p", "p"], groups=torch.tensor([0, 0]))
+    assert judge.headers[0]["Authorization"] == "Bearer sk-test"
+
+
+class Pointwise:
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {"score": images.mean(dim=(1, 2, 3))}
+
+
+class GroupMean:
+    """A groupwise reward: each image's brightness minus its group's mean."""
+
+    groupwise = True
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], groups: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(groups)
+        x = images.mean(dim=(1, 2, 3))
+        means = torch.stack([x[groups == g].mean() for g in groups])
+        return {"score": x - means}
+
+
+def test_reward_set_passes_groups_only_to_groupwise_rewards():
+    group_mean = GroupMean()
+    rewards = RewardSet({"plain": Pointwise(), "relative": group_mean}, {"plain": 1.0, "relative": 2.0})
+    images, groups = grey(10, 30, 100, 200), torch.tensor([0, 0, 1, 1])
+    total, parts = rewards(images, ["a", "a", "b", "b"], groups)  # Pointwise would fail if given groups=
+    assert torch.equal(group_mean.seen[0], groups)
+    torch.testing.assert_close(parts["relative"], torch.tensor([-10.0, 10.0, -50.0, 50.0]) / 255)
+    torch.testing.assert_close(total, parts["plain"] + 2 * parts["relative"])
+    with pytest.raises(ValueError, match="'relative' scores groups of images jointly and needs groups="):
+        rewards(images, ["a", "a", "b", "b"])
+    with pytest.raises(ValueError, match=r"groups must be a \[4\] integer tensor"):
+        rewards(images, ["a", "a", "b", "b"], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    plain_only = RewardSet({"plain": Pointwise()}, {"plain": 1.0})
+    torch.testing.assert_close(plain_only(images, ["a"] * 4)[0], parts["plain"])  # no groups needed
