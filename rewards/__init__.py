@@ -6,9 +6,14 @@
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
 - ``hps``: HPSv2 / HPSv2.1 (open_clip ViT-H-14 with the HPS state dict).
+- ``ocr``: OCR edit-distance reward (Flow-GRPO convention; PaddleOCR or your own recogniser).
+- ``geneval``: GenEval-style rules (counts, colours, positions) over a detector (toy world or HTTP server).
+- ``vlm_judge``: pairwise (win rate in the group) or pointwise VLM judge over an OpenAI-compatible API.
+- ``imagereward``: ImageReward (BLIP ViT + cross-attending BERT + MLP, mapped onto transformers' BLIP).
+- ``remote``: a reward served by ``flowrl serve-reward`` (wire format in its docstring); ``http``: JSON client.
 """
 
-from . import aesthetic, clipscore, hps, jpeg, pickscore, toy  # noqa: F401  (register their rewards)
-from .base import REWARDS, RewardFn, RewardSet, check_reward_output, make_reward
+from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, toy, vlm_judge  # noqa: F401  (register their rewards)
+from .base import REWARDS, RewardFn, RewardSet, check_reward_output, is_groupwise, make_reward
 
-__all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "make_reward"]
+__all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "is_groupwise", "make_reward"]

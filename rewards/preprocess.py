@@ -20,7 +20,10 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 def clip_preprocess(
     images: Tensor, size: int = 224, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD
 ) -> Tensor:
-    """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, size, size]`` (shortest side, centre crop)."""
+    """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, size, size]`` (shortest side, centre crop).
+
+    The crop's offset is floored like transformers' ``CLIPImageProcessor``; torchvision's ``CenterCrop``
+    rounds, which differs by one pixel when the margin is odd."""
     x = _resize(images, size, min)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
     return _normalise(x[..., top : top + size, left : left + size], mean, std)
@@ -43,8 +46,10 @@ def _resize(images: Tensor, size: int, side: Callable[[int, int], int]) -> Tenso
         raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
     h, w = images.shape[-2:]
     scale = size / side(h, w)
-    guard = max if side is min else min  # rounding must not take the fitted side past ``size``
-    new = tuple(guard(size, round(n * scale)) for n in (h, w))
+    # the other side: torchvision and transformers truncate for shortest-side resizes, open_clip's
+    # longest-side resize rounds; the fitted side is exactly ``size`` either way
+    other = int if side is min else round
+    new = tuple(size if n == side(h, w) else other(n * scale) for n in (h, w))
     x = F.interpolate(images.float(), size=new, mode="bicubic", antialias=True, align_corners=False)
     return x.clamp(0, 1)
 
