@@ -8,6 +8,7 @@ range and combination before anything heavy is imported, raising ``ConfigError``
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ SD3_LORA_TARGETS = [
 ]
 
 
+WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def _reward_names() -> list[str]:
     from flowrl.rewards import REWARDS
 
@@ -42,7 +47,8 @@ def _reward_names() -> list[str]:
 @dataclass
 class ModelConfig:
     path: str = option(
-        "assets/toy-sd3", "diffusers pipeline folder, SD3 or FLUX (model_index.json decides; the toy base by default)"
+        "assets/toy-sd3",
+        "diffusers pipeline folder or hub id (org/name), SD3 or FLUX (model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
@@ -52,6 +58,18 @@ class ModelConfig:
     cfg_scale: float = option(1.0, "classifier-free guidance scale during sampling and training (1 = off)", low=1.0)
     guidance_scale: float = option(3.5, "FLUX.1-dev: scale fed to its guidance embedding (SD3: unused)", low=0.0)
     mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "fp16", "bf16"))
+    weights_dtype: str = option(
+        "fp32",
+        "dtype of the frozen weights (transformer, text encoders, VAE); LoRA weights stay fp32. FLUX needs bf16 "
+        "(fp16 overflows); full fine-tuning needs fp32 master weights (use mixed_precision for speed)",
+        choices=tuple(WEIGHT_DTYPES),
+    )
+    max_sequence_length: int = option(
+        0, "T5 tokens per prompt (0 = the pipeline's default: 256 for SD3, 512 for FLUX.1-dev)", low=0
+    )
+    prompt_cache: int = option(
+        0, "keep the text encoders' outputs for this many recent prompts (0 = encode every time)", low=0
+    )
     gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
 
 
@@ -182,6 +200,13 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.split_steps is only used by the tree modes, not sampler.mode={s.mode}")
     if s.extra_tail_steps and s.mode != "singular" and kind == "fixed" and size == s.num_steps:
         raise ConfigError("sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)")
+    last_start = s.window_options.get("max_start", s.num_steps - size)
+    if s.extra_tail_steps and kind == "random" and last_start + size >= s.num_steps:
+        raise ConfigError(
+            f"sampler.extra_tail_steps needs ODE steps after the window, but the random window can start at "
+            f"step {last_start} and end at the last step; set sampler.window_options.max_start <= "
+            f"{s.num_steps - size - 1}"
+        )
     if s.mode == "singular" and size != 1:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
@@ -201,8 +226,25 @@ def check_combinations(cfg: Config) -> None:
     for name in (cfg.data.train_prompts, cfg.data.eval_prompts):
         if not name.startswith("toy:") and not os.path.isfile(name):
             raise ConfigError(f"data prompts file {name!r} does not exist")
-    if not os.path.isdir(cfg.model.path):
-        raise ConfigError(f"model.path {cfg.model.path!r} is not a directory")
+    m = cfg.model
+    if not os.path.isdir(m.path) and (os.path.exists(m.path) or not _HUB_ID.fullmatch(m.path)):
+        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name)")
+    if m.finetune == "full" and m.weights_dtype != "fp32":
+        raise ConfigError(
+            f"model.finetune=full trains the weights themselves: model.weights_dtype must be fp32, got "
+            f"{m.weights_dtype} (set model.mixed_precision={m.weights_dtype} for half-precision compute)"
+        )
+    if m.weights_dtype == "fp16" and _pipeline_class(m.path) == "FluxPipeline":
+        raise ConfigError("model.weights_dtype=fp16: FLUX.1 activations overflow in fp16; use bf16")
+
+
+def _pipeline_class(path: str) -> str:
+    """``_class_name`` of a local folder's model_index.json ("" for hub ids and unreadable folders)."""
+    try:
+        with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+            return str(json.load(f).get("_class_name", ""))
+    except (OSError, ValueError):
+        return ""
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -369,9 +369,10 @@ def test_awm_combinations(mp: str) -> None:
 
 def test_missing_model_dir(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    assert config_error([f"model.path={missing}"]) == f"model.path {str(missing)!r} is not a directory"
+    message = "model.path {!r} is neither a directory nor a hub id (org/name)"
+    assert config_error([f"model.path={missing}"]) == message.format(str(missing))
     a_file = write(tmp_path, "file.txt", "x")
-    assert config_error([f"model.path={a_file}"]) == f"model.path {str(a_file)!r} is not a directory"
+    assert config_error([f"model.path={a_file}"]) == message.format(str(a_file))
 
 
 def test_missing_prompt_file(mp: str) -> None:
@@ -398,6 +399,15 @@ def test_extra_tail_steps_need_ode_tail(mp: str) -> None:
     )
     cfg = load_config(None, [mp, "sampler.extra_tail_steps=[2]", "sampler.window_size=4"])
     assert cfg.sampler.extra_tail_steps == [2]
+    # a random window that can reach the last step would fail mid-run: caught here
+    single = [mp, "sampler.mode=singular", "sampler.extra_tail_steps=[2]"]
+    assert config_error(single) == (
+        "sampler.extra_tail_steps needs ODE steps after the window, but the random window can start at step 9 "
+        "and end at the last step; set sampler.window_options.max_start <= 8"
+    )
+    assert load_config(None, [*single, "sampler.window_options={max_start: 8}"]).sampler.window_options == {
+        "max_start": 8
+    }
 
 
 def test_check_combinations_on_a_built_config(model_dir: Path) -> None:

@@ -22,7 +22,11 @@ MODES = {
     "mixgrpo-flash": ["sampler.window_size=2", "sampler.tail_steps=2"],
     "branchgrpo": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
     "branchgrpo-mix": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "singular": ["sampler.extra_tail_steps=[1]", "advantage.name=multi-granularity"],
+    "singular": [
+        "sampler.extra_tail_steps=[1]",
+        "advantage.name=multi-granularity",
+        "sampler.window_options={max_start: 2}",
+    ],
 }
 
 

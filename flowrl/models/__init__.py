@@ -15,6 +15,22 @@ from .sd3 import SD3Policy
 FAMILIES: dict[str, type] = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
 
 
+def resolve_model_path(path: str) -> str:
+    """A local folder as is; a hub id (``org/name``) → its local snapshot, downloaded (or found in the
+    Hugging Face cache) with the subfolders a diffusers pipeline needs, as ``from_pretrained`` would."""
+    if os.path.isdir(path):
+        return path
+    from diffusers import DiffusionPipeline
+
+    try:
+        return str(DiffusionPipeline.download(path))
+    except Exception as e:  # hub errors come in many classes; all mean "could not get the files"
+        raise FileNotFoundError(
+            f"model.path {path!r} is not a local folder and could not be fetched from the hub "
+            f"({type(e).__name__}: {e}); download it first or point model.path at a local copy"
+        ) from e
+
+
 def policy_class(path: str) -> type:
     """The adapter for a diffusers folder, from ``model_index.json``'s ``_class_name``."""
     index = os.path.join(path, "model_index.json")
@@ -28,8 +44,9 @@ def policy_class(path: str) -> type:
 
 
 def load_policy(path: str, **options: Any) -> SD3Policy | FluxPolicy:
-    """Load the right adapter for ``path``; ``options`` go to its constructor (dtype, device, ...)."""
+    """The right adapter for ``path`` (folder or hub id); ``options`` go to its constructor (dtype, device)."""
+    path = resolve_model_path(path)
     return policy_class(path)(path, **options)
 
 
-__all__ = ["FAMILIES", "FluxPolicy", "PromptCond", "SD3Policy", "load_policy", "policy_class"]
+__all__ = ["FAMILIES", "FluxPolicy", "PromptCond", "SD3Policy", "load_policy", "policy_class", "resolve_model_path"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +33,13 @@ Encoder = Callable[[list[str]], tuple[Tensor, Tensor]]
 Forward = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
-def encode_prompts(encode: Encoder, prompts: list[str], with_negative: bool) -> PromptCond:
-    """``encode(prompts) -> (embeds, pooled)``, plus the empty prompt's rows as the negative when asked."""
+def encode_prompts(
+    encode: Encoder, prompts: list[str], with_negative: bool, cache: PromptCache | None = None
+) -> PromptCond:
+    """``encode(prompts) -> (embeds, pooled)``, plus the empty prompt's rows as the negative when asked;
+    through ``cache`` when given."""
+    if cache is not None:
+        encode = cache.wrap(encode)
     embeds, pooled = encode(prompts)
     cond = PromptCond(embeds, pooled)
     if with_negative:
@@ -41,6 +47,37 @@ def encode_prompts(encode: Encoder, prompts: list[str], with_negative: bool) -> 
         cond.neg_embeds = neg.expand_as(embeds).contiguous()
         cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
     return cond
+
+
+class PromptCache:
+    """The text encoders' outputs for the last ``size`` distinct prompts (the encoders are frozen, so a
+    cached row is exactly what encoding again would give). Wraps an ``Encoder``."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"prompt cache size must be >= 1, got {size}")
+        self.size = size
+        self.rows: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def wrap(self, encode: Encoder) -> Encoder:
+        def cached(prompts: list[str]) -> tuple[Tensor, Tensor]:
+            missing = list(dict.fromkeys(p for p in prompts if p not in self.rows))
+            self.misses += len(missing)
+            self.hits += len(prompts) - len(missing)
+            fresh = {}
+            if missing:
+                embeds, pooled = encode(missing)
+                fresh = {p: (embeds[i], pooled[i]) for i, p in enumerate(missing)}
+            rows = [fresh.get(p) or self.rows[p] for p in prompts]
+            for p in prompts:  # most recently used last; the oldest go first
+                self.rows[p] = fresh.get(p) or self.rows[p]
+                self.rows.move_to_end(p)
+            while len(self.rows) > self.size:
+                self.rows.popitem(last=False)
+            return torch.stack([e for e, _ in rows]), torch.stack([q for _, q in rows])
+
+        return cached
 
 
 def guided(forward: Forward, x: Tensor, t: Tensor, cond: dict[str, Tensor], scale: float) -> Tensor:
@@ -142,11 +179,13 @@ class LatentIO:
     codec: Codec
     device: torch.device
     dtype: torch.dtype
+    prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
     latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
 
     def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
-        """``[B, C, h, w]`` standard normal noise, one generator per seed (reproducible per sample)."""
-        return seeded_noise(self.latent_shape(resolution), seeds, self.device, self.dtype)
+        """``[B, C, h, w]`` float32 standard normal noise, one generator per seed (reproducible per sample).
+        States stay float32 whatever the weights' dtype: the sampler's steps and log-probs need the precision."""
+        return seeded_noise(self.latent_shape(resolution), seeds, self.device, torch.float32)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
@@ -154,7 +193,7 @@ class LatentIO:
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE posterior's mode, scaled)."""
-        return self.codec.encode(images, self.device, self.dtype)
+        return self.codec.encode(images, self.device, self.dtype).float()
 
 
 def freeze(*modules: Any, device: torch.device) -> None:
@@ -167,6 +206,7 @@ def freeze(*modules: Any, device: torch.device) -> None:
 __all__ = [
     "Codec",
     "LatentIO",
+    "PromptCache",
     "PromptCond",
     "encode_prompts",
     "freeze",

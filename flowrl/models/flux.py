@@ -106,7 +106,8 @@ class FluxPolicy(LatentIO):
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """T5 sequence ``embeds [B, L, 4096]`` and CLIP ``pooled [B, 768]`` (sizes of FLUX.1); the empty
         prompt as negative when ``cfg_scale > 1`` (or ``with_negative``)."""
-        return encode_prompts(self._encode, prompts, self.cfg_scale > 1 if with_negative is None else with_negative)
+        negative = self.cfg_scale > 1 if with_negative is None else with_negative
+        return encode_prompts(self._encode, prompts, negative, self.prompt_cache)
 
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         pooled = self.clip(token_ids(self.clip_tokenizer, prompts, self.device)).pooler_output

@@ -91,7 +91,8 @@ class SD3Policy(LatentIO):
     @torch.no_grad()
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """Encode prompts (``with_negative`` defaults to ``cfg_scale > 1``: also the empty prompt)."""
-        return encode_prompts(self._encode, prompts, self.cfg_scale > 1 if with_negative is None else with_negative)
+        negative = self.cfg_scale > 1 if with_negative is None else with_negative
+        return encode_prompts(self._encode, prompts, negative, self.prompt_cache)
 
     def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         clip_states, pooled, t5 = [], [], None

@@ -19,10 +19,11 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
-from flowrl.config import Config, window_of
+from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
+from flowrl.models.common import PromptCache
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
@@ -68,8 +69,11 @@ def setup(cfg: Config) -> Run:
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision)
     m = cfg.model
-    policy = load_policy(m.path, device=accelerator.device)
+    options: dict[str, Any] = {"max_sequence_length": m.max_sequence_length} if m.max_sequence_length else {}
+    dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
+    policy = load_policy(m.path, device=accelerator.device, dtype=dtype, **options)
     policy.cfg_scale = m.cfg_scale
+    policy.prompt_cache = PromptCache(m.prompt_cache) if m.prompt_cache else None
     if isinstance(policy, FluxPolicy):
         policy.guidance_scale = m.guidance_scale
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)

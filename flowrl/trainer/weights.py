@@ -34,6 +34,8 @@ def make_trainable(
     else:
         raise ValueError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
     params = [p for p in transformer.parameters() if p.requires_grad]
+    for p in params:  # frozen weights may be bf16/fp16; the optimizer keeps fp32 adapter weights
+        p.data = p.data.float()
     if not params:
         raise ValueError("no trainable parameters after setting up fine-tuning")
     return params

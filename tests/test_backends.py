@@ -1,0 +1,111 @@
+"""The trainer on tiny SD3.5- and FLUX.1-layout pipelines (VAE, CLIP + T5 encoders) saved to disk: every
+sampler mode, half-precision frozen weights, gradient checkpointing, the prompt cache, hub-id paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import MODES, tiny_config
+from tiny_models import save_tiny_flux, save_tiny_sd3
+
+from flowrl.config import load_config
+from flowrl.models.common import PromptCache
+from flowrl.options import ConfigError
+from flowrl.trainer.flow import setup, train_step
+
+# tiny pipelines: 32 px images are 4×4 latents of 4 channels (VAE factor 8); 2 prompts × 4 images
+BACKEND = ["model.resolution=32", "model.max_sequence_length=16"]
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("backends")
+    return {"sd3": save_tiny_sd3(str(root / "sd3")), "flux": save_tiny_flux(str(root / "flux"))}
+
+
+def _run(path: str, *overrides: str):
+    return setup(tiny_config(path, *BACKEND, *overrides))
+
+
+def _moved(before: list[torch.Tensor], run) -> bool:
+    return any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
+    run = _run(pipelines[family], f"sampler.mode={mode}", *MODES[mode])
+    before = [p.detach().clone() for p in run.params]
+    for _ in range(2):
+        m = train_step(run)
+        assert m["train/transitions"] > 0
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
+    assert _moved(before, run)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_bf16_frozen_weights_with_fp32_lora(pipelines, family):
+    run = _run(pipelines[family], "model.weights_dtype=bf16")
+    transformer = run.policy.transformer
+    frozen = [p for p in transformer.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert all(p.dtype == torch.float32 for p in run.params)  # the optimizer's weights keep full precision
+    before = [p.detach().clone() for p in run.params]
+    m = train_step(run)
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
+    assert _moved(before, run)
+    # sampler states stay float32 whatever the weights' dtype
+    assert run.policy.initial_noise([0], 32).dtype == torch.float32
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pipelines):
+    grads = []
+    for flag in ("false", "true"):
+        run = _run(pipelines["sd3"], f"model.gradient_checkpointing={flag}", "model.lora_rank=2")
+        torch.manual_seed(0)
+        for p in run.params:  # LoRA B starts at zero; give every adapter weight a value so all get gradients
+            p.data.normal_(0, 0.05)
+        policy = run.policy
+        cond = policy.encode(["two red circles", "a blue square"]).as_dict()
+        x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+        policy.transformer.train()
+        policy.velocity(x, torch.tensor([0.9, 0.4]), cond).square().mean().backward()
+        grads.append([p.grad.clone() for p in run.params])
+        assert getattr(policy.transformer, "gradient_checkpointing", False) == (flag == "true")
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_prompt_cache_returns_the_encoders_rows(pipelines):
+    run = _run(pipelines["sd3"], "model.prompt_cache=2", "model.cfg_scale=2.0")
+    policy = run.policy
+    cache = policy.prompt_cache
+    assert isinstance(cache, PromptCache)
+    first = policy.encode(["a red circle", "two blue squares", "a red circle"])
+    assert (cache.misses, cache.hits) == (3, 1)  # two prompts and the empty negative; the repeat is a hit
+    again = policy.encode(["two blue squares"])
+    policy.prompt_cache = None
+    plain = policy.encode(["a red circle", "two blue squares", "a red circle"])
+    for key, value in plain.as_dict().items():
+        torch.testing.assert_close(first.as_dict()[key], value)
+    torch.testing.assert_close(again.embeds[0], plain.embeds[1])
+    assert len(cache.rows) == 2  # the least recently used prompt was dropped
+
+
+def test_model_path_accepts_hub_ids_and_rejects_other_paths(tmp_path, monkeypatch):
+    from flowrl.models import resolve_model_path
+
+    cfg = load_config(None, ["model.path=stabilityai/stable-diffusion-3.5-medium"])
+    assert cfg.model.path == "stabilityai/stable-diffusion-3.5-medium"
+    with pytest.raises(ConfigError, match="neither a directory nor a hub id"):
+        load_config(None, [f"model.path={tmp_path / 'missing' / 'deeper' / 'x'}"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="could not be fetched from the hub"):
+        resolve_model_path("flowrl-test/no-such-model")
+
+
+def test_dtype_rules_are_checked_before_loading(pipelines):
+    with pytest.raises(ConfigError, match=r"FLUX\.1 activations overflow in fp16"):
+        load_config(None, [f"model.path={pipelines['flux']}", "model.weights_dtype=fp16"])
+    with pytest.raises(ConfigError, match="weights_dtype must be fp32"):
+        load_config(None, [f"model.path={pipelines['sd3']}", "model.finetune=full", "model.weights_dtype=bf16"])
