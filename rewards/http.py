@@ -1,10 +1,10 @@
 """A small JSON-over-HTTP client shared by the remote reward clients (standard library only).
 
 ``post_json(url, payload, timeout=..., retries=..., backoff=...)`` POSTs ``payload`` as JSON and returns the
-decoded JSON object. Transient failures (connection refused or dropped, timeouts, HTTP 5xx) are retried
+decoded JSON object. Transient failures (connection refused or dropped, timeouts, HTTP 5xx, 408, 429) are retried
 ``retries`` times, waiting ``backoff · 2^k`` seconds before retry ``k`` (0-based), because a reward server
-that is still loading its model or restarting usually recovers within seconds. HTTP 4xx means the request
-itself is wrong, so it is raised at once. Every error is an ``HTTPCallError`` whose message names the URL,
+that is still loading its model or restarting usually recovers within seconds. Any other HTTP 4xx means the
+request itself is wrong, so it is raised at once. Every error is an ``HTTPCallError`` whose message names the URL,
 the HTTP status (if any) and the server's own error text (its ``{"error": ...}`` field when it sends one).
 
 JSON here allows ``NaN`` (Python's ``json`` default) because rewards may legitimately score ``NaN``.
@@ -39,7 +39,8 @@ class HTTPCallError(RuntimeError):
         self.url = url
         self.status = status
         self.server_message = server_message
-        self.retryable = status is None or status >= 500
+        # 408 (request timeout) and 429 (rate limited, e.g. a busy OpenAI-compatible judge) are worth waiting for
+        self.retryable = status is None or status >= 500 or status in (408, 429)
 
 
 def _server_message(body: bytes) -> str:

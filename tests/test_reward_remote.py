@@ -207,7 +207,7 @@ class FlakyHandler(BaseHTTPRequestHandler):
             if self.server.how == "drop":
                 self.close_connection = True  # no reply at all: the client sees the connection close
                 return
-            self._send(503, {"error": "model still loading"})
+            self._send(int(self.server.how), {"error": "model still loading"})
             return
         self._send(200, {"outputs": {"score": [float(i) for i in range(len(body["prompts"]))]}})
 
@@ -222,7 +222,7 @@ class FlakyHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("how", ["503", "drop"])
+@pytest.mark.parametrize("how", ["503", "429", "drop"])
 def test_retries_with_exponential_backoff_then_success(monkeypatch, how):
     sleeps = []
     monkeypatch.setattr(rhttp, "_sleep", sleeps.append)

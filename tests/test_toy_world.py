@@ -1,7 +1,19 @@
+import random
+
 import pytest
 import torch
 
-from flowrl.toy_world import Clause, Scene, all_scenes, detect, evaluate, parse_prompt, render, split_scenes
+from flowrl.toy_world import (
+    Clause,
+    Scene,
+    all_scenes,
+    detect,
+    evaluate,
+    mislabel,
+    parse_prompt,
+    render,
+    split_scenes,
+)
 
 
 def test_prompts_split_and_parse_round_trip():
@@ -57,3 +69,21 @@ def test_evaluator_partial_credit_hand_cases():
 def test_detect_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"expected an image \[3, H, W\]"):
         detect(torch.zeros(32, 32))
+
+
+def test_mislabel_recolours_one_clause_to_an_unused_colour():
+    rng = random.Random(0)
+    changed = {0: 0, 1: 0}
+    for scene in all_scenes():
+        wrong = mislabel(scene, rng)
+        diff = [i for i, (a, b) in enumerate(zip(scene.clauses, wrong.clauses, strict=True)) if a != b]
+        assert len(diff) == 1 and wrong.relation == scene.relation
+        i = diff[0]
+        changed[i] += 1
+        a, b = scene.clauses[i], wrong.clauses[i]
+        assert (a.shape, a.count) == (b.shape, b.count)
+        assert b.colour not in {c.colour for c in scene.clauses}  # still separable by colour
+        # the caption's evaluator rejects the mislabelled drawing: the named colour is missing
+        score = evaluate(render(wrong, 32, seed=1), scene)
+        assert score.strict == 0.0 and score.details[f"colour{i}"] == 0.0
+    assert changed[0] > 0 and changed[1] > 0  # either object of a two-object prompt can be the wrong one
