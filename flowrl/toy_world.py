@@ -94,6 +94,18 @@ def parse_prompt(text: str) -> Scene:
     raise ValueError(f"not a toy-world prompt: {text!r}")
 
 
+def mislabel(scene: Scene, rng: random.Random) -> Scene:
+    """A scene that contradicts ``scene``'s caption in one colour: noisy pretraining data, like web
+    captions that misname what the image shows. One clause (chosen at random) is recoloured to a
+    palette colour no clause of the scene uses, so the evaluator still separates the objects."""
+    i = rng.randrange(len(scene.clauses))
+    used = {c.colour for c in scene.clauses}
+    colour = rng.choice([c for c in COLOURS if c not in used])
+    clauses = list(scene.clauses)
+    clauses[i] = Clause(clauses[i].shape, colour, clauses[i].count)
+    return Scene(tuple(clauses), scene.relation)
+
+
 @dataclass
 class Placed:
     """An object drawn at centre (cx, cy) with half-size r, in pixels."""
