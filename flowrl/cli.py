@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
     run_dir = train_and_report(cfg, name)
-    print(run_dir)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under accelerate launch every process returns here
+        print(run_dir)
     return 0
 
 

@@ -112,11 +112,16 @@ class RewardSpec:
 class TrainConfig:
     iterations: int = option(20, "training iterations (sample, score, update)", low=0)
     max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
-    prompts_per_step: int = option(8, "prompts sampled per iteration", low=1)
+    prompts_per_step: int = option(
+        8, "prompts sampled per iteration and process (N processes train on N × this many prompts)", low=1
+    )
     group_size: int = option(8, "images per prompt (GRPO group)", low=2)
     inner_epochs: int = option(1, "passes over each iteration's transitions", low=1)
     minibatches: int = option(1, "optimizer steps per inner epoch (gradients accumulate across timesteps)", low=1)
     micro_batch: int = option(64, "transitions per forward/backward pass", low=1)
+    sample_batch: int = option(
+        0, "images per transformer forward and VAE decode when sampling and evaluating (0 = all at once)", low=0
+    )
     lr: float = option(3e-4, "AdamW learning rate", low=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)

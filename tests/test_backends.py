@@ -109,3 +109,15 @@ def test_dtype_rules_are_checked_before_loading(pipelines):
         load_config(None, [f"model.path={pipelines['flux']}", "model.weights_dtype=fp16"])
     with pytest.raises(ConfigError, match="weights_dtype must be fp32"):
         load_config(None, [f"model.path={pipelines['sd3']}", "model.finetune=full", "model.weights_dtype=bf16"])
+
+
+def test_sample_batch_chunks_rollouts_without_changing_them(pipelines):
+    from flowrl.trainer.flow import sample
+
+    batches = []
+    for size in (0, 3):  # 8 images: chunks of 3, 3, 2 rows per forward and per VAE decode
+        run = _run(pipelines["sd3"], f"train.sample_batch={size}", "model.cfg_scale=2.0")
+        batches.append(sample(run, run.train_prompts[:2]))
+    whole, chunked = batches
+    torch.testing.assert_close(chunked.rollout.samples, whole.rollout.samples, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked.rewards, whole.rewards, atol=1e-4, rtol=1e-4)

@@ -80,6 +80,24 @@ class PromptCache:
         return cached
 
 
+def in_chunks(velocity: Callable[..., Tensor], size: int) -> Callable[..., Tensor]:
+    """``velocity(x [B, ...], sigma [B], cond {k: [B, ...]})`` evaluated ``size`` rows at a time (0 = all at
+    once): rollouts of G images × P prompts are one batch, more than one forward of a large model can hold."""
+    if size <= 0:
+        return velocity
+
+    def chunked(x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        if x.shape[0] <= size:
+            return velocity(x, sigma, cond)
+        parts = [
+            velocity(x[i : i + size], sigma[i : i + size], {k: c[i : i + size] for k, c in cond.items()})
+            for i in range(0, x.shape[0], size)
+        ]
+        return torch.cat(parts)
+
+    return chunked
+
+
 def guided(forward: Forward, x: Tensor, t: Tensor, cond: dict[str, Tensor], scale: float) -> Tensor:
     """``forward(x, t, embeds, pooled)``, with classifier-free guidance ``u + scale·(c − u)`` when
     ``scale > 1`` (one batched pass over the negative and the prompt rows)."""
@@ -174,22 +192,53 @@ class Codec:
 
 
 class LatentIO:
-    """Latent plumbing both policies share; subclasses set ``codec``, ``device``, ``dtype`` and ``latent_shape``."""
+    """Latent plumbing both policies share; subclasses set ``transformer``, ``codec``, ``device``, ``dtype`` and
+    ``latent_shape``.
 
+    ``transformer`` is always the plain module: its attributes (``config``, the LoRA adapters, gradient
+    checkpointing) are read there. The trainer may set ``prepared``, the same network as accelerate prepared
+    it (a ``DistributedDataParallel`` wrapper when several processes train); ``forward_module`` decides which
+    of the two a forward pass goes through.
+    """
+
+    transformer: torch.nn.Module
     codec: Codec
     device: torch.device
     dtype: torch.dtype
     prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
+    prepared: torch.nn.Module | None = None  # set by the trainer: ``transformer`` after accelerator.prepare
     latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
+
+    def forward_module(self) -> torch.nn.Module:
+        """The module a forward pass runs through.
+
+        While autograd records (the trainer's update) it is ``prepared``, so that backward all-reduces the
+        gradients between processes. Otherwise it is the plain ``transformer``: passes without gradients
+        (sampling, evaluation, the reference policy) need no communication, and so processes may make
+        different numbers of them. This assumes every process holds the whole network (DDP); a wrapper
+        that shards the weights (FSDP) would need every pass to go through it.
+        """
+        if self.prepared is not None and torch.is_grad_enabled():
+            return self.prepared
+        return self.transformer
+
+    def train_mode(self, mode: bool) -> None:
+        """Training (``True``) or evaluation mode for the transformer and its prepared wrapper."""
+        self.transformer.train(mode)
+        if self.prepared is not None:
+            self.prepared.train(mode)
 
     def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
         """``[B, C, h, w]`` float32 standard normal noise, one generator per seed (reproducible per sample).
         States stay float32 whatever the weights' dtype: the sampler's steps and log-probs need the precision."""
         return seeded_noise(self.latent_shape(resolution), seeds, self.device, torch.float32)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
-        return self.codec.decode(latents)
+    def decode(self, latents: Tensor, batch_size: int = 0) -> Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32); ``batch_size`` rows per
+        VAE call (0 = all at once)."""
+        if batch_size <= 0 or latents.shape[0] <= batch_size:
+            return self.codec.decode(latents)
+        return torch.cat([self.codec.decode(z) for z in latents.split(batch_size)])
 
     def encode_images(self, images: Tensor) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE posterior's mode, scaled)."""
@@ -211,6 +260,7 @@ __all__ = [
     "encode_prompts",
     "freeze",
     "guided",
+    "in_chunks",
     "load_text_encoder",
     "require_folder",
     "seeded_noise",

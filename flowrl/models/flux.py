@@ -125,7 +125,7 @@ class FluxPolicy(LatentIO):
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
-        out = self.transformer(
+        out = self.forward_module()(
             hidden_states=pack(x.to(self.dtype)),
             encoder_hidden_states=embeds,
             pooled_projections=pooled,

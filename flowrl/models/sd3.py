@@ -121,7 +121,7 @@ class SD3Policy(LatentIO):
 
     def _forward(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
         x_in = x.to(self.dtype)
-        out = self.transformer(
+        out = self.forward_module()(
             hidden_states=x_in, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t, return_dict=False
         )[0]
         return out.to(x.dtype)

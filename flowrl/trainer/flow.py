@@ -3,6 +3,13 @@
 Each stage is a plain function of a ``Run`` (the objects built once by ``setup``) so the loop in
 ``train`` reads like the algorithm. The sampler mode, advantage estimator, loss and rewards are
 looked up by name in their registries; nothing below branches on those names.
+
+Several processes (``accelerate launch``, DDP): each process samples its own slice of the iteration's
+prompts (``train.prompts_per_step`` is per process) with its own noise, scores them and computes their
+advantages locally. A prompt's whole group stays on one process, so group statistics need no
+communication; statistics over the whole batch (the global-std estimator's std, the per-prompt
+tracker's history) are per process. Gradients are averaged by DDP in the update and come out as the
+mean over every process's rows; metrics are averaged over processes.
 """
 
 from __future__ import annotations
@@ -10,9 +17,10 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -23,12 +31,19 @@ from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
-from flowrl.models.common import PromptCache
+from flowrl.models.common import PromptCache, in_chunks
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.modes import ROLLOUT_MODES
 from flowrl.trainer.weights import EMA, make_trainable, reference_policy
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+# Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
+# seed·1_000_003 + iteration for any realistic seed, and (seed + stride·k)·4096 stays inside 64 bits for k < 2**10.
+_PROCESS_SEED_STRIDE = 2**40
 
 
 @dataclass
@@ -65,9 +80,13 @@ class Batch:
 def setup(cfg: Config) -> Run:
     """Load the model, add LoRA or unfreeze it, build optimizer, EMA, rewards, window and data."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision)
+    torch.manual_seed(cfg.seed)  # the same initial LoRA weights on every process
+    # some trainable weights get no gradient (SD3's last block discards its text stream): DDP must look for them
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision, kwargs_handlers=[ddp])
+    _require_replicated_weights(accelerator)
     m = cfg.model
     options: dict[str, Any] = {"max_sequence_length": m.max_sequence_length} if m.max_sequence_length else {}
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
@@ -80,7 +99,8 @@ def setup(cfg: Config) -> Run:
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    policy.transformer, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
+    policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
     if kind == "random":
@@ -101,6 +121,18 @@ def setup(cfg: Config) -> Run:
     )
 
 
+def _require_replicated_weights(accelerator: Accelerator) -> None:
+    """Refuse backends that shard the weights (FSDP, DeepSpeed, Megatron-LM): sampling, evaluation and the
+    reference policy run the plain module, evaluation is split unevenly and one process saves, all of
+    which assume that every process holds the whole network, as with DDP."""
+    kind = accelerator.distributed_type
+    if kind.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise NotImplementedError(
+            f"accelerate's {kind.name} backend is not supported: flowrl trains with data parallelism (DDP), "
+            "every process holding the whole model; launch with a MULTI_GPU accelerate config"
+        )
+
+
 def score(run: Run, images: Tensor, prompts: list[str], groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """Rewards ``[N, K]`` (one column per configured reward) and every logged component; ``groups`` ``[N]``
     are the samples' prompt groups, which groupwise rewards (pairwise judges) compare within."""
@@ -115,12 +147,13 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     plan = ROLLOUT_MODES.get(cfg.sampler.mode)(cfg.sampler, run.window, cfg.train.group_size)
     prompt_of_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
     cond = index_cond(policy.encode(prompts).as_dict(), prompt_of_root)
-    seed = cfg.seed * 1_000_003 + run.iteration
+    seed = process_seed(run, cfg.seed * 1_000_003 + run.iteration)
     noise_seeds = [seed * 4096 + i for i in range(prompt_of_root.numel())]
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
-    policy.transformer.eval()
+    policy.train_mode(False)
+    chunk = cfg.train.sample_batch
     rollout = tree_rollout(
-        policy.velocity,
+        in_chunks(policy.velocity, chunk),
         x,
         policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution).to(x.device),
         cond,
@@ -137,18 +170,18 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     )
     sample_prompts = [prompts[int(g)] for g in rollout.group_id]
     groups = rollout.group_id
-    rewards, parts = score(run, policy.decode(rollout.samples), sample_prompts, groups)
+    rewards, parts = score(run, policy.decode(rollout.samples, chunk), sample_prompts, groups)
     granular = None
     if rollout.extra_samples:
-        granular = torch.stack(
-            [score(run, policy.decode(s), sample_prompts, groups)[0] for _, s in sorted(rollout.extra_samples.items())]
-        )
+        coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
+        granular = torch.stack([score(run, images, sample_prompts, groups)[0] for images in coarser])
     return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
 
 
 def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Advantages and backprop mask from the configured estimator, one per row the loss trains on:
-    per transition ``[M]``, or per final sample ``[N]`` for sample losses (AWM)."""
+    per transition ``[M]``, or per final sample ``[N]`` for sample losses (AWM). Computed on this process's
+    batch alone: with several processes, batch-wide statistics (e.g. the global std) are per process."""
     tr = batch.rollout.transitions
     adv_batch = AdvantageBatch(
         rewards=batch.rewards,
@@ -171,36 +204,96 @@ def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]
 
 def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float]:
     """Update on the masked rows (transitions, or samples for AWM): ``inner_epochs`` passes,
-    ``minibatches`` optimizer steps each, gradients accumulated over micro-batches (and so across timesteps)."""
-    cfg, policy, acc = run.cfg, run.policy, run.accelerator
-    row_loss = _sample_loss if trains_on(cfg.loss.name) == "samples" else _transition_loss
+    ``minibatches`` optimizer steps each, gradients accumulated over micro-batches (and so across timesteps).
+
+    With several processes every optimizer step's gradient is the mean over all processes' rows of that
+    step, and every process makes the same number of backward calls (see ``StepPlan``)."""
+    cfg, acc = run.cfg, run.accelerator
     keep = mask.nonzero().squeeze(1)
-    sums: dict[str, float] = {}
-    if keep.numel() == 0:
+    counts = acc.gather(torch.tensor([keep.numel()], device=acc.device)).tolist()  # every process's row count
+    plan = plan_steps(counts, cfg.train.minibatches, cfg.train.micro_batch)
+    if not plan.rows:  # no process kept a row
         return {"train/transitions": 0.0}
-    policy.transformer.train()
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration)
-    count = 0
+    run.policy.train_mode(True)
+    gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 7919 + run.iteration))
+    sums: dict[str, float] = {}
     for _ in range(cfg.train.inner_epochs):
         order = keep[torch.randperm(keep.numel(), generator=gen)]
-        for chunk in order.chunk(cfg.train.minibatches):
-            for mb in chunk.split(cfg.train.micro_batch):
-                out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
-                acc.backward(out.loss * (mb.numel() / chunk.numel()))
-                for k, v in out.metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v * mb.numel()
-                sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
-                count += mb.numel()
-            if cfg.train.max_grad_norm > 0:
-                norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
-                sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(norm) * chunk.numel()
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-            if run.ema is not None:
-                run.ema.update()
-    metrics = {k: v / count for k, v in sums.items()}
+        chunks = list(order.chunk(cfg.train.minibatches)) if keep.numel() else []
+        for step, (rows, calls) in enumerate(zip(plan.rows, plan.calls, strict=True)):
+            chunk = chunks[step] if step < len(chunks) else keep[:0]
+            _accumulate(run, batch, adv, chunk, rows, calls, gen, sums)
+            _optimizer_step(run, chunk.numel(), sums)
+    count = keep.numel() * cfg.train.inner_epochs
+    metrics = {k: v / count for k, v in sums.items()} if count else {}
     metrics["train/transitions"] = float(keep.numel())
     return metrics
+
+
+@dataclass
+class StepPlan:
+    """How one inner epoch's optimizer steps line up across processes.
+
+    DDP all-reduces gradients in every backward call, so all processes must make the same number of calls
+    per step or they wait for each other for ever: ``calls[s]`` is the most any process needs for step
+    ``s`` (the others add zero-weight passes). ``rows[s]`` counts step ``s``'s rows over all processes;
+    each row's loss is divided by it (times the process count, which DDP's average divides out again), so
+    the synchronised gradient is the mean over all those rows, whatever each process holds."""
+
+    rows: list[int]
+    calls: list[int]
+
+
+def plan_steps(counts: list[int], minibatches: int, micro_batch: int) -> StepPlan:
+    """The ``StepPlan`` when the processes keep ``counts`` rows (one count per process)."""
+    sizes = [_chunk_sizes(k, minibatches) for k in counts]
+    steps = max(len(s) for s in sizes)
+    columns = list(zip(*[s + [0] * (steps - len(s)) for s in sizes], strict=True))
+    return StepPlan([sum(c) for c in columns], [max(math.ceil(n / micro_batch) for n in c) for c in columns])
+
+
+def _chunk_sizes(rows: int, minibatches: int) -> list[int]:
+    """Sizes of ``Tensor.chunk(minibatches)`` on ``rows`` rows (which makes fewer chunks when rows are few)."""
+    return [len(c) for c in torch.arange(rows).chunk(minibatches)] if rows else []
+
+
+def _accumulate(
+    run: Run,
+    batch: Batch,
+    adv: Tensor,
+    chunk: Tensor,
+    rows: int,
+    calls: int,
+    gen: torch.Generator,
+    sums: dict[str, float],
+) -> None:
+    """Backward passes of one optimizer step: this process's ``chunk`` in micro-batches, each loss weighted
+    by its share of the step's ``rows`` (over all processes), then zero-weight passes up to ``calls``."""
+    cfg, acc = run.cfg, run.accelerator
+    row_loss = _sample_loss if trains_on(cfg.loss.name) == "samples" else _transition_loss
+    pieces = chunk.split(cfg.train.micro_batch)
+    for mb in pieces:
+        out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
+        acc.backward(out.loss * (mb.numel() * acc.num_processes / rows))
+        for k, v in out.metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * mb.numel()
+        sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
+    filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
+    for _ in range(calls - len(pieces)):
+        out = row_loss(run, batch, filler, torch.zeros(1, device=acc.device), gen)
+        acc.backward(out.loss * 0.0)
+
+
+def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> None:
+    """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA."""
+    cfg, acc = run.cfg, run.accelerator
+    if cfg.train.max_grad_norm > 0:
+        norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
+        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(norm) * rows
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update()
 
 
 def _col(t: Tensor | None) -> Tensor | None:
@@ -257,9 +350,34 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
     """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed) pairs, and their rewards.
 
     The images of one prompt text (its seeds) form a group for groupwise rewards, so a pairwise judge
-    compares the seeds of each prompt; with one seed per prompt it has nothing to compare and raises."""
+    compares the seeds of each prompt; with one seed per prompt it has nothing to compare and raises.
+    With several processes each generates and scores the pairs of its share of the prompt texts (whole
+    groups), and every process receives all of them in the given order: as an image depends only on the
+    weights, prompt and seed, the result is a single process's (up to float error of batch size)."""
+    acc = run.accelerator
+    mine = eval_share(prompts, acc.process_index, acc.num_processes)
+    images, parts = _evaluate_pairs(run, [prompts[i] for i in mine], [seeds[i] for i in mine])
+    if acc.num_processes == 1:
+        return images, parts
+    from accelerate.utils import gather_object
+
+    # on the CPU: a pickled GPU tensor would come back on the sender's device
+    parts = {k: v.cpu() for k, v in parts.items()}
+    return _reassemble(gather_object([(mine, images.cpu(), parts)]))
+
+
+def eval_share(prompts: list[str], index: int, num_processes: int) -> list[int]:
+    """Positions of the pairs process ``index`` evaluates: prompt texts dealt out in turn, each with all its seeds."""
+    group = _prompt_groups(prompts)
+    return [i for i in range(len(prompts)) if int(group[i]) % num_processes == index]
+
+
+def _evaluate_pairs(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Images ``[B, 3, H, W]`` and rewards of the given pairs on this process (nothing for no pairs)."""
+    if not prompts:
+        return torch.empty(0), {}
     cfg, policy = run.cfg, run.policy
-    policy.transformer.eval()
+    policy.train_mode(False)
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
         images = generate(
@@ -269,9 +387,19 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
             resolution=cfg.model.resolution,
             num_steps=cfg.eval.num_steps,
             solver=cfg.eval.solver,
+            batch_size=cfg.train.sample_batch or 64,
         )
     total, parts = run.rewards(images, prompts, _prompt_groups(prompts))
     return images, {"reward": total, **parts}
+
+
+def _reassemble(shares: list[tuple[list[int], Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The processes' ``(positions, images, rewards)`` shares put back into one batch in position order."""
+    shares = [s for s in shares if s[0]]
+    where = torch.tensor([i for positions, _, _ in shares for i in positions]).argsort()
+    images = torch.cat([imgs for _, imgs, _ in shares])[where]
+    keys = shares[0][2]
+    return images, {k: torch.cat([parts[k] for _, _, parts in shares])[where] for k in keys}
 
 
 def _prompt_groups(prompts: list[str]) -> Tensor:
@@ -291,10 +419,13 @@ def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:
 
 
 def train_step(run: Run) -> dict[str, float]:
-    """One iteration: pick prompts, sample, score, compute advantages, update, advance the window."""
-    cfg = run.cfg
+    """One iteration: pick prompts, sample, score, compute advantages, update, advance the window.
+    Returns the metrics averaged over processes (the same on every process)."""
+    cfg, acc = run.cfg, run.accelerator
     t0 = time.perf_counter()
-    prompts = run.rng.sample(run.train_prompts, min(cfg.train.prompts_per_step, len(run.train_prompts)))
+    prompts = draw_prompts(
+        run.rng, run.train_prompts, cfg.train.prompts_per_step, acc.num_processes, acc.process_index
+    )
     batch = sample(run, prompts)
     t1 = time.perf_counter()
     adv, mask, adv_metrics = advantages(run, batch)
@@ -302,6 +433,7 @@ def train_step(run: Run) -> dict[str, float]:
     metrics.update(update(run, batch, adv, mask))
     t2 = time.perf_counter()
     metrics.update({"time/sample_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
+    metrics = mean_over_processes(acc, metrics)  # before the check, so that every process raises or none
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"non-finite training metrics at iteration {run.iteration}: {', '.join(bad)}")
@@ -310,4 +442,51 @@ def train_step(run: Run) -> dict[str, float]:
     return metrics
 
 
-__all__ = ["Batch", "Run", "advantages", "evaluate", "sample", "score", "setup", "train_step", "update"]
+def draw_prompts(rng: random.Random, pool: list[str], per_process: int, num_processes: int, index: int) -> list[str]:
+    """Process ``index``'s prompts for one iteration: ``min(per_process, len(pool))`` distinct prompts.
+
+    Every process makes the same draws from its copy of the shared seeded ``rng`` (so the copies stay in
+    step) and keeps its own slice: processes train on different prompts, each prompt's group on one
+    process. With one process this is the ``rng.sample`` it always was. When the pool is too small for
+    every process to get prompts of its own, each slice is a separate sample (and may repeat others')."""
+    take = min(per_process, len(pool))
+    if take * num_processes <= len(pool):
+        drawn = rng.sample(pool, take * num_processes)
+    else:
+        drawn = [p for _ in range(num_processes) for p in rng.sample(pool, take)]
+    return drawn[index * take : (index + 1) * take]
+
+
+def process_seed(run: Run, seed: int) -> int:
+    """``seed`` made distinct per process (unchanged on process 0, so one process keeps its seeds)."""
+    return seed + run.accelerator.process_index * _PROCESS_SEED_STRIDE
+
+
+def mean_over_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric's mean over the processes that report it (one that trained no rows has no loss metrics)."""
+    if acc.num_processes == 1:
+        return metrics
+    from accelerate.utils import gather_object
+
+    reports: list[dict[str, float]] = gather_object([metrics])
+    keys = dict.fromkeys(k for r in reports for k in r)
+    return {k: statistics.fmean(r[k] for r in reports if k in r) for k in keys}
+
+
+__all__ = [
+    "Batch",
+    "Run",
+    "StepPlan",
+    "advantages",
+    "draw_prompts",
+    "eval_share",
+    "evaluate",
+    "mean_over_processes",
+    "plan_steps",
+    "process_seed",
+    "sample",
+    "score",
+    "setup",
+    "train_step",
+    "update",
+]

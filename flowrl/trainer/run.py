@@ -2,6 +2,9 @@
 
 Run folder: ``config.yaml`` (resolved), ``tb/`` (tensorboard), ``checkpoints/final/`` (LoRA in
 diffusers format + trainer state), ``gallery/`` (base vs trained), ``summary.json``.
+
+With several processes all of them train and evaluate (each its share), but only the main process
+writes to the run folder; the others wait for it at barriers.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from flowrl.trainer.checkpoint import save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.weights import save_weights
 
+EvalResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # images [B, 3, H, W] and rewards [B] by name
+
 
 def make_run_dir(cfg: Config, name: str) -> str:
     """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``; refuses to reuse a finished run folder."""
@@ -39,7 +44,14 @@ def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
 
 
 def save_checkpoint(run: Run, path: str) -> None:
-    """Trainable weights (EMA if enabled) and trainer state, written atomically."""
+    """Trainable weights (EMA if enabled) and trainer state, written atomically by the main process
+    (the weights are the same on every process); the others wait until it is written."""
+    if run.accelerator.is_main_process:
+        _write_checkpoint(run, path)
+    run.accelerator.wait_for_everyone()
+
+
+def _write_checkpoint(run: Run, path: str) -> None:
     transformer = run.accelerator.unwrap_model(run.policy.transformer)
     with atomic_dir(path) as tmp:
         ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
@@ -76,18 +88,25 @@ def _stats(values: torch.Tensor) -> tuple[float, float]:
 
 def train_and_report(cfg: Config, name: str = "run") -> str:
     """Run training end to end; returns the run folder. See the module docstring for its contents."""
+    from accelerate import PartialState
+
     start = time.time()
-    run_dir = make_run_dir(cfg, name)
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    state = PartialState()
+    run_dir = _shared_run_dir(cfg, name, state)
+    if state.is_main_process:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     run = setup(cfg)
-    writer = _writer(cfg, run_dir)
+    main = run.accelerator.is_main_process
+    writer = _writer(cfg, run_dir) if main else None
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     before = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(cfg.train.iterations), desc="train", disable=not cfg.output.progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True
+    )
     train_start = time.time()
     for _ in bar:
         metrics = train_step(run)
@@ -97,13 +116,32 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", clip=f"{metrics.get('clip_frac_high', 0):.2f}")
         if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
             save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and time.time() - train_start > 60 * cfg.train.max_minutes:
+        if cfg.train.max_minutes and _time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
             break
     bar.close()
     train_seconds = time.time() - train_start
     save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
+    if main:
+        _write_summary(run, run_dir, writer, prompts, seeds, before, after, train_seconds, start)
+    run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
+    return run_dir
 
+
+def _write_summary(
+    run: Run,
+    run_dir: str,
+    writer: Any,
+    prompts: list[str],
+    seeds: list[int],
+    before: EvalResult | None,
+    after: EvalResult | None,
+    train_seconds: float,
+    start: float,
+) -> None:
+    """``summary.json``, the gallery and the final tensorboard scalar (main process only; ``start`` is the
+    run's wall-clock start)."""
+    cfg = run.cfg
     summary: dict[str, Any] = {
         "train_steps": run.iteration,
         "train_seconds": round(train_seconds, 1),
@@ -123,7 +161,35 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
     write_json(os.path.join(run_dir, "summary.json"), summary)
     if writer is not None:
         writer.close()
-    return run_dir
+
+
+def _shared_run_dir(cfg: Config, name: str, state: Any) -> str:
+    """The run folder, made by the main process and sent to the others (a timestamped name could differ
+    between processes); a refusal is raised on every process, so none waits for the others in vain."""
+    if state.num_processes == 1:
+        return make_run_dir(cfg, name)
+    from accelerate.utils import broadcast_object_list
+
+    result: list[Any] = [None, None]  # folder, error
+    if state.is_main_process:
+        try:
+            result[0] = make_run_dir(cfg, name)
+        except OSError as e:
+            result[1] = e
+    broadcast_object_list(result)
+    if result[1] is not None:
+        raise result[1]
+    return result[0]
+
+
+def _time_is_up(run: Run, local: bool) -> bool:
+    """The main process's verdict on the time limit, on every process: if one process stopped training
+    alone, the others would wait for its gradients for ever."""
+    if run.accelerator.num_processes == 1:
+        return local
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([local])[0])
 
 
 def _eval_summary(run: Run, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def make_trainable(
 
 @contextlib.contextmanager
 def reference_policy(transformer: nn.Module) -> Iterator[None]:
-    """Inside the block the transformer is the reference policy (its LoRA adapter disabled)."""
+    """Inside the block the transformer is the reference policy (its LoRA adapter disabled). Pass the plain
+    module (``policy.transformer``), not a distributed wrapper, which has no adapter methods."""
     if not getattr(transformer, "_hf_peft_config_loaded", False):
         raise ValueError("the reference policy needs a LoRA adapter (model.finetune=lora)")
     transformer.disable_adapters()
