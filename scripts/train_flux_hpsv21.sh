@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# MixGRPO, FLUX.1-dev + HPSv2.1, LoRA (configs/flux_hpsv21.yaml) on this machine's GPUs.
+#
+# Before the first run:
+#   - prompts: MixGRPO's data/prompts.txt and data/prompts_test.txt (HPDv2) into data/hpdv2/train.txt, test.txt
+#   - HPS_v2.1_compressed.pt from the xswu/HPSv2 hub repo; set its path in the config or as an override
+#   - FLUX.1-dev: accept its licence on the hub (model.path is the hub id) or point model.path at a local copy
+#
+# Usage: [NUM_GPUS=8] scripts/train_flux_hpsv21.sh [key=value ...]
+#   full fine-tuning as MixGRPO (FSDP; the trainer refuses the FSDP backend until sharded training lands):
+#   ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml scripts/train_flux_hpsv21.sh model.finetune=full \
+#     model.weights_dtype=fp32 train.lr=1e-5
+# Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
+# train.prompts_per_step is per process; the preset's value gives the published batch on 8 GPUs (its comment
+# says what to pass for other GPU counts).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NUM_GPUS="${NUM_GPUS:-8}"
+ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
+ACCELERATE="${ACCELERATE:-accelerate}"
+wrap=()
+if [[ "$(basename "$ACCELERATE_CONFIG")" == *fsdp* ]]; then  # FSDP units = FLUX's two block classes
+    wrap=(--fsdp_transformer_layer_cls_to_wrap FluxTransformerBlock,FluxSingleTransformerBlock)
+fi
+
+exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" ${wrap[@]+"${wrap[@]}"} \
+    -m flowrl train --config configs/flux_hpsv21.yaml "$@"

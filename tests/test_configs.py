@@ -1,0 +1,290 @@
+"""The shipped presets, accelerate configs and launch scripts: each preset validates through ``load_config`` (model and
+prompt paths pointed at temporary stand-ins) and keeps its published values; window, reward and LoRA settings fit
+the code that will consume them; the accelerate files carry what ``accelerate launch`` needs and name FSDP wrap
+classes that exist in the installed diffusers; the scripts are executable, parse, and assemble a command whose
+overrides validate. Nothing here loads a real model or launches a process group.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flowrl.config import load_config, window_of
+from flowrl.rewards import REWARDS
+from flowrl.samplers import make_window
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+ACCELERATE = {name: REPO / "configs" / "accelerate" / f"{name}.yaml" for name in ("ddp", "fsdp")}
+SCRIPTS = {
+    "train_sd35_pickscore.sh": "sd35_pickscore.yaml",
+    "train_sd35_geneval.sh": "sd35_geneval.yaml",
+    "train_flux_hpsv21.sh": "flux_hpsv21.yaml",
+    "train_flux_pref_grpo.sh": "flux_pref_grpo.yaml",
+}
+FLUX_BLOCKS = "FluxTransformerBlock,FluxSingleTransformerBlock"
+SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL")  # the scripts' own variables
+
+# Published values each preset must keep (sources in the YAML comments).
+SD35 = {
+    "model.path": "stabilityai/stable-diffusion-3.5-medium",
+    "model.resolution": 512,
+    "model.cfg_scale": 4.5,
+    "model.lora_rank": 32,
+    "model.lora_alpha": 64.0,
+    "sampler.num_steps": 10,
+    "sampler.noise_level": 0.7,
+    "train.group_size": 24,
+    "train.prompts_per_step": 6,  # per process: 48 over the launchers' default 8 processes
+    "train.minibatches": 2,
+    "train.lr": 3e-4,
+    "train.weight_decay": 1e-4,
+    "advantage.name": "global-std",
+    "advantage.clip_max": 5.0,
+    "loss.clip_low": 1e-4,
+    "eval.num_steps": 40,
+}
+FLUX = {
+    "model.path": "black-forest-labs/FLUX.1-dev",
+    "model.guidance_scale": 3.5,
+    "model.cfg_scale": 1.0,
+    "model.mixed_precision": "bf16",
+    "model.weights_dtype": "bf16",
+    "model.gradient_checkpointing": True,
+    "loss.clip_low": 1e-4,
+    "loss.kl_coef": 0.0,
+}
+EXPECTED = {
+    "sd35_pickscore.yaml": {**SD35, "loss.kl_coef": 0.01, "rewards": ["pickscore"]},
+    "sd35_geneval.yaml": {**SD35, "loss.kl_coef": 0.04, "rewards": ["geneval"]},
+    "flux_hpsv21.yaml": {
+        **FLUX,
+        "model.resolution": 720,
+        "sampler.mode": "mixgrpo",
+        "sampler.num_steps": 25,
+        "sampler.noise_level": 0.7,
+        "window": ("progressive", 4),
+        "train.group_size": 12,
+        "rewards": ["hpsv2"],
+    },
+    "flux_pref_grpo.yaml": {
+        **FLUX,
+        "model.resolution": 720,
+        "model.lora_rank": 64,
+        "model.lora_alpha": 128.0,
+        "sampler.num_steps": 25,
+        "window": ("fixed", 24),
+        "train.group_size": 8,
+        "train.lr": 1e-5,
+        "advantage.name": "gdpo",
+        "loss.name": "grpo-guard",
+        "rewards": ["vlm-judge", "clipscore"],
+    },
+}
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> list[str]:
+    """Overrides pointing ``model.path`` at an empty folder and both prompt sources at a small prompt file."""
+    model = tmp_path / "model"
+    model.mkdir()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na cat on a sofa\n", encoding="utf-8")
+    return [f"model.path={model}", f"data.train_prompts={prompts}", f"data.eval_prompts={prompts}"]
+
+
+def value(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def raw(path: Path) -> dict:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_every_named_preset_exists():
+    names = {p.name for p in PRESETS}
+    assert set(EXPECTED) <= names
+    assert set(SCRIPTS.values()) <= names
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_preset_validates(path: Path, stand_ins: list[str]):
+    cfg = load_config(str(path), stand_ins)
+    for key, expected in EXPECTED.get(path.name, {}).items():
+        if key == "model.path":
+            assert raw(path)["model"]["path"] == expected
+        elif key == "rewards":
+            assert [r.name for r in cfg.rewards] == expected
+        elif key == "window":
+            assert window_of(cfg.sampler) == expected
+        elif isinstance(expected, float):
+            assert value(cfg, key) == pytest.approx(expected), key
+        else:
+            assert value(cfg, key) == expected, key
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_hub_ids_validate_as_written(name: str, stand_ins: list[str]):
+    """model.path is a hub id in the real-model presets; validation accepts it without touching the network."""
+    cfg = load_config(str(REPO / "configs" / name), stand_ins[1:])
+    assert cfg.model.path == EXPECTED[name]["model.path"]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_window_and_reward_options_fit_their_consumers(path: Path, stand_ins: list[str]):
+    cfg = load_config(str(path), stand_ins)
+    kind, size = window_of(cfg.sampler)
+    options = dict(cfg.sampler.window_options)
+    if kind == "random":
+        options.setdefault("seed", cfg.seed)
+    make_window(kind, cfg.sampler.num_steps, size, **options)  # raises on an unknown or out-of-range option
+    for spec in cfg.rewards:
+        inspect.signature(REWARDS.get(spec.name)).bind(**spec.options)  # raises on a misspelt option
+
+
+@pytest.fixture(scope="module")
+def tiny_transformers():
+    """Tiny SD3 and FLUX transformers of the real diffusers classes (built from config, nothing loaded)."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    sd3 = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=16,
+    )  # fmt: skip
+    flux = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    return {"sd3": sd3, "flux": flux}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_lora_targets_exist_in_the_architecture(path: Path, stand_ins: list[str], tiny_transformers):
+    from flowrl.trainer.weights import make_trainable
+
+    cfg = load_config(str(path), stand_ins)
+    family = "flux" if "flux" in raw(path)["model"]["path"].lower() else "sd3"
+    model = copy.deepcopy(tiny_transformers[family])
+    m = cfg.model
+    params = make_trainable(model, "lora", m.lora_rank, m.lora_alpha, m.lora_targets)  # raises on unmatched names
+    assert params and all(p.requires_grad for p in params)
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE))
+def test_accelerate_configs_load(name: str):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    data = raw(ACCELERATE[name])
+    for key in ("compute_environment", "distributed_type", "mixed_precision", "num_processes", "num_machines"):
+        assert key in data, key
+    assert data["mixed_precision"] == "bf16"
+    loaded = load_config_from_file(str(ACCELERATE[name]))  # accelerate's own reader: rejects unknown keys
+    assert str(loaded.distributed_type).endswith({"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name])
+
+
+def test_fsdp_wraps_the_transformer_blocks(tiny_transformers):
+    from accelerate.utils.dataclasses import get_module_class_from_name
+    from diffusers.models.transformers import transformer_flux, transformer_sd3
+
+    fsdp = raw(ACCELERATE["fsdp"])["fsdp_config"]
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_reshard_after_forward"] == "FULL_SHARD"
+    assert fsdp["fsdp_use_orig_params"] is True
+    sd3_classes = fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")
+    assert sd3_classes == ["JointTransformerBlock"]
+    assert all(hasattr(transformer_sd3, c) for c in sd3_classes)
+    assert all(hasattr(transformer_flux, c) for c in FLUX_BLOCKS.split(","))
+    # accelerate resolves the names inside the model it wraps (and raises for a missing one)
+    for family, classes in (("sd3", sd3_classes), ("flux", FLUX_BLOCKS.split(","))):
+        for c in classes:
+            assert get_module_class_from_name(tiny_transformers[family], c) is not None, (family, c)
+    assert get_module_class_from_name(tiny_transformers["sd3"], "FluxTransformerBlock") is None
+
+
+def test_module_entry_point(monkeypatch, capsys):
+    """``python -m flowrl`` (what ``accelerate launch -m flowrl`` runs) is the ``flowrl`` command."""
+    monkeypatch.setattr(sys, "argv", ["flowrl", "train", "--help"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("flowrl", run_name="__main__")
+    assert info.value.code == 0
+    assert "train.prompts_per_step" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_is_executable_and_parses(script: str):
+    path = REPO / "scripts" / script
+    assert os.access(path, os.X_OK), f"{script} is not executable"
+    assert path.read_text().startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in path.read_text()
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def launched(tmp_path: Path, script: str, env: dict[str, str], *extra: str) -> list[str]:
+    """The argument list a script hands to ``accelerate`` (a stub records it)."""
+    record = tmp_path / "args"
+    stub = tmp_path / "accelerate"
+    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "{record}"\n')
+    stub.chmod(0o755)
+    full = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    full.update({"ACCELERATE": str(stub), "PYTHON": sys.executable, **env})
+    subprocess.run(["bash", str(REPO / "scripts" / script), *extra], check=True, env=full, capture_output=True)
+    return record.read_bytes().decode().split("\0")[:-1]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_script_command_validates(script: str, tmp_path: Path, stand_ins: list[str]):
+    env = {"JUDGE_URL": "http://127.0.0.1:9/v1", "DETECTOR_URL": "http://127.0.0.1:8199"}
+    args = launched(tmp_path, script, env, "train.iterations=3")
+    assert args[:5] == ["launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_processes", "8"]
+    i = args.index("-m")
+    assert args[i : i + 5] == ["-m", "flowrl", "train", "--config", f"configs/{SCRIPTS[script]}"]
+    overrides = args[i + 5 :]
+    assert overrides[-1] == "train.iterations=3"  # extra key=value pairs pass through, last (they win)
+    assert "--fsdp_transformer_layer_cls_to_wrap" not in args
+    cfg = load_config(str(REPO / args[i + 4]), overrides + stand_ins)
+    assert cfg.train.iterations == 3
+    options = {r.name: r.options for r in cfg.rewards}
+    if "vlm-judge" in options:
+        assert options["vlm-judge"]["base_url"] == env["JUDGE_URL"]
+        assert options["vlm-judge"]["model"] == "UnifiedReward"
+    if "geneval" in options:
+        assert options["geneval"]["detector_options"]["url"] == env["DETECTOR_URL"]
+
+
+def test_geneval_script_remote_reward(tmp_path: Path, stand_ins: list[str]):
+    args = launched(tmp_path, "train_sd35_geneval.sh", {"REWARD_URL": "http://127.0.0.1:8101", "NUM_GPUS": "2"})
+    assert args[args.index("--num_processes") + 1] == "2"
+    i = args.index("-m")
+    cfg = load_config(str(REPO / args[i + 4]), args[i + 5 :] + stand_ins)
+    assert [(r.name, r.options["url"]) for r in cfg.rewards] == [("remote", "http://127.0.0.1:8101")]
+
+
+@pytest.mark.parametrize("script", ["train_flux_hpsv21.sh", "train_flux_pref_grpo.sh"])
+def test_flux_scripts_wrap_flux_blocks_under_fsdp(script: str, tmp_path: Path):
+    env = {"ACCELERATE_CONFIG": "configs/accelerate/fsdp.yaml", "JUDGE_URL": "http://127.0.0.1:9/v1"}
+    args = launched(tmp_path, script, env)
+    assert args[args.index("--fsdp_transformer_layer_cls_to_wrap") + 1] == FLUX_BLOCKS
+    assert args.index("--fsdp_transformer_layer_cls_to_wrap") < args.index("-m")  # a launcher flag, not ours
+
+
+def test_preset_rewards_override_is_json(tmp_path: Path):
+    """The scripts pass the rewards list as one JSON override; it survives the override parser unchanged."""
+    from flowrl.config import parse_override
+
+    rewards = raw(REPO / "configs" / "flux_pref_grpo.yaml")["rewards"]
+    key, parsed = parse_override("rewards=" + json.dumps(rewards))
+    assert key == "rewards" and parsed == rewards
