@@ -71,6 +71,11 @@ class ModelConfig:
         0, "keep the text encoders' outputs for this many recent prompts (0 = encode every time)", low=0
     )
     gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
+    attention_backend: str = option(
+        "",
+        "diffusers attention backend (flash, sage, _native_cudnn, xformers, ...; empty = PyTorch SDPA); optional "
+        "packages such as xformers are never required",
+    )
 
 
 @dataclass

@@ -245,6 +245,33 @@ class LatentIO:
         return self.codec.encode(images, self.device, self.dtype).float()
 
 
+def set_attention_backend(transformer: Any, name: str) -> None:
+    """Route the transformer's attention through one of diffusers' attention backends (``"flash"``,
+    ``"sage"``, ``"_native_cudnn"``, ``"xformers"``, ...). Raises ``ValueError`` naming ``model.attention_backend``
+    when the backend is unknown or not installed, or when the model's attention processors ignore the choice
+    (SD3's joint processors call PyTorch's SDPA directly; for them only ``"xformers"`` is wired, via diffusers'
+    xformers processors)."""
+    if not name:
+        return
+    try:
+        transformer.set_attention_backend(name)
+        honoured = any(getattr(m, "_attention_backend", None) is not None for m in _processors(transformer))
+        if not honoured and name == "xformers":
+            transformer.enable_xformers_memory_efficient_attention()
+            honoured = True
+    except (ValueError, RuntimeError, ImportError, ModuleNotFoundError) as e:
+        raise ValueError(f"model.attention_backend={name!r}: {' '.join(str(e).split())}") from None
+    if not honoured:
+        raise ValueError(
+            f"model.attention_backend={name!r}: the attention processors of {type(transformer).__name__} do not "
+            "use diffusers' attention dispatcher; leave the option empty (PyTorch SDPA) or use 'xformers'"
+        )
+
+
+def _processors(transformer: Any) -> list[Any]:
+    return [m.processor for m in transformer.modules() if getattr(m, "processor", None) is not None]
+
+
 def freeze(*modules: Any, device: torch.device) -> None:
     """Move modules to ``device``, in eval mode, with gradients off (the trainer unfreezes what it trains)."""
     for module in modules:
@@ -264,5 +291,6 @@ __all__ = [
     "load_text_encoder",
     "require_folder",
     "seeded_noise",
+    "set_attention_backend",
     "token_ids",
 ]

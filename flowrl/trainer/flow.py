@@ -31,7 +31,7 @@ from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
-from flowrl.models.common import PromptCache, in_chunks
+from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
@@ -96,6 +96,7 @@ def setup(cfg: Config) -> Run:
     if isinstance(policy, FluxPolicy):
         policy.guidance_scale = m.guidance_scale
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
+    set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
