@@ -251,3 +251,30 @@ def test_awm_trains_on_final_samples(tiny_model):
     assert m["train/transitions"] == 8 and math.isfinite(m["fm_loss"])
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
     assert train_step(run)["ref_reg"] > 0
+
+
+def test_groupwise_rewards_are_evaluated_trained_against_base():
+    from types import SimpleNamespace
+
+    from flowrl.trainer.run import _head_to_head
+
+    class BrighterWins:
+        """Pairwise: 1 to the brighter image of each group of two, 0.5 each on a tie."""
+
+        groupwise = True
+
+        def __call__(self, images, prompts, groups):
+            light = images.mean(dim=(1, 2, 3))
+            score = torch.empty(len(prompts))
+            for g in groups.unique():
+                i, j = (groups == g).nonzero().flatten().tolist()
+                score[i] = 0.5 if light[i] == light[j] else float(light[i] > light[j])
+                score[j] = 1 - score[i]
+            return {"score": score}
+
+    base = torch.full((4, 3, 2, 2), 0.5)
+    trained = torch.tensor([0.9, 0.7, 0.2, 0.5]).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    run = SimpleNamespace(rewards=SimpleNamespace(rewards={"judge": BrighterWins(), "plain": lambda im, p: {}}))
+    out = _head_to_head(run, ["a", "b", "c", "d"], base, trained)
+    assert list(out) == ["eval/judge/trained_vs_base"]  # only the groupwise reward
+    assert out["eval/judge/trained_vs_base"]["mean"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)

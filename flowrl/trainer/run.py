@@ -152,6 +152,7 @@ def _write_summary(
     }
     if before is not None and after is not None:
         summary.update(_eval_summary(run, before[1], after[1]))
+        summary.update(_head_to_head(run, prompts, before[0], after[0]))
         if cfg.eval.gallery_prompts:
             summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
         if writer is not None:
@@ -161,6 +162,24 @@ def _write_summary(
     write_json(os.path.join(run_dir, "summary.json"), summary)
     if writer is not None:
         writer.close()
+
+
+def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: torch.Tensor) -> dict[str, Any]:
+    """Groupwise rewards (pairwise judges) rank images only within a group, so their before/after means are
+    uninformative (a win rate averages 0.5 in every group). For them, each trained image ``[B, 3, H, W]``
+    meets the base image of the same prompt and seed as a group of two: ``eval/<name>/trained_vs_base`` is
+    the trained images' mean score there (a win rate: 0.5 = no change)."""
+    from flowrl.rewards import is_groupwise
+
+    n = len(prompts)
+    pairs = torch.arange(n).repeat(2)
+    out: dict[str, Any] = {}
+    for name, fn in run.rewards.rewards.items():
+        if is_groupwise(fn):
+            score = fn(torch.cat([trained, base]), prompts + prompts, groups=pairs)["score"][:n]
+            mean, se = _stats(score.float())
+            out[f"eval/{name}/trained_vs_base"] = {"mean": mean, "se": se}
+    return out
 
 
 def _shared_run_dir(cfg: Config, name: str, state: Any) -> str:
