@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from flowrl.config import load_config
-from flowrl.models.toy import build_toy_model, save_sd3_folder
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.flow import StepPlan, _reassemble, draw_prompts, eval_share, plan_steps
 
@@ -52,13 +51,6 @@ DDP_FEATURES = [
     "train.micro_batch=5",
     "train.save_every=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tiny") / "toy-sd3")
-    save_sd3_folder(build_toy_model(seed=0, width=64, layers=2, text_width=32), path)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------- in-process
@@ -301,3 +293,14 @@ def _worker(model: str, out: str, run_dir: str) -> None:
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:4])
+
+
+def test_sharded_backends_are_refused_even_when_accelerate_drops_them(tiny_model, monkeypatch):
+    # on CPU accelerate ignores ACCELERATE_USE_FSDP and would silently run DDP; flowrl refuses instead
+    from flowrl.trainer.flow import setup
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"FSDP backend is not supported.*ddp\.yaml"):
+        from test_trainer import tiny_config
+
+        setup(tiny_config(tiny_model))

@@ -11,7 +11,6 @@ import torch
 
 from flowrl.config import load_config
 from flowrl.models import SD3Policy
-from flowrl.models.toy import build_toy_model, save_sd3_folder
 from flowrl.samplers import index_cond
 from flowrl.trainer.flow import advantages, sample, setup, train_step
 
@@ -28,13 +27,6 @@ MODES = {
         "sampler.window_options={max_start: 2}",
     ],
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> str:
-    path = str(tmp_path_factory.mktemp("tiny") / "toy-sd3")
-    save_sd3_folder(build_toy_model(seed=0, width=64, layers=2, text_width=32), path)
-    return path
 
 
 def tiny_config(path: str, *overrides: str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import statistics
 import time
@@ -125,12 +126,14 @@ def setup(cfg: Config) -> Run:
 def _require_replicated_weights(accelerator: Accelerator) -> None:
     """Refuse backends that shard the weights (FSDP, DeepSpeed, Megatron-LM): sampling, evaluation and the
     reference policy run the plain module, evaluation is split unevenly and one process saves, all of
-    which assume that every process holds the whole network, as with DDP."""
-    kind = accelerator.distributed_type
-    if kind.name in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise NotImplementedError(
-            f"accelerate's {kind.name} backend is not supported: flowrl trains with data parallelism (DDP), "
-            "every process holding the whole model; launch with a MULTI_GPU accelerate config"
+    which assume that every process holds the whole network, as with DDP. The launch environment is
+    checked too: on CPU accelerate drops an FSDP request without a word and runs DDP."""
+    kind = accelerator.distributed_type.name
+    asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true")]
+    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM") or asked:
+        raise ValueError(
+            f"accelerate's {kind if not asked else asked[0]} backend is not supported: flowrl trains with data "
+            "parallelism (DDP), every process holding the whole model; launch with configs/accelerate/ddp.yaml"
         )
 
 
