@@ -94,6 +94,9 @@ class SamplerConfig:
     tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=tuple(ODE_SOLVERS))
     tail_steps: int = option(0, "steps of the tail solver (0 = as scheduled)", low=0)
     extra_tail_steps: list[int] = option([], "G2RPO: also decode with these coarser tails (multi-granularity)", low=1)
+    same_noise: bool = option(
+        False, "one initial noise for all images of a prompt (flow_grpo same_latent): they differ only by SDE noise"
+    )
 
 
 @dataclass

@@ -270,3 +270,17 @@ def test_groupwise_rewards_are_evaluated_trained_against_base():
     out = _head_to_head(run, ["a", "b", "c", "d"], base, trained)
     assert list(out) == ["eval/judge/trained_vs_base"]  # only the groupwise reward
     assert out["eval/judge/trained_vs_base"]["mean"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)
+
+
+def test_same_noise_shares_the_initial_noise_within_a_group(tiny_model):
+    for same in (False, True):
+        run = setup(tiny_config(tiny_model, f"sampler.same_noise={str(same).lower()}"))
+        batch = sample(run, run.train_prompts[:2])
+        first = batch.rollout.transitions.select(batch.rollout.transitions.step == 0)
+        starts = first.x[first.group_id.argsort(stable=True)].view(2, 4, -1)
+        equal = all(torch.equal(g[0], g[k]) for g in starts for k in range(1, 4))
+        assert equal == same
+        assert not torch.equal(starts[0, 0], starts[1, 0])  # prompts still get different noise
+        if same:  # the SDE noise still spreads a group's samples apart
+            samples = batch.rollout.samples.view(2, 4, -1)
+            assert not torch.equal(samples[0, 0], samples[0, 1])

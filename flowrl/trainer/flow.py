@@ -152,7 +152,8 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     prompt_of_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
     cond = index_cond(policy.encode(prompts).as_dict(), prompt_of_root)
     seed = process_seed(run, cfg.seed * 1_000_003 + run.iteration)
-    noise_seeds = [seed * 4096 + i for i in range(prompt_of_root.numel())]
+    rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(prompt_of_root.numel())
+    noise_seeds = [seed * 4096 + i for i in rows]
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
     policy.train_mode(False)
     chunk = cfg.train.sample_batch
