@@ -19,28 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import TINY_ARGS
 
 from flowrl.config import load_config
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.flow import StepPlan, _reassemble, draw_prompts, eval_share, plan_steps
 
-TRAIN_ARGS = [
-    "model.lora_rank=4",
-    "model.lora_alpha=4",
-    "sampler.num_steps=4",
-    "train.iterations=2",
-    "train.prompts_per_step=2",
-    "train.group_size=4",
-    "train.lr=1e-2",
-    "loss.clip_low=0.2",
-    "loss.clip_high=0.2",
-    "eval.num_prompts=2",
-    "eval.seeds_per_prompt=2",
-    "eval.num_steps=3",
-    "eval.gallery_prompts=2",
-    "output.progress=false",
-    "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
-]
+# the tiny run of test_trainer, evaluating 2 prompts × 2 seeds so that both processes get a share
+TRAIN_ARGS = [*TINY_ARGS, "eval.num_prompts=2", "eval.seeds_per_prompt=2"]
 # what must keep working under DDP: the reference policy (KL), gradient checkpointing, EMA, several
 # optimizer steps of uneven micro-batches per iteration, and intermediate checkpoints
 DDP_FEATURES = [

@@ -29,28 +29,30 @@ MODES = {
 }
 
 
+#: a tiny training run: 2 iterations of 2 prompts × 4 images, 4 steps, a short evaluation
+TINY_ARGS = [
+    "model.lora_rank=4",
+    "model.lora_alpha=4",
+    "sampler.num_steps=4",
+    "train.iterations=2",
+    "train.prompts_per_step=2",
+    "train.group_size=4",
+    "train.micro_batch=16",
+    "train.lr=1e-2",
+    "loss.clip_low=0.2",
+    "loss.clip_high=0.2",
+    "eval.num_prompts=3",
+    "eval.seeds_per_prompt=1",
+    "eval.num_steps=3",
+    "eval.gallery_prompts=2",
+    "output.progress=false",
+    # a random tiny model scores 0 on the toy evaluator; JPEG size varies, so advantages are non-zero
+    "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
+]
+
+
 def tiny_config(path: str, *overrides: str):
-    base = [
-        f"model.path={path}",
-        "model.lora_rank=4",
-        "model.lora_alpha=4",
-        "sampler.num_steps=4",
-        "train.iterations=2",
-        "train.prompts_per_step=2",
-        "train.group_size=4",
-        "train.micro_batch=16",
-        "train.lr=1e-2",
-        "loss.clip_low=0.2",
-        "loss.clip_high=0.2",
-        "eval.num_prompts=3",
-        "eval.seeds_per_prompt=1",
-        "eval.num_steps=3",
-        "eval.gallery_prompts=2",
-        "output.progress=false",
-        # a random tiny model scores 0 on the toy evaluator; JPEG size varies, so advantages are non-zero
-        "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
-    ]
-    return load_config(None, [*base, *overrides])
+    return load_config(None, [f"model.path={path}", *TINY_ARGS, *overrides])
 
 
 def _snapshot(run) -> list[torch.Tensor]:
