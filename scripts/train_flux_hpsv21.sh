@@ -7,7 +7,7 @@
 #   - FLUX.1-dev: accept its licence on the hub (model.path is the hub id) or point model.path at a local copy
 #
 # Usage: [NUM_GPUS=8] scripts/train_flux_hpsv21.sh [key=value ...]
-#   full fine-tuning as MixGRPO (FSDP; the trainer refuses the FSDP backend until sharded training lands):
+#   full fine-tuning as MixGRPO (FSDP: weights, gradients and AdamW state sharded):
 #   ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml scripts/train_flux_hpsv21.sh model.finetune=full \
 #     model.weights_dtype=fp32 train.lr=1e-5
 # Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).

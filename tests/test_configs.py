@@ -63,6 +63,8 @@ FLUX = {
     "model.gradient_checkpointing": True,
     "loss.clip_low": 1e-4,
     "loss.kl_coef": 0.0,
+    "sampler.same_noise": True,
+    "sampler.shift": 3.0,
 }
 EXPECTED = {
     "sd35_pickscore.yaml": {**SD35, "loss.kl_coef": 0.01, "rewards": ["pickscore"]},
@@ -86,6 +88,7 @@ EXPECTED = {
         "window": ("fixed", 24),
         "train.group_size": 8,
         "train.lr": 1e-5,
+        "train.timestep_fraction": 0.6,
         "advantage.name": "gdpo",
         "loss.name": "grpo-guard",
         "rewards": ["vlm-judge", "clipscore"],
@@ -196,23 +199,25 @@ def test_accelerate_configs_load(name: str):
     assert str(loaded.distributed_type).endswith({"ddp": "MULTI_GPU", "fsdp": "FSDP"}[name])
 
 
-def test_fsdp_wraps_the_transformer_blocks(tiny_transformers):
-    from accelerate.utils.dataclasses import get_module_class_from_name
-    from diffusers.models.transformers import transformer_flux, transformer_sd3
+def test_fsdp_file_names_what_flowrl_shards(tiny_transformers, monkeypatch):
+    """The values the FSDP file exports (as ``accelerate launch`` does) are ones flowrl's sharding accepts: the
+    SD3 block class by default, FLUX's two classes as the FLUX launchers pass them."""
+    from flowrl.trainer.sharding import _blocks, _refuse_unsupported_launch_options, _reshard_after_forward
 
     fsdp = raw(ACCELERATE["fsdp"])["fsdp_config"]
-    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
-    assert fsdp["fsdp_reshard_after_forward"] == "FULL_SHARD"
-    assert fsdp["fsdp_use_orig_params"] is True
-    sd3_classes = fsdp["fsdp_transformer_layer_cls_to_wrap"].split(",")
-    assert sd3_classes == ["JointTransformerBlock"]
-    assert all(hasattr(transformer_sd3, c) for c in sd3_classes)
-    assert all(hasattr(transformer_flux, c) for c in FLUX_BLOCKS.split(","))
-    # accelerate resolves the names inside the model it wraps (and raises for a missing one)
-    for family, classes in (("sd3", sd3_classes), ("flux", FLUX_BLOCKS.split(","))):
-        for c in classes:
-            assert get_module_class_from_name(tiny_transformers[family], c) is not None, (family, c)
-    assert get_module_class_from_name(tiny_transformers["sd3"], "FluxTransformerBlock") is None
+    assert fsdp["fsdp_version"] == 2
+    for key in ("reshard_after_forward", "offload_params", "activation_checkpointing"):
+        monkeypatch.setenv(f"FSDP_{key.upper()}", str(fsdp[f"fsdp_{key}"]).lower())
+    assert _reshard_after_forward() is True
+    _refuse_unsupported_launch_options()
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", fsdp["fsdp_transformer_layer_cls_to_wrap"])
+    sd3 = tiny_transformers["sd3"]
+    assert _blocks(sd3) == list(sd3.transformer_blocks)
+    with pytest.raises(ValueError, match="are not in FluxTransformer2DModel"):
+        _blocks(tiny_transformers["flux"])
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", FLUX_BLOCKS)
+    flux = tiny_transformers["flux"]
+    assert _blocks(flux) == [*flux.transformer_blocks, *flux.single_transformer_blocks]
 
 
 def test_module_entry_point(monkeypatch, capsys):

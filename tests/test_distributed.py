@@ -1,16 +1,19 @@
-"""Multi-process training: two CPU processes (``torch.distributed.run``, gloo) train the tiny toy model.
+"""Multi-process training: two CPU processes (``torch.distributed.run``, gloo) train the tiny toy model,
+with DDP and with FSDP (the weights sharded between them).
 
 ``accelerate launch --cpu --num_processes 2`` starts a single process (its CPU launcher needs mpirun), so the
 test launches with ``torch.distributed.run`` and ``ACCELERATE_USE_CPU``, which accelerate reads as a
-multi-CPU (gloo) run. This file is also the workers' script: run as ``__main__`` it checks one DDP update
-against a single process's gradient, the split evaluation against an unsplit one, then trains through the
-command line while recording each process's prompts and weights; the test reads what the workers wrote.
+multi-CPU (gloo) run; ``ACCELERATE_USE_FSDP`` is what ``accelerate launch`` sets for an FSDP config. This
+file is also the workers' script: run as ``__main__`` it checks one update against a single process's
+gradient, the split evaluation against an unsplit one, then trains through the command line while
+recording each process's prompts and weights; the test reads what the workers wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -24,6 +27,7 @@ from test_trainer import TINY_ARGS
 from flowrl.config import load_config
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.flow import StepPlan, _reassemble, draw_prompts, eval_share, plan_steps
+from flowrl.trainer.sharding import full
 
 # the tiny run of test_trainer, evaluating 2 prompts × 2 seeds so that both processes get a share
 TRAIN_ARGS = [*TINY_ARGS, "eval.num_prompts=2", "eval.seeds_per_prompt=2"]
@@ -76,13 +80,16 @@ def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
 # ----------------------------------------------------------------------------------------------- two processes
 
 
-def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_model, tmp_path):
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_model, tmp_path, backend):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    if backend == "fsdp":
+        env["ACCELERATE_USE_FSDP"] = "true"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # the command line's last line, printed by the main process only
     lines = proc.stdout.strip().splitlines()
@@ -90,6 +97,7 @@ def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_
 
     _assert_checks(json.loads((out / "checks.json").read_text()))
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
+    assert all(r["sharded"] == (backend == "fsdp") for r in ranks)
     _assert_own_prompts_and_noise(ranks, tiny_model)
     _assert_synchronised_training(ranks, run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -97,6 +105,11 @@ def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_
     assert len([f for f in os.listdir(run_dir / "tb") if f.startswith("events.out.tfevents")]) == 1
     assert (run_dir / "gallery" / "index.html").is_file()
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["final", "iter-000001", "iter-000002"]
+    _assert_lora_checkpoint_loads(run_dir / "checkpoints" / "final", tiny_model)
+    if backend == "fsdp":
+        full_ft = json.loads((out / "full_finetuning.json").read_text())
+        assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
+        assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
 
 
 def _assert_checks(checks: dict) -> None:
@@ -109,7 +122,7 @@ def _assert_checks(checks: dict) -> None:
         assert c["ranks_differ"] == 0.0, c
     ev = checks["eval"]
     assert ev["image_diff"] < 1e-5 and ev["reward_diff"] < 1e-3, ev
-    assert ev["shares"] == [[0, 1], [2, 3]]  # one prompt (both seeds) per process
+    assert ev["shares"] == [[0, 1, 4, 5], [2, 3]]  # prompts (with both seeds) dealt out: unequal shares
 
 
 def _assert_own_prompts_and_noise(ranks: list[dict], model: str) -> None:
@@ -136,10 +149,34 @@ def _assert_synchronised_training(ranks: list[dict], run_dir: Path) -> None:
     assert all(m["kl"] > 0 for m in ranks[0]["metrics"])  # the reference policy: KL once the LoRA moved
 
 
+def _assert_lora_checkpoint_loads(folder: Path, model: str) -> None:
+    """The final LoRA (the EMA weights) loads into a fresh diffusers pipeline and holds the EMA averages."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from flowrl.models import SD3Policy
+
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    fresh = SD3Policy(model)
+    parts = dict.fromkeys(["vae", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"])
+    pipe = StableDiffusion3Pipeline(
+        transformer=fresh.transformer,
+        scheduler=fresh.scheduler,
+        text_encoder=fresh.encoders[0][0],
+        tokenizer=fresh.encoders[0][1],
+        **parts,
+    )
+    pipe.load_lora_weights(str(folder / "lora"))
+    loaded = [p for n, p in pipe.transformer.named_parameters() if "lora_" in n]
+    assert len(loaded) == len(state["ema"]["shadow"]) == len(state["params"])
+    for p, avg in zip(loaded, state["ema"]["shadow"], strict=True):
+        torch.testing.assert_close(p.detach(), avg)
+
+
 def _digest(params: list[torch.Tensor]) -> str:
+    """A hash of whole tensors (gathered from both processes when sharded: a collective)."""
     h = hashlib.sha256()
     for p in params:
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        h.update(full(p).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -147,8 +184,9 @@ def _digest(params: list[torch.Tensor]) -> str:
 
 
 def _checks(model: str) -> dict[str, dict]:
-    """On both processes: the split evaluation and one DDP update each with equal and unequal row counts;
-    rank 0 compares them with what one process computes alone (its results; the others return ``{}``)."""
+    """On both processes: the split evaluation and one update each with equal and unequal row counts, compared
+    with what one process computes alone. Both processes compute that too, on the same inputs (a sharded
+    model's passes are collective); rank 0 returns the results, the other ``{}``."""
     from accelerate.utils import gather_object
     from test_trainer import tiny_config
 
@@ -156,7 +194,7 @@ def _checks(model: str) -> dict[str, dict]:
     from flowrl.trainer.run import eval_pairs
 
     cfg = tiny_config(
-        model, "train.micro_batch=4", "train.max_grad_norm=0", "eval.num_prompts=2", "eval.seeds_per_prompt=2"
+        model, "train.micro_batch=4", "train.max_grad_norm=0", "eval.num_prompts=3", "eval.seeds_per_prompt=2"
     )
     run = setup(cfg)
     rank = run.accelerator.process_index
@@ -167,24 +205,36 @@ def _checks(model: str) -> dict[str, dict]:
     results: dict[str, dict] = {}
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     split = evaluate(run, prompts, seeds)
-    if rank == 0:
-        results["eval"] = _compare_evaluation(run, prompts, seeds, split)
+    results["eval"] = _compare_evaluation(run, prompts, seeds, split)
 
     batch = sample(run, [run.train_prompts[rank]])  # 1 prompt × 4 images × 4 steps = 16 transitions
     m = len(batch.rollout.transitions)
     adv = torch.linspace(-1, 1, m) * (rank + 1)
     for case, kept in (("equal_rows", m), ("unequal_rows", m if rank == 0 else 10)):
         mask = torch.arange(m) < kept
-        ddp = _intercepted_gradient(run, batch, adv, mask)
-        shares = gather_object([(batch, adv, mask, ddp)])
-        if rank == 0:
-            ref = _union_gradient(run, [s[:3] for s in shares])
-            results[case] = {
-                "max_diff": max((a - b).abs().max().item() for a, b in zip(ddp, ref, strict=True)),
-                "grad_max": max(g.abs().max().item() for g in ref),
-                "ranks_differ": max((a - b).abs().max().item() for a, b in zip(ddp, shares[1][3], strict=True)),
-            }
-    return results
+        synced = [full(g) for g in _intercepted_gradient(run, batch, adv, mask)]
+        shares = gather_object([(batch, adv, mask, synced)])
+        ref = [full(g) for g in _union_gradient(run, [s[:3] for s in shares])]
+        results[case] = {
+            "max_diff": max((a - b).abs().max().item() for a, b in zip(synced, ref, strict=True)),
+            "grad_max": max(g.abs().max().item() for g in ref),
+            "ranks_differ": max((a - b).abs().max().item() for a, b in zip(synced, shares[1][3], strict=True)),
+        }
+    return results if rank == 0 else {}
+
+
+def _intercepted_gradient(run, batch, adv: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The synchronised gradient of one ``update``: its optimizer step is replaced by a copy of the gradients."""
+    from flowrl.trainer.flow import update
+
+    captured: list[list[torch.Tensor]] = []
+    run.optimizer.step = lambda *a, **k: captured.append(_grads(run.params))
+    try:
+        update(run, batch, adv, mask)
+    finally:
+        del run.optimizer.step
+    assert len(captured) == 1
+    return captured[0]
 
 
 def _compare_evaluation(run, prompts: list[str], seeds: list[int], split) -> dict:
@@ -199,18 +249,9 @@ def _compare_evaluation(run, prompts: list[str], seeds: list[int], split) -> dic
     }
 
 
-def _intercepted_gradient(run, batch, adv: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """The synchronised gradient of one ``update``: its optimizer step is replaced by a copy of the gradients."""
-    from flowrl.trainer.flow import update
-
-    captured: list[list[torch.Tensor]] = []
-    run.optimizer.step = lambda *a, **k: captured.append([p.grad.detach().clone() for p in run.params])
-    try:
-        update(run, batch, adv, mask)
-    finally:
-        del run.optimizer.step
-    assert len(captured) == 1
-    return captured[0]
+def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of the gradients (zeros for a weight that got none)."""
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
 
 
 def _union_gradient(run, shares: list) -> list[torch.Tensor]:
@@ -227,7 +268,7 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
             (out.loss * rows.numel() / total).backward()
     finally:
         run.policy.prepared = prepared
-    grads = [p.grad.detach().clone() for p in run.params]
+    grads = _grads(run.params)
     run.optimizer.zero_grad(set_to_none=True)
     return grads
 
@@ -266,27 +307,91 @@ def _record_training(record: dict) -> None:
 
 def _worker(model: str, out: str, run_dir: str) -> None:
     from flowrl.cli import main
+    from flowrl.trainer.sharding import sharding_requested
 
-    checks = _checks(model)
     rank = int(os.environ["RANK"])
-    if rank == 0:
-        Path(out, "checks.json").write_text(json.dumps(checks))
-    record: dict[str, list] = {"prompts": [], "noise_seeds": [], "hashes": [], "metrics": []}
+    record: dict = {"prompts": [], "noise_seeds": [], "hashes": [], "metrics": [], "sharded": sharding_requested()}
     _record_training(record)
+    # the command line first, as a user runs it: it must set up the processes itself
     assert main(["train", f"output.run_dir={run_dir}", f"model.path={model}", *TRAIN_ARGS, *DDP_FEATURES]) == 0
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    checks = _checks(model)
+    if rank == 0:
+        Path(out, "checks.json").write_text(json.dumps(checks))
+    if record["sharded"]:
+        _sharded_full_finetuning(model, Path(out))
+
+
+def _sharded_full_finetuning(model: str, out: Path) -> None:
+    """Full fine-tuning with FSDP and bf16 compute: one step moves the sharded fp32 weights, and the checkpoint
+    (gathered on rank 0) loads with ``from_pretrained`` into exactly the trained weights."""
+    from accelerate.state import AcceleratorState
+    from diffusers import SD3Transformer2DModel
+    from test_trainer import tiny_config
+
+    from flowrl.trainer.flow import setup, train_step
+    from flowrl.trainer.run import save_checkpoint
+
+    AcceleratorState._reset_state()  # the LoRA run made its accelerator without mixed precision
+    run = setup(tiny_config(model, "model.finetune=full", "model.mixed_precision=bf16"))
+    names = [n for n, p in run.policy.transformer.named_parameters() if p.requires_grad]
+    before = [full(p) for p in run.params]
+    metrics = train_step(run)
+    after = [full(p) for p in run.params]
+    save_checkpoint(run, str(out / "full_ckpt"))
+    if run.accelerator.is_main_process:
+        loaded = dict(SD3Transformer2DModel.from_pretrained(str(out / "full_ckpt" / "full")).named_parameters())
+        result = {
+            "total": len(after),
+            "moved": sum(not torch.equal(a, b) for a, b in zip(before, after, strict=True)),
+            "finite": all(math.isfinite(v) for v in metrics.values()),
+            "saved_vs_trained": max(
+                (loaded[n].detach() - p).abs().max().item() for n, p in zip(names, after, strict=True)
+            ),
+        }
+        (out / "full_finetuning.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
     _worker(*sys.argv[1:4])
 
 
-def test_sharded_backends_are_refused_even_when_accelerate_drops_them(tiny_model, monkeypatch):
-    # on CPU accelerate ignores ACCELERATE_USE_FSDP and would silently run DDP; flowrl refuses instead
+def test_deepspeed_and_single_process_fsdp_are_refused(tiny_model, monkeypatch):
+    from test_trainer import tiny_config
+
     from flowrl.trainer.flow import setup
 
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"FSDP backend is not supported.*ddp\.yaml"):
-        from test_trainer import tiny_config
-
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ValueError, match=r"DEEPSPEED backend is not supported.*ddp\.yaml"):
         setup(tiny_config(tiny_model))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="FSDP needs at least 2 processes"):
+        setup(tiny_config(tiny_model))
+
+
+def test_fsdp_units_are_the_model_blocks_or_the_launch_classes(monkeypatch):
+    from diffusers import FluxTransformer2DModel
+
+    from flowrl.trainer.sharding import _blocks, _reshard_after_forward, shard
+
+    flux = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=8, axes_dims_rope=[2, 2, 4],
+    )  # fmt: skip
+    assert [type(b).__name__ for b in _blocks(flux)] == ["FluxTransformerBlock", *["FluxSingleTransformerBlock"] * 2]
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "FluxSingleTransformerBlock")
+    assert len(_blocks(flux)) == 2
+    # the SD3 class in a FLUX launch: accelerate's fsdp.yaml default needs the command-line override
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "JointTransformerBlock")
+    with pytest.raises(ValueError, match=r"\['JointTransformerBlock'\] are not in FluxTransformer2DModel"):
+        _blocks(flux)
+    for value, expected in (("FULL_SHARD", True), ("true", True), ("SHARD_GRAD_OP", False), ("false", False)):
+        monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", value)
+        assert _reshard_after_forward() is expected
+    monkeypatch.setenv("FSDP_RESHARD_AFTER_FORWARD", "HYBRID_SHARD")
+    with pytest.raises(ValueError, match="fsdp_reshard_after_forward='hybrid_shard' is not supported"):
+        _reshard_after_forward()
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(ValueError, match="fsdp_offload_params is not supported"):
+        shard(flux, torch.device("cpu"), "no")

@@ -4,12 +4,12 @@ Each stage is a plain function of a ``Run`` (the objects built once by ``setup``
 ``train`` reads like the algorithm. The sampler mode, advantage estimator, loss and rewards are
 looked up by name in their registries; nothing below branches on those names.
 
-Several processes (``accelerate launch``, DDP): each process samples its own slice of the iteration's
-prompts (``train.prompts_per_step`` is per process) with its own noise, scores them and computes their
-advantages locally. A prompt's whole group stays on one process, so group statistics need no
-communication; statistics over the whole batch (the global-std estimator's std, the per-prompt
-tracker's history) are per process. Gradients are averaged by DDP in the update and come out as the
-mean over every process's rows; metrics are averaged over processes.
+Several processes (``accelerate launch``; DDP, or FSDP, see ``flowrl.trainer.sharding``): each process
+samples its own slice of the iteration's prompts (``train.prompts_per_step`` is per process) with its own
+noise, scores them and computes their advantages locally. A prompt's whole group stays on one process, so
+group statistics need no communication; statistics over the whole batch (the global-std estimator's std,
+the per-prompt tracker's history) are per process. Gradients are averaged over processes in the update and
+come out as the mean over every process's rows; metrics are averaged over processes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
-from flowrl.trainer.modes import ROLLOUT_MODES
+from flowrl.trainer.modes import ROLLOUT_MODES, step_subset
+from flowrl.trainer.sharding import full, shard, sharding_requested
 from flowrl.trainer.weights import EMA, make_trainable, reference_policy
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Run:
     rng: random.Random
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
+    sharded: bool = False  # FSDP: the transformer's weights are split over the processes
 
 
 @dataclass
@@ -86,13 +88,15 @@ def setup(cfg: Config) -> Run:
     torch.manual_seed(cfg.seed)  # the same initial LoRA weights on every process
     # some trainable weights get no gradient (SD3's last block discards its text stream): DDP must look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    _refuse_other_backends()
     accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision, kwargs_handlers=[ddp])
-    _require_replicated_weights(accelerator)
+    sharded = _sharding(accelerator)
     m = cfg.model
     options: dict[str, Any] = {"max_sequence_length": m.max_sequence_length} if m.max_sequence_length else {}
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
     policy = load_policy(m.path, device=accelerator.device, dtype=dtype, **options)
     policy.cfg_scale = m.cfg_scale
+    policy.schedule_shift = cfg.sampler.shift
     policy.prompt_cache = PromptCache(m.prompt_cache) if m.prompt_cache else None
     if isinstance(policy, FluxPolicy):
         policy.guidance_scale = m.guidance_scale
@@ -100,9 +104,14 @@ def setup(cfg: Config) -> Run:
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
-    policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    if sharded:
+        shard(policy.transformer, accelerator.device, m.mixed_precision)
+        params = [p for p in policy.transformer.parameters() if p.requires_grad]  # now the local shards
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
+        policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
     if kind == "random":
@@ -120,21 +129,39 @@ def setup(cfg: Config) -> Run:
         train_prompts=load_prompts(cfg.data.train_prompts),
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
+        sharded=sharded,
     )
 
 
-def _require_replicated_weights(accelerator: Accelerator) -> None:
-    """Refuse backends that shard the weights (FSDP, DeepSpeed, Megatron-LM): sampling, evaluation and the
-    reference policy run the plain module, evaluation is split unevenly and one process saves, all of
-    which assume that every process holds the whole network, as with DDP. The launch environment is
-    checked too: on CPU accelerate drops an FSDP request without a word and runs DDP."""
-    kind = accelerator.distributed_type.name
-    asked = [k for k in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{k}", "").lower() in ("1", "true")]
-    if kind in ("FSDP", "DEEPSPEED", "MEGATRON_LM") or asked:
+def _refuse_other_backends(kind: str = "") -> None:
+    """DeepSpeed and Megatron-LM (accelerate's ``distributed_type`` ``kind``, or the launch environment, read
+    before accelerate fails on a missing package) are refused: sampling, evaluation and the reference policy
+    run the module directly."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+    if kind in ("DEEPSPEED", "MEGATRON_LM") or deepspeed:
         raise ValueError(
-            f"accelerate's {kind if not asked else asked[0]} backend is not supported: flowrl trains with data "
-            "parallelism (DDP), every process holding the whole model; launch with configs/accelerate/ddp.yaml"
+            f"accelerate's {'DEEPSPEED' if deepspeed else kind} backend is not supported: launch with "
+            "configs/accelerate/ddp.yaml (every process holds the model) or fsdp.yaml (weights sharded)"
         )
+
+
+def _sharding(accelerator: Accelerator) -> bool:
+    """Whether the launch asked for FSDP, which flowrl does itself (``flowrl.trainer.sharding``). Raises when
+    accelerate did not join the launched processes (each would train alone and write the same run folder)."""
+    kind = accelerator.distributed_type.name
+    _refuse_other_backends(kind)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        raise ValueError(
+            f"{launched} processes were launched but accelerate set up {accelerator.num_processes} "
+            f"({kind}); without GPUs launch CPU processes with `ACCELERATE_USE_CPU=true torchrun --nproc_per_node "
+            f"{launched} -m flowrl train ...` (and ACCELERATE_USE_FSDP=true to shard)"
+        )
+    if not sharding_requested() and kind != "FSDP":
+        return False
+    if accelerator.num_processes < 2:
+        raise ValueError("FSDP needs at least 2 processes (accelerate launch --num_processes N)")
+    return True
 
 
 def score(run: Run, images: Tensor, prompts: list[str], groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -293,7 +320,7 @@ def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> None:
     """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA."""
     cfg, acc = run.cfg, run.accelerator
     if cfg.train.max_grad_norm > 0:
-        norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
+        norm = full(acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))  # FSDP: a replicated DTensor
         sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(norm) * rows
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -361,7 +388,10 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
     weights, prompt and seed, the result is a single process's (up to float error of batch size)."""
     acc = run.accelerator
     mine = eval_share(prompts, acc.process_index, acc.num_processes)
-    images, parts = _evaluate_pairs(run, [prompts[i] for i in mine], [seeds[i] for i in mine])
+    # a sharded model's forward passes are collective: every process generates as many images (pair 0 as filler)
+    size = max(len(eval_share(prompts, k, acc.num_processes)) for k in range(acc.num_processes))
+    rows = mine + [0] * (size - len(mine)) if run.sharded else mine
+    images, parts = _evaluate_pairs(run, [prompts[i] for i in rows], [seeds[i] for i in rows], keep=len(mine))
     if acc.num_processes == 1:
         return images, parts
     from accelerate.utils import gather_object
@@ -377,8 +407,12 @@ def eval_share(prompts: list[str], index: int, num_processes: int) -> list[int]:
     return [i for i in range(len(prompts)) if int(group[i]) % num_processes == index]
 
 
-def _evaluate_pairs(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Images ``[B, 3, H, W]`` and rewards of the given pairs on this process (nothing for no pairs)."""
+def _evaluate_pairs(
+    run: Run, prompts: list[str], seeds: list[int], keep: int | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Images ``[B, 3, H, W]`` and rewards of the first ``keep`` (default all) of the given pairs, generated on
+    this process with all of them (the rest are filler passes of a sharded model)."""
+    keep = len(prompts) if keep is None else keep
     if not prompts:
         return torch.empty(0), {}
     cfg, policy = run.cfg, run.policy
@@ -393,8 +427,10 @@ def _evaluate_pairs(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Ten
             num_steps=cfg.eval.num_steps,
             solver=cfg.eval.solver,
             batch_size=cfg.train.sample_batch or 64,
-        )
-    total, parts = run.rewards(images, prompts, _prompt_groups(prompts))
+        )[:keep]
+    if not keep:
+        return torch.empty(0), {}
+    total, parts = run.rewards(images, prompts[:keep], _prompt_groups(prompts[:keep]))
     return images, {"reward": total, **parts}
 
 
@@ -434,6 +470,9 @@ def train_step(run: Run) -> dict[str, float]:
     batch = sample(run, prompts)
     t1 = time.perf_counter()
     adv, mask, adv_metrics = advantages(run, batch)
+    if cfg.train.timestep_fraction < 1:
+        gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
+        mask = step_subset(mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
     metrics = {**iteration_metrics(batch, run), **adv_metrics}
     metrics.update(update(run, batch, adv, mask))
     t2 = time.perf_counter()

@@ -22,7 +22,8 @@ from flowrl.atomic import atomic_dir, write_json
 from flowrl.config import Config, to_dict
 from flowrl.trainer.checkpoint import save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
-from flowrl.trainer.weights import save_weights
+from flowrl.trainer.sharding import full, full_optimizer_state, local
+from flowrl.trainer.weights import save_weights, weight_state
 
 EvalResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # images [B, 3, H, W] and rewards [B] by name
 
@@ -44,31 +45,43 @@ def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
 
 
 def save_checkpoint(run: Run, path: str) -> None:
-    """Trainable weights (EMA if enabled) and trainer state, written atomically by the main process
-    (the weights are the same on every process); the others wait until it is written."""
+    """Trainable weights (EMA if enabled) and trainer state, written atomically by the main process. Every
+    process takes part (under FSDP the shards are gathered) and waits until the checkpoint is written."""
+    _require_finite(run)
+    ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
+    with ctx:
+        weights = weight_state(run.policy.transformer, run.cfg.model.finetune, run.sharded)
+    state = {
+        "iteration": run.iteration,
+        "params": [full(p) for p in run.params],
+        "optimizer": full_optimizer_state(run.policy.transformer, run.optimizer)
+        if run.sharded
+        else run.optimizer.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "window": run.window.state_dict(),
+        "advantage_state": _plain(run.adv_state),
+        "prompt_rng": list(_plain(run.rng.getstate())),
+        "torch_rng": torch.get_rng_state(),
+    }
     if run.accelerator.is_main_process:
-        _write_checkpoint(run, path)
+        with atomic_dir(path) as tmp:
+            folder = os.path.join(tmp, run.cfg.model.finetune)
+            save_weights(run.policy.transformer, run.cfg.model.finetune, folder, run.policy.pipeline_class, weights)
+            save_state(os.path.join(tmp, "trainer_state.pt"), state)
     run.accelerator.wait_for_everyone()
 
 
-def _write_checkpoint(run: Run, path: str) -> None:
-    transformer = run.accelerator.unwrap_model(run.policy.transformer)
-    with atomic_dir(path) as tmp:
-        ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
-        with ctx:
-            folder = os.path.join(tmp, run.cfg.model.finetune)
-            save_weights(transformer, run.cfg.model.finetune, folder, run.policy.pipeline_class)
-        state = {
-            "iteration": run.iteration,
-            "params": [p.detach().cpu() for p in run.params],
-            "optimizer": run.optimizer.state_dict(),
-            "ema": run.ema.state_dict() if run.ema is not None else None,
-            "window": run.window.state_dict(),
-            "advantage_state": _plain(run.adv_state),
-            "prompt_rng": list(_plain(run.rng.getstate())),
-            "torch_rng": torch.get_rng_state(),
-        }
-        save_state(os.path.join(tmp, "trainer_state.pt"), state)
+def _require_finite(run: Run) -> None:
+    """Raise on every process (so that none waits for the others in vain) if any process holds a non-finite
+    trainable weight or EMA average: non-finite weights are never saved."""
+    tensors = [*run.params, *(run.ema.shadow if run.ema is not None else [])]
+    finite = all(bool(torch.isfinite(local(t)).all()) for t in tensors)
+    if run.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        finite = all(gather_object([finite]))
+    if not finite:
+        raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 
 
 def _plain(value: Any) -> Any:
@@ -89,9 +102,11 @@ def _stats(values: torch.Tensor) -> tuple[float, float]:
 def train_and_report(cfg: Config, name: str = "run") -> str:
     """Run training end to end; returns the run folder. See the module docstring for its contents."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     start = time.time()
-    state = PartialState()
+    # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     run_dir = _shared_run_dir(cfg, name, state)
     if state.is_main_process:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:

@@ -81,7 +81,10 @@ class EMA:
                     p.copy_(value)
 
     def state_dict(self) -> dict[str, object]:
-        return {"decay": self.decay, "shadow": [t.clone() for t in self.shadow]}
+        """The averages as whole CPU tensors (gathered from every process under FSDP: a collective)."""
+        from flowrl.trainer.sharding import full
+
+        return {"decay": self.decay, "shadow": [full(t) for t in self.shadow]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.decay = float(state["decay"])
@@ -89,24 +92,50 @@ class EMA:
             avg.copy_(t)
 
 
-def save_weights(transformer: nn.Module, finetune: str, path: str, pipeline: str = "StableDiffusion3Pipeline") -> None:
+def weight_state(transformer: nn.Module, finetune: str, sharded: bool = False) -> dict[str, torch.Tensor]:
+    """What ``save_weights`` writes, as whole CPU tensors: the trainable (LoRA) tensors by parameter name, or the
+    whole state dict for full fine-tuning. With FSDP (``sharded``) every process must call this (the shards are
+    gathered); the full fine-tuning state then comes back on the main process only (empty elsewhere)."""
+    from flowrl.trainer.sharding import full, full_model_state
+
+    if finetune == "lora":
+        return {n: full(p) for n, p in transformer.named_parameters() if p.requires_grad}
+    if sharded:
+        return full_model_state(transformer)
+    return {k: v.detach().cpu() for k, v in transformer.state_dict().items()}
+
+
+def save_weights(
+    transformer: nn.Module,
+    finetune: str,
+    path: str,
+    pipeline: str = "StableDiffusion3Pipeline",
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Write the trainable weights into folder ``path`` (callers make the whole checkpoint atomic).
 
     LoRA: ``pytorch_lora_weights.safetensors`` in the LoRA format of diffusers' ``pipeline`` class
     (so ``pipeline.load_lora_weights(path)`` loads it); full: the transformer in diffusers format
-    (``from_pretrained``-loadable). Non-finite weights are never written.
+    (``from_pretrained``-loadable). ``state`` is ``weight_state``'s result (computed here by default).
+    Non-finite weights are never written.
     """
-    for p in transformer.parameters():
-        if p.requires_grad and not torch.isfinite(p).all():
-            raise FloatingPointError("refusing to save non-finite weights")
+    state = weight_state(transformer, finetune) if state is None else state
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise FloatingPointError(f"refusing to save non-finite weights ({bad[0]}, {len(bad)} tensors)")
     if finetune == "lora":
         import diffusers
         from peft.utils import get_peft_model_state_dict
 
-        layers = get_peft_model_state_dict(transformer, adapter_name=ADAPTER)
+        layers = get_peft_model_state_dict(transformer, state_dict=state, adapter_name=ADAPTER)
         getattr(diffusers, pipeline).save_lora_weights(path, transformer_lora_layers=layers)
     else:
-        transformer.save_pretrained(path, safe_serialization=True)
+        from huggingface_hub import save_torch_state_dict
+
+        # what diffusers' save_pretrained writes: config.json and safetensors shards named as it names them
+        transformer.save_config(path)
+        pattern = "diffusion_pytorch_model{suffix}.safetensors"
+        save_torch_state_dict(state, path, filename_pattern=pattern, max_shard_size="10GB")
 
 
-__all__ = ["EMA", "make_trainable", "reference_policy", "save_weights"]
+__all__ = ["EMA", "make_trainable", "reference_policy", "save_weights", "weight_state"]
