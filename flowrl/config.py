@@ -97,6 +97,12 @@ class SamplerConfig:
     same_noise: bool = option(
         False, "one initial noise for all images of a prompt (flow_grpo same_latent): they differ only by SDE noise"
     )
+    shift: float = option(
+        0.0,
+        "s > 0: sample (and evaluate) on the linear grid shifted σ' = sσ/(1+(s−1)σ) instead of the scheduler's "
+        "own schedule (DanceGRPO/MixGRPO/Pref-GRPO FLUX: 3)",
+        low=0.0,
+    )
 
 
 @dataclass
@@ -137,6 +143,13 @@ class TrainConfig:
         0.0, "EMA of trainable weights, used for evaluation and saving (0 = off)", low=0.0, high=0.99999
     )
     save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
+    timestep_fraction: float = option(
+        1.0,
+        "train a random max(1, int(n × this)) of each sample's n trainable steps per iteration (DanceGRPO/Pref-GRPO "
+        "--timestep_fraction); 1 = all",
+        low=0.0,
+        high=1.0,
+    )
 
 
 @dataclass
@@ -224,7 +237,11 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
         raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
+    if cfg.train.timestep_fraction <= 0:
+        raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
     if trains_on(cfg.loss.name) == "samples":
+        if cfg.train.timestep_fraction < 1:
+            raise ConfigError(f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} has none")
         if cfg.advantage.name == "tree":
             raise ConfigError(
                 f"loss.name={cfg.loss.name} trains on final samples; advantage.name=tree gives "

@@ -37,16 +37,20 @@ def dynamic_shift_mu(image_seq_len: int, config: Any) -> float:
     return config.base_shift + slope * (image_seq_len - base_len)
 
 
-def scheduler_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None = None) -> Tensor:
+def scheduler_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None = None, shift: float = 0.0) -> Tensor:
     """Sigmas a diffusers ``FlowMatchEulerDiscreteScheduler`` uses for ``num_steps`` steps. Shape ``[T + 1]``.
 
     The scheduler's own config decides the shift: a fixed ``shift`` (SD3.5) or, with
     ``use_dynamic_shifting`` (FLUX), an exponent ``mu`` computed from ``image_seq_len`` (the number of
     packed latent tokens) on the sigma grid ``linspace(1, 1/T, T)`` that ``FluxPipeline`` passes.
-    The scheduler is modified in place (``set_timesteps``), as a pipeline call would.
+    The scheduler is modified in place (``set_timesteps``), as a pipeline call would. A ``shift`` > 0
+    overrides all of this with ``linear_sigmas(num_steps, shift)``, the fixed-shift linear grid that
+    DanceGRPO, MixGRPO and Pref-GRPO sample FLUX on (their ``--shift 3``).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if shift > 0:
+        return linear_sigmas(num_steps, shift)
     if getattr(scheduler.config, "use_dynamic_shifting", False):
         if image_seq_len is None:
             raise ValueError("this scheduler uses dynamic shifting (FLUX): pass image_seq_len, the packed token count")

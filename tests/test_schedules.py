@@ -56,3 +56,11 @@ def test_subsample_keeps_ends_and_shift():
     assert torch.equal(sub, s[[0, 4, 8, 12, 16, 20]])
     with pytest.raises(ValueError, match="num_steps"):
         subsample_sigmas(s, 21)
+
+
+def test_fixed_shift_replaces_the_scheduler_schedule():
+    # DanceGRPO / Pref-GRPO FLUX: linspace(1, 0, T + 1) shifted with s = 3: 3t / (1 + 2t)
+    flux = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    got = scheduler_sigmas(flux, 4, image_seq_len=4096, shift=3.0)
+    torch.testing.assert_close(got, torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0], dtype=torch.float64))
+    assert not torch.equal(got, scheduler_sigmas(flux, 4, image_seq_len=4096))

@@ -286,3 +286,30 @@ def test_same_noise_shares_the_initial_noise_within_a_group(tiny_model):
         if same:  # the SDE noise still spreads a group's samples apart
             samples = batch.rollout.samples.view(2, 4, -1)
             assert not torch.equal(samples[0, 0], samples[0, 1])
+
+
+def test_step_subset_trains_a_random_fraction_of_each_samples_steps():
+    from flowrl.trainer.modes import step_subset
+
+    owner = torch.tensor([0] * 5 + [1] * 5 + [-1, -1] + [2])
+    mask = torch.ones(13, dtype=torch.bool)
+    mask[9] = False  # sample 1 has 4 trainable steps
+    kept = step_subset(mask, owner, 0.6, torch.Generator().manual_seed(0))
+    # int(5 × 0.6) = 3, int(4 × 0.6) = 2, shared prefixes kept, max(1, int(1 × 0.6)) = 1
+    assert [int(kept[owner == k].sum()) for k in (0, 1, -1, 2)] == [3, 2, 2, 1]
+    assert not (kept & ~mask).any()
+    again = step_subset(mask, owner, 0.6, torch.Generator().manual_seed(0))
+    other = step_subset(mask, owner, 0.6, torch.Generator().manual_seed(1))
+    assert torch.equal(kept, again) and not torch.equal(kept, other)
+    assert step_subset(mask, owner, 1.0, torch.Generator()) is mask
+
+
+def test_timestep_fraction_and_shift_reach_the_trainer(tiny_model):
+    run = setup(tiny_config(tiny_model, "train.timestep_fraction=0.5", "sampler.shift=3"))
+    torch.testing.assert_close(run.policy.sigmas(4, 32), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0], dtype=torch.float64))
+    m = train_step(run)
+    assert m["sampler/transitions"] == 2 * 4 * 4 and m["train/transitions"] == 2 * 4 * 2
+    from flowrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"timestep_fraction < 1 picks trained steps; loss\.name=awm"):
+        tiny_config(tiny_model, "train.timestep_fraction=0.5", "loss.name=awm", "sampler.window_size=1")

@@ -81,6 +81,7 @@ class FluxPolicy(LatentIO):
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
         self.cfg_scale = 1.0
+        self.schedule_shift = 0.0  # > 0: a fixed-shift linear schedule (scheduler_sigmas' shift)
         if self.transformer.config.in_channels != 4 * self.codec.channels:
             raise ValueError(
                 f"FLUX transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
@@ -99,7 +100,8 @@ class FluxPolicy(LatentIO):
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas; FLUX shifts them by the packed token count."""
         _c, h, w = self.latent_shape(resolution)
-        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=(h // 2) * (w // 2))
+        seq_len = (h // 2) * (w // 2)
+        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()

@@ -67,6 +67,7 @@ class SD3Policy(LatentIO):
         self.vae = self.codec.vae
         freeze(self.transformer, self.vae, *(e for e, _ in self.encoders), device=self.device)
         self.cfg_scale = 1.0
+        self.schedule_shift = 0.0  # > 0: a fixed-shift linear schedule (scheduler_sigmas' shift)
         self.max_sequence_length = max_sequence_length  # T5 tokens, the pipeline's default 256
 
     # ----------------------------------------------------------------- shapes and schedule
@@ -85,7 +86,7 @@ class SD3Policy(LatentIO):
         """The scheduler's ``[T + 1]`` sigma schedule for ``num_steps`` steps (float64)."""
         _c, h, w = self.latent_shape(resolution)
         seq_len = (h // self.transformer.config.patch_size) * (w // self.transformer.config.patch_size)
-        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len)
+        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()

@@ -124,4 +124,22 @@ DEFAULT_WINDOWS: dict[str, tuple[str, int]] = {
     "singular": ("random", 1),
 }
 
-__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "TREE_MODES", "RolloutPlan"]
+
+def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
+    """Train a random ``max(1, int(n × fraction))`` of each sample's ``n`` trainable steps (DanceGRPO and
+    Pref-GRPO's ``--timestep_fraction``: a permutation of each sample's steps, the first part trained).
+
+    ``mask`` ``[M]`` marks the trainable transitions, ``owner`` ``[M]`` the final sample each leads to
+    (``-1``: a tree prefix shared by several samples, always kept). Returns the reduced mask ``[M]``."""
+    if fraction >= 1:
+        return mask
+    keys = torch.rand(mask.shape, generator=generator)
+    out = mask & (owner < 0)
+    for sample in owner[mask & (owner >= 0)].unique().tolist():
+        rows = (mask & (owner == sample)).nonzero().squeeze(1)
+        take = max(1, int(rows.numel() * fraction))
+        out[rows[keys[rows].argsort()[:take]]] = True
+    return out
+
+
+__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "TREE_MODES", "RolloutPlan", "step_subset"]
