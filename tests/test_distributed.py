@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_trainer import TINY_ARGS
+from tiny_models import save_tiny_flux
 
 from flowrl.config import load_config
 from flowrl.trainer.data import load_prompts
@@ -85,10 +86,11 @@ def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    if backend == "fsdp":
-        env["ACCELERATE_USE_FSDP"] = "true"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
+    if backend == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
+        env["ACCELERATE_USE_FSDP"] = "true"
+        cmd.append(save_tiny_flux(str(tmp_path / "flux")))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # the command line's last line, printed by the main process only
@@ -107,6 +109,7 @@ def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["final", "iter-000001", "iter-000002"]
     _assert_lora_checkpoint_loads(run_dir / "checkpoints" / "final", tiny_model)
     if backend == "fsdp":
+        _assert_checks(json.loads((out / "checks_flux.json").read_text()))
         full_ft = json.loads((out / "full_finetuning.json").read_text())
         assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
         assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
@@ -183,10 +186,10 @@ def _digest(params: list[torch.Tensor]) -> str:
 # ----------------------------------------------------------------------------------------------- the workers
 
 
-def _checks(model: str) -> dict[str, dict]:
+def _checks(model: str, *overrides: str) -> dict[str, dict]:
     """On both processes: the split evaluation and one update each with equal and unequal row counts, compared
-    with what one process computes alone. Both processes compute that too, on the same inputs (a sharded
-    model's passes are collective); rank 0 returns the results, the other ``{}``."""
+    with what a plain, unsharded copy of the network computes for all rows alone (every process computes that
+    reference too, on the same inputs); rank 0 returns the results, the other ``{}``."""
     from accelerate.utils import gather_object
     from test_trainer import tiny_config
 
@@ -194,7 +197,12 @@ def _checks(model: str) -> dict[str, dict]:
     from flowrl.trainer.run import eval_pairs
 
     cfg = tiny_config(
-        model, "train.micro_batch=4", "train.max_grad_norm=0", "eval.num_prompts=3", "eval.seeds_per_prompt=2"
+        model,
+        "train.micro_batch=4",
+        "train.max_grad_norm=0",
+        "eval.num_prompts=3",
+        "eval.seeds_per_prompt=2",
+        *overrides,
     )
     run = setup(cfg)
     rank = run.accelerator.process_index
@@ -202,10 +210,10 @@ def _checks(model: str) -> dict[str, dict]:
     with torch.no_grad():
         for p in run.params:
             p.normal_(0, 0.05)
+    plain = _unsharded_copy(run, cfg)
     results: dict[str, dict] = {}
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
-    split = evaluate(run, prompts, seeds)
-    results["eval"] = _compare_evaluation(run, prompts, seeds, split)
+    results["eval"] = _compare_evaluation(plain, prompts, seeds, evaluate(run, prompts, seeds))
 
     batch = sample(run, [run.train_prompts[rank]])  # 1 prompt × 4 images × 4 steps = 16 transitions
     m = len(batch.rollout.transitions)
@@ -214,13 +222,30 @@ def _checks(model: str) -> dict[str, dict]:
         mask = torch.arange(m) < kept
         synced = [full(g) for g in _intercepted_gradient(run, batch, adv, mask)]
         shares = gather_object([(batch, adv, mask, synced)])
-        ref = [full(g) for g in _union_gradient(run, [s[:3] for s in shares])]
+        ref = _union_gradient(plain, [s[:3] for s in shares])
         results[case] = {
             "max_diff": max((a - b).abs().max().item() for a, b in zip(synced, ref, strict=True)),
             "grad_max": max(g.abs().max().item() for g in ref),
             "ranks_differ": max((a - b).abs().max().item() for a, b in zip(synced, shares[1][3], strict=True)),
         }
     return results if rank == 0 else {}
+
+
+def _unsharded_copy(run, cfg):
+    """The same network and weights set up without sharding (under FSDP: as for DDP), for reference results."""
+    from flowrl.trainer.flow import setup
+
+    fsdp = os.environ.pop("ACCELERATE_USE_FSDP", None)
+    try:
+        plain = setup(cfg)
+    finally:
+        if fsdp is not None:
+            os.environ["ACCELERATE_USE_FSDP"] = fsdp
+    assert not plain.sharded
+    with torch.no_grad():
+        for p, q in zip(plain.params, run.params, strict=True):
+            p.copy_(full(q))
+    return plain
 
 
 def _intercepted_gradient(run, batch, adv: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
@@ -255,7 +280,7 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _union_gradient(run, shares: list) -> list[torch.Tensor]:
-    """The gradient one process computes for the mean loss over all shares' kept rows (no DDP involved)."""
+    """The gradient ``run`` computes on this process for the mean loss over all shares' kept rows (no DDP)."""
     from flowrl.trainer.flow import _transition_loss
 
     total = sum(int(mask.sum()) for _, _, mask in shares)
@@ -305,7 +330,7 @@ def _record_training(record: dict) -> None:
     flow.sample, runner.train_step = recorded_sample, recorded_step
 
 
-def _worker(model: str, out: str, run_dir: str) -> None:
+def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
     from flowrl.cli import main
     from flowrl.trainer.sharding import sharding_requested
 
@@ -320,6 +345,13 @@ def _worker(model: str, out: str, run_dir: str) -> None:
         Path(out, "checks.json").write_text(json.dumps(checks))
     if record["sharded"]:
         _sharded_full_finetuning(model, Path(out))
+    if flux:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
+        checks = _checks(flux, "model.guidance_scale=2.0")
+        if rank == 0:
+            Path(out, "checks_flux.json").write_text(json.dumps(checks))
 
 
 def _sharded_full_finetuning(model: str, out: Path) -> None:
@@ -353,7 +385,7 @@ def _sharded_full_finetuning(model: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:4])
+    _worker(*sys.argv[1:5])
 
 
 def test_deepspeed_and_single_process_fsdp_are_refused(tiny_model, monkeypatch):
