@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-slow lint bench clean
+.PHONY: venv demo text-demo test test-slow lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/demo.yaml
+
+text-demo: $(STAMP)
+	$(VENV)/bin/flowrl train --config configs/text_demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flowrl: config error: {e}", file=sys.stderr)
         return 2
-    from flowrl.trainer.run import train_and_report
+    from flowrl.text_config import TextConfig
+
+    if isinstance(cfg, TextConfig):
+        from flowrl.trainer.text_run import train_and_report
+    else:
+        from flowrl.trainer.run import train_and_report
 
     name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
     run_dir = train_and_report(cfg, name)

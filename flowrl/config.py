@@ -12,7 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,6 +21,9 @@ from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES
 from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES, TREE_MODES
+
+if TYPE_CHECKING:
+    from flowrl.text_config import TextConfig
 
 SD3_LORA_TARGETS = [
     "attn.to_q",
@@ -298,8 +301,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Read a YAML preset (or the defaults), apply overrides, validate everything."""
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | TextConfig:
+    """Read a YAML preset (or the defaults), apply overrides, validate everything. A preset with
+    ``backend: text`` gives the text trainer's ``TextConfig``."""
     data: dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -315,6 +319,13 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
+    if data.get("backend") == "text":  # the text GRPO trainer's preset
+        from flowrl.text_config import load_text_config
+
+        return load_text_config(data)
+    if data.get("backend", "flow") != "flow":
+        raise ConfigError(f"backend: {data['backend']!r} is not one of flow, text")
+    data.pop("backend", None)
     cfg = load(Config, data)
     check_combinations(cfg)
     return cfg

@@ -24,7 +24,9 @@ from flowrl.rewards import REWARDS
 from flowrl.samplers import make_window
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+ALL_PRESETS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+TEXT_PRESETS = [p for p in ALL_PRESETS if "backend: text" in p.read_text()]
+PRESETS = [p for p in ALL_PRESETS if p not in TEXT_PRESETS]  # the flow trainer's
 ACCELERATE = {name: REPO / "configs" / "accelerate" / f"{name}.yaml" for name in ("ddp", "fsdp")}
 SCRIPTS = {
     "train_sd35_pickscore.sh": "sd35_pickscore.yaml",
@@ -293,3 +295,16 @@ def test_preset_rewards_override_is_json(tmp_path: Path):
     rewards = raw(REPO / "configs" / "flux_pref_grpo.yaml")["rewards"]
     key, parsed = parse_override("rewards=" + json.dumps(rewards))
     assert key == "rewards" and parsed == rewards
+
+
+@pytest.mark.parametrize("preset", TEXT_PRESETS, ids=lambda p: p.name)
+def test_text_presets_validate_and_their_lora_targets_exist(preset):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from flowrl.text_config import TextConfig
+
+    cfg = load_config(str(preset))
+    assert isinstance(cfg, TextConfig)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(REPO / cfg.model.path))
+    names = [n for n, _ in model.named_modules()]
+    assert all(any(n.endswith(t) for n in names) for t in cfg.model.lora_targets)

@@ -6,7 +6,7 @@ clipped loss. See the README's table.
 """
 
 from . import policy  # noqa: F401  (importing registers the losses)
-from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss, trains_on
+from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss, normalizes_by, trains_on
 from .terms import (
     STEP_WEIGHTINGS,
     aggregate,
@@ -30,6 +30,7 @@ __all__ = [
     "gaussian_kl",
     "guard_log_ratio",
     "k3_kl",
+    "normalizes_by",
     "step_weights",
     "trains_on",
 ]

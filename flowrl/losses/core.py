@@ -62,6 +62,9 @@ class LossConfig:
     kl_coef: float = option(
         0.0, "β: Gaussian KL (flows, needs ref_mean) or k3 KL (tokens, needs ref_log_prob)", low=0.0
     )
+    kl_importance: bool = option(
+        False, "tokens: weight the k3 KL by the ratio π/π_old (the tokens came from π_old; TRL use_bias_correction_kl)"
+    )
     step_weighting: str = option(
         "uniform",
         "uniform | noise-aware (TempFlow) | inverse-dt (GRPO-Guard)",
@@ -87,6 +90,15 @@ def trains_on(name: str) -> str:
     """What one row of the loss is: ``"transitions"`` (log-prob losses: one denoising step each) or
     ``"samples"`` (AWM: a clean sample, re-noised at a drawn σ). Losses declare it as ``fn.trains_on``."""
     return getattr(LOSSES.get(name), "trains_on", "transitions")
+
+
+def normalizes_by(name: str) -> str:
+    """What a loss divides its sum by, so that micro-batches of one optimizer step can be weighted to give the
+    step's loss: ``"sequences"`` (a mean over rows: weight each micro-batch by its share of rows), ``"tokens"``
+    (a token mean over this process's batch: weight by the share of valid tokens) or ``"global-tokens"``
+    (divided by ``inputs.token_count``, the whole global batch's valid tokens: weight 1). Declared as
+    ``fn.normalizes_by`` (default ``"sequences"``)."""
+    return getattr(LOSSES.get(name), "normalizes_by", "sequences")
 
 
 def compute_loss(name: str, inputs: LossInputs, cfg: LossConfig | None = None) -> LossOutput:

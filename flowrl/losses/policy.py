@@ -112,5 +112,7 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
 
 
 awm.trains_on = "samples"
+bnpo.normalizes_by = ppo_clip.normalizes_by = grpo_guard.normalizes_by = "tokens"
+dapo.normalizes_by = "global-tokens"
 
 __all__ = ["awm", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]

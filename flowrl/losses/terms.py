@@ -96,13 +96,17 @@ def aggregate(
 
 def kl_term(inputs: LossInputs, cfg: LossConfig) -> Tensor | None:
     """β-free KL per element ``[N, T]``, or None when kl_coef = 0: Gaussian for flows (``ref_mean``),
-    k3 for tokens (``ref_log_prob``)."""
+    k3 for tokens (``ref_log_prob``), times the ratio π/π_old with ``kl_importance``."""
     if cfg.kl_coef == 0:
         return None
     if inputs.ref_mean is not None and inputs.mean is not None and inputs.std is not None:
         return gaussian_kl(inputs.mean, inputs.ref_mean, inputs.std)
     if inputs.ref_log_prob is not None and inputs.log_prob is not None:
-        return k3_kl(inputs.log_prob, inputs.ref_log_prob)
+        kl = k3_kl(inputs.log_prob, inputs.ref_log_prob)
+        if cfg.kl_importance:
+            inputs.need("old_log_prob", loss="k3 KL with kl_importance")
+            kl = kl * torch.exp(inputs.log_prob - inputs.old_log_prob)
+        return kl
     raise ValueError("kl_coef > 0 needs ref_mean, mean and std (flows) or ref_log_prob (tokens)")
 
 

@@ -95,7 +95,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _stats(values: torch.Tensor) -> tuple[float, float]:
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
 
 
@@ -107,13 +107,13 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
     start = time.time()
     # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    run_dir = _shared_run_dir(cfg, name, state)
+    run_dir = shared_run_dir(cfg, name, state)
     if state.is_main_process:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
     run = setup(cfg)
     main = run.accelerator.is_main_process
-    writer = _writer(cfg, run_dir) if main else None
+    writer = tb_writer(cfg, run_dir) if main else None
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     before = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
 
@@ -131,7 +131,7 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
         bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", clip=f"{metrics.get('clip_frac_high', 0):.2f}")
         if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
             save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and _time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
+        if cfg.train.max_minutes and time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
             break
     bar.close()
     train_seconds = time.time() - train_start
@@ -192,12 +192,12 @@ def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: tor
     for name, fn in run.rewards.rewards.items():
         if is_groupwise(fn):
             score = fn(torch.cat([trained, base]), prompts + prompts, groups=pairs)["score"][:n]
-            mean, se = _stats(score.float())
+            mean, se = mean_se(score.float())
             out[f"eval/{name}/trained_vs_base"] = {"mean": mean, "se": se}
     return out
 
 
-def _shared_run_dir(cfg: Config, name: str, state: Any) -> str:
+def shared_run_dir(cfg: Config, name: str, state: Any) -> str:
     """The run folder, made by the main process and sent to the others (a timestamped name could differ
     between processes); a refusal is raised on every process, so none waits for the others in vain."""
     if state.num_processes == 1:
@@ -216,7 +216,7 @@ def _shared_run_dir(cfg: Config, name: str, state: Any) -> str:
     return result[0]
 
 
-def _time_is_up(run: Run, local: bool) -> bool:
+def time_is_up(run: Run, local: bool) -> bool:
     """The main process's verdict on the time limit, on every process: if one process stopped training
     alone, the others would wait for its gradients for ever."""
     if run.accelerator.num_processes == 1:
@@ -231,12 +231,12 @@ def _eval_summary(run: Run, before: dict[str, torch.Tensor], after: dict[str, to
     out: dict[str, Any] = {}
     first = next(iter(run.rewards.rewards))
     for key in before:
-        b, b_se = _stats(before[key])
-        a, a_se = _stats(after[key])
+        b, b_se = mean_se(before[key])
+        a, a_se = mean_se(after[key])
         out[f"eval/{key}"] = {"before": b, "before_se": b_se, "after": a, "after_se": a_se}
     diff = after["reward"] - before["reward"]  # same prompts and seeds: a paired difference
     out["eval_reward_before"], out["eval_reward_after"] = out["eval/reward"]["before"], out["eval/reward"]["after"]
-    out["eval_reward_gain"], out["eval_reward_gain_se"] = _stats(diff)
+    out["eval_reward_gain"], out["eval_reward_gain_se"] = mean_se(diff)
     strict = f"{first}/strict"
     if strict in before:
         out["eval_strict_before"], out["eval_strict_after"] = before[strict].mean().item(), after[strict].mean().item()
@@ -264,7 +264,7 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
     return paths["html"]
 
 
-def _writer(cfg: Config, run_dir: str):
+def tb_writer(cfg: Config, run_dir: str):
     if not cfg.output.tensorboard:
         return None
     from torch.utils.tensorboard import SummaryWriter
@@ -272,4 +272,13 @@ def _writer(cfg: Config, run_dir: str):
     return SummaryWriter(os.path.join(run_dir, "tb"))
 
 
-__all__ = ["eval_pairs", "make_run_dir", "save_checkpoint", "train_and_report"]
+__all__ = [
+    "eval_pairs",
+    "make_run_dir",
+    "mean_se",
+    "save_checkpoint",
+    "shared_run_dir",
+    "tb_writer",
+    "time_is_up",
+    "train_and_report",
+]

@@ -1,0 +1,146 @@
+"""Causal language models for the text GRPO backend: generation and per-token log-probabilities.
+
+Any ``transformers`` ``AutoModelForCausalLM`` works. Prompts are left-padded, completions right-padded, and
+positions run 0, 1, 2, ... over the padded prompt + completion (as ``model(input_ids, attention_mask)``
+numbers them), so a completion's log-probs do not depend on which path computed them.
+
+The shared-prefix forward (``token_log_probs(..., shared_prefix=True)``) runs each distinct prompt once,
+keeps its key/value cache (with its autograd graph) and runs the G completions of the group on copies of
+that cache: the prompt's cost is paid once per group instead of G times, with the same log-probs and the
+same gradients as the plain forward over the concatenated sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Completions:
+    """A batch of sampled completions, ``N`` rows; prompt ``index`` ``[N]`` points into the prompt tensors.
+
+    prompt_ids / prompt_mask: ``[P, Lp]`` left-padded; completion_ids / completion_mask: ``[N, Lc]``, the mask
+    1 up to and including the first EOS (0 after it and on padding); terminated ``[N]``: an EOS was produced.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    index: Tensor
+    terminated: Tensor
+    texts: list[str]
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Left-padded ``input_ids, attention_mask`` ``[P, Lp]`` of the prompts, as the tokenizer adds special tokens."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def completion_mask(ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor, Tensor]:
+    """``(mask [N, Lc], terminated [N])``: 1 up to and including each row's first EOS token."""
+    eos = torch.tensor(eos_token_id if isinstance(eos_token_id, list) else [eos_token_id], device=ids.device)
+    is_eos = torch.isin(ids, eos)
+    terminated = is_eos.any(1)
+    first = torch.where(terminated, is_eos.int().argmax(1), ids.shape[1])
+    mask = torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]
+    return mask.long(), terminated
+
+
+@torch.no_grad()
+def sample_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    group_size: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator_seed: int | None = None,
+) -> Completions:
+    """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``);
+    ``temperature = 0`` decodes greedily (then every row of a group is the same)."""
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
+    if temperature and top_p < 1:
+        options["top_p"] = top_p
+    if temperature and top_k:
+        options["top_k"] = top_k
+    out = model.generate(
+        input_ids=prompt_ids[index],
+        attention_mask=prompt_mask[index],
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **options,
+    )
+    ids = out[:, prompt_ids.shape[1] :]
+    mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
+    ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+
+
+def token_log_probs(
+    model,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    index: Tensor,
+    *,
+    temperature: float = 1.0,
+    shared_prefix: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Log-probabilities ``[N, Lc]`` of each completion token under ``softmax(logits / temperature)`` and the
+    distribution's entropy ``[N, Lc]`` (detached), for completions of prompts ``index`` ``[N]``.
+
+    ``shared_prefix``: run the distinct prompts once and their completions on index-selected copies of the
+    prompt's key/value cache; otherwise one forward over each row's prompt + completion."""
+    t = temperature or 1.0
+    if shared_prefix:
+        used, local = index.unique(return_inverse=True)
+        p_ids, p_mask = prompt_ids[used], prompt_mask[used]
+        first = model(input_ids=p_ids, attention_mask=p_mask, use_cache=True, logits_to_keep=1)
+        cache = first.past_key_values
+        cache.batch_select_indices(local)
+        mask = torch.cat([p_mask[local], completion_mask], dim=1)
+        positions = torch.arange(p_ids.shape[1], p_ids.shape[1] + completion_ids.shape[1], device=mask.device)
+        rest = model(
+            input_ids=completion_ids,
+            attention_mask=mask,
+            past_key_values=cache,
+            position_ids=positions.expand(completion_ids.shape[0], -1),
+            use_cache=True,
+        )
+        # token k of a completion is predicted at position k−1: the prompt's last logits, then the completion's
+        logits = torch.cat([first.logits[local, -1:], rest.logits[:, :-1]], dim=1)
+    else:
+        ids = torch.cat([prompt_ids[index], completion_ids], dim=1)
+        mask = torch.cat([prompt_mask[index], completion_mask], dim=1)
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
+    logits = logits.float() / t
+    log_norm = logits.logsumexp(-1)
+    log_prob = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    with torch.no_grad():
+        p = (logits - log_norm.unsqueeze(-1)).exp()
+        entropy = log_norm - (p * logits).sum(-1)
+    return log_prob, entropy
+
+
+__all__ = ["Completions", "completion_mask", "sample_completions", "token_log_probs", "tokenize_prompts"]

@@ -1,0 +1,128 @@
+"""The text GRPO trainer's configuration (a YAML preset with ``backend: text``).
+
+Same conventions as ``flowrl.config``: typed sections with help text, dotted overrides, every key,
+type, range and combination checked before a model loads. The advantage and loss sections are the
+flow trainer's (one registry each, shared by both backends); their defaults here follow TRL's GRPO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from flowrl.advantages import ADVANTAGES, AdvantageConfig
+from flowrl.config import WEIGHT_DTYPES, OutputConfig
+from flowrl.losses import LOSSES, LossConfig
+from flowrl.options import ConfigError, load, option
+
+TEXT_LOSSES = ("grpo", "bnpo", "dr-grpo", "dapo", "gspo")
+
+
+@dataclass
+class TextModelConfig:
+    path: str = option("assets/toy-lm", "transformers causal LM folder or hub id (AutoModelForCausalLM)")
+    finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
+    lora_rank: int = option(16, "LoRA rank", low=1)
+    lora_alpha: float = option(32.0, "LoRA alpha (scale = alpha / rank)", low=0.0)
+    lora_targets: list[str] = option(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "module name suffixes that get LoRA adapters",
+    )
+    weights_dtype: str = option(
+        "fp32", "dtype of the frozen weights (LoRA weights stay fp32; full fine-tuning needs fp32)",
+        choices=tuple(WEIGHT_DTYPES),
+    )  # fmt: skip
+    gradient_checkpointing: bool = option(False, "recompute activations in backward (turns the shared prefix off)")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = option(64, "completion length limit (TRL max_completion_length)", low=1)
+    temperature: float = option(1.0, "sampling temperature; log-probs use softmax(logits / temperature)", low=0.0)
+    top_p: float = option(1.0, "nucleus sampling (1 = off)", low=0.0, high=1.0)
+    top_k: int = option(0, "top-k sampling (0 = off)", low=0)
+    batch_size: int = option(0, "prompts per generate call (0 = all of the iteration's at once)", low=0)
+
+
+@dataclass
+class TextTrainConfig:
+    iterations: int = option(100, "training iterations (generate, score, update)", low=0)
+    max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
+    prompts_per_step: int = option(8, "prompts per iteration and process", low=1)
+    group_size: int = option(8, "completions per prompt (TRL num_generations)", low=2)
+    num_iterations: int = option(1, "passes over each batch, ratios against the old log-probs (TRL μ)", low=1)
+    minibatches: int = option(1, "optimizer steps per pass", low=1)
+    micro_batch: int = option(32, "completions per forward/backward (a group's rows in one share its prompt)", low=1)
+    shared_prefix: bool = option(True, "run each group's prompt once and reuse its key/value cache")
+    lr: float = option(1e-5, "AdamW learning rate", low=0.0)
+    weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)
+    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
+
+
+@dataclass
+class TextRewardSpec:
+    name: str = option("", "reward function: module:function (TRL signature) or a registered name (toy-text:...)")
+    weight: float = option(1.0, "weight in the total reward")
+
+
+@dataclass
+class TextDataConfig:
+    train: str = option("toy-text:train", "toy-text:train | toy-text:held-out | path of a .jsonl file with 'prompt'")
+    eval: str = option("toy-text:held-out", "evaluation rows (same forms)")
+
+
+@dataclass
+class TextEvalConfig:
+    enabled: bool = option(True, "evaluate the base before and the policy after training")
+    num_prompts: int = option(0, "evaluation prompts (0 = all)", low=0)
+    samples_per_prompt: int = option(1, "completions per evaluation prompt", low=1)
+    temperature: float = option(0.0, "evaluation sampling temperature (0 = greedy)", low=0.0)
+
+
+@dataclass
+class TextAdvantageSection(AdvantageConfig):
+    name: str = option("grpo", "advantage estimator (registry name)", choices=ADVANTAGES.names)
+
+
+@dataclass
+class TextLossSection(LossConfig):
+    name: str = option("grpo", "policy loss (registry name)", choices=TEXT_LOSSES)
+
+
+@dataclass
+class TextConfig:
+    backend: str = option("text", "which trainer reads this file", choices=("text",))
+    seed: int = option(0, "seed of prompts, sampling and initialisation", low=0)
+    model: TextModelConfig = dataclasses.field(default_factory=TextModelConfig)
+    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
+    train: TextTrainConfig = dataclasses.field(default_factory=TextTrainConfig)
+    advantage: TextAdvantageSection = dataclasses.field(default_factory=TextAdvantageSection)
+    loss: TextLossSection = dataclasses.field(default_factory=TextLossSection)
+    rewards: list[TextRewardSpec] = dataclasses.field(
+        default_factory=lambda: [TextRewardSpec(name="toy-text:correct")],
+        metadata={"help": "reward functions: a list of {name, weight}"},
+    )
+    data: TextDataConfig = dataclasses.field(default_factory=TextDataConfig)
+    eval: TextEvalConfig = dataclasses.field(default_factory=TextEvalConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+
+
+def load_text_config(data: dict[str, Any]) -> TextConfig:
+    """Build and check a ``TextConfig`` from a preset's mapping (overrides already applied)."""
+    cfg = load(TextConfig, data)
+    if cfg.model.finetune == "full" and cfg.model.weights_dtype != "fp32":
+        raise ConfigError("model.finetune=full trains the weights themselves: model.weights_dtype must be fp32")
+    if not cfg.rewards or any(not r.name for r in cfg.rewards):
+        raise ConfigError("rewards: list at least one reward function, each with a name")
+    for source in (cfg.data.train, cfg.data.eval):
+        if not source.startswith("toy-text:") and not os.path.isfile(source):
+            raise ConfigError(f"data file {source!r} does not exist")
+    if cfg.loss.name not in LOSSES.names():
+        raise ConfigError(f"loss.name {cfg.loss.name!r} is not registered")
+    return cfg
+
+
+__all__ = ["TEXT_LOSSES", "TextConfig", "load_text_config"]

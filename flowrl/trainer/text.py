@@ -1,0 +1,410 @@
+"""The text GRPO recipe: setup → generate → score → advantages → update → log / save.
+
+The same advantage and loss registries as the flow trainer; the sampler is ``generate`` and a transition
+is a token. Completions are ``[N, T]`` token rows (``N`` = prompts × ``group_size``), one reward row each.
+Reward functions have TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``; ``None``
+means "does not apply" and is left out of the weighted sum (TRL's nansum).
+
+Several processes (``accelerate launch``, DDP): each draws its own prompts, a group stays on one process,
+advantages are per process, gradients are averaged, metrics are averaged over processes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.advantages import AdvantageBatch, compute_advantages
+from flowrl.config import WEIGHT_DTYPES
+from flowrl.losses import LossInputs, compute_loss, normalizes_by
+from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
+from flowrl.text_config import TextConfig
+from flowrl.trainer.flow import draw_prompts, mean_over_processes
+
+RewardFunc = Callable[..., Sequence[float | None]]
+
+
+@dataclass
+class TextRun:
+    """Everything a text training run holds between iterations."""
+
+    cfg: TextConfig
+    accelerator: Any
+    model: Any  # the plain (peft) module: generation, adapters, saving
+    prepared: Any  # the same network as accelerate prepared it: passes with gradients
+    tokenizer: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    rewards: list[tuple[str, RewardFunc, float]]
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    rng: random.Random
+    reference: Any = None  # a frozen copy for KL when fine-tuning fully (LoRA disables its adapter instead)
+    adv_state: dict[str, Any] = field(default_factory=dict)
+    iteration: int = 0
+    num_tokens: int = 0
+
+
+@dataclass
+class TextBatch:
+    """One iteration's experience: completions, their rows and rewards ``[N, K]`` (NaN = not applicable)."""
+
+    completions: Completions
+    rows: list[dict[str, Any]]  # per completion
+    rewards: Tensor
+
+
+def resolve_reward(name: str) -> RewardFunc:
+    """``toy-text:<function>`` (``flowrl.text_world``) or ``package.module:function``."""
+    from flowrl.rewards.base import load_object
+
+    if name.startswith("toy-text:"):
+        from flowrl import text_world
+
+        fn = getattr(text_world, name.split(":", 1)[1].replace("-", "_"), None)
+        if not callable(fn):
+            raise ValueError(f"reward {name!r}: flowrl.text_world has no such reward function")
+        return fn
+    fn = load_object(name)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r} is not callable")
+    return fn
+
+
+def _reward_names(funcs: Sequence[RewardFunc]) -> list[str]:
+    """Metric names, as TRL names them: each function's ``__name__`` (numbered when two share one)."""
+    names = [getattr(f, "__name__", f"reward{i}") for i, f in enumerate(funcs)]
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
+def setup(
+    cfg: TextConfig,
+    dataset: list[dict[str, Any]] | None = None,
+    reward_funcs: Sequence[RewardFunc] | None = None,
+) -> TextRun:
+    """Load the model and tokenizer, add LoRA or unfreeze, build the optimizer, rewards and data. ``dataset``
+    (rows with a "prompt") and ``reward_funcs`` (weights from ``cfg.rewards`` if as many, else 1) replace the
+    configured ones when given."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flowrl.text_world import load_rows
+
+    torch.manual_seed(cfg.seed)
+    accelerator = Accelerator()
+    m = cfg.model
+    dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
+    tokenizer = AutoTokenizer.from_pretrained(m.path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(m.path, dtype=dtype).to(accelerator.device)
+    model.requires_grad_(False)
+    reference = None
+    if m.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = [t for t in m.lora_targets if any(n.endswith(t) for n, _ in model.named_modules())]
+        if not targets:
+            raise ValueError(f"model.lora_targets {m.lora_targets} match no module of {type(model).__name__}")
+        model = get_peft_model(model, LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, target_modules=targets))
+    else:
+        if cfg.loss.kl_coef > 0:
+            reference = AutoModelForCausalLM.from_pretrained(m.path, dtype=dtype).to(accelerator.device).eval()
+            reference.requires_grad_(False)
+        model.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.data = p.data.float()
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train(m.gradient_checkpointing)  # no dropout in the passes that must reproduce the sampled log-probs
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
+    same = len(cfg.rewards) == len(funcs)
+    weights = [r.weight for r in cfg.rewards] if same else [1.0] * len(funcs)
+    rewards = list(zip(_reward_names(funcs), funcs, weights, strict=True))
+    return TextRun(
+        cfg=cfg,
+        accelerator=accelerator,
+        model=model,
+        prepared=prepared,
+        tokenizer=tokenizer,
+        params=params,
+        optimizer=optimizer,
+        rewards=rewards,
+        train_rows=dataset if dataset is not None else load_rows(cfg.data.train),
+        eval_rows=load_rows(cfg.data.eval),
+        rng=random.Random(cfg.seed),
+        reference=reference,
+    )
+
+
+def score(run: TextRun, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> Tensor:
+    """Rewards ``[N, K]`` (one column per reward function, NaN where a function returned None); the
+    functions get every dataset column but the prompt as a keyword list aligned with ``prompts``."""
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    out = torch.empty(len(prompts), len(run.rewards))
+    for k, (name, fn, _) in enumerate(run.rewards):
+        try:
+            values = list(fn(prompts=prompts, completions=completions, **columns))
+        except Exception as e:
+            raise RuntimeError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+        if len(values) != len(prompts):
+            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(prompts)} completions")
+        bad = [v for v in values if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool))]
+        if bad:
+            raise TypeError(f"reward {name!r} must return floats or None, got {bad[0]!r}")
+        out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
+    return out
+
+
+def weighted_total(run: TextRun, rewards: Tensor) -> Tensor:
+    """``[N]``: Σ_k w_k r_k over the rewards that apply (NaN ones are skipped, TRL's nansum)."""
+    weights = torch.tensor([w for _, _, w in run.rewards])
+    return (rewards * weights).nansum(1)
+
+
+@torch.no_grad()
+def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
+    """``group_size`` completions of each row's prompt from the current policy, scored."""
+    cfg, g = run.cfg, run.cfg.generation
+    prompts = [r["prompt"] for r in rows]
+    chunk = g.batch_size or len(prompts)
+    parts = [
+        sample_completions(
+            run.model,
+            run.tokenizer,
+            prompts[i : i + chunk],
+            cfg.train.group_size,
+            max_new_tokens=g.max_new_tokens,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            top_k=g.top_k,
+        )
+        for i in range(0, len(prompts), chunk)
+    ]
+    completions = _concat(parts, run.tokenizer.pad_token_id)
+    rows_n = [rows[int(i)] for i in completions.index]
+    rewards = score(run, [r["prompt"] for r in rows_n], completions.texts, rows_n)
+    return TextBatch(completions, rows_n, rewards)
+
+
+def _concat(parts: list[Completions], pad: int) -> Completions:
+    """One ``Completions`` from several generate calls (prompts left-padded, completions right-padded)."""
+    if len(parts) == 1:
+        return parts[0]
+    lp = max(p.prompt_ids.shape[1] for p in parts)
+    lc = max(p.completion_ids.shape[1] for p in parts)
+
+    def left(t: Tensor, value: int) -> Tensor:
+        return torch.nn.functional.pad(t, (lp - t.shape[1], 0), value=value)
+
+    def right(t: Tensor, value: int) -> Tensor:
+        return torch.nn.functional.pad(t, (0, lc - t.shape[1]), value=value)
+
+    offsets = torch.tensor([0] + [p.prompt_ids.shape[0] for p in parts]).cumsum(0)
+    return Completions(
+        prompt_ids=torch.cat([left(p.prompt_ids, pad) for p in parts]),
+        prompt_mask=torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        completion_ids=torch.cat([right(p.completion_ids, pad) for p in parts]),
+        completion_mask=torch.cat([right(p.completion_mask, 0) for p in parts]),
+        index=torch.cat([p.index + offsets[k] for k, p in enumerate(parts)]),
+        terminated=torch.cat([p.terminated for p in parts]),
+        texts=[t for p in parts for t in p.texts],
+    )
+
+
+def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]]:
+    """Advantages ``[N]`` from the configured estimator (reward columns with weights, or their nansum when
+    a function returned None) and TRL-named reward metrics."""
+    g = run.cfg.train.group_size
+    group_id = batch.completions.index.cpu()
+    rewards, weights = batch.rewards, torch.tensor([w for _, _, w in run.rewards])
+    if torch.isnan(rewards).any():
+        rewards, weights = weighted_total(run, rewards).unsqueeze(1), None
+    adv_batch = AdvantageBatch(
+        rewards=rewards, group_id=group_id, weights=weights, prompt_keys=[r["prompt"] for r in batch.rows]
+    )
+    result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
+    total = weighted_total(run, batch.rewards).view(-1, g)
+    group_std = total.std(1) if g > 1 else torch.zeros(total.shape[0])
+    metrics = {
+        "reward": total.mean().item(),
+        "reward_std": group_std.mean().item(),
+        "frac_reward_zero_std": (group_std.abs() < 1e-6).float().mean().item(),
+    }
+    for k, (name, _, _) in enumerate(run.rewards):
+        col = batch.rewards[:, k]
+        ok = col[~torch.isnan(col)]
+        metrics[f"rewards/{name}/mean"] = ok.mean().item() if ok.numel() else math.nan
+        metrics[f"rewards/{name}/std"] = ok.std().item() if ok.numel() > 1 else 0.0
+    return result.advantages * result.mask, {**metrics, **result.metrics}
+
+
+def completion_metrics(c: Completions) -> dict[str, float]:
+    """TRL's completion-length metrics: lengths in tokens (EOS included), the share not terminated by EOS."""
+    lengths = c.completion_mask.sum(1).float()
+    done = lengths[c.terminated]
+    return {
+        "completions/mean_length": lengths.mean().item(),
+        "completions/min_length": lengths.min().item(),
+        "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": (~c.terminated).float().mean().item(),
+        "completions/mean_terminated_length": done.mean().item() if done.numel() else 0.0,
+    }
+
+
+def _log_probs(run: TextRun, model, c: Completions, rows: Tensor) -> tuple[Tensor, Tensor]:
+    return token_log_probs(
+        model,
+        c.prompt_ids,
+        c.prompt_mask,
+        c.completion_ids[rows],
+        c.completion_mask[rows],
+        c.index[rows],
+        temperature=run.cfg.generation.temperature,
+        shared_prefix=run.cfg.train.shared_prefix and not run.cfg.model.gradient_checkpointing,
+    )
+
+
+@torch.no_grad()
+def reference_log_probs(run: TextRun, c: Completions, rows: Tensor) -> Tensor:
+    """Log-probs ``[n, T]`` of completions ``rows`` under the reference policy: the LoRA adapter disabled (one
+    network) or the frozen copy (full fine-tuning)."""
+    if run.reference is not None:
+        return _log_probs(run, run.reference, c, rows)[0]
+    with run.model.disable_adapter():
+        return _log_probs(run, run.model, c, rows)[0]
+
+
+def _micro_batches(rows: Tensor, size: int) -> list[Tensor]:
+    return list(rows.split(size))
+
+
+def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
+    """``num_iterations`` passes over the batch, ``minibatches`` optimizer steps each, gradients accumulated
+    over micro-batches weighted so that every step's loss is the loss's own aggregate over the step's rows.
+
+    Old log-probs are computed once (no gradients) only when a step can be off-policy (several passes or
+    minibatches); otherwise the ratio is exp(logp − logp.detach()) = 1, as TRL does. The reference's
+    log-probs (KL) are computed once per batch. Rows stay ordered by group within a step, so a micro-batch
+    runs each prompt once (shared prefix)."""
+    cfg, acc, c = run.cfg, run.accelerator, batch.completions
+    t = cfg.train
+    n = c.completion_ids.shape[0]
+    device = c.completion_ids.device
+    all_rows = torch.arange(n, device=device)
+    off_policy = t.num_iterations > 1 or t.minibatches > 1
+    old = ref = None
+    if off_policy:
+        with torch.no_grad():
+            old = torch.cat([_log_probs(run, run.model, c, r)[0] for r in _micro_batches(all_rows, t.micro_batch)])
+    if cfg.loss.kl_coef > 0:
+        ref = torch.cat([reference_log_probs(run, c, r) for r in _micro_batches(all_rows, t.micro_batch)])
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration + acc.process_index * 2**40)
+    groups = c.index.unique()
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(t.num_iterations):
+        order = groups[torch.randperm(len(groups), generator=gen).to(device)]
+        rows = torch.cat([all_rows[c.index == gid] for gid in order])
+        for step_rows in rows.chunk(t.minibatches):
+            _step(run, batch, adv, step_rows, old, ref, sums)
+            steps += 1
+    metrics = {k: v / steps for k, v in sums.items()}
+    for name in ("clip_frac_low", "clip_frac_high"):  # TRL's names for the same quantities
+        if name in metrics:
+            metrics[f"clip_ratio/{name.split('_')[-1]}_mean"] = metrics.pop(name)
+    if "clip_ratio/low_mean" in metrics:
+        metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
+    return metrics
+
+
+def _step(
+    run: TextRun,
+    batch: TextBatch,
+    adv: Tensor,
+    rows: Tensor,
+    old: Tensor | None,
+    ref: Tensor | None,
+    sums: dict[str, float],
+) -> None:
+    """One optimizer step on ``rows``: micro-batch losses weighted by ``normalizes_by`` of the loss."""
+    cfg, acc, c = run.cfg, run.accelerator, batch.completions
+    mask = c.completion_mask
+    kind = normalizes_by(cfg.loss.name)
+    step_tokens = float(mask[rows].sum())
+    global_tokens = float(acc.gather(torch.tensor([step_tokens], device=mask.device)).sum())
+    for mb in _micro_batches(rows, cfg.train.micro_batch):
+        log_prob, entropy = _log_probs(run, run.prepared, c, mb)
+        m = mask[mb]
+        inputs = LossInputs(
+            log_prob=log_prob,
+            old_log_prob=log_prob.detach() if old is None else old[mb],
+            advantages=adv[mb].to(log_prob),
+            mask=m.bool(),
+            ref_log_prob=None if ref is None else ref[mb],
+            token_count=global_tokens / acc.num_processes,
+        )
+        out = compute_loss(cfg.loss.name, inputs, cfg.loss)
+        share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
+        weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
+        acc.backward(out.loss * weight)
+        metrics = {
+            **out.metrics,
+            "loss": out.loss.item(),
+            "entropy": float((entropy * m).sum() / m.sum().clamp(min=1)),
+        }
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * len(mb) / len(rows)
+    if cfg.train.max_grad_norm > 0:
+        norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(run: TextRun) -> dict[str, float]:
+    """One iteration: draw prompts, generate, score, advantages, update. Metrics averaged over processes."""
+    cfg, acc = run.cfg, run.accelerator
+    t0 = time.perf_counter()
+    rows = draw_prompts(run.rng, run.train_rows, cfg.train.prompts_per_step, acc.num_processes, acc.process_index)
+    batch = generate(run, rows)
+    t1 = time.perf_counter()
+    adv, metrics = advantages(run, batch)
+    metrics.update(completion_metrics(batch.completions))
+    metrics.update(update(run, batch, adv.to(batch.completions.completion_ids.device)))
+    t2 = time.perf_counter()
+    run.num_tokens += int(batch.completions.completion_mask.sum() + batch.completions.prompt_mask.sum())
+    metrics.update({"num_tokens": float(run.num_tokens), "time/generate_s": t1 - t0, "time/update_s": t2 - t1})
+    metrics["time/step_s"] = t2 - t0
+    metrics = mean_over_processes(acc, metrics)
+    bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.startswith("rewards/")]
+    if bad:
+        raise FloatingPointError(f"non-finite training metrics at iteration {run.iteration}: {', '.join(bad)}")
+    run.iteration += 1
+    return metrics
+
+
+__all__ = [
+    "TextBatch",
+    "TextRun",
+    "advantages",
+    "completion_metrics",
+    "generate",
+    "reference_log_probs",
+    "resolve_reward",
+    "score",
+    "setup",
+    "train_step",
+    "update",
+    "weighted_total",
+]

@@ -1,0 +1,172 @@
+"""A whole text GRPO run: evaluate the base, train, evaluate the result, and write the run folder.
+
+Run folder (as the flow trainer's): ``config.yaml``, ``tb/``, ``checkpoints/<name>/`` (the LoRA adapter in
+peft's format, or the full model and tokenizer, plus ``trainer_state.pt``), ``samples.md`` (evaluation
+prompts with the base's and the trained policy's completions) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+import yaml
+
+from flowrl.atomic import atomic_dir, write_json
+from flowrl.config import to_dict
+from flowrl.models.causal_lm import sample_completions
+from flowrl.text_config import TextConfig
+from flowrl.trainer.checkpoint import save_state
+from flowrl.trainer.run import mean_se, shared_run_dir, tb_writer, time_is_up
+from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
+
+EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
+
+
+@torch.no_grad()
+def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
+    """``eval.samples_per_prompt`` completions per row (greedy at ``eval.temperature = 0``) and their rewards.
+    With several processes each scores its share (rows dealt out in turn) and all receive everything."""
+    cfg, acc = run.cfg, run.accelerator
+    mine = list(range(acc.process_index, len(rows), acc.num_processes))
+    n = cfg.eval.samples_per_prompt
+    texts: list[str] = []
+    rewards = torch.empty(0, len(run.rewards))
+    if mine:
+        chunk = cfg.generation.batch_size or len(mine)
+        for i in range(0, len(mine), chunk):
+            part = [rows[j] for j in mine[i : i + chunk]]
+            c = sample_completions(
+                run.model,
+                run.tokenizer,
+                [r["prompt"] for r in part],
+                n,
+                max_new_tokens=cfg.generation.max_new_tokens,
+                temperature=cfg.eval.temperature,
+                top_p=cfg.generation.top_p,
+                top_k=cfg.generation.top_k,
+            )
+            rows_n = [part[int(k)] for k in c.index]
+            texts += c.texts
+            rewards = torch.cat([rewards, score(run, [r["prompt"] for r in rows_n], c.texts, rows_n)])
+    if acc.num_processes == 1:
+        return texts, rewards
+    from accelerate.utils import gather_object
+
+    shares = gather_object([(mine, texts, rewards)])
+    order = sorted((j, s, k) for s, (idx, _, _) in enumerate(shares) for k, j in enumerate(idx))
+    out_texts = [shares[s][1][k * n + i] for j, s, k in order for i in range(n)]
+    out_rewards = torch.cat([shares[s][2][k * n : (k + 1) * n] for j, s, k in order])
+    return out_texts, out_rewards
+
+
+def save_checkpoint(run: TextRun, path: str) -> None:
+    """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state,
+    written atomically by the main process; non-finite weights are never saved."""
+    if not all(bool(torch.isfinite(p).all()) for p in run.params):
+        raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
+    acc = run.accelerator
+    if acc.is_main_process:
+        with atomic_dir(path) as tmp:
+            folder = os.path.join(tmp, run.cfg.model.finetune)
+            acc.unwrap_model(run.prepared).save_pretrained(folder, safe_serialization=True)
+            if run.cfg.model.finetune == "full":
+                run.tokenizer.save_pretrained(folder)
+            state = {
+                "iteration": run.iteration,
+                "params": [p.detach().to("cpu", copy=True) for p in run.params],
+                "optimizer": run.optimizer.state_dict(),
+                "advantage_state": run.adv_state,
+                "prompt_rng": [list(x) if isinstance(x, tuple) else x for x in run.rng.getstate()],
+                "torch_rng": torch.get_rng_state(),
+            }
+            save_state(os.path.join(tmp, "trainer_state.pt"), state)
+    acc.wait_for_everyone()
+
+
+def train_and_report(cfg: TextConfig, name: str = "run") -> str:
+    """Run text training end to end; returns the run folder. See the module docstring for its contents."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+    from tqdm.auto import tqdm
+
+    start = time.time()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    run_dir = shared_run_dir(cfg, name, state)
+    if state.is_main_process:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    run = setup(cfg)
+    main = run.accelerator.is_main_process
+    writer = tb_writer(cfg, run_dir) if main else None
+    rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
+    before = evaluate(run, rows) if cfg.eval.enabled else None
+    bar = tqdm(range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main))
+    train_start = time.time()
+    for _ in bar:
+        metrics = train_step(run)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, run.iteration)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
+        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
+            save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+        if cfg.train.max_minutes and time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
+            break
+    bar.close()
+    train_seconds = time.time() - train_start
+    save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+    after = evaluate(run, rows) if cfg.eval.enabled else None
+    if main:
+        summary: dict[str, Any] = {
+            "backend": "text",
+            "train_steps": run.iteration,
+            "train_seconds": round(train_seconds, 1),
+            "seed": cfg.seed,
+            "num_eval_samples": len(rows) * cfg.eval.samples_per_prompt if cfg.eval.enabled else 0,
+            "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
+        }
+        if before is not None and after is not None:
+            summary.update(_eval_summary(run, before[1], after[1]))
+            summary["samples"] = _write_samples(run_dir, rows, cfg.eval.samples_per_prompt, before, after)
+            if writer is not None:
+                writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+        summary["wall_time_s"] = round(time.time() - start, 1)
+        summary["config"] = to_dict(cfg)
+        write_json(os.path.join(run_dir, "summary.json"), summary)
+        if writer is not None:
+            writer.close()
+    run.accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _eval_summary(run: TextRun, before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
+    """Total reward before/after with standard errors and the paired gain; each reward function's means."""
+    out: dict[str, Any] = {}
+    b, a = weighted_total(run, before), weighted_total(run, after)
+    out["eval_reward_before"], out["eval_reward_before_se"] = mean_se(b)
+    out["eval_reward_after"], out["eval_reward_after_se"] = mean_se(a)
+    out["eval_reward_gain"], out["eval_reward_gain_se"] = mean_se(a - b)
+    for k, (name, _, _) in enumerate(run.rewards):
+        cb, ca = before[:, k], after[:, k]
+        out[f"eval/{name}"] = {"before": cb.nanmean().item(), "after": ca.nanmean().item()}
+    return out
+
+
+def _write_samples(run_dir: str, rows, n: int, before: EvalResult, after: EvalResult, limit: int = 24) -> str:
+    """``samples.md``: the first evaluation prompts with the base's and the trained policy's completions."""
+    path = os.path.join(run_dir, "samples.md")
+    lines = ["| prompt | base | trained |", "|---|---|---|"]
+    for i, row in enumerate(rows[:limit]):
+        cells = [" / ".join(repr(t) for t in texts[i * n : (i + 1) * n]) for texts in (before[0], after[0])]
+        lines.append(f"| {row['prompt']!r} | {cells[0]} | {cells[1]} |")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+__all__ = ["evaluate", "save_checkpoint", "train_and_report"]

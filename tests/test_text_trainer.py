@@ -1,0 +1,194 @@
+"""The text GRPO backend on tiny random causal LMs saved to disk and loaded back with ``from_pretrained``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from flowrl.config import load_config
+from flowrl.models.causal_lm import completion_mask, token_log_probs
+from flowrl.trainer.text import score, setup, train_step
+
+LOSSES = ["grpo", "bnpo", "dr-grpo", "dapo", "gspo"]
+TRL_METRICS = (
+    "reward", "reward_std", "frac_reward_zero_std", "rewards/correct/mean", "rewards/well_formed/std", "kl",
+    "entropy", "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean", "num_tokens",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory) -> str:
+    from flowrl.text_world import build_model, build_tokenizer
+
+    path = str(tmp_path_factory.mktemp("lm"))
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def text_config(path: str, *overrides: str):
+    return load_config(
+        None,
+        [
+            "backend=text", f"model.path={path}", "model.lora_rank=4", "generation.max_new_tokens=4",
+            "train.prompts_per_step=3", "train.group_size=4", "train.micro_batch=5", "train.lr=1e-2",
+            "eval.num_prompts=4", "output.progress=false",
+            "rewards=[{name: 'toy-text:correct'}, {name: 'toy-text:well_formed', weight: 0.5}]", *overrides,
+        ],
+    )  # fmt: skip
+
+
+def _tiny(kind: str):
+    """A tiny random causal LM of a real architecture: Llama (rotary positions) or GPT-2 (learned positions)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = LlamaConfig(
+            vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+        )  # fmt: skip
+        return LlamaForCausalLM(cfg)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=32, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_shared_prefix_forward_has_the_plain_forwards_log_probs_and_gradients(kind):
+    model = _tiny(kind).eval()
+    g = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(3, 32, (3, 6), generator=g)
+    prompt_mask = torch.ones(3, 6, dtype=torch.long)
+    prompt_mask[1, :2] = prompt_mask[2, :1] = 0  # left padding
+    prompt_ids[prompt_mask == 0] = 0
+    ids = torch.randint(3, 32, (12, 5), generator=g)
+    ids[0, 2] = ids[5, 0] = 1  # early EOS: masked tails
+    mask, _ = completion_mask(ids, 1)
+    index = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2, 2, 0, 1])  # groups interleaved, as in a shuffled micro-batch
+    weights = torch.randn(12, 5, generator=g)
+    results = {}
+    for shared in (False, True):
+        model.zero_grad()
+        log_prob, entropy = token_log_probs(
+            model, prompt_ids, prompt_mask, ids, mask, index, temperature=0.7, shared_prefix=shared
+        )
+        (log_prob * weights * mask).sum().backward()
+        results[shared] = (log_prob.detach() * mask, entropy * mask, [p.grad.clone() for p in model.parameters()])
+    plain, shared = results[False], results[True]
+    torch.testing.assert_close(shared[0], plain[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[1], plain[1], atol=1e-5, rtol=0)
+    for a, b in zip(shared[2], plain[2], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    # a log-prob is a log-probability: the completion tokens' probabilities are in (0, 1]
+    assert (plain[0] <= 0).all() and (plain[0][mask.bool()] < 0).any()
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_micro_batches_give_the_gradient_of_the_whole_step(lm_dir, loss):
+    """One optimizer step over 12 rows in micro-batches of 5 (5 + 5 + 2) has the gradient of the loss
+    computed on all 12 rows at once, whatever the loss divides by (rows, tokens, global tokens)."""
+    from flowrl.losses import LossInputs, compute_loss
+    from flowrl.trainer.text import _log_probs, generate, update
+
+    run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.1", "train.max_grad_norm=0"))
+    with torch.no_grad():
+        for p in run.params:
+            p.normal_(0, 0.1)
+    batch = generate(run, run.train_rows[:3])
+    adv = torch.linspace(-1, 1, 12)
+    captured = []
+    run.optimizer.step = lambda *a, **k: captured.append([p.grad.clone() for p in run.params])
+    update(run, batch, adv)
+    del run.optimizer.step
+    rows = torch.cat([torch.arange(12)[batch.completions.index == g] for g in batch.completions.index.unique()])
+    run.optimizer.zero_grad()
+    log_prob, _ = _log_probs(run, run.model, batch.completions, torch.arange(12))
+    with torch.no_grad(), run.model.disable_adapter():
+        ref, _ = _log_probs(run, run.model, batch.completions, torch.arange(12))
+    mask = batch.completions.completion_mask.bool()
+    inputs = LossInputs(
+        log_prob=log_prob, old_log_prob=log_prob.detach(), advantages=adv, mask=mask, ref_log_prob=ref,
+        token_count=float(mask.sum()),
+    )  # fmt: skip
+    compute_loss(loss, inputs, run.cfg.loss).loss.backward()
+    assert len(captured) == 1 and len(rows) == 12
+    for got, p in zip(captured[0], run.params, strict=True):
+        torch.testing.assert_close(got, p.grad, atol=1e-7, rtol=1e-4)
+    assert max(p.grad.abs().max().item() for p in run.params) > 1e-5
+
+
+def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
+    run = setup(text_config(lm_dir))
+
+    def sometimes(prompts, completions, **_):
+        return [None if i % 2 else 1.0 for i in range(len(prompts))]
+
+    run.rewards = [("sometimes", sometimes, 2.0), ("correct", run.rewards[0][1], 1.0)]
+    rows = [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}]
+    r = score(run, [x["prompt"] for x in rows], ["3", "5"], rows)
+    assert math.isnan(r[1, 0]) and r[0].tolist() == [1.0, 1.0]
+    from flowrl.trainer.text import weighted_total
+
+    assert weighted_total(run, r).tolist() == [3.0, 0.0]  # 2·1 + 1·1; the None is skipped: 1·0
+    for fn, message in (
+        (lambda prompts, completions, **_: [1.0], r"reward 'bad' returned 1 values for 2 completions"),
+        (lambda prompts, completions, **_: ["1", "2"], r"reward 'bad' must return floats or None, got '1'"),
+        (lambda prompts, completions, **_: 1 / 0, r"reward 'bad' raised ZeroDivisionError"),
+    ):
+        run.rewards = [("bad", fn, 1.0)]
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
+            score(run, ["1+2=", "2+2="], ["3", "5"], rows)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_two_iterations_move_the_lora_with_trl_named_metrics(lm_dir, loss):
+    run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.05", "train.num_iterations=2"))
+    before = [p.detach().clone() for p in run.params]
+    metrics = [train_step(run), train_step(run)]
+    moved = sum(not torch.equal(a, p) for a, p in zip(before, run.params, strict=True))
+    assert moved == len(run.params), (moved, len(run.params))
+    for m in metrics:
+        for key in TRL_METRICS:
+            assert key in m and math.isfinite(m[key]), (key, m)
+    assert metrics[1]["num_tokens"] > metrics[0]["num_tokens"] > 0
+    # the first pass of an iteration is on-policy; the second pass sees ratios away from 1
+    assert metrics[0]["kl"] >= 0 and metrics[1]["kl"] > 0
+
+
+def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_dir, tmp_path):
+    import yaml
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from flowrl.cli import main
+    from flowrl.trainer.text import _log_probs, generate
+
+    preset = tmp_path / "text.yaml"
+    preset.write_text(yaml.safe_dump({"backend": "text", "model": {"path": lm_dir, "lora_rank": 4}}))
+    run_dir = tmp_path / "run"
+    args = ["generation.max_new_tokens=4", "train.iterations=2", "train.prompts_per_step=2", "train.group_size=4"]
+    args += ["train.lr=1e-2", "eval.num_prompts=3", "output.progress=false", f"output.run_dir={run_dir}"]
+    assert main(["train", "--config", str(preset), *args]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["backend"] == "text" and summary["train_steps"] == 2 and summary["num_eval_samples"] == 3
+    for key in ("eval_reward_before", "eval_reward_after", "eval_reward_gain", "eval/correct"):
+        assert key in summary
+    assert (run_dir / "samples.md").read_text().count("\n") == 2 + 3
+    trained = setup(text_config(lm_dir))
+    state = torch.load(run_dir / "checkpoints" / "final" / "trainer_state.pt", weights_only=True)
+    with torch.no_grad():
+        for p, saved in zip(trained.params, state["params"], strict=True):
+            p.copy_(saved)
+    loaded = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(lm_dir), run_dir / "checkpoints/final/lora"
+    )
+    batch = generate(trained, trained.train_rows[:2])
+    rows = torch.arange(8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _log_probs(trained, loaded, batch.completions, rows)[0],
+            _log_probs(trained, trained.model, batch.completions, rows)[0],
+        )

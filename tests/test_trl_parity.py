@@ -1,0 +1,116 @@
+"""Parity with TRL's GRPOTrainer: for the same tiny model, prompts, completions, old and reference log-probs and
+advantages, flowrl's loss (shared registry + shared-prefix log-probs) and its gradients equal TRL's.
+
+TRL is a dev dependency (``trl`` in the ``dev`` extra). Its trainer is built offline on a model folder saved
+here; its ``_compute_loss`` is called directly with one batch (no gradient accumulation), in float32 (TRL's
+GRPOConfig defaults to bf16 autocast, which would round the log-probs by ~1e-3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowrl.losses import LossConfig, LossInputs, compute_loss
+from flowrl.models.causal_lm import completion_mask, token_log_probs
+
+trl = pytest.importorskip("trl")
+
+LOSS_TYPES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr-grpo", "dapo": "dapo"}
+P, G, LP, LC, TEMPERATURE = 2, 3, 5, 4, 0.9
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    from flowrl.text_world import build_model, build_tokenizer
+
+    path = str(tmp_path_factory.mktemp("lm"))
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64, seed=3).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    """Left-padded prompts, completions with early EOS (id 2) and padding, off-policy old and reference log-probs."""
+    g = torch.Generator().manual_seed(1)
+    prompt_ids = torch.randint(4, 16, (P, LP), generator=g)
+    prompt_mask = torch.ones(P, LP, dtype=torch.long)
+    prompt_mask[1, :2] = 0
+    prompt_ids[prompt_mask == 0] = 0
+    ids = torch.randint(4, 16, (P * G, LC), generator=g)
+    ids[1, 1] = ids[4, 2] = 2
+    mask, _ = completion_mask(ids, 2)
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": ids.masked_fill(mask == 0, 0),
+        "completion_mask": mask,
+        "index": torch.arange(P).repeat_interleave(G),
+        "advantages": torch.randn(P * G, generator=g),
+        "noise_old": 0.3 * torch.randn(P * G, LC, generator=g),
+        "noise_ref": 0.2 * torch.randn(P * G, LC, generator=g),
+    }
+
+
+@pytest.mark.parametrize("kl_importance", [True, False])
+@pytest.mark.parametrize("loss_type", list(LOSS_TYPES))
+def test_loss_and_gradients_equal_trl(model_dir, tmp_path, loss_type, kl_importance):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    b = _batch()
+    ours = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        base, _ = token_log_probs(
+            ours, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], b["index"],
+            temperature=TEMPERATURE, shared_prefix=False,
+        )  # fmt: skip
+    old, ref = base + b["noise_old"], base + b["noise_ref"]  # ratios away from 1: the clip matters
+
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=P * G, num_generations=G, max_completion_length=LC,
+        loss_type=loss_type, beta=0.04, epsilon=0.2, epsilon_high=0.28, temperature=TEMPERATURE, bf16=False,
+        use_bias_correction_kl=kl_importance, use_cpu=True, report_to=[],
+    )  # fmt: skip
+    trainer = trl.GRPOTrainer(
+        model=model_dir,
+        reward_funcs=[lambda prompts, completions, **_: [0.0] * len(prompts)],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": "1+2="}] * 8),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    theirs = trainer.model.train()
+    inputs = {
+        "prompt_ids": b["prompt_ids"][b["index"]],
+        "prompt_mask": b["prompt_mask"][b["index"]],
+        "completion_ids": b["completion_ids"],
+        "completion_mask": b["completion_mask"],
+        "advantages": b["advantages"],
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": b["completion_mask"].sum().float(),
+    }
+    trl_loss = trainer._compute_loss(theirs, inputs)
+    trl_loss.backward()
+
+    log_prob, _ = token_log_probs(
+        ours, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], b["index"],
+        temperature=TEMPERATURE, shared_prefix=True,
+    )  # fmt: skip
+    cfg = LossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.04, max_length=LC, kl_importance=kl_importance)
+    inputs = LossInputs(
+        log_prob=log_prob, old_log_prob=old, advantages=b["advantages"], mask=b["completion_mask"].bool(),
+        ref_log_prob=ref, token_count=float(b["completion_mask"].sum()),
+    )  # fmt: skip
+    loss = compute_loss(LOSS_TYPES[loss_type], inputs, cfg).loss
+    loss.backward()
+
+    assert abs(loss.item() - trl_loss.item()) <= 1e-5, (loss.item(), trl_loss.item())
+    theirs_grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        q = theirs_grads[name].grad
+        assert p.grad is not None and q is not None, name
+        rel = ((p.grad - q).norm() / q.norm()).item()
+        assert rel <= 1e-4, (name, rel)
+    assert max(p.grad.abs().max().item() for p in ours.parameters()) > 1e-4  # gradients that mean something
