@@ -192,3 +192,57 @@ def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_d
             _log_probs(trained, loaded, batch.completions, rows)[0],
             _log_probs(trained, trained.model, batch.completions, rows)[0],
         )
+
+
+def test_advantages_and_reward_metrics_by_hand(lm_dir):
+    from flowrl.models.causal_lm import Completions
+    from flowrl.trainer.text import TextBatch, advantages
+
+    run = setup(text_config(lm_dir, "train.group_size=4", "advantage.std_unbiased=true", "advantage.eps=1e-4"))
+    run.rewards = [("a", None, 1.0), ("b", None, 2.0)]
+    nan = math.nan
+    rewards = torch.tensor(
+        [[1, nan], [0, nan], [1, nan], [1, nan], [0, 0], [0, 0], [0, 0], [nan, nan]], dtype=torch.float32
+    )
+    index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    c = Completions(
+        torch.zeros(2, 1), torch.ones(2, 1), torch.zeros(8, 1), torch.ones(8, 1), index, index > 9, [""] * 8
+    )
+    adv, m = advantages(run, TextBatch(c, [{"prompt": str(int(i))} for i in index], rewards))
+    # group 0: r = 1, 0, 1, 1 (the NaN column skipped), mean 0.75, std (Bessel) 0.5; group 1: all 0 (row 7 unscored)
+    torch.testing.assert_close(adv[:4], torch.tensor([0.25, -0.75, 0.25, 0.25]) / (0.5 + 1e-4))
+    assert adv[4:].tolist() == [0.0] * 4
+    totals = torch.tensor([1.0, 0, 1, 1, 0, 0, 0])  # row 7 is left out of the statistics
+    assert m["reward"] == pytest.approx(totals.mean().item())
+    assert m["reward_std"] == pytest.approx(totals.std().item())
+    assert m["frac_reward_zero_std"] == 0.5
+    assert m["rewards/a/mean"] == pytest.approx(3 / 7) and m["rewards/b/mean"] == 0.0
+
+
+def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_reference(lm_dir, tmp_path):
+    from flowrl.trainer.text_run import train_and_report
+
+    rows = [{"prompt": f"{a}+1=", "target": str(a + 1)} for a in range(10)]
+    seen: list[list[str]] = []
+
+    def exact(prompts, completions, target, **_):
+        seen.append(list(target))
+        return [float(c == t) for c, t in zip(completions, target, strict=True)]
+
+    def short(prompts, completions, **_):
+        return [1.0 if len(c) <= 2 else None for c in completions]
+
+    cfg = text_config(
+        lm_dir, "model.finetune=full", "loss.kl_coef=0.1", "train.iterations=2", "train.lr=1e-3",
+        "eval.enabled=false", f"output.run_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    run_dir = train_and_report(cfg, dataset=rows, reward_funcs=[exact, short])
+    assert seen and all(t in {r["target"] for r in rows} for batch in seen for t in batch)
+    state = torch.load(f"{run_dir}/checkpoints/final/trainer_state.pt", weights_only=True)
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(f"{run_dir}/checkpoints/final/full")
+    base = AutoModelForCausalLM.from_pretrained(lm_dir)
+    for p, q in zip(saved.parameters(), state["params"], strict=True):
+        torch.testing.assert_close(p, q)
+    assert any(not torch.equal(p, b) for p, b in zip(saved.parameters(), base.parameters(), strict=True))

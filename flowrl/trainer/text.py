@@ -224,29 +224,40 @@ def _concat(parts: list[Completions], pad: int) -> Completions:
 
 def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]]:
     """Advantages ``[N]`` from the configured estimator (reward columns with weights, or their nansum when
-    a function returned None) and TRL-named reward metrics."""
+    a function returned None) and TRL's reward metrics. A completion no function scored (all None) gets
+    advantage 0 and is left out of the reward statistics, as in TRL."""
     g = run.cfg.train.group_size
     group_id = batch.completions.index.cpu()
     rewards, weights = batch.rewards, torch.tensor([w for _, _, w in run.rewards])
+    unscored = torch.isnan(rewards).all(1)
     if torch.isnan(rewards).any():
         rewards, weights = weighted_total(run, rewards).unsqueeze(1), None
     adv_batch = AdvantageBatch(
         rewards=rewards, group_id=group_id, weights=weights, prompt_keys=[r["prompt"] for r in batch.rows]
     )
     result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
-    total = weighted_total(run, batch.rewards).view(-1, g)
-    group_std = total.std(1) if g > 1 else torch.zeros(total.shape[0])
+    total = weighted_total(run, batch.rewards).masked_fill(unscored, math.nan)
+    group_std = _nanstd(total.view(-1, g), dim=1)
     metrics = {
-        "reward": total.mean().item(),
-        "reward_std": group_std.mean().item(),
-        "frac_reward_zero_std": (group_std.abs() < 1e-6).float().mean().item(),
+        "reward": total.nanmean().item(),
+        "reward_std": _nanstd(total).item(),
+        "frac_reward_zero_std": (group_std.abs() < 1e-6).float().mean().item(),  # equal groups: share of samples
     }
     for k, (name, _, _) in enumerate(run.rewards):
         col = batch.rewards[:, k]
-        ok = col[~torch.isnan(col)]
-        metrics[f"rewards/{name}/mean"] = ok.mean().item() if ok.numel() else math.nan
-        metrics[f"rewards/{name}/std"] = ok.std().item() if ok.numel() > 1 else 0.0
-    return result.advantages * result.mask, {**metrics, **result.metrics}
+        metrics[f"rewards/{name}/mean"] = col.nanmean().item()
+        metrics[f"rewards/{name}/std"] = _nanstd(col).item()
+    return result.advantages * result.mask * ~unscored, {**metrics, **result.metrics}
+
+
+def _nanstd(x: Tensor, dim: int | None = None) -> Tensor:
+    """Bessel-corrected std over the non-NaN entries (0 where fewer than two), as TRL's nanstd."""
+    ok = ~torch.isnan(x)
+    n = ok.sum(dim) if dim is not None else ok.sum()
+    mean = x.nanmean(dim, keepdim=dim is not None) if dim is not None else x.nanmean()
+    sq = ((x - mean) ** 2).nan_to_num(0.0)
+    total = sq.sum(dim) if dim is not None else sq.sum()
+    return (total / (n - 1).clamp(min=1)).sqrt() * (n > 1)
 
 
 def completion_metrics(c: Completions) -> dict[str, float]:

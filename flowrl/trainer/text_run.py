@@ -86,8 +86,14 @@ def save_checkpoint(run: TextRun, path: str) -> None:
     acc.wait_for_everyone()
 
 
-def train_and_report(cfg: TextConfig, name: str = "run") -> str:
-    """Run text training end to end; returns the run folder. See the module docstring for its contents."""
+def train_and_report(
+    cfg: TextConfig,
+    name: str = "run",
+    dataset: list[dict[str, Any]] | None = None,
+    reward_funcs: list[Any] | None = None,
+) -> str:
+    """Run text training end to end; returns the run folder (see the module docstring). ``dataset`` (rows with a
+    "prompt") and ``reward_funcs`` (TRL-signature callables) replace the configured training data and rewards."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
@@ -98,7 +104,7 @@ def train_and_report(cfg: TextConfig, name: str = "run") -> str:
     if state.is_main_process:
         with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    run = setup(cfg)
+    run = setup(cfg, dataset, reward_funcs)
     main = run.accelerator.is_main_process
     writer = tb_writer(cfg, run_dir) if main else None
     rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
