@@ -120,6 +120,8 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
     for source in (cfg.data.train, cfg.data.eval):
         if not source.startswith("toy-text:") and not os.path.isfile(source):
             raise ConfigError(f"data file {source!r} does not exist")
+    if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
+        cfg.loss.max_length = cfg.generation.max_new_tokens
     if cfg.loss.name not in LOSSES.names():
         raise ConfigError(f"loss.name {cfg.loss.name!r} is not registered")
     return cfg

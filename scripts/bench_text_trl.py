@@ -2,9 +2,9 @@
 
 Both train the tiny toy LM (assets/toy-lm) with LoRA on the toy addition task: per step 16 prompts × 8
 completions of at most 4 tokens, one optimizer step on all 128, loss ``grpo``, no KL, one pass, float32,
-the same threads. Each repeat times ``--steps`` steps of each trainer (after ``--warmup`` untimed ones) one
-after the other; the ratio is flowrl's steps/s over TRL's in that repeat. Reports min / median / max of the
-ratios over ``--repeats`` as JSON and markdown (``--out``).
+the same threads; TRL prints its logs once per run. Each repeat times ``--steps`` steps of each trainer
+(after ``--warmup`` untimed ones) one after the other; the ratio is flowrl's steps/s over TRL's in that
+repeat. Reports min / median / max of the ratios over ``--repeats`` as JSON and markdown (``--out``).
 
     python scripts/bench_text_trl.py --repeats 5 --steps 20 --out bench/text_trl
 """
@@ -83,8 +83,8 @@ def trl_steps(model: str, steps: int, warmup: int, seed: int) -> float:
             output_dir=out, seed=seed, max_steps=warmup + steps, learning_rate=s["lr"], lr_scheduler_type="constant",
             per_device_train_batch_size=s["prompts_per_step"] * s["group_size"], num_generations=s["group_size"],
             max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=0.0, loss_type="grpo",
-            bf16=False, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0,
+            bf16=False, use_cpu=True, report_to=[], logging_steps=warmup + steps, save_strategy="no",
+            disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
