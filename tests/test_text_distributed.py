@@ -1,0 +1,69 @@
+"""The text trainer with two CPU processes (``torch.distributed.run``, gloo, DDP): each process trains its own
+prompts, the weights stay identical, one run folder is written. This file is also the workers' script."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_train_the_text_demo_in_step(tmp_path):
+    out, run_dir = tmp_path / "out", tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, __file__, str(out), str(run_dir)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
+    assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
+    assert not set(ranks[0]["prompts"][0]) & set(ranks[1]["prompts"][0])  # different prompts per process
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_steps"] == 3 and summary["num_eval_samples"] == 50
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["final"]
+
+
+def _worker(out: str, run_dir: str) -> None:
+    import flowrl.trainer.text as text
+    import flowrl.trainer.text_run as runner
+    from flowrl.cli import main
+
+    record: dict[str, list] = {"hashes": [], "prompts": []}
+    step, generate = runner.train_step, text.generate
+
+    def digest(run) -> str:
+        h = hashlib.sha256()
+        for p in run.params:
+            h.update(p.detach().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def recorded_step(run):
+        if not record["hashes"]:
+            record["hashes"].append(digest(run))
+        metrics = step(run)
+        record["hashes"].append(digest(run))
+        return metrics
+
+    def recorded_generate(run, rows):
+        record["prompts"].append([r["prompt"] for r in rows])
+        return generate(run, rows)
+
+    runner.train_step, text.generate = recorded_step, recorded_generate
+    args = ["train.iterations=3", "eval.num_prompts=50", "output.progress=false", f"output.run_dir={run_dir}"]
+    assert main(["train", "--config", "configs/text_demo.yaml", *args]) == 0
+    Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    _worker(*sys.argv[1:3])
