@@ -38,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
     train.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
+    bench = sub.add_parser(
+        "bench",
+        help="compare methods on the toy world under one training-time budget",
+        description="Run a bench preset, e.g. `flowrl bench --preset configs/bench/full.yaml`; writes results.md, "
+        "results.json and reward_vs_time.png into --out (default runs/bench-<preset>-<timestamp>).",
+    )
+    bench.add_argument("--preset", default="configs/bench/full.yaml", help="bench preset YAML")
+    bench.add_argument("--methods", help="comma-separated subset of the preset's methods, in this order")
+    bench.add_argument("--budget-minutes", type=float, help="training minutes per method (overrides the preset)")
+    bench.add_argument("--eval-every-minutes", type=float, help="evaluation interval (overrides the preset)")
+    bench.add_argument("--repeats", type=int, help="runs per method (overrides the preset)")
+    bench.add_argument("--out", help="output folder")
+    bench.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     from flowrl.serve import add_arguments as add_serve_arguments
 
     serve = sub.add_parser(
@@ -56,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from flowrl.serve import run
 
         return run(args)
+    if args.command == "bench":
+        return _bench(args)
     try:
         from flowrl.config import load_config
 
@@ -78,6 +93,31 @@ def main(argv: list[str] | None = None) -> int:
 
     if PartialState().is_main_process:  # under accelerate launch every process returns here
         print(run_dir)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import time
+
+    from flowrl.bench import load_preset, run_bench
+
+    try:
+        preset = load_preset(
+            args.preset,
+            methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
+            budget_minutes=args.budget_minutes,
+            eval_every_minutes=args.eval_every_minutes,
+            repeats=args.repeats,
+        )
+    except ConfigError as e:
+        if args.debug:
+            raise
+        print(f"flowrl: config error: {e}", file=sys.stderr)
+        return 2
+    name = os.path.splitext(os.path.basename(args.preset))[0]
+    out = args.out or os.path.join("runs", f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_bench(preset, out, log=lambda line: print(line, flush=True))
+    print(os.path.abspath(out))
     return 0
 
 
