@@ -100,7 +100,7 @@ def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir,
     cfg = load_config(
         None,
         [
-            f"model.path={flux_dir}", "model.lora_rank=4", "model.lora_alpha=4", "model.guidance_scale=2.0",
+            f"model.path={flux_dir}", "model.lora_rank=4", "model.lora_alpha=8", "model.guidance_scale=2.0",
             "sampler.num_steps=3", "train.prompts_per_step=2", "train.group_size=4", "train.lr=1e-2",
             "loss.clip_low=0.2", "loss.clip_high=0.2", "output.progress=false",
             "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",

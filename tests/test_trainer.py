@@ -118,7 +118,7 @@ def test_cli_run_writes_summary_gallery_tensorboard_and_loadable_lora(tiny_model
         f"output.run_dir={run_dir}",
         f"model.path={tiny_model}",
         "model.lora_rank=4",
-        "model.lora_alpha=4",
+        "model.lora_alpha=8",  # scale 2: the saved LoRA must carry its alpha for the pipeline to reproduce it
     ]
     args += ["sampler.num_steps=4", "train.iterations=2", "train.prompts_per_step=2", "train.group_size=4"]
     args += ["train.lr=1e-2", "eval.num_prompts=3", "eval.seeds_per_prompt=1", "eval.num_steps=3"]

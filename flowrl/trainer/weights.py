@@ -128,7 +128,11 @@ def save_weights(
         from peft.utils import get_peft_model_state_dict
 
         layers = get_peft_model_state_dict(transformer, state_dict=state, adapter_name=ADAPTER)
-        getattr(diffusers, pipeline).save_lora_weights(path, transformer_lora_layers=layers)
+        # the adapter's config (rank, alpha, targets) rides along: without it a loader assumes alpha = rank
+        metadata = transformer.peft_config[ADAPTER].to_dict()
+        getattr(diffusers, pipeline).save_lora_weights(
+            path, transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata
+        )
     else:
         from huggingface_hub import save_torch_state_dict
 
