@@ -62,6 +62,8 @@ def summarise(preset, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "final_strict": final.get("strict"),
                 "final_strict_se": final.get("strict_se"),
                 "base_reward": curves[n][0]["reward"],
+                "best_reward": max(p["reward"] for p in curves[n]),
+                "best_at_s": max(curves[n], key=lambda p: p["reward"])["t"],
                 "time_to_target_s": t,
                 "speedup": base_time / t if t and base_time else None,
                 "nfe_per_sample": statistics.fmean(r["nfe_per_sample"] for r in rs),
@@ -96,19 +98,27 @@ def markdown(results: dict[str, Any]) -> str:
         f"(budget {results['budget_minutes']:g} min of training per method, evaluation every "
         f"{results['eval_every_minutes']:g} min, {results['repeats']} repeat(s); {results['machine']}).",
         "",
-        "| method | held-out reward | strict accuracy | time to target (s) | speed-up | NFE / sample "
-        "| transitions / iter | s / iter | iterations | peak RSS (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | held-out reward: base → final ± SE | best (at s) | strict accuracy | time to target (s) "
+        "| speed-up | NFE / sample | transitions / iter | s / iter | iterations | peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         strict = "–" if r["final_strict"] is None else f"{r['final_strict']:.3f} ± {r['final_strict_se']:.3f}"
         reached = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
-        lines.append(
-            f"| {r['method']} | {r['base_reward']:.3f} → {r['final_reward']:.3f} ± {r['final_reward_se']:.3f} "
-            f"| {strict} | {reached} | {_fmt(r['speedup'], '.2f')} | {r['nfe_per_sample']:.1f} "
-            f"| {r['transitions_per_iteration']:.0f} | {r['seconds_per_iteration']:.1f} | {r['iterations']:.0f} "
-            f"| {r['peak_rss_gb']:.2f} |"
-        )
+        cells = [
+            r["method"],
+            f"{r['base_reward']:.3f} → {r['final_reward']:.3f} ± {r['final_reward_se']:.3f}",
+            f"{r['best_reward']:.3f} ({r['best_at_s']:.0f})",
+            strict,
+            reached,
+            _fmt(r["speedup"], ".2f"),
+            f"{r['nfe_per_sample']:.1f}",
+            f"{r['transitions_per_iteration']:.0f}",
+            f"{r['seconds_per_iteration']:.1f}",
+            f"{r['iterations']:.0f}",
+            f"{r['peak_rss_gb']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,10 +130,12 @@ def plot(results: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for name, curve in results["curves"].items():
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; line styles tell the cycles apart beyond that
+    for k, (name, curve) in enumerate(results["curves"].items()):
         t = [p["t"] / 60 for p in curve]
         y = [p["reward"] for p in curve]
-        (line,) = ax.plot(t, y, marker="o", markersize=3, label=name)
+        style = {"color": colors[(2 * k) % 20 + (k // 10) % 2], "linestyle": ("-", "--", ":")[k // 20 % 3]}
+        (line,) = ax.plot(t, y, marker="o", markersize=3, label=name, **style)
         if results["repeats"] > 1:
             se = [p["reward_se"] for p in curve]
             low = [a - b for a, b in zip(y, se, strict=True)]

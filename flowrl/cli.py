@@ -51,6 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, help="runs per method (overrides the preset)")
     bench.add_argument("--out", help="output folder")
     bench.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+    gallery = sub.add_parser(
+        "gallery",
+        help="compare checkpoints or methods side by side on fixed prompts and seeds",
+        description="Generate every column on the same prompts and seeds, score them and write <out>/gallery/ "
+        "(index.html, images/, contact_sheet.png), e.g. `flowrl gallery --config configs/demo.yaml --column "
+        "base=base --column trained=runs/demo-x/checkpoints/final`. A flowrl bench folder as SOURCE gives one "
+        "column per method.",
+    )
+    gallery.add_argument("--config", help="YAML config of the model, sampling and rewards (default: built-in)")
+    gallery.add_argument(
+        "--column", action="append", required=True, metavar="LABEL=SOURCE[@CONFIG]",
+        help="SOURCE: base, a checkpoint folder or a bench folder; @CONFIG overrides --config for this column",
+    )  # fmt: skip
+    gallery.add_argument("--prompts", default="toy:held-out", help="toy:<split> or a text file (one per line)")
+    gallery.add_argument("--num-prompts", type=int, default=12, help="first N prompts (0 = all)")
+    gallery.add_argument("--seeds", default="0", help="comma-separated seeds, one image each")
+    gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
+    gallery.add_argument("--title", default="flowrl gallery")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     from flowrl.serve import add_arguments as add_serve_arguments
 
     serve = sub.add_parser(
@@ -71,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "gallery":
+        return _gallery(args)
     try:
         from flowrl.config import load_config
 
@@ -93,6 +114,25 @@ def main(argv: list[str] | None = None) -> int:
 
     if PartialState().is_main_process:  # under accelerate launch every process returns here
         print(run_dir)
+    return 0
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from flowrl.compare import parse_columns, render
+    from flowrl.trainer.data import load_prompts
+
+    try:
+        specs = parse_columns(args.column, args.config)
+        prompts = load_prompts(args.prompts)
+        prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except (ConfigError, ValueError) as e:
+        if args.debug:
+            raise
+        print(f"flowrl: gallery error: {e}", file=sys.stderr)
+        return 2
+    paths = render(specs, prompts, seeds, args.out, title=args.title)
+    print(paths["html"])
     return 0
 
 

@@ -69,7 +69,7 @@ def test_time_to_target_and_speedup_by_hand():
     assert rows["fast"]["time_to_target_s"] == 60 and rows["fast"]["speedup"] == pytest.approx(121 / 60)
     assert rows["never"]["time_to_target_s"] is None and rows["never"]["speedup"] is None
     assert rows["base"]["final_reward_se"] == pytest.approx(0.1)  # repeats: SE over the two finals 0.5, 0.7
-    assert "not reached" in markdown(s) and "| fast | 0.300 → 0.800 ± 0.000 |" in markdown(s)
+    assert "not reached" in markdown(s) and "| fast | 0.300 → 0.800 ± 0.000 | 0.800 (120) |" in markdown(s)
 
 
 def test_bad_presets_are_refused_with_the_problem_named(tmp_path):

@@ -1,0 +1,132 @@
+"""``flowrl gallery`` end to end: base and a trained LoRA checkpoint of the tiny model side by side, the page
+opened in headless Chromium, every image loaded (non-zero natural width), a screenshot saved.
+
+Chromium comes from Debian's ``chromium`` package: the fixture installs it with apt when it is missing and skips,
+saying why, only if that is impossible (no apt, not root, or the install fails)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+# loads the gallery page in a frame and reports every image's natural width once all have finished loading
+CHECK_PAGE = """<!DOCTYPE html><html><body><pre id="out">pending</pre>
+<iframe id="f" src="index.html" width="1400" height="900"></iframe>
+<script>
+const frame = document.getElementById("f");
+frame.onload = () => {
+  const images = [...frame.contentDocument.images];
+  const done = () => images.every((i) => i.complete);
+  const report = () => {
+    if (!done()) return setTimeout(report, 50);
+    const rows = frame.contentDocument.querySelectorAll("tbody tr").length;
+    document.getElementById("out").textContent = JSON.stringify(
+      {rows, images: images.map((i) => [i.getAttribute("src"), i.naturalWidth])});
+  };
+  report();
+};
+</script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("chromium is not installed and cannot be installed here (needs apt-get as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.skip(f"installing chromium failed ({' '.join(cmd)}): {proc.stderr.strip()[-300:]}")
+    found = shutil.which("chromium")
+    if not found:
+        pytest.skip("apt-get installed chromium but no chromium executable is on PATH")
+    return found
+
+
+def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files", "--hide-scrollbars"]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_gallery_of_base_and_trained_checkpoint_loads_in_chromium(tiny_model, tmp_path, chromium):
+    from test_trainer import tiny_config
+
+    from flowrl.cli import main
+    from flowrl.trainer.flow import setup, train_step
+    from flowrl.trainer.run import save_checkpoint
+
+    config = tmp_path / "tiny.yaml"
+    cfg = tiny_config(tiny_model)
+    run = setup(cfg)
+    train_step(run)
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    import yaml
+
+    from flowrl.config import to_dict
+
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    out = tmp_path / "out"
+    args = ["gallery", "--config", str(config), "--column", "base=base", "--column", f"trained={tmp_path / 'ckpt'}"]
+    args += ["--prompts", "toy:held-out", "--num-prompts", "3", "--seeds", "0,1", "--out", str(out)]
+    assert main(args) == 0
+    folder = out / "gallery"
+    page = (folder / "index.html").read_text()
+    assert "<th>base</th>" in page and "<th>trained</th>" in page and "http" not in page  # nothing external
+    assert (folder / "contact_sheet.png").stat().st_size > 1000
+
+    (folder / "check.html").write_text(CHECK_PAGE)
+    proc = _headless(chromium, "--virtual-time-budget=10000", "--dump-dom", (folder / "check.html").as_uri())
+    found = re.search(r'<pre id="out">(.*?)</pre>', proc.stdout, re.S)
+    assert found and found.group(1) != "pending", (proc.stdout[-2000:], proc.stderr[-2000:])
+    report = json.loads(found.group(1).replace("&quot;", '"'))
+    assert report["rows"] == 6 and len(report["images"]) == 12  # 3 prompts x 2 seeds, two columns
+    assert all(width > 0 for _, width in report["images"]), report
+    shot = tmp_path / "gallery.png"
+    _headless(chromium, f"--screenshot={shot}", "--window-size=1400,1000", (folder / "index.html").as_uri())
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_a_trained_column_differs_from_base_and_bench_folders_expand(tiny_model, tmp_path):
+    """The checkpoint's LoRA is really applied (its images differ from the base's), and a bench output folder
+    becomes one column per method."""
+    from test_trainer import tiny_config
+
+    from flowrl.compare import load_column_policy, parse_columns
+    from flowrl.generate import generate
+    from flowrl.trainer.flow import setup
+    from flowrl.trainer.run import save_checkpoint
+
+    cfg = tiny_config(tiny_model, "model.lora_alpha=8")
+    run = setup(cfg)
+    with torch.no_grad():
+        for p in run.params:
+            p.normal_(0, 0.05)
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    images = {}
+    for source in ("base", str(tmp_path / "ckpt")):
+        policy = load_column_policy(cfg, source)
+        images[source] = generate(policy, ["two red circles"], [0], resolution=32, num_steps=3)
+    trained = generate(run.policy, ["two red circles"], [0], resolution=32, num_steps=3)
+    torch.testing.assert_close(images[str(tmp_path / "ckpt")], trained, atol=1e-5, rtol=0)  # alpha 8 / rank 4 kept
+    assert not torch.equal(images["base"], trained)
+
+    bench = tmp_path / "bench"
+    for m in ("a", "b"):
+        (bench / m / "checkpoints" / "final").mkdir(parents=True)
+    (bench / "results.json").write_text("{}")
+    specs = parse_columns(["base=base", f"run={bench}"], "cfg.yaml")
+    assert [(s.label, Path(s.source).parts[-3:] if s.source != "base" else s.source) for s in specs] == [
+        ("base", "base"),
+        ("run/a", ("a", "checkpoints", "final")),
+        ("run/b", ("b", "checkpoints", "final")),
+    ]
