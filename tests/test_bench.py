@@ -72,6 +72,25 @@ def test_time_to_target_and_speedup_by_hand():
     assert "not reached" in markdown(s) and "| fast | 0.300 → 0.800 ± 0.000 | 0.800 (120) |" in markdown(s)
 
 
+def test_plot_with_repeats_draws_bands(tmp_path):
+    """With repeats the SE band of method a (0.1 wide at 1 min) fills a translucent area that one run lacks."""
+    from PIL import Image
+
+    from flowrl.bench_report import plot
+
+    def light_blue_pixels(repeats: int) -> int:
+        preset = BenchPreset(repeats=repeats, baseline="a", methods=[BenchMethod("a"), BenchMethod("b")])
+        runs = [_run("a", [(0, 0.3), (60, 0.5)], 0), _run("a", [(0, 0.3), (60, 0.7)], 1)][:repeats]
+        runs += [_run("b", [(0, 0.3), (60, 0.4)], 0), _run("b", [(0, 0.3), (60, 0.4)], 1)][:repeats]
+        results = summarise(preset, runs)
+        results["repeats"] = repeats
+        plot(results, str(tmp_path / f"p{repeats}.png"))
+        pixels = Image.open(tmp_path / f"p{repeats}.png").convert("RGB").getdata()
+        return sum(1 for r, g, b in pixels if 190 < r < 235 and 205 < g < 240 and b > 230 and b > r + 8)
+
+    assert light_blue_pixels(2) > 5 * light_blue_pixels(1) + 1000
+
+
 def test_bad_presets_are_refused_with_the_problem_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_preset(str(tmp_path / "missing.yaml"))
