@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -117,30 +118,48 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     before = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True
-    )
-    train_start = time.time()
-    for _ in bar:
-        metrics = train_step(run)
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, run.iteration)
-        bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", clip=f"{metrics.get('clip_frac_high', 0):.2f}")
-        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
-            save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
-            break
-    bar.close()
-    train_seconds = time.time() - train_start
+    train_seconds = training_loop(
+        run, run_dir, writer, train_step, save_checkpoint,
+        lambda m: {"reward": f"{m['reward/mean']:.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
+    )  # fmt: skip
     save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
     if main:
         _write_summary(run, run_dir, writer, prompts, seeds, before, after, train_seconds, start)
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
     return run_dir
+
+
+def training_loop(
+    run: Any,
+    run_dir: str,
+    writer: Any,
+    step: Callable[[Any], dict[str, float]],
+    save: Callable[[Any, str], None],
+    postfix: Callable[[dict[str, float]], dict[str, str]],
+) -> float:
+    """``cfg.train.iterations`` calls of ``step(run)`` (flow or text) with a progress bar (``postfix`` of the
+    metrics), tensorboard scalars, a checkpoint every ``train.save_every`` iterations and the ``train.max_minutes``
+    limit (decided by the main process for all). Returns the training seconds."""
+    from tqdm.auto import tqdm
+
+    cfg, main = run.cfg, run.accelerator.is_main_process
+    bar = tqdm(
+        range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True
+    )
+    start = time.time()
+    for _ in bar:
+        metrics = step(run)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, run.iteration)
+        bar.set_postfix(postfix(metrics))
+        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
+            save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+        if cfg.train.max_minutes and time_is_up(run, time.time() - start > 60 * cfg.train.max_minutes):
+            break
+    bar.close()
+    return time.time() - start
 
 
 def _write_summary(
@@ -281,4 +300,5 @@ __all__ = [
     "tb_writer",
     "time_is_up",
     "train_and_report",
+    "training_loop",
 ]

@@ -19,7 +19,7 @@ from flowrl.config import to_dict
 from flowrl.models.causal_lm import sample_completions
 from flowrl.text_config import TextConfig
 from flowrl.trainer.checkpoint import save_state
-from flowrl.trainer.run import mean_se, shared_run_dir, tb_writer, time_is_up
+from flowrl.trainer.run import mean_se, shared_run_dir, tb_writer, training_loop
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
@@ -96,7 +96,6 @@ def train_and_report(
     "prompt") and ``reward_funcs`` (TRL-signature callables) replace the configured training data and rewards."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
-    from tqdm.auto import tqdm
 
     start = time.time()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -109,20 +108,10 @@ def train_and_report(
     writer = tb_writer(cfg, run_dir) if main else None
     rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
     before = evaluate(run, rows) if cfg.eval.enabled else None
-    bar = tqdm(range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main))
-    train_start = time.time()
-    for _ in bar:
-        metrics = train_step(run)
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, run.iteration)
-        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
-        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
-            save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and time_is_up(run, time.time() - train_start > 60 * cfg.train.max_minutes):
-            break
-    bar.close()
-    train_seconds = time.time() - train_start
+    train_seconds = training_loop(
+        run, run_dir, writer, train_step, save_checkpoint,
+        lambda m: {"reward": f"{m['reward']:.3f}", "kl": f"{m.get('kl', 0):.4f}"},
+    )  # fmt: skip
     save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run, rows) if cfg.eval.enabled else None
     if main:
