@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -28,6 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from flowrl.atomic import atomic_dir
+from flowrl.lr_schedule import warmup_cosine
 from flowrl.text_world import (
     ADD_SPECIAL_TOKENS,
     build_model,
@@ -61,11 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, args.lr, args.warmup, args.steps)
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, rows: list[dict[str, str]]) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import time
 import torch
 
 from flowrl.generate import generate
+from flowrl.lr_schedule import warmup_cosine
 from flowrl.models import SD3Policy
 from flowrl.models.toy import TOY_RESOLUTION, build_toy_model, save_sd3_folder
 from flowrl.rewards import make_reward
@@ -56,11 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-    return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(step, args.lr, args.warmup, args.steps)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -191,6 +191,12 @@ def _write_summary(
             summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
         if writer is not None:
             writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+    finish_summary(run_dir, summary, cfg, writer, start)
+
+
+def finish_summary(run_dir: str, summary: dict[str, Any], cfg: Any, writer: Any, start: float) -> None:
+    """Add the wall time since ``start`` and the resolved config, write ``summary.json`` atomically, close the
+    tensorboard writer (flow and text runs alike)."""
     summary["wall_time_s"] = round(time.time() - start, 1)
     summary["config"] = to_dict(cfg)
     write_json(os.path.join(run_dir, "summary.json"), summary)
@@ -293,6 +299,7 @@ def tb_writer(cfg: Config, run_dir: str):
 
 __all__ = [
     "eval_pairs",
+    "finish_summary",
     "make_run_dir",
     "mean_se",
     "save_checkpoint",

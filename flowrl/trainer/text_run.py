@@ -14,12 +14,12 @@ from typing import Any
 import torch
 import yaml
 
-from flowrl.atomic import atomic_dir, write_json
+from flowrl.atomic import atomic_dir
 from flowrl.config import to_dict
 from flowrl.models.causal_lm import sample_completions
 from flowrl.text_config import TextConfig
 from flowrl.trainer.checkpoint import save_state
-from flowrl.trainer.run import mean_se, shared_run_dir, tb_writer, training_loop
+from flowrl.trainer.run import finish_summary, mean_se, shared_run_dir, tb_writer, training_loop
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
@@ -128,11 +128,7 @@ def train_and_report(
             summary["samples"] = _write_samples(run_dir, rows, cfg.eval.samples_per_prompt, before, after)
             if writer is not None:
                 writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
-        summary["wall_time_s"] = round(time.time() - start, 1)
-        summary["config"] = to_dict(cfg)
-        write_json(os.path.join(run_dir, "summary.json"), summary)
-        if writer is not None:
-            writer.close()
+        finish_summary(run_dir, summary, cfg, writer, start)
     run.accelerator.wait_for_everyone()
     return run_dir
 
