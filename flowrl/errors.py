@@ -1,0 +1,23 @@
+"""Errors caused by the user's input rather than by a bug: the command line prints their one-line message
+(naming the config key, file, reward or server) and exits with code 2; ``--debug`` shows the traceback."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Base of every error a user fixes by changing their input (config, data, reward, server)."""
+
+
+class DataError(InputError):
+    """A prompt or dataset file that cannot be used; the message names the file (and line)."""
+
+
+class RewardError(InputError):
+    """A reward function that raised or returned something unusable; the message names the reward."""
+
+
+class TrainingStopped(InputError):
+    """The run stopped itself, e.g. after too many consecutive non-finite rewards or losses."""
+
+
+__all__ = ["DataError", "InputError", "RewardError", "TrainingStopped"]
