@@ -1,7 +1,9 @@
 """Command line: ``flowrl train --config configs/demo.yaml [key=value ...]``; ``flowrl serve-reward --reward NAME``.
 
-Configuration errors print one line and exit with code 2 (``--debug`` shows the traceback). The
-last line ``train`` prints is the run folder's path.
+Errors in the user's input (``flowrl.errors.InputError``: a config value, a prompt or data file, a reward's
+output, a reward server's reply, a run that stopped itself) print one line ``flowrl: <kind> error: <message>``
+and exit with code 2 (``--debug`` shows the traceback); other exceptions are bugs and keep their traceback.
+The last line ``train`` prints is the run folder's path.
 """
 
 from __future__ import annotations
@@ -11,7 +13,23 @@ import os
 import sys
 import textwrap
 
+from flowrl.errors import DataError, InputError, RewardError, TrainingStopped
 from flowrl.options import ConfigError, describe
+
+#: the word after ``flowrl:`` for each kind of input error (checked in order: subclasses first)
+ERROR_KINDS: tuple[tuple[type[InputError], str], ...] = (
+    (ConfigError, "config"),
+    (DataError, "data"),
+    (RewardError, "reward"),
+    (TrainingStopped, "training"),
+    (InputError, "input"),
+)
+
+
+def error_line(error: InputError) -> str:
+    """``flowrl: <kind> error: <message>`` on one line (newlines in the message become spaces)."""
+    kind = next(word for cls, word in ERROR_KINDS if isinstance(error, cls))
+    return f"flowrl: {kind} error: {' '.join(str(error).split())}"
 
 
 def _options_help() -> str:
@@ -36,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
-    train.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+    train.add_argument("--debug", action="store_true", help="show tracebacks for input errors (config, data, rewards)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
     bench = sub.add_parser(
         "bench",
@@ -93,14 +111,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery":
         return _gallery(args)
     try:
-        from flowrl.config import load_config
-
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
+        return _train(args)
+    except InputError as e:
         if args.debug:
             raise
-        print(f"flowrl: config error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    """``flowrl train``: load and check the config, train, print the run folder; input errors propagate."""
+    from flowrl.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = cfg.output.run_dir
+    if run_dir and os.path.exists(os.path.join(run_dir, "summary.json")):
+        raise ConfigError(f"output.run_dir {run_dir!r} already holds a finished run; choose another folder")
     from flowrl.text_config import TextConfig
 
     if isinstance(cfg, TextConfig):

@@ -8,6 +8,7 @@ range and combination before anything heavy is imported, raising ``ConfigError``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -39,12 +40,6 @@ SD3_LORA_TARGETS = [
 
 WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def _reward_names() -> list[str]:
-    from flowrl.rewards import REWARDS
-
-    return REWARDS.names()
 
 
 @dataclass
@@ -120,17 +115,49 @@ class LossSection(LossConfig):
 
 @dataclass
 class RewardSpec:
-    name: str = option("toy-geneval", "reward (registry name)", choices=_reward_names)
+    name: str = option(
+        "toy-geneval",
+        "reward: a registry name, or package.module:callable for your own (a function "
+        "f(images, prompts, **options) -> {'score': [B]}, or a class built with the options)",
+    )
     weight: float = option(1.0, "weight in the total reward")
-    options: dict[str, Any] = option({}, "keyword options of the reward's factory")
+    options: dict[str, Any] = option({}, "keyword options of the reward's factory (or of your callable)")
 
 
 @dataclass
-class TrainConfig:
-    iterations: int = option(20, "training iterations (sample, score, update)", low=0)
+class RunControl:
+    """Options of the training loop that the flow and text trainers share: schedule, checkpoints, faults."""
+
     max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
+    lr_schedule: str = option(
+        "constant",
+        "constant, or cosine: decay to 10% of train.lr at the last iteration",
+        choices=("constant", "cosine"),
+    )
+    warmup_iterations: int = option(0, "linear learning-rate warm-up over this many iterations", low=0)
+    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
+    keep_checkpoints: int = option(
+        3, "keep the newest N periodic checkpoints, delete older ones (0 = keep all)", low=0
+    )
+    resume: str = option(
+        "",
+        "continue from a checkpoint folder, or auto: the newest complete checkpoint in output.run_dir (a fresh start "
+        "if there is none)",
+    )
+    max_consecutive_skips: int = option(
+        3,
+        "stop after this many iterations in a row whose update was skipped (non-finite reward, loss or gradient)",
+        low=1,
+    )
+
+
+@dataclass
+class TrainConfig(RunControl):
+    iterations: int = option(20, "training iterations (sample, score, update)", low=0)
     prompts_per_step: int = option(
-        8, "prompts sampled per iteration and process (N processes train on N × this many prompts)", low=1
+        8,
+        "prompts per iteration, over all processes (their images are dealt out evenly, a group may span them)",
+        low=1,
     )
     group_size: int = option(8, "images per prompt (GRPO group)", low=2)
     inner_epochs: int = option(1, "passes over each iteration's transitions", low=1)
@@ -139,13 +166,12 @@ class TrainConfig:
     sample_batch: int = option(
         0, "images per transformer forward and VAE decode when sampling and evaluating (0 = all at once)", low=0
     )
-    lr: float = option(3e-4, "AdamW learning rate", low=0.0)
+    lr: float = option(3e-4, "AdamW learning rate (the peak, with a schedule)", low=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)
     ema_decay: float = option(
         0.0, "EMA of trainable weights, used for evaluation and saving (0 = off)", low=0.0, high=0.99999
     )
-    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
     timestep_fraction: float = option(
         1.0,
         "train a random max(1, int(n × this)) of each sample's n trainable steps per iteration (DanceGRPO/Pref-GRPO "
@@ -205,13 +231,53 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
     return kind, size
 
 
+def check_rewards(specs: list[RewardSpec]) -> None:
+    """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
+    reward is listed twice. Reads signatures only: no reward model loads."""
+    from flowrl.rewards import REWARDS, check_reward_options, is_user_reward
+    from flowrl.rewards.base import load_user_reward
+
+    valid = REWARDS.names()
+    seen = set()
+    for i, spec in enumerate(specs):
+        if spec.name in seen:
+            raise ConfigError(f"rewards[{i}].name: {spec.name!r} is listed twice (give it one weight)")
+        seen.add(spec.name)
+        if is_user_reward(spec.name):
+            try:
+                load_user_reward(spec.name)
+            except ValueError as e:
+                raise ConfigError(f"rewards[{i}].name: {e}") from None
+        elif spec.name not in valid:
+            hint = difflib.get_close_matches(spec.name, valid, 1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ConfigError(f"rewards[{i}].name: {spec.name!r} is not one of {', '.join(valid)}{extra}")
+        try:
+            check_reward_options(spec.name, spec.options)
+        except ValueError as e:
+            raise ConfigError(f"rewards[{i}].options: {e}") from None
+
+
+def check_prompts(key: str, source: str) -> None:
+    """``source`` is a toy split or a readable file of prompts (read now, so a bad file fails before training)."""
+    from flowrl.trainer.data import check_prompt_source, load_prompts
+
+    try:
+        check_prompt_source(source)
+    except ConfigError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if not source.startswith("toy:"):
+        load_prompts(source)  # DataError naming the file
+
+
 def check_combinations(cfg: Config) -> None:
     """Cross-field rules (each message names the keys)."""
+    check_rewards(cfg.rewards)
     s, t = cfg.sampler, cfg.train
     kind, size = window_of(s)
     if size > s.num_steps:
         raise ConfigError(f"sampler.window_size={size} is longer than sampler.num_steps={s.num_steps}")
-    if len(s.split_steps) != len(s.split_steps):
+    if len(set(s.split_steps)) != len(s.split_steps):
         raise ConfigError(f"sampler.split_steps {s.split_steps} lists a step twice")
     if any(k >= s.num_steps for k in s.split_steps):
         raise ConfigError(f"sampler.split_steps {s.split_steps} must all be < sampler.num_steps={s.num_steps}")
@@ -256,9 +322,8 @@ def check_combinations(cfg: Config) -> None:
             raise ConfigError("loss.awm_ref_coef > 0 needs a reference policy: use model.finetune=lora")
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
-    for name in (cfg.data.train_prompts, cfg.data.eval_prompts):
-        if not name.startswith("toy:") and not os.path.isfile(name):
-            raise ConfigError(f"data prompts file {name!r} does not exist")
+    for key in ("train_prompts", "eval_prompts"):
+        check_prompts(f"data.{key}", getattr(cfg.data, key))
     m = cfg.model
     if not os.path.isdir(m.path) and (os.path.exists(m.path) or not _HUB_ID.fullmatch(m.path)):
         raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name)")

@@ -8,12 +8,13 @@ flow trainer's (one registry each, shared by both backends); their defaults here
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig
-from flowrl.config import WEIGHT_DTYPES, OutputConfig
+from flowrl.config import _HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 from flowrl.losses import LOSSES, LossConfig
 from flowrl.options import ConfigError, load, option
 
@@ -47,10 +48,9 @@ class GenerationConfig:
 
 
 @dataclass
-class TextTrainConfig:
+class TextTrainConfig(RunControl):
     iterations: int = option(100, "training iterations (generate, score, update)", low=0)
-    max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
-    prompts_per_step: int = option(8, "prompts per iteration and process", low=1)
+    prompts_per_step: int = option(8, "prompts per iteration, over all processes (a group may span them)", low=1)
     group_size: int = option(8, "completions per prompt (TRL num_generations)", low=2)
     num_iterations: int = option(1, "passes over each batch, ratios against the old log-probs (TRL μ)", low=1)
     minibatches: int = option(1, "optimizer steps per pass", low=1)
@@ -59,7 +59,6 @@ class TextTrainConfig:
     lr: float = option(1e-5, "AdamW learning rate", low=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)
-    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
 
 
 @dataclass
@@ -111,20 +110,80 @@ class TextConfig:
 
 
 def load_text_config(data: dict[str, Any]) -> TextConfig:
-    """Build and check a ``TextConfig`` from a preset's mapping (overrides already applied)."""
+    """Build and check a ``TextConfig`` from a preset's mapping (overrides already applied). Data files are read
+    (``DataError`` naming the file and line) and reward functions imported, so bad input fails before a run."""
     cfg = load(TextConfig, data)
     if cfg.model.finetune == "full" and cfg.model.weights_dtype != "fp32":
         raise ConfigError("model.finetune=full trains the weights themselves: model.weights_dtype must be fp32")
     if not cfg.rewards or any(not r.name for r in cfg.rewards):
         raise ConfigError("rewards: list at least one reward function, each with a name")
-    for source in (cfg.data.train, cfg.data.eval):
-        if not source.startswith("toy-text:") and not os.path.isfile(source):
-            raise ConfigError(f"data file {source!r} does not exist")
+    for i, spec in enumerate(cfg.rewards):
+        _check_reward(f"rewards[{i}].name", spec.name)
+    for key in ("train", "eval"):
+        _check_rows(f"data.{key}", getattr(cfg.data, key))
+    _check_model(cfg)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
         cfg.loss.max_length = cfg.generation.max_new_tokens
     if cfg.loss.name not in LOSSES.names():
         raise ConfigError(f"loss.name {cfg.loss.name!r} is not registered")
     return cfg
+
+
+def _check_reward(key: str, name: str) -> None:
+    """``toy-text:<function>`` of ``flowrl.text_world`` or an importable ``package.module:function``."""
+    from flowrl import text_world
+
+    if name.startswith("toy-text:"):
+        fn = name.split(":", 1)[1].replace("-", "_")
+        if fn not in text_world.REWARDS:
+            valid = ", ".join(f"toy-text:{n}" for n in text_world.REWARDS)
+            raise ConfigError(f"{key}: {name!r} is not one of {valid} (or give package.module:function)")
+        return
+    if ":" not in name:
+        raise ConfigError(f"{key}: {name!r} must be toy-text:<function> or package.module:function")
+    from flowrl.rewards.base import load_user_reward
+
+    try:
+        load_user_reward(name)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+
+
+def _check_rows(key: str, source: str) -> None:
+    """A toy-text split or an existing ``.jsonl`` file whose rows parse (read now: errors before the run)."""
+    from flowrl import text_world
+
+    if source.startswith(text_world.SOURCE_PREFIX):
+        split = source[len(text_world.SOURCE_PREFIX) :]
+        if split not in text_world.SPLITS:
+            valid = ", ".join(text_world.SOURCE_PREFIX + s for s in text_world.SPLITS)
+            raise ConfigError(f"{key}: unknown data source {source!r}; valid: {valid} or a .jsonl file")
+        return
+    if not os.path.isfile(source):
+        raise ConfigError(f"{key}: data file {source!r} does not exist")
+    if not source.endswith(".jsonl"):
+        raise ConfigError(f"{key}: data file {source!r} must be a .jsonl file (one JSON object per line)")
+    text_world.load_rows(source)  # DataError naming the file and line
+
+
+def _check_model(cfg: TextConfig) -> None:
+    """The model folder exists (or is a hub id), and its position limit leaves room for prompt and completion."""
+    path = cfg.model.path
+    if not os.path.isdir(path):
+        if os.path.exists(path) or not _HUB_ID.fullmatch(path):
+            raise ConfigError(f"model.path {path!r} is neither a directory nor a hub id (org/name)")
+        return
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            limit = json.load(f).get("max_position_embeddings")
+    except (OSError, ValueError):
+        raise ConfigError(f"model.path {path!r} has no readable config.json (expected a transformers model)") from None
+    new = cfg.generation.max_new_tokens
+    if isinstance(limit, int) and new >= limit:
+        raise ConfigError(
+            f"generation.max_new_tokens={new} leaves no room for a prompt: model.path {path!r} reads at most "
+            f"{limit} positions (max_position_embeddings)"
+        )
 
 
 __all__ = ["TEXT_LOSSES", "TextConfig", "load_text_config"]

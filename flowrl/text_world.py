@@ -24,6 +24,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from flowrl.errors import DataError
+
 if TYPE_CHECKING:  # transformers takes seconds to import; only the model helpers need it
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -79,23 +81,34 @@ def mislabel(row: dict[str, str]) -> dict[str, str]:
 
 def load_rows(source: str) -> list[dict[str, Any]]:
     """Prompt rows from ``"toy-text:<split>"`` or a ``.jsonl`` file (one JSON object with a string
-    "prompt" per line; other keys are kept as reward columns, blank lines skipped)."""
+    "prompt" per line; other keys are kept as reward columns, blank lines skipped). A file that is not UTF-8, has
+    a malformed line or no rows raises ``DataError`` naming the file and line."""
     if source.startswith(SOURCE_PREFIX):
         return problems(source[len(SOURCE_PREFIX) :])
     if not source.endswith(".jsonl"):
         raise ValueError(f"unknown data source {source!r}: expected toy-text:<split> or a .jsonl file")
+    with open(source, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{source}:{line}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
     rows = []
-    with open(source, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{source}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise ValueError(f"{source}:{n}: expected a JSON object with a string 'prompt'")
-            rows.append(row)
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{source}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise DataError(f"{source}:{n}: expected a JSON object with a string 'prompt'")
+        if not row["prompt"].strip():
+            raise DataError(f"{source}:{n}: empty 'prompt'")
+        rows.append(row)
+    if not rows:
+        raise DataError(f"data file {source!r} has no rows (one JSON object with a 'prompt' per line)")
     return rows
 
 

@@ -136,10 +136,13 @@ def sample_step(
     sigma_cap: float | None = None,
     generator: torch.Generator | None = None,
     noise: Tensor | None = None,
+    noise_rows: tuple[int, int] | None = None,
 ) -> StepOutput:
     """Take one step from ``x`` (``[B, *S]``) at ``sigma`` to ``sigma_next`` with velocity ``v``.
 
-    Noise comes from ``noise`` if given (``[B, *S]``), else from ``generator``.
+    Noise comes from ``noise`` if given (``[B, *S]``), else from ``generator``. ``noise_rows = (first, total)``:
+    ``generator`` draws noise for ``total`` rows and this batch is rows ``first..first+B-1`` of them (a process's
+    share of a batch split over processes gets exactly the noise it would get in the whole batch).
     The log-prob is computed on ``x_next`` after the cast back to x's dtype, so replaying the
     stored sample under unchanged parameters gives a ratio of exactly 1.
     """
@@ -151,7 +154,9 @@ def sample_step(
     if torch.any(std == 0):
         raise ValueError("a batch mixes deterministic and stochastic steps; split it by sigma")
     if noise is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=mean.dtype)
+        first, total = noise_rows or (0, x.shape[0])
+        noise = torch.randn((total, *x.shape[1:]), generator=generator, device=x.device, dtype=mean.dtype)
+        noise = noise[first : first + x.shape[0]]
     elif noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(x.shape)}")
     x_next = (mean + _expand(std, mean) * noise.to(mean.dtype)).to(x.dtype)

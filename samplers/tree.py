@@ -53,6 +53,7 @@ def tree_rollout(
     tail_steps: int | None = None,
     extra_tail_steps: Sequence[int] = (),
     generator: torch.Generator | None = None,
+    share: tuple[int, int] | None = None,
 ) -> Rollout:
     """Sample a denoising tree from the initial states ``x`` (``[R, *S]`` at ``sigmas[0]``).
 
@@ -70,6 +71,9 @@ def tree_rollout(
             this ODE solver (``euler`` or ``dpm2m``) on ``tail_steps`` steps (default: as scheduled).
         extra_tail_steps: also decode the leaves with these coarser step counts (G2RPO);
             results land in ``Rollout.extra_samples``.
+        share: ``(first, total)``: ``x`` holds roots ``first..first+R-1`` of a batch of ``total`` roots split over
+            processes. Noise is drawn for the whole batch (each process keeps its rows) and node ids are the whole
+            batch's, so the shares together equal the rollout of all ``total`` roots in one call.
 
     Returns a ``Rollout`` with ``R * branch_factor ** len(split_steps)`` samples in root-major order.
     Transitions from deterministic steps (std = 0, e.g. CPS into σ = 0) are not recorded.
@@ -89,9 +93,12 @@ def tree_rollout(
     sigma_cap = float(sigmas[1])
     values = [float(s) for s in sigmas]
 
-    node = torch.arange(x.shape[0])  # frontier state ids
+    first, total = share or (0, x.shape[0])
+    if not 0 <= first <= total - x.shape[0]:
+        raise ValueError(f"share {share} does not hold the {x.shape[0]} given roots")
+    node = first + torch.arange(x.shape[0])  # frontier state ids (the whole batch's numbering)
     root = torch.arange(x.shape[0])  # initial state each frontier state descends from
-    next_id, depth, nfe = x.shape[0], 0, 0
+    next_id, depth, nfe, width = total, 0, 0, 1
     parts: list[Transitions] = []
     for i in range(last_stochastic + 1):
         v = velocity(x, sigma_batch(values[i], x), index_cond(cond, root))
@@ -105,9 +112,13 @@ def tree_rollout(
             x, v = x.repeat_interleave(fan, 0), v.repeat_interleave(fan, 0)
         parent, root = node.repeat_interleave(fan), root.repeat_interleave(fan)
         level = split_noise_level if (fan > 1 and split_noise_level is not None) else noise_level
-        out = sample_step(kind, x, v, values[i], values[i + 1], level, sigma_cap=sigma_cap, generator=generator)
-        node = torch.arange(next_id, next_id + x.shape[0])
-        next_id += x.shape[0]
+        width *= fan  # frontier states per root
+        rows = (first * width, total * width)
+        out = sample_step(
+            kind, x, v, values[i], values[i + 1], level, sigma_cap=sigma_cap, generator=generator, noise_rows=rows
+        )
+        node = next_id + rows[0] + torch.arange(x.shape[0])
+        next_id += rows[1]
         if out.log_prob is not None:
             after_last_split = not any(s > i for s in splits)
             parts.append(

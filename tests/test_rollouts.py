@@ -297,3 +297,30 @@ def test_rollout_input_errors():
         )
     with pytest.raises(TypeError, match="cannot index conditioning"):
         chain_rollout(CondField(), x, linear_sigmas(4), "a prompt", torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("splits", [(), (1, 3)])
+def test_shares_of_a_rollout_reassemble_the_whole_rollout(splits):
+    """Roots split over three "processes" (``share``) get the noise and node ids of the single call: sorted by step
+    (stable), their transitions are the whole rollout's, leaf for leaf and bit for bit."""
+    x, cond = _roots(6)
+    sig, group = linear_sigmas(6), torch.arange(6) // 2
+
+    def roll(rows: slice, share):
+        return tree_rollout(
+            CondField(), x[rows], sig, cond[rows], group[rows], split_steps=splits, branch_factor=2,
+            generator=torch.Generator().manual_seed(3), share=share,
+        )  # fmt: skip
+
+    whole = roll(slice(None), None)
+    parts = [roll(slice(a, b), (a, 6)) for a, b in [(0, 1), (1, 4), (4, 6)]]
+    assert torch.equal(torch.cat([p.samples for p in parts]), whole.samples)
+    assert torch.equal(torch.cat([p.node_id for p in parts]), whole.node_id)
+    assert torch.equal(torch.cat([p.group_id for p in parts]), whole.group_id)
+    step = torch.cat([p.transitions.step for p in parts])
+    order = torch.sort(step, stable=True).indices
+    for name in ("x", "x_next", "log_prob", "node_id", "parent_id", "step", "depth", "group_id"):
+        joined = torch.cat([getattr(p.transitions, name) for p in parts])[order]
+        assert torch.equal(joined, getattr(whole.transitions, name)), name
+    with pytest.raises(ValueError, match="share"):
+        roll(slice(0, 3), (4, 6))

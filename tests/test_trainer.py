@@ -87,8 +87,8 @@ def test_every_sampler_mode_trains(tiny_model, mode):
     batch = sample(run, run.train_prompts[:2])
     assert batch.rollout.samples.shape == (2 * 4, 3, 32, 32)
     assert batch.rewards.shape == (8, 2)
-    adv, mask, _ = advantages(run, batch)
-    assert adv.shape == mask.shape == (len(batch.rollout.transitions),)
+    rows, _ = advantages(run, batch)
+    assert rows.advantages.shape == rows.mask.shape == (len(batch.rollout.transitions),)
     if mode == "singular":
         assert len(batch.rollout.transitions) == 8 and batch.granular.shape == (1, 8, 2)
     run.iteration = 0
@@ -225,7 +225,8 @@ def test_awm_trains_on_final_samples(tiny_model):
     run = setup(tiny_config(tiny_model, "loss.name=awm", "loss.awm_ref_coef=0.5", "sampler.window_size=1"))
     before = _snapshot(run)
     batch = sample(run, run.train_prompts[:2])
-    adv, mask, _ = advantages(run, batch)
+    rows, _ = advantages(run, batch)
+    adv, mask = rows.advantages, rows.mask
     assert adv.shape == mask.shape == (8,)  # one row per final sample
     # the loss rebuilt by hand: σ from the schedule's levels, x_σ = (1 − σ)·x0 + σ·ε, target ε − x0
     rows = torch.tensor([5, 1, 6])

@@ -7,9 +7,16 @@ import json
 import os
 from typing import Any
 
+from flowrl.options import ConfigError
+
 from .common import PromptCond
 from .flux import FluxPolicy
 from .sd3 import SD3Policy
+
+
+class ModelPathError(ConfigError, FileNotFoundError):
+    """``model.path`` names no usable pipeline folder: a config error (exit code 2) and a ``FileNotFoundError``."""
+
 
 #: pipeline class recorded in model_index.json → adapter
 FAMILIES: dict[str, type] = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
@@ -25,7 +32,7 @@ def resolve_model_path(path: str) -> str:
     try:
         return str(DiffusionPipeline.download(path))
     except Exception as e:  # hub errors come in many classes; all mean "could not get the files"
-        raise FileNotFoundError(
+        raise ModelPathError(
             f"model.path {path!r} is not a local folder and could not be fetched from the hub "
             f"({type(e).__name__}: {e}); download it first or point model.path at a local copy"
         ) from e
@@ -35,11 +42,12 @@ def policy_class(path: str) -> type:
     """The adapter for a diffusers folder, from ``model_index.json``'s ``_class_name``."""
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
-        raise FileNotFoundError(f"model path {path!r} has no model_index.json (expected a diffusers pipeline folder)")
+        raise ModelPathError(f"model path {path!r} has no model_index.json (expected a diffusers pipeline folder)")
     with open(index) as f:
         name = json.load(f).get("_class_name", "")
     if name not in FAMILIES:
-        raise ValueError(f"model path {path!r} holds a {name or 'unnamed'} pipeline; supported: {', '.join(FAMILIES)}")
+        supported = ", ".join(FAMILIES)
+        raise ConfigError(f"model path {path!r} holds a {name or 'unnamed'} pipeline; supported: {supported}")
     return FAMILIES[name]
 
 
@@ -49,4 +57,13 @@ def load_policy(path: str, **options: Any) -> SD3Policy | FluxPolicy:
     return policy_class(path)(path, **options)
 
 
-__all__ = ["FAMILIES", "FluxPolicy", "PromptCond", "SD3Policy", "load_policy", "policy_class", "resolve_model_path"]
+__all__ = [
+    "FAMILIES",
+    "FluxPolicy",
+    "ModelPathError",
+    "PromptCond",
+    "SD3Policy",
+    "load_policy",
+    "policy_class",
+    "resolve_model_path",
+]

@@ -8,10 +8,15 @@ The shared-prefix forward (``token_log_probs(..., shared_prefix=True)``) runs ea
 keeps its key/value cache (with its autograd graph) and runs the G completions of the group on copies of
 that cache: the prompt's cost is paid once per group instead of G times, with the same log-probs and the
 same gradients as the plain forward over the concatenated sequences.
+
+A prompt longer than the model leaves room for (``max_position_embeddings`` − ``max_new_tokens``) is truncated
+from the left, keeping the text next to the completion as TRL's ``max_prompt_length`` does; the first such prompt
+logs a warning (logger ``flowrl.models``) naming it, its length and the limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,15 +40,31 @@ class Completions:
     texts: list[str]
 
 
-def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Left-padded ``input_ids, attention_mask`` ``[P, Lp]`` of the prompts, as the tokenizer adds special tokens."""
+def tokenize_prompts(
+    tokenizer, prompts: list[str], device: torch.device, max_length: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Left-padded ``input_ids, attention_mask`` ``[P, Lp]`` of the prompts, as the tokenizer adds special tokens;
+    with ``max_length``, longer prompts keep their last ``max_length`` tokens (a warning is logged once)."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True)
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, verbose=False)
     finally:
         tokenizer.padding_side = side
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    if max_length is not None and ids.shape[1] > max_length:
+        from flowrl.models.common import warn_truncation
+
+        reader = "the model (its positions less the completion's)"
+        warn_truncation(tokenizer, prompts, max_length, reader, how="truncated from the left")
+        ids, mask = ids[:, -max_length:], mask[:, -max_length:]  # left padding: every row's tail is in these columns
+    return ids.to(device), mask.to(device)
+
+
+def prompt_room(model, max_new_tokens: int) -> int | None:
+    """Prompt tokens the model has positions for after ``max_new_tokens`` (None when it has no such limit)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return max(1, limit - max_new_tokens) if isinstance(limit, int) else None
 
 
 def completion_mask(ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor, Tensor]:
@@ -61,7 +82,7 @@ def sample_completions(
     model,
     tokenizer,
     prompts: list[str],
-    group_size: int,
+    group_size: int | Sequence[int],
     *,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -69,11 +90,12 @@ def sample_completions(
     top_k: int = 0,
     generator_seed: int | None = None,
 ) -> Completions:
-    """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``);
-    ``temperature = 0`` decodes greedily (then every row of a group is the same)."""
+    """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``), or
+    ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same)."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device)
-    index = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, prompt_room(model, max_new_tokens))
+    counts = torch.as_tensor(group_size, device=device)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(counts)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
@@ -143,4 +165,11 @@ def token_log_probs(
     return log_prob, entropy
 
 
-__all__ = ["Completions", "completion_mask", "sample_completions", "token_log_probs", "tokenize_prompts"]
+__all__ = [
+    "Completions",
+    "completion_mask",
+    "prompt_room",
+    "sample_completions",
+    "token_log_probs",
+    "tokenize_prompts",
+]

@@ -1,9 +1,15 @@
 """Plumbing every model family shares: the prompt conditioning record, component loading, per-seed
-noise, and the latent ↔ image codec (a VAE, or pixel space when the folder has no ``vae/``)."""
+noise, and the latent ↔ image codec (a VAE, or pixel space when the folder has no ``vae/``).
+
+Prompts longer than a text encoder reads (CLIP: 77 tokens; T5: ``model.max_sequence_length``; the toy model: 16)
+are truncated, as the diffusers pipelines do; the first one logs a warning per tokenizer and limit (logger
+``flowrl.models``) naming the prompt, its length and the limit.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,6 +18,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger("flowrl.models")
+_TRUNCATION_WARNED: set[tuple[str, int]] = set()
 
 
 @dataclass
@@ -135,14 +144,37 @@ def load_text_encoder(path: str, enc: str, tok: str, dtype: torch.dtype) -> tupl
 
 
 def token_ids(tokenizer: Any, prompts: list[str], device: torch.device, max_length: int | None = None) -> Tensor:
-    """``[B, L]`` ids padded (and truncated) to ``max_length`` (default: the tokenizer's maximum)."""
+    """``[B, L]`` ids padded (and truncated) to ``max_length`` (default: the tokenizer's maximum); the first
+    truncated prompt of each tokenizer and limit logs a warning."""
+    limit = max_length or tokenizer.model_max_length
+    warn_truncation(tokenizer, prompts, limit)
     return tokenizer(
         prompts,
         padding="max_length",
-        max_length=max_length or tokenizer.model_max_length,
+        max_length=limit,
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
+
+
+def warn_truncation(tokenizer: Any, prompts: list[str], limit: int, reader: str = "", how: str = "truncated") -> None:
+    """Log once per (tokenizer, limit) that a prompt has more than ``limit`` tokens and is ``how`` (``reader``
+    says what has the limit; default: the text encoder)."""
+    key = (str(getattr(tokenizer, "name_or_path", "")) or type(tokenizer).__name__, int(limit))
+    if key in _TRUNCATION_WARNED or not prompts:
+        return
+    lengths = [len(ids) for ids in tokenizer(prompts, truncation=False, verbose=False)["input_ids"]]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    if lengths[longest] <= limit:
+        return
+    _TRUNCATION_WARNED.add(key)
+    words = prompts[longest].split()
+    start = " ".join(words[:8]) + (" …" if len(words) > 8 else "")
+    reader = reader or f"the text encoder ({type(tokenizer).__name__})"
+    log.warning(
+        "prompt %r is %d tokens; %s reads at most %d, so it is %s (reported once per tokenizer)",
+        start, lengths[longest], reader, limit, how,
+    )  # fmt: skip
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype) -> Tensor:

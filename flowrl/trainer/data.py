@@ -1,31 +1,50 @@
 """Prompt sources: the toy world's splits (``toy:train``, ``toy:held-out``, ``toy:all``) or a UTF-8 text file
-with one prompt per line (blank lines and lines starting with ``#`` are skipped)."""
+with one prompt per line (blank lines and lines starting with ``#`` are skipped; a byte-order mark is dropped).
+
+A source that does not exist is a ``ConfigError`` (the config names it); a file that exists but holds no usable
+prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the file and, where it helps, the line.
+"""
 
 from __future__ import annotations
 
 import os
 
+from flowrl.errors import DataError
 from flowrl.options import ConfigError
+
+TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all")
+
+
+def check_prompt_source(source: str) -> None:
+    """Raise ``ConfigError`` if ``source`` names neither a toy split nor an existing file."""
+    if source.startswith("toy:"):
+        if source not in TOY_PROMPT_SETS:
+            raise ConfigError(f"unknown prompt set {source!r}; valid: {', '.join(TOY_PROMPT_SETS)} or a file path")
+    elif not os.path.isfile(source):
+        raise ConfigError(f"prompt file {source!r} does not exist")
 
 
 def load_prompts(source: str) -> list[str]:
-    """The prompts of ``source``; raises ``ConfigError`` naming the file for missing, empty or non-UTF-8 files."""
+    """The prompts of ``source``: ``ConfigError`` for an unknown toy split or a missing file, ``DataError`` for
+    an empty or non-UTF-8 file."""
+    check_prompt_source(source)
     if source.startswith("toy:"):
         from flowrl.toy_world import all_scenes, split_scenes
 
         train, held_out = split_scenes()
         splits = {"toy:train": train, "toy:held-out": held_out, "toy:all": all_scenes()}
-        if source not in splits:
-            raise ConfigError(f"unknown prompt set {source!r}; valid: {', '.join(splits)} or a file path")
         return [s.text for s in splits[source]]
-    if not os.path.isfile(source):
-        raise ConfigError(f"prompt file {source!r} does not exist")
+    with open(source, "rb") as f:
+        raw = f.read()
     try:
-        with open(source, encoding="utf-8") as f:
-            lines = [line.strip() for line in f]
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"prompt file {source!r} is not UTF-8 text (byte {e.start})") from None
-    prompts = [line for line in lines if line and not line.startswith("#")]
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"prompt file {source!r} is not UTF-8 text (line {line}, byte {e.start}); re-save it as UTF-8"
+        ) from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
-        raise ConfigError(f"prompt file {source!r} has no prompts")
+        raise DataError(f"prompt file {source!r} has no prompts (blank lines and # comments are skipped)")
     return prompts

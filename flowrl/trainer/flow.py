@@ -4,17 +4,21 @@ Each stage is a plain function of a ``Run`` (the objects built once by ``setup``
 ``train`` reads like the algorithm. The sampler mode, advantage estimator, loss and rewards are
 looked up by name in their registries; nothing below branches on those names.
 
-Several processes (``accelerate launch``; DDP, or FSDP, see ``flowrl.trainer.sharding``): each process
-samples its own slice of the iteration's prompts (``train.prompts_per_step`` is per process) with its own
-noise, scores them and computes their advantages locally. A prompt's whole group stays on one process, so
-group statistics need no communication; statistics over the whole batch (the global-std estimator's std,
-the per-prompt tracker's history) are per process. Gradients are averaged over processes in the update and
-come out as the mean over every process's rows; metrics are averaged over processes.
+Several processes (``accelerate launch``; DDP, or FSDP, see ``flowrl.trainer.sharding``): every process draws
+the same ``train.prompts_per_step`` prompts and samples and scores its block of the batch's roots with the noise
+a single process would use; rewards are gathered and every process computes the whole batch's advantages
+(``flowrl.trainer.share``), so a group may span processes and batch-wide statistics are the whole batch's. The
+update walks the rows in one process's order, each process training its own, and gradients are averaged: N
+processes make one process's update. Metrics are the same on every process.
+
+A non-finite reward, loss or gradient skips that update (counted in ``train/skipped``); after
+``train.max_consecutive_skips`` skipped iterations in a row the run stops with ``TrainingStopped``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -29,15 +33,18 @@ from torch import Tensor
 from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import WEIGHT_DTYPES, Config, window_of
+from flowrl.errors import TrainingStopped
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
-from flowrl.rewards import RewardSet
+from flowrl.options import ConfigError
+from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer.sharding import full, shard, sharding_requested
+from flowrl.trainer.share import Whole, deal, gather_batch, step_rows
 from flowrl.trainer.weights import EMA, make_trainable, reference_policy
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
 # Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
 # seed·1_000_003 + iteration for any realistic seed, and (seed + stride·k)·4096 stays inside 64 bits for k < 2**10.
 _PROCESS_SEED_STRIDE = 2**40
+log = logging.getLogger("flowrl")
 
 
 @dataclass
@@ -58,6 +66,7 @@ class Run:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     rewards: RewardSet
     window: WindowSchedule
     train_prompts: list[str]
@@ -66,6 +75,8 @@ class Run:
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     sharded: bool = False  # FSDP: the transformer's weights are split over the processes
+    skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
+    skips: int = 0
 
 
 @dataclass
@@ -117,6 +128,9 @@ def setup(cfg: Config) -> Run:
     if kind == "random":
         options.setdefault("seed", cfg.seed)
     window = make_window(kind, cfg.sampler.num_steps, size, **options)
+    rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
+    train_prompts = load_prompts(cfg.data.train_prompts)
+    _check_split(cfg, window, rewards, len(train_prompts), accelerator.num_processes)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -124,13 +138,50 @@ def setup(cfg: Config) -> Run:
         params=params,
         optimizer=optimizer,
         ema=EMA(params, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
-        rewards=RewardSet.from_specs([vars(r) for r in cfg.rewards]),
+        scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
+        rewards=rewards,
         window=window,
-        train_prompts=load_prompts(cfg.data.train_prompts),
+        train_prompts=train_prompts,
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
         sharded=sharded,
     )
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, warmup: int, iterations: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of each iteration as a factor of the peak: linear warm-up over ``warmup`` iterations, then
+    constant or cosine decay to 10% at the last iteration (stepped once per iteration)."""
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (it - warmup) / max(1, iterations - 1 - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: int, processes: int) -> None:
+    """Refuse a batch that the processes cannot share evenly, or a groupwise reward (which compares the images of
+    a group with each other) when a group would span processes."""
+    per_prompt = ROLLOUT_MODES.get(cfg.sampler.mode)(cfg.sampler, window, cfg.train.group_size).roots_per_prompt
+    prompts = min(cfg.train.prompts_per_step, pool)
+    need = processes // math.gcd(per_prompt, processes)
+    if prompts % need:
+        raise ConfigError(
+            f"train.prompts_per_step={prompts}: its {prompts * per_prompt} roots cannot be dealt out evenly to "
+            f"{processes} processes; use a multiple of {need}"
+        )
+    groupwise = [name for name, fn in rewards.rewards.items() if is_groupwise(fn)]
+    if groupwise and prompts % processes:
+        raise ConfigError(
+            f"reward {groupwise[0]!r} compares the images of a prompt with each other, so a group must stay on one "
+            f"process: train.prompts_per_step={prompts} must be a multiple of the {processes} processes"
+        )
 
 
 def _refuse_other_backends(kind: str = "") -> None:
@@ -173,13 +224,18 @@ def score(run: Run, images: Tensor, prompts: list[str], groups: Tensor) -> tuple
 
 @torch.no_grad()
 def sample(run: Run, prompts: list[str]) -> Batch:
-    """Roll out the current policy on ``prompts`` (``P``) with the iteration's plan, decode and score."""
-    cfg, policy = run.cfg, run.policy
+    """Roll out the current policy on this process's share of the iteration's ``prompts`` (``P``, the same on every
+    process) with the iteration's plan, decode and score. The batch's roots are dealt out in blocks; group ids
+    are positions in ``prompts``."""
+    cfg, policy, acc = run.cfg, run.policy, run.accelerator
     plan = ROLLOUT_MODES.get(cfg.sampler.mode)(cfg.sampler, run.window, cfg.train.group_size)
-    prompt_of_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
-    cond = index_cond(policy.encode(prompts).as_dict(), prompt_of_root)
-    seed = process_seed(run, cfg.seed * 1_000_003 + run.iteration)
-    rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(prompt_of_root.numel())
+    every_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
+    first, count = deal(every_root.numel(), acc.num_processes, acc.process_index)
+    prompt_of_root = every_root[first : first + count]
+    low = int(prompt_of_root[0])  # encode only this share's prompts
+    cond = index_cond(policy.encode(prompts[low : int(prompt_of_root[-1]) + 1]).as_dict(), prompt_of_root - low)
+    seed = cfg.seed * 1_000_003 + run.iteration
+    rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
     noise_seeds = [seed * 4096 + i for i in rows]
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
     policy.train_mode(False)
@@ -199,6 +255,7 @@ def sample(run: Run, prompts: list[str]) -> Batch:
         tail_steps=plan.tail_steps,
         extra_tail_steps=plan.extra_tail_steps,
         generator=torch.Generator(x.device).manual_seed(seed),
+        share=(first, every_root.numel()),
     )
     sample_prompts = [prompts[int(g)] for g in rollout.group_id]
     groups = rollout.group_id
@@ -210,12 +267,19 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
 
 
-def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """Advantages and backprop mask from the configured estimator, one per row the loss trains on:
-    per transition ``[M]``, or per final sample ``[N]`` for sample losses (AWM). Computed on this process's
-    batch alone: with several processes, batch-wide statistics (e.g. the global std) are per process."""
+@dataclass
+class TrainRows:
+    """What the update trains on: this process's rows, transitions ``[M]`` or final samples ``[N]`` (AWM)."""
+
+    advantages: Tensor
+    mask: Tensor  # bool: rows with a gradient
+    position: Tensor  # each row's position in the whole batch, in single-process order
+
+
+def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
+    """This process's share of the advantage estimator's input."""
     tr = batch.rollout.transitions
-    adv_batch = AdvantageBatch(
+    return AdvantageBatch(
         rewards=batch.rewards,
         group_id=batch.rollout.group_id,
         weights=run.rewards.weight_vector(),
@@ -225,68 +289,59 @@ def advantages(run: Run, batch: Batch) -> tuple[Tensor, Tensor, dict[str, float]
             tr.node_id, tr.parent_id, tr.step, tr.depth, tr.log_prob, tr.group_id, batch.rollout.node_id
         ),
     )
-    result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
-    if result.per_transition or trains_on(run.cfg.loss.name) == "samples":
-        return result.advantages, result.mask, result.metrics
+
+
+def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[TrainRows, dict[str, float]]:
+    """Advantages and backprop mask of this process's rows, from the configured estimator run on the ``whole``
+    gathered batch (the same on every process; gathered here if not given): per transition, or per final sample
+    for sample losses (AWM)."""
+    whole = whole or gather_batch(run.accelerator, advantage_batch(run, batch))
+    result = compute_advantages(run.cfg.advantage.name, whole.batch, run.cfg.advantage, run.adv_state)
+    if result.per_transition:
+        pos = whole.transition_pos
+        return TrainRows(result.advantages[pos], result.mask[pos], pos), result.metrics
+    adv, mask = result.advantages[whole.sample_pos], result.mask[whole.sample_pos]
+    if trains_on(run.cfg.loss.name) == "samples":
+        return TrainRows(adv, mask, whole.sample_pos), result.metrics
     # per-sample advantages reach the steps that lead to exactly one sample; shared tree prefixes get none
+    tr = batch.rollout.transitions
     own = tr.sample_id >= 0
     idx = tr.sample_id.clamp(min=0)
-    return result.advantages[idx] * own, result.mask[idx] & own, result.metrics
+    return TrainRows(adv[idx] * own, mask[idx] & own, whole.transition_pos), result.metrics
 
 
-def update(run: Run, batch: Batch, adv: Tensor, mask: Tensor) -> dict[str, float]:
+def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
     """Update on the masked rows (transitions, or samples for AWM): ``inner_epochs`` passes,
     ``minibatches`` optimizer steps each, gradients accumulated over micro-batches (and so across timesteps).
 
-    With several processes every optimizer step's gradient is the mean over all processes' rows of that
-    step, and every process makes the same number of backward calls (see ``StepPlan``)."""
+    The rows of every process are shuffled and cut into optimizer steps in the single-process order (``step_rows``);
+    each step's gradient is the mean over that step's rows of all processes, and every process makes the same
+    number of backward calls. A step whose loss or gradient is not finite is skipped (``train/skipped_steps``)."""
     cfg, acc = run.cfg, run.accelerator
-    keep = mask.nonzero().squeeze(1)
-    counts = acc.gather(torch.tensor([keep.numel()], device=acc.device)).tolist()  # every process's row count
-    plan = plan_steps(counts, cfg.train.minibatches, cfg.train.micro_batch)
-    if not plan.rows:  # no process kept a row
-        return {"train/transitions": 0.0}
+    keep = rows.mask.nonzero().squeeze(1)
+    kept = _gather_objects(acc, rows.position[keep].cpu())
+    if not any(k.numel() for k in kept):  # no process kept a row
+        return {"train/transitions": 0.0, "train/skipped_steps": 0.0}
     run.policy.train_mode(True)
-    gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 7919 + run.iteration))
+    order_gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration)  # the same on every process
+    loss_gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 15_485_863 + run.iteration))
     sums: dict[str, float] = {}
+    count, skipped = 0, 0
     for _ in range(cfg.train.inner_epochs):
-        order = keep[torch.randperm(keep.numel(), generator=gen)]
-        chunks = list(order.chunk(cfg.train.minibatches)) if keep.numel() else []
-        for step, (rows, calls) in enumerate(zip(plan.rows, plan.calls, strict=True)):
-            chunk = chunks[step] if step < len(chunks) else keep[:0]
-            _accumulate(run, batch, adv, chunk, rows, calls, gen, sums)
-            _optimizer_step(run, chunk.numel(), sums)
-    count = keep.numel() * cfg.train.inner_epochs
+        for step in step_rows(kept, acc.process_index, cfg.train.minibatches, cfg.train.micro_batch, order_gen):
+            chunk = keep[step.rows]
+            step_sums: dict[str, float] = {}
+            _accumulate(run, batch, rows.advantages, chunk, step.total, step.calls, loss_gen, step_sums)
+            if not _optimizer_step(run, chunk.numel(), step_sums):
+                skipped += 1
+                continue
+            for k, v in step_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += chunk.numel()
     metrics = {k: v / count for k, v in sums.items()} if count else {}
     metrics["train/transitions"] = float(keep.numel())
+    metrics["train/skipped_steps"] = float(skipped)
     return metrics
-
-
-@dataclass
-class StepPlan:
-    """How one inner epoch's optimizer steps line up across processes.
-
-    DDP all-reduces gradients in every backward call, so all processes must make the same number of calls
-    per step or they wait for each other for ever: ``calls[s]`` is the most any process needs for step
-    ``s`` (the others add zero-weight passes). ``rows[s]`` counts step ``s``'s rows over all processes;
-    each row's loss is divided by it (times the process count, which DDP's average divides out again), so
-    the synchronised gradient is the mean over all those rows, whatever each process holds."""
-
-    rows: list[int]
-    calls: list[int]
-
-
-def plan_steps(counts: list[int], minibatches: int, micro_batch: int) -> StepPlan:
-    """The ``StepPlan`` when the processes keep ``counts`` rows (one count per process)."""
-    sizes = [_chunk_sizes(k, minibatches) for k in counts]
-    steps = max(len(s) for s in sizes)
-    columns = list(zip(*[s + [0] * (steps - len(s)) for s in sizes], strict=True))
-    return StepPlan([sum(c) for c in columns], [max(math.ceil(n / micro_batch) for n in c) for c in columns])
-
-
-def _chunk_sizes(rows: int, minibatches: int) -> list[int]:
-    """Sizes of ``Tensor.chunk(minibatches)`` on ``rows`` rows (which makes fewer chunks when rows are few)."""
-    return [len(c) for c in torch.arange(rows).chunk(minibatches)] if rows else []
 
 
 def _accumulate(
@@ -316,16 +371,34 @@ def _accumulate(
         acc.backward(out.loss * 0.0)
 
 
-def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> None:
-    """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA."""
-    cfg, acc = run.cfg, run.accelerator
-    if cfg.train.max_grad_norm > 0:
-        norm = full(acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm))  # FSDP: a replicated DTensor
-        sums["train/grad_norm"] = sums.get("train/grad_norm", 0.0) + float(norm) * rows
+def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
+    """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
+    Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
+    norm = check_step(run.accelerator, run.params, run.cfg.train.max_grad_norm, sums)
+    if norm is None:
+        return False
+    sums["train/grad_norm"] = norm * rows
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
         run.ema.update()
+    return True
+
+
+def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: dict[str, float]) -> float | None:
+    """Clip the accumulated gradients to ``max_norm`` (0 = no clipping) and return their norm; or, if the norm or
+    any process's step metrics ``sums`` (its losses) are not finite, clear the gradients and return None (on every
+    process alike, or the others would wait for its next collective)."""
+    # clipping at inf measures the norm (FSDP: a replicated DTensor) and leaves the gradients as they are
+    norm = float(full(acc.clip_grad_norm_(params, max_norm or math.inf)))
+    finite = math.isfinite(norm) and all(math.isfinite(v) for v in sums.values())
+    if acc.num_processes > 1:
+        finite = bool(acc.reduce(torch.tensor([float(not finite)], device=acc.device), "sum").item() == 0)
+    if finite:
+        return norm
+    for p in params:
+        p.grad = None
+    return None
 
 
 def _col(t: Tensor | None) -> Tensor | None:
@@ -449,9 +522,10 @@ def _prompt_groups(prompts: list[str]) -> Tensor:
     return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
 
 
-def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:
-    """Reward statistics of a batch: total mean/std, each component's mean, NFE per sample."""
-    total = combine(batch.rewards, run.rewards.weight_vector())
+def iteration_metrics(run: Run, batch: Batch, whole: Whole) -> dict[str, float]:
+    """Reward statistics: the whole batch's total mean/std, this process's component means (averaged over
+    processes later), NFE per sample."""
+    total = combine(whole.batch.rewards, run.rewards.weight_vector())
     out = {"reward/mean": total.mean().item(), "reward/std": total.std().item() if total.numel() > 1 else 0.0}
     out.update({f"reward/{k}": v.mean().item() for k, v in batch.components.items()})
     out["sampler/nfe_per_sample"] = batch.rollout.nfe / max(1, batch.rollout.samples.shape[0])
@@ -460,45 +534,71 @@ def iteration_metrics(batch: Batch, run: Run) -> dict[str, float]:
 
 
 def train_step(run: Run) -> dict[str, float]:
-    """One iteration: pick prompts, sample, score, compute advantages, update, advance the window.
-    Returns the metrics averaged over processes (the same on every process)."""
+    """One iteration: pick prompts, sample, score, compute advantages, update, advance the window and the learning
+    rate. Returns the metrics (the same on every process). A non-finite reward skips the update."""
     cfg, acc = run.cfg, run.accelerator
     t0 = time.perf_counter()
-    prompts = draw_prompts(
-        run.rng, run.train_prompts, cfg.train.prompts_per_step, acc.num_processes, acc.process_index
-    )
-    batch = sample(run, prompts)
+    batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
-    adv, mask, adv_metrics = advantages(run, batch)
-    if cfg.train.timestep_fraction < 1:
-        gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
-        mask = step_subset(mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
-    metrics = {**iteration_metrics(batch, run), **adv_metrics}
-    metrics.update(update(run, batch, adv, mask))
+    broken = _gather_objects(acc, non_finite_rewards(batch))
+    if any(broken):
+        metrics = {"train/skipped_steps": 0.0, "reward/non_finite": float(sum(n for b in broken for n in b.values()))}
+        reason = "non-finite reward " + ", ".join(sorted({f"{k!r}" for b in broken for k in b}))
+    else:
+        whole = gather_batch(acc, advantage_batch(run, batch))
+        rows, adv_metrics = advantages(run, batch, whole)
+        if cfg.train.timestep_fraction < 1:
+            gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
+            mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
+            rows = TrainRows(rows.advantages, mask, rows.position)
+        metrics = {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
+        reason = "non-finite loss or gradient"
     t2 = time.perf_counter()
     metrics.update({"time/sample_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
-    metrics = mean_over_processes(acc, metrics)  # before the check, so that every process raises or none
-    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"non-finite training metrics at iteration {run.iteration}: {', '.join(bad)}")
+    metrics = mean_over_processes(acc, metrics)
+    skipped = any(broken) or metrics["train/skipped_steps"] > 0
+    count_skip(run, skipped, reason)
+    metrics.update({"train/skipped": float(skipped), "train/lr": run.scheduler.get_last_lr()[0]})
     run.window.advance()
+    run.scheduler.step()
     run.iteration += 1
     return metrics
 
 
-def draw_prompts(rng: random.Random, pool: list[str], per_process: int, num_processes: int, index: int) -> list[str]:
-    """Process ``index``'s prompts for one iteration: ``min(per_process, len(pool))`` distinct prompts.
+def non_finite_rewards(batch: Batch) -> dict[str, int]:
+    """Reward components (by name) with NaN or infinite scores in this process's batch, and how many."""
+    return {k: int((~torch.isfinite(v)).sum()) for k, v in batch.components.items() if not torch.isfinite(v).all()}
 
-    Every process makes the same draws from its copy of the shared seeded ``rng`` (so the copies stay in
-    step) and keeps its own slice: processes train on different prompts, each prompt's group on one
-    process. With one process this is the ``rng.sample`` it always was. When the pool is too small for
-    every process to get prompts of its own, each slice is a separate sample (and may repeat others')."""
-    take = min(per_process, len(pool))
-    if take * num_processes <= len(pool):
-        drawn = rng.sample(pool, take * num_processes)
-    else:
-        drawn = [p for _ in range(num_processes) for p in rng.sample(pool, take)]
-    return drawn[index * take : (index + 1) * take]
+
+def count_skip(run: Any, skipped: bool, reason: str) -> None:
+    """Count a skipped update; stop the run after ``train.max_consecutive_skips`` of them in a row."""
+    run.skips_in_a_row = run.skips_in_a_row + 1 if skipped else 0
+    run.skips += int(skipped)
+    if not skipped:
+        return
+    limit = run.cfg.train.max_consecutive_skips
+    if run.accelerator.is_main_process:
+        log.warning("iteration %d: update skipped (%s); %d in a row", run.iteration, reason, run.skips_in_a_row)
+    if run.skips_in_a_row >= limit:
+        raise TrainingStopped(
+            f"{run.skips_in_a_row} updates in a row skipped at iteration {run.iteration} ({reason}); the last "
+            f"complete checkpoint is unchanged. Fix the reward or lower train.lr (train.max_consecutive_skips={limit})"
+        )
+
+
+def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
+    """One iteration's prompts: ``min(count, len(pool))`` distinct prompts. Every process draws the same ones from
+    its copy of the shared seeded ``rng`` (so the copies stay in step) and samples its share of their images."""
+    return rng.sample(pool, min(count, len(pool)))
+
+
+def _gather_objects(acc: Accelerator, value: Any) -> list[Any]:
+    """Every process's ``value`` (picklable), in process order."""
+    if acc.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
 
 
 def process_seed(run: Run, seed: int) -> int:
@@ -520,13 +620,15 @@ def mean_over_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str
 __all__ = [
     "Batch",
     "Run",
-    "StepPlan",
+    "TrainRows",
+    "advantage_batch",
     "advantages",
     "draw_prompts",
     "eval_share",
     "evaluate",
+    "lr_scheduler",
     "mean_over_processes",
-    "plan_steps",
+    "non_finite_rewards",
     "process_seed",
     "sample",
     "score",

@@ -5,8 +5,10 @@ is a token. Completions are ``[N, T]`` token rows (``N`` = prompts × ``group_si
 Reward functions have TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``; ``None``
 means "does not apply" and is left out of the weighted sum (TRL's nansum).
 
-Several processes (``accelerate launch``, DDP): each draws its own prompts, a group stays on one process,
-advantages are per process, gradients are averaged, metrics are averaged over processes.
+Several processes (``accelerate launch``, DDP): every process draws the same prompts and generates its block of
+the batch's completions (a group may span processes, each process samples with its own seed); rewards are
+gathered and every process computes the whole batch's advantages, then trains its rows; gradients are averaged.
+A non-finite loss or gradient skips the optimizer step, as in the flow trainer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from flowrl.config import WEIGHT_DTYPES
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
 from flowrl.text_config import TextConfig
-from flowrl.trainer.flow import draw_prompts, mean_over_processes
+from flowrl.trainer.flow import (
+    _gather_objects,
+    check_step,
+    count_skip,
+    draw_prompts,
+    lr_scheduler,
+    mean_over_processes,
+    process_seed,
+)
+from flowrl.trainer.share import deal
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -46,19 +57,24 @@ class TextRun:
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
     rng: random.Random
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     reference: Any = None  # a frozen copy for KL when fine-tuning fully (LoRA disables its adapter instead)
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     num_tokens: int = 0
+    skips_in_a_row: int = 0
+    skips: int = 0
 
 
 @dataclass
 class TextBatch:
     """One iteration's experience: completions, their rows and rewards ``[N, K]`` (NaN = not applicable)."""
 
-    completions: Completions
+    completions: Completions  # ``index``: row of the completion's prompt in ``completions.prompt_ids``
     rows: list[dict[str, Any]]  # per completion
     rewards: Tensor
+    group_id: Tensor | None = None  # [N] position of each completion's prompt in the iteration's prompts
+    first: int = 0  # position of this process's first completion in the whole batch
 
 
 def resolve_reward(name: str) -> RewardFunc:
@@ -143,25 +159,35 @@ def setup(
         train_rows=dataset if dataset is not None else load_rows(cfg.data.train),
         eval_rows=load_rows(cfg.data.eval),
         rng=random.Random(cfg.seed),
+        scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
         reference=reference,
     )
 
 
 def score(run: TextRun, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> Tensor:
     """Rewards ``[N, K]`` (one column per reward function, NaN where a function returned None); the
-    functions get every dataset column but the prompt as a keyword list aligned with ``prompts``."""
+    functions get every dataset column but the prompt as a keyword list aligned with ``prompts``. A function
+    that raises or returns anything but one real number (or None) per completion is a ``RewardError`` naming it."""
+    from flowrl.errors import RewardError
+
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     out = torch.empty(len(prompts), len(run.rewards))
     for k, (name, fn, _) in enumerate(run.rewards):
         try:
-            values = list(fn(prompts=prompts, completions=completions, **columns))
+            values = fn(prompts=prompts, completions=completions, **columns)
         except Exception as e:
-            raise RuntimeError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+            raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+            raise RewardError(
+                f"reward {name!r} must return a list of floats or None (one per completion), "
+                f"got {type(values).__name__}"
+            )
+        values = list(values)
         if len(values) != len(prompts):
-            raise ValueError(f"reward {name!r} returned {len(values)} values for {len(prompts)} completions")
+            raise RewardError(f"reward {name!r} returned {len(values)} values for {len(prompts)} completions")
         bad = [v for v in values if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool))]
         if bad:
-            raise TypeError(f"reward {name!r} must return floats or None, got {bad[0]!r}")
+            raise RewardError(f"reward {name!r} must return floats or None, got {bad[0]!r}")
         out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
     return out
 
@@ -174,16 +200,21 @@ def weighted_total(run: TextRun, rewards: Tensor) -> Tensor:
 
 @torch.no_grad()
 def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
-    """``group_size`` completions of each row's prompt from the current policy, scored."""
-    cfg, g = run.cfg, run.cfg.generation
-    prompts = [r["prompt"] for r in rows]
+    """This process's block of the ``group_size`` completions of each row's prompt (``rows`` are the iteration's
+    prompts, the same on every process) from the current policy, scored."""
+    cfg, g, acc = run.cfg, run.cfg.generation, run.accelerator
+    every = torch.arange(len(rows)).repeat_interleave(cfg.train.group_size)
+    first, count = deal(every.numel(), acc.num_processes, acc.process_index)
+    mine, counts = every[first : first + count].unique_consecutive(return_counts=True)
+    prompts = [rows[int(i)]["prompt"] for i in mine]
     chunk = g.batch_size or len(prompts)
+    torch.manual_seed(process_seed(run, cfg.seed * 1_000_003 + run.iteration))  # sampling draws from torch's RNG
     parts = [
         sample_completions(
             run.model,
             run.tokenizer,
             prompts[i : i + chunk],
-            cfg.train.group_size,
+            counts[i : i + chunk].tolist(),
             max_new_tokens=g.max_new_tokens,
             temperature=g.temperature,
             top_p=g.top_p,
@@ -192,9 +223,10 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
         for i in range(0, len(prompts), chunk)
     ]
     completions = _concat(parts, run.tokenizer.pad_token_id)
-    rows_n = [rows[int(i)] for i in completions.index]
+    group_id = mine[completions.index.cpu()]
+    rows_n = [rows[int(i)] for i in group_id]
     rewards = score(run, [r["prompt"] for r in rows_n], completions.texts, rows_n)
-    return TextBatch(completions, rows_n, rewards)
+    return TextBatch(completions, rows_n, rewards, group_id, first)
 
 
 def _concat(parts: list[Completions], pad: int) -> Completions:
@@ -227,16 +259,18 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     a function returned None) and TRL's reward metrics. A completion no function scored (all None) gets
     advantage 0 and is left out of the reward statistics, as in TRL."""
     g = run.cfg.train.group_size
-    group_id = batch.completions.index.cpu()
-    rewards, weights = batch.rewards, torch.tensor([w for _, _, w in run.rewards])
+    parts = _gather_objects(
+        run.accelerator, (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows])
+    )
+    all_rewards, group_id = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    keys = [k for p in parts for k in p[2]]
+    rewards, weights = all_rewards, torch.tensor([w for _, _, w in run.rewards])
     unscored = torch.isnan(rewards).all(1)
     if torch.isnan(rewards).any():
         rewards, weights = weighted_total(run, rewards).unsqueeze(1), None
-    adv_batch = AdvantageBatch(
-        rewards=rewards, group_id=group_id, weights=weights, prompt_keys=[r["prompt"] for r in batch.rows]
-    )
+    adv_batch = AdvantageBatch(rewards=rewards, group_id=group_id, weights=weights, prompt_keys=keys)
     result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
-    total = weighted_total(run, batch.rewards).masked_fill(unscored, math.nan)
+    total = weighted_total(run, all_rewards).masked_fill(unscored, math.nan)
     group_std = _nanstd(total.view(-1, g), dim=1)
     metrics = {
         "reward": total.nanmean().item(),
@@ -244,10 +278,16 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
         "frac_reward_zero_std": (group_std.abs() < 1e-6).float().mean().item(),  # equal groups: share of samples
     }
     for k, (name, _, _) in enumerate(run.rewards):
-        col = batch.rewards[:, k]
+        col = all_rewards[:, k]
         metrics[f"rewards/{name}/mean"] = col.nanmean().item()
         metrics[f"rewards/{name}/std"] = _nanstd(col).item()
-    return result.advantages * result.mask * ~unscored, {**metrics, **result.metrics}
+    mine = slice(batch.first, batch.first + batch.rewards.shape[0])
+    return (result.advantages * result.mask * ~unscored)[mine], {**metrics, **result.metrics}
+
+
+def _group_id(batch: TextBatch) -> Tensor:
+    """``[N]`` group of each completion (its prompt's position in the iteration's prompts)."""
+    return batch.completions.index.cpu() if batch.group_id is None else batch.group_id.cpu()
 
 
 def _nanstd(x: Tensor, dim: int | None = None) -> Tensor:
@@ -320,17 +360,28 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
             old = torch.cat([_log_probs(run, run.model, c, r)[0] for r in _micro_batches(all_rows, t.micro_batch)])
     if cfg.loss.kl_coef > 0:
         ref = torch.cat([reference_log_probs(run, c, r) for r in _micro_batches(all_rows, t.micro_batch)])
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration + acc.process_index * 2**40)
+    gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 7919 + run.iteration))
     groups = c.index.unique()
     sums: dict[str, float] = {}
-    steps = 0
+    steps = skipped = 0
     for _ in range(t.num_iterations):
         order = groups[torch.randperm(len(groups), generator=gen).to(device)]
         rows = torch.cat([all_rows[c.index == gid] for gid in order])
         for step_rows in rows.chunk(t.minibatches):
-            _step(run, batch, adv, step_rows, old, ref, sums)
+            step_sums: dict[str, float] = {}
+            _step(run, batch, adv, step_rows, old, ref, step_sums)
+            norm = check_step(acc, run.params, t.max_grad_norm, step_sums)
+            if norm is None:
+                skipped += 1
+                continue
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            step_sums["grad_norm"] = norm
+            for k, v in step_sums.items():
+                sums[k] = sums.get(k, 0.0) + v
             steps += 1
-    metrics = {k: v / steps for k, v in sums.items()}
+    metrics = {k: v / steps for k, v in sums.items()} if steps else {}
+    metrics["skipped_steps"] = float(skipped)
     for name in ("clip_frac_low", "clip_frac_high"):  # TRL's names for the same quantities
         if name in metrics:
             metrics[f"clip_ratio/{name.split('_')[-1]}_mean"] = metrics.pop(name)
@@ -348,7 +399,7 @@ def _step(
     ref: Tensor | None,
     sums: dict[str, float],
 ) -> None:
-    """One optimizer step on ``rows``: micro-batch losses weighted by ``normalizes_by`` of the loss."""
+    """The backward passes of one optimizer step on ``rows``: micro-batch losses weighted by ``normalizes_by``."""
     cfg, acc, c = run.cfg, run.accelerator, batch.completions
     mask = c.completion_mask
     kind = normalizes_by(cfg.loss.name)
@@ -376,31 +427,29 @@ def _step(
         }
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * len(mb) / len(rows)
-    if cfg.train.max_grad_norm > 0:
-        norm = acc.clip_grad_norm_(run.params, cfg.train.max_grad_norm)
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
 
 
 def train_step(run: TextRun) -> dict[str, float]:
     """One iteration: draw prompts, generate, score, advantages, update. Metrics averaged over processes."""
     cfg, acc = run.cfg, run.accelerator
     t0 = time.perf_counter()
-    rows = draw_prompts(run.rng, run.train_rows, cfg.train.prompts_per_step, acc.num_processes, acc.process_index)
-    batch = generate(run, rows)
+    batch = generate(run, draw_prompts(run.rng, run.train_rows, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
-    adv, metrics = advantages(run, batch)
-    metrics.update(completion_metrics(batch.completions))
-    metrics.update(update(run, batch, adv.to(batch.completions.completion_ids.device)))
+    infinite = sum(_gather_objects(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
+    if infinite:
+        metrics = {"skipped_steps": 1.0, "rewards/infinite": float(infinite)}
+    else:
+        adv, metrics = advantages(run, batch)
+        metrics.update(completion_metrics(batch.completions))
+        metrics.update(update(run, batch, adv.to(batch.completions.completion_ids.device)))
     t2 = time.perf_counter()
     run.num_tokens += int(batch.completions.completion_mask.sum() + batch.completions.prompt_mask.sum())
     metrics.update({"num_tokens": float(run.num_tokens), "time/generate_s": t1 - t0, "time/update_s": t2 - t1})
     metrics["time/step_s"] = t2 - t0
     metrics = mean_over_processes(acc, metrics)
-    bad = [k for k, v in metrics.items() if not math.isfinite(v) and not k.startswith("rewards/")]
-    if bad:
-        raise FloatingPointError(f"non-finite training metrics at iteration {run.iteration}: {', '.join(bad)}")
+    count_skip(run, metrics["skipped_steps"] > 0, "infinite reward" if infinite else "non-finite loss or gradient")
+    metrics["lr"] = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
     run.iteration += 1
     return metrics
 
