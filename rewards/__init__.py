@@ -1,6 +1,7 @@
 """Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS``.
 
-- ``base``: the reward interface, ``make_reward`` and the weighted ``RewardSet``.
+- ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
+  reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.errors.RewardError`` naming it.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
@@ -14,6 +15,24 @@
 """
 
 from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, toy, vlm_judge  # noqa: F401  (register their rewards)
-from .base import REWARDS, RewardFn, RewardSet, check_reward_output, is_groupwise, make_reward
+from .base import (
+    REWARDS,
+    RewardFn,
+    RewardSet,
+    check_reward_options,
+    check_reward_output,
+    is_groupwise,
+    is_user_reward,
+    make_reward,
+)
 
-__all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "is_groupwise", "make_reward"]
+__all__ = [
+    "REWARDS",
+    "RewardFn",
+    "RewardSet",
+    "check_reward_options",
+    "check_reward_output",
+    "is_groupwise",
+    "is_user_reward",
+    "make_reward",
+]

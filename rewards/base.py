@@ -3,7 +3,13 @@
 A reward is a callable ``reward(images [B, 3, H, W] in [0, 1], prompts: list[str]) -> dict[str, Tensor]``
 whose ``"score"`` entry (``[B]``, higher is better) is what RL maximises; any other ``[B]`` entries
 are diagnostics that get logged (e.g. the toy evaluator's strict accuracy). Rewards are built by
-name from ``REWARDS`` with keyword options: ``make_reward("toy-geneval")``.
+name from ``REWARDS`` with keyword options: ``make_reward("toy-geneval")``, or from a ``"module:callable"``
+path to the user's own code: a class is instantiated with the options (its instances are the reward), a function
+is the reward itself and gets the options as extra keywords on every call.
+
+Every failure of a reward is a ``RewardError`` naming it: an exception inside the reward (chained), an output that
+is not a dict with a ``"score"``, values that are not numbers or not ``[B]``. NaN and infinite scores are not
+errors here (a trainer decides what to do with them; ``RewardSet.non_finite`` counts them).
 
 Groupwise rewards score the images of one prompt jointly (e.g. a pairwise judge's win rate). They say
 so with an attribute ``groupwise = True`` and are called ``reward(images, prompts, groups=groups)``,
@@ -13,7 +19,9 @@ to them and to no other reward.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.errors import RewardError
 from flowrl.registry import Registry
 
 RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
@@ -30,9 +39,66 @@ RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
 REWARDS: Registry = Registry("reward")
 
 
+def is_user_reward(name: str) -> bool:
+    """Whether ``name`` is a ``"module:callable"`` path rather than a registered reward's name."""
+    return ":" in name
+
+
 def make_reward(name: str, **options: Any) -> RewardFn:
-    """Build the reward registered as ``name`` with its options."""
+    """Build the reward registered as ``name`` (or the user's ``"module:callable"``) with its options."""
+    if is_user_reward(name):
+        return _user_reward(load_user_reward(name), options)
     return REWARDS.get(name)(**options)
+
+
+def load_user_reward(path: str) -> Any:
+    """The class or function a ``"module:callable"`` reward path names; ``ValueError`` says why it cannot be used."""
+    try:
+        obj = load_object(path)
+    except ValueError:
+        raise
+    except Exception as e:  # ImportError, or whatever the user's module raised while importing
+        raise ValueError(f"cannot import {path!r}: {type(e).__name__}: {e}") from e
+    if not callable(obj):
+        raise ValueError(f"{path!r} is a {type(obj).__name__}, not a reward function or class")
+    return obj
+
+
+def _user_reward(obj: Any, options: Mapping[str, Any]) -> RewardFn:
+    if isinstance(obj, type):
+        return obj(**options)
+    if not options:
+        return obj
+
+    @functools.wraps(obj)  # keeps its name and its groupwise attribute
+    def reward(images: Tensor, prompts: list[str], **kwargs: Any) -> dict[str, Tensor]:
+        return obj(images, prompts, **kwargs, **options)
+
+    return reward
+
+
+def check_reward_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` when reward ``name`` does not exist or takes no option of that name (no model loads:
+    only signatures are read; a user's reward module is imported)."""
+    if is_user_reward(name):
+        obj = load_user_reward(name)
+        target = obj if isinstance(obj, type) or options else None
+    else:
+        target = REWARDS.get(name)
+    if target is None or not options:
+        return
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # some builtins and C callables have none: nothing to check
+        return
+    params = signature.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    unknown = [key for key in options if key not in named]
+    if unknown:
+        valid = ", ".join(n for n in named if n not in ("images", "prompts")) or "none"
+        raise ValueError(f"reward {name!r} has no option {unknown[0]!r} (its options: {valid})")
 
 
 def load_object(path: str) -> Any:
@@ -54,16 +120,33 @@ def is_groupwise(fn: RewardFn) -> bool:
 
 
 def check_reward_output(name: str, out: Any, batch: int) -> dict[str, Tensor]:
-    """Validate a reward's output: a dict with a finite-or-NaN ``"score"`` and ``[B]`` tensors; names the reward."""
-    if not isinstance(out, Mapping) or "score" not in out:
-        raise TypeError(f"reward {name!r} must return a dict with a 'score' tensor, got {type(out).__name__}")
+    """A reward's output as ``{key: float32 [B] tensor}``: a dict with a ``"score"`` and one real number per image
+    under every key (NaN and infinities pass). Raises ``RewardError`` naming the reward and the key."""
+    if not isinstance(out, Mapping):
+        raise RewardError(
+            f"reward {name!r} must return a dict with a 'score' tensor of shape [{batch}], got {type(out).__name__}"
+        )
+    if "score" not in out:
+        raise RewardError(f"reward {name!r} returned a dict without 'score' (keys: {', '.join(map(str, out))})")
     checked = {}
     for key, value in out.items():
-        value = torch.as_tensor(value, dtype=torch.float32).detach().cpu()
-        if value.shape != (batch,):
-            raise ValueError(f"reward {name!r} returned {key!r} of shape {tuple(value.shape)}; expected [{batch}]")
-        checked[key] = value
+        checked[str(key)] = _as_scores(name, key, value, batch)
     return checked
+
+
+def _as_scores(name: str, key: Any, value: Any, batch: int) -> Tensor:
+    where = f"reward {name!r} returned {key!r}"
+    if isinstance(value, (str, bytes)) or value is None:
+        raise RewardError(f"{where} as {type(value).__name__}; expected a tensor of shape [{batch}]")
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise RewardError(f"{where} as {type(value).__name__}, not numbers ({e})") from e
+    if tensor.is_complex():
+        raise RewardError(f"{where} with dtype {tensor.dtype}; expected real numbers")
+    if tensor.shape != (batch,):
+        raise RewardError(f"{where} of shape {list(tensor.shape)}; expected [{batch}] (one number per image)")
+    return tensor.detach().to("cpu", torch.float32)
 
 
 @dataclass
@@ -82,7 +165,11 @@ class RewardSet:
             name = spec["name"]
             if name in rewards:
                 raise ValueError(f"reward {name!r} listed twice")
-            rewards[name] = make_reward(name, **dict(spec.get("options") or {}))
+            options = dict(spec.get("options") or {})
+            try:
+                rewards[name] = make_reward(name, **options)
+            except Exception as e:  # a missing checkpoint, a bad option value, the user's constructor raising
+                raise RewardError(f"reward {name!r} could not be built: {type(e).__name__}: {e}") from e
             weights[name] = float(spec.get("weight", 1.0))
         return cls(rewards, weights)
 
@@ -104,19 +191,19 @@ class RewardSet:
         total = torch.zeros(batch)
         parts: dict[str, Tensor] = {}
         for name, fn in self.rewards.items():
-            if is_groupwise(fn):
-                if groups is None:
-                    raise ValueError(
-                        f"reward {name!r} scores groups of images jointly and needs groups= ([B] group ids)"
-                    )
-                raw = fn(images, prompts, groups=groups)
-            else:
-                raw = fn(images, prompts)
-            out = check_reward_output(name, raw, batch)
+            if is_groupwise(fn) and groups is None:
+                raise ValueError(f"reward {name!r} scores groups of images jointly and needs groups= ([B] group ids)")
+            out = check_reward_output(name, _call(name, fn, images, prompts, groups), batch)
             total += self.weights[name] * out["score"]
             parts[name] = out["score"]
             parts.update({f"{name}/{k}": v for k, v in out.items() if k != "score"})
         return total, parts
+
+    def non_finite(self, parts: Mapping[str, Tensor]) -> dict[str, int]:
+        """``{reward name: count}`` of NaN or infinite scores in ``parts`` (as ``__call__`` returns them), for the
+        rewards that have any; diagnostics are not counted. Empty when every score is finite."""
+        counts = {name: int((~torch.isfinite(parts[name])).sum()) for name in self.rewards if name in parts}
+        return {name: n for name, n in counts.items() if n}
 
     def weight_vector(self) -> Tensor:
         """``[K]`` weights in the order of ``rewards`` (the columns of the trainer's reward matrix)."""
@@ -126,4 +213,25 @@ class RewardSet:
         return " + ".join(f"{w:g}·{n}" if not math.isclose(w, 1.0) else n for n, w in self.weights.items())
 
 
-__all__ = ["REWARDS", "RewardFn", "RewardSet", "check_reward_output", "is_groupwise", "load_object", "make_reward"]
+def _call(name: str, fn: RewardFn, images: Tensor, prompts: list[str], groups: Tensor | None) -> Any:
+    """``fn``'s raw output; anything it raises becomes a ``RewardError`` naming the reward (the original chained)."""
+    try:
+        return fn(images, prompts, groups=groups) if is_groupwise(fn) else fn(images, prompts)
+    except RewardError as e:  # already says what failed (e.g. a reward server's reply): add which reward
+        raise RewardError(f"reward {name!r}: {e}") from e
+    except Exception as e:
+        raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
+
+
+__all__ = [
+    "REWARDS",
+    "RewardFn",
+    "RewardSet",
+    "check_reward_options",
+    "check_reward_output",
+    "is_groupwise",
+    "is_user_reward",
+    "load_object",
+    "load_user_reward",
+    "make_reward",
+]

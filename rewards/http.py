@@ -5,7 +5,8 @@ decoded JSON object. Transient failures (connection refused or dropped, timeouts
 ``retries`` times, waiting ``backoff · 2^k`` seconds before retry ``k`` (0-based), because a reward server
 that is still loading its model or restarting usually recovers within seconds. Any other HTTP 4xx means the
 request itself is wrong, so it is raised at once. Every error is an ``HTTPCallError`` whose message names the URL,
-the HTTP status (if any) and the server's own error text (its ``{"error": ...}`` field when it sends one).
+the HTTP status (if any) and the server's own error text (its ``{"error": ...}`` field when it sends one). It is a
+``RewardError`` (the reward's server failed: exit code 2 from the command line) and, as before, a ``RuntimeError``.
 
 JSON here allows ``NaN`` (Python's ``json`` default) because rewards may legitimately score ``NaN``.
 Connections go direct, ignoring ``http_proxy``-style variables: reward servers live on the local host or
@@ -22,6 +23,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from flowrl.errors import RewardError
+
 # Module-level so tests can replace it without patching ``time.sleep`` for the whole process.
 _sleep = time.sleep
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -30,7 +33,7 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _MAX_ERROR_CHARS = 2000
 
 
-class HTTPCallError(RuntimeError):
+class HTTPCallError(RewardError, RuntimeError):
     """A failed JSON call. ``status`` is the HTTP status (``None`` when no response came back) and
     ``server_message`` the server's error text; ``retryable`` says whether another attempt could help."""
 

@@ -34,7 +34,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from .base import REWARDS, RewardFn, check_reward_output
+from flowrl.errors import RewardError
+
+from .base import REWARDS, RewardFn
 from .http import post_json
 
 WIRE_FORMATS = ("png", "safetensors")
@@ -44,8 +46,9 @@ WIRE_FORMATS = ("png", "safetensors")
 MAX_PIXELS = 2**25
 
 
-class WireError(ValueError):
-    """A malformed request or response; the message names the field and what was expected."""
+class WireError(RewardError):
+    """A malformed request or response; the message names the field and what was expected (and, for a response,
+    the server's URL). A ``RewardError``, so a bad reply from the reward server stops training with exit code 2."""
 
 
 def quantize_8bit(images: Tensor) -> Tensor:
@@ -170,18 +173,19 @@ def encode_outputs(outputs: Mapping[str, Tensor]) -> dict[str, Any]:
 
 
 def decode_outputs(body: Any, batch: int, source: str = "server") -> dict[str, Tensor]:
-    """A response body → ``{key: Tensor[B]}``, validated like a local reward's output."""
+    """A response body → ``{key: float32 Tensor[B]}`` with a ``"score"``; ``WireError`` names ``source`` (the
+    server's URL) and what is wrong with the reply."""
     outputs = body.get("outputs") if isinstance(body, Mapping) else None
     if not isinstance(outputs, Mapping):
         raise WireError(f"{source}: response has no 'outputs' object")
+    if "score" not in outputs:
+        raise WireError(f"{source}: response outputs have no 'score' (keys: {', '.join(map(str, outputs)) or 'none'})")
     for key, values in outputs.items():
         if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):  # bool is no score
             raise WireError(f"{source}: outputs[{key!r}] is not a list of numbers")
-    tensors = {key: torch.tensor(values, dtype=torch.float32) for key, values in outputs.items()}
-    try:
-        return check_reward_output(source, tensors, batch)
-    except (TypeError, ValueError) as e:
-        raise WireError(str(e)) from e
+        if len(values) != batch:
+            raise WireError(f"{source}: outputs[{key!r}] has {len(values)} values for {batch} images")
+    return {key: torch.tensor(values, dtype=torch.float32) for key, values in outputs.items()}
 
 
 def score_url(url: str) -> str:

@@ -20,6 +20,7 @@ from flowrl.config import (
     parse_override,
     window_of,
 )
+from flowrl.errors import DataError
 from flowrl.losses import LOSSES
 from flowrl.options import ConfigError, describe, load, set_dotted, to_dict
 from flowrl.trainer.data import load_prompts
@@ -377,10 +378,10 @@ def test_missing_model_dir(tmp_path: Path) -> None:
 
 def test_missing_prompt_file(mp: str) -> None:
     assert config_error([mp, "data.train_prompts=/nonexistent.txt"]) == (
-        "data prompts file '/nonexistent.txt' does not exist"
+        "data.train_prompts: prompt file '/nonexistent.txt' does not exist"
     )
     assert config_error([mp, "data.eval_prompts=/nonexistent.txt"]) == (
-        "data prompts file '/nonexistent.txt' does not exist"
+        "data.eval_prompts: prompt file '/nonexistent.txt' does not exist"
     )
 
 
@@ -522,20 +523,20 @@ def test_prompt_file_skips_blanks_and_comments(tmp_path: Path) -> None:
 
 def test_empty_prompt_file(tmp_path: Path) -> None:
     path = write(tmp_path, "empty.txt", "")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DataError) as info:
         load_prompts(str(path))
-    assert str(info.value) == f"prompt file {str(path)!r} has no prompts"
+    assert str(info.value) == f"prompt file {str(path)!r} has no prompts (blank lines and # comments are skipped)"
     only_comments = write(tmp_path, "comments.txt", "# a\n\n#b\n")
-    with pytest.raises(ConfigError, match="has no prompts"):
+    with pytest.raises(DataError, match="has no prompts"):
         load_prompts(str(only_comments))
 
 
 def test_non_utf8_prompt_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.txt"
     path.write_bytes(b"\xff\xfe bad")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(DataError) as info:
         load_prompts(str(path))
-    assert str(info.value) == f"prompt file {str(path)!r} is not UTF-8 text (byte 0)"
+    assert str(info.value) == f"prompt file {str(path)!r} is not UTF-8 text (line 1, byte 0); re-save it as UTF-8"
 
 
 def test_missing_prompt_file_in_load_prompts(tmp_path: Path) -> None:
@@ -559,7 +560,7 @@ def test_to_dict_round_trips_non_defaults(tmp_path: Path, mp: str) -> None:
     preset = write(
         tmp_path,
         "preset.yaml",
-        "rewards:\n  - name: toy-geneval\n    weight: 0.5\n    options: {a: 1}\n",
+        "rewards:\n  - name: jpeg-compressibility\n    weight: 0.5\n    options: {quality: 80}\n",
     )
     cfg = load_config(
         str(preset),
@@ -579,7 +580,7 @@ def test_to_dict_round_trips_non_defaults(tmp_path: Path, mp: str) -> None:
     back = load(Config, data)
     assert back == cfg
     assert back.advantage.tree_skip_depths == (0, 2)
-    assert back.rewards[0].options == {"a": 1}
+    assert back.rewards[0].options == {"quality": 80}
 
 
 def _describe() -> dict[str, tuple[str, object, str]]:
