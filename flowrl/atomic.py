@@ -25,6 +25,7 @@ def atomic_dir(path: str) -> Iterator[str]:
     os.makedirs(tmp)
     try:
         yield tmp
+        _sync_tree(tmp)  # the files' contents reach the disk before the rename that makes them visible
         if os.path.isdir(path):
             os.replace(path, old)
         os.replace(tmp, path)
@@ -35,6 +36,22 @@ def atomic_dir(path: str) -> Iterator[str]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _sync_tree(folder: str) -> None:
+    """fsync every file and folder under ``folder`` (a node that loses power keeps no renamed empty files)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_json(path: str, data: Any) -> None:

@@ -120,7 +120,9 @@ def test_sample_batch_chunks_rollouts_without_changing_them(pipelines):
         batches.append(sample(run, run.train_prompts[:2]))
     whole, chunked = batches
     torch.testing.assert_close(chunked.rollout.samples, whole.rollout.samples, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(chunked.rewards, whole.rewards, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(chunked.rewards[:, 0], whole.rewards[:, 0], atol=1e-4, rtol=1e-4)
+    # JPEG size (column 1) moves in whole bytes when a pixel rounds the other way: a few bytes in a thousand
+    torch.testing.assert_close(chunked.rewards[:, 1], whole.rewards[:, 1], atol=0.01, rtol=0)
 
 
 def test_attention_backend_is_applied_or_refused_clearly(pipelines):

@@ -1,7 +1,9 @@
 """A whole training run: evaluate the base, train, evaluate the result, and write the run folder.
 
-Run folder: ``config.yaml`` (resolved), ``tb/`` (tensorboard), ``checkpoints/final/`` (LoRA in
-diffusers format + trainer state), ``gallery/`` (base vs trained), ``summary.json``.
+Run folder: ``config.yaml`` (resolved), ``tb/`` (tensorboard), ``checkpoints/final/`` and, with
+``train.save_every``, the newest ``train.keep_checkpoints`` of ``checkpoints/iter-NNNNNN/`` (LoRA in diffusers format +
+trainer state, see ``flowrl.trainer.resume``), ``eval_before.pt`` (the base's evaluation, for a resumed run),
+``gallery/`` (base vs trained), ``summary.json``. ``train.resume=auto`` continues from the newest checkpoint.
 
 With several processes all of them train and evaluate (each its share), but only the main process
 writes to the run folder; the others wait for it at barriers.
@@ -10,6 +12,7 @@ writes to the run folder; the others wait for it at barriers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -21,21 +24,26 @@ import yaml
 
 from flowrl.atomic import atomic_dir, write_json
 from flowrl.config import Config, to_dict
-from flowrl.trainer.checkpoint import save_state
+from flowrl.options import ConfigError
+from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
-from flowrl.trainer.sharding import full, full_optimizer_state, local
+from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
+from flowrl.trainer.sharding import full_optimizer_state, local
 from flowrl.trainer.weights import save_weights, weight_state
 
+log = logging.getLogger("flowrl")
 EvalResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # images [B, 3, H, W] and rewards [B] by name
 
 
-def make_run_dir(cfg: Config, name: str) -> str:
-    """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``; refuses to reuse a finished run folder."""
+def make_run_dir(cfg: Any, name: str) -> tuple[str, bool]:
+    """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``, and whether it was made now; refuses to reuse a
+    finished run folder."""
     path = cfg.output.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if os.path.exists(os.path.join(path, "summary.json")):
         raise FileExistsError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
+    created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
-    return os.path.abspath(path)
+    return os.path.abspath(path), created
 
 
 def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
@@ -46,30 +54,43 @@ def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
 
 
 def save_checkpoint(run: Run, path: str) -> None:
-    """Trainable weights (EMA if enabled) and trainer state, written atomically by the main process. Every
-    process takes part (under FSDP the shards are gathered) and waits until the checkpoint is written."""
+    """Trainable weights (EMA if enabled) and the trainer state, written atomically by the main process, then
+    older periodic checkpoints pruned. Every process takes part (under FSDP the shards are gathered) and waits
+    until the checkpoint is written."""
     _require_finite(run)
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
         weights = weight_state(run.policy.transformer, run.cfg.model.finetune, run.sharded)
-    state = {
-        "iteration": run.iteration,
-        "params": [full(p) for p in run.params],
-        "optimizer": full_optimizer_state(run.policy.transformer, run.optimizer)
-        if run.sharded
-        else run.optimizer.state_dict(),
-        "ema": run.ema.state_dict() if run.ema is not None else None,
-        "window": run.window.state_dict(),
-        "advantage_state": _plain(run.adv_state),
-        "prompt_rng": list(_plain(run.rng.getstate())),
-        "torch_rng": torch.get_rng_state(),
-    }
+    state = loop_state(run)
+    state.update(
+        ema=run.ema.state_dict() if run.ema is not None else None,
+        window=run.window.state_dict(),
+    )
+    if run.sharded:
+        state["optimizer"] = full_optimizer_state(run.policy.transformer, run.optimizer)
     if run.accelerator.is_main_process:
         with atomic_dir(path) as tmp:
             folder = os.path.join(tmp, run.cfg.model.finetune)
             save_weights(run.policy.transformer, run.cfg.model.finetune, folder, run.policy.pipeline_class, weights)
-            save_state(os.path.join(tmp, "trainer_state.pt"), state)
+            save_state(os.path.join(tmp, STATE_FILE), state)
+        prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
     run.accelerator.wait_for_everyone()
+
+
+def restore(run: Run, path: str) -> None:
+    """Continue ``run`` from the checkpoint folder ``path`` (see ``flowrl.trainer.resume``)."""
+    state = load_state(path)
+    restore_loop_state(run, state, path)
+    if run.sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True)
+        set_optimizer_state_dict(run.policy.transformer, run.optimizer, state["optimizer"], options=options)
+    if (run.ema is None) != (state["ema"] is None):
+        raise ConfigError(f"checkpoint {path!r} and this run differ in train.ema_decay (one has no EMA)")
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    run.window.load_state_dict(state["window"])
 
 
 def _require_finite(run: Run) -> None:
@@ -85,49 +106,68 @@ def _require_finite(run: Run) -> None:
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 
 
-def _plain(value: Any) -> Any:
-    """Containers as lists/dicts so that ``torch.load(weights_only=True)`` reads them back."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "__iter__") and not isinstance(value, (str, bytes, torch.Tensor)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def mean_se(values: torch.Tensor) -> tuple[float, float]:
     return values.mean().item(), values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
 
 
 def train_and_report(cfg: Config, name: str = "run") -> str:
-    """Run training end to end; returns the run folder. See the module docstring for its contents."""
+    """Run training end to end (or continue it, ``train.resume``); returns the run folder (see the module
+    docstring). A run that fails before its first checkpoint leaves no run folder behind."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     start = time.time()
     # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    run_dir = shared_run_dir(cfg, name, state)
-    if state.is_main_process:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    run = setup(cfg)
-    main = run.accelerator.is_main_process
-    writer = tb_writer(cfg, run_dir) if main else None
-    prompts, seeds = eval_pairs(cfg, run.eval_prompts)
-    before = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
+    run_dir, created = shared_run_dir(cfg, name, state)
+    with run_folder(run_dir, created, state.is_main_process):
+        resume_from = resume_point(cfg, run_dir)
+        write_config(cfg, run_dir, state.is_main_process)
+        run = setup(cfg)
+        if resume_from:
+            restore(run, resume_from)
+        main = run.accelerator.is_main_process
+        writer = tb_writer(cfg, run_dir, run.iteration) if main else None
+        prompts, seeds = eval_pairs(cfg, run.eval_prompts)
+        before = base_evaluation(run, run_dir, lambda: evaluate(run, prompts, seeds), resume_from)
 
-    train_seconds = training_loop(
-        run, run_dir, writer, train_step, save_checkpoint,
-        lambda m: {"reward": f"{m['reward/mean']:.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
-    )  # fmt: skip
-    save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+        train_seconds = training_loop(
+            run, run_dir, writer, train_step, save_checkpoint,
+            lambda m: {"reward": f"{m.get('reward/mean', math.nan):.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
+        )  # fmt: skip
+        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
     if main:
         _write_summary(run, run_dir, writer, prompts, seeds, before, after, train_seconds, start)
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
     return run_dir
+
+
+def write_config(cfg: Any, run_dir: str, main: bool) -> None:
+    """The resolved config as ``config.yaml`` (main process; a resumed run rewrites it with its own options)."""
+    if main:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def base_evaluation(run: Any, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
+    """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
+    run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
+    folder's checkpoint."""
+    if not run.cfg.eval.enabled:
+        return None
+    path = os.path.join(run_dir, "eval_before.pt")
+    if resumed:
+        if os.path.isfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        log.warning("resuming without %s: the summary has no before/after comparison", path)
+        return None
+    result = evaluate_now()
+    if run.accelerator.is_main_process:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(result, tmp)
+        os.replace(tmp, path)
+    return result
 
 
 def training_loop(
@@ -145,10 +185,17 @@ def training_loop(
 
     cfg, main = run.cfg, run.accelerator.is_main_process
     bar = tqdm(
-        range(cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True
+        range(run.iteration, cfg.train.iterations),
+        desc="train",
+        disable=not (cfg.output.progress and main),
+        dynamic_ncols=True,
+        initial=run.iteration,
+        total=cfg.train.iterations,
     )
     start = time.time()
     for _ in bar:
+        if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
+            break
         metrics = step(run)
         if writer is not None:
             for k, v in metrics.items():
@@ -222,14 +269,15 @@ def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: tor
     return out
 
 
-def shared_run_dir(cfg: Config, name: str, state: Any) -> str:
-    """The run folder, made by the main process and sent to the others (a timestamped name could differ
-    between processes); a refusal is raised on every process, so none waits for the others in vain."""
+def shared_run_dir(cfg: Any, name: str, state: Any) -> tuple[str, bool]:
+    """The run folder (and whether it was made now), made by the main process and sent to the others (a
+    timestamped name could differ between processes); a refusal is raised on every process, so none waits
+    for the others in vain."""
     if state.num_processes == 1:
         return make_run_dir(cfg, name)
     from accelerate.utils import broadcast_object_list
 
-    result: list[Any] = [None, None]  # folder, error
+    result: list[Any] = [None, None]  # (folder, created), error
     if state.is_main_process:
         try:
             result[0] = make_run_dir(cfg, name)
@@ -238,7 +286,7 @@ def shared_run_dir(cfg: Config, name: str, state: Any) -> str:
     broadcast_object_list(result)
     if result[1] is not None:
         raise result[1]
-    return result[0]
+    return tuple(result[0])
 
 
 def time_is_up(run: Run, local: bool) -> bool:
@@ -289,23 +337,27 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
     return paths["html"]
 
 
-def tb_writer(cfg: Config, run_dir: str):
+def tb_writer(cfg: Any, run_dir: str, iteration: int = 0):
+    """The tensorboard writer; a resumed run first drops events logged after its checkpoint's ``iteration``."""
     if not cfg.output.tensorboard:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(os.path.join(run_dir, "tb"))
+    return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=iteration + 1 if iteration else None)
 
 
 __all__ = [
+    "base_evaluation",
     "eval_pairs",
     "finish_summary",
     "make_run_dir",
     "mean_se",
+    "restore",
     "save_checkpoint",
     "shared_run_dir",
     "tb_writer",
     "time_is_up",
     "train_and_report",
     "training_loop",
+    "write_config",
 ]

@@ -1,25 +1,33 @@
 """A whole text GRPO run: evaluate the base, train, evaluate the result, and write the run folder.
 
-Run folder (as the flow trainer's): ``config.yaml``, ``tb/``, ``checkpoints/<name>/`` (the LoRA adapter in
-peft's format, or the full model and tokenizer, plus ``trainer_state.pt``), ``samples.md`` (evaluation
+Run folder (as the flow trainer's, resumable the same way): ``config.yaml``, ``tb/``, ``checkpoints/<name>/`` (the
+LoRA adapter in peft's format, or the full model and tokenizer, plus ``trainer_state.pt``), ``samples.md`` (evaluation
 prompts with the base's and the trained policy's completions) and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any
 
 import torch
-import yaml
 
 from flowrl.atomic import atomic_dir
-from flowrl.config import to_dict
 from flowrl.models.causal_lm import sample_completions
 from flowrl.text_config import TextConfig
-from flowrl.trainer.checkpoint import save_state
-from flowrl.trainer.run import finish_summary, mean_se, shared_run_dir, tb_writer, training_loop
+from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
+from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
+from flowrl.trainer.run import (
+    base_evaluation,
+    finish_summary,
+    mean_se,
+    shared_run_dir,
+    tb_writer,
+    training_loop,
+    write_config,
+)
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
@@ -63,27 +71,28 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
 
 
 def save_checkpoint(run: TextRun, path: str) -> None:
-    """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state,
-    written atomically by the main process; non-finite weights are never saved."""
+    """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state, written
+    atomically by the main process, then older periodic checkpoints pruned; non-finite weights are never saved."""
     if not all(bool(torch.isfinite(p).all()) for p in run.params):
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
     acc = run.accelerator
+    state = {**loop_state(run), "num_tokens": run.num_tokens}
     if acc.is_main_process:
         with atomic_dir(path) as tmp:
             folder = os.path.join(tmp, run.cfg.model.finetune)
             acc.unwrap_model(run.prepared).save_pretrained(folder, safe_serialization=True)
             if run.cfg.model.finetune == "full":
                 run.tokenizer.save_pretrained(folder)
-            state = {
-                "iteration": run.iteration,
-                "params": [p.detach().to("cpu", copy=True) for p in run.params],
-                "optimizer": run.optimizer.state_dict(),
-                "advantage_state": run.adv_state,
-                "prompt_rng": [list(x) if isinstance(x, tuple) else x for x in run.rng.getstate()],
-                "torch_rng": torch.get_rng_state(),
-            }
-            save_state(os.path.join(tmp, "trainer_state.pt"), state)
+            save_state(os.path.join(tmp, STATE_FILE), state)
+        prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
     acc.wait_for_everyone()
+
+
+def restore(run: TextRun, path: str) -> None:
+    """Continue ``run`` from the checkpoint folder ``path`` (see ``flowrl.trainer.resume``)."""
+    state = load_state(path)
+    restore_loop_state(run, state, path)
+    run.num_tokens = int(state["num_tokens"])
 
 
 def train_and_report(
@@ -99,20 +108,22 @@ def train_and_report(
 
     start = time.time()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-    run_dir = shared_run_dir(cfg, name, state)
-    if state.is_main_process:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    run = setup(cfg, dataset, reward_funcs)
-    main = run.accelerator.is_main_process
-    writer = tb_writer(cfg, run_dir) if main else None
-    rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
-    before = evaluate(run, rows) if cfg.eval.enabled else None
-    train_seconds = training_loop(
-        run, run_dir, writer, train_step, save_checkpoint,
-        lambda m: {"reward": f"{m['reward']:.3f}", "kl": f"{m.get('kl', 0):.4f}"},
-    )  # fmt: skip
-    save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+    run_dir, created = shared_run_dir(cfg, name, state)
+    with run_folder(run_dir, created, state.is_main_process):
+        resume_from = resume_point(cfg, run_dir)
+        write_config(cfg, run_dir, state.is_main_process)
+        run = setup(cfg, dataset, reward_funcs)
+        if resume_from:
+            restore(run, resume_from)
+        main = run.accelerator.is_main_process
+        writer = tb_writer(cfg, run_dir, run.iteration) if main else None
+        rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
+        before = base_evaluation(run, run_dir, lambda: evaluate(run, rows), resume_from)
+        train_seconds = training_loop(
+            run, run_dir, writer, train_step, save_checkpoint,
+            lambda m: {"reward": f"{m.get('reward', math.nan):.3f}", "kl": f"{m.get('kl', 0):.4f}"},
+        )  # fmt: skip
+        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run, rows) if cfg.eval.enabled else None
     if main:
         summary: dict[str, Any] = {

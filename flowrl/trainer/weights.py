@@ -87,9 +87,10 @@ class EMA:
         return {"decay": self.decay, "shadow": [full(t) for t in self.shadow]}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        from flowrl.trainer.checkpoint import copy_into
+
         self.decay = float(state["decay"])
-        for avg, t in zip(self.shadow, state["shadow"], strict=True):
-            avg.copy_(t)
+        copy_into(self.shadow, state["shadow"])
 
 
 def weight_state(transformer: nn.Module, finetune: str, sharded: bool = False) -> dict[str, torch.Tensor]:

@@ -1,0 +1,102 @@
+"""Continuing a run: what a checkpoint holds beyond the weights, reading it back, and the run folder's lifetime.
+
+The state written next to the weights (``trainer_state.pt``) holds everything the next iteration depends on: the
+trainable weights (whole tensors, also under FSDP), the optimizer and learning-rate schedule, the prompt
+generator (the data position), the global random generators of every process, the advantage estimator's state
+(per-prompt tracker), the iteration and skip counters, and per trainer its extras (EMA and window schedule for
+the flow trainer, the token count for the text trainer). Sampling seeds derive from the seed and the iteration,
+so a resumed run repeats the uninterrupted one exactly on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+from flowrl.options import ConfigError
+from flowrl.trainer.checkpoint import (
+    STATE_FILE,
+    copy_into,
+    latest,
+    plain,
+    python_state,
+    rng_states,
+    set_rng_states,
+)
+from flowrl.trainer.sharding import full
+
+log = logging.getLogger("flowrl")
+
+
+def loop_state(run: Any) -> dict[str, Any]:
+    """The state every trainer's run has (a collective: weights and random states come from every process).
+    ``run`` has ``params``, ``optimizer``, ``scheduler``, ``rng``, ``adv_state``, ``iteration``, the skip counters
+    and its ``accelerator``."""
+    acc = run.accelerator
+    rngs = [rng_states()]
+    if acc.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object(rngs)
+    return {
+        "iteration": run.iteration,
+        "params": [full(p) for p in run.params],
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "advantage_state": plain(run.adv_state),
+        "prompt_rng": plain(run.rng.getstate()),
+        "rng": rngs,
+        "skips": [run.skips_in_a_row, run.skips],
+    }
+
+
+def restore_loop_state(run: Any, state: dict[str, Any], path: str) -> None:
+    """Load what ``loop_state`` saved into ``run`` (every process reads the same file); ``path`` names it in
+    errors. The optimizer is restored by the caller when it is sharded."""
+    try:
+        copy_into(run.params, state["params"])
+        if not getattr(run, "sharded", False):
+            run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ConfigError(f"checkpoint {path!r} does not fit this run's model and options: {e}") from None
+    run.adv_state = state["advantage_state"]
+    run.rng = random.Random()
+    run.rng.setstate(python_state(state["prompt_rng"]))
+    rngs = state["rng"]
+    set_rng_states(rngs[run.accelerator.process_index % len(rngs)])
+    run.iteration = int(state["iteration"])
+    run.skips_in_a_row, run.skips = (int(v) for v in state["skips"])
+
+
+def resume_point(cfg: Any, run_dir: str) -> str | None:
+    """The checkpoint folder ``train.resume`` asks for: ``auto`` = the newest complete one in the run folder (None
+    for a fresh start), else the given folder, which must hold a trainer state."""
+    wanted = cfg.train.resume
+    if not wanted:
+        return None
+    if wanted == "auto":
+        return latest(os.path.join(run_dir, "checkpoints"))
+    if not os.path.isfile(os.path.join(wanted, STATE_FILE)):
+        raise ConfigError(f"train.resume={wanted!r} is not a checkpoint folder (no {STATE_FILE} in it)")
+    return os.path.abspath(wanted)
+
+
+@contextlib.contextmanager
+def run_folder(path: str, created: bool, main: bool) -> Iterator[None]:
+    """Remove the run folder if the run fails before it holds a checkpoint and this invocation ``created`` it:
+    a failed start leaves no half-written output behind (the main process removes it)."""
+    try:
+        yield
+    except BaseException:
+        if created and main and latest(os.path.join(path, "checkpoints")) is None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+__all__ = ["loop_state", "restore_loop_state", "resume_point", "run_folder"]

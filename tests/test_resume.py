@@ -1,0 +1,182 @@
+"""Exact resume and crash-safe checkpoints.
+
+A run stopped after N iterations and resumed from its checkpoint logs, for iterations N+1..M, exactly the metrics of
+the same run left alone (CPU, fixed seeds), and ends with exactly its weights. A training process killed with
+SIGKILL while writing a checkpoint, again and again, always leaves a newest checkpoint that loads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_trainer import TINY_ARGS
+
+import flowrl.trainer.run as runner
+from flowrl.cli import main
+from flowrl.trainer.checkpoint import latest, load_state, periodic, prune
+
+# every piece of state a resumed run must carry over: EMA, a random window (its own generator), the per-prompt
+# tracker's history, a warm-up + cosine learning rate, several optimizer steps and epochs, prompts drawn from a
+# small pool (the data position), KL to the reference
+STATEFUL = [
+    "train.iterations=5",
+    "train.save_every=1",
+    "train.keep_checkpoints=2",
+    "train.ema_decay=0.5",
+    "train.minibatches=2",
+    "train.inner_epochs=2",
+    "train.lr_schedule=cosine",
+    "train.warmup_iterations=2",
+    "sampler.mode=flow-grpo-fast",
+    "sampler.window=random",
+    "sampler.window_size=2",
+    "advantage.name=per-prompt",
+    "advantage.tracker_min_count=2",
+    "loss.kl_coef=0.05",
+    "eval.enabled=false",
+    "output.tensorboard=false",
+]
+
+
+class Stop(Exception):
+    pass
+
+
+def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
+    """Train through the command line, recording each iteration's metrics; ``stop_at``: raise before that
+    iteration (after the previous iteration's checkpoint)."""
+    recorded: list[dict[str, float]] = []
+    step = runner.train_step
+
+    def recording_step(run):
+        if stop_at is not None and run.iteration == stop_at:
+            raise Stop
+        metrics = step(run)
+        recorded.append({"iteration": run.iteration, **{k: v for k, v in metrics.items() if "time/" not in k}})
+        return metrics
+
+    runner.train_step = recording_step
+    try:
+        main(["train", f"model.path={model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL, *extra])
+    finally:
+        runner.train_step = step
+    return recorded
+
+
+def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_model, tmp_path):
+    whole = _train(tiny_model, tmp_path / "whole")
+    with pytest.raises(Stop):
+        _train(tiny_model, tmp_path / "split", stop_at=3)
+    checkpoints = tmp_path / "split" / "checkpoints"
+    assert [i for i, _ in periodic(str(checkpoints))] == [2, 3]  # keep_checkpoints=2 pruned iter-1
+    rest = _train(tiny_model, tmp_path / "split", "train.resume=auto")
+
+    assert [m["iteration"] for m in whole] == [1, 2, 3, 4, 5] and [m["iteration"] for m in rest] == [4, 5]
+    assert rest == whole[3:]  # every metric of iterations 4 and 5, bit for bit
+    # lr 1e-2: warm-up over 2 iterations, then cosine to 10% at the last: by hand 0.5, 1, 1, 0.55, 0.1 of the peak
+    assert [m["train/lr"] for m in whole] == pytest.approx([0.005, 0.01, 0.01, 0.0055, 0.001], rel=1e-12)
+    assert whole[3]["tracker/prompts"] > 0
+    ends = [load_state(str(tmp_path / run / "checkpoints" / "final")) for run in ("whole", "split")]
+    for key in ("params", "ema"):
+        a, b = ends[0][key], ends[1][key]
+        tensors = (a, b) if key == "params" else (a["shadow"], b["shadow"])
+        assert all(torch.equal(x, y) for x, y in zip(*tensors, strict=True))
+    windows = ends[0]["window"], ends[1]["window"]
+    assert windows[0].keys() == windows[1].keys() and torch.equal(windows[0]["generator"], windows[1]["generator"])
+    assert all(windows[0][k] == windows[1][k] for k in windows[0] if k != "generator")
+    assert ends[0]["advantage_state"] == ends[1]["advantage_state"]
+    assert (tmp_path / "split" / "summary.json").is_file()
+
+
+def test_resume_refuses_what_it_cannot_continue(tiny_model, tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert main(["train", f"model.path={tiny_model}", *TINY_ARGS, f"train.resume={missing}",
+                 f"output.run_dir={tmp_path / 'run'}"]) == 2  # fmt: skip
+    assert "train.resume" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    _train(tiny_model, tmp_path / "done", "train.iterations=1")
+    # a checkpoint of a different LoRA rank: named, exit code 2, the new folder is not left behind
+    args = ["model.lora_rank=2", f"train.resume={tmp_path / 'done' / 'checkpoints' / 'final'}"]
+    assert main(["train", f"model.path={tiny_model}", *TINY_ARGS, *STATEFUL, *args,
+                 f"output.run_dir={tmp_path / 'other'}"]) == 2  # fmt: skip
+    assert "does not fit" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+def test_prune_keeps_the_newest_and_clears_leftovers(tmp_path):
+    for i in (1, 2, 3, 10):
+        (tmp_path / f"iter-{i:06d}").mkdir()
+    (tmp_path / ".iter-000011.tmp-123").mkdir()  # a killed writer's
+    (tmp_path / ".deleting-iter-000000").mkdir()  # a killed pruner's
+    prune(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["iter-000003", "iter-000010"]
+    prune(str(tmp_path), 0)
+    assert sorted(os.listdir(tmp_path)) == ["iter-000003", "iter-000010"]
+
+
+# ---------------------------------------------------------------------------------------------- SIGKILL
+
+
+SLOW_WRITER = """
+import sys, time
+import flowrl.trainer.run as runner
+from flowrl.cli import main
+
+def slow_save(path, state):  # the same bytes, written in small pieces: the kill lands inside the write
+    import io, torch
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with open(path, "wb") as f:
+        data = buf.getvalue()
+        for i in range(0, len(data), 16384):
+            f.write(data[i : i + 16384])
+            f.flush()
+            time.sleep(0.01)
+
+runner.save_state = slow_save
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    args = [f"model.path={tiny_model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL]
+    args += ["train.iterations=40", "train.resume=auto", "output.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rng = random.Random(0)
+    kills = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, *args], env=env, cwd=tmp_path)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            writing = [n for n in os.listdir(checkpoints) if ".tmp-" in n] if checkpoints.is_dir() else []
+            if writing and (attempt or periodic(str(checkpoints))):  # from the 2nd on: mid-write, any time
+                time.sleep(rng.uniform(0.0, 0.15))
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        newest = latest(str(checkpoints))
+        assert newest is not None
+        state = load_state(newest)
+        assert os.path.basename(newest) == f"iter-{state['iteration']:06d}"
+        assert load_file(os.path.join(newest, "lora", "pytorch_lora_weights.safetensors"))
+        for _, path in periodic(str(checkpoints)):  # every visible checkpoint is whole
+            load_state(path)
+    assert kills == 6
+    proc = subprocess.run([sys.executable, "-c", SLOW_WRITER, *args[:-2], "train.iterations=12", "train.resume=auto",
+                           "train.save_every=0"], env=env, cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_state(str(checkpoints / "final"))["iteration"] == 12
+    assert not [n for n in os.listdir(checkpoints) if n.startswith(".")]
