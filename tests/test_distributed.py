@@ -1,5 +1,5 @@
 """Multi-process training: two CPU processes (``torch.distributed.run``, gloo) train the tiny toy model,
-with DDP and with FSDP (the weights sharded between them).
+with DDP and with FSDP (the weights sharded between them), and make the same updates as one process.
 
 ``accelerate launch --cpu --num_processes 2`` starts a single process (its CPU launcher needs mpirun), so the
 test launches with ``torch.distributed.run`` and ``ACCELERATE_USE_CPU``, which accelerate reads as a
@@ -25,13 +25,23 @@ import torch
 from test_trainer import TINY_ARGS
 from tiny_models import save_tiny_flux
 
+from flowrl.cli import main
 from flowrl.config import load_config
 from flowrl.trainer.data import load_prompts
-from flowrl.trainer.flow import StepPlan, _reassemble, draw_prompts, eval_share, plan_steps
+from flowrl.trainer.flow import _reassemble, eval_share
 from flowrl.trainer.sharding import full
+from flowrl.trainer.share import deal, step_rows
 
-# the tiny run of test_trainer, evaluating 2 prompts × 2 seeds so that both processes get a share
-TRAIN_ARGS = [*TINY_ARGS, "eval.num_prompts=2", "eval.seeds_per_prompt=2"]
+# the tiny run of test_trainer, evaluating 2 prompts × 2 seeds so that both processes get a share; 3 prompts of 4
+# images: 12 roots, 6 per process, so a prompt's group spans both processes. The reward is the mean brightness
+# (smooth: the float error of batch size changes it by as little, where a JPEG size jumps by whole bytes)
+TRAIN_ARGS = [
+    *TINY_ARGS,
+    "eval.num_prompts=2",
+    "eval.seeds_per_prompt=2",
+    "train.prompts_per_step=3",
+    "rewards=[{name: 'bad_rewards:good'}]",
+]
 # what must keep working under DDP: the reference policy (KL), gradient checkpointing, EMA, several
 # optimizer steps of uneven micro-batches per iteration, and intermediate checkpoints
 DDP_FEATURES = [
@@ -47,24 +57,25 @@ DDP_FEATURES = [
 # ----------------------------------------------------------------------------------------------- in-process
 
 
-def test_one_process_draws_prompts_as_before_and_processes_draw_disjoint_slices():
-    pool = [f"p{i}" for i in range(10)]
-    assert draw_prompts(random.Random(3), pool, 4, 1, 0) == random.Random(3).sample(pool, 4)
-    assert draw_prompts(random.Random(3), pool, 40, 1, 0) == random.Random(3).sample(pool, 10)
-    shares = [draw_prompts(random.Random(3), pool, 3, 3, k) for k in range(3)]
-    assert [p for s in shares for p in s] == random.Random(3).sample(pool, 9)
-    # more prompts than the pool holds: every process still gets its full share of distinct prompts
-    shares = [draw_prompts(random.Random(3), pool, 8, 2, k) for k in range(2)]
-    assert all(len(set(s)) == 8 for s in shares) and shares[0] != shares[1]
+def test_roots_are_dealt_in_blocks_and_uneven_batches_are_refused():
+    assert [deal(12, 3, k) for k in range(3)] == [(0, 4), (4, 4), (8, 4)]
+    assert deal(5, 1, 0) == (0, 5)
+    with pytest.raises(ValueError, match="5 roots per iteration cannot be dealt out evenly to 2 processes"):
+        deal(5, 2, 0)
 
 
-def test_step_plan_pads_backward_calls_and_counts_rows_of_every_process():
-    # 16 and 10 rows, 2 minibatches of micro-batches of 4: chunks 8+8 and 5+5
-    assert plan_steps([16, 10], 2, 4) == StepPlan(rows=[13, 13], calls=[2, 2])
-    # 3 rows make only 3 chunks of 4 (Tensor.chunk); a process with no rows follows the others
-    assert plan_steps([3, 0], 4, 1) == StepPlan(rows=[1, 1, 1], calls=[1, 1, 1])
-    assert plan_steps([0, 0], 2, 4) == StepPlan(rows=[], calls=[])
-    assert plan_steps([16], 1, 5) == StepPlan(rows=[16], calls=[4])
+def test_update_steps_cut_the_whole_batch_as_one_process_would():
+    """Two processes holding rows at positions 0 2 4 6 8 / 1 3 5 7 get, step by step, exactly the rows
+    one process holding all of them trains at that step; calls = the most micro-batches any process needs."""
+    one = step_rows([torch.arange(9)], 0, 3, 2, torch.Generator().manual_seed(5))
+    kept = [torch.tensor([0, 2, 4, 6, 8]), torch.tensor([1, 3, 5, 7])]
+    two = [step_rows(kept, k, 3, 2, torch.Generator().manual_seed(5)) for k in range(2)]
+    assert [s.total for s in one] == [3, 3, 3] and [s.total for s in two[0]] == [3, 3, 3]
+    for step, (a, b) in enumerate(zip(*two, strict=True)):
+        held = sorted(kept[0][a.rows].tolist() + kept[1][b.rows].tolist())
+        assert held == sorted(one[step].rows.tolist())  # positions = rows for one process
+        assert a.calls == b.calls == max(math.ceil(a.rows.numel() / 2), math.ceil(b.rows.numel() / 2))
+    assert step_rows([torch.tensor([], dtype=torch.long)] * 2, 0, 2, 4, torch.Generator()) == []
 
 
 def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
@@ -82,7 +93,7 @@ def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
 
 
 @pytest.mark.parametrize("backend", ["ddp", "fsdp"])
-def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_model, tmp_path, backend):
+def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, backend):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
@@ -100,8 +111,9 @@ def test_two_processes_train_different_prompts_with_synchronised_gradients(tiny_
     _assert_checks(json.loads((out / "checks.json").read_text()))
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
     assert all(r["sharded"] == (backend == "fsdp") for r in ranks)
-    _assert_own_prompts_and_noise(ranks, tiny_model)
+    _assert_shared_prompts_and_split_noise(ranks, tiny_model)
     _assert_synchronised_training(ranks, run_dir)
+    _assert_one_process_makes_the_same_updates(tiny_model, tmp_path, [torch.load(out / f"rank{k}.pt") for k in (0, 1)])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 2 and summary["num_eval_samples"] == 4
     assert len([f for f in os.listdir(run_dir / "tb") if f.startswith("events.out.tfevents")]) == 1
@@ -128,16 +140,42 @@ def _assert_checks(checks: dict) -> None:
     assert ev["shares"] == [[0, 1, 4, 5], [2, 3]]  # prompts (with both seeds) dealt out: unequal shares
 
 
-def _assert_own_prompts_and_noise(ranks: list[dict], model: str) -> None:
-    """Both processes drew the same 4 prompts per step from the shared rng and each trained its own half,
-    with noise seeds of its own."""
+def _assert_shared_prompts_and_split_noise(ranks: list[dict], model: str) -> None:
+    """Both processes drew the same 3 prompts per step from the shared rng; their 12 images were dealt out in
+    blocks of 6, each with the noise seed it has in one process's batch."""
     pool = load_prompts(load_config(None, [f"model.path={model}"]).data.train_prompts)
     rng = random.Random(0)
     for step in range(2):
-        drawn = rng.sample(pool, 4)
-        assert ranks[0]["prompts"][step] == drawn[:2] and ranks[1]["prompts"][step] == drawn[2:]
-    seeds = [{s for step in r["noise_seeds"] for s in step} for r in ranks]
-    assert len(seeds[0]) == len(seeds[1]) == 2 * 2 * 4 and not seeds[0] & seeds[1]
+        drawn = rng.sample(pool, 3)
+        assert ranks[0]["prompts"][step] == ranks[1]["prompts"][step] == drawn
+        seed = 0 * 1_000_003 + step
+        assert ranks[0]["noise_seeds"][step] == [seed * 4096 + i for i in range(6)]
+        assert ranks[1]["noise_seeds"][step] == [seed * 4096 + i for i in range(6, 12)]
+
+
+def _assert_one_process_makes_the_same_updates(model: str, tmp_path: Path, ranks: list[dict]) -> None:
+    """The same run in one process: the same whole-batch advantages (a group spans the two processes; the estimator
+    saw the gathered rewards) and the same weights after every iteration, up to the float error of batch size."""
+    record: dict = {"prompts": [], "noise_seeds": [], "hashes": [], "metrics": [], "tensors": {}}
+    undo = _record_training(record)
+    try:
+        assert main(["train", f"output.run_dir={tmp_path / 'one'}", f"model.path={model}", *TRAIN_ARGS,
+                     *DDP_FEATURES]) == 0  # fmt: skip
+    finally:
+        undo()
+    one = record["tensors"]
+    for step in range(2):
+        adv = torch.zeros_like(one["advantages"][step])
+        for r in ranks:  # each process's rows put back at their whole-batch positions
+            adv[r["positions"][step]] = r["advantages"][step]
+        assert sorted(torch.cat([r["positions"][step] for r in ranks]).tolist()) == list(range(adv.numel()))
+        assert one["advantages"][step].abs().max() > 0.1
+        torch.testing.assert_close(adv, one["advantages"][step], atol=1e-4, rtol=0)
+        # Adam divides by the gradient's own size, so where a gradient is ~0 float error of batch size moves a
+        # weight by up to a fraction of one lr step (1e-2): 1e-4 is 1% of it
+        for a, b in zip(ranks[0]["params"][step + 1], one["params"][step + 1], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+        assert any(not torch.equal(a, b) for a, b in zip(one["params"][step], one["params"][step + 1], strict=True))
 
 
 def _assert_synchronised_training(ranks: list[dict], run_dir: Path) -> None:
@@ -193,7 +231,7 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
     from accelerate.utils import gather_object
     from test_trainer import tiny_config
 
-    from flowrl.trainer.flow import evaluate, sample, setup
+    from flowrl.trainer.flow import TrainRows, advantages, evaluate, sample, setup
     from flowrl.trainer.run import eval_pairs
 
     cfg = tiny_config(
@@ -215,12 +253,13 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     results["eval"] = _compare_evaluation(plain, prompts, seeds, evaluate(run, prompts, seeds))
 
-    batch = sample(run, [run.train_prompts[rank]])  # 1 prompt × 4 images × 4 steps = 16 transitions
+    batch = sample(run, run.train_prompts[:2])  # 2 prompts × 4 images, 4 per process × 4 steps = 16 transitions
     m = len(batch.rollout.transitions)
     adv = torch.linspace(-1, 1, m) * (rank + 1)
+    position = advantages(run, batch)[0].position
     for case, kept in (("equal_rows", m), ("unequal_rows", m if rank == 0 else 10)):
         mask = torch.arange(m) < kept
-        synced = [full(g) for g in _intercepted_gradient(run, batch, adv, mask)]
+        synced = [full(g) for g in _intercepted_gradient(run, batch, TrainRows(adv, mask, position))]
         shares = gather_object([(batch, adv, mask, synced)])
         ref = _union_gradient(plain, [s[:3] for s in shares])
         results[case] = {
@@ -248,14 +287,14 @@ def _unsharded_copy(run, cfg):
     return plain
 
 
-def _intercepted_gradient(run, batch, adv: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+def _intercepted_gradient(run, batch, rows) -> list[torch.Tensor]:
     """The synchronised gradient of one ``update``: its optimizer step is replaced by a copy of the gradients."""
     from flowrl.trainer.flow import update
 
     captured: list[list[torch.Tensor]] = []
     run.optimizer.step = lambda *a, **k: captured.append(_grads(run.params))
     try:
-        update(run, batch, adv, mask)
+        update(run, batch, rows)
     finally:
         del run.optimizer.step
     assert len(captured) == 1
@@ -298,12 +337,21 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     return grads
 
 
-def _record_training(record: dict) -> None:
-    """Wrap the trainer's ``sample`` and the runner's ``train_step`` to note prompts, noise and weights."""
+def _record_training(record: dict):
+    """Wrap the trainer's ``sample``, ``advantages`` and the runner's ``train_step`` to note prompts, noise,
+    advantages and weights; returns the function that unwraps them."""
     import flowrl.trainer.flow as flow
     import flowrl.trainer.run as runner
 
-    sample, step = flow.sample, runner.train_step
+    sample, step, advantages = flow.sample, runner.train_step, flow.advantages
+    tensors = record.setdefault("tensors", {"advantages": [], "positions": [], "params": []})
+    tensors.update(advantages=[], positions=[], params=[])
+
+    def recorded_advantages(run, batch, whole=None):
+        rows, metrics = advantages(run, batch, whole)
+        tensors["advantages"].append(rows.advantages.clone())
+        tensors["positions"].append(rows.position.clone())
+        return rows, metrics
 
     def recorded_sample(run, prompts):
         record["prompts"].append(list(prompts))
@@ -322,12 +370,18 @@ def _record_training(record: dict) -> None:
     def recorded_step(run):
         if not record["hashes"]:
             record["hashes"].append(_digest(run.params))
+            tensors["params"].append([full(p) for p in run.params])
         metrics = step(run)
         record["hashes"].append(_digest(run.params))
+        tensors["params"].append([full(p) for p in run.params])
         record["metrics"].append(metrics)
         return metrics
 
-    flow.sample, runner.train_step = recorded_sample, recorded_step
+    def undo() -> None:
+        flow.sample, flow.advantages, runner.train_step = sample, advantages, step
+
+    flow.sample, flow.advantages, runner.train_step = recorded_sample, recorded_advantages, recorded_step
+    return undo
 
 
 def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
@@ -339,6 +393,7 @@ def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
     _record_training(record)
     # the command line first, as a user runs it: it must set up the processes itself
     assert main(["train", f"output.run_dir={run_dir}", f"model.path={model}", *TRAIN_ARGS, *DDP_FEATURES]) == 0
+    torch.save(record.pop("tensors"), Path(out, f"rank{rank}.pt"))
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
     checks = _checks(model)
     if rank == 0:

@@ -1,5 +1,6 @@
-"""The text trainer with two CPU processes (``torch.distributed.run``, gloo, DDP): each process trains its own
-prompts, the weights stay identical, one run folder is written. This file is also the workers' script."""
+"""The text trainer with two CPU processes (``torch.distributed.run``, gloo, DDP): both draw the same prompts and
+each generates its block of the completions (a group spans the two), the advantages are the whole batch's, the
+weights stay identical, one run folder is written. This file is also the workers' script."""
 
 from __future__ import annotations
 
@@ -27,7 +28,13 @@ def test_two_processes_train_the_text_demo_in_step(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
     assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
-    assert not set(ranks[0]["prompts"][0]) & set(ranks[1]["prompts"][0])  # different prompts per process
+    assert ranks[0]["prompts"] == ranks[1]["prompts"] and len(ranks[0]["prompts"][0]) == 3
+    for step in range(3):  # 3 prompts x 8 completions: 12 per process, the middle prompt's group split 4 / 4
+        rewards = torch.tensor(ranks[0]["rewards"][step] + ranks[1]["rewards"][step]).view(3, 8)
+        adv = torch.tensor(ranks[0]["advantages"][step] + ranks[1]["advantages"][step]).view(3, 8)
+        expected = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
+        torch.testing.assert_close(adv, expected, atol=1e-5, rtol=1e-5)  # GRPO over whole groups, by hand
+        assert ranks[0]["completions"][step] != ranks[1]["completions"][step]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 3 and summary["num_eval_samples"] == 50
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["final"]
@@ -38,8 +45,8 @@ def _worker(out: str, run_dir: str) -> None:
     import flowrl.trainer.text_run as runner
     from flowrl.cli import main
 
-    record: dict[str, list] = {"hashes": [], "prompts": []}
-    step, generate = runner.train_step, text.generate
+    record: dict[str, list] = {"hashes": [], "prompts": [], "rewards": [], "advantages": [], "completions": []}
+    step, generate, advantages = runner.train_step, text.generate, text.advantages
 
     def digest(run) -> str:
         h = hashlib.sha256()
@@ -56,10 +63,19 @@ def _worker(out: str, run_dir: str) -> None:
 
     def recorded_generate(run, rows):
         record["prompts"].append([r["prompt"] for r in rows])
-        return generate(run, rows)
+        batch = generate(run, rows)
+        record["completions"].append(batch.completions.texts)
+        return batch
 
-    runner.train_step, text.generate = recorded_step, recorded_generate
-    args = ["train.iterations=3", "eval.num_prompts=50", "output.progress=false", f"output.run_dir={run_dir}"]
+    def recorded_advantages(run, batch):
+        adv, metrics = advantages(run, batch)
+        record["rewards"].append(text.weighted_total(run, batch.rewards).tolist())
+        record["advantages"].append(adv.tolist())
+        return adv, metrics
+
+    runner.train_step, text.generate, text.advantages = recorded_step, recorded_generate, recorded_advantages
+    args = ["train.iterations=3", "train.prompts_per_step=3", "eval.num_prompts=50", "output.progress=false"]
+    args.append(f"output.run_dir={run_dir}")
     assert main(["train", "--config", "configs/text_demo.yaml", *args]) == 0
     Path(out, f"rank{os.environ['RANK']}.json").write_text(json.dumps(record))
 

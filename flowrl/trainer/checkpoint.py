@@ -45,7 +45,7 @@ def rng_states() -> dict[str, Any]:
     kind, keys, pos, gauss_next, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": plain(random.getstate()),
-        "numpy": [kind, torch.from_numpy(keys.copy()), pos, gauss_next, cached],
+        "numpy": [kind, keys.tolist(), pos, gauss_next, cached],  # ints: a uint32 tensor does not pickle over gloo
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -57,7 +57,7 @@ def set_rng_states(state: dict[str, Any]) -> None:
     """Restore what ``rng_states`` returned."""
     random.setstate(python_state(state["python"]))
     kind, keys, pos, gauss_next, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), pos, gauss_next, cached))
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, gauss_next, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
