@@ -92,11 +92,15 @@ def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
 # ----------------------------------------------------------------------------------------------- two processes
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed"])
 def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, backend):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    if backend == "deepspeed":  # ZeRO-2 as deepspeed_zero2.yaml asks (the CPU flag would turn DeepSpeed off)
+        pytest.importorskip("deepspeed")
+        del env["ACCELERATE_USE_CPU"]
+        env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
     if backend == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
@@ -106,11 +110,14 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
     assert proc.returncode == 0, proc.stderr[-4000:]
     # the command line's last line, printed by the main process only
     lines = proc.stdout.strip().splitlines()
-    assert lines[-1] == str(run_dir) and lines.count(str(run_dir)) == 1, proc.stdout
+    runs = [str(run_dir), str(out / "part"), str(out / "resumed")]  # each printed once, by the main process
+    assert [line for line in lines if line in runs] == runs, proc.stdout
 
-    _assert_checks(json.loads((out / "checks.json").read_text()))
+    if backend != "deepspeed":  # the gradient check replaces the optimizer step, which DeepSpeed does in its engine
+        _assert_checks(json.loads((out / "checks.json").read_text()))
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
     assert all(r["sharded"] == (backend == "fsdp") for r in ranks)
+    assert all((r["backend"] == "DEEPSPEED") == (backend == "deepspeed") for r in ranks)
     _assert_shared_prompts_and_split_noise(ranks, tiny_model)
     _assert_synchronised_training(ranks, run_dir)
     _assert_one_process_makes_the_same_updates(tiny_model, tmp_path, [torch.load(out / f"rank{k}.pt") for k in (0, 1)])
@@ -120,6 +127,11 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
     assert (run_dir / "gallery" / "index.html").is_file()
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["final", "iter-000001", "iter-000002"]
     _assert_lora_checkpoint_loads(run_dir / "checkpoints" / "final", tiny_model)
+    whole, resumed = (torch.load(d / "checkpoints" / "final" / "trainer_state.pt") for d in (run_dir, out / "resumed"))
+    assert resumed["iteration"] == 2
+    for key in ("params", "ema"):  # bit for bit: weights, optimizer moments and EMA all came back
+        a, b = (whole[key], resumed[key]) if key == "params" else (whole[key]["shadow"], resumed[key]["shadow"])
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), key
     if backend == "fsdp":
         _assert_checks(json.loads((out / "checks_flux.json").read_text()))
         full_ft = json.loads((out / "full_finetuning.json").read_text())
@@ -368,6 +380,7 @@ def _record_training(record: dict):
             del run.policy.initial_noise
 
     def recorded_step(run):
+        record["backend"] = run.accelerator.distributed_type.name
         if not record["hashes"]:
             record["hashes"].append(_digest(run.params))
             tensors["params"].append([full(p) for p in run.params])
@@ -395,6 +408,12 @@ def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
     assert main(["train", f"output.run_dir={run_dir}", f"model.path={model}", *TRAIN_ARGS, *DDP_FEATURES]) == 0
     torch.save(record.pop("tensors"), Path(out, f"rank{rank}.pt"))
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
+    # the same run stopped after its first iteration and resumed from that checkpoint by a new launch
+    common = [f"model.path={model}", *TRAIN_ARGS, *DDP_FEATURES, "eval.enabled=false"]
+    assert main(["train", f"output.run_dir={out}/part", *common, "train.iterations=1"]) == 0
+    assert main(["train", f"output.run_dir={out}/resumed", *common, f"train.resume={out}/part/checkpoints/final"]) == 0
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED"):
+        return
     checks = _checks(model)
     if rank == 0:
         Path(out, "checks.json").write_text(json.dumps(checks))
@@ -443,15 +462,38 @@ if __name__ == "__main__":
     _worker(*sys.argv[1:5])
 
 
-def test_deepspeed_and_single_process_fsdp_are_refused(tiny_model, monkeypatch):
+def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch):
+    import importlib.util
+    from types import SimpleNamespace
+
     from test_trainer import tiny_config
 
+    from flowrl.options import ConfigError
+    from flowrl.trainer import zero
     from flowrl.trainer.flow import setup
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ValueError, match=r"DEEPSPEED backend is not supported.*ddp\.yaml"):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"DeepSpeed .* not installed: pip install deepspeed"):
         setup(tiny_config(tiny_model))
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.undo()
+
+    def fake(stage: int, accumulation=1):
+        config = {"zero_optimization": {"stage": stage}, "gradient_accumulation_steps": accumulation}
+        return SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=config)))
+
+    launch = fake(2, "auto")
+    zero.configure(launch, 16, 0.5, "no")
+    config = launch.state.deepspeed_plugin.deepspeed_config
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_clipping"]) == (16, 0.5)
+    assert config["gradient_accumulation_steps"] == 1
+    with pytest.raises(ConfigError, match="ZeRO stage 3 partitions the weights"):
+        zero.configure(fake(3), 16, 1.0, "no")
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps must be 1"):
+        zero.configure(fake(2, 4), 16, 1.0, "no")
+    with pytest.raises(ConfigError, match=r"model\.mixed_precision=bf16 with DeepSpeed"):
+        zero.configure(fake(2), 16, 1.0, "bf16")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ValueError, match="FSDP needs at least 2 processes"):
         setup(tiny_config(tiny_model))

@@ -11,15 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_train_the_text_demo_in_step(tmp_path):
+@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
+def test_two_processes_train_the_text_demo_in_step(tmp_path, backend):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    if backend == "deepspeed":  # ZeRO-2 over gloo: accelerate's CPU flag would turn DeepSpeed off
+        pytest.importorskip("deepspeed")
+        del env["ACCELERATE_USE_CPU"]
+        env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
         [*cmd, __file__, str(out), str(run_dir)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
@@ -29,6 +35,7 @@ def test_two_processes_train_the_text_demo_in_step(tmp_path):
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
     assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
     assert ranks[0]["prompts"] == ranks[1]["prompts"] and len(ranks[0]["prompts"][0]) == 3
+    assert all(r["deepspeed"] == (backend == "deepspeed") for r in ranks)
     for step in range(3):  # 3 prompts x 8 completions: 12 per process, the middle prompt's group split 4 / 4
         rewards = torch.tensor(ranks[0]["rewards"][step] + ranks[1]["rewards"][step]).view(3, 8)
         adv = torch.tensor(ranks[0]["advantages"][step] + ranks[1]["advantages"][step]).view(3, 8)
@@ -55,6 +62,7 @@ def _worker(out: str, run_dir: str) -> None:
         return h.hexdigest()
 
     def recorded_step(run):
+        record["deepspeed"] = run.engine is not None
         if not record["hashes"]:
             record["hashes"].append(digest(run))
         metrics = step(run)

@@ -41,6 +41,7 @@ from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
+from flowrl.trainer import zero
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer.sharding import full, shard, sharding_requested
@@ -75,6 +76,7 @@ class Run:
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     sharded: bool = False  # FSDP: the transformer's weights are split over the processes
+    engine: Any = None  # DeepSpeed: the engine that holds the partitioned optimizer (``flowrl.trainer.zero``)
     skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
     skips: int = 0
 
@@ -121,6 +123,8 @@ def setup(cfg: Config) -> Run:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        if accelerator.distributed_type.name == "DEEPSPEED":
+            zero.configure(accelerator, cfg.train.micro_batch, cfg.train.max_grad_norm, m.mixed_precision)
         # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
         policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
     kind, size = window_of(cfg.sampler)
@@ -145,6 +149,7 @@ def setup(cfg: Config) -> Run:
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
         sharded=sharded,
+        engine=policy.prepared if accelerator.distributed_type.name == "DEEPSPEED" else None,
     )
 
 
@@ -185,14 +190,13 @@ def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: 
 
 
 def _refuse_other_backends(kind: str = "") -> None:
-    """DeepSpeed and Megatron-LM (accelerate's ``distributed_type`` ``kind``, or the launch environment, read
-    before accelerate fails on a missing package) are refused: sampling, evaluation and the reference policy
-    run the module directly."""
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
-    if kind in ("DEEPSPEED", "MEGATRON_LM") or deepspeed:
+    """Megatron-LM (accelerate's ``distributed_type`` ``kind``) is refused: sampling, evaluation and the reference
+    policy run the module directly. A DeepSpeed launch needs the package (checked before accelerate fails on it)."""
+    zero.require_deepspeed()
+    if kind == "MEGATRON_LM":
         raise ValueError(
-            f"accelerate's {'DEEPSPEED' if deepspeed else kind} backend is not supported: launch with "
-            "configs/accelerate/ddp.yaml (every process holds the model) or fsdp.yaml (weights sharded)"
+            "accelerate's MEGATRON_LM backend is not supported: launch with configs/accelerate/ddp.yaml (every "
+            "process holds the model), fsdp.yaml (weights sharded) or deepspeed_zero2.yaml (optimizer state sharded)"
         )
 
 
@@ -359,27 +363,39 @@ def _accumulate(
     cfg, acc = run.cfg, run.accelerator
     row_loss = _sample_loss if trains_on(cfg.loss.name) == "samples" else _transition_loss
     pieces = chunk.split(cfg.train.micro_batch)
-    for mb in pieces:
+    for k, mb in enumerate(pieces):
         out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
-        acc.backward(out.loss * (mb.numel() * acc.num_processes / rows))
+        _backward(run, out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + v * mb.numel()
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
     filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
-    for _ in range(calls - len(pieces)):
+    for k in range(len(pieces), calls):
         out = row_loss(run, batch, filler, torch.zeros(1, device=acc.device), gen)
-        acc.backward(out.loss * 0.0)
+        _backward(run, out.loss * 0.0, last=k == calls - 1)
+
+
+def _backward(run: Run, loss: Tensor, last: bool) -> None:
+    """One backward call of an optimizer step (``last``: its final one, which DeepSpeed must be told)."""
+    if run.engine is not None:
+        zero.backward(run.engine, loss, last)
+    else:
+        run.accelerator.backward(loss)
 
 
 def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
     """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
     Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
-    norm = check_step(run.accelerator, run.params, run.cfg.train.max_grad_norm, sums)
+    if run.engine is not None:  # DeepSpeed clips, steps and clears in one call, or skips a non-finite step
+        norm = zero.step(run.engine)
+    else:
+        norm = check_step(run.accelerator, run.params, run.cfg.train.max_grad_norm, sums)
     if norm is None:
         return False
     sums["train/grad_norm"] = norm * rows
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    if run.engine is None:
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
         run.ema.update()
     return True

@@ -57,10 +57,10 @@ def loop_state(run: Any) -> dict[str, Any]:
 
 def restore_loop_state(run: Any, state: dict[str, Any], path: str) -> None:
     """Load what ``loop_state`` saved into ``run`` (every process reads the same file); ``path`` names it in
-    errors. The optimizer is restored by the caller when it is sharded."""
+    errors. The optimizer is restored by the caller when it is sharded (FSDP, DeepSpeed)."""
     try:
         copy_into(run.params, state["params"])
-        if not getattr(run, "sharded", False):
+        if not getattr(run, "sharded", False) and getattr(run, "engine", None) is None:
             run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:

@@ -25,6 +25,7 @@ import yaml
 from flowrl.atomic import atomic_dir, write_json
 from flowrl.config import Config, to_dict
 from flowrl.options import ConfigError
+from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
@@ -68,6 +69,8 @@ def save_checkpoint(run: Run, path: str) -> None:
     )
     if run.sharded:
         state["optimizer"] = full_optimizer_state(run.policy.transformer, run.optimizer)
+    elif run.engine is not None:
+        state["optimizer"] = zero.optimizer_state(run.engine, run.params)
     if run.accelerator.is_main_process:
         with atomic_dir(path) as tmp:
             folder = os.path.join(tmp, run.cfg.model.finetune)
@@ -86,6 +89,8 @@ def restore(run: Run, path: str) -> None:
 
         options = StateDictOptions(full_state_dict=True)
         set_optimizer_state_dict(run.policy.transformer, run.optimizer, state["optimizer"], options=options)
+    elif run.engine is not None:
+        zero.load_optimizer_state(run.engine, run.params, state["optimizer"])
     if (run.ema is None) != (state["ema"] is None):
         raise ConfigError(f"checkpoint {path!r} and this run differ in train.ema_decay (one has no EMA)")
     if run.ema is not None:
@@ -113,12 +118,10 @@ def mean_se(values: torch.Tensor) -> tuple[float, float]:
 def train_and_report(cfg: Config, name: str = "run") -> str:
     """Run training end to end (or continue it, ``train.resume``); returns the run folder (see the module
     docstring). A run that fails before its first checkpoint leaves no run folder behind."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
 
     start = time.time()
     # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()
     run_dir, created = shared_run_dir(cfg, name, state)
     with run_folder(run_dir, created, state.is_main_process):
         resume_from = resume_point(cfg, run_dir)
@@ -141,6 +144,18 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
         _write_summary(run, run_dir, writer, prompts, seeds, before, after, train_seconds, start)
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
     return run_dir
+
+
+def process_state() -> Any:
+    """accelerate's process state, made before anything else so that it fixes the device: CPU processes
+    (``ACCELERATE_USE_CPU``) as accelerate's own launcher says; a DeepSpeed launch without GPUs over gloo (its
+    CPU flag would switch DeepSpeed off)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    if zero.deepspeed_requested() and not torch.cuda.is_available():
+        return PartialState(backend="gloo")
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def write_config(cfg: Any, run_dir: str, main: bool) -> None:

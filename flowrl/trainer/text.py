@@ -28,6 +28,7 @@ from flowrl.config import WEIGHT_DTYPES
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
 from flowrl.text_config import TextConfig
+from flowrl.trainer import zero
 from flowrl.trainer.flow import (
     _gather_objects,
     check_step,
@@ -64,6 +65,7 @@ class TextRun:
     num_tokens: int = 0
     skips_in_a_row: int = 0
     skips: int = 0
+    engine: Any = None  # DeepSpeed: the engine holding the partitioned optimizer (``flowrl.trainer.zero``)
 
 
 @dataclass
@@ -114,6 +116,7 @@ def setup(
     from flowrl.text_world import load_rows
 
     torch.manual_seed(cfg.seed)
+    zero.require_deepspeed()
     accelerator = Accelerator()
     m = cfg.model
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
@@ -142,6 +145,9 @@ def setup(
         model.gradient_checkpointing_enable()
     model.train(m.gradient_checkpointing)  # no dropout in the passes that must reproduce the sampled log-probs
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
+    if deepspeed:
+        zero.configure(accelerator, cfg.train.micro_batch, cfg.train.max_grad_norm, "no")
     prepared, optimizer = accelerator.prepare(model, optimizer)
     funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
     same = len(cfg.rewards) == len(funcs)
@@ -161,6 +167,7 @@ def setup(
         rng=random.Random(cfg.seed),
         scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
         reference=reference,
+        engine=prepared if deepspeed else None,
     )
 
 
@@ -370,12 +377,16 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
         for step_rows in rows.chunk(t.minibatches):
             step_sums: dict[str, float] = {}
             _step(run, batch, adv, step_rows, old, ref, step_sums)
-            norm = check_step(acc, run.params, t.max_grad_norm, step_sums)
+            if run.engine is not None:  # clips, steps and clears, or skips a non-finite step
+                norm = zero.step(run.engine)
+            else:
+                norm = check_step(acc, run.params, t.max_grad_norm, step_sums)
             if norm is None:
                 skipped += 1
                 continue
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
+            if run.engine is None:
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
             step_sums["grad_norm"] = norm
             for k, v in step_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -405,7 +416,8 @@ def _step(
     kind = normalizes_by(cfg.loss.name)
     step_tokens = float(mask[rows].sum())
     global_tokens = float(acc.gather(torch.tensor([step_tokens], device=mask.device)).sum())
-    for mb in _micro_batches(rows, cfg.train.micro_batch):
+    pieces = _micro_batches(rows, cfg.train.micro_batch)  # as many on every process: equal shares of the batch
+    for k, mb in enumerate(pieces):
         log_prob, entropy = _log_probs(run, run.prepared, c, mb)
         m = mask[mb]
         inputs = LossInputs(
@@ -419,7 +431,10 @@ def _step(
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
         share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
         weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
-        acc.backward(out.loss * weight)
+        if run.engine is not None:
+            zero.backward(run.engine, out.loss * weight, last=k == len(pieces) - 1)
+        else:
+            acc.backward(out.loss * weight)
         metrics = {
             **out.metrics,
             "loss": out.loss.item(),

@@ -17,12 +17,14 @@ import torch
 from flowrl.atomic import atomic_dir
 from flowrl.models.causal_lm import sample_completions
 from flowrl.text_config import TextConfig
+from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
 from flowrl.trainer.run import (
     base_evaluation,
     finish_summary,
     mean_se,
+    process_state,
     shared_run_dir,
     tb_writer,
     training_loop,
@@ -77,6 +79,8 @@ def save_checkpoint(run: TextRun, path: str) -> None:
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
     acc = run.accelerator
     state = {**loop_state(run), "num_tokens": run.num_tokens}
+    if run.engine is not None:
+        state["optimizer"] = zero.optimizer_state(run.engine, run.params)
     if acc.is_main_process:
         with atomic_dir(path) as tmp:
             folder = os.path.join(tmp, run.cfg.model.finetune)
@@ -92,6 +96,8 @@ def restore(run: TextRun, path: str) -> None:
     """Continue ``run`` from the checkpoint folder ``path`` (see ``flowrl.trainer.resume``)."""
     state = load_state(path)
     restore_loop_state(run, state, path)
+    if run.engine is not None:
+        zero.load_optimizer_state(run.engine, run.params, state["optimizer"])
     run.num_tokens = int(state["num_tokens"])
 
 
@@ -103,11 +109,8 @@ def train_and_report(
 ) -> str:
     """Run text training end to end; returns the run folder (see the module docstring). ``dataset`` (rows with a
     "prompt") and ``reward_funcs`` (TRL-signature callables) replace the configured training data and rewards."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
     start = time.time()
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = process_state()
     run_dir, created = shared_run_dir(cfg, name, state)
     with run_folder(run_dir, created, state.is_main_process):
         resume_from = resume_point(cfg, run_dir)
