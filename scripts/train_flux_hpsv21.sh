@@ -11,8 +11,7 @@
 #   ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml scripts/train_flux_hpsv21.sh model.finetune=full \
 #     model.weights_dtype=fp32 train.lr=1e-5
 # Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
-# train.prompts_per_step is per process; the preset's value gives the published batch on 8 GPUs (its comment
-# says what to pass for other GPU counts).
+# train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

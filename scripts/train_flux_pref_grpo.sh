@@ -21,8 +21,7 @@
 # Environment: NUM_GPUS (8), JUDGE_URL (http://127.0.0.1:8080/v1: the API base, without /chat/completions),
 # ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate), PYTHON (.venv/bin/python if present,
 # else python3).
-# train.prompts_per_step is per process; the preset's value gives the published batch on 8 GPUs (its comment
-# says what to pass for other GPU counts).
+# train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -11,8 +11,7 @@
 #   e.g. NUM_GPUS=4 scripts/train_sd35_pickscore.sh output.run_dir=runs/sd35-pickscore train.iterations=500
 #   (a list such as `rewards` is replaced as a whole: rewards='[{name: pickscore, options: {...}}]')
 # Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
-# train.prompts_per_step is per process; the preset's value gives the published batch on 8 GPUs (its comment
-# says what to pass for other GPU counts).
+# train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -47,7 +47,7 @@ SD35 = {
     "sampler.num_steps": 10,
     "sampler.noise_level": 0.7,
     "train.group_size": 24,
-    "train.prompts_per_step": 6,  # per process: 48 over the launchers' default 8 processes
+    "train.prompts_per_step": 48,  # over all processes, as flow_grpo
     "train.minibatches": 2,
     "train.lr": 3e-4,
     "train.weight_decay": 1e-4,
