@@ -95,3 +95,17 @@ def text_strings(prompts: list[str], completions: list[str], **_: Any) -> list[s
 
 def text_scalar(prompts: list[str], completions: list[str], **_: Any) -> float:
     return 1.0
+
+
+class NanOnCalls:
+    """Mean brightness, except that on the listed calls (1-based) one score is NaN (``calls: all`` = always)."""
+
+    def __init__(self, calls: list[int] | str = "all") -> None:
+        self.calls, self.count = calls, 0
+
+    def __call__(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+        self.count += 1
+        score = images.mean((1, 2, 3))
+        if self.calls == "all" or self.count in self.calls:
+            score[0] = float("nan")
+        return {"score": score}
