@@ -109,3 +109,14 @@ class NanOnCalls:
         if self.calls == "all" or self.count in self.calls:
             score[0] = float("nan")
         return {"score": score}
+
+
+class GroupBrightness:
+    """A groupwise reward: each image's brightness minus its group's mean (needs the whole group at once)."""
+
+    groupwise = True
+
+    def __call__(self, images: Tensor, prompts: list[str], groups: Tensor) -> dict[str, Tensor]:
+        score = images.mean((1, 2, 3))
+        means = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, score) / torch.bincount(groups)
+        return {"score": score - means[groups]}

@@ -524,3 +524,32 @@ def test_fsdp_units_are_the_model_blocks_or_the_launch_classes(monkeypatch):
     monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
     with pytest.raises(ValueError, match="fsdp_offload_params is not supported"):
         shard(flux, torch.device("cpu"), "no")
+
+
+def test_batches_processes_cannot_share_are_refused_at_start(tiny_model):
+    """Checked for a launch of N processes before anything is sampled (here N = 2, 4 without launching them)."""
+    from test_trainer import tiny_config
+
+    from flowrl.config import window_of
+    from flowrl.options import ConfigError
+    from flowrl.rewards import RewardSet
+    from flowrl.samplers import make_window
+    from flowrl.trainer.flow import _check_split
+
+    def check(processes: int, *overrides: str) -> None:
+        cfg = tiny_config(tiny_model, *overrides)
+        kind, size = window_of(cfg.sampler)
+        window = make_window(kind, cfg.sampler.num_steps, size, **cfg.sampler.window_options)
+        _check_split(cfg, window, RewardSet.from_specs([vars(r) for r in cfg.rewards]), 1000, processes)
+
+    tree = ["sampler.mode=branchgrpo", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"]
+    check(2, "train.prompts_per_step=3")  # chains: 3 prompts x 4 images = 12 roots, 6 each; a group spans both
+    check(2, "train.prompts_per_step=4", *tree)  # trees: one root per prompt
+    with pytest.raises(ConfigError, match=r"prompts_per_step=3: its 3 roots cannot be dealt out evenly to 2 proc"):
+        check(2, "train.prompts_per_step=3", *tree)
+    with pytest.raises(ConfigError, match=r"prompts_per_step=3: its 12 roots .* to 8 processes; use a multiple of 2"):
+        check(8, "train.prompts_per_step=3")
+    groupwise = "rewards=[{name: 'bad_rewards:GroupBrightness'}]"
+    check(2, "train.prompts_per_step=4", groupwise)
+    with pytest.raises(ConfigError, match=r"reward 'bad_rewards:GroupBrightness' compares the images of a prompt"):
+        check(2, "train.prompts_per_step=3", groupwise)
