@@ -183,6 +183,10 @@ def _assert_one_process_makes_the_same_updates(model: str, tmp_path: Path, ranks
         assert sorted(torch.cat([r["positions"][step] for r in ranks]).tolist()) == list(range(adv.numel()))
         assert one["advantages"][step].abs().max() > 0.1
         torch.testing.assert_close(adv, one["advantages"][step], atol=1e-4, rtol=0)
+        weight_diff = max((a - b).abs().max().item() for a, b in zip(ranks[0]["params"][step + 1],
+                                                                    one["params"][step + 1], strict=True))  # fmt: skip
+        print(f"iteration {step + 1}: advantages max |2 - 1 process| {(adv - one['advantages'][step]).abs().max():.2e}"
+              f" (of max {one['advantages'][step].abs().max():.2f}), weights {weight_diff:.2e}")  # fmt: skip
         # Adam divides by the gradient's own size, so where a gradient is ~0 float error of batch size moves a
         # weight by up to a fraction of one lr step (1e-2): 1e-4 is 1% of it
         for a, b in zip(ranks[0]["params"][step + 1], one["params"][step + 1], strict=True):

@@ -180,3 +180,38 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(ti
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_state(str(checkpoints / "final"))["iteration"] == 12
     assert not [n for n in os.listdir(checkpoints) if n.startswith(".")]
+
+
+def _train_text(run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
+    """The text demo, shortened, through the command line, recording each iteration's metrics."""
+    import flowrl.trainer.text_run as text_runner
+
+    recorded: list[dict[str, float]] = []
+    step = text_runner.train_step
+
+    def recording_step(run):
+        if stop_at is not None and run.iteration == stop_at:
+            raise Stop
+        metrics = step(run)
+        recorded.append({"iteration": run.iteration, **{k: v for k, v in metrics.items() if "time/" not in k}})
+        return metrics
+
+    text_runner.train_step = recording_step
+    args = ["train.iterations=4", "train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2"]
+    args += ["train.num_iterations=2", "eval.enabled=false", "output.tensorboard=false", "output.progress=false"]
+    try:
+        main(["train", "--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", *args, *extra])
+    finally:
+        text_runner.train_step = step
+    return recorded
+
+
+def test_resumed_text_run_repeats_the_uninterrupted_run_exactly(tmp_path):
+    whole = _train_text(tmp_path / "whole")
+    with pytest.raises(Stop):
+        _train_text(tmp_path / "split", stop_at=2)
+    rest = _train_text(tmp_path / "split", "train.resume=auto")
+    assert [m["iteration"] for m in rest] == [3, 4] and rest == whole[2:]
+    ends = [load_state(str(tmp_path / run / "checkpoints" / "final")) for run in ("whole", "split")]
+    assert all(torch.equal(a, b) for a, b in zip(ends[0]["params"], ends[1]["params"], strict=True))
+    assert ends[0]["num_tokens"] == ends[1]["num_tokens"] > 0
