@@ -157,7 +157,13 @@ def _gallery(args: argparse.Namespace) -> int:
             raise
         print(f"flowrl: gallery error: {e}", file=sys.stderr)
         return 2
-    paths = render(specs, prompts, seeds, args.out, title=args.title)
+    try:
+        paths = render(specs, prompts, seeds, args.out, title=args.title)
+    except InputError as e:  # a reward that fails on the gallery's images, a missing checkpoint file
+        if args.debug:
+            raise
+        print(error_line(e), file=sys.stderr)
+        return 2
     print(paths["html"])
     return 0
 

@@ -567,3 +567,19 @@ def test_long_text_prompts_keep_their_end(caplog, monkeypatch) -> None:
     assert tokenizer.batch_decode(ids, skip_special_tokens=True) == ["+34=", "1+2="]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
     assert "'12+34=' is 6 tokens" in caplog.text and "truncated from the left" in caplog.text
+
+
+def test_gallery_reward_failure_is_one_line_with_exit_code_2(tiny_model, tmp_path, capsys) -> None:
+    import yaml
+
+    from flowrl.config import load_config, to_dict
+
+    cfg = load_config(None, [f"model.path={tiny_model}", "rewards=[{name: 'bad_rewards:raises'}]"])
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    args = ["gallery", "--config", str(config), "--column", "base=base", "--prompts", "toy:held-out"]
+    args += ["--num-prompts", "1", "--seeds", "0", "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "flowrl: reward error: reward 'bad_rewards:raises' raised ValueError: detector weights missing"
+    assert not (tmp_path / "out" / "gallery").exists()
