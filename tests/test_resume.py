@@ -145,7 +145,6 @@ sys.exit(main(["train", *sys.argv[1:]]))
 """
 
 
-@pytest.mark.slow
 def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(tiny_model, tmp_path):
     run_dir = tmp_path / "run"
     checkpoints = run_dir / "checkpoints"
