@@ -1,4 +1,4 @@
-"""The learning-rate schedule of the toy pretraining scripts (image and text bases)."""
+"""The warm-up + cosine learning-rate schedule of the trainers (`train.lr_schedule`) and the pretraining scripts."""
 
 from __future__ import annotations
 

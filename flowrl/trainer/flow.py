@@ -36,6 +36,7 @@ from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.errors import TrainingStopped
 from flowrl.generate import generate
 from flowrl.losses import LossInputs, compute_loss, trains_on
+from flowrl.lr_schedule import warmup_cosine
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.options import ConfigError
@@ -159,13 +160,12 @@ def lr_scheduler(
     """The learning rate of each iteration as a factor of the peak: linear warm-up over ``warmup`` iterations, then
     constant or cosine decay to 10% at the last iteration (stepped once per iteration)."""
 
+    last = max(iterations - 1, warmup)
+
     def factor(it: int) -> float:
-        if it < warmup:
-            return (it + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = (it - warmup) / max(1, iterations - 1 - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if it < warmup or kind == "cosine":
+            return warmup_cosine(min(it, last), 1.0, warmup, last)
+        return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
