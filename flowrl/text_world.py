@@ -87,13 +87,9 @@ def load_rows(source: str) -> list[dict[str, Any]]:
         return problems(source[len(SOURCE_PREFIX) :])
     if not source.endswith(".jsonl"):
         raise ValueError(f"unknown data source {source!r}: expected toy-text:<split> or a .jsonl file")
-    with open(source, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{source}:{line}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+    from flowrl.trainer.data import read_utf8
+
+    text = read_utf8(source, f"data file {source!r}")
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

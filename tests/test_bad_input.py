@@ -286,7 +286,7 @@ DATA_CASES = {
         TEXT,
         data_file("data.train", "rows.jsonl", b'{"prompt": "1+2="}\n{"prompt": "\xe9"}\n'),
         "data",
-        same("rows.jsonl:2: not UTF-8 text"),
+        same("rows.jsonl' is not UTF-8 text (line 2"),
     ),
     "jsonl without rows": Case(
         TEXT, data_file("data.train", "rows.jsonl", "\n\n"), "data", same("rows.jsonl", "has no rows")

@@ -51,9 +51,9 @@ class Stop(Exception):
     pass
 
 
-def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
-    """Train through the command line, recording each iteration's metrics; ``stop_at``: raise before that
-    iteration (after the previous iteration's checkpoint)."""
+def _recorded(runner, args: list[str], stop_at: int | None) -> list[dict[str, float]]:
+    """Run ``flowrl train args`` recording each iteration's metrics (not the times) through ``runner.train_step``
+    (the flow or text run module); ``stop_at``: raise before that iteration (after the previous one's checkpoint)."""
     recorded: list[dict[str, float]] = []
     step = runner.train_step
 
@@ -66,10 +66,16 @@ def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -
 
     runner.train_step = recording_step
     try:
-        main(["train", f"model.path={model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL, *extra])
+        main(["train", *args])
     finally:
         runner.train_step = step
     return recorded
+
+
+def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
+    return _recorded(
+        runner, [f"model.path={model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL, *extra], stop_at
+    )
 
 
 def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_model, tmp_path):
@@ -182,27 +188,13 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(ti
 
 
 def _train_text(run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
-    """The text demo, shortened, through the command line, recording each iteration's metrics."""
+    """The text demo, shortened, with what a resumed text run must carry over (cosine lr, 2 passes × 2 steps)."""
     import flowrl.trainer.text_run as text_runner
 
-    recorded: list[dict[str, float]] = []
-    step = text_runner.train_step
-
-    def recording_step(run):
-        if stop_at is not None and run.iteration == stop_at:
-            raise Stop
-        metrics = step(run)
-        recorded.append({"iteration": run.iteration, **{k: v for k, v in metrics.items() if "time/" not in k}})
-        return metrics
-
-    text_runner.train_step = recording_step
-    args = ["train.iterations=4", "train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2"]
-    args += ["train.num_iterations=2", "eval.enabled=false", "output.tensorboard=false", "output.progress=false"]
-    try:
-        main(["train", "--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", *args, *extra])
-    finally:
-        text_runner.train_step = step
-    return recorded
+    args = ["--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", "train.iterations=4"]
+    args += ["train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2", "train.num_iterations=2"]
+    args += ["eval.enabled=false", "output.tensorboard=false", "output.progress=false"]
+    return _recorded(text_runner, [*args, *extra], stop_at)
 
 
 def test_resumed_text_run_repeats_the_uninterrupted_run_exactly(tmp_path):

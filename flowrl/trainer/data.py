@@ -34,17 +34,21 @@ def load_prompts(source: str) -> list[str]:
         train, held_out = split_scenes()
         splits = {"toy:train": train, "toy:held-out": held_out, "toy:all": all_scenes()}
         return [s.text for s in splits[source]]
-    with open(source, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(
-            f"prompt file {source!r} is not UTF-8 text (line {line}, byte {e.start}); re-save it as UTF-8"
-        ) from None
+    text = read_utf8(source, f"prompt file {source!r}")
     prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise DataError(f"prompt file {source!r} has no prompts (blank lines and # comments are skipped)")
     return prompts
+
+
+def read_utf8(path: str, name: str) -> str:
+    """The text of ``path`` (a byte-order mark is fine); a ``DataError`` naming it (``name``), the line and the byte
+    when it is not UTF-8."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{name} is not UTF-8 text (line {line}, byte {e.start}); re-save it as UTF-8") from None
