@@ -46,7 +46,7 @@ from flowrl.trainer import zero
 from flowrl.trainer.data import load_prompts
 from flowrl.trainer.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer.sharding import full, shard, sharding_requested
-from flowrl.trainer.share import Whole, deal, gather_batch, step_rows
+from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
 from flowrl.trainer.weights import EMA, make_trainable, reference_policy
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
     number of backward calls. A step whose loss or gradient is not finite is skipped (``train/skipped_steps``)."""
     cfg, acc = run.cfg, run.accelerator
     keep = rows.mask.nonzero().squeeze(1)
-    kept = _gather_objects(acc, rows.position[keep].cpu())
+    kept = gather_all(acc, rows.position[keep].cpu())
     if not any(k.numel() for k in kept):  # no process kept a row
         return {"train/transitions": 0.0, "train/skipped_steps": 0.0}
     run.policy.train_mode(True)
@@ -556,7 +556,7 @@ def train_step(run: Run) -> dict[str, float]:
     t0 = time.perf_counter()
     batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
-    broken = _gather_objects(acc, non_finite_rewards(batch))
+    broken = gather_all(acc, non_finite_rewards(batch))
     if any(broken):
         metrics = {"train/skipped_steps": 0.0, "reward/non_finite": float(sum(n for b in broken for n in b.values()))}
         reason = "non-finite reward " + ", ".join(sorted({f"{k!r}" for b in broken for k in b}))
@@ -608,15 +608,6 @@ def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
     return rng.sample(pool, min(count, len(pool)))
 
 
-def _gather_objects(acc: Accelerator, value: Any) -> list[Any]:
-    """Every process's ``value`` (picklable), in process order."""
-    if acc.num_processes == 1:
-        return [value]
-    from accelerate.utils import gather_object
-
-    return gather_object([value])
-
-
 def process_seed(run: Run, seed: int) -> int:
     """``seed`` made distinct per process (unchanged on process 0, so one process keeps its seeds)."""
     return seed + run.accelerator.process_index * _PROCESS_SEED_STRIDE
@@ -626,9 +617,7 @@ def mean_over_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str
     """Each metric's mean over the processes that report it (one that trained no rows has no loss metrics)."""
     if acc.num_processes == 1:
         return metrics
-    from accelerate.utils import gather_object
-
-    reports: list[dict[str, float]] = gather_object([metrics])
+    reports: list[dict[str, float]] = gather_all(acc, metrics)
     keys = dict.fromkeys(k for r in reports for k in r)
     return {k: statistics.fmean(r[k] for r in reports if k in r) for k in keys}
 

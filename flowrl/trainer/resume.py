@@ -29,6 +29,7 @@ from flowrl.trainer.checkpoint import (
     set_rng_states,
 )
 from flowrl.trainer.sharding import full
+from flowrl.trainer.share import gather_all
 
 log = logging.getLogger("flowrl")
 
@@ -37,12 +38,7 @@ def loop_state(run: Any) -> dict[str, Any]:
     """The state every trainer's run has (a collective: weights and random states come from every process).
     ``run`` has ``params``, ``optimizer``, ``scheduler``, ``rng``, ``adv_state``, ``iteration``, the skip counters
     and its ``accelerator``."""
-    acc = run.accelerator
-    rngs = [rng_states()]
-    if acc.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        rngs = gather_object(rngs)
+    rngs = gather_all(run.accelerator, rng_states())
     return {
         "iteration": run.iteration,
         "params": [full(p) for p in run.params],

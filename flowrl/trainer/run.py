@@ -30,6 +30,7 @@ from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
 from flowrl.trainer.sharding import full_optimizer_state, local
+from flowrl.trainer.share import gather_all
 from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
@@ -102,11 +103,7 @@ def _require_finite(run: Run) -> None:
     """Raise on every process (so that none waits for the others in vain) if any process holds a non-finite
     trainable weight or EMA average: non-finite weights are never saved."""
     tensors = [*run.params, *(run.ema.shadow if run.ema is not None else [])]
-    finite = all(bool(torch.isfinite(local(t)).all()) for t in tensors)
-    if run.accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        finite = all(gather_object([finite]))
+    finite = all(gather_all(run.accelerator, all(bool(torch.isfinite(local(t)).all()) for t in tensors)))
     if not finite:
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 

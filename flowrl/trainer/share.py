@@ -21,6 +21,15 @@ from torch import Tensor
 from flowrl.advantages import AdvantageBatch, TreeStructure
 
 
+def gather_all(acc: Any, value: Any) -> list[Any]:
+    """Every process's ``value`` (picklable; tensors on the CPU), in process order: a collective."""
+    if acc.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
 def deal(total: int, num_processes: int, index: int) -> tuple[int, int]:
     """``(first, count)``: the block of ``total`` roots that process ``index`` samples."""
     if total % num_processes:
@@ -47,9 +56,7 @@ def gather_batch(acc: Any, local: AdvantageBatch) -> Whole:
     m_local = 0 if local.tree is None else local.tree.node_id.numel()
     if acc.num_processes == 1:
         return Whole(local, torch.arange(n_local), torch.arange(m_local))
-    from accelerate.utils import gather_object
-
-    parts: list[AdvantageBatch] = gather_object([_to_cpu(local)])
+    parts: list[AdvantageBatch] = gather_all(acc, _to_cpu(local))
     sample_offset = sum(p.rewards.shape[0] for p in parts[: acc.process_index])
     rewards = torch.cat([p.rewards for p in parts])
     granular = None if local.granular_rewards is None else torch.cat([p.granular_rewards for p in parts], dim=1)
@@ -125,4 +132,4 @@ def step_rows(
     return steps
 
 
-__all__ = ["UpdateStep", "Whole", "deal", "gather_batch", "step_rows"]
+__all__ = ["UpdateStep", "Whole", "deal", "gather_all", "gather_batch", "step_rows"]

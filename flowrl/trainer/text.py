@@ -30,7 +30,6 @@ from flowrl.models.causal_lm import Completions, sample_completions, token_log_p
 from flowrl.text_config import TextConfig
 from flowrl.trainer import zero
 from flowrl.trainer.flow import (
-    _gather_objects,
     check_step,
     count_skip,
     draw_prompts,
@@ -38,7 +37,7 @@ from flowrl.trainer.flow import (
     mean_over_processes,
     process_seed,
 )
-from flowrl.trainer.share import deal
+from flowrl.trainer.share import deal, gather_all
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -266,9 +265,7 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     a function returned None) and TRL's reward metrics. A completion no function scored (all None) gets
     advantage 0 and is left out of the reward statistics, as in TRL."""
     g = run.cfg.train.group_size
-    parts = _gather_objects(
-        run.accelerator, (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows])
-    )
+    parts = gather_all(run.accelerator, (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows]))
     all_rewards, group_id = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     keys = [k for p in parts for k in p[2]]
     rewards, weights = all_rewards, torch.tensor([w for _, _, w in run.rewards])
@@ -450,7 +447,7 @@ def train_step(run: TextRun) -> dict[str, float]:
     t0 = time.perf_counter()
     batch = generate(run, draw_prompts(run.rng, run.train_rows, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
-    infinite = sum(_gather_objects(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
+    infinite = sum(gather_all(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
     if infinite:
         metrics = {"skipped_steps": 1.0, "rewards/infinite": float(infinite)}
     else:
