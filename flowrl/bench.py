@@ -1,17 +1,27 @@
 """``flowrl bench``: every method on the toy world with the same base, prompts, seeds and training-time budget.
 
 A preset (``configs/bench/*.yaml``) names a base config, the budget, the evaluation interval and the methods, each
-a list of ``key=value`` overrides of the base. Methods run one after another, each in a fresh process (so that its
-peak memory is its own), and train until their budget of *training* seconds is spent; evaluation on the fixed
-held-out (prompt, seed) pairs runs at fixed training-time intervals and is not counted in the budget, so every
-method's reward-versus-time curve has points at the same times. Results: ``results.json``, ``results.md`` and
-``reward_vs_time.png`` in the output folder, and each method's final LoRA under ``<method>[-r<k>]/checkpoints``.
+a list of ``key=value`` overrides of the base. Every run is a fresh process (its peak memory is its own) that trains
+until its budget of *training* seconds is spent. The protocol (see DESIGN.md, "Measurement"):
+
+1. **Learning-rate selection** (with ``lr_grid``): each method trains once per learning rate of the grid (and per
+   ``selection_repeats``) on ``train_prompts`` and is scored at the end on ``validation_prompts``; the rate with the
+   best mean validation reward is the method's. The held-out split plays no part in the choice.
+2. **Reported runs**: ``repeats`` runs per method at its rate (seeds: the base seed + k), evaluated on the held-out
+   (prompt, seed index) pairs at fixed training-time intervals (not counted in the budget), so every curve has points
+   at the same times.
+
+Every run writes ``result.json`` (with the settings it ran) into its own folder; a rerun with the same output folder
+keeps finished runs whose settings are unchanged and runs the rest, so a long protocol can span several sittings.
+The report (``flowrl.bench_report``) is ``results.json``, ``results.md`` and ``reward_vs_time.png``; each reported
+run's final LoRA is under ``<method>-r<k>/checkpoints/final``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -33,11 +43,32 @@ class BenchMethod:
 class BenchPreset:
     base: str = option("configs/demo.yaml", "the config every method starts from")
     overrides: list[str] = option([], "key=value overrides applied to every method first")
-    budget_minutes: float = option(4.0, "training time per method and repeat (evaluation excluded)", low=0.01)
+    train_prompts: str = option("toy:train-no-val", "prompts every run trains on (disjoint from both splits below)")
+    validation_prompts: str = option("toy:validation", "prompts the learning rate is chosen on")
+    eval_prompts: str = option("toy:held-out", "prompts the reported curves are measured on (only reported)")
+    lr_grid: list[float] = option([], "learning rates to choose from per method on the validation prompts ([] = none)")
+    selection_repeats: int = option(1, "runs per method and learning rate during selection", low=1)
+    budget_minutes: float = option(4.0, "training time per run (evaluation excluded)", low=0.01)
     eval_every_minutes: float = option(1.0, "held-out evaluation interval, in training time", low=0.01)
-    repeats: int = option(1, "runs per method (seeds base seed + k)", low=1)
+    repeats: int = option(1, "reported runs per method (seeds base seed + k)", low=1)
     baseline: str = option("flow-grpo", "the method whose final held-out reward sets the target")
     methods: list[BenchMethod] = dataclasses.field(default_factory=list, metadata={"help": "the methods to compare"})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the protocol: which method, repeat and learning rate (None: the config's), selection or report."""
+
+    method: BenchMethod
+    repeat: int
+    lr: float | None
+    phase: str  # "select" (scored once, at the end, on the validation prompts) or "report" (held-out curve)
+
+    @property
+    def folder(self) -> str:
+        if self.phase == "select":
+            return os.path.join("select", f"{self.method.name}-lr{self.lr:g}-r{self.repeat}")
+        return f"{self.method.name}-r{self.repeat}"
 
 
 def load_preset(path: str, methods: list[str] | None = None, **changes: Any) -> BenchPreset:
@@ -57,41 +88,73 @@ def load_preset(path: str, methods: list[str] | None = None, **changes: Any) -> 
         preset.methods = [preset.methods[names.index(m)] for m in methods]
     if not preset.methods or len(set(names)) != len(names) or not all(names):
         raise ConfigError(f"{path}: methods must be a non-empty list of uniquely named entries")
+    if any(not (lr > 0) for lr in preset.lr_grid):
+        raise ConfigError(f"lr_grid must hold positive learning rates, got {preset.lr_grid}")
+    _refuse_overlap(preset)
     for m in preset.methods:
-        method_config(preset, m, 0)  # every method's config validates before anything runs
+        method_config(preset, RunSpec(m, 0, preset.lr_grid[0] if preset.lr_grid else None, "report"))
     return preset
 
 
-def method_config(preset: BenchPreset, method: BenchMethod, repeat: int):
+def _refuse_overlap(preset: BenchPreset) -> None:
+    """Training, validation and held-out prompts must be disjoint: a learning rate chosen on prompts it trained on,
+    or a curve measured on them, would reward memorising."""
+    from flowrl.trainer.data import load_prompts
+
+    pairs = [("train_prompts", "eval_prompts")]
+    if preset.lr_grid:
+        pairs += [("validation_prompts", "eval_prompts"), ("train_prompts", "validation_prompts")]
+    for a, b in pairs:
+        shared = set(load_prompts(getattr(preset, a))) & set(load_prompts(getattr(preset, b)))
+        if shared:
+            raise ConfigError(
+                f"{a} ({getattr(preset, a)}) and {b} ({getattr(preset, b)}) share {len(shared)} prompts, e.g. "
+                f"{sorted(shared)[0]!r}; they must be disjoint"
+            )
+
+
+def method_config(preset: BenchPreset, spec: RunSpec):
+    """The resolved config of one run: the base, the preset's and the method's overrides, its prompts, learning rate
+    and seed (base seed + repeat)."""
     from flowrl.config import load_config
 
-    cfg = load_config(preset.base, [*preset.overrides, *method.overrides, "output.progress=false"])
-    cfg.seed += repeat
+    eval_prompts = preset.validation_prompts if spec.phase == "select" else preset.eval_prompts
+    data = [f"data.train_prompts={preset.train_prompts}", f"data.eval_prompts={eval_prompts}"]
+    lr = [f"train.lr={spec.lr!r}"] if spec.lr is not None else []
+    cfg = load_config(preset.base, [*preset.overrides, *spec.method.overrides, *data, *lr, "output.progress=false"])
+    cfg.seed += spec.repeat
     return cfg
 
 
-def run_method(preset: BenchPreset, method: BenchMethod, repeat: int, out_dir: str) -> dict[str, Any]:
-    """Train one method for the budget with evaluations at fixed training times (runs in its own process)."""
+def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, Any]:
+    """Train one run for the budget, evaluating at fixed training times (a report run) or at the start and the end
+    (a selection run); runs in its own process. Each curve point holds the mean reward with its SE over prompts and
+    the paired gain over the run's own first evaluation (same pairs, same noise) with its SE over prompts."""
     import torch
 
+    from flowrl.stats import prompt_mean_se
     from flowrl.trainer.flow import evaluate, setup, train_step
-    from flowrl.trainer.run import eval_pairs, mean_se, save_checkpoint
+    from flowrl.trainer.run import eval_pairs, save_checkpoint
 
     torch.set_num_threads(int(os.environ.get("FLOWRL_BENCH_THREADS", torch.get_num_threads())))
-    cfg = method_config(preset, method, repeat)
+    cfg = method_config(preset, spec)
     run = setup(cfg)
     prompts, seeds = eval_pairs(cfg, run.eval_prompts)
     strict_key = f"{next(iter(run.rewards.rewards))}/strict"
+    first: dict[str, torch.Tensor] = {}
 
     def point(clock: float) -> dict[str, float]:
         _, parts = evaluate(run, prompts, seeds)
-        reward, reward_se = mean_se(parts["reward"])
-        out = {"t": clock, "reward": reward, "reward_se": reward_se, "iteration": run.iteration}
+        first.setdefault("reward", parts["reward"])
+        out = {"t": clock, "iteration": run.iteration}
+        out["reward"], out["reward_se"] = prompt_mean_se(parts["reward"], prompts)
+        out["gain"], out["gain_se"] = prompt_mean_se(parts["reward"] - first["reward"], prompts)
         if strict_key in parts:
-            out["strict"], out["strict_se"] = mean_se(parts[strict_key])
+            out["strict"], out["strict_se"] = prompt_mean_se(parts[strict_key], prompts)
         return out
 
-    budget, every = 60 * preset.budget_minutes, 60 * preset.eval_every_minutes
+    budget = 60 * preset.budget_minutes
+    every = 60 * preset.eval_every_minutes if spec.phase == "report" else math.inf
     curve, metrics, clock, next_eval = [point(0.0)], [], 0.0, every
     while clock < budget:
         start = time.perf_counter()
@@ -101,14 +164,20 @@ def run_method(preset: BenchPreset, method: BenchMethod, repeat: int, out_dir: s
             curve.append(point(clock))
             while next_eval <= clock:  # a slow iteration may pass several marks: evaluate once, at the next
                 next_eval += every
-    save_checkpoint(run, os.path.join(out_dir, "checkpoints", "final"))
+    if spec.phase == "report":
+        save_checkpoint(run, os.path.join(out_dir, "checkpoints", "final"))
 
     def mean(key: str) -> float:
         return statistics.fmean(m[key] for m in metrics)
 
     return {
-        "method": method.name,
-        "repeat": repeat,
+        "method": spec.method.name,
+        "repeat": spec.repeat,
+        "phase": spec.phase,
+        "lr": cfg.train.lr,
+        "seed": cfg.seed,
+        "eval_prompts": cfg.data.eval_prompts,
+        "num_eval_samples": len(prompts),
         "curve": curve,
         "iterations": run.iteration,
         "train_seconds": clock,
@@ -131,36 +200,91 @@ def _peak_rss_gb() -> float:
     return kb / 2**20
 
 
-def _child(preset: BenchPreset, method: BenchMethod, repeat: int, out_dir: str, result_path: str) -> None:
-    write_json(result_path, run_method(preset, method, repeat, out_dir))
+def _child(preset: BenchPreset, spec: RunSpec, out_dir: str, result_path: str, settings: dict[str, Any]) -> None:
+    write_json(result_path, {**run_method(preset, spec, out_dir), "settings": settings})
+
+
+def _settings(preset: BenchPreset, spec: RunSpec) -> dict[str, Any]:
+    """What a finished run must match to be kept on a rerun: its resolved config and the budget it trained."""
+    from flowrl.config import to_dict
+
+    cfg = to_dict(method_config(preset, spec))
+    cfg.pop("output", None)
+    timing = {"budget_minutes": preset.budget_minutes, "eval_every_minutes": preset.eval_every_minutes}
+    return json.loads(json.dumps({"config": cfg, "phase": spec.phase, **timing}))
+
+
+def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dict[str, Any]:
+    """The result of ``spec``: read back when its folder holds a finished run with the same settings, else run now
+    in a fresh process. A finished run with other settings is an error (choose another output folder)."""
+    folder = os.path.join(out_dir, spec.folder)
+    result_path = os.path.join(folder, "result.json")
+    settings = _settings(preset, spec)
+    if os.path.isfile(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            done = json.load(f)
+        if done.get("settings") != settings:
+            raise ConfigError(
+                f"{result_path} holds a finished run with other settings than this preset's; use another --out"
+            )
+        log(f"{spec.folder}: finished earlier, kept")
+        return done
+    os.makedirs(folder, exist_ok=True)
+    started = time.time()
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(preset, spec, folder, result_path, settings)
+    )
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"bench run {spec.folder!r} failed with exit code {proc.exitcode}")
+    with open(result_path, encoding="utf-8") as f:
+        result = json.load(f)
+    last = result["curve"][-1]
+    log(f"{spec.folder}: {result['eval_prompts']} reward {last['reward']:.3f} ± {last['reward_se']:.3f} after "
+        f"{result['iterations']} iterations ({time.time() - started:.0f} s)")  # fmt: skip
+    return result
+
+
+def choose_lr(selection: list[dict[str, Any]]) -> float:
+    """The learning rate whose selection runs end with the highest mean validation reward (ties: the smaller)."""
+    by_lr: dict[float, list[float]] = {}
+    for r in selection:
+        by_lr.setdefault(r["lr"], []).append(r["curve"][-1]["reward"])
+    return max(sorted(by_lr), key=lambda lr: statistics.fmean(by_lr[lr]))
 
 
 def run_bench(preset: BenchPreset, out_dir: str, log=print) -> dict[str, Any]:
-    """Run every method and repeat in a fresh process, then write the report; returns the results."""
+    """The whole protocol (selection, then the reported runs), then the report; returns the results."""
     os.makedirs(out_dir, exist_ok=True)
-    ctx = multiprocessing.get_context("spawn")
-    runs = []
+    runs, selection = [], []
     for method in preset.methods:
-        for k in range(preset.repeats):
-            folder = os.path.join(out_dir, method.name if preset.repeats == 1 else f"{method.name}-r{k}")
-            result_path = os.path.join(folder, "result.json")
-            os.makedirs(folder, exist_ok=True)
-            started = time.time()
-            proc = ctx.Process(target=_child, args=(preset, method, k, folder, result_path))
-            proc.start()
-            proc.join()
-            if proc.exitcode != 0:
-                raise RuntimeError(f"bench method {method.name!r} (repeat {k}) failed with exit code {proc.exitcode}")
-            with open(result_path, encoding="utf-8") as f:
-                runs.append(json.load(f))
-            last = runs[-1]["curve"][-1]
-            log(f"{method.name} r{k}: reward {last['reward']:.3f} after {runs[-1]['iterations']} iterations "
-                f"({time.time() - started:.0f} s)")  # fmt: skip
+        chosen = None
+        if preset.lr_grid:
+            tried = [
+                run_once(preset, RunSpec(method, k, lr, "select"), out_dir, log)
+                for lr in preset.lr_grid
+                for k in range(preset.selection_repeats)
+            ]
+            selection += tried
+            chosen = choose_lr(tried)
+            log(f"{method.name}: lr {chosen:g} chosen on {preset.validation_prompts}")
+        runs += [run_once(preset, RunSpec(method, k, chosen, "report"), out_dir, log) for k in range(preset.repeats)]
     from flowrl.bench_report import summarise, write_report
 
-    results = summarise(preset, runs)
+    results = summarise(preset, runs, selection)
     write_report(results, out_dir)
     return results
 
 
-__all__ = ["BenchMethod", "BenchPreset", "load_preset", "method_config", "run_bench", "run_method"]
+__all__ = [
+    "BenchMethod",
+    "BenchPreset",
+    "RunSpec",
+    "choose_lr",
+    "load_preset",
+    "method_config",
+    "run_bench",
+    "run_method",
+    "run_once",
+]

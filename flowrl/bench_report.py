@@ -1,9 +1,18 @@
 """The bench's table, JSON and reward-versus-time plot, from the per-run results of ``flowrl.bench``.
 
-Time to target: the baseline's final held-out reward (mean over its repeats) is the target; a method's time is
-the first evaluation time at which its (repeat-averaged) held-out reward reaches it, and its speed-up is the
-baseline's own time to the target divided by it. Evaluations happen at fixed training-time intervals, so a time
-is resolved to the evaluation interval.
+Uncertainty. With several repeats, a method's final and best rewards are means over repeats ± their SE over
+repeats (each repeat evaluated on the same held-out pairs, so this is the spread of training, the unit that differs
+between repeats). With one repeat there is nothing to spread over and the SE shown is the run's own SE over prompts;
+``se_over`` says which. A method's best reward is the mean of each repeat's best point, which favours methods with
+noisy curves (a maximum of noisy points); read it with its SE.
+
+Time to target: the baseline's final held-out reward (mean over its repeats) is the target; a method's time is the
+first evaluation time at which its repeat-averaged curve reaches it, and its speed-up is the baseline's own time
+divided by it. Each repeat's own time is listed too (its spread). Evaluations happen at fixed training-time
+intervals, so a time is resolved to the evaluation interval.
+
+Stable: no point of the method's curve lies more than 2 SE below its base evaluation (the paired gain over the
+base, SE over repeats, or over prompts with one repeat).
 """
 
 from __future__ import annotations
@@ -18,22 +27,23 @@ from flowrl.atomic import write_json
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and SE over repeats (NaN SE for one)."""
     m = statistics.fmean(values)
-    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
+    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
 
 
 def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Curves of a method's repeats averaged point by point (the shortest one sets the length)."""
+    """Curves of a method's repeats averaged point by point (the shortest one sets the length). SEs are over repeats,
+    or the single run's SEs over prompts."""
     n = min(len(r["curve"]) for r in runs)
     out = []
     for i in range(n):
         pts = [r["curve"][i] for r in runs]
-        reward, se = _mean_se([p["reward"] for p in pts])
-        point = {"t": statistics.fmean(p["t"] for p in pts), "reward": reward}
-        point["reward_se"] = se if len(pts) > 1 else pts[0]["reward_se"]  # one run: the SE over eval images
-        if "strict" in pts[0]:
-            strict, strict_se = _mean_se([p["strict"] for p in pts])
-            point["strict"], point["strict_se"] = strict, strict_se if len(pts) > 1 else pts[0]["strict_se"]
+        point = {"t": statistics.fmean(p["t"] for p in pts)}
+        for key in ("reward", "gain", "strict"):
+            if key in pts[0]:
+                point[key], se = _mean_se([p[key] for p in pts])
+                point[f"{key}_se"] = se if len(pts) > 1 else pts[0][f"{key}_se"]
         out.append(point)
     return out
 
@@ -42,37 +52,62 @@ def _time_to(curve: list[dict[str, float]], target: float) -> float | None:
     return next((p["t"] for p in curve if p["reward"] >= target), None)
 
 
-def summarise(preset, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row per method (means over repeats) plus the target and the preset."""
+def _stable(curve: list[dict[str, float]]) -> bool:
+    return all(not (p["gain"] < -2 * p["gain_se"]) for p in curve)  # a NaN SE (one prompt) counts as stable
+
+
+def _selection_rows(selection: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, lr): the final validation reward, mean ± SE over the selection repeats."""
+    keys = list(dict.fromkeys((r["method"], r["lr"]) for r in selection))
+    rows = []
+    for method, lr in keys:
+        finals = [r["curve"][-1] for r in selection if r["method"] == method and r["lr"] == lr]
+        mean, se = _mean_se([p["reward"] for p in finals])
+        rows.append({"method": method, "lr": lr, "validation_reward": mean,
+                     "validation_reward_se": se if len(finals) > 1 else finals[0]["reward_se"]})  # fmt: skip
+    return rows
+
+
+def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], target: float, base_time) -> dict:
+    finals, bests = [r["curve"][-1] for r in rs], [max(r["curve"], key=lambda p: p["reward"]) for r in rs]
+    final, final_se = _mean_se([p["reward"] for p in finals])
+    best, best_se = _mean_se([p["reward"] for p in bests])
+    one = len(rs) == 1
+    strict = [p["strict"] for p in finals if "strict" in p]
+    t = _time_to(curve, target)
+    return {
+        "method": name,
+        "lr": rs[0]["lr"],
+        "base_reward": curve[0]["reward"],
+        "final_reward": final,
+        "final_reward_se": finals[0]["reward_se"] if one else final_se,
+        "best_reward": best,
+        "best_reward_se": bests[0]["reward_se"] if one else best_se,
+        "best_at_s": statistics.fmean(p["t"] for p in bests),
+        "se_over": "prompts" if one else "repeats",
+        "final_strict": statistics.fmean(strict) if strict else None,
+        "final_strict_se": (finals[0]["strict_se"] if one else _mean_se(strict)[1]) if strict else None,
+        "time_to_target_s": t,
+        "time_to_target_s_repeats": [_time_to(r["curve"], target) for r in rs],
+        "speedup": base_time / t if t and base_time else None,
+        "stable": _stable(curve),
+        "nfe_per_sample": statistics.fmean(r["nfe_per_sample"] for r in rs),
+        "transitions_per_iteration": statistics.fmean(r["transitions_per_iteration"] for r in rs),
+        "seconds_per_iteration": statistics.fmean(r["seconds_per_iteration"] for r in rs),
+        "iterations": statistics.fmean(r["iterations"] for r in rs),
+        "peak_rss_gb": max(r["peak_rss_gb"] for r in rs),
+    }
+
+
+def summarise(preset, runs: list[dict[str, Any]], selection: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One row per method (over its reported repeats), the learning-rate selection table, the target and the
+    preset's settings."""
     names = [m.name for m in preset.methods]
     by_method = {n: [r for r in runs if r["method"] == n] for n in names}
     curves = {n: _mean_curve(rs) for n, rs in by_method.items()}
     baseline = preset.baseline if preset.baseline in curves else names[0]
-    target = curves[baseline][-1]["reward"]
+    target = statistics.fmean(r["curve"][-1]["reward"] for r in by_method[baseline])
     base_time = _time_to(curves[baseline], target)
-    rows = []
-    for n in names:
-        rs, final = by_method[n], curves[n][-1]
-        t = _time_to(curves[n], target)
-        rows.append(
-            {
-                "method": n,
-                "final_reward": final["reward"],
-                "final_reward_se": final["reward_se"],
-                "final_strict": final.get("strict"),
-                "final_strict_se": final.get("strict_se"),
-                "base_reward": curves[n][0]["reward"],
-                "best_reward": max(p["reward"] for p in curves[n]),
-                "best_at_s": max(curves[n], key=lambda p: p["reward"])["t"],
-                "time_to_target_s": t,
-                "speedup": base_time / t if t and base_time else None,
-                "nfe_per_sample": statistics.fmean(r["nfe_per_sample"] for r in rs),
-                "transitions_per_iteration": statistics.fmean(r["transitions_per_iteration"] for r in rs),
-                "seconds_per_iteration": statistics.fmean(r["seconds_per_iteration"] for r in rs),
-                "iterations": statistics.fmean(r["iterations"] for r in rs),
-                "peak_rss_gb": max(r["peak_rss_gb"] for r in rs),
-            }
-        )
     return {
         "baseline": baseline,
         "target_reward": target,
@@ -80,10 +115,19 @@ def summarise(preset, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "budget_minutes": preset.budget_minutes,
         "eval_every_minutes": preset.eval_every_minutes,
         "repeats": preset.repeats,
+        "lr_grid": list(preset.lr_grid),
+        "selection_repeats": preset.selection_repeats,
+        "prompts": {
+            "train": preset.train_prompts,
+            "validation": preset.validation_prompts,
+            "eval": preset.eval_prompts,
+        },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "rows": rows,
+        "rows": [_row(n, by_method[n], curves[n], target, base_time) for n in names],
+        "selection": _selection_rows(selection or []),
         "curves": curves,
         "runs": runs,
+        "selection_runs": selection or [],
     }
 
 
@@ -91,27 +135,41 @@ def _fmt(v: float | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _pm(mean: float | None, se: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" if se is None or math.isnan(se) else f"{mean:.3f} ± {se:.3f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The results table (markdown)."""
+    """The results table and, with a learning-rate grid, the selection table (markdown)."""
+    rows = results["rows"]
+    se_over = rows[0]["se_over"] if rows else "repeats"
     lines = [
         f"Target: {results['baseline']}'s final held-out reward {results['target_reward']:.3f} "
-        f"(budget {results['budget_minutes']:g} min of training per method, evaluation every "
-        f"{results['eval_every_minutes']:g} min, {results['repeats']} repeat(s); {results['machine']}).",
+        f"(budget {results['budget_minutes']:g} min of training per run, evaluation every "
+        f"{results['eval_every_minutes']:g} min, {results['repeats']} repeat(s), ± = SE over {se_over}; "
+        f"{results['machine']}).",
         "",
-        "| method | held-out reward: base → final ± SE | best (at s) | strict accuracy | time to target (s) "
-        "| speed-up | NFE / sample | transitions / iter | s / iter | iterations | peak RSS (GB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | lr | held-out reward: base → final | best (at s) | strict accuracy | time to target (s) "
+        "[per repeat] | speed-up | stable | NFE / sample | transitions / iter | s / iter | iterations "
+        "| peak RSS (GB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results["rows"]:
-        strict = "–" if r["final_strict"] is None else f"{r['final_strict']:.3f} ± {r['final_strict_se']:.3f}"
+    for r in rows:
         reached = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
+        if results["repeats"] > 1:
+            each = ", ".join("–" if t is None else f"{t:.0f}" for t in r["time_to_target_s_repeats"])
+            reached += f" [{each}]"
         cells = [
             r["method"],
-            f"{r['base_reward']:.3f} → {r['final_reward']:.3f} ± {r['final_reward_se']:.3f}",
-            f"{r['best_reward']:.3f} ({r['best_at_s']:.0f})",
-            strict,
+            f"{r['lr']:g}",
+            f"{r['base_reward']:.3f} → {_pm(r['final_reward'], r['final_reward_se'])}",
+            f"{_pm(r['best_reward'], r['best_reward_se'])} ({r['best_at_s']:.0f})",
+            _pm(r["final_strict"], r["final_strict_se"]),
             reached,
             _fmt(r["speedup"], ".2f"),
+            "yes" if r["stable"] else "no",
             f"{r['nfe_per_sample']:.1f}",
             f"{r['transitions_per_iteration']:.0f}",
             f"{r['seconds_per_iteration']:.1f}",
@@ -119,6 +177,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['peak_rss_gb']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if results.get("selection"):
+        chosen = {r["method"]: r["lr"] for r in rows}
+        lines += ["", f"Learning rate chosen on {results['prompts']['validation']} (final reward, "
+                  f"{results['selection_repeats']} run(s) per rate; * = chosen):", "",
+                  "| method | lr | validation reward |", "|---|---|---|"]  # fmt: skip
+        for s in results["selection"]:
+            mark = " *" if chosen.get(s["method"]) == s["lr"] else ""
+            lines.append(
+                f"| {s['method']} | {s['lr']:g}{mark} | {_pm(s['validation_reward'], s['validation_reward_se'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -136,7 +204,7 @@ def plot(results: dict[str, Any], path: str) -> None:
         y = [p["reward"] for p in curve]
         style = {"color": colors[(2 * k) % 20 + (k // 10) % 2], "linestyle": ("-", "--", ":")[k // 20 % 3]}
         (line,) = ax.plot(t, y, marker="o", markersize=3, label=name, **style)
-        if results["repeats"] > 1:
+        if results["repeats"] > 1:  # the band: SE over repeats
             se = [p["reward_se"] for p in curve]
             low = [a - b for a, b in zip(y, se, strict=True)]
             high = [a + b for a, b in zip(y, se, strict=True)]

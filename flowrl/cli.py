@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated subset of the preset's methods, in this order")
     bench.add_argument("--budget-minutes", type=float, help="training minutes per method (overrides the preset)")
     bench.add_argument("--eval-every-minutes", type=float, help="evaluation interval (overrides the preset)")
-    bench.add_argument("--repeats", type=int, help="runs per method (overrides the preset)")
+    bench.add_argument("--repeats", type=int, help="reported runs per method (overrides the preset)")
+    bench.add_argument(
+        "--lr-grid",
+        help="comma-separated learning rates to choose from on the validation prompts (overrides the preset)",
+    )
     bench.add_argument("--out", help="output folder")
     bench.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
     gallery = sub.add_parser(
@@ -84,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     gallery.add_argument("--prompts", default="toy:held-out", help="toy:<split> or a text file (one per line)")
     gallery.add_argument("--num-prompts", type=int, default=12, help="first N prompts (0 = all)")
-    gallery.add_argument("--seeds", default="0", help="comma-separated seeds, one image each")
+    gallery.add_argument("--seeds", default="0", help="comma-separated seed indices (own noise per prompt and index)")
     gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
     gallery.add_argument("--title", default="flowrl gallery")
     gallery.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
@@ -174,21 +178,27 @@ def _bench(args: argparse.Namespace) -> int:
     from flowrl.bench import load_preset, run_bench
 
     try:
+        grid = [float(x) for x in args.lr_grid.split(",")] if args.lr_grid else None
+    except ValueError:
+        print(f"flowrl: config error: --lr-grid {args.lr_grid!r} must be comma-separated numbers", file=sys.stderr)
+        return 2
+    name = os.path.splitext(os.path.basename(args.preset))[0]
+    out = args.out or os.path.join("runs", f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
         preset = load_preset(
             args.preset,
             methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
             budget_minutes=args.budget_minutes,
             eval_every_minutes=args.eval_every_minutes,
             repeats=args.repeats,
+            lr_grid=grid,
         )
+        run_bench(preset, out, log=lambda line: print(line, flush=True))
     except ConfigError as e:
         if args.debug:
             raise
         print(f"flowrl: config error: {e}", file=sys.stderr)
         return 2
-    name = os.path.splitext(os.path.basename(args.preset))[0]
-    out = args.out or os.path.join("runs", f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_bench(preset, out, log=lambda line: print(line, flush=True))
     print(os.path.abspath(out))
     return 0
 

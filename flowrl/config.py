@@ -184,7 +184,8 @@ class TrainConfig(RunControl):
 @dataclass
 class DataConfig:
     train_prompts: str = option(
-        "toy:train", "toy:train | toy:held-out | toy:all | path of a text file, one prompt per line"
+        "toy:train",
+        "toy:train | toy:train-no-val | toy:validation | toy:held-out | toy:all | a text file, one prompt a line",
     )
     eval_prompts: str = option("toy:held-out", "prompts for evaluation and the gallery (same forms)")
 
@@ -193,7 +194,7 @@ class DataConfig:
 class EvalConfig:
     enabled: bool = option(True, "evaluate the base before and the policy after training")
     num_prompts: int = option(0, "evaluation prompts (0 = all)", low=0)
-    seeds_per_prompt: int = option(2, "images per evaluation prompt (fixed seeds 0..n-1)", low=1)
+    seeds_per_prompt: int = option(2, "images per prompt (seed indices 0..n-1; own noise per prompt, index)", low=1)
     num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
     solver: str = option("euler", "ODE solver for evaluation", choices=tuple(ODE_SOLVERS))
     gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
@@ -208,7 +209,7 @@ class OutputConfig:
 
 @dataclass
 class Config:
-    seed: int = option(0, "seed of prompts, noise and initialisation", low=0)
+    seed: int = option(0, "seed of prompts, noise and initialisation", low=0, high=999_999_999)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -1,4 +1,5 @@
-"""Side-by-side comparison gallery: one row per (prompt, seed), one column per model/checkpoint.
+"""Side-by-side comparison gallery: one row per (prompt, seed index), one column per model/checkpoint; the header
+gives each column's mean scores and the last column's paired gain over the first, ± SE over prompts.
 
 ``write_gallery`` writes ``<out_dir>/gallery/`` with a self-contained ``index.html`` (sortable and filterable by
 score, no external URLs), the upscaled images under ``images/`` and a single ``contact_sheet.png``. The directory is
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from flowrl.atomic import atomic_dir
+from flowrl.stats import prompt_mean_se
 
 _PAD = 6
 _PROMPT_W = 220  # contact-sheet width of the prompt column, pixels
@@ -168,6 +170,35 @@ function update(){const [m,dir]=document.getElementById('sort').value.split(':')
 for(const id of ['sort','q','min'])document.getElementById(id).addEventListener('input',update);"""
 
 
+def _scores_of(prompts: list[str], col: GalleryColumn, key: str) -> tuple[Tensor, list[str]]:
+    rows = [i for i, d in enumerate(col.scores) if key in d]
+    return torch.tensor([float(col.scores[i][key]) for i in rows], dtype=torch.float64), [prompts[i] for i in rows]
+
+
+def summary_lines(prompts: list[str], columns: list[GalleryColumn]) -> list[str]:
+    """One line per column with each score's mean ± SE (prompt as the unit), then, with two or more columns, the
+    paired gain of the last column over the first on the rows both scored (same prompts and seeds)."""
+    lines = []
+    for col in columns:
+        keys = list(dict.fromkeys(k for d in col.scores for k in d))
+        parts = [f"{k} {_fmt_se(*prompt_mean_se(*_scores_of(prompts, col, k)))}" for k in keys]
+        lines.append(f"{col.label}: mean {' · '.join(parts) or 'no scores'}")
+    if len(columns) > 1:
+        first, last = columns[0], columns[-1]
+        keys = [k for k in dict.fromkeys(k for d in last.scores for k in d) if any(k in d for d in first.scores)]
+        parts = []
+        for k in keys:
+            rows = [i for i in range(len(prompts)) if k in first.scores[i] and k in last.scores[i]]
+            diff = torch.tensor([float(last.scores[i][k]) - float(first.scores[i][k]) for i in rows])
+            parts.append(f"{k} {_fmt_se(*prompt_mean_se(diff, [prompts[i] for i in rows]))}")
+        lines.append(f"gain {last.label} − {first.label}: {' · '.join(parts) or 'no common scores'}")
+    return lines
+
+
+def _fmt_se(mean: float, se: float) -> str:
+    return _fmt(mean) if math.isnan(se) else f"{_fmt(mean)} ± {_fmt(se)}"
+
+
 def _html(
     title: str, prompts: list[str], seeds: list[int], columns: list[GalleryColumn], srcs: list[list[str]],
     sizes: list[tuple[int, int]], sort_key: str | None,
@@ -177,11 +208,9 @@ def _html(
     key_name = e(sort_key) if sort_key is not None else "first score"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"]
     out.append(f"</head><body><h1>{e(title)}</h1>")
-    for col in columns:
-        keys = list(dict.fromkeys(k for d in col.scores for k in d))
-        means = [(k, [float(d[k]) for d in col.scores if k in d]) for k in keys]
-        parts = " &middot; ".join(f"{e(k)} {_fmt(math.fsum(v) / len(v))}" for k, v in means)
-        out.append(f"<p class='sum'><b>{e(col.label)}</b>: mean {parts or 'no scores'}</p>")
+    for line in summary_lines(prompts, columns):
+        out.append(f"<p class='sum'>{e(line)}</p>")
+    out.append("<p class='sum'><small>± one standard error over prompts (the prompt is the unit)</small></p>")
     opts = ["<option value='orig'>original order</option>"]
     for j, col in enumerate(columns):
         for d, arrow in (("desc", "high→low"), ("asc", "low→high")):

@@ -1,15 +1,45 @@
-"""Deterministic image generation and scoring: the evaluation path shared by the trainer, the
-pretraining script and the gallery. Each sample's initial noise comes from its own seed, so an
-image depends only on (weights, prompt, seed, schedule), never on batch composition."""
+"""Deterministic image generation and scoring: the evaluation path shared by the trainer, ``flowrl bench``, the
+gallery and the pretraining script.
+
+Evaluation noise. Each (prompt, seed index) pair gets its own initial noise, seeded by a hash of the prompt text and
+the index (``eval_noise_seed``). So an image depends only on (weights, prompt, seed index, schedule): never on the
+batch, the order of the prompt list, how much of it ``eval.num_prompts`` keeps, or how it is dealt out over
+processes; and the base and the trained policy see the same noise for the same pair (paired gains). Evaluation seeds
+have bit 63 set; training's noise seeds stay below ``2**63`` (``TRAIN_SEED_LIMIT``), so the two streams never meet.
+One noise tensor shared by every prompt of a seed index, as before, made a held-out mean rest on a handful of draws.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from flowrl.samplers import ode_solve
+
+EVAL_STREAM = 1 << 63  # evaluation seeds are EVAL_STREAM + a 63-bit hash
+TRAIN_SEED_LIMIT = 1 << 63  # every training noise seed is below this (see flowrl.trainer.flow.sample)
+
+
+def eval_noise_seed(prompt: str, index: int) -> int:
+    """The seed of the initial noise of evaluation pair (``prompt``, ``index``): 63 bits of a keyed BLAKE2b hash of
+    the UTF-8 prompt text and the index, with bit 63 set (disjoint from training's seeds)."""
+    if index < 0:
+        raise ValueError(f"seed index must be >= 0, got {index}")
+    digest = hashlib.blake2b(
+        prompt.encode("utf-8") + b"\x00" + str(int(index)).encode(), digest_size=8, person=b"flowrl-eval-nz"
+    ).digest()
+    return EVAL_STREAM | (int.from_bytes(digest, "little") >> 1)
+
+
+def eval_noise_seeds(prompts: Sequence[str], indices: Sequence[int]) -> list[int]:
+    """``eval_noise_seed`` of every pair (``prompts[i]``, ``indices[i]``)."""
+    if len(prompts) != len(indices):
+        raise ValueError(f"{len(prompts)} prompts but {len(indices)} seed indices")
+    return [eval_noise_seed(p, k) for p, k in zip(prompts, indices, strict=True)]
 
 
 class ImagePolicy(Protocol):
@@ -26,24 +56,24 @@ class ImagePolicy(Protocol):
 def generate(
     policy: ImagePolicy,
     prompts: list[str],
-    seeds: list[int],
+    seed_indices: list[int],
     *,
     resolution: int,
     num_steps: int,
     solver: str = "euler",
     batch_size: int = 64,
 ) -> Tensor:
-    """ODE-sample one image per (prompt, seed) pair. Returns ``[B, 3, H, W]`` float32 in [0, 1] on CPU."""
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    """ODE-sample one image per (prompt, seed index) pair from that pair's own evaluation noise
+    (``eval_noise_seed``). Returns ``[B, 3, H, W]`` float32 in [0, 1] on CPU."""
+    noise_seeds = eval_noise_seeds(prompts, seed_indices)
     sigmas = policy.sigmas(num_steps, resolution)
     images = []
     for i in range(0, len(prompts), batch_size):
         cond = policy.encode(prompts[i : i + batch_size]).as_dict()
-        x = policy.initial_noise(seeds[i : i + batch_size], resolution)
+        x = policy.initial_noise(noise_seeds[i : i + batch_size], resolution)
         x, _ = ode_solve(solver, policy.velocity, x, sigmas, cond)
         images.append(policy.decode(x).cpu())
     return torch.cat(images)
 
 
-__all__ = ["ImagePolicy", "generate"]
+__all__ = ["EVAL_STREAM", "TRAIN_SEED_LIMIT", "ImagePolicy", "eval_noise_seed", "eval_noise_seeds", "generate"]

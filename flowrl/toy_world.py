@@ -73,6 +73,17 @@ def split_scenes(held_out_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sc
     return [scenes[i] for i in sorted(order[cut:])], [scenes[i] for i in sorted(order[:cut])]
 
 
+def validation_split(fraction: float = 0.2, seed: int = 1) -> tuple[list[Scene], list[Scene]]:
+    """The train split cut in two: (train without validation, validation), deterministic for a seed. Validation
+    prompts are for choosing hyper-parameters (``flowrl bench --lr-grid``, tuning a demo): they are disjoint from the
+    held-out split, which is only reported, and from the prompts trained on while tuning."""
+    train, _ = split_scenes()
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    cut = round(len(train) * fraction)
+    return [train[i] for i in sorted(order[cut:])], [train[i] for i in sorted(order[:cut])]
+
+
 def parse_prompt(text: str) -> Scene:
     """Inverse of ``Scene.text``; raises ``ValueError`` naming the prompt if it is not of this world."""
     words = text.strip().split()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from flowrl.bench import BenchMethod, BenchPreset, load_preset
+from flowrl.bench import BenchMethod, BenchPreset, choose_lr, load_preset
 from flowrl.bench_report import markdown, summarise
 from flowrl.options import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_short_preset_runs_every_method_and_writes_table_json_plot_and_checkpoints(tmp_path, monkeypatch):
+def test_short_preset_runs_the_protocol_and_a_rerun_keeps_finished_runs(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
     from flowrl.cli import main
@@ -23,35 +23,61 @@ def test_short_preset_runs_every_method_and_writes_table_json_plot_and_checkpoin
     out = tmp_path / "bench"
     assert main(["bench", "--preset", "configs/bench/short.yaml", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [r["method"] for r in results["rows"]] == ["flow-grpo", "flow-grpo-fast"]
-    for run in results["runs"]:
-        times = [p["t"] for p in run["curve"]]
-        assert times[0] == 0.0 and times == sorted(times) and times[-1] >= 0.15 * 60  # the whole budget trained
-        assert run["iterations"] >= 1 and run["peak_rss_gb"] > 0.1
-        # evaluations at the fixed marks: one per 3 s interval passed (at most one per iteration)
-        assert len(times) >= 2
+    assert results["repeats"] == 2 and results["baseline"] == "flow-grpo"
+    # selection: every method × rate ran once, scored at the start and the end on the validation prompts
+    assert len(results["selection_runs"]) == 4
+    for run in results["selection_runs"]:
+        assert run["eval_prompts"] == "toy:validation" and len(run["curve"]) == 2 and run["phase"] == "select"
     rows = {r["method"]: r for r in results["rows"]}
+    for name, row in rows.items():
+        scores = {s["lr"]: s["validation_reward"] for s in results["selection"] if s["method"] == name}
+        assert set(scores) == {1e-4, 1e-3} and row["lr"] == max(sorted(scores), key=scores.get)
+        for key in ("base_reward", "final_reward", "final_reward_se", "best_reward", "time_to_target_s", "speedup",
+                    "stable"):  # fmt: skip
+            assert key in row
+        assert row["se_over"] == "repeats" and row["best_reward"] >= row["final_reward"] - 1e-9
+    reported = results["runs"]
+    assert sorted((r["method"], r["repeat"], r["seed"]) for r in reported) == [
+        ("flow-grpo", 0, 0), ("flow-grpo", 1, 1), ("flow-grpo-fast", 0, 0), ("flow-grpo-fast", 1, 1),
+    ]  # fmt: skip
+    for run in reported:
+        assert run["eval_prompts"] == "toy:held-out" and run["lr"] == rows[run["method"]]["lr"]
+        times = [p["t"] for p in run["curve"]]
+        assert times[0] == 0.0 and times == sorted(times) and times[-1] >= 0.05 * 60 and len(times) >= 2
+        assert run["curve"][0]["gain"] == 0.0  # the first point is its own base
+        assert (
+            out / f"{run['method']}-r{run['repeat']}/checkpoints/final/lora/pytorch_lora_weights.safetensors"
+        ).is_file()
     # Flow-GRPO trains all 6 steps of each of the 16 samples, Flow-GRPO-Fast its 3-step window
     assert rows["flow-grpo"]["transitions_per_iteration"] == 6 * 16
     assert rows["flow-grpo-fast"]["transitions_per_iteration"] == 3 * 16
-    assert rows["flow-grpo"]["nfe_per_sample"] == rows["flow-grpo-fast"]["nfe_per_sample"] == 6
-    assert rows["flow-grpo"]["speedup"] == 1.0 or rows["flow-grpo"]["time_to_target_s"] is not None
     table = (out / "results.md").read_text()
-    assert table.count("\n| flow-grpo") == 2 and "time to target" in table
+    assert table.count("\n| flow-grpo") == 2 + 4 and "time to target" in table and "stable" in table
     assert Image.open(out / "reward_vs_time.png").size[0] > 500
-    for name in rows:
-        assert (out / name / "checkpoints" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+    # a rerun on the same folder keeps every finished run and rewrites the same report
+    capsys.readouterr()
+    assert main(["bench", "--preset", "configs/bench/short.yaml", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("finished earlier, kept") == 8
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"] == results["rows"]
+    # ... but refuses finished runs made with other settings
+    assert main(["bench", "--preset", "configs/bench/short.yaml", "--out", str(out), "--budget-minutes", "0.1"]) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
-def _run(name: str, points: list[tuple[float, float]], repeat: int = 0) -> dict:
-    curve = [{"t": t, "reward": r, "reward_se": 0.01, "strict": r / 2, "strict_se": 0.0} for t, r in points]
+def _run(name: str, points: list[tuple[float, float]], repeat: int = 0, lr: float = 1e-3) -> dict:
+    curve = [
+        {"t": t, "reward": r, "reward_se": 0.01, "gain": r - points[0][1], "gain_se": 0.01, "strict": r / 2,
+         "strict_se": 0.0} for t, r in points
+    ]  # fmt: skip
     return {
-        "method": name, "repeat": repeat, "curve": curve, "iterations": 10, "seconds_per_iteration": 2.0,
+        "method": name, "repeat": repeat, "lr": lr, "curve": curve, "iterations": 10, "seconds_per_iteration": 2.0,
         "nfe_per_sample": 10.0, "transitions_per_iteration": 30.0, "peak_rss_gb": 1.0, "train_seconds": 20.0,
     }  # fmt: skip
 
 
-def test_time_to_target_and_speedup_by_hand():
+def test_time_to_target_speedup_stability_and_repeat_errors_by_hand():
     preset = BenchPreset(
         repeats=2, baseline="base", methods=[BenchMethod("base"), BenchMethod("fast"), BenchMethod("never")]
     )
@@ -60,16 +86,34 @@ def test_time_to_target_and_speedup_by_hand():
         _run("base", [(0, 0.3), (62, 0.4), (122, 0.7)], 1),  # mean final: 0.6 = the target, reached at 121 s
         _run("fast", [(0, 0.3), (60, 0.65), (120, 0.8)], 0),
         _run("fast", [(0, 0.3), (60, 0.55), (120, 0.8)], 1),  # mean 0.6 at 60 s: 121 / 60 faster
-        _run("never", [(0, 0.3), (60, 0.35), (120, 0.59)], 0),
-        _run("never", [(0, 0.3), (60, 0.35), (120, 0.59)], 1),
+        _run("never", [(0, 0.3), (60, 0.1), (120, 0.59)], 0),
+        _run("never", [(0, 0.3), (60, 0.2), (120, 0.59)], 1),  # dips by 0.15 ± 0.05 at 60 s: not stable
     ]
     s = summarise(preset, runs)
     rows = {r["method"]: r for r in s["rows"]}
     assert s["target_reward"] == pytest.approx(0.6) and s["baseline_time_to_target_s"] == pytest.approx(121)
     assert rows["fast"]["time_to_target_s"] == 60 and rows["fast"]["speedup"] == pytest.approx(121 / 60)
+    assert rows["fast"]["time_to_target_s_repeats"] == [60, 60]  # 0.65 and 0.55: 0.6 is crossed at 60 and 120
+    assert rows["base"]["time_to_target_s_repeats"] == [None, 122]
     assert rows["never"]["time_to_target_s"] is None and rows["never"]["speedup"] is None
-    assert rows["base"]["final_reward_se"] == pytest.approx(0.1)  # repeats: SE over the two finals 0.5, 0.7
-    assert "not reached" in markdown(s) and "| fast | 0.300 → 0.800 ± 0.000 | 0.800 (120) |" in markdown(s)
+    assert rows["base"]["final_reward_se"] == pytest.approx(0.1)  # SE over the two finals 0.5, 0.7
+    assert rows["fast"]["best_reward"] == pytest.approx(0.8) and rows["fast"]["best_reward_se"] == 0.0
+    assert [rows[n]["stable"] for n in ("base", "fast", "never")] == [True, True, False]
+    table = markdown(s)
+    assert "not reached" in table and "| fast | 0.001 | 0.300 → 0.800 ± 0.000 | 0.800 ± 0.000 (120) |" in table
+
+
+def test_one_repeat_reports_the_se_over_prompts_and_the_lr_choice():
+    preset = BenchPreset(repeats=1, baseline="a", methods=[BenchMethod("a")])
+    s = summarise(preset, [_run("a", [(0, 0.3), (60, 0.28)])])
+    row = s["rows"][0]
+    assert row["se_over"] == "prompts" and row["final_reward_se"] == 0.01 and row["stable"]  # −0.02 > −2 × 0.01
+    assert not summarise(preset, [_run("a", [(0, 0.3), (60, 0.25)])])["rows"][0]["stable"]
+    finals = [(1e-4, 0.4), (1e-3, 0.5), (1e-4, 0.45), (1e-3, 0.3)]
+    selection = [_run("a", [(0, 0.3), (9, r)], k, lr) for k, (lr, r) in enumerate(finals)]
+    assert choose_lr(selection) == 1e-4  # means 0.425 and 0.4
+    tie = [_run("a", [(0, 0.3), (9, 0.4)], 0, 3e-4), _run("a", [(0, 0.3), (9, 0.4)], 0, 1e-4)]
+    assert choose_lr(tie) == 1e-4  # a tie goes to the smaller rate
 
 
 def test_plot_with_repeats_draws_bands(tmp_path):
@@ -100,6 +144,13 @@ def test_bad_presets_are_refused_with_the_problem_named(tmp_path):
     bad.write_text(f"base: {REPO}/configs/demo.yaml\nmethods: [{{name: x, overrides: ['sampler.window_size=99']}}]\n")
     with pytest.raises(ConfigError, match=r"window_size=99 is longer than sampler\.num_steps"):
         load_preset(str(bad))
+    # the learning rate must not be chosen on prompts that are trained on or reported
+    with pytest.raises(ConfigError, match=r"validation_prompts \(toy:held-out\) and eval_prompts .* must be disjoint"):
+        load_preset(str(REPO / "configs/bench/short.yaml"), validation_prompts="toy:held-out")
+    with pytest.raises(ConfigError, match=r"train_prompts \(toy:train\) and validation_prompts"):
+        load_preset(str(REPO / "configs/bench/short.yaml"), train_prompts="toy:train")
+    with pytest.raises(ConfigError, match="lr_grid must hold positive"):
+        load_preset(str(REPO / "configs/bench/short.yaml"), lr_grid=[0.0])
 
 
 def test_full_preset_names_every_method_of_the_issue():

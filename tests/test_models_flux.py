@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_flux
 
-from flowrl.generate import generate
+from flowrl.generate import eval_noise_seeds, generate
 from flowrl.models import FluxPolicy
 from flowrl.models.flux import image_ids, pack, unpack
 
@@ -33,7 +33,7 @@ def test_generation_matches_flux_pipeline(flux_dir):
     ours = generate(policy, prompts, seeds, resolution=32, num_steps=4)
 
     pipe = FluxPipeline.from_pretrained(flux_dir)
-    noise = policy.initial_noise(seeds, 32)
+    noise = policy.initial_noise(eval_noise_seeds(prompts, seeds), 32)
     theirs = pipe(
         prompts,
         height=32,

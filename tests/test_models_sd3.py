@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_sd3
 
-from flowrl.generate import generate
+from flowrl.generate import eval_noise_seeds, generate
 from flowrl.models import SD3Policy, load_policy
 
 
@@ -28,7 +28,7 @@ def test_generation_matches_sd3_pipeline(sd3_dir, cfg_scale):
         width=32,
         num_inference_steps=4,
         guidance_scale=cfg_scale,
-        latents=policy.initial_noise(seeds, 32),
+        latents=policy.initial_noise(eval_noise_seeds(prompts, seeds), 32),  # each pair's own evaluation noise
         output_type="pt",
     ).images
     assert ours.shape == theirs.shape == (2, 3, 32, 32)

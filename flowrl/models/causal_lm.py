@@ -89,9 +89,14 @@ def sample_completions(
     top_p: float = 1.0,
     top_k: int = 0,
     generator_seed: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Completions:
     """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``), or
-    ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same)."""
+    ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same).
+
+    Sampling draws from torch's global RNG (seeded with ``generator_seed`` if given), or, with ``row_seeds`` (one per
+    row), from each row's own generator: then a row's completion does not depend on the other rows of the batch
+    (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``)."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, prompt_room(model, max_new_tokens))
     counts = torch.as_tensor(group_size, device=device)
@@ -103,6 +108,10 @@ def sample_completions(
         options["top_p"] = top_p
     if temperature and top_k:
         options["top_k"] = top_k
+    if temperature and row_seeds is not None:
+        if len(row_seeds) != len(index):
+            raise ValueError(f"{len(row_seeds)} row seeds for {len(index)} completions")
+        options = {"do_sample": False, "logits_processor": _row_sampler(row_seeds, temperature, top_p, top_k)}
     out = model.generate(
         input_ids=prompt_ids[index],
         attention_mask=prompt_mask[index],
@@ -116,6 +125,32 @@ def sample_completions(
     ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+
+
+class _GumbelRows:
+    """A logits processor that turns greedy decoding into sampling with one generator per row: the argmax of
+    ``logits + Gumbel noise`` is an exact draw from ``softmax(logits)``, and row ``i``'s noise comes only from its
+    own generator (one uniform draw per vocabulary entry and step)."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        u = torch.stack([torch.rand(scores.shape[1], generator=g, dtype=torch.float64) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
+        return scores.float() + gumbel.to(scores.device, torch.float32)
+
+
+def _row_sampler(seeds: Sequence[int], temperature: float, top_p: float, top_k: int):
+    """transformers' own temperature / top-k / top-p warpers (in its sampling order), then per-row Gumbel noise."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    steps: list = [TemperatureLogitsWarper(temperature)]
+    if top_k:
+        steps.append(TopKLogitsWarper(top_k))
+    if top_p < 1:
+        steps.append(TopPLogitsWarper(top_p))
+    return LogitsProcessorList([*steps, _GumbelRows(seeds)])
 
 
 def token_log_probs(

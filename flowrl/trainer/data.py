@@ -1,5 +1,8 @@
-"""Prompt sources: the toy world's splits (``toy:train``, ``toy:held-out``, ``toy:all``) or a UTF-8 text file
-with one prompt per line (blank lines and lines starting with ``#`` are skipped; a byte-order mark is dropped).
+"""Prompt sources: the toy world's splits or a UTF-8 text file with one prompt per line (blank lines and lines
+starting with ``#`` are skipped; a byte-order mark is dropped).
+
+Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
+hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
 
 A source that does not exist is a ``ConfigError`` (the config names it); a file that exists but holds no usable
 prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the file and, where it helps, the line.
@@ -12,7 +15,7 @@ import os
 from flowrl.errors import DataError
 from flowrl.options import ConfigError
 
-TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all")
+TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all", "toy:validation", "toy:train-no-val")
 
 
 def check_prompt_source(source: str) -> None:
@@ -29,10 +32,12 @@ def load_prompts(source: str) -> list[str]:
     an empty or non-UTF-8 file."""
     check_prompt_source(source)
     if source.startswith("toy:"):
-        from flowrl.toy_world import all_scenes, split_scenes
+        from flowrl.toy_world import all_scenes, split_scenes, validation_split
 
         train, held_out = split_scenes()
-        splits = {"toy:train": train, "toy:held-out": held_out, "toy:all": all_scenes()}
+        fit, validation = validation_split()
+        splits = {"toy:train": train, "toy:held-out": held_out, "toy:all": all_scenes(), "toy:validation": validation,
+                  "toy:train-no-val": fit}  # fmt: skip
         return [s.text for s in splits[source]]
     text = read_utf8(source, f"prompt file {source!r}")
     prompts = [line.strip() for line in text.splitlines()]

@@ -240,7 +240,7 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     cond = index_cond(policy.encode(prompts[low : int(prompt_of_root[-1]) + 1]).as_dict(), prompt_of_root - low)
     seed = cfg.seed * 1_000_003 + run.iteration
     rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
-    noise_seeds = [seed * 4096 + i for i in rows]
+    noise_seeds = [seed * 4096 + i for i in rows]  # < 2**62 for a valid cfg.seed: flowrl.generate.TRAIN_SEED_LIMIT
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
     policy.train_mode(False)
     chunk = cfg.train.sample_batch
@@ -468,7 +468,8 @@ def _sample_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.G
 
 @torch.no_grad()
 def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
-    """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed) pairs, and their rewards.
+    """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed index) pairs, each from its own
+    evaluation noise (``flowrl.generate.eval_noise_seed``), and their rewards.
 
     The images of one prompt text (its seeds) form a group for groupwise rewards, so a pairwise judge
     compares the seeds of each prompt; with one seed per prompt it has nothing to compare and raises.

@@ -25,6 +25,7 @@ import yaml
 from flowrl.atomic import atomic_dir, write_json
 from flowrl.config import Config, to_dict
 from flowrl.options import ConfigError
+from flowrl.stats import prompt_mean_se
 from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
@@ -49,7 +50,8 @@ def make_run_dir(cfg: Any, name: str) -> tuple[str, bool]:
 
 
 def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
-    """Fixed (prompt, seed) pairs: the first ``eval.num_prompts`` prompts × seeds 0..n−1."""
+    """Fixed (prompt, seed index) pairs: the first ``eval.num_prompts`` prompts × seed indices 0..n−1. Each pair's
+    noise is its own (``flowrl.generate.eval_noise_seed``), not shared by the prompts of one index."""
     chosen = prompts[: cfg.eval.num_prompts] if cfg.eval.num_prompts else prompts
     n = cfg.eval.seeds_per_prompt
     return [p for p in chosen for _ in range(n)], [k for _ in chosen for k in range(n)]
@@ -106,10 +108,6 @@ def _require_finite(run: Run) -> None:
     finite = all(gather_all(run.accelerator, all(bool(torch.isfinite(local(t)).all()) for t in tensors)))
     if not finite:
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
-
-
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return values.mean().item(), values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else 0.0
 
 
 def train_and_report(cfg: Config, name: str = "run") -> str:
@@ -240,11 +238,14 @@ def _write_summary(
         "train_seconds": round(train_seconds, 1),
         "seed": cfg.seed,
         "num_eval_samples": len(prompts) if cfg.eval.enabled else 0,
+        "num_eval_prompts": len(set(prompts)) if cfg.eval.enabled else 0,
         "eval_seeds": sorted(set(seeds)),
+        "eval_noise": "independent per (prompt, seed index)",
+        "se_unit": "prompt",
         "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
     }
     if before is not None and after is not None:
-        summary.update(_eval_summary(run, before[1], after[1]))
+        summary.update(_eval_summary(run, prompts, before[1], after[1]))
         summary.update(_head_to_head(run, prompts, before[0], after[0]))
         if cfg.eval.gallery_prompts:
             summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
@@ -276,7 +277,7 @@ def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: tor
     for name, fn in run.rewards.rewards.items():
         if is_groupwise(fn):
             score = fn(torch.cat([trained, base]), prompts + prompts, groups=pairs)["score"][:n]
-            mean, se = mean_se(score.float())
+            mean, se = prompt_mean_se(score.float(), prompts)
             out[f"eval/{name}/trained_vs_base"] = {"mean": mean, "se": se}
     return out
 
@@ -311,20 +312,25 @@ def time_is_up(run: Run, local: bool) -> bool:
     return bool(broadcast_object_list([local])[0])
 
 
-def _eval_summary(run: Run, before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Means and standard errors of the total reward and of every component, before and after."""
+def _eval_summary(
+    run: Run, prompts: list[str], before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """Means of the total reward and of every component before and after, and the paired gains (same prompts and
+    seed indices, so the same noise), each with its standard error over prompts (``flowrl.stats``)."""
     out: dict[str, Any] = {}
     first = next(iter(run.rewards.rewards))
     for key in before:
-        b, b_se = mean_se(before[key])
-        a, a_se = mean_se(after[key])
-        out[f"eval/{key}"] = {"before": b, "before_se": b_se, "after": a, "after_se": a_se}
-    diff = after["reward"] - before["reward"]  # same prompts and seeds: a paired difference
+        b, b_se = prompt_mean_se(before[key], prompts)
+        a, a_se = prompt_mean_se(after[key], prompts)
+        gain, gain_se = prompt_mean_se(after[key] - before[key], prompts)
+        out[f"eval/{key}"] = {"before": b, "before_se": b_se, "after": a, "after_se": a_se, "gain": gain,
+                              "gain_se": gain_se}  # fmt: skip
     out["eval_reward_before"], out["eval_reward_after"] = out["eval/reward"]["before"], out["eval/reward"]["after"]
-    out["eval_reward_gain"], out["eval_reward_gain_se"] = mean_se(diff)
+    out["eval_reward_gain"], out["eval_reward_gain_se"] = out["eval/reward"]["gain"], out["eval/reward"]["gain_se"]
     strict = f"{first}/strict"
     if strict in before:
         out["eval_strict_before"], out["eval_strict_after"] = before[strict].mean().item(), after[strict].mean().item()
+        out["eval_strict_gain"], out["eval_strict_gain_se"] = prompt_mean_se(after[strict] - before[strict], prompts)
     return out
 
 
@@ -363,7 +369,6 @@ __all__ = [
     "eval_pairs",
     "finish_summary",
     "make_run_dir",
-    "mean_se",
     "restore",
     "save_checkpoint",
     "shared_run_dir",

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from flowrl.atomic import atomic_dir
+from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
+from flowrl.stats import prompt_mean_se
 from flowrl.text_config import TextConfig
 from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
@@ -23,7 +25,6 @@ from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, 
 from flowrl.trainer.run import (
     base_evaluation,
     finish_summary,
-    mean_se,
     process_state,
     shared_run_dir,
     tb_writer,
@@ -38,7 +39,9 @@ EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and
 @torch.no_grad()
 def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     """``eval.samples_per_prompt`` completions per row (greedy at ``eval.temperature = 0``) and their rewards.
-    With several processes each scores its share (rows dealt out in turn) and all receive everything."""
+    Sampled completions draw from the evaluation noise of their (prompt, sample index) pair, so they do not depend on
+    the batch or the process, and the base and the trained model see the same noise. With several processes each
+    scores its share (rows dealt out in turn) and all receive everything."""
     cfg, acc = run.cfg, run.accelerator
     mine = list(range(acc.process_index, len(rows), acc.num_processes))
     n = cfg.eval.samples_per_prompt
@@ -48,6 +51,7 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
         chunk = cfg.generation.batch_size or len(mine)
         for i in range(0, len(mine), chunk):
             part = [rows[j] for j in mine[i : i + chunk]]
+            pairs = [(r["prompt"], k) for r in part for k in range(n)]
             c = sample_completions(
                 run.model,
                 run.tokenizer,
@@ -57,6 +61,7 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
                 temperature=cfg.eval.temperature,
                 top_p=cfg.generation.top_p,
                 top_k=cfg.generation.top_k,
+                row_seeds=eval_noise_seeds([p for p, _ in pairs], [k for _, k in pairs]),
             )
             rows_n = [part[int(k)] for k in c.index]
             texts += c.texts
@@ -138,7 +143,8 @@ def train_and_report(
             "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
         }
         if before is not None and after is not None:
-            summary.update(_eval_summary(run, before[1], after[1]))
+            units = [r["prompt"] for r in rows for _ in range(cfg.eval.samples_per_prompt)]
+            summary.update(_eval_summary(run, units, before[1], after[1]))
             summary["samples"] = _write_samples(run_dir, rows, cfg.eval.samples_per_prompt, before, after)
             if writer is not None:
                 writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
@@ -147,13 +153,15 @@ def train_and_report(
     return run_dir
 
 
-def _eval_summary(run: TextRun, before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
-    """Total reward before/after with standard errors and the paired gain; each reward function's means."""
+def _eval_summary(run: TextRun, prompts: list[str], before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
+    """Total reward before/after and the paired gain, with standard errors over prompts (``prompts[i]`` is row
+    ``i``'s); each reward function's means."""
     out: dict[str, Any] = {}
     b, a = weighted_total(run, before), weighted_total(run, after)
-    out["eval_reward_before"], out["eval_reward_before_se"] = mean_se(b)
-    out["eval_reward_after"], out["eval_reward_after_se"] = mean_se(a)
-    out["eval_reward_gain"], out["eval_reward_gain_se"] = mean_se(a - b)
+    out["eval_reward_before"], out["eval_reward_before_se"] = prompt_mean_se(b, prompts)
+    out["eval_reward_after"], out["eval_reward_after_se"] = prompt_mean_se(a, prompts)
+    out["eval_reward_gain"], out["eval_reward_gain_se"] = prompt_mean_se(a - b, prompts)
+    out["se_unit"] = "prompt"
     for k, (name, _, _) in enumerate(run.rewards):
         cb, ca = before[:, k], after[:, k]
         out[f"eval/{name}"] = {"before": cb.nanmean().item(), "after": ca.nanmean().item()}

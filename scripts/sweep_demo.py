@@ -1,0 +1,88 @@
+"""Choose the main job's settings on the validation split: every variant trains on ``toy:train-no-val`` and is
+scored on ``toy:validation`` (never on the held-out split), for a fixed number of iterations, over several seeds.
+
+    python scripts/sweep_demo.py --variants VARIANTS.yaml --out sweep.jsonl [--seeds 0,1] [--jobs 4]
+
+VARIANTS.yaml is a list of ``{name, iterations, overrides: [key=value, ...]}`` applied on top of configs/demo.yaml.
+Each (variant, seed) runs in its own process and appends one JSON line to ``--out``: the validation reward before
+and after, the paired gain with its standard error over prompts, and strict accuracy. Lines already in ``--out``
+are skipped, so a stopped sweep continues where it was. The iteration count stands in for the demo's time limit:
+give each variant the count it reaches on the target machine in that time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+SPLIT = ["data.train_prompts=toy:train-no-val", "data.eval_prompts=toy:validation", "train.max_minutes=0"]
+
+
+def run_one(name: str, iterations: int, overrides: list[str], seed: int, seeds_per_prompt: int) -> dict:
+    import torch
+
+    from flowrl.config import load_config
+    from flowrl.stats import prompt_mean_se
+    from flowrl.trainer.flow import evaluate, setup, train_step
+    from flowrl.trainer.run import eval_pairs
+
+    torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "2")))
+    args = [*SPLIT, *overrides, f"train.iterations={iterations}", f"seed={seed}", "output.progress=false"]
+    cfg = load_config("configs/demo.yaml", [*args, f"eval.seeds_per_prompt={seeds_per_prompt}"])
+    run = setup(cfg)
+    prompts, indices = eval_pairs(cfg, run.eval_prompts)
+    start = time.time()
+    _, before = evaluate(run, prompts, indices)
+    rewards = []
+    while run.iteration < iterations:
+        rewards.append(train_step(run)["reward/mean"])
+    _, after = evaluate(run, prompts, indices)
+    strict = "toy-geneval/strict"
+    out = {"name": name, "seed": seed, "iterations": iterations, "overrides": overrides}
+    out["seconds"] = time.time() - start
+    for key, b, a in (("reward", before["reward"], after["reward"]), ("strict", before[strict], after[strict])):
+        out[f"{key}_before"], _ = prompt_mean_se(b, prompts)
+        out[f"{key}_after"], _ = prompt_mean_se(a, prompts)
+        out[f"{key}_gain"], out[f"{key}_gain_se"] = prompt_mean_se(a - b, prompts)
+    out["train_reward_first"], out["train_reward_last"] = rewards[0], sum(rewards[-3:]) / len(rewards[-3:])
+    return out
+
+
+def main() -> int:
+    import yaml
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--seeds-per-prompt", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=1)
+    a = p.parse_args()
+    with open(a.variants, encoding="utf-8") as f:
+        variants = yaml.safe_load(f)
+    done = set()
+    if os.path.exists(a.out):
+        with open(a.out, encoding="utf-8") as f:
+            done = {(r["name"], r["seed"]) for r in map(json.loads, f)}
+    todo = [(v, s) for v in variants for s in map(int, a.seeds.split(",")) if (v["name"], s) not in done]
+    with ProcessPoolExecutor(a.jobs) as pool:
+        futures = [
+            pool.submit(run_one, v["name"], v["iterations"], v.get("overrides", []), s, a.seeds_per_prompt)
+            for v, s in todo
+        ]
+        for fut in futures:
+            row = fut.result()
+            with open(a.out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            gain = f"gain {row['reward_gain']:+.3f} ± {row['reward_gain_se']:.3f}"
+            strict = f"strict {row['strict_before']:.3f} -> {row['strict_after']:.3f}"
+            print(f"{row['name']} seed {row['seed']}: {gain} {strict} ({row['seconds']:.0f} s)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
