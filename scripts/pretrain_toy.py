@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import random
 import shutil
@@ -35,6 +34,7 @@ from flowrl.lr_schedule import warmup_cosine
 from flowrl.models import SD3Policy
 from flowrl.models.toy import TOY_RESOLUTION, build_toy_model, save_sd3_folder
 from flowrl.rewards import make_reward
+from flowrl.stats import prompt_mean_se
 from flowrl.toy_world import mislabel, render, split_scenes
 
 
@@ -144,13 +144,12 @@ def evaluate_folder(path: str, scenes: list, args: argparse.Namespace) -> dict:
     seeds = [k for _ in scenes for k in range(args.eval_seeds)]
     images = generate(policy, prompts, seeds, resolution=TOY_RESOLUTION, num_steps=args.eval_steps)
     scores = make_reward("toy-geneval")(images, prompts)
-    n = len(prompts)
-    partial, strict = scores["score"], scores["strict"]
+    partial, partial_se = prompt_mean_se(scores["score"], prompts)  # own noise per (prompt, seed); SE over prompts
     return {
-        "held_out_partial": round(partial.mean().item(), 4),
-        "held_out_partial_se": round(partial.std().item() / math.sqrt(n), 4),
-        "held_out_strict": round(strict.mean().item(), 4),
-        "num_eval_samples": n,
+        "held_out_partial": round(partial, 4),
+        "held_out_partial_se": round(partial_se, 4),
+        "held_out_strict": round(scores["strict"].mean().item(), 4),
+        "num_eval_samples": len(prompts),
         "eval_steps": args.eval_steps,
     }
 

@@ -1,9 +1,10 @@
 """Choose the main job's settings on the validation split: every variant trains on ``toy:train-no-val`` and is
 scored on ``toy:validation`` (never on the held-out split), for a fixed number of iterations, over several seeds.
 
-    python scripts/sweep_demo.py --variants VARIANTS.yaml --out sweep.jsonl [--seeds 0,1] [--jobs 4]
+    python scripts/sweep_demo.py --variants VARIANTS.yaml --out sweep.jsonl [--base CONFIG] [--seeds 0,1] [--jobs 4]
 
-VARIANTS.yaml is a list of ``{name, iterations, overrides: [key=value, ...]}`` applied on top of configs/demo.yaml.
+VARIANTS.yaml is a list of ``{name, iterations, overrides: [key=value, ...]}`` applied on top of ``--base``
+(default configs/demo.yaml; the committed sweep in bench/demo_sweep/ ran on ``demo_lora_3b112b7.yaml`` there).
 Each (variant, seed) runs in its own process and appends one JSON line to ``--out``: the validation reward before
 and after, the paired gain with its standard error over prompts, and strict accuracy. Lines already in ``--out``
 are skipped, so a stopped sweep continues where it was. The iteration count stands in for the demo's time limit:
@@ -22,7 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 SPLIT = ["data.train_prompts=toy:train-no-val", "data.eval_prompts=toy:validation", "train.max_minutes=0"]
 
 
-def run_one(name: str, iterations: int, overrides: list[str], seed: int, seeds_per_prompt: int) -> dict:
+def run_one(base: str, name: str, iterations: int, overrides: list[str], seed: int, seeds_per_prompt: int) -> dict:
     import torch
 
     from flowrl.config import load_config
@@ -32,7 +33,7 @@ def run_one(name: str, iterations: int, overrides: list[str], seed: int, seeds_p
 
     torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "2")))
     args = [*SPLIT, *overrides, f"train.iterations={iterations}", f"seed={seed}", "output.progress=false"]
-    cfg = load_config("configs/demo.yaml", [*args, f"eval.seeds_per_prompt={seeds_per_prompt}"])
+    cfg = load_config(base, [*args, f"eval.seeds_per_prompt={seeds_per_prompt}"])
     run = setup(cfg)
     prompts, indices = eval_pairs(cfg, run.eval_prompts)
     start = time.time()
@@ -58,6 +59,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--base", default="configs/demo.yaml")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--seeds-per-prompt", type=int, default=8)
     p.add_argument("--jobs", type=int, default=1)
@@ -71,7 +73,7 @@ def main() -> int:
     todo = [(v, s) for v in variants for s in map(int, a.seeds.split(",")) if (v["name"], s) not in done]
     with ProcessPoolExecutor(a.jobs) as pool:
         futures = [
-            pool.submit(run_one, v["name"], v["iterations"], v.get("overrides", []), s, a.seeds_per_prompt)
+            pool.submit(run_one, a.base, v["name"], v["iterations"], v.get("overrides", []), s, a.seeds_per_prompt)
             for v, s in todo
         ]
         for fut in futures:

@@ -93,7 +93,7 @@ def test_time_to_target_speedup_stability_and_repeat_errors_by_hand():
     rows = {r["method"]: r for r in s["rows"]}
     assert s["target_reward"] == pytest.approx(0.6) and s["baseline_time_to_target_s"] == pytest.approx(121)
     assert rows["fast"]["time_to_target_s"] == 60 and rows["fast"]["speedup"] == pytest.approx(121 / 60)
-    assert rows["fast"]["time_to_target_s_repeats"] == [60, 60]  # 0.65 and 0.55: 0.6 is crossed at 60 and 120
+    assert rows["fast"]["time_to_target_s_repeats"] == [60, 120]  # 0.65 and 0.55: 0.6 is crossed at 60 and 120
     assert rows["base"]["time_to_target_s_repeats"] == [None, 122]
     assert rows["never"]["time_to_target_s"] is None and rows["never"]["speedup"] is None
     assert rows["base"]["final_reward_se"] == pytest.approx(0.1)  # SE over the two finals 0.5, 0.7

@@ -511,7 +511,8 @@ def test_toy_prompt_sets() -> None:
 def test_unknown_toy_set() -> None:
     with pytest.raises(ConfigError) as info:
         load_prompts("toy:test")
-    assert str(info.value) == "unknown prompt set 'toy:test'; valid: toy:train, toy:held-out, toy:all or a file path"
+    valid = "toy:train, toy:held-out, toy:all, toy:validation, toy:train-no-val"
+    assert str(info.value) == f"unknown prompt set 'toy:test'; valid: {valid} or a file path"
 
 
 def test_prompt_file_skips_blanks_and_comments(tmp_path: Path) -> None:

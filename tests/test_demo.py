@@ -37,6 +37,9 @@ def test_shortened_demo_writes_wellformed_summary_and_gallery(tmp_path, capsys):
     assert summary["wall_time_s"] > 0 and summary["config"]["sampler"]["mode"] == "flow-grpo-fast"
     # the base is evaluated from the shipped weights: it matches the pretraining report's model on these pairs
     assert summary["eval/toy-geneval"]["before"] == pytest.approx(summary["eval_reward_before"])
+    # standard errors over the 16 prompts, independent noise per (prompt, seed index)
+    assert summary["se_unit"] == "prompt" and summary["num_eval_prompts"] == 16
+    assert 0 < summary["eval_reward_gain_se"] < 0.5 and summary["eval_noise"].startswith("independent")
 
     html = (run_dir / "gallery" / "index.html").read_text()
     parser = _Images()
@@ -45,4 +48,4 @@ def test_shortened_demo_writes_wellformed_summary_and_gallery(tmp_path, capsys):
     for src in parser.sources:
         assert os.path.isfile(run_dir / "gallery" / src), src
     assert (run_dir / "gallery" / "contact_sheet.png").stat().st_size > 0
-    assert (run_dir / "checkpoints" / "final" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "final" / "full" / "diffusion_pytorch_model.safetensors").is_file()

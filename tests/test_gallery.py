@@ -188,3 +188,17 @@ def test_failure_midway_keeps_previous_gallery(tmp_path, monkeypatch):
     assert sorted(os.listdir(os.path.join(paths["dir"], "images"))) == before
     assert os.path.isfile(paths["contact_sheet"])
     assert _leftovers(str(tmp_path)) == []
+
+
+def test_header_gives_means_and_the_paired_gain_with_se_over_prompts():
+    from flowrl.gallery import summary_lines
+
+    prompts = ["a", "a", "b", "b", "c", "c"]  # three prompts, two seed indices each
+    base = [0.0, 0.2, 0.4, 0.4, 0.6, 1.0]  # prompt means 0.1, 0.4, 0.8
+    trained = [0.2, 0.2, 0.6, 0.8, 0.8, 1.0]  # paired gains per prompt: 0.1, 0.3, 0.1
+    images = torch.zeros(6, 3, 2, 2)
+    cols = [GalleryColumn(name, images, [{"r": v} for v in vals]) for name, vals in (("base", base), ("rl", trained))]
+    lines = summary_lines(prompts, cols)
+    # base: mean 0.4333, sd of (0.1, 0.4, 0.8) = 0.3512, SE 0.2028; trained: prompt means 0.2, 0.7, 0.9, SE 0.2082;
+    # gain: mean 0.1667, sd of (0.1, 0.3, 0.1) = 0.1155, SE 0.0667
+    assert lines == ["base: mean r 0.433 ± 0.203", "rl: mean r 0.600 ± 0.208", "gain rl − base: r 0.167 ± 0.067"]

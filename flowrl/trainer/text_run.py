@@ -162,9 +162,9 @@ def _eval_summary(run: TextRun, prompts: list[str], before: torch.Tensor, after:
     out["eval_reward_after"], out["eval_reward_after_se"] = prompt_mean_se(a, prompts)
     out["eval_reward_gain"], out["eval_reward_gain_se"] = prompt_mean_se(a - b, prompts)
     out["se_unit"] = "prompt"
-    for k, (name, _, _) in enumerate(run.rewards):
-        cb, ca = before[:, k], after[:, k]
-        out[f"eval/{name}"] = {"before": cb.nanmean().item(), "after": ca.nanmean().item()}
+    for k, (name, _, _) in enumerate(run.rewards):  # unscored (NaN) completions are left out of their prompt's mean
+        (b, b_se), (a, a_se) = prompt_mean_se(before[:, k], prompts), prompt_mean_se(after[:, k], prompts)
+        out[f"eval/{name}"] = {"before": b, "before_se": b_se, "after": a, "after_se": a_se}
     return out
 
 
