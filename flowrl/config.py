@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from flowrl.advantages import ADVANTAGES, AdvantageConfig
+from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
-from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES
-from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES, TREE_MODES
+from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
+from flowrl.trainer.modes import ROLLOUT_MODES
 
 if TYPE_CHECKING:
     from flowrl.text_config import TextConfig
@@ -226,7 +226,7 @@ class Config:
 
 def window_of(cfg: SamplerConfig) -> tuple[str, int]:
     """The effective (window schedule, size) after the mode's defaults; size 0 → every step."""
-    kind, size = DEFAULT_WINDOWS[cfg.mode]
+    kind, size = ROLLOUT_MODES.facts(cfg.mode).window
     kind = cfg.window or kind
     size = cfg.window_size or size or cfg.num_steps
     return kind, size
@@ -271,6 +271,60 @@ def check_prompts(key: str, source: str) -> None:
         load_prompts(source)  # DataError naming the file
 
 
+def check_window(s: SamplerConfig, kind: str, size: int) -> None:
+    """The window schedule builds from ``sampler.window_options`` (its options are the schedule's own)."""
+    options = dict(s.window_options)
+    if kind == "random":
+        options.setdefault("seed", 0)
+    try:
+        make_window(kind, s.num_steps, size, **options)
+    except TypeError as e:
+        raise ConfigError(
+            f"sampler.window_options {s.window_options} do not fit the {kind!r} window of sampler.mode={s.mode} "
+            f"({_one_line(e).split('() ')[-1]}); its options: {', '.join(_window_options(kind))}"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"sampler.window_options ({kind} window): {_one_line(e)}") from None
+
+
+def _window_options(kind: str) -> list[str]:
+    import inspect
+
+    params = inspect.signature(WINDOW_SCHEDULES[kind].__init__).parameters
+    return [p for p in params if p not in ("self", "num_steps", "size")] or ["none"]
+
+
+def flow_inputs(cfg: Config, branching: str) -> set[str]:
+    """The optional advantage inputs the flow trainer feeds under ``cfg``."""
+    feeds = {"prompt_keys"}
+    if branching != "none":
+        feeds.add("tree")
+    if cfg.sampler.extra_tail_steps:
+        feeds.add("granular_rewards")
+    return feeds
+
+
+def flow_input_hints() -> dict[str, str]:
+    """How a flow run gets each input it can feed, for refusal messages."""
+    branching = ROLLOUT_MODES.names(lambda f: f.branching != "none")
+    return {
+        "tree": f"use a branching sampler.mode ({', '.join(branching)})",
+        "granular_rewards": "set sampler.extra_tail_steps (coarser ODE decodings of each sample, G2RPO)",
+        "strata": "the flow trainer does not feed strata yet",
+        "pairwise": "the flow trainer does not feed pairwise preferences yet",
+    }
+
+
+def check_method(cfg: Config, branching: str) -> None:
+    """The loss is one the flow trainer runs, and the estimator gets every input it needs."""
+    if "flow" not in LOSSES.facts(cfg.loss.name).trainers:
+        flow_losses = LOSSES.names(lambda f: "flow" in f.trainers)
+        raise ConfigError(f"loss.name={cfg.loss.name} is not a flow loss; valid: {', '.join(flow_losses)}")
+    why = refusal(cfg.advantage.name, cfg.train.group_size, flow_inputs(cfg, branching), flow_input_hints())
+    if why:
+        raise ConfigError(why)
+
+
 def check_combinations(cfg: Config) -> None:
     """Cross-field rules (each message names the keys)."""
     check_rewards(cfg.rewards)
@@ -282,8 +336,8 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.split_steps {s.split_steps} lists a step twice")
     if any(k >= s.num_steps for k in s.split_steps):
         raise ConfigError(f"sampler.split_steps {s.split_steps} must all be < sampler.num_steps={s.num_steps}")
-    tree = s.mode in TREE_MODES
-    if tree:
+    branching = ROLLOUT_MODES.facts(s.mode).branching
+    if branching == "tree":
         if not s.split_steps:
             raise ConfigError(f"sampler.mode={s.mode} needs sampler.split_steps (steps at which to branch)")
         leaves = s.branch_factor ** len(s.split_steps)
@@ -294,7 +348,7 @@ def check_combinations(cfg: Config) -> None:
             )
     elif s.split_steps:
         raise ConfigError(f"sampler.split_steps is only used by the tree modes, not sampler.mode={s.mode}")
-    if s.extra_tail_steps and s.mode != "singular" and kind == "fixed" and size == s.num_steps:
+    if s.extra_tail_steps and branching != "singular" and kind == "fixed" and size == s.num_steps:
         raise ConfigError("sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)")
     last_start = s.window_options.get("max_start", s.num_steps - size)
     if s.extra_tail_steps and kind == "random" and last_start + size >= s.num_steps:
@@ -303,8 +357,10 @@ def check_combinations(cfg: Config) -> None:
             f"step {last_start} and end at the last step; set sampler.window_options.max_start <= "
             f"{s.num_steps - size - 1}"
         )
-    if s.mode == "singular" and size != 1:
+    if branching == "singular" and size != 1:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
+    check_window(s, kind, size)
+    check_method(cfg, branching)
     if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
         raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
     if cfg.train.timestep_fraction <= 0:
@@ -312,9 +368,9 @@ def check_combinations(cfg: Config) -> None:
     if trains_on(cfg.loss.name) == "samples":
         if cfg.train.timestep_fraction < 1:
             raise ConfigError(f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} has none")
-        if cfg.advantage.name == "tree":
+        if ADVANTAGES.facts(cfg.advantage.name).per_transition:
             raise ConfigError(
-                f"loss.name={cfg.loss.name} trains on final samples; advantage.name=tree gives "
+                f"loss.name={cfg.loss.name} trains on final samples; advantage.name={cfg.advantage.name} gives "
                 "per-transition advantages (use a per-sample estimator such as grpo)"
             )
         if cfg.model.cfg_scale > 1:

@@ -13,12 +13,19 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from flowrl.advantages import ADVANTAGES, AdvantageConfig
+from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.config import _HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 from flowrl.losses import LOSSES, LossConfig
 from flowrl.options import ConfigError, load, option
 
-TEXT_LOSSES = ("grpo", "bnpo", "dr-grpo", "dapo", "gspo")
+#: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)
+TEXT_INPUTS = {"prompt_keys"}
+TEXT_INPUT_HINTS = {
+    "strata": "the text trainer does not feed strata yet",
+    "pairwise": "the text trainer does not feed pairwise preferences yet",
+    "granular_rewards": "coarser decodings exist only for flow rollouts",
+    "tree": "denoising trees exist only for flow rollouts",
+}
 
 
 @dataclass
@@ -88,7 +95,9 @@ class TextAdvantageSection(AdvantageConfig):
 
 @dataclass
 class TextLossSection(LossConfig):
-    name: str = option("grpo", "policy loss (registry name)", choices=TEXT_LOSSES)
+    name: str = option(
+        "grpo", "policy loss (registry name)", choices=lambda: LOSSES.names(lambda f: "text" in f.trainers)
+    )
 
 
 @dataclass
@@ -124,8 +133,9 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
     _check_model(cfg)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
         cfg.loss.max_length = cfg.generation.max_new_tokens
-    if cfg.loss.name not in LOSSES.names():
-        raise ConfigError(f"loss.name {cfg.loss.name!r} is not registered")
+    why = refusal(cfg.advantage.name, cfg.train.group_size, TEXT_INPUTS, TEXT_INPUT_HINTS)
+    if why:
+        raise ConfigError(why)
     return cfg
 
 
@@ -186,4 +196,4 @@ def _check_model(cfg: TextConfig) -> None:
         )
 
 
-__all__ = ["TEXT_LOSSES", "TextConfig", "load_text_config"]
+__all__ = ["TEXT_INPUTS", "TextConfig", "load_text_config"]

@@ -17,3 +17,15 @@ def tiny_model(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("tiny") / "toy-sd3")
     save_sd3_folder(build_toy_model(seed=0, width=64, layers=2, text_width=32), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory) -> str:
+    """A tiny random Llama with the toy text task's tokenizer, saved once per test module."""
+    from flowrl.text_world import build_model, build_tokenizer
+
+    path = str(tmp_path_factory.mktemp("lm"))
+    tokenizer = build_tokenizer()
+    build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -249,6 +249,41 @@ CONFIG_CASES = {
     "text unknown toy split": Case(
         TEXT, lambda c: ["data.train=toy-text:dev"], "config", same("data.train", "'toy-text:dev'")
     ),
+    # methods the registries list but a run cannot feed: refused before any model loads
+    "mode whose window takes other options": Case(
+        FLOW,
+        lambda c: ["sampler.mode=flow-grpo", "sampler.window_size=0"],
+        "config",
+        same("sampler.window_options {'max_start': 1} do not fit the 'fixed' window", "its options: start"),
+    ),
+    "stratified without strata": Case(
+        FLOW, lambda c: ["advantage.name=stratified"], "config", same("advantage.name=stratified needs strata")
+    ),
+    "pairwise without preferences": Case(
+        FLOW, lambda c: ["advantage.name=pairwise"], "config", same("advantage.name=pairwise needs pairwise")
+    ),
+    "median with an even group": Case(
+        FLOW, lambda c: ["advantage.name=median"], "config", same("needs odd groups", "group size is 2; use 3")
+    ),
+    "multi-granularity without coarser decodings": Case(
+        FLOW,
+        lambda c: ["advantage.name=multi-granularity"],
+        "config",
+        same("needs granular_rewards", "set sampler.extra_tail_steps"),
+    ),
+    "tree estimator on chains": Case(
+        FLOW,
+        lambda c: ["advantage.name=tree"],
+        "config",
+        same("advantage.name=tree needs tree", "branchgrpo, branchgrpo-mix, singular"),
+    ),
+    "text tree estimator": Case(
+        TEXT, lambda c: ["advantage.name=tree"], "config", same("needs tree", "only for flow rollouts")
+    ),
+    "text multi-granularity": Case(
+        TEXT, lambda c: ["advantage.name=multi-granularity"], "config", same("needs granular_rewards")
+    ),
+    "text flow loss": Case(TEXT, lambda c: ["loss.name=ppo-clip"], "config", same("loss.name: 'ppo-clip'")),
 }
 
 DATA_CASES = {

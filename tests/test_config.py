@@ -23,8 +23,9 @@ from flowrl.config import (
 from flowrl.errors import DataError
 from flowrl.losses import LOSSES
 from flowrl.options import ConfigError, describe, load, set_dotted, to_dict
+from flowrl.samplers import WINDOW_SCHEDULES
 from flowrl.trainer.data import load_prompts
-from flowrl.trainer.modes import DEFAULT_WINDOWS, ROLLOUT_MODES
+from flowrl.trainer.modes import ROLLOUT_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,7 +356,7 @@ def test_full_finetune_with_kl(mp: str) -> None:
 
 def test_awm_combinations(mp: str) -> None:
     awm = [mp, "loss.name=awm"]
-    assert config_error([*awm, "advantage.name=tree"]) == (
+    assert config_error([*awm, "advantage.name=tree", "sampler.mode=singular"]) == (
         "loss.name=awm trains on final samples; advantage.name=tree gives per-transition advantages "
         "(use a per-sample estimator such as grpo)"
     )
@@ -423,13 +424,16 @@ def test_check_combinations_on_a_built_config(model_dir: Path) -> None:
 # --------------------------------------------------------------------------- window_of
 
 
-def test_every_mode_has_a_default_window() -> None:
-    assert set(DEFAULT_WINDOWS) == set(ROLLOUT_MODES.names())
+def test_every_mode_declares_a_default_window_and_its_branching() -> None:
+    for mode in ROLLOUT_MODES.names():
+        facts = ROLLOUT_MODES.facts(mode)
+        assert facts.window[0] in WINDOW_SCHEDULES and facts.branching in ("none", "tree", "singular")
+    assert ROLLOUT_MODES.names(lambda f: f.branching == "tree") == ["branchgrpo", "branchgrpo-mix"]
 
 
-@pytest.mark.parametrize("mode", sorted(DEFAULT_WINDOWS))
+@pytest.mark.parametrize("mode", ROLLOUT_MODES.names())
 def test_window_of_mode_default(mode: str) -> None:
-    kind, size = DEFAULT_WINDOWS[mode]
+    kind, size = ROLLOUT_MODES.facts(mode).window
     assert window_of(SamplerConfig(mode=mode, num_steps=10)) == (kind, size or 10)
     assert window_of(SamplerConfig(mode=mode, num_steps=7)) == (kind, size or 7)
 
@@ -441,7 +445,7 @@ def test_window_of_known_defaults() -> None:
     assert window_of(SamplerConfig(mode="singular", num_steps=10)) == ("random", 1)
 
 
-@pytest.mark.parametrize("mode", sorted(DEFAULT_WINDOWS))
+@pytest.mark.parametrize("mode", ROLLOUT_MODES.names())
 def test_window_of_explicit_overrides_win(mode: str) -> None:
     assert window_of(SamplerConfig(mode=mode, num_steps=10, window="decaying", window_size=3)) == ("decaying", 3)
     assert window_of(SamplerConfig(mode=mode, num_steps=10, window_size=5))[1] == 5
@@ -569,6 +573,8 @@ def test_to_dict_round_trips_non_defaults(tmp_path: Path, mp: str) -> None:
             mp,
             "sampler.mode=branchgrpo",
             "sampler.split_steps=[1,3,5]",
+            "sampler.window=progressive",
+            "sampler.window_size=4",
             "sampler.window_options={stride: 2}",
             "advantage.tree_skip_depths=[0,2]",
             "advantage.clip_max=null",

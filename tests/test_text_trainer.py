@@ -19,17 +19,6 @@ TRL_METRICS = (
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory) -> str:
-    from flowrl.text_world import build_model, build_tokenizer
-
-    path = str(tmp_path_factory.mktemp("lm"))
-    tokenizer = build_tokenizer()
-    build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def text_config(path: str, *overrides: str):
     return load_config(
         None,

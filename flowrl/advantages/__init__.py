@@ -7,28 +7,34 @@ multi-granularity, per-prompt, tree. See the README's table for formulas and whe
 from . import group, tracker, tree  # noqa: F401  (importing registers the estimators)
 from .core import (
     ADVANTAGES,
+    EXTRA_INPUTS,
     AdvantageBatch,
     AdvantageConfig,
     AdvantageResult,
     Estimator,
+    EstimatorFacts,
     Groups,
     TreeStructure,
     combine,
     compute_advantages,
+    refusal,
     zscore,
 )
 from .tree import node_rewards
 
 __all__ = [
     "ADVANTAGES",
+    "EXTRA_INPUTS",
     "AdvantageBatch",
     "AdvantageConfig",
     "AdvantageResult",
     "Estimator",
+    "EstimatorFacts",
     "Groups",
     "TreeStructure",
     "combine",
     "compute_advantages",
     "node_rewards",
+    "refusal",
     "zscore",
 ]

@@ -111,8 +111,55 @@ class AdvantageResult:
     per_transition: bool = False
 
 
+#: the optional ``AdvantageBatch`` inputs an estimator may need, each with what supplies it
+EXTRA_INPUTS = {
+    "prompt_keys": "the prompt text of every sample",
+    "strata": "a stratum id per sample",
+    "pairwise": "preferences between the samples of each group, as a pairwise judge gives them",
+    "granular_rewards": "rewards of coarser decodings of every sample",
+    "tree": "the denoising tree of a branching rollout",
+}
+
+
+@dataclass(frozen=True)
+class EstimatorFacts:
+    """What an estimator declares at registration.
+
+    needs: the optional ``AdvantageBatch`` inputs it cannot run without (keys of ``EXTRA_INPUTS``); a trainer
+    refuses it at config time unless it feeds all of them. odd_groups: groups must have an odd size (the median
+    is one sample). per_transition: the advantages are per tree transition ``[M]``, not per sample ``[N]``.
+    """
+
+    needs: tuple[str, ...] = ()
+    odd_groups: bool = False
+    per_transition: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.needs if n not in EXTRA_INPUTS]
+        if unknown:
+            raise TypeError(f"unknown estimator inputs {unknown}; valid: {', '.join(EXTRA_INPUTS)}")
+
+
 Estimator = Callable[[AdvantageBatch, AdvantageConfig, dict[str, Any]], AdvantageResult]
-ADVANTAGES: Registry[Estimator] = Registry("advantage estimator")
+ADVANTAGES: Registry[Estimator, EstimatorFacts] = Registry("advantage estimator", EstimatorFacts)
+
+
+def refusal(name: str, group_size: int, feeds: set[str], hints: dict[str, str] | None = None) -> str | None:
+    """Why estimator ``name`` cannot run in a trainer that feeds the inputs ``feeds`` with groups of
+    ``group_size``, or None. The message names what is missing and, from ``hints`` (input → how a user of this
+    trainer gets it), how to get it."""
+    facts = ADVANTAGES.facts(name)
+    missing = [n for n in facts.needs if n not in feeds]
+    if missing:
+        what = "; ".join(f"{n} ({EXTRA_INPUTS[n]})" for n in missing)
+        how = "; ".join(hints[n] for n in missing if hints and n in hints)
+        return f"advantage.name={name} needs {what}, which this run does not provide" + (f": {how}" if how else "")
+    if facts.odd_groups and group_size % 2 == 0:
+        return (
+            f"advantage.name={name} needs odd groups (G + 1 samples: the median is one of them), but the group size "
+            f"is {group_size}; use {group_size + 1}"
+        )
+    return None
 
 
 @dataclass

@@ -51,7 +51,7 @@ def rloo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
     return finish(adv, constant, groups, cfg)
 
 
-@ADVANTAGES.register("median")
+@ADVANTAGES.register("median", odd_groups=True)
 def median(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """MC-GRPO: G + 1 samples per group, baseline = the group median, (r − median) / (std_g + eps).
 
@@ -88,7 +88,7 @@ def gdpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
     return finish(torch.where(constant, torch.zeros_like(adv), adv), constant, groups, cfg)
 
 
-@ADVANTAGES.register("pairwise")
+@ADVANTAGES.register("pairwise", needs=("pairwise",))
 def pairwise(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """Pref-GRPO: win rate w_i = (wins + 0.5·ties) / (G − 1) from ``batch.pairwise``, then a group z-score.
 
@@ -114,7 +114,7 @@ def pairwise(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any])
     return finish(adv, constant, groups, cfg, **{"pairwise/win_rate_mean": float(rate.mean())})
 
 
-@ADVANTAGES.register("stratified")
+@ADVANTAGES.register("stratified", needs=("strata",))
 def stratified(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """Stratified advantage normalisation (Stratified GRPO): z-score within (group, stratum), blended with
     the group z-score: α·A_stratum + (1 − α)·A_group, α = ``cfg.stratified_alpha``."""
@@ -145,7 +145,7 @@ def ngrpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) ->
     return finish(torch.where(constant, torch.zeros_like(adv), adv), constant, groups, cfg)
 
 
-@ADVANTAGES.register("multi-granularity")
+@ADVANTAGES.register("multi-granularity", needs=("granular_rewards",))
 def multi_granularity(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """G2RPO: the group z-scores of the main decoding and of every coarser decoding
     (``batch.granular_rewards [J, N, K]``), summed."""

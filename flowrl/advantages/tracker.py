@@ -9,7 +9,7 @@ import torch
 from .core import ADVANTAGES, AdvantageBatch, AdvantageConfig, AdvantageResult, Groups, finish
 
 
-@ADVANTAGES.register("per-prompt")
+@ADVANTAGES.register("per-prompt", needs=("prompt_keys",))
 def per_prompt(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """(r − mean_p) / (std_p + eps) with mean/std over the last ``cfg.tracker_buffer`` rewards of prompt p
     (this batch's included). Until a prompt has ``cfg.tracker_min_count`` rewards, the batch-wide

@@ -50,7 +50,7 @@ def node_rewards(
     return out
 
 
-@ADVANTAGES.register("tree")
+@ADVANTAGES.register("tree", needs=("tree",), per_transition=True)
 def tree(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
     """Per-transition advantage = z-score of its child node's fused reward among the transitions of the
     same group at the same step (nodes of one depth in the tree).

@@ -6,7 +6,17 @@ clipped loss. See the README's table.
 """
 
 from . import policy  # noqa: F401  (importing registers the losses)
-from .core import LOSSES, Loss, LossConfig, LossInputs, LossOutput, compute_loss, normalizes_by, trains_on
+from .core import (
+    LOSSES,
+    Loss,
+    LossConfig,
+    LossFacts,
+    LossInputs,
+    LossOutput,
+    compute_loss,
+    normalizes_by,
+    trains_on,
+)
 from .terms import (
     STEP_WEIGHTINGS,
     aggregate,
@@ -22,6 +32,7 @@ __all__ = [
     "STEP_WEIGHTINGS",
     "Loss",
     "LossConfig",
+    "LossFacts",
     "LossInputs",
     "LossOutput",
     "aggregate",

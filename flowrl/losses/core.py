@@ -82,23 +82,37 @@ class LossOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class LossFacts:
+    """What a loss declares at registration.
+
+    trains_on: what one row of the loss is: ``"transitions"`` (log-prob losses: one denoising step or token each)
+    or ``"samples"`` (AWM: a clean sample, re-noised at a drawn σ).
+    normalizes_by: what it divides its sum by, so that micro-batches of one optimizer step can be weighted to give
+    the step's loss: ``"sequences"`` (a mean over rows: weight each micro-batch by its share of rows),
+    ``"tokens"`` (a token mean over this process's batch: weight by the share of valid tokens) or
+    ``"global-tokens"`` (divided by ``inputs.token_count``, the whole global batch's valid tokens: weight 1).
+    trainers: the trainers whose rows it is written for (``"flow"``: denoising transitions with their Gaussian
+    steps; ``"text"``: token sequences).
+    """
+
+    trains_on: str = "transitions"
+    normalizes_by: str = "sequences"
+    trainers: tuple[str, ...] = ("flow", "text")
+
+
 Loss = Callable[[LossInputs, LossConfig], LossOutput]
-LOSSES: Registry[Loss] = Registry("policy loss")
+LOSSES: Registry[Loss, LossFacts] = Registry("policy loss", LossFacts)
 
 
 def trains_on(name: str) -> str:
-    """What one row of the loss is: ``"transitions"`` (log-prob losses: one denoising step each) or
-    ``"samples"`` (AWM: a clean sample, re-noised at a drawn σ). Losses declare it as ``fn.trains_on``."""
-    return getattr(LOSSES.get(name), "trains_on", "transitions")
+    """``LossFacts.trains_on`` of the loss ``name``."""
+    return LOSSES.facts(name).trains_on
 
 
 def normalizes_by(name: str) -> str:
-    """What a loss divides its sum by, so that micro-batches of one optimizer step can be weighted to give the
-    step's loss: ``"sequences"`` (a mean over rows: weight each micro-batch by its share of rows), ``"tokens"``
-    (a token mean over this process's batch: weight by the share of valid tokens) or ``"global-tokens"``
-    (divided by ``inputs.token_count``, the whole global batch's valid tokens: weight 1). Declared as
-    ``fn.normalizes_by`` (default ``"sequences"``)."""
-    return getattr(LOSSES.get(name), "normalizes_by", "sequences")
+    """``LossFacts.normalizes_by`` of the loss ``name``."""
+    return LOSSES.facts(name).normalizes_by
 
 
 def compute_loss(name: str, inputs: LossInputs, cfg: LossConfig | None = None) -> LossOutput:

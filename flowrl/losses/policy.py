@@ -35,13 +35,13 @@ def _log_ratio(inputs: LossInputs, loss: str) -> Tensor:
     return inputs.log_prob - inputs.old_log_prob
 
 
-@LOSSES.register("ppo-clip")
+@LOSSES.register("ppo-clip", normalizes_by="tokens", trainers=("flow",))
 def ppo_clip(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """Flow-GRPO: clipped surrogate on r = exp(logp − logp_old) per transition, mean over valid elements."""
     return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "ppo-clip"), "token-mean")
 
 
-@LOSSES.register("grpo-guard")
+@LOSSES.register("grpo-guard", normalizes_by="tokens", trainers=("flow",))
 def grpo_guard(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """GRPO-Guard: the clipped surrogate on the normalised log-ratio (see ``guard_log_ratio``). Pair it with
     ``step_weighting = "inverse-dt"`` for the paper's per-step gradient reweighting."""
@@ -56,7 +56,7 @@ def grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "grpo"), "sequence-mean")
 
 
-@LOSSES.register("bnpo")
+@LOSSES.register("bnpo", normalizes_by="tokens")
 def bnpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """BNPO: token mean over the local batch."""
     return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "bnpo"), "token-mean")
@@ -68,7 +68,7 @@ def dr_grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dr-grpo"), "fixed-length")
 
 
-@LOSSES.register("dapo")
+@LOSSES.register("dapo", normalizes_by="global-tokens")
 def dapo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """DAPO: token sum divided by the valid tokens of the whole global batch (``inputs.token_count``)."""
     return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dapo"), "global-token-mean")
@@ -93,7 +93,7 @@ def gspo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return out
 
 
-@LOSSES.register("awm")
+@LOSSES.register("awm", trains_on="samples", trainers=("flow",))
 def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """Advantage-weighted matching: mean_i(A_i · ‖vθ(x_t, t) − (ε − x0)‖²) + β·mean‖vθ − v_ref‖².
 
@@ -110,9 +110,5 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
         metrics["ref_reg"] = float(reg.detach())
     return LossOutput(loss, metrics)
 
-
-awm.trains_on = "samples"
-bnpo.normalizes_by = ppo_clip.normalizes_by = grpo_guard.normalizes_by = "tokens"
-dapo.normalizes_by = "global-tokens"
 
 __all__ = ["awm", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]

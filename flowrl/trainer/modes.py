@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,8 +43,21 @@ class RolloutPlan:
     extra_tail_steps: tuple[int, ...] = field(default_factory=tuple)
 
 
-ModePlanner = Callable[..., RolloutPlan]
-ROLLOUT_MODES: Registry[ModePlanner] = Registry("sampler mode")
+@dataclass(frozen=True)
+class ModeFacts:
+    """What a sampler mode declares at registration.
+
+    window: the window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step).
+    branching: ``"none"`` (independent chains), ``"tree"`` (one tree per prompt from ``sampler.split_steps``; its
+    leaves per prompt are the group size) or ``"singular"`` (one stochastic step, the window's, with G children).
+    """
+
+    window: tuple[str, int]
+    branching: str = "none"
+
+
+ModePlanner = Callable[[Any, WindowSchedule, int], RolloutPlan]  # (sampler config, window, group size) -> plan
+ROLLOUT_MODES: Registry[ModePlanner, ModeFacts] = Registry("sampler mode", ModeFacts)
 
 
 def _chain(cfg, window: WindowSchedule, group_size: int, tail_solver: str = "euler") -> RolloutPlan:
@@ -56,16 +70,16 @@ def _chain(cfg, window: WindowSchedule, group_size: int, tail_solver: str = "eul
     )
 
 
-@ROLLOUT_MODES.register("flow-grpo")
-@ROLLOUT_MODES.register("flow-grpo-fast")
-@ROLLOUT_MODES.register("mixgrpo")
+@ROLLOUT_MODES.register("flow-grpo", window=("fixed", 0))
+@ROLLOUT_MODES.register("flow-grpo-fast", window=("random", 2))
+@ROLLOUT_MODES.register("mixgrpo", window=("progressive", 4))
 def chains(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """G independent chains per prompt, SDE inside the window and ODE elsewhere. Flow-GRPO, Flow-GRPO-Fast
     and MixGRPO differ only in their window (whole schedule, short random, progressive)."""
     return _chain(cfg, window, group_size)
 
 
-@ROLLOUT_MODES.register("mixgrpo-flash")
+@ROLLOUT_MODES.register("mixgrpo-flash", window=("progressive", 4))
 def mixgrpo_flash(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """MixGRPO-Flash: as MixGRPO, with a second-order ODE solver (DPM-Solver++ 2M) after the window."""
     return _chain(cfg, window, group_size, tail_solver="dpm2m")
@@ -83,20 +97,20 @@ def _tree(cfg, group_size: int, sde_mask: Tensor) -> RolloutPlan:
     )
 
 
-@ROLLOUT_MODES.register("branchgrpo")
+@ROLLOUT_MODES.register("branchgrpo", window=("fixed", 0), branching="tree")
 def branchgrpo(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """BranchGRPO: a tree per prompt; SDE on all steps of the window, branching at ``split_steps``."""
     return _tree(cfg, group_size, window.sde_mask())
 
 
-@ROLLOUT_MODES.register("branchgrpo-mix")
+@ROLLOUT_MODES.register("branchgrpo-mix", window=("fixed", 0), branching="tree")
 def branchgrpo_mix(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """BranchGRPO-Mix: the tree with ODE steps off the split steps (and off the window if one is set)."""
     mask = window.sde_mask() if window.size < window.num_steps else torch.zeros(window.num_steps, dtype=torch.bool)
     return _tree(cfg, group_size, mask)
 
 
-@ROLLOUT_MODES.register("singular")
+@ROLLOUT_MODES.register("singular", window=("random", 1), branching="singular")
 def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """TempFlow / G2RPO singular branching: one stochastic step, the window's first, with G children."""
     return RolloutPlan(
@@ -108,21 +122,6 @@ def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),
     )
-
-
-#: modes that grow one tree per prompt from ``split_steps`` (their leaves per prompt = the group size)
-TREE_MODES = ("branchgrpo", "branchgrpo-mix")
-
-#: window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step)
-DEFAULT_WINDOWS: dict[str, tuple[str, int]] = {
-    "flow-grpo": ("fixed", 0),
-    "flow-grpo-fast": ("random", 2),
-    "mixgrpo": ("progressive", 4),
-    "mixgrpo-flash": ("progressive", 4),
-    "branchgrpo": ("fixed", 0),
-    "branchgrpo-mix": ("fixed", 0),
-    "singular": ("random", 1),
-}
 
 
 def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
@@ -142,4 +141,4 @@ def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.G
     return out
 
 
-__all__ = ["DEFAULT_WINDOWS", "ROLLOUT_MODES", "TREE_MODES", "RolloutPlan", "step_subset"]
+__all__ = ["ROLLOUT_MODES", "ModeFacts", "RolloutPlan", "step_subset"]
