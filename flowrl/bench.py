@@ -99,7 +99,7 @@ def load_preset(path: str, methods: list[str] | None = None, **changes: Any) -> 
 def _refuse_overlap(preset: BenchPreset) -> None:
     """Training, validation and held-out prompts must be disjoint: a learning rate chosen on prompts it trained on,
     or a curve measured on them, would reward memorising."""
-    from flowrl.trainer.data import load_prompts
+    from flowrl.data import load_prompts
 
     pairs = [("train_prompts", "eval_prompts")]
     if preset.lr_grid:

@@ -149,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _gallery(args: argparse.Namespace) -> int:
     from flowrl.compare import parse_columns, render
-    from flowrl.trainer.data import load_prompts
+    from flowrl.data import load_prompts
 
     try:
         specs = parse_columns(args.column, args.config)

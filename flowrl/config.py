@@ -21,7 +21,8 @@ from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
-from flowrl.trainer.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES
+from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 
 if TYPE_CHECKING:
     from flowrl.text_config import TextConfig
@@ -36,10 +37,6 @@ SD3_LORA_TARGETS = [
     "attn.add_v_proj",
     "attn.to_add_out",
 ]
-
-
-WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -125,33 +122,6 @@ class RewardSpec:
 
 
 @dataclass
-class RunControl:
-    """Options of the training loop that the flow and text trainers share: schedule, checkpoints, faults."""
-
-    max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
-    lr_schedule: str = option(
-        "constant",
-        "constant, or cosine: decay to 10% of train.lr at the last iteration",
-        choices=("constant", "cosine"),
-    )
-    warmup_iterations: int = option(0, "linear learning-rate warm-up over this many iterations", low=0)
-    save_every: int = option(0, "save a checkpoint every N iterations (0 = only at the end)", low=0)
-    keep_checkpoints: int = option(
-        3, "keep the newest N periodic checkpoints, delete older ones (0 = keep all)", low=0
-    )
-    resume: str = option(
-        "",
-        "continue from a checkpoint folder, or auto: the newest complete checkpoint in output.run_dir (a fresh start "
-        "if there is none)",
-    )
-    max_consecutive_skips: int = option(
-        3,
-        "stop after this many iterations in a row whose update was skipped (non-finite reward, loss or gradient)",
-        low=1,
-    )
-
-
-@dataclass
 class TrainConfig(RunControl):
     iterations: int = option(20, "training iterations (sample, score, update)", low=0)
     prompts_per_step: int = option(
@@ -198,13 +168,6 @@ class EvalConfig:
     num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
     solver: str = option("euler", "ODE solver for evaluation", choices=tuple(ODE_SOLVERS))
     gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
-
-
-@dataclass
-class OutputConfig:
-    run_dir: str = option("", "run directory (default runs/<preset>-<timestamp>)")
-    tensorboard: bool = option(True, "write tensorboard event files")
-    progress: bool = option(True, "show a progress bar")
 
 
 @dataclass
@@ -261,7 +224,7 @@ def check_rewards(specs: list[RewardSpec]) -> None:
 
 def check_prompts(key: str, source: str) -> None:
     """``source`` is a toy split or a readable file of prompts (read now, so a bad file fails before training)."""
-    from flowrl.trainer.data import check_prompt_source, load_prompts
+    from flowrl.data import check_prompt_source, load_prompts
 
     try:
         check_prompt_source(source)
@@ -382,7 +345,7 @@ def check_combinations(cfg: Config) -> None:
     for key in ("train_prompts", "eval_prompts"):
         check_prompts(f"data.{key}", getattr(cfg.data, key))
     m = cfg.model
-    if not os.path.isdir(m.path) and (os.path.exists(m.path) or not _HUB_ID.fullmatch(m.path)):
+    if not os.path.isdir(m.path) and (os.path.exists(m.path) or not HUB_ID.fullmatch(m.path)):
         raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name)")
     if m.finetune == "full" and m.weights_dtype != "fp32":
         raise ConfigError(

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
-from flowrl.config import _HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 from flowrl.losses import LOSSES, LossConfig
 from flowrl.options import ConfigError, load, option
+from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)
 TEXT_INPUTS = {"prompt_keys"}
@@ -180,7 +180,7 @@ def _check_model(cfg: TextConfig) -> None:
     """The model folder exists (or is a hub id), and its position limit leaves room for prompt and completion."""
     path = cfg.model.path
     if not os.path.isdir(path):
-        if os.path.exists(path) or not _HUB_ID.fullmatch(path):
+        if os.path.exists(path) or not HUB_ID.fullmatch(path):
             raise ConfigError(f"model.path {path!r} is neither a directory nor a hub id (org/name)")
         return
     try:

@@ -87,7 +87,7 @@ def load_rows(source: str) -> list[dict[str, Any]]:
         return problems(source[len(SOURCE_PREFIX) :])
     if not source.endswith(".jsonl"):
         raise ValueError(f"unknown data source {source!r}: expected toy-text:<split> or a .jsonl file")
-    from flowrl.trainer.data import read_utf8
+    from flowrl.data import read_utf8
 
     text = read_utf8(source, f"data file {source!r}")
     rows = []

@@ -59,10 +59,10 @@ def main() -> int:
     from diffusers import SD3Transformer2DModel
 
     from flowrl.config import load_config
+    from flowrl.data import load_prompts
     from flowrl.models import SD3Policy
     from flowrl.rewards import make_reward
     from flowrl.stats import prompt_mean_se
-    from flowrl.trainer.data import load_prompts
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")

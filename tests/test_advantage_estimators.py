@@ -210,3 +210,13 @@ def test_random_groups_give_finite_advantages_of_the_right_shape(sizes, seed, na
             assert abs(out.advantages[gid == i].mean().item()) < 1e-9
         shifted = compute_advantages(name, AdvantageBatch(rewards + 3.0, gid), AdvantageConfig(clip_max=None))
         assert torch.allclose(shifted.advantages, out.advantages, atol=1e-9)
+
+
+def test_broadcast_to_transitions_by_hand():
+    from flowrl.advantages import broadcast_to_transitions
+
+    adv, mask = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([True, False, True])
+    sample_id = torch.tensor([-1, 0, 0, 1, 2, -1, 2])  # -1: a step shared by several samples (a tree prefix)
+    a, m = broadcast_to_transitions(adv, mask, sample_id)
+    assert a.tolist() == [0.0, 0.5, 0.5, -1.0, 2.0, 0.0, 2.0]
+    assert m.tolist() == [False, True, True, False, True, False, True]

@@ -45,3 +45,106 @@ def test_the_rule_catches_a_name_comparison():
         if isinstance(n, ast.Compare) and _method_key(n.left) and _is_literal(n.comparators[0])
     ]
     assert len(hits) == 2
+
+
+# --------------------------------------------------------------------------- the import graph
+
+PACKAGES = {"flowrl": REPO / "flowrl", "flowrl.samplers": REPO / "samplers", "flowrl.rewards": REPO / "rewards"}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed ``flowrl`` namespace, by dotted name."""
+    out = {}
+    for pkg, base in PACKAGES.items():
+        for path in base.rglob("*.py"):
+            parts = [p for p in path.relative_to(base).with_suffix("").parts if p != "__init__"]
+            out[".".join([pkg, *parts])] = path
+    return out
+
+
+def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run, at module level or inside functions (lazy); ``if TYPE_CHECKING:`` blocks are skipped."""
+    skip = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for child in node.body for n in ast.walk(child)}
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the flowrl modules it imports (a package import counts as its ``__init__``)."""
+    modules = _modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                    for _ in range(node.level - 1):
+                        here = here.rpartition(".")[0]
+                    base = f"{here}.{base}" if base else here
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            deps |= {m for t in targets if t.startswith("flowrl") and (m := owner(t)) and m != name}
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while (w := stack.pop()) != v:
+                component.append(w)
+            if component:
+                found.append(sorted([v, *component]))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_lazy_imports_included():
+    graph = import_graph()
+    assert len(graph) > 60 and "flowrl.trainer.flow" in graph["flowrl.trainer.run"]
+    assert _cycles(graph) == []
+    # the check bites: a lazy import back from config to a module that imports it would close a cycle
+    assert _cycles({**graph, "flowrl.text_config": graph["flowrl.text_config"] | {"flowrl.config"}}) != []
+
+
+def test_configs_do_not_import_the_trainers():
+    graph = import_graph()
+    for name in ("flowrl.config", "flowrl.text_config", "flowrl.sections", "flowrl.options", "flowrl.data"):
+        trainers = sorted(d for d in graph[name] if d.startswith("flowrl.trainer"))
+        assert not trainers, f"{name} imports {trainers}"
+
+
+def test_recipe_files_fit_in_one_sitting():
+    long = {
+        p.name: n for p in (REPO / "flowrl" / "trainer").glob("*.py") if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert not long, f"recipe files over 600 lines: {long}"

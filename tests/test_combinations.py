@@ -15,7 +15,7 @@ from flowrl.advantages import ADVANTAGES
 from flowrl.config import load_config
 from flowrl.losses import LOSSES
 from flowrl.options import ConfigError
-from flowrl.trainer.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES
 
 #: what each mode needs beyond the defaults to be a valid rollout (branching modes: 4 leaves = the group size)
 MODE_OPTIONS = {
@@ -96,3 +96,14 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
     assert {loss for _, loss in ran} == text_losses  # the flow losses are refused
     assert {e for e, _ in ran} == set(ADVANTAGES.names()) - {"stratified", "pairwise", "multi-granularity", "tree"}
     assert len(ran) + len(refused) == len(ADVANTAGES.names()) * len(LOSSES.names())
+
+
+def test_every_loss_names_a_registered_objective_of_its_trainers():
+    from flowrl.trainer.objectives import OBJECTIVES
+
+    for loss in LOSSES.names():
+        facts = LOSSES.facts(loss)
+        assert facts.trains_on in OBJECTIVES, loss
+        assert set(facts.trainers) <= {"flow", "text"} and facts.trainers, loss
+        if facts.trains_on != "transitions":  # the text trainer's rows are tokens: it trains transitions only
+            assert facts.trainers == ("flow",), loss

@@ -20,12 +20,12 @@ from flowrl.config import (
     parse_override,
     window_of,
 )
+from flowrl.data import load_prompts
 from flowrl.errors import DataError
 from flowrl.losses import LOSSES
 from flowrl.options import ConfigError, describe, load, set_dotted, to_dict
 from flowrl.samplers import WINDOW_SCHEDULES
-from flowrl.trainer.data import load_prompts
-from flowrl.trainer.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 

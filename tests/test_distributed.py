@@ -27,7 +27,7 @@ from tiny_models import save_tiny_flux
 
 from flowrl.cli import main
 from flowrl.config import load_config
-from flowrl.trainer.data import load_prompts
+from flowrl.data import load_prompts
 from flowrl.trainer.flow import _reassemble, eval_share
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import deal, step_rows
@@ -336,7 +336,9 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     """The gradient ``run`` computes on this process for the mean loss over all shares' kept rows (no DDP)."""
-    from flowrl.trainer.flow import _transition_loss
+    from flowrl.trainer.objectives import OBJECTIVES
+
+    replay = OBJECTIVES.get("transitions")
 
     total = sum(int(mask.sum()) for _, _, mask in shares)
     prepared, run.policy.prepared = run.policy.prepared, None
@@ -344,7 +346,7 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     try:
         for batch, adv, mask in shares:
             rows = mask.nonzero().squeeze(1)
-            out = _transition_loss(run, batch, rows, adv[rows], torch.Generator().manual_seed(0))
+            out = replay(run, batch, rows, adv[rows], torch.Generator().manual_seed(0))
             (out.loss * rows.numel() / total).backward()
     finally:
         run.policy.prepared = prepared

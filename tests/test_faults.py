@@ -9,6 +9,7 @@ from test_trainer import TINY_ARGS, tiny_config
 import flowrl.trainer.flow as flow
 from flowrl.cli import main
 from flowrl.trainer.flow import setup, train_step
+from flowrl.trainer.objectives import OBJECTIVES, ReplayTransitions
 
 NAN_ON_SECOND = "rewards=[{name: 'bad_rewards:NanOnCalls', options: {calls: [2]}}]"
 
@@ -36,14 +37,15 @@ def test_a_nan_loss_skips_the_optimizer_step_and_keeps_the_optimizer_state(tiny_
     train_step(run)
     weights = _weights(run)
     moments = [run.optimizer.state[p]["exp_avg"].clone() for p in run.params if p in run.optimizer.state]
-    loss = flow._transition_loss
+    replay = OBJECTIVES.get("transitions")
 
-    def poisoned(*args, **kwargs):
-        out = loss(*args, **kwargs)
-        out.loss = out.loss * float("nan")
-        return out
+    class Poisoned(ReplayTransitions):
+        def __call__(self, *args, **kwargs):
+            out = replay(*args, **kwargs)
+            out.loss = out.loss * float("nan")
+            return out
 
-    monkeypatch.setattr(flow, "_transition_loss", poisoned)
+    monkeypatch.setattr(flow, "objective", lambda run: Poisoned())
     metrics = train_step(run)
     assert metrics["train/skipped_steps"] == 2 and metrics["train/skipped"] == 1
     assert all(torch.isfinite(v) for v in [torch.tensor(x) for x in metrics.values()])  # no NaN metric logged

@@ -220,7 +220,7 @@ def test_ema_weights_are_used_for_evaluation_and_restored_after(tiny_model):
 
 
 def test_awm_trains_on_final_samples(tiny_model):
-    from flowrl.trainer.flow import _sample_loss
+    from flowrl.trainer.objectives import OBJECTIVES
 
     run = setup(tiny_config(tiny_model, "loss.name=awm", "loss.awm_ref_coef=0.5", "sampler.window_size=1"))
     before = _snapshot(run)
@@ -230,7 +230,7 @@ def test_awm_trains_on_final_samples(tiny_model):
     assert adv.shape == mask.shape == (8,)  # one row per final sample
     # the loss rebuilt by hand: σ from the schedule's levels, x_σ = (1 − σ)·x0 + σ·ε, target ε − x0
     rows = torch.tensor([5, 1, 6])
-    out = _sample_loss(run, batch, rows, adv[rows], torch.Generator().manual_seed(3))
+    out = OBJECTIVES.get("samples")(run, batch, rows, adv[rows], torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     levels = run.policy.sigmas(4, 32)[:-1]
     sigma = levels[torch.randint(len(levels), (3,), generator=g)].float()
@@ -290,7 +290,7 @@ def test_same_noise_shares_the_initial_noise_within_a_group(tiny_model):
 
 
 def test_step_subset_trains_a_random_fraction_of_each_samples_steps():
-    from flowrl.trainer.modes import step_subset
+    from flowrl.samplers.modes import step_subset
 
     owner = torch.tensor([0] * 5 + [1] * 5 + [-1, -1] + [2])
     mask = torch.ones(13, dtype=torch.bool)

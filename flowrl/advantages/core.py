@@ -162,6 +162,15 @@ def refusal(name: str, group_size: int, feeds: set[str], hints: dict[str, str] |
     return None
 
 
+def broadcast_to_transitions(adv: Tensor, mask: Tensor, sample_id: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample advantages and mask ``[N]`` → per transition ``[M]``: each step gets the advantage of the one
+    final sample it leads to (``sample_id`` ``[M]``); steps shared by several samples (a tree's prefix, ``-1``) get
+    none and are masked out."""
+    own = sample_id >= 0
+    idx = sample_id.clamp(min=0)
+    return adv[idx] * own, mask[idx] & own
+
+
 @dataclass
 class Groups:
     """Dense group indices: ``index [N]`` in ``[0, count)``, ``size [count]``."""

@@ -33,21 +33,22 @@ from torch import Tensor
 from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import WEIGHT_DTYPES, Config, window_of
+from flowrl.data import load_prompts
 from flowrl.errors import TrainingStopped
 from flowrl.generate import generate
-from flowrl.losses import LossInputs, compute_loss, trains_on
+from flowrl.losses import LOSSES
 from flowrl.lr_schedule import warmup_cosine
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
-from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, replay_log_prob, tree_rollout
+from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, tree_rollout
+from flowrl.samplers.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer import zero
-from flowrl.trainer.data import load_prompts
-from flowrl.trainer.modes import ROLLOUT_MODES, step_subset
+from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.trainer.sharding import full, shard, sharding_requested
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
-from flowrl.trainer.weights import EMA, make_trainable, reference_policy
+from flowrl.trainer.weights import EMA, make_trainable
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -271,15 +272,6 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
 
 
-@dataclass
-class TrainRows:
-    """What the update trains on: this process's rows, transitions ``[M]`` or final samples ``[N]`` (AWM)."""
-
-    advantages: Tensor
-    mask: Tensor  # bool: rows with a gradient
-    position: Tensor  # each row's position in the whole batch, in single-process order
-
-
 def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
     """This process's share of the advantage estimator's input."""
     tr = batch.rollout.transitions
@@ -305,13 +297,12 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
         pos = whole.transition_pos
         return TrainRows(result.advantages[pos], result.mask[pos], pos), result.metrics
     adv, mask = result.advantages[whole.sample_pos], result.mask[whole.sample_pos]
-    if trains_on(run.cfg.loss.name) == "samples":
-        return TrainRows(adv, mask, whole.sample_pos), result.metrics
-    # per-sample advantages reach the steps that lead to exactly one sample; shared tree prefixes get none
-    tr = batch.rollout.transitions
-    own = tr.sample_id >= 0
-    idx = tr.sample_id.clamp(min=0)
-    return TrainRows(adv[idx] * own, mask[idx] & own, whole.transition_pos), result.metrics
+    return objective(run).rows(batch, whole, adv, mask), result.metrics
+
+
+def objective(run: Run) -> Objective:
+    """The objective the configured loss trains with (``LossFacts.trains_on``)."""
+    return OBJECTIVES.get(LOSSES.facts(run.cfg.loss.name).trains_on)
 
 
 def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
@@ -361,7 +352,7 @@ def _accumulate(
     """Backward passes of one optimizer step: this process's ``chunk`` in micro-batches, each loss weighted
     by its share of the step's ``rows`` (over all processes), then zero-weight passes up to ``calls``."""
     cfg, acc = run.cfg, run.accelerator
-    row_loss = _sample_loss if trains_on(cfg.loss.name) == "samples" else _transition_loss
+    row_loss = objective(run)
     pieces = chunk.split(cfg.train.micro_batch)
     for k, mb in enumerate(pieces):
         out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
@@ -415,55 +406,6 @@ def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: di
     for p in params:
         p.grad = None
     return None
-
-
-def _col(t: Tensor | None) -> Tensor | None:
-    """One trained step per row: ``[M, ...]`` -> ``[M, 1, ...]`` (the losses' ``[N, T]`` layout)."""
-    return None if t is None else t.unsqueeze(1)
-
-
-def _transition_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator):
-    """Log-prob losses on transitions ``rows``: replay each step under the current (and reference) policy."""
-    cfg, policy, cond = run.cfg, run.policy, batch.cond
-    tr = batch.rollout.transitions.select(rows)
-    log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
-    ref_mean = None
-    if cfg.loss.kl_coef > 0:
-        with torch.no_grad(), reference_policy(policy.transformer):
-            _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
-    inputs = LossInputs(
-        log_prob=_col(log_prob),
-        old_log_prob=_col(tr.log_prob),
-        advantages=adv,
-        mask=torch.ones_like(_col(log_prob), dtype=torch.bool),
-        x_next=_col(tr.x_next),
-        mean=_col(mean),
-        old_mean=_col(tr.mean),
-        ref_mean=_col(ref_mean),
-        std=_col(tr.std),
-        dt=_col(tr.sigma_next - tr.sigma),
-    )
-    return compute_loss(cfg.loss.name, inputs, cfg.loss)
-
-
-def _sample_loss(run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator):
-    """Sample losses (AWM) on final samples ``rows``: re-noise each clean sample x0 at a σ drawn from
-    the sampling schedule's own noise levels, x_σ = (1 − σ)·x0 + σ·ε, and compare the velocity
-    with the flow-matching target ε − x0 (and, with a reference coefficient, the base's velocity)."""
-    cfg, policy = run.cfg, run.policy
-    x0 = batch.rollout.samples[rows.to(batch.rollout.samples.device)]
-    cond = index_cond(batch.cond, batch.rollout.cond_index[rows])
-    levels = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)[:-1]
-    sigma = levels[torch.randint(len(levels), (len(rows),), generator=gen)].to(x0)
-    eps = torch.randn(x0.shape, generator=gen).to(x0)
-    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-    x_t = (1 - s) * x0 + s * eps
-    v_ref = None
-    if cfg.loss.awm_ref_coef > 0:
-        with torch.no_grad(), reference_policy(policy.transformer):
-            v_ref = policy.velocity(x_t, sigma, cond)
-    inputs = LossInputs(advantages=adv, v_pred=policy.velocity(x_t, sigma, cond), v_target=eps - x0, v_ref=v_ref)
-    return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
 @torch.no_grad()

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from flowrl.registry import Registry
-from flowrl.samplers import WindowSchedule
+
+from .windows import WindowSchedule
 
 
 @dataclass

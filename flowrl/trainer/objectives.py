@@ -1,0 +1,122 @@
+"""Training objectives of the flow recipe: what one trained row is, and how its loss inputs are built.
+
+A loss declares the objective it trains with (``LossFacts.trains_on``); the recipe looks the objective up and never
+asks which method it runs. Each objective is one registered object with two parts:
+
+- ``rows``: this process's rows and their advantages, from the estimator's per-sample advantages ``[N]``;
+- ``__call__``: the loss of some of those rows under the current policy.
+
+- ``transitions`` (Flow-GRPO and its family): a row is a stored denoising step, replayed for its log-prob and
+  step mean (and the reference's);
+- ``samples`` (AWM): a row is a final clean sample x0, re-noised at a σ of the sampling schedule, for its velocity
+  and flow-matching target.
+
+Adding an objective (DiffusionNFT's, say) is one more registered object here plus its loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+from flowrl.advantages import broadcast_to_transitions
+from flowrl.losses import LossInputs, LossOutput, compute_loss
+from flowrl.registry import Registry
+from flowrl.samplers import index_cond, replay_log_prob
+from flowrl.trainer.share import Whole
+from flowrl.trainer.weights import reference_policy
+
+if TYPE_CHECKING:
+    from flowrl.trainer.flow import Batch, Run
+
+
+@dataclass
+class TrainRows:
+    """What the update trains on: this process's rows (transitions ``[M]`` or final samples ``[N]``)."""
+
+    advantages: Tensor
+    mask: Tensor  # bool: rows with a gradient
+    position: Tensor  # each row's position in the whole batch, in single-process order
+
+
+class Objective(Protocol):
+    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        """This process's rows from per-sample advantages and mask ``[N_local]``."""
+        ...
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
+        """The loss of ``rows`` (indices into this process's rows) with advantages ``adv``; ``gen`` draws any noise."""
+        ...
+
+
+OBJECTIVES: Registry[Objective] = Registry("training objective")
+
+
+def _col(t: Tensor | None) -> Tensor | None:
+    """One trained step per row: ``[M, ...]`` -> ``[M, 1, ...]`` (the losses' ``[N, T]`` layout)."""
+    return None if t is None else t.unsqueeze(1)
+
+
+class ReplayTransitions:
+    """Log-prob losses: each row is a stored transition, replayed under the current (and reference) policy."""
+
+    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
+        return TrainRows(adv_t, mask_t, whole.transition_pos)
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
+        cfg, policy, cond = run.cfg, run.policy, batch.cond
+        tr = batch.rollout.transitions.select(rows)
+        log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+        ref_mean = None
+        if cfg.loss.kl_coef > 0:
+            with torch.no_grad(), reference_policy(policy.transformer):
+                _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+        inputs = LossInputs(
+            log_prob=_col(log_prob),
+            old_log_prob=_col(tr.log_prob),
+            advantages=adv,
+            mask=torch.ones_like(_col(log_prob), dtype=torch.bool),
+            x_next=_col(tr.x_next),
+            mean=_col(mean),
+            old_mean=_col(tr.mean),
+            ref_mean=_col(ref_mean),
+            std=_col(tr.std),
+            dt=_col(tr.sigma_next - tr.sigma),
+        )
+        return compute_loss(cfg.loss.name, inputs, cfg.loss)
+
+
+class RenoisedSamples:
+    """Sample losses (AWM): each row is a clean final sample x0, re-noised at a σ drawn from the sampling schedule's
+    own noise levels, x_σ = (1 − σ)·x0 + σ·ε; the velocity is compared with the flow-matching target ε − x0 (and,
+    with a reference coefficient, with the base's velocity)."""
+
+    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        return TrainRows(adv, mask, whole.sample_pos)
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
+        cfg, policy = run.cfg, run.policy
+        x0 = batch.rollout.samples[rows.to(batch.rollout.samples.device)]
+        cond = index_cond(batch.cond, batch.rollout.cond_index[rows])
+        levels = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)[:-1]
+        sigma = levels[torch.randint(len(levels), (len(rows),), generator=gen)].to(x0)
+        eps = torch.randn(x0.shape, generator=gen).to(x0)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1 - s) * x0 + s * eps
+        v_ref = None
+        if cfg.loss.awm_ref_coef > 0:
+            with torch.no_grad(), reference_policy(policy.transformer):
+                v_ref = policy.velocity(x_t, sigma, cond)
+        v_pred = policy.velocity(x_t, sigma, cond)
+        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref)
+        return compute_loss(cfg.loss.name, inputs, cfg.loss)
+
+
+OBJECTIVES.register("transitions")(ReplayTransitions())
+OBJECTIVES.register("samples")(RenoisedSamples())
+
+__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows"]
