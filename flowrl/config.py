@@ -77,7 +77,7 @@ class ModelConfig:
 class SamplerConfig:
     mode: str = option("flow-grpo", "rollout layout (see the README's sampler modes)", choices=ROLLOUT_MODES.names)
     num_steps: int = option(10, "denoising steps of the sampling schedule", low=1)
-    kind: str = option("flow_sde", "stochastic step kind", choices=tuple(k for k in STEP_KINDS if k != "ode"))
+    kind: str = option("flow_sde", "stochastic step kind", choices=lambda: STEP_KINDS.names(lambda f: f.stochastic))
     noise_level: float = option(0.7, "a (flow_sde, cps) or eta (dance_sde)", low=0.0)
     window: str = option(
         "", "window schedule of stochastic steps; empty = the mode's default", choices=lambda: ("", *WINDOW_SCHEDULES)
@@ -86,7 +86,7 @@ class SamplerConfig:
     window_options: dict[str, Any] = option({}, "extra window options (stride, shift_interval, decay, min_start, ...)")
     split_steps: list[int] = option([], "tree modes: steps at which each state branches", low=0)
     branch_factor: int = option(2, "tree modes: children per split", low=2)
-    tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=tuple(ODE_SOLVERS))
+    tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=ODE_SOLVERS.names)
     tail_steps: int = option(0, "steps of the tail solver (0 = as scheduled)", low=0)
     extra_tail_steps: list[int] = option([], "G2RPO: also decode with these coarser tails (multi-granularity)", low=1)
     same_noise: bool = option(
@@ -166,7 +166,7 @@ class EvalConfig:
     num_prompts: int = option(0, "evaluation prompts (0 = all)", low=0)
     seeds_per_prompt: int = option(2, "images per prompt (seed indices 0..n-1; own noise per prompt, index)", low=1)
     num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
-    solver: str = option("euler", "ODE solver for evaluation", choices=tuple(ODE_SOLVERS))
+    solver: str = option("euler", "ODE solver for evaluation", choices=ODE_SOLVERS.names)
     gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
 
 
@@ -235,12 +235,13 @@ def check_prompts(key: str, source: str) -> None:
 
 
 def check_window(s: SamplerConfig, kind: str, size: int) -> None:
-    """The window schedule builds from ``sampler.window_options`` (its options are the schedule's own)."""
+    """The window schedule builds from ``sampler.window_options`` (its options are the schedule's own) and, with
+    ``sampler.extra_tail_steps``, always leaves ODE steps after it for the coarser decodings."""
     options = dict(s.window_options)
-    if kind == "random":
+    if WINDOW_SCHEDULES.facts(kind).seeded:
         options.setdefault("seed", 0)
     try:
-        make_window(kind, s.num_steps, size, **options)
+        window = make_window(kind, s.num_steps, size, **options)
     except TypeError as e:
         raise ConfigError(
             f"sampler.window_options {s.window_options} do not fit the {kind!r} window of sampler.mode={s.mode} "
@@ -248,12 +249,21 @@ def check_window(s: SamplerConfig, kind: str, size: int) -> None:
         ) from None
     except ValueError as e:
         raise ConfigError(f"sampler.window_options ({kind} window): {_one_line(e)}") from None
+    last_start = getattr(window, "max_start", window.start)
+    if not s.extra_tail_steps or last_start + size < s.num_steps:
+        return
+    if not WINDOW_SCHEDULES.facts(kind).moves:
+        raise ConfigError("sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)")
+    raise ConfigError(
+        f"sampler.extra_tail_steps needs ODE steps after the window, but the {kind} window can start at step "
+        f"{last_start} and end at the last step; set sampler.window_options.max_start <= {s.num_steps - size - 1}"
+    )
 
 
 def _window_options(kind: str) -> list[str]:
     import inspect
 
-    params = inspect.signature(WINDOW_SCHEDULES[kind].__init__).parameters
+    params = inspect.signature(WINDOW_SCHEDULES.get(kind).__init__).parameters
     return [p for p in params if p not in ("self", "num_steps", "size")] or ["none"]
 
 
@@ -311,15 +321,6 @@ def check_combinations(cfg: Config) -> None:
             )
     elif s.split_steps:
         raise ConfigError(f"sampler.split_steps is only used by the tree modes, not sampler.mode={s.mode}")
-    if s.extra_tail_steps and branching != "singular" and kind == "fixed" and size == s.num_steps:
-        raise ConfigError("sampler.extra_tail_steps needs ODE steps after the last stochastic step (use a window)")
-    last_start = s.window_options.get("max_start", s.num_steps - size)
-    if s.extra_tail_steps and kind == "random" and last_start + size >= s.num_steps:
-        raise ConfigError(
-            f"sampler.extra_tail_steps needs ODE steps after the window, but the random window can start at "
-            f"step {last_start} and end at the last step; set sampler.window_options.max_start <= "
-            f"{s.num_steps - size - 1}"
-        )
     if branching == "singular" and size != 1:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     check_window(s, kind, size)

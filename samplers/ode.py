@@ -14,11 +14,14 @@ start from any σ, so it serves as the coarse tail after a training window (MixG
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from flowrl.registry import Registry
 
 from .transitions import Velocity
 
@@ -71,14 +74,15 @@ def dpm_solver_2m(velocity: Velocity, x: Tensor, sigmas: Tensor, cond: Any = Non
     return x, len(values) - 1
 
 
-ODE_SOLVERS = {"euler": euler_solve, "dpm2m": dpm_solver_2m}
+OdeSolver = Callable[[Velocity, Tensor, Tensor, Any], tuple[Tensor, int]]  # (velocity, x, sigmas, cond) -> (x, NFE)
+ODE_SOLVERS: Registry[OdeSolver] = Registry("ODE solver")
+ODE_SOLVERS.register("euler")(euler_solve)
+ODE_SOLVERS.register("dpm2m")(dpm_solver_2m)
 
 
 def ode_solve(solver: str, velocity: Velocity, x: Tensor, sigmas: Tensor, cond: Any = None) -> tuple[Tensor, int]:
     """Run the named ODE solver (``euler`` or ``dpm2m``). Returns (x_end, NFE)."""
-    if solver not in ODE_SOLVERS:
-        raise ValueError(f"unknown ODE solver {solver!r}; valid: {', '.join(ODE_SOLVERS)}")
-    return ODE_SOLVERS[solver](velocity, x, sigmas, cond)
+    return ODE_SOLVERS.get(solver)(velocity, x, sigmas, cond)
 
 
-__all__ = ["ODE_SOLVERS", "dpm_solver_2m", "euler_solve", "ode_solve", "sigma_batch"]
+__all__ = ["ODE_SOLVERS", "OdeSolver", "dpm_solver_2m", "euler_solve", "ode_solve", "sigma_batch"]

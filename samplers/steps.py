@@ -27,17 +27,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-STEP_KINDS = ("ode", "flow_sde", "dance_sde", "cps")
+from flowrl.registry import Registry
+
+
+class StepKind(Protocol):
+    """One kind of step: its std ``s`` and its mean. sigma, sigma_next, std: ``[B]``; x, v: ``[B, *S]`` (compute dtype,
+    already broadcast by ``step_mean``)."""
+
+    def std(
+        self, sigma: Tensor, sigma_next: Tensor, noise_level: float | Tensor, sigma_cap: float | None
+    ) -> Tensor: ...
+
+    def mean(self, x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, std: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepFacts:
+    """stochastic: the step draws noise (s > 0), so its transitions have a log-prob and can be trained."""
+
+    stochastic: bool = True
+
+
+STEP_KINDS: Registry[StepKind, StepFacts] = Registry("step kind", StepFacts)
 
 
 def check_kind(kind: str) -> None:
     """Raise a ``ValueError`` naming the valid kinds if ``kind`` is not one."""
-    if kind not in STEP_KINDS:
-        raise ValueError(f"unknown step kind {kind!r}; valid kinds: {', '.join(STEP_KINDS)}")
+    STEP_KINDS.get(kind)
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -60,6 +81,51 @@ def _expand(t: Tensor, x: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (x.ndim - 1)))
 
 
+def _sde_mean(x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, std: Tensor) -> Tensor:
+    """The Euler–Maruyama mean both SDE kinds (and, at s = 0, the ODE) share: x + dt·v − s²/(2σ)·ε̂."""
+    return x + (sigma_next - sigma) * v - std**2 / (2 * sigma) * (x + (1 - sigma) * v)
+
+
+class _Ode:
+    def std(self, sigma, sigma_next, noise_level, sigma_cap):
+        return torch.zeros_like(sigma)
+
+    mean = staticmethod(_sde_mean)
+
+
+class _FlowSde:
+    def std(self, sigma, sigma_next, noise_level, sigma_cap):
+        at_one = sigma >= 1
+        if torch.any(at_one) and sigma_cap is None:
+            raise ValueError("flow_sde at sigma = 1 needs sigma_cap (the schedule's second sigma)")
+        denom_sigma = torch.where(at_one, sigma.new_tensor(sigma_cap if sigma_cap is not None else 0.0), sigma)
+        return noise_level * torch.sqrt(sigma / (1 - denom_sigma)) * torch.sqrt(sigma - sigma_next)
+
+    mean = staticmethod(_sde_mean)
+
+
+class _DanceSde:
+    def std(self, sigma, sigma_next, noise_level, sigma_cap):
+        return noise_level * torch.sqrt(sigma - sigma_next)
+
+    mean = staticmethod(_sde_mean)
+
+
+class _Cps:
+    def std(self, sigma, sigma_next, noise_level, sigma_cap):
+        return sigma_next * torch.sin(torch.as_tensor(noise_level, dtype=sigma.dtype) * math.pi / 2)
+
+    def mean(self, x, v, sigma, sigma_next, std):
+        x0_hat, eps_hat = x - sigma * v, x + (1 - sigma) * v
+        return (1 - sigma_next) * x0_hat + torch.sqrt(sigma_next**2 - std**2) * eps_hat
+
+
+STEP_KINDS.register("ode", stochastic=False)(_Ode())
+STEP_KINDS.register("flow_sde")(_FlowSde())
+STEP_KINDS.register("dance_sde")(_DanceSde())
+STEP_KINDS.register("cps")(_Cps())
+
+
 def step_std(
     kind: str,
     sigma: Tensor,
@@ -72,33 +138,18 @@ def step_std(
     ``noise_level`` is a (Flow-SDE, CPS) or η (Dance-SDE); it is ignored by ``ode``.
     ``sigma_cap`` is the schedule's second sigma, needed by ``flow_sde`` only when σ = 1.
     """
-    check_kind(kind)
+    step = STEP_KINDS.get(kind)
     if torch.any(sigma_next >= sigma):
         raise ValueError("sigma_next must be smaller than sigma (sigmas run from 1 to 0)")
-    neg_dt = sigma - sigma_next
-    if kind == "ode":
-        return torch.zeros_like(sigma)
-    if kind == "flow_sde":
-        at_one = sigma >= 1
-        if torch.any(at_one) and sigma_cap is None:
-            raise ValueError("flow_sde at sigma = 1 needs sigma_cap (the schedule's second sigma)")
-        denom_sigma = torch.where(at_one, sigma.new_tensor(sigma_cap if sigma_cap is not None else 0.0), sigma)
-        return noise_level * torch.sqrt(sigma / (1 - denom_sigma)) * torch.sqrt(neg_dt)
-    if kind == "dance_sde":
-        return noise_level * torch.sqrt(neg_dt)
-    return sigma_next * torch.sin(torch.as_tensor(noise_level, dtype=sigma.dtype) * math.pi / 2)  # cps
+    return step.std(sigma, sigma_next, noise_level, sigma_cap)
 
 
 def step_mean(kind: str, x: Tensor, v: Tensor, sigma: Tensor, sigma_next: Tensor, std: Tensor) -> Tensor:
     """Mean of the next sample given the velocity ``v``. x, v: ``[B, *S]``; sigma, sigma_next, std: ``[B]``."""
-    check_kind(kind)
+    step = STEP_KINDS.get(kind)
     x, v = x.to(_compute_dtype(x)), v.to(_compute_dtype(x))
     sigma, sigma_next, std = (_expand(_per_sample(t, x), x) for t in (sigma, sigma_next, std))
-    eps_hat = x + (1 - sigma) * v
-    if kind == "cps":
-        x0_hat = x - sigma * v
-        return (1 - sigma_next) * x0_hat + torch.sqrt(sigma_next**2 - std**2) * eps_hat
-    return x + (sigma_next - sigma) * v - std**2 / (2 * sigma) * eps_hat
+    return step.mean(x, v, sigma, sigma_next, std)
 
 
 def gaussian_log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
@@ -178,6 +229,8 @@ def step_log_prob(
 
 __all__ = [
     "STEP_KINDS",
+    "StepFacts",
+    "StepKind",
     "StepOutput",
     "check_kind",
     "gaussian_log_prob",

@@ -79,16 +79,7 @@ def tree_rollout(
     Transitions from deterministic steps (std = 0, e.g. CPS into σ = 0) are not recorded.
     """
     check_kind(kind)
-    num_steps = sigmas.numel() - 1
-    sde_mask = torch.ones(num_steps, dtype=torch.bool) if sde_mask is None else sde_mask.to("cpu", torch.bool)
-    _check_inputs(x, sigmas, group_id, sde_mask)
-    splits = sorted(set(int(s) for s in split_steps))
-    if any(not 0 <= s < num_steps for s in splits):
-        raise ValueError(f"split_steps must lie in [0, {num_steps - 1}], got {list(split_steps)}")
-    if splits and branch_factor < 2:
-        raise ValueError(f"branch_factor must be >= 2 when splitting, got {branch_factor}")
-    stochastic = sde_mask.clone()
-    stochastic[splits] = True
+    splits, stochastic = _stochastic_steps(x, sigmas, group_id, sde_mask, split_steps, branch_factor)
     last_stochastic = int(stochastic.nonzero().max()) if stochastic.any() else -1
     sigma_cap = float(sigmas[1])
     values = [float(s) for s in sigmas]
@@ -120,43 +111,80 @@ def tree_rollout(
         node = next_id + rows[0] + torch.arange(x.shape[0])
         next_id += rows[1]
         if out.log_prob is not None:
-            after_last_split = not any(s > i for s in splits)
-            parts.append(
-                Transitions(
-                    x=x,
-                    x_next=out.x_next,
-                    mean=out.mean,
-                    std=out.std,
-                    log_prob=out.log_prob,
-                    sigma=torch.full_like(out.std, values[i]),
-                    sigma_next=torch.full_like(out.std, values[i + 1]),
-                    step=torch.full((x.shape[0],), i, dtype=torch.long),
-                    depth=torch.full((x.shape[0],), depth, dtype=torch.long),
-                    node_id=node,
-                    parent_id=parent,
-                    sample_id=torch.arange(x.shape[0]) if after_last_split else torch.full((x.shape[0],), -1),
-                    group_id=group_id.cpu()[root],
-                    cond_index=root,
-                )
-            )
+            last_split_done = not any(s > i for s in splits)
+            parts.append(_record(x, out, values[i], values[i + 1], i, depth, node, parent, root, group_id,
+                                 last_split_done))  # fmt: skip
         x = out.x_next
 
-    leaf_cond = index_cond(cond, root)
-    tail_sigmas = sigmas[last_stochastic + 1 :]
-    if tail_sigmas.numel() > 1:
-        grid = subsample_sigmas(tail_sigmas, min(tail_steps, tail_sigmas.numel() - 1)) if tail_steps else tail_sigmas
-        samples, calls = ode_solve(tail_solver, velocity, x, grid, leaf_cond)
+    tail = sigmas[last_stochastic + 1 :]
+    samples, extra, calls = _ode_tails(velocity, x, tail, index_cond(cond, root), tail_solver, tail_steps,
+                                       extra_tail_steps)  # fmt: skip
+    transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
+    return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe + calls, extra)
+
+
+def _stochastic_steps(
+    x: Tensor, sigmas: Tensor, group_id: Tensor, sde_mask: Tensor | None, split_steps: Sequence[int], fan: int
+) -> tuple[list[int], Tensor]:
+    """The checked split steps (sorted) and the ``[T]`` mask of stochastic steps (the SDE mask plus the splits)."""
+    num_steps = sigmas.numel() - 1
+    sde_mask = torch.ones(num_steps, dtype=torch.bool) if sde_mask is None else sde_mask.to("cpu", torch.bool)
+    _check_inputs(x, sigmas, group_id, sde_mask)
+    splits = sorted(set(int(s) for s in split_steps))
+    if any(not 0 <= s < num_steps for s in splits):
+        raise ValueError(f"split_steps must lie in [0, {num_steps - 1}], got {list(split_steps)}")
+    if splits and fan < 2:
+        raise ValueError(f"branch_factor must be >= 2 when splitting, got {fan}")
+    stochastic = sde_mask.clone()
+    stochastic[splits] = True
+    return splits, stochastic
+
+
+def _record(
+    x: Tensor, out: Any, sigma: float, sigma_next: float, step: int, depth: int, node: Tensor, parent: Tensor,
+    root: Tensor, group_id: Tensor, last_split_done: bool,
+) -> Transitions:  # fmt: skip
+    """The transitions of one stochastic step of every frontier state ``[M]``. A step after the last split leads
+    to exactly one final sample (its ``sample_id``); an earlier one is shared by several (``-1``)."""
+    m = x.shape[0]
+    return Transitions(
+        x=x,
+        x_next=out.x_next,
+        mean=out.mean,
+        std=out.std,
+        log_prob=out.log_prob,
+        sigma=torch.full_like(out.std, sigma),
+        sigma_next=torch.full_like(out.std, sigma_next),
+        step=torch.full((m,), step, dtype=torch.long),
+        depth=torch.full((m,), depth, dtype=torch.long),
+        node_id=node,
+        parent_id=parent,
+        sample_id=torch.arange(m) if last_split_done else torch.full((m,), -1),
+        group_id=group_id.cpu()[root],
+        cond_index=root,
+    )
+
+
+def _ode_tails(
+    velocity: Velocity, x: Tensor, tail: Tensor, cond: Any, solver: str, steps: int | None, extra_steps: Sequence[int]
+) -> tuple[Tensor, dict[int, Tensor], int]:
+    """Solve the rest of the schedule ``tail`` (``[K + 1]`` sigmas) from the leaves ``x`` with the ODE ``solver``
+    on ``steps`` steps (default: as scheduled), and again on each coarser count of ``extra_steps`` (G2RPO).
+    Returns the samples, the coarser samples by step count, and the network evaluations spent."""
+    nfe = 0
+    if tail.numel() > 1:
+        grid = subsample_sigmas(tail, min(steps, tail.numel() - 1)) if steps else tail
+        samples, calls = ode_solve(solver, velocity, x, grid, cond)
         nfe += calls * x.shape[0]
     else:
         samples = x
     extra: dict[int, Tensor] = {}
-    for n in extra_tail_steps:
-        if tail_sigmas.numel() < 2:
+    for n in extra_steps:
+        if tail.numel() < 2:
             raise ValueError("extra_tail_steps need ODE steps after the last stochastic step")
-        extra[n], calls = ode_solve(tail_solver, velocity, x, subsample_sigmas(tail_sigmas, n), leaf_cond)
+        extra[n], calls = ode_solve(solver, velocity, x, subsample_sigmas(tail, n), cond)
         nfe += calls * x.shape[0]
-    transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
-    return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe, extra)
+    return samples, extra, nfe
 
 
 def _empty_transitions(x: Tensor) -> Transitions:

@@ -18,10 +18,13 @@ per training iteration, and ``state_dict`` / ``load_state_dict`` save and restor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from flowrl.registry import Registry
 
 
 class WindowSchedule:
@@ -175,16 +178,25 @@ class RandomWindow(WindowSchedule):
         self.generator.set_state(state["generator"])
 
 
-WINDOW_SCHEDULES: dict[str, type[WindowSchedule]] = {
-    cls.kind: cls for cls in (WindowSchedule, ProgressiveWindow, DecayingWindow, RandomWindow)
-}
+@dataclass(frozen=True)
+class WindowFacts:
+    """moves: the window's start changes between iterations; seeded: it draws its start from a seeded generator
+    (the trainer passes the run's seed)."""
+
+    moves: bool = True
+    seeded: bool = False
+
+
+WINDOW_SCHEDULES: Registry[type[WindowSchedule], WindowFacts] = Registry("window schedule", WindowFacts)
+WINDOW_SCHEDULES.register("fixed", moves=False)(WindowSchedule)
+WINDOW_SCHEDULES.register("progressive")(ProgressiveWindow)
+WINDOW_SCHEDULES.register("decaying")(DecayingWindow)
+WINDOW_SCHEDULES.register("random", seeded=True)(RandomWindow)
 
 
 def make_window(kind: str, num_steps: int, size: int, **options: Any) -> WindowSchedule:
     """Build a window schedule by name (``fixed``, ``progressive``, ``decaying``, ``random``)."""
-    if kind not in WINDOW_SCHEDULES:
-        raise ValueError(f"unknown window schedule {kind!r}; valid: {', '.join(WINDOW_SCHEDULES)}")
-    return WINDOW_SCHEDULES[kind](num_steps, size, **options)
+    return WINDOW_SCHEDULES.get(kind)(num_steps, size, **options)
 
 
 __all__ = [
@@ -192,6 +204,7 @@ __all__ = [
     "DecayingWindow",
     "ProgressiveWindow",
     "RandomWindow",
+    "WindowFacts",
     "WindowSchedule",
     "make_window",
 ]

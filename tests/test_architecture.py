@@ -148,3 +148,14 @@ def test_recipe_files_fit_in_one_sitting():
         p.name: n for p in (REPO / "flowrl" / "trainer").glob("*.py") if (n := len(p.read_text().splitlines())) > 600
     }
     assert not long, f"recipe files over 600 lines: {long}"
+
+
+def test_no_function_over_100_lines():
+    long = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 100:
+                long.append(
+                    f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+                )
+    assert not long, "functions over 100 lines: " + ", ".join(long)

@@ -42,7 +42,7 @@ from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
-from flowrl.samplers import Rollout, WindowSchedule, index_cond, make_window, tree_rollout
+from flowrl.samplers import WINDOW_SCHEDULES, Rollout, WindowSchedule, index_cond, make_window, tree_rollout
 from flowrl.samplers.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer import zero
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
@@ -131,7 +131,7 @@ def setup(cfg: Config) -> Run:
         policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
-    if kind == "random":
+    if WINDOW_SCHEDULES.facts(kind).seeded:
         options.setdefault("seed", cfg.seed)
     window = make_window(kind, cfg.sampler.num_steps, size, **options)
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
