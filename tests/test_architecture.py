@@ -159,3 +159,15 @@ def test_no_function_over_100_lines():
                     f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
                 )
     assert not long, "functions over 100 lines: " + ", ".join(long)
+
+
+def test_the_text_recipe_imports_nothing_of_the_flow_recipe():
+    graph = import_graph()
+    seen, todo = set(), ["flowrl.trainer.text_run"]
+    while todo:
+        for dep in graph[todo.pop()] - seen:
+            seen.add(dep)
+            todo.append(dep)
+    assert "flowrl.trainer.text" in seen and "flowrl.trainer.loop" in seen
+    flow = sorted(seen & {"flowrl.trainer.flow", "flowrl.trainer.run", "flowrl.trainer.objectives"})
+    assert not flow, f"the text recipe reaches {flow}"

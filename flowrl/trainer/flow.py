@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,10 +33,8 @@ from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.data import load_prompts
-from flowrl.errors import TrainingStopped
 from flowrl.generate import generate
 from flowrl.losses import LOSSES
-from flowrl.lr_schedule import warmup_cosine
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.options import ConfigError
@@ -45,17 +42,15 @@ from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import WINDOW_SCHEDULES, Rollout, WindowSchedule, index_cond, make_window, tree_rollout
 from flowrl.samplers.modes import ROLLOUT_MODES, step_subset
 from flowrl.trainer import zero
+from flowrl.trainer.loop import check_step, count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
-from flowrl.trainer.sharding import full, shard, sharding_requested
+from flowrl.trainer.sharding import shard, sharding_requested
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
 from flowrl.trainer.weights import EMA, make_trainable
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-# Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
-# seed·1_000_003 + iteration for any realistic seed, and (seed + stride·k)·4096 stays inside 64 bits for k < 2**10.
-_PROCESS_SEED_STRIDE = 2**40
 log = logging.getLogger("flowrl")
 
 
@@ -153,22 +148,6 @@ def setup(cfg: Config) -> Run:
         sharded=sharded,
         engine=policy.prepared if accelerator.distributed_type.name == "DEEPSPEED" else None,
     )
-
-
-def lr_scheduler(
-    optimizer: torch.optim.Optimizer, kind: str, warmup: int, iterations: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """The learning rate of each iteration as a factor of the peak: linear warm-up over ``warmup`` iterations, then
-    constant or cosine decay to 10% at the last iteration (stepped once per iteration)."""
-
-    last = max(iterations - 1, warmup)
-
-    def factor(it: int) -> float:
-        if it < warmup or kind == "cosine":
-            return warmup_cosine(min(it, last), 1.0, warmup, last)
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: int, processes: int) -> None:
@@ -392,22 +371,6 @@ def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
     return True
 
 
-def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: dict[str, float]) -> float | None:
-    """Clip the accumulated gradients to ``max_norm`` (0 = no clipping) and return their norm; or, if the norm or
-    any process's step metrics ``sums`` (its losses) are not finite, clear the gradients and return None (on every
-    process alike, or the others would wait for its next collective)."""
-    # clipping at inf measures the norm (FSDP: a replicated DTensor) and leaves the gradients as they are
-    norm = float(full(acc.clip_grad_norm_(params, max_norm or math.inf)))
-    finite = math.isfinite(norm) and all(math.isfinite(v) for v in sums.values())
-    if acc.num_processes > 1:
-        finite = bool(acc.reduce(torch.tensor([float(not finite)], device=acc.device), "sum").item() == 0)
-    if finite:
-        return norm
-    for p in params:
-        p.grad = None
-    return None
-
-
 @torch.no_grad()
 def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, dict[str, Tensor]]:
     """ODE samples of the current (EMA if enabled) policy for fixed (prompt, seed index) pairs, each from its own
@@ -529,55 +492,15 @@ def non_finite_rewards(batch: Batch) -> dict[str, int]:
     return {k: int((~torch.isfinite(v)).sum()) for k, v in batch.components.items() if not torch.isfinite(v).all()}
 
 
-def count_skip(run: Any, skipped: bool, reason: str) -> None:
-    """Count a skipped update; stop the run after ``train.max_consecutive_skips`` of them in a row."""
-    run.skips_in_a_row = run.skips_in_a_row + 1 if skipped else 0
-    run.skips += int(skipped)
-    if not skipped:
-        return
-    limit = run.cfg.train.max_consecutive_skips
-    if run.accelerator.is_main_process:
-        log.warning("iteration %d: update skipped (%s); %d in a row", run.iteration, reason, run.skips_in_a_row)
-    if run.skips_in_a_row >= limit:
-        raise TrainingStopped(
-            f"{run.skips_in_a_row} updates in a row skipped at iteration {run.iteration} ({reason}); the last "
-            f"complete checkpoint is unchanged. Fix the reward or lower train.lr (train.max_consecutive_skips={limit})"
-        )
-
-
-def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
-    """One iteration's prompts: ``min(count, len(pool))`` distinct prompts. Every process draws the same ones from
-    its copy of the shared seeded ``rng`` (so the copies stay in step) and samples its share of their images."""
-    return rng.sample(pool, min(count, len(pool)))
-
-
-def process_seed(run: Run, seed: int) -> int:
-    """``seed`` made distinct per process (unchanged on process 0, so one process keeps its seeds)."""
-    return seed + run.accelerator.process_index * _PROCESS_SEED_STRIDE
-
-
-def mean_over_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
-    """Each metric's mean over the processes that report it (one that trained no rows has no loss metrics)."""
-    if acc.num_processes == 1:
-        return metrics
-    reports: list[dict[str, float]] = gather_all(acc, metrics)
-    keys = dict.fromkeys(k for r in reports for k in r)
-    return {k: statistics.fmean(r[k] for r in reports if k in r) for k in keys}
-
-
 __all__ = [
     "Batch",
     "Run",
     "TrainRows",
     "advantage_batch",
     "advantages",
-    "draw_prompts",
     "eval_share",
     "evaluate",
-    "lr_scheduler",
-    "mean_over_processes",
     "non_finite_rewards",
-    "process_seed",
     "sample",
     "score",
     "setup",

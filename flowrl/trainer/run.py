@@ -16,19 +16,26 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import yaml
 
-from flowrl.atomic import atomic_dir, write_json
-from flowrl.config import Config, to_dict
+from flowrl.atomic import atomic_dir
+from flowrl.config import Config
 from flowrl.options import ConfigError
 from flowrl.stats import prompt_mean_se
 from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
+from flowrl.trainer.loop import (
+    base_evaluation,
+    finish_summary,
+    process_state,
+    shared_run_dir,
+    tb_writer,
+    training_loop,
+    write_config,
+)
 from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
 from flowrl.trainer.sharding import full_optimizer_state, local
 from flowrl.trainer.share import gather_all
@@ -36,17 +43,6 @@ from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
 EvalResult = tuple[torch.Tensor, dict[str, torch.Tensor]]  # images [B, 3, H, W] and rewards [B] by name
-
-
-def make_run_dir(cfg: Any, name: str) -> tuple[str, bool]:
-    """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``, and whether it was made now; refuses to reuse a
-    finished run folder."""
-    path = cfg.output.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(os.path.join(path, "summary.json")):
-        raise FileExistsError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
-    created = not os.path.exists(path)
-    os.makedirs(path, exist_ok=True)
-    return os.path.abspath(path), created
 
 
 def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
@@ -141,84 +137,6 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
     return run_dir
 
 
-def process_state() -> Any:
-    """accelerate's process state, made before anything else so that it fixes the device: CPU processes
-    (``ACCELERATE_USE_CPU``) as accelerate's own launcher says; a DeepSpeed launch without GPUs over gloo (its
-    CPU flag would switch DeepSpeed off)."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    if zero.deepspeed_requested() and not torch.cuda.is_available():
-        return PartialState(backend="gloo")
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def write_config(cfg: Any, run_dir: str, main: bool) -> None:
-    """The resolved config as ``config.yaml`` (main process; a resumed run rewrites it with its own options)."""
-    if main:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-
-
-def base_evaluation(run: Any, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
-    """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
-    run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
-    folder's checkpoint."""
-    if not run.cfg.eval.enabled:
-        return None
-    path = os.path.join(run_dir, "eval_before.pt")
-    if resumed:
-        if os.path.isfile(path):
-            return torch.load(path, map_location="cpu", weights_only=True)
-        log.warning("resuming without %s: the summary has no before/after comparison", path)
-        return None
-    result = evaluate_now()
-    if run.accelerator.is_main_process:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save(result, tmp)
-        os.replace(tmp, path)
-    return result
-
-
-def training_loop(
-    run: Any,
-    run_dir: str,
-    writer: Any,
-    step: Callable[[Any], dict[str, float]],
-    save: Callable[[Any, str], None],
-    postfix: Callable[[dict[str, float]], dict[str, str]],
-) -> float:
-    """``cfg.train.iterations`` calls of ``step(run)`` (flow or text) with a progress bar (``postfix`` of the
-    metrics), tensorboard scalars, a checkpoint every ``train.save_every`` iterations and the ``train.max_minutes``
-    limit (decided by the main process for all). Returns the training seconds."""
-    from tqdm.auto import tqdm
-
-    cfg, main = run.cfg, run.accelerator.is_main_process
-    bar = tqdm(
-        range(run.iteration, cfg.train.iterations),
-        desc="train",
-        disable=not (cfg.output.progress and main),
-        dynamic_ncols=True,
-        initial=run.iteration,
-        total=cfg.train.iterations,
-    )
-    start = time.time()
-    for _ in bar:
-        if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
-            break
-        metrics = step(run)
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, run.iteration)
-        bar.set_postfix(postfix(metrics))
-        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
-            save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and time_is_up(run, time.time() - start > 60 * cfg.train.max_minutes):
-            break
-    bar.close()
-    return time.time() - start
-
-
 def _write_summary(
     run: Run,
     run_dir: str,
@@ -254,16 +172,6 @@ def _write_summary(
     finish_summary(run_dir, summary, cfg, writer, start)
 
 
-def finish_summary(run_dir: str, summary: dict[str, Any], cfg: Any, writer: Any, start: float) -> None:
-    """Add the wall time since ``start`` and the resolved config, write ``summary.json`` atomically, close the
-    tensorboard writer (flow and text runs alike)."""
-    summary["wall_time_s"] = round(time.time() - start, 1)
-    summary["config"] = to_dict(cfg)
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    if writer is not None:
-        writer.close()
-
-
 def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: torch.Tensor) -> dict[str, Any]:
     """Groupwise rewards (pairwise judges) rank images only within a group, so their before/after means are
     uninformative (a win rate averages 0.5 in every group). For them, each trained image ``[B, 3, H, W]``
@@ -280,36 +188,6 @@ def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: tor
             mean, se = prompt_mean_se(score.float(), prompts)
             out[f"eval/{name}/trained_vs_base"] = {"mean": mean, "se": se}
     return out
-
-
-def shared_run_dir(cfg: Any, name: str, state: Any) -> tuple[str, bool]:
-    """The run folder (and whether it was made now), made by the main process and sent to the others (a
-    timestamped name could differ between processes); a refusal is raised on every process, so none waits
-    for the others in vain."""
-    if state.num_processes == 1:
-        return make_run_dir(cfg, name)
-    from accelerate.utils import broadcast_object_list
-
-    result: list[Any] = [None, None]  # (folder, created), error
-    if state.is_main_process:
-        try:
-            result[0] = make_run_dir(cfg, name)
-        except OSError as e:
-            result[1] = e
-    broadcast_object_list(result)
-    if result[1] is not None:
-        raise result[1]
-    return tuple(result[0])
-
-
-def time_is_up(run: Run, local: bool) -> bool:
-    """The main process's verdict on the time limit, on every process: if one process stopped training
-    alone, the others would wait for its gradients for ever."""
-    if run.accelerator.num_processes == 1:
-        return local
-    from accelerate.utils import broadcast_object_list
-
-    return bool(broadcast_object_list([local])[0])
 
 
 def _eval_summary(
@@ -355,26 +233,9 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
     return paths["html"]
 
 
-def tb_writer(cfg: Any, run_dir: str, iteration: int = 0):
-    """The tensorboard writer; a resumed run first drops events logged after its checkpoint's ``iteration``."""
-    if not cfg.output.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=iteration + 1 if iteration else None)
-
-
 __all__ = [
-    "base_evaluation",
     "eval_pairs",
-    "finish_summary",
-    "make_run_dir",
     "restore",
     "save_checkpoint",
-    "shared_run_dir",
-    "tb_writer",
-    "time_is_up",
     "train_and_report",
-    "training_loop",
-    "write_config",
 ]

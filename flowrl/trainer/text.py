@@ -29,7 +29,7 @@ from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
 from flowrl.text_config import TextConfig
 from flowrl.trainer import zero
-from flowrl.trainer.flow import (
+from flowrl.trainer.loop import (
     check_step,
     count_skip,
     draw_prompts,

@@ -21,8 +21,7 @@ from flowrl.stats import prompt_mean_se
 from flowrl.text_config import TextConfig
 from flowrl.trainer import zero
 from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
-from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
-from flowrl.trainer.run import (
+from flowrl.trainer.loop import (
     base_evaluation,
     finish_summary,
     process_state,
@@ -31,6 +30,7 @@ from flowrl.trainer.run import (
     training_loop,
     write_config,
 )
+from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]

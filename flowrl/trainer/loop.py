@@ -1,0 +1,278 @@
+"""What the flow and text recipes share around their steps: the run folder, the training loop (progress bar,
+tensorboard, periodic checkpoints, time limit), the base evaluation kept for a resumed run, the summary, the
+learning-rate schedule, per-process seeds, skipped-update accounting and the finite-step check.
+
+A recipe's run object satisfies ``LoopRun``; the text recipe imports this module and nothing of the flow recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import yaml
+from torch import Tensor
+
+from flowrl.atomic import write_json
+from flowrl.errors import TrainingStopped
+from flowrl.lr_schedule import warmup_cosine
+from flowrl.options import to_dict
+from flowrl.trainer import zero
+from flowrl.trainer.sharding import full
+from flowrl.trainer.share import gather_all
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from flowrl.config import Config
+    from flowrl.text_config import TextConfig
+
+log = logging.getLogger("flowrl")
+
+
+class LoopRun(Protocol):
+    """What the shared loop reads and writes of a recipe's run (``flowrl.trainer.flow.Run``, ``TextRun``)."""
+
+    cfg: Config | TextConfig
+    accelerator: Accelerator
+    iteration: int
+    skips: int
+    skips_in_a_row: int
+
+
+# Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
+# seed·1_000_003 + iteration for any realistic seed, and (seed + stride·k)·4096 stays inside 64 bits for k < 2**10.
+_PROCESS_SEED_STRIDE = 2**40
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, kind: str, warmup: int, iterations: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate of each iteration as a factor of the peak: linear warm-up over ``warmup`` iterations, then
+    constant or cosine decay to 10% at the last iteration (stepped once per iteration)."""
+
+    last = max(iterations - 1, warmup)
+
+    def factor(it: int) -> float:
+        if it < warmup or kind == "cosine":
+            return warmup_cosine(min(it, last), 1.0, warmup, last)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: dict[str, float]) -> float | None:
+    """Clip the accumulated gradients to ``max_norm`` (0 = no clipping) and return their norm; or, if the norm or
+    any process's step metrics ``sums`` (its losses) are not finite, clear the gradients and return None (on every
+    process alike, or the others would wait for its next collective)."""
+    # clipping at inf measures the norm (FSDP: a replicated DTensor) and leaves the gradients as they are
+    norm = float(full(acc.clip_grad_norm_(params, max_norm or math.inf)))
+    finite = math.isfinite(norm) and all(math.isfinite(v) for v in sums.values())
+    if acc.num_processes > 1:
+        finite = bool(acc.reduce(torch.tensor([float(not finite)], device=acc.device), "sum").item() == 0)
+    if finite:
+        return norm
+    for p in params:
+        p.grad = None
+    return None
+
+
+def count_skip(run: LoopRun, skipped: bool, reason: str) -> None:
+    """Count a skipped update; stop the run after ``train.max_consecutive_skips`` of them in a row."""
+    run.skips_in_a_row = run.skips_in_a_row + 1 if skipped else 0
+    run.skips += int(skipped)
+    if not skipped:
+        return
+    limit = run.cfg.train.max_consecutive_skips
+    if run.accelerator.is_main_process:
+        log.warning("iteration %d: update skipped (%s); %d in a row", run.iteration, reason, run.skips_in_a_row)
+    if run.skips_in_a_row >= limit:
+        raise TrainingStopped(
+            f"{run.skips_in_a_row} updates in a row skipped at iteration {run.iteration} ({reason}); the last "
+            f"complete checkpoint is unchanged. Fix the reward or lower train.lr (train.max_consecutive_skips={limit})"
+        )
+
+
+def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
+    """One iteration's prompts: ``min(count, len(pool))`` distinct prompts. Every process draws the same ones from
+    its copy of the shared seeded ``rng`` (so the copies stay in step) and samples its share of their images."""
+    return rng.sample(pool, min(count, len(pool)))
+
+
+def process_seed(run: LoopRun, seed: int) -> int:
+    """``seed`` made distinct per process (unchanged on process 0, so one process keeps its seeds)."""
+    return seed + run.accelerator.process_index * _PROCESS_SEED_STRIDE
+
+
+def mean_over_processes(acc: Accelerator, metrics: dict[str, float]) -> dict[str, float]:
+    """Each metric's mean over the processes that report it (one that trained no rows has no loss metrics)."""
+    if acc.num_processes == 1:
+        return metrics
+    reports: list[dict[str, float]] = gather_all(acc, metrics)
+    keys = dict.fromkeys(k for r in reports for k in r)
+    return {k: statistics.fmean(r[k] for r in reports if k in r) for k in keys}
+
+
+def make_run_dir(cfg: Config | TextConfig, name: str) -> tuple[str, bool]:
+    """``cfg.output.run_dir`` or ``runs/<name>-<timestamp>``, and whether it was made now; refuses to reuse a
+    finished run folder."""
+    path = cfg.output.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(os.path.join(path, "summary.json")):
+        raise FileExistsError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
+    created = not os.path.exists(path)
+    os.makedirs(path, exist_ok=True)
+    return os.path.abspath(path), created
+
+
+def process_state() -> Any:
+    """accelerate's process state, made before anything else so that it fixes the device: CPU processes
+    (``ACCELERATE_USE_CPU``) as accelerate's own launcher says; a DeepSpeed launch without GPUs over gloo (its
+    CPU flag would switch DeepSpeed off)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    if zero.deepspeed_requested() and not torch.cuda.is_available():
+        return PartialState(backend="gloo")
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def write_config(cfg: Config | TextConfig, run_dir: str, main: bool) -> None:
+    """The resolved config as ``config.yaml`` (main process; a resumed run rewrites it with its own options)."""
+    if main:
+        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def base_evaluation(run: LoopRun, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
+    """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
+    run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
+    folder's checkpoint."""
+    if not run.cfg.eval.enabled:
+        return None
+    path = os.path.join(run_dir, "eval_before.pt")
+    if resumed:
+        if os.path.isfile(path):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        log.warning("resuming without %s: the summary has no before/after comparison", path)
+        return None
+    result = evaluate_now()
+    if run.accelerator.is_main_process:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(result, tmp)
+        os.replace(tmp, path)
+    return result
+
+
+def training_loop(
+    run: LoopRun,
+    run_dir: str,
+    writer: Any,
+    step: Callable[[Any], dict[str, float]],
+    save: Callable[[Any, str], None],
+    postfix: Callable[[dict[str, float]], dict[str, str]],
+) -> float:
+    """``cfg.train.iterations`` calls of ``step(run)`` (flow or text) with a progress bar (``postfix`` of the
+    metrics), tensorboard scalars, a checkpoint every ``train.save_every`` iterations and the ``train.max_minutes``
+    limit (decided by the main process for all). Returns the training seconds."""
+    from tqdm.auto import tqdm
+
+    cfg, main = run.cfg, run.accelerator.is_main_process
+    bar = tqdm(
+        range(run.iteration, cfg.train.iterations),
+        desc="train",
+        disable=not (cfg.output.progress and main),
+        dynamic_ncols=True,
+        initial=run.iteration,
+        total=cfg.train.iterations,
+    )
+    start = time.time()
+    for _ in bar:
+        if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
+            break
+        metrics = step(run)
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(k, v, run.iteration)
+        bar.set_postfix(postfix(metrics))
+        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
+            save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+        if cfg.train.max_minutes and time_is_up(run, time.time() - start > 60 * cfg.train.max_minutes):
+            break
+    bar.close()
+    return time.time() - start
+
+
+def finish_summary(run_dir: str, summary: dict[str, Any], cfg: Config | TextConfig, writer: Any, start: float) -> None:
+    """Add the wall time since ``start`` and the resolved config, write ``summary.json`` atomically, close the
+    tensorboard writer (flow and text runs alike)."""
+    summary["wall_time_s"] = round(time.time() - start, 1)
+    summary["config"] = to_dict(cfg)
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    if writer is not None:
+        writer.close()
+
+
+def shared_run_dir(cfg: Config | TextConfig, name: str, state: Any) -> tuple[str, bool]:
+    """The run folder (and whether it was made now), made by the main process and sent to the others (a
+    timestamped name could differ between processes); a refusal is raised on every process, so none waits
+    for the others in vain."""
+    if state.num_processes == 1:
+        return make_run_dir(cfg, name)
+    from accelerate.utils import broadcast_object_list
+
+    result: list[Any] = [None, None]  # (folder, created), error
+    if state.is_main_process:
+        try:
+            result[0] = make_run_dir(cfg, name)
+        except OSError as e:
+            result[1] = e
+    broadcast_object_list(result)
+    if result[1] is not None:
+        raise result[1]
+    return tuple(result[0])
+
+
+def time_is_up(run: LoopRun, local: bool) -> bool:
+    """The main process's verdict on the time limit, on every process: if one process stopped training
+    alone, the others would wait for its gradients for ever."""
+    if run.accelerator.num_processes == 1:
+        return local
+    from accelerate.utils import broadcast_object_list
+
+    return bool(broadcast_object_list([local])[0])
+
+
+def tb_writer(cfg: Config | TextConfig, run_dir: str, iteration: int = 0):
+    """The tensorboard writer; a resumed run first drops events logged after its checkpoint's ``iteration``."""
+    if not cfg.output.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=iteration + 1 if iteration else None)
+
+
+__all__ = [
+    "LoopRun",
+    "base_evaluation",
+    "check_step",
+    "count_skip",
+    "draw_prompts",
+    "finish_summary",
+    "lr_scheduler",
+    "make_run_dir",
+    "mean_over_processes",
+    "process_seed",
+    "process_state",
+    "shared_run_dir",
+    "tb_writer",
+    "time_is_up",
+    "training_loop",
+    "write_config",
+]
