@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -235,3 +236,22 @@ def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_r
     for p, q in zip(saved.parameters(), state["params"], strict=True):
         torch.testing.assert_close(p, q)
     assert any(not torch.equal(p, b) for p, b in zip(saved.parameters(), base.parameters(), strict=True))
+
+
+def test_a_lora_target_that_matches_nothing_is_named_as_in_the_flow_recipe(lm_dir):
+    from flowrl.trainer.text import setup
+
+    with pytest.raises(ValueError, match=r"model.lora_targets \['nope_proj'\] match no module of LlamaForCausalLM"):
+        setup(text_config(lm_dir, "model.lora_targets=[q_proj, nope_proj]"))
+
+
+def test_non_finite_weights_are_never_saved(lm_dir, tmp_path):
+    from flowrl.trainer.text import setup
+    from flowrl.trainer.text_run import save_checkpoint
+
+    run = setup(text_config(lm_dir))
+    with torch.no_grad():
+        run.params[0][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite trainable weights at iteration 0"):
+        save_checkpoint(run, str(tmp_path / "ckpt"))
+    assert not os.listdir(tmp_path)

@@ -25,7 +25,7 @@ from flowrl.errors import TrainingStopped
 from flowrl.lr_schedule import warmup_cosine
 from flowrl.options import to_dict
 from flowrl.trainer import zero
-from flowrl.trainer.sharding import full
+from flowrl.trainer.sharding import full, local
 from flowrl.trainer.share import gather_all
 
 if TYPE_CHECKING:
@@ -82,6 +82,15 @@ def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: di
     for p in params:
         p.grad = None
     return None
+
+
+def require_finite(run: LoopRun, tensors: list[Tensor]) -> None:
+    """Raise on every process (so that none waits for the others in vain) if any process holds a non-finite
+    trainable weight (or average of one) in ``tensors``: non-finite weights are never saved. Both recipes call it
+    before writing a checkpoint."""
+    finite = all(gather_all(run.accelerator, all(bool(torch.isfinite(local(t)).all()) for t in tensors)))
+    if not finite:
+        raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 
 
 def count_skip(run: LoopRun, skipped: bool, reason: str) -> None:
@@ -270,6 +279,7 @@ __all__ = [
     "mean_over_processes",
     "process_seed",
     "process_state",
+    "require_finite",
     "shared_run_dir",
     "tb_writer",
     "time_is_up",

@@ -31,14 +31,14 @@ from flowrl.trainer.loop import (
     base_evaluation,
     finish_summary,
     process_state,
+    require_finite,
     shared_run_dir,
     tb_writer,
     training_loop,
     write_config,
 )
 from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
-from flowrl.trainer.sharding import full_optimizer_state, local
-from flowrl.trainer.share import gather_all
+from flowrl.trainer.sharding import full_optimizer_state
 from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
@@ -57,7 +57,7 @@ def save_checkpoint(run: Run, path: str) -> None:
     """Trainable weights (EMA if enabled) and the trainer state, written atomically by the main process, then
     older periodic checkpoints pruned. Every process takes part (under FSDP the shards are gathered) and waits
     until the checkpoint is written."""
-    _require_finite(run)
+    require_finite(run, [*run.params, *(run.ema.shadow if run.ema is not None else [])])
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
         weights = weight_state(run.policy.transformer, run.cfg.model.finetune, run.sharded)
@@ -95,15 +95,6 @@ def restore(run: Run, path: str) -> None:
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
     run.window.load_state_dict(state["window"])
-
-
-def _require_finite(run: Run) -> None:
-    """Raise on every process (so that none waits for the others in vain) if any process holds a non-finite
-    trainable weight or EMA average: non-finite weights are never saved."""
-    tensors = [*run.params, *(run.ema.shadow if run.ema is not None else [])]
-    finite = all(gather_all(run.accelerator, all(bool(torch.isfinite(local(t)).all()) for t in tensors)))
-    if not finite:
-        raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 
 
 def train_and_report(cfg: Config, name: str = "run") -> str:

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
-from flowrl.config import WEIGHT_DTYPES
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
+from flowrl.sections import WEIGHT_DTYPES
 from flowrl.text_config import TextConfig
 from flowrl.trainer import zero
 from flowrl.trainer.loop import (
@@ -38,6 +38,7 @@ from flowrl.trainer.loop import (
     process_seed,
 )
 from flowrl.trainer.share import deal, gather_all
+from flowrl.trainer.weights import check_lora_targets
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -128,10 +129,9 @@ def setup(
     if m.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
-        targets = [t for t in m.lora_targets if any(n.endswith(t) for n, _ in model.named_modules())]
-        if not targets:
-            raise ValueError(f"model.lora_targets {m.lora_targets} match no module of {type(model).__name__}")
-        model = get_peft_model(model, LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, target_modules=targets))
+        check_lora_targets(model, m.lora_targets)  # every listed target must exist, as in the flow recipe
+        config = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, target_modules=list(m.lora_targets))
+        model = get_peft_model(model, config)
     else:
         if cfg.loss.kl_coef > 0:
             reference = AutoModelForCausalLM.from_pretrained(m.path, dtype=dtype).to(accelerator.device).eval()

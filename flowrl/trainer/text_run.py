@@ -25,6 +25,7 @@ from flowrl.trainer.loop import (
     base_evaluation,
     finish_summary,
     process_state,
+    require_finite,
     shared_run_dir,
     tb_writer,
     training_loop,
@@ -80,8 +81,7 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
 def save_checkpoint(run: TextRun, path: str) -> None:
     """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state, written
     atomically by the main process, then older periodic checkpoints pruned; non-finite weights are never saved."""
-    if not all(bool(torch.isfinite(p).all()) for p in run.params):
-        raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
+    require_finite(run, run.params)  # gathered over processes, as in the flow recipe
     acc = run.accelerator
     state = {**loop_state(run), "num_tokens": run.num_tokens}
     if run.engine is not None:

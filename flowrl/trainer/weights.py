@@ -16,6 +16,16 @@ from torch import nn
 ADAPTER = "default"
 
 
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """Raise naming every entry of ``model.lora_targets`` that matches no module of ``model`` (a module name, or its
+    suffix after a dot): a target that silently matched nothing would train less than the config says. Both
+    recipes use it."""
+    names = [n for n, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ValueError(f"model.lora_targets {missing} match no module of {type(model).__name__}")
+
+
 def make_trainable(
     transformer: nn.Module, finetune: str, rank: int, alpha: float, targets: list[str]
 ) -> list[nn.Parameter]:
@@ -23,10 +33,7 @@ def make_trainable(
     if finetune == "lora":
         from peft import LoraConfig
 
-        names = [n for n, _ in transformer.named_modules()]
-        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
-        if missing:
-            raise ValueError(f"model.lora_targets {missing} match no module of {type(transformer).__name__}")
+        check_lora_targets(transformer, targets)
         config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(targets))
         transformer.add_adapter(config, adapter_name=ADAPTER)
     elif finetune == "full":
