@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowrl.options import ConfigError
 from flowrl.trainer.checkpoint import (
@@ -28,16 +28,33 @@ from flowrl.trainer.checkpoint import (
     rng_states,
     set_rng_states,
 )
+from flowrl.trainer.loop import LoopRun
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import gather_all
+
+if TYPE_CHECKING:
+    import torch
+
+    from flowrl.config import Config
+    from flowrl.text_config import TextConfig
 
 log = logging.getLogger("flowrl")
 
 
-def loop_state(run: Any) -> dict[str, Any]:
-    """The state every trainer's run has (a collective: weights and random states come from every process).
-    ``run`` has ``params``, ``optimizer``, ``scheduler``, ``rng``, ``adv_state``, ``iteration``, the skip counters
-    and its ``accelerator``."""
+class ResumableRun(LoopRun, Protocol):
+    """What a checkpoint saves and restores of a recipe's run, beyond ``LoopRun``."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    rng: random.Random
+    adv_state: dict[str, Any]
+    sharded: bool  # FSDP: the optimizer state is restored by the caller
+    engine: Any  # DeepSpeed's engine, or None: then too the caller restores the optimizer
+
+
+def loop_state(run: ResumableRun) -> dict[str, Any]:
+    """The state every trainer's run has (a collective: weights and random states come from every process)."""
     rngs = gather_all(run.accelerator, rng_states())
     return {
         "iteration": run.iteration,
@@ -51,12 +68,12 @@ def loop_state(run: Any) -> dict[str, Any]:
     }
 
 
-def restore_loop_state(run: Any, state: dict[str, Any], path: str) -> None:
+def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> None:
     """Load what ``loop_state`` saved into ``run`` (every process reads the same file); ``path`` names it in
     errors. The optimizer is restored by the caller when it is sharded (FSDP, DeepSpeed)."""
     try:
         copy_into(run.params, state["params"])
-        if not getattr(run, "sharded", False) and getattr(run, "engine", None) is None:
+        if not run.sharded and run.engine is None:
             run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:
@@ -70,7 +87,7 @@ def restore_loop_state(run: Any, state: dict[str, Any], path: str) -> None:
     run.skips_in_a_row, run.skips = (int(v) for v in state["skips"])
 
 
-def resume_point(cfg: Any, run_dir: str) -> str | None:
+def resume_point(cfg: Config | TextConfig, run_dir: str) -> str | None:
     """The checkpoint folder ``train.resume`` asks for: ``auto`` = the newest complete one in the run folder (None
     for a fresh start), else the given folder, which must hold a trainer state."""
     wanted = cfg.train.resume
@@ -95,4 +112,4 @@ def run_folder(path: str, created: bool, main: bool) -> Iterator[None]:
         raise
 
 
-__all__ = ["loop_state", "restore_loop_state", "resume_point", "run_folder"]
+__all__ = ["ResumableRun", "loop_state", "restore_loop_state", "resume_point", "run_folder"]

@@ -66,6 +66,7 @@ class TextRun:
     skips_in_a_row: int = 0
     skips: int = 0
     engine: Any = None  # DeepSpeed: the engine holding the partitioned optimizer (``flowrl.trainer.zero``)
+    sharded: bool = False  # the text recipe does not shard its model (no FSDP yet)
 
 
 @dataclass
