@@ -24,12 +24,7 @@ import statistics
 from typing import Any
 
 from flowrl.atomic import write_json
-
-
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and SE over repeats (NaN SE for one)."""
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan)
+from flowrl.stats import mean_se
 
 
 def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -42,7 +37,7 @@ def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
         point = {"t": statistics.fmean(p["t"] for p in pts)}
         for key in ("reward", "gain", "strict"):
             if key in pts[0]:
-                point[key], se = _mean_se([p[key] for p in pts])
+                point[key], se = mean_se([p[key] for p in pts])
                 point[f"{key}_se"] = se if len(pts) > 1 else pts[0][f"{key}_se"]
         out.append(point)
     return out
@@ -62,7 +57,7 @@ def _selection_rows(selection: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for method, lr in keys:
         finals = [r["curve"][-1] for r in selection if r["method"] == method and r["lr"] == lr]
-        mean, se = _mean_se([p["reward"] for p in finals])
+        mean, se = mean_se([p["reward"] for p in finals])
         rows.append({"method": method, "lr": lr, "validation_reward": mean,
                      "validation_reward_se": se if len(finals) > 1 else finals[0]["reward_se"]})  # fmt: skip
     return rows
@@ -70,8 +65,8 @@ def _selection_rows(selection: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], target: float, base_time) -> dict:
     finals, bests = [r["curve"][-1] for r in rs], [max(r["curve"], key=lambda p: p["reward"]) for r in rs]
-    final, final_se = _mean_se([p["reward"] for p in finals])
-    best, best_se = _mean_se([p["reward"] for p in bests])
+    final, final_se = mean_se([p["reward"] for p in finals])
+    best, best_se = mean_se([p["reward"] for p in bests])
     one = len(rs) == 1
     strict = [p["strict"] for p in finals if "strict" in p]
     t = _time_to(curve, target)
@@ -86,7 +81,7 @@ def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], tar
         "best_at_s": statistics.fmean(p["t"] for p in bests),
         "se_over": "prompts" if one else "repeats",
         "final_strict": statistics.fmean(strict) if strict else None,
-        "final_strict_se": (finals[0]["strict_se"] if one else _mean_se(strict)[1]) if strict else None,
+        "final_strict_se": (finals[0]["strict_se"] if one else mean_se(strict)[1]) if strict else None,
         "time_to_target_s": t,
         "time_to_target_s_repeats": [_time_to(r["curve"], target) for r in rs],
         "speedup": base_time / t if t and base_time else None,
@@ -106,7 +101,7 @@ def summarise(preset, runs: list[dict[str, Any]], selection: list[dict[str, Any]
     by_method = {n: [r for r in runs if r["method"] == n] for n in names}
     curves = {n: _mean_curve(rs) for n, rs in by_method.items()}
     baseline = preset.baseline if preset.baseline in curves else names[0]
-    target = statistics.fmean(r["curve"][-1]["reward"] for r in by_method[baseline])
+    target = mean_se([r["curve"][-1]["reward"] for r in by_method[baseline]])[0]  # as the mean curve averages
     base_time = _time_to(curves[baseline], target)
     return {
         "baseline": baseline,

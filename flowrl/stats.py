@@ -31,9 +31,10 @@ def unit_means(values: Tensor, units: Sequence[Hashable]) -> Tensor:
     return sums[keep] / counts[keep]
 
 
-def mean_se(values: Tensor) -> tuple[float, float]:
-    """Mean and standard error of ``values`` ``[N]`` taken as independent units (NaN SE for fewer than two)."""
-    v = values.detach().double().flatten().cpu()
+def mean_se(values: Tensor | Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of ``values`` ``[N]`` taken as independent units (NaN SE for fewer than two): images
+    of distinct prompts, or the repeats of a benchmark run."""
+    v = torch.as_tensor(values).detach().double().flatten().cpu()
     if v.numel() == 0:
         return math.nan, math.nan
     se = (v.std() / math.sqrt(v.numel())).item() if v.numel() > 1 else math.nan

@@ -48,7 +48,8 @@ class LoopRun(Protocol):
 
 
 # Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
-# seed·1_000_003 + iteration for any realistic seed, and (seed + stride·k)·4096 stays inside 64 bits for k < 2**10.
+# seed·1_000_003 + iteration for any valid seed (< 10**9), and every offset seed stays below 2**63 for k < 2**10, so
+# none reaches the evaluation stream (flowrl.generate.TRAIN_SEED_LIMIT).
 _PROCESS_SEED_STRIDE = 2**40
 
 
