@@ -271,23 +271,46 @@ def _window_options(kind: str) -> list[str]:
 
 def flow_inputs(cfg: Config, branching: str) -> set[str]:
     """The optional advantage inputs the flow trainer feeds under ``cfg``."""
+    from flowrl.rewards import gives_preferences
+
     feeds = {"prompt_keys"}
     if branching != "none":
         feeds.add("tree")
     if cfg.sampler.extra_tail_steps:
         feeds.add("granular_rewards")
+    if cfg.advantage.strata:
+        feeds.add("strata")
+    if sum(gives_preferences(r.name, r.options) for r in cfg.rewards) == 1:
+        feeds.add("pairwise")
     return feeds
 
 
 def flow_input_hints() -> dict[str, str]:
     """How a flow run gets each input it can feed, for refusal messages."""
+    from flowrl.rewards import REWARDS
+
     branching = ROLLOUT_MODES.names(lambda f: f.branching != "none")
+    judges = REWARDS.names(lambda f: f.preferences_when is not None)
     return {
         "tree": f"use a branching sampler.mode ({', '.join(branching)})",
         "granular_rewards": "set sampler.extra_tail_steps (coarser ODE decodings of each sample, G2RPO)",
-        "strata": "the flow trainer does not feed strata yet",
-        "pairwise": "the flow trainer does not feed pairwise preferences yet",
+        "strata": "set advantage.strata to a scored component that differs between a prompt's images, e.g. "
+        "toy-geneval/objects (the number of objects found)",
+        "pairwise": f"list exactly one reward that compares a group's images in pairs ({', '.join(judges)} in its "
+        "pairwise mode)",
     }
+
+
+def check_strata(cfg: Config) -> None:
+    """``advantage.strata`` names a component of a configured reward (``<reward>`` or ``<reward>/<key>``); whether
+    that reward gives the key is known when it first scores (the trainer then names the components it has)."""
+    key = cfg.advantage.strata
+    names = [r.name for r in cfg.rewards]
+    if key and key.split("/", 1)[0] not in names and key.rsplit("/", 1)[0] not in names:
+        raise ConfigError(
+            f"advantage.strata={key!r} names no configured reward's component (rewards: {', '.join(names)}; "
+            "a component is '<reward>/<key>', e.g. toy-geneval/objects)"
+        )
 
 
 def check_method(cfg: Config, branching: str) -> None:
@@ -324,8 +347,7 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     check_window(s, kind, size)
     check_method(cfg, branching)
-    if cfg.model.finetune == "full" and cfg.loss.kl_coef > 0:
-        raise ConfigError("loss.kl_coef > 0 needs a reference policy: use model.finetune=lora (adapter disabled)")
+    check_strata(cfg)
     if cfg.train.timestep_fraction <= 0:
         raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
     if trains_on(cfg.loss.name) == "samples":
@@ -338,8 +360,6 @@ def check_combinations(cfg: Config) -> None:
             )
         if cfg.model.cfg_scale > 1:
             raise ConfigError(f"loss.name={cfg.loss.name} regresses the unguided velocity; needs model.cfg_scale=1")
-        if cfg.loss.awm_ref_coef > 0 and cfg.model.finetune == "full":
-            raise ConfigError("loss.awm_ref_coef > 0 needs a reference policy: use model.finetune=lora")
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
     for key in ("train_prompts", "eval_prompts"):

@@ -21,8 +21,9 @@ from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 #: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)
 TEXT_INPUTS = {"prompt_keys"}
 TEXT_INPUT_HINTS = {
-    "strata": "the text trainer does not feed strata yet",
-    "pairwise": "the text trainer does not feed pairwise preferences yet",
+    "strata": "set advantage.strata to a function with a reward's signature that returns one integer per "
+    "completion (its stratum, e.g. the number of tool calls)",
+    "pairwise": "the text trainer has no reward that compares completions in pairs",
     "granular_rewards": "coarser decodings exist only for flow rollouts",
     "tree": "denoising trees exist only for flow rollouts",
 }
@@ -133,7 +134,11 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
     _check_model(cfg)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
         cfg.loss.max_length = cfg.generation.max_new_tokens
-    why = refusal(cfg.advantage.name, cfg.train.group_size, TEXT_INPUTS, TEXT_INPUT_HINTS)
+    if cfg.advantage.strata and ":" not in cfg.advantage.strata:
+        raise ConfigError(f"advantage.strata={cfg.advantage.strata!r}: give a function as 'module:function' or "
+                          "'toy-text:<name>' (it returns one integer stratum per completion)")  # fmt: skip
+    inputs = TEXT_INPUTS | ({"strata"} if cfg.advantage.strata else set())
+    why = refusal(cfg.advantage.name, cfg.train.group_size, inputs, TEXT_INPUT_HINTS)
     if why:
         raise ConfigError(why)
     return cfg

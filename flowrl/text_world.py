@@ -118,6 +118,11 @@ def correct(prompts: list[str], completions: list[str], answer: Sequence[Any], *
     return [float(parse_answer(c) == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
 
 
+def answer_digits(prompts: list[str], completions: list[str], **_: Any) -> list[int]:
+    """The number of characters in each completion's answer: a per-completion stratum (``advantage.strata``)."""
+    return [len(parse_answer(c)) for c in completions]
+
+
 def well_formed(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
     """TRL-style reward: 1.0 where the parsed answer is a number of 1 to 3 digits without leading zeros."""
     return [float(_NUMBER.fullmatch(parse_answer(c)) is not None) for c in completions]
@@ -251,6 +256,7 @@ __all__ = [
     "MAX_NEW_TOKENS",
     "PAD_TOKEN",
     "REWARDS",
+    "answer_digits",
     "build_model",
     "build_tokenizer",
     "correct",

@@ -250,6 +250,7 @@ class Score:
     partial: float
     strict: float
     details: dict[str, float] = field(default_factory=dict)
+    objects: int = 0  # objects found in the image, of any colour (a structural property: Stratified GRPO's strata)
 
 
 def evaluate(image: Tensor, scene: Scene) -> Score:
@@ -286,4 +287,4 @@ def evaluate(image: Tensor, scene: Scene) -> Score:
             )
         checks["position"] = float(ok)
         exact &= ok
-    return Score(sum(checks.values()) / len(checks), float(exact), checks)
+    return Score(sum(checks.values()) / len(checks), float(exact), checks, len(objs))

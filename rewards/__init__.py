@@ -17,10 +17,12 @@
 from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, toy, vlm_judge  # noqa: F401  (register their rewards)
 from .base import (
     REWARDS,
+    RewardFacts,
     RewardFn,
     RewardSet,
     check_reward_options,
     check_reward_output,
+    gives_preferences,
     is_groupwise,
     is_user_reward,
     make_reward,
@@ -28,10 +30,12 @@ from .base import (
 
 __all__ = [
     "REWARDS",
+    "RewardFacts",
     "RewardFn",
     "RewardSet",
     "check_reward_options",
     "check_reward_output",
+    "gives_preferences",
     "is_groupwise",
     "is_user_reward",
     "make_reward",

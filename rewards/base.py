@@ -35,8 +35,32 @@ from flowrl.registry import Registry
 
 RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
 
+
+@dataclass(frozen=True)
+class RewardFacts:
+    """What a registered reward declares.
+
+    preferences_when: ``(option, value)``: with that option value (or its default) the reward is groupwise and also
+    returns ``"preferences"``, a ``[B, B]`` matrix with entry ``[i, j]`` = 1 if image i beat image j, 0.5 for a tie,
+    0 for a loss, within a group (Pref-GRPO's pairwise estimator trains on it)."""
+
+    preferences_when: tuple[str, str] | None = None
+
+
 #: name -> factory(**options) -> RewardFn
-REWARDS: Registry = Registry("reward")
+REWARDS: Registry = Registry("reward", facts=RewardFacts)
+
+
+def gives_preferences(name: str, options: Mapping[str, Any]) -> bool:
+    """Whether the reward ``name`` built with ``options`` returns a preference matrix (``RewardFacts``)."""
+    if is_user_reward(name) or name not in REWARDS:
+        return False
+    when = REWARDS.facts(name).preferences_when
+    if when is None:
+        return False
+    key, value = when
+    default = inspect.signature(REWARDS.get(name)).parameters[key].default
+    return options.get(key, default) == value
 
 
 def is_user_reward(name: str) -> bool:
@@ -149,6 +173,15 @@ def _as_scores(name: str, key: Any, value: Any, batch: int) -> Tensor:
     return tensor.detach().to("cpu", torch.float32)
 
 
+def _as_preferences(name: str, value: Any, batch: int) -> Tensor:
+    """A reward's preference matrix as a float32 ``[B, B]`` CPU tensor."""
+    tensor = torch.as_tensor(value)
+    if tensor.shape != (batch, batch) or tensor.is_complex():
+        raise RewardError(f"reward {name!r} returned 'preferences' of shape {list(tensor.shape)}; expected "
+                          f"[{batch}, {batch}] real numbers")  # fmt: skip
+    return tensor.detach().to("cpu", torch.float32)
+
+
 @dataclass
 class RewardSet:
     """Several rewards with weights. ``__call__`` returns the weighted total ``[B]`` and every
@@ -174,10 +207,16 @@ class RewardSet:
         return cls(rewards, weights)
 
     def __call__(
-        self, images: Tensor, prompts: list[str], groups: Tensor | None = None
+        self,
+        images: Tensor,
+        prompts: list[str],
+        groups: Tensor | None = None,
+        preferences: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Score ``images`` ``[B, 3, H, W]`` for ``prompts`` (``B``); ``groups`` ``[B]`` (group ids) is
-        required when a groupwise reward is in the set. Returns the weighted total ``[B]`` and the parts."""
+        required when a groupwise reward is in the set. Returns the weighted total ``[B]`` and the parts. A reward's
+        ``"preferences"`` matrix ``[B, B]`` (``RewardFacts``) is put into ``preferences`` by reward name when a dict
+        is given, and left out of the parts."""
         batch = len(prompts)
         if images.shape[0] != batch:
             raise ValueError(f"{images.shape[0]} images but {batch} prompts")
@@ -193,7 +232,13 @@ class RewardSet:
         for name, fn in self.rewards.items():
             if is_groupwise(fn) and groups is None:
                 raise ValueError(f"reward {name!r} scores groups of images jointly and needs groups= ([B] group ids)")
-            out = check_reward_output(name, _call(name, fn, images, prompts, groups), batch)
+            out = _call(name, fn, images, prompts, groups)
+            if isinstance(out, Mapping) and "preferences" in out:
+                out = dict(out)
+                matrix = _as_preferences(name, out.pop("preferences"), batch)
+                if preferences is not None:
+                    preferences[name] = matrix
+            out = check_reward_output(name, out, batch)
             total += self.weights[name] * out["score"]
             parts[name] = out["score"]
             parts.update({f"{name}/{k}": v for k, v in out.items() if k != "score"})
@@ -225,10 +270,12 @@ def _call(name: str, fn: RewardFn, images: Tensor, prompts: list[str], groups: T
 
 __all__ = [
     "REWARDS",
+    "RewardFacts",
     "RewardFn",
     "RewardSet",
     "check_reward_options",
     "check_reward_output",
+    "gives_preferences",
     "is_groupwise",
     "is_user_reward",
     "load_object",

@@ -1,5 +1,6 @@
 """The toy world's rule-based evaluator as a reward: ``score`` is the partial score in [0, 1]
-(counts, colours, shapes, positions), ``strict`` the 0/1 GenEval-style correctness."""
+(counts, colours, shapes, positions), ``strict`` the 0/1 GenEval-style correctness, ``objects`` the number of objects
+found (a diagnostic; ``advantage.strata: toy-geneval/objects`` stratifies a prompt's images by it)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def toy_geneval() -> RewardFn:
         return {
             "score": torch.tensor([s.partial for s in scores]),
             "strict": torch.tensor([s.strict for s in scores]),
+            "objects": torch.tensor([float(s.objects) for s in scores]),
         }
 
     return reward

@@ -121,10 +121,11 @@ def balanced_first(i: int, j: int, size: int) -> bool:
     return (j - i) % n <= n // 2
 
 
-@REWARDS.register("vlm-judge")
+@REWARDS.register("vlm-judge", preferences_when=("mode", "pairwise"))
 class VLMJudge:
-    """``reward(images [B, 3, H, W], prompts, groups=[B]) -> {"score", "unparseable", "ties"}`` (each ``[B]``);
-    see the module docstring. ``groupwise`` is True in pairwise mode, so ``RewardSet`` passes the groups."""
+    """``reward(images [B, 3, H, W], prompts, groups=[B]) -> {"score", "unparseable", "ties"}`` (each ``[B]``) and,
+    in pairwise mode, ``"preferences"`` ``[B, B]`` (1 won, ½ tie or no verdict, 0 lost; within groups); see the
+    module docstring. ``groupwise`` is True in pairwise mode, so ``RewardSet`` passes the groups."""
 
     def __init__(
         self,
@@ -185,16 +186,22 @@ class VLMJudge:
         urls = [png_data_url(img) for img in images]  # each image is sent G − 1 times: encode it once
         replies = _run_all(lambda p: self.ask([urls[p[0]], urls[p[1]]], prompts[p[0]]), pairs, self.workers)
         batch = len(urls)
-        wins, played, unparseable, ties = (torch.zeros(batch, dtype=torch.float64) for _ in range(4))
+        unparseable, ties, played = (torch.zeros(batch, dtype=torch.float64) for _ in range(3))
+        preferences = torch.zeros(batch, batch, dtype=torch.float64)
         for (first, second), reply in zip(pairs, replies, strict=True):
             verdict = parse_verdict(reply, self.win, self.tie)
-            if verdict in (1, 2):
-                wins[first if verdict == 1 else second] += 1.0
-            else:
-                wins[[first, second]] += 0.5
+            won = {1: 1.0, 2: 0.0}.get(verdict, 0.5)  # a tie or no verdict: half a win each
+            preferences[first, second], preferences[second, first] = won, 1.0 - won
+            if verdict not in (1, 2):
                 (ties if verdict == 0 else unparseable)[[first, second]] += 1.0
             played[[first, second]] += 1.0
-        return {"score": wins / played, "unparseable": unparseable / played, "ties": ties / played}
+        wins = preferences.sum(1)
+        return {
+            "score": wins / played,
+            "unparseable": unparseable / played,
+            "ties": ties / played,
+            "preferences": preferences,
+        }
 
     def pairs(self, groups: Sequence[int], prompts: Sequence[str]) -> list[tuple[int, int]]:
         """Every unordered pair of each group as ``(shown first, shown second)`` batch indices."""

@@ -124,8 +124,11 @@ CONFIG_CASES = {
         "config",
         same("sampler.split_steps [1, 1] lists a step twice"),
     ),
-    "full fine-tuning with kl": Case(
-        FLOW, lambda c: ["model.finetune=full", "loss.kl_coef=0.1"], "config", same("loss.kl_coef", "model.finetune")
+    "strata naming no reward": Case(
+        FLOW,
+        lambda c: ["advantage.name=stratified", "advantage.strata=clip/objects"],
+        "config",
+        same("advantage.strata='clip/objects' names no configured reward's component"),
     ),
     "missing model path": Case(
         FLOW,
@@ -257,10 +260,16 @@ CONFIG_CASES = {
         same("sampler.window_options {'max_start': 1} do not fit the 'fixed' window", "its options: start"),
     ),
     "stratified without strata": Case(
-        FLOW, lambda c: ["advantage.name=stratified"], "config", same("advantage.name=stratified needs strata")
+        FLOW,
+        lambda c: ["advantage.name=stratified"],
+        "config",
+        same("advantage.name=stratified needs strata", "set advantage.strata"),
     ),
     "pairwise without preferences": Case(
-        FLOW, lambda c: ["advantage.name=pairwise"], "config", same("advantage.name=pairwise needs pairwise")
+        FLOW,
+        lambda c: ["advantage.name=pairwise"],
+        "config",
+        same("advantage.name=pairwise needs pairwise", "vlm-judge in its pairwise mode"),
     ),
     "median with an even group": Case(
         FLOW, lambda c: ["advantage.name=median"], "config", same("needs odd groups", "group size is 2; use 3")

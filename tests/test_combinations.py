@@ -36,6 +36,7 @@ TINY = [
     "model.lora_rank=2", "model.lora_alpha=2", "sampler.num_steps=4", "train.iterations=1",
     "train.prompts_per_step=2", "train.micro_batch=64", "eval.enabled=false", "output.progress=false",
     "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
+    "advantage.strata=toy-geneval/objects",  # stratified: the number of objects found in each image
 ]  # fmt: skip
 
 
@@ -70,7 +71,8 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     assert ("multi-granularity", "ppo-clip") in ran or "extra_tail_steps" not in str(MODE_OPTIONS[mode])
     odd = "train.group_size=5" in MODE_OPTIONS[mode]
     assert (("median", "ppo-clip") in ran) == odd and ("rloo", "ppo-clip") in ran
-    assert {e for e, _ in refused} >= {"stratified", "pairwise"}
+    assert ("stratified", "ppo-clip") in ran
+    assert "pairwise" in {e for e, _ in refused}  # no reward here compares images in pairs: see the test below
 
 
 def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
@@ -81,7 +83,8 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
         for loss in LOSSES.names():
             group = "train.group_size=5" if ADVANTAGES.facts(estimator).odd_groups else "train.group_size=4"
             try:
-                cfg = text_config(lm_dir, f"advantage.name={estimator}", f"loss.name={loss}", group)
+                strata = "advantage.strata=toy-text:answer-digits"  # stratified: the answer's length
+                cfg = text_config(lm_dir, f"advantage.name={estimator}", f"loss.name={loss}", group, strata)
             except ConfigError as e:
                 assert any(k in str(e) for k in ("advantage.name", "loss.name")), str(e)
                 refused.append((estimator, loss))
@@ -94,7 +97,7 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
             ran.append((estimator, loss))
     text_losses = {"grpo", "bnpo", "dr-grpo", "dapo", "gspo"}
     assert {loss for _, loss in ran} == text_losses  # the flow losses are refused
-    assert {e for e, _ in ran} == set(ADVANTAGES.names()) - {"stratified", "pairwise", "multi-granularity", "tree"}
+    assert {e for e, _ in ran} == set(ADVANTAGES.names()) - {"pairwise", "multi-granularity", "tree"}
     assert len(ran) + len(refused) == len(ADVANTAGES.names()) * len(LOSSES.names())
 
 
@@ -107,3 +110,88 @@ def test_every_loss_names_a_registered_objective_of_its_trainers():
         assert set(facts.trainers) <= {"flow", "text"} and facts.trainers, loss
         if facts.trains_on != "transitions":  # the text trainer's rows are tokens: it trains transitions only
             assert facts.trainers == ("flow",), loss
+
+
+def test_pairwise_trains_on_the_judges_preferences(tiny_model):
+    """Pref-GRPO end to end: the VLM judge (a scripted server preferring the brighter image) gives a preference
+    matrix, the pairwise estimator's advantages are the group z-scores of each image's win rate, and the update
+    trains. Without a judge, or with the judge in pointwise mode, pairwise is refused naming the fix."""
+    import torch
+    from test_reward_vlm_judge import FakeJudge
+
+    from flowrl.advantages import compute_advantages
+    from flowrl.trainer.flow import advantage_batch, sample, setup, train_step
+    from flowrl.trainer.share import gather_batch
+
+    common = [f"model.path={tiny_model}", *TINY[:-2], "train.group_size=4", "advantage.name=pairwise"]
+    judge = FakeJudge()
+    try:
+        reward = f"rewards=[{{name: vlm-judge, options: {{base_url: '{judge.base_url}', model: fake}}}}]"
+        cfg = load_config(None, [*common, reward])
+        run = setup(cfg)
+        batch = sample(run, run.train_prompts[:2])
+        whole = gather_batch(run.accelerator, advantage_batch(run, batch)).batch
+        p = whole.pairwise
+        assert whole.group_id.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert p.shape == (8, 8) and torch.equal(p[:4, 4:], torch.zeros(4, 4))  # no verdicts across groups
+        rate = (p.sum(1) / 3).view(2, 4)  # wins (ties ½) over the G − 1 = 3 comparisons of each image
+        torch.testing.assert_close(rate.flatten(), batch.components["vlm-judge"])  # the judge's own win rates
+        adv = compute_advantages("pairwise", whole, cfg.advantage, {}).advantages.view(2, 4)
+        std = rate.std(1, unbiased=False, keepdim=True)
+        expected = torch.where(std > 0, (rate - rate.mean(1, keepdim=True)) / (std + cfg.advantage.eps), 0.0)
+        torch.testing.assert_close(adv.float(), expected, atol=1e-5, rtol=0)
+        metrics = train_step(run)
+        assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped"]
+    finally:
+        judge.close()
+    pointwise = "rewards=[{name: vlm-judge, options: {base_url: 'http://127.0.0.1:1/v1', mode: pointwise}}]"
+    for rewards in ("rewards=[{name: toy-geneval}]", pointwise):
+        with pytest.raises(ConfigError, match=r"advantage.name=pairwise .*vlm-judge in its pairwise mode"):
+            load_config(None, [*common, rewards])
+
+
+def test_strata_come_from_a_scored_component_or_a_text_function(tiny_model, lm_dir):
+    """Stratified GRPO's strata: the number of objects found in each image (flows) or the answer's length (text),
+    fed per sample; a source that names no reward, or a text source that is not a function, is refused at config
+    time."""
+    import torch
+
+    from flowrl.advantages import compute_advantages
+    from flowrl.trainer.flow import advantage_batch, sample, setup
+    from flowrl.trainer.text import generate
+    from flowrl.trainer.text import strata as text_strata
+
+    common = [f"model.path={tiny_model}", *TINY, "train.group_size=4", "advantage.name=stratified"]
+    run = setup(load_config(None, common))
+    batch = sample(run, run.train_prompts[:2])
+    found = advantage_batch(run, batch).strata
+    assert torch.equal(found, batch.components["toy-geneval/objects"].long()) and found.min() >= 0
+    whole = advantage_batch(run, batch)
+    cfg = run.cfg.advantage
+    one = compute_advantages("stratified", whole, cfg, {}).advantages
+    same = compute_advantages("stratified", replace_strata(whole, torch.zeros_like(found)), cfg, {}).advantages
+    grpo = compute_advantages("grpo", whole, cfg, {}).advantages
+    torch.testing.assert_close(same, grpo)  # one stratum per group: the group z-score
+    varies = any(len(set(found[k * 4 : (k + 1) * 4].tolist())) > 1 for k in range(2))  # within a group
+    assert varies != torch.allclose(one, grpo)
+    with pytest.raises(ConfigError, match=r"advantage.strata='clip/objects' names no configured reward"):
+        load_config(None, [*common[:-1], "advantage.strata=clip/objects"])
+    with pytest.raises(ConfigError, match=r"advantage.name=stratified needs strata .*set advantage.strata"):
+        load_config(None, [f"model.path={tiny_model}", *TINY[:-1], "advantage.name=stratified"])
+
+    text = text_config(lm_dir, "advantage.name=stratified", "advantage.strata=toy-text:answer-digits")
+    from flowrl.trainer.text import setup as text_setup
+
+    trun = text_setup(text)
+    tbatch = generate(trun, trun.train_rows[:2])
+    from flowrl.text_world import parse_answer
+
+    assert text_strata(trun, tbatch).tolist() == [len(parse_answer(t)) for t in tbatch.completions.texts]
+    with pytest.raises(ConfigError, match=r"advantage.strata='digits': give a function"):
+        text_config(lm_dir, "advantage.name=stratified", "advantage.strata=digits")
+
+
+def replace_strata(batch, strata):
+    from dataclasses import replace
+
+    return replace(batch, strata=strata)

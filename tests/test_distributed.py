@@ -296,7 +296,7 @@ def _unsharded_copy(run, cfg):
     finally:
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = fsdp
-    assert not plain.sharded
+    assert not plain.backend.sharded
     with torch.no_grad():
         for p, q in zip(plain.params, run.params, strict=True):
             p.copy_(full(q))

@@ -112,6 +112,11 @@ def test_win_rates_of_two_interleaved_groups(judge):
     torch.testing.assert_close(out["ties"], torch.tensor([0, 0, 0, 0, 1 / 3, 0, 1 / 3], dtype=torch.float64))
     assert out["unparseable"].eq(0).all()
     assert len(judge.requests) == 4 * 3 // 2 + 3 * 2 // 2  # every unordered pair once
+    # the preference matrix by hand (rows win against columns; across groups 0): what the pairwise estimator reads
+    p = out["preferences"]
+    assert p[2, 0] == 1 and p[0, 2] == 0 and p[4, 6] == p[6, 4] == 0.5 and p[3, 1] == p[3, 5] == 1 and p[5, 1] == 1
+    assert p[0, 1] == 0 and p.diagonal().eq(0).all()
+    torch.testing.assert_close(p.sum(1) / torch.tensor([3, 2, 3, 2, 3, 2, 3.0], dtype=torch.float64), out["score"])
 
 
 def test_malformed_answers_count_half_and_are_logged(judge):

@@ -17,25 +17,45 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("backend", ["ddp", "deepspeed"])
-def test_two_processes_train_the_text_demo_in_step(tmp_path, backend):
-    out, run_dir = tmp_path / "out", tmp_path / "run"
-    out.mkdir()
+BACKEND_CLASS = {"ddp": "Replicated", "fsdp": "Sharded", "deepspeed": "Zero"}
+_launched: dict[str, tuple[list[dict], Path]] = {}
+
+
+def _launch(root: Path, backend: str) -> tuple[list[dict], Path]:
+    """Train the text demo for 3 iterations on two CPU processes (once per backend in this session): both ranks'
+    records and the run folder."""
+    if backend in _launched:
+        return _launched[backend]
+    out, run_dir = root / backend / "out", root / backend / "run"
+    out.mkdir(parents=True)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     if backend == "deepspeed":  # ZeRO-2 over gloo: accelerate's CPU flag would turn DeepSpeed off
         pytest.importorskip("deepspeed")
         del env["ACCELERATE_USE_CPU"]
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
+    if backend == "fsdp":  # the decoder layers sharded between the two processes
+        env["ACCELERATE_USE_FSDP"] = "true"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
         [*cmd, __file__, str(out), str(run_dir)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
-    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
+    _launched[backend] = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)], run_dir
+    return _launched[backend]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("text_distributed")
+
+
+@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed"])
+def test_two_processes_train_the_text_demo_in_step(root, backend):
+    ranks, run_dir = _launch(root, backend)
     assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
     assert ranks[0]["prompts"] == ranks[1]["prompts"] and len(ranks[0]["prompts"][0]) == 3
-    assert all(r["deepspeed"] == (backend == "deepspeed") for r in ranks)
+    assert all(r["backend"] == BACKEND_CLASS[backend] for r in ranks)
     for step in range(3):  # 3 prompts x 8 completions: 12 per process, the middle prompt's group split 4 / 4
         rewards = torch.tensor(ranks[0]["rewards"][step] + ranks[1]["rewards"][step]).view(3, 8)
         adv = torch.tensor(ranks[0]["advantages"][step] + ranks[1]["advantages"][step]).view(3, 8)
@@ -47,10 +67,28 @@ def test_two_processes_train_the_text_demo_in_step(tmp_path, backend):
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["final"]
 
 
+def test_sharded_training_makes_the_updates_of_ddp(root):
+    """FSDP (weights split between the processes, every generate call synced) trains as DDP does: the same
+    first completions, the same weights after 3 updates up to reduction order, and the same saved adapter."""
+    from safetensors.torch import load_file
+
+    (ddp, ddp_dir), (fsdp, fsdp_dir) = _launch(root, "ddp"), _launch(root, "fsdp")
+    assert [r["completions"][0] for r in fsdp] == [r["completions"][0] for r in ddp]
+    torch.testing.assert_close(torch.tensor(fsdp[0]["weights"]), torch.tensor(ddp[0]["weights"]), rtol=1e-4, atol=1e-6)
+    adapter = "checkpoints/final/lora/adapter_model.safetensors"
+    a, b = load_file(ddp_dir / adapter), load_file(fsdp_dir / adapter)
+    assert sorted(a) == sorted(b) and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    before = json.loads((ddp_dir / "summary.json").read_text())["eval_reward_before"]
+    assert json.loads((fsdp_dir / "summary.json").read_text())["eval_reward_before"] == before  # same base policy
+
+
 def _worker(out: str, run_dir: str) -> None:
     import flowrl.trainer.text as text
     import flowrl.trainer.text_run as runner
     from flowrl.cli import main
+    from flowrl.trainer.sharding import full
 
     record: dict[str, list] = {"hashes": [], "prompts": [], "rewards": [], "advantages": [], "completions": []}
     step, generate, advantages = runner.train_step, text.generate, text.advantages
@@ -58,15 +96,16 @@ def _worker(out: str, run_dir: str) -> None:
     def digest(run) -> str:
         h = hashlib.sha256()
         for p in run.params:
-            h.update(p.detach().cpu().numpy().tobytes())
+            h.update(full(p).numpy().tobytes())  # whole tensors: gathered from both processes under FSDP
         return h.hexdigest()
 
     def recorded_step(run):
-        record["deepspeed"] = run.engine is not None
+        record["backend"] = type(run.backend).__name__
         if not record["hashes"]:
             record["hashes"].append(digest(run))
         metrics = step(run)
         record["hashes"].append(digest(run))
+        record["weights"] = [float(v) for p in run.params for v in full(p).flatten()[:64]]
         return metrics
 
     def recorded_generate(run, rows):

@@ -187,6 +187,32 @@ def test_full_finetuning_trains_every_weight_and_saves_a_loadable_transformer(ti
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))  # no temporary folder left behind
 
 
+def test_full_finetuning_keeps_a_frozen_reference_for_kl(tiny_model):
+    """As the text recipe does: with model.finetune=full a KL (or AWM reference) term is measured against a frozen
+    copy of the base, which stays the base while the trained weights move."""
+    from flowrl.trainer.weights import reference_policy
+
+    run = setup(tiny_config(tiny_model, "model.finetune=full", "loss.kl_coef=0.5"))
+    assert run.policy.reference is not None and not any(p.requires_grad for p in run.policy.reference.parameters())
+    x, sigma = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.9, 0.4])
+    cond = run.policy.encode(["two red circles", "a blue square"]).as_dict()
+    with torch.no_grad():
+        base = run.policy.velocity(x, sigma, cond)
+    m = train_step(run)
+    assert m["kl"] == pytest.approx(0.0, abs=1e-10)  # the first update starts at the reference
+    m = train_step(run)
+    assert m["kl"] > 0  # the trained weights moved away from the frozen copy
+    with reference_policy(run.policy):
+        torch.testing.assert_close(run.policy.velocity(x, sigma, cond), base)
+    with torch.no_grad():
+        assert (run.policy.velocity(x, sigma, cond) - base).abs().max() > 1e-6
+    assert run.policy.transformer is not run.policy.reference  # the live network is back after the block
+    awm = setup(tiny_config(tiny_model, "model.finetune=full", "loss.name=awm", "loss.awm_ref_coef=0.5"))
+    assert awm.policy.reference is not None
+    train_step(awm)
+    assert train_step(awm)["ref_reg"] > 0
+
+
 def test_classifier_free_guidance_is_the_policy_in_sampling_and_replay(tiny_model):
     from flowrl.samplers import replay_log_prob
 

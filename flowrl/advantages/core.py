@@ -91,6 +91,12 @@ class AdvantageConfig:
     stratified_alpha: float = option(
         0.8, "stratified: weight of the within-stratum estimate in the blend", low=0.0, high=1.0
     )
+    strata: str = option(
+        "",
+        "stratified: where each sample's stratum comes from; flows: a scored component '<reward>/<key>' "
+        "(rounded to integers, e.g. toy-geneval/objects); text: a function 'module:function' or "
+        "'toy-text:<name>' with a reward's signature that returns one integer per completion",
+    )
     tree_fusion: str = option(
         "mean", "tree: internal node reward = 'mean' of leaves or 'logprob'-weighted", choices=("mean", "logprob")
     )

@@ -90,13 +90,16 @@ def sample_completions(
     top_k: int = 0,
     generator_seed: int | None = None,
     row_seeds: Sequence[int] | None = None,
+    synced: bool = False,
 ) -> Completions:
     """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``), or
     ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same).
 
     Sampling draws from torch's global RNG (seeded with ``generator_seed`` if given), or, with ``row_seeds`` (one per
     row), from each row's own generator: then a row's completion does not depend on the other rows of the batch
-    (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``)."""
+    (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``). ``synced``: the weights
+    are sharded over the processes, so every process runs decoding steps until all of them are done (transformers'
+    ``synced_gpus``)."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, prompt_room(model, max_new_tokens))
     counts = torch.as_tensor(group_size, device=device)
@@ -118,6 +121,7 @@ def sample_completions(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        synced_gpus=synced,
         **options,
     )
     ids = out[:, prompt_ids.shape[1] :]

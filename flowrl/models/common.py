@@ -239,6 +239,7 @@ class LatentIO:
     dtype: torch.dtype
     prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
     prepared: torch.nn.Module | None = None  # set by the trainer: ``transformer`` after accelerator.prepare
+    reference: torch.nn.Module | None = None  # set by the trainer: a frozen copy of the base (full fine-tuning)
     latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
 
     def forward_module(self) -> torch.nn.Module:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,12 +40,11 @@ from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import WINDOW_SCHEDULES, Rollout, WindowSchedule, index_cond, make_window, tree_rollout
 from flowrl.samplers.modes import ROLLOUT_MODES, step_subset
-from flowrl.trainer import zero
-from flowrl.trainer.loop import check_step, count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
+from flowrl.trainer.backend import Backend, launch
+from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
-from flowrl.trainer.sharding import shard, sharding_requested
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
-from flowrl.trainer.weights import EMA, make_trainable
+from flowrl.trainer.weights import EMA, frozen_copy, make_trainable
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -59,7 +57,8 @@ class Run:
     """Everything a training run holds between iterations."""
 
     cfg: Config
-    accelerator: Any
+    accelerator: Accelerator
+    backend: Backend  # DDP, FSDP or DeepSpeed: backward, optimizer step and optimizer state
     policy: SD3Policy | FluxPolicy
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -72,8 +71,6 @@ class Run:
     rng: random.Random
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
-    sharded: bool = False  # FSDP: the transformer's weights are split over the processes
-    engine: Any = None  # DeepSpeed: the engine that holds the partitioned optimizer (``flowrl.trainer.zero``)
     skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
     skips: int = 0
 
@@ -88,19 +85,17 @@ class Batch:
     rewards: Tensor  # [N, K] reward components (weights in run.rewards)
     components: dict[str, Tensor]  # every reward score and diagnostic, [N] each
     granular: Tensor | None = None  # [J, N, K] rewards of coarser decodings (G2RPO)
+    preferences: Tensor | None = None  # [N, N] a pairwise judge's verdicts within groups (Pref-GRPO)
 
 
 def setup(cfg: Config) -> Run:
     """Load the model, add LoRA or unfreeze it, build optimizer, EMA, rewards, window and data."""
-    from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     torch.manual_seed(cfg.seed)  # the same initial LoRA weights on every process
     # some trainable weights get no gradient (SD3's last block discards its text stream): DDP must look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    _refuse_other_backends()
-    accelerator = Accelerator(mixed_precision=cfg.model.mixed_precision, kwargs_handlers=[ddp])
-    sharded = _sharding(accelerator)
+    accelerator, backend = launch(cfg.model.mixed_precision, kwargs_handlers=[ddp])
     m = cfg.model
     options: dict[str, Any] = {"max_sequence_length": m.max_sequence_length} if m.max_sequence_length else {}
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
@@ -110,20 +105,23 @@ def setup(cfg: Config) -> Run:
     policy.prompt_cache = PromptCache(m.prompt_cache) if m.prompt_cache else None
     if isinstance(policy, FluxPolicy):
         policy.guidance_scale = m.guidance_scale
+    if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.awm_ref_coef > 0):
+        policy.reference = frozen_copy(policy.transformer)  # LoRA runs disable the adapter instead
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
-    if sharded:
-        shard(policy.transformer, accelerator.device, m.mixed_precision)
-        params = [p for p in policy.transformer.parameters() if p.requires_grad]  # now the local shards
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        if accelerator.distributed_type.name == "DEEPSPEED":
-            zero.configure(accelerator, cfg.train.micro_batch, cfg.train.max_grad_norm, m.mixed_precision)
-        # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
-        policy.prepared, optimizer = accelerator.prepare(policy.transformer, optimizer)
+    t = cfg.train
+    prepared, optimizer, params = backend.prepare(
+        policy.transformer,
+        params,
+        lambda ps: torch.optim.AdamW(ps, lr=t.lr, weight_decay=t.weight_decay),
+        micro_batch=t.micro_batch,
+        max_grad_norm=t.max_grad_norm,
+        mixed_precision=m.mixed_precision,
+    )
+    # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
+    policy.prepared = None if prepared is policy.transformer else prepared
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
     if WINDOW_SCHEDULES.facts(kind).seeded:
@@ -135,18 +133,17 @@ def setup(cfg: Config) -> Run:
     return Run(
         cfg=cfg,
         accelerator=accelerator,
+        backend=backend,
         policy=policy,
         params=params,
         optimizer=optimizer,
-        ema=EMA(params, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
-        scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
+        ema=EMA(params, t.ema_decay) if t.ema_decay > 0 else None,
+        scheduler=lr_scheduler(optimizer, t.lr_schedule, t.warmup_iterations, t.iterations),
         rewards=rewards,
         window=window,
         train_prompts=train_prompts,
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
-        sharded=sharded,
-        engine=policy.prepared if accelerator.distributed_type.name == "DEEPSPEED" else None,
     )
 
 
@@ -169,40 +166,13 @@ def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: 
         )
 
 
-def _refuse_other_backends(kind: str = "") -> None:
-    """Megatron-LM (accelerate's ``distributed_type`` ``kind``) is refused: sampling, evaluation and the reference
-    policy run the module directly. A DeepSpeed launch needs the package (checked before accelerate fails on it)."""
-    zero.require_deepspeed()
-    if kind == "MEGATRON_LM":
-        raise ValueError(
-            "accelerate's MEGATRON_LM backend is not supported: launch with configs/accelerate/ddp.yaml (every "
-            "process holds the model), fsdp.yaml (weights sharded) or deepspeed_zero2.yaml (optimizer state sharded)"
-        )
-
-
-def _sharding(accelerator: Accelerator) -> bool:
-    """Whether the launch asked for FSDP, which flowrl does itself (``flowrl.trainer.sharding``). Raises when
-    accelerate did not join the launched processes (each would train alone and write the same run folder)."""
-    kind = accelerator.distributed_type.name
-    _refuse_other_backends(kind)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != accelerator.num_processes:
-        raise ValueError(
-            f"{launched} processes were launched but accelerate set up {accelerator.num_processes} "
-            f"({kind}); without GPUs launch CPU processes with `ACCELERATE_USE_CPU=true torchrun --nproc_per_node "
-            f"{launched} -m flowrl train ...` (and ACCELERATE_USE_FSDP=true to shard)"
-        )
-    if not sharding_requested() and kind != "FSDP":
-        return False
-    if accelerator.num_processes < 2:
-        raise ValueError("FSDP needs at least 2 processes (accelerate launch --num_processes N)")
-    return True
-
-
-def score(run: Run, images: Tensor, prompts: list[str], groups: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+def score(
+    run: Run, images: Tensor, prompts: list[str], groups: Tensor, preferences: dict[str, Tensor] | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Rewards ``[N, K]`` (one column per configured reward) and every logged component; ``groups`` ``[N]``
-    are the samples' prompt groups, which groupwise rewards (pairwise judges) compare within."""
-    _, parts = run.rewards(images, prompts, groups)
+    are the samples' prompt groups, which groupwise rewards (pairwise judges) compare within; a pairwise judge's
+    ``[N, N]`` preference matrix goes into ``preferences`` when given."""
+    _, parts = run.rewards(images, prompts, groups, preferences)
     return torch.stack([parts[name] for name in run.rewards.rewards], dim=1), parts
 
 
@@ -243,12 +213,15 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     )
     sample_prompts = [prompts[int(g)] for g in rollout.group_id]
     groups = rollout.group_id
-    rewards, parts = score(run, policy.decode(rollout.samples, chunk), sample_prompts, groups)
+    preferences: dict[str, Tensor] = {}
+    rewards, parts = score(run, policy.decode(rollout.samples, chunk), sample_prompts, groups, preferences)
     granular = None
     if rollout.extra_samples:
         coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
         granular = torch.stack([score(run, images, sample_prompts, groups)[0] for images in coarser])
-    return Batch(rollout, cond, sample_prompts, rewards, parts, granular)
+    # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
+    pairwise = next(iter(preferences.values())) if len(preferences) == 1 else None
+    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise)
 
 
 def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
@@ -260,10 +233,24 @@ def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
         weights=run.rewards.weight_vector(),
         prompt_keys=batch.prompts,
         granular_rewards=batch.granular,
+        strata=strata(run, batch),
+        pairwise=batch.preferences,
         tree=TreeStructure(
             tr.node_id, tr.parent_id, tr.step, tr.depth, tr.log_prob, tr.group_id, batch.rollout.node_id
         ),
     )
+
+
+def strata(run: Run, batch: Batch) -> Tensor | None:
+    """``[N]`` stratum ids (Stratified GRPO): the scored component ``advantage.strata`` rounded to integers, or
+    None when no source is configured."""
+    key = run.cfg.advantage.strata
+    if not key:
+        return None
+    if key not in batch.components:
+        raise ValueError(f"advantage.strata={key!r} is not a scored component; the rewards give "
+                         f"{', '.join(sorted(batch.components))}")  # fmt: skip
+    return batch.components[key].round().long()
 
 
 def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[TrainRows, dict[str, float]]:
@@ -335,37 +322,23 @@ def _accumulate(
     pieces = chunk.split(cfg.train.micro_batch)
     for k, mb in enumerate(pieces):
         out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
-        _backward(run, out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
+        run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + v * mb.numel()
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
     filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
     for k in range(len(pieces), calls):
         out = row_loss(run, batch, filler, torch.zeros(1, device=acc.device), gen)
-        _backward(run, out.loss * 0.0, last=k == calls - 1)
-
-
-def _backward(run: Run, loss: Tensor, last: bool) -> None:
-    """One backward call of an optimizer step (``last``: its final one, which DeepSpeed must be told)."""
-    if run.engine is not None:
-        zero.backward(run.engine, loss, last)
-    else:
-        run.accelerator.backward(loss)
+        run.backend.backward(out.loss * 0.0, last=k == calls - 1)
 
 
 def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
     """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
     Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
-    if run.engine is not None:  # DeepSpeed clips, steps and clears in one call, or skips a non-finite step
-        norm = zero.step(run.engine)
-    else:
-        norm = check_step(run.accelerator, run.params, run.cfg.train.max_grad_norm, sums)
+    norm = run.backend.step(run.cfg.train.max_grad_norm, sums)
     if norm is None:
         return False
     sums["train/grad_norm"] = norm * rows
-    if run.engine is None:
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
     if run.ema is not None:
         run.ema.update()
     return True
@@ -385,7 +358,7 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
     mine = eval_share(prompts, acc.process_index, acc.num_processes)
     # a sharded model's forward passes are collective: every process generates as many images (pair 0 as filler)
     size = max(len(eval_share(prompts, k, acc.num_processes)) for k in range(acc.num_processes))
-    rows = mine + [0] * (size - len(mine)) if run.sharded else mine
+    rows = mine + [0] * (size - len(mine)) if run.backend.sharded else mine
     images, parts = _evaluate_pairs(run, [prompts[i] for i in rows], [seeds[i] for i in rows], keep=len(mine))
     if acc.num_processes == 1:
         return images, parts

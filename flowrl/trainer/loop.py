@@ -8,7 +8,6 @@ A recipe's run object satisfies ``LoopRun``; the text recipe imports this module
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import statistics
@@ -25,7 +24,7 @@ from flowrl.errors import TrainingStopped
 from flowrl.lr_schedule import warmup_cosine
 from flowrl.options import to_dict
 from flowrl.trainer import zero
-from flowrl.trainer.sharding import full, local
+from flowrl.trainer.sharding import local
 from flowrl.trainer.share import gather_all
 
 if TYPE_CHECKING:
@@ -67,22 +66,6 @@ def lr_scheduler(
         return 1.0
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: dict[str, float]) -> float | None:
-    """Clip the accumulated gradients to ``max_norm`` (0 = no clipping) and return their norm; or, if the norm or
-    any process's step metrics ``sums`` (its losses) are not finite, clear the gradients and return None (on every
-    process alike, or the others would wait for its next collective)."""
-    # clipping at inf measures the norm (FSDP: a replicated DTensor) and leaves the gradients as they are
-    norm = float(full(acc.clip_grad_norm_(params, max_norm or math.inf)))
-    finite = math.isfinite(norm) and all(math.isfinite(v) for v in sums.values())
-    if acc.num_processes > 1:
-        finite = bool(acc.reduce(torch.tensor([float(not finite)], device=acc.device), "sum").item() == 0)
-    if finite:
-        return norm
-    for p in params:
-        p.grad = None
-    return None
 
 
 def require_finite(run: LoopRun, tensors: list[Tensor]) -> None:
@@ -271,7 +254,6 @@ def tb_writer(cfg: Config | TextConfig, run_dir: str, iteration: int = 0):
 __all__ = [
     "LoopRun",
     "base_evaluation",
-    "check_step",
     "count_skip",
     "draw_prompts",
     "finish_summary",

@@ -73,7 +73,7 @@ class ReplayTransitions:
         log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
         ref_mean = None
         if cfg.loss.kl_coef > 0:
-            with torch.no_grad(), reference_policy(policy.transformer):
+            with reference_policy(policy):
                 _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
         inputs = LossInputs(
             log_prob=_col(log_prob),
@@ -109,7 +109,7 @@ class RenoisedSamples:
         x_t = (1 - s) * x0 + s * eps
         v_ref = None
         if cfg.loss.awm_ref_coef > 0:
-            with torch.no_grad(), reference_policy(policy.transformer):
+            with reference_policy(policy):
                 v_ref = policy.velocity(x_t, sigma, cond)
         v_pred = policy.velocity(x_t, sigma, cond)
         inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref)

@@ -15,28 +15,34 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from flowrl.atomic import atomic_dir
 from flowrl.options import ConfigError
 from flowrl.trainer.checkpoint import (
     STATE_FILE,
     copy_into,
     latest,
+    load_state,
     plain,
+    prune,
     python_state,
     rng_states,
+    save_state,
     set_rng_states,
 )
-from flowrl.trainer.loop import LoopRun
+from flowrl.trainer.loop import LoopRun, require_finite
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import gather_all
 
 if TYPE_CHECKING:
     import torch
+    from torch import Tensor
 
     from flowrl.config import Config
     from flowrl.text_config import TextConfig
+    from flowrl.trainer.backend import Backend
 
 log = logging.getLogger("flowrl")
 
@@ -45,12 +51,10 @@ class ResumableRun(LoopRun, Protocol):
     """What a checkpoint saves and restores of a recipe's run, beyond ``LoopRun``."""
 
     params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     rng: random.Random
     adv_state: dict[str, Any]
-    sharded: bool  # FSDP: the optimizer state is restored by the caller
-    engine: Any  # DeepSpeed's engine, or None: then too the caller restores the optimizer
+    backend: Backend  # saves and restores the optimizer state (whole tensors under FSDP and DeepSpeed too)
 
 
 def loop_state(run: ResumableRun) -> dict[str, Any]:
@@ -59,7 +63,7 @@ def loop_state(run: ResumableRun) -> dict[str, Any]:
     return {
         "iteration": run.iteration,
         "params": [full(p) for p in run.params],
-        "optimizer": run.optimizer.state_dict(),
+        "optimizer": run.backend.optimizer_state(),
         "scheduler": run.scheduler.state_dict(),
         "advantage_state": plain(run.adv_state),
         "prompt_rng": plain(run.rng.getstate()),
@@ -70,11 +74,10 @@ def loop_state(run: ResumableRun) -> dict[str, Any]:
 
 def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> None:
     """Load what ``loop_state`` saved into ``run`` (every process reads the same file); ``path`` names it in
-    errors. The optimizer is restored by the caller when it is sharded (FSDP, DeepSpeed)."""
+    errors. The weights go back first: DeepSpeed copies them into its fp32 master weights with the optimizer."""
     try:
         copy_into(run.params, state["params"])
-        if not run.sharded and run.engine is None:
-            run.optimizer.load_state_dict(state["optimizer"])
+        run.backend.load_optimizer_state(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not fit this run's model and options: {e}") from None
@@ -85,6 +88,32 @@ def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> N
     set_rng_states(rngs[run.accelerator.process_index % len(rngs)])
     run.iteration = int(state["iteration"])
     run.skips_in_a_row, run.skips = (int(v) for v in state["skips"])
+
+
+def write_checkpoint(
+    run: ResumableRun, path: str, write_weights: Callable[[str], None], extras: dict[str, Any], finite: list[Tensor]
+) -> None:
+    """A checkpoint of either recipe: ``write_weights(folder)`` writes the trainable weights into
+    ``<path>/<model.finetune>/``, next to the trainer state (``loop_state`` plus the recipe's ``extras``). Written
+    atomically by the main process, then older periodic checkpoints are pruned. Every process takes part (weights,
+    random states and sharded optimizer states are gathered) and waits until it is written; ``finite`` (the
+    trainable weights and any averages of them) must be finite on every process, or nothing is written."""
+    require_finite(run, finite)
+    state = {**loop_state(run), **extras}
+    if run.accelerator.is_main_process:
+        with atomic_dir(path) as tmp:
+            write_weights(os.path.join(tmp, run.cfg.model.finetune))
+            save_state(os.path.join(tmp, STATE_FILE), state)
+        prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
+    run.accelerator.wait_for_everyone()
+
+
+def read_checkpoint(run: ResumableRun, path: str) -> dict[str, Any]:
+    """Continue ``run`` from the checkpoint folder ``path``: what ``loop_state`` saved is restored; the whole
+    state is returned for the recipe's extras."""
+    state = load_state(path)
+    restore_loop_state(run, state, path)
+    return state
 
 
 def resume_point(cfg: Config | TextConfig, run_dir: str) -> str | None:
@@ -112,4 +141,12 @@ def run_folder(path: str, created: bool, main: bool) -> Iterator[None]:
         raise
 
 
-__all__ = ["ResumableRun", "loop_state", "restore_loop_state", "resume_point", "run_folder"]
+__all__ = [
+    "ResumableRun",
+    "loop_state",
+    "read_checkpoint",
+    "restore_loop_state",
+    "resume_point",
+    "run_folder",
+    "write_checkpoint",
+]

@@ -20,25 +20,20 @@ from typing import Any
 
 import torch
 
-from flowrl.atomic import atomic_dir
 from flowrl.config import Config
 from flowrl.options import ConfigError
 from flowrl.stats import prompt_mean_se
-from flowrl.trainer import zero
-from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.loop import (
     base_evaluation,
     finish_summary,
     process_state,
-    require_finite,
     shared_run_dir,
     tb_writer,
     training_loop,
     write_config,
 )
-from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
-from flowrl.trainer.sharding import full_optimizer_state
+from flowrl.trainer.resume import read_checkpoint, resume_point, run_folder, write_checkpoint
 from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
@@ -54,42 +49,21 @@ def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
 
 
 def save_checkpoint(run: Run, path: str) -> None:
-    """Trainable weights (EMA if enabled) and the trainer state, written atomically by the main process, then
-    older periodic checkpoints pruned. Every process takes part (under FSDP the shards are gathered) and waits
-    until the checkpoint is written."""
-    require_finite(run, [*run.params, *(run.ema.shadow if run.ema is not None else [])])
+    """Trainable weights (EMA if enabled: LoRA in diffusers' format, or the full transformer) and the trainer state
+    with the EMA and window schedule (see ``flowrl.trainer.resume.write_checkpoint``)."""
+    t, m = run.policy.transformer, run.cfg.model
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
-        weights = weight_state(run.policy.transformer, run.cfg.model.finetune, run.sharded)
-    state = loop_state(run)
-    state.update(
-        ema=run.ema.state_dict() if run.ema is not None else None,
-        window=run.window.state_dict(),
-    )
-    if run.sharded:
-        state["optimizer"] = full_optimizer_state(run.policy.transformer, run.optimizer)
-    elif run.engine is not None:
-        state["optimizer"] = zero.optimizer_state(run.engine, run.params)
-    if run.accelerator.is_main_process:
-        with atomic_dir(path) as tmp:
-            folder = os.path.join(tmp, run.cfg.model.finetune)
-            save_weights(run.policy.transformer, run.cfg.model.finetune, folder, run.policy.pipeline_class, weights)
-            save_state(os.path.join(tmp, STATE_FILE), state)
-        prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
-    run.accelerator.wait_for_everyone()
+        weights = weight_state(t, m.finetune, run.backend.sharded)
+    extras = {"ema": run.ema.state_dict() if run.ema is not None else None, "window": run.window.state_dict()}
+    finite = [*run.params, *(run.ema.shadow if run.ema is not None else [])]
+    write_checkpoint(run, path, lambda f: save_weights(t, m.finetune, f, run.policy.pipeline_class, weights), extras,
+                     finite)  # fmt: skip
 
 
 def restore(run: Run, path: str) -> None:
     """Continue ``run`` from the checkpoint folder ``path`` (see ``flowrl.trainer.resume``)."""
-    state = load_state(path)
-    restore_loop_state(run, state, path)
-    if run.sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True)
-        set_optimizer_state_dict(run.policy.transformer, run.optimizer, state["optimizer"], options=options)
-    elif run.engine is not None:
-        zero.load_optimizer_state(run.engine, run.params, state["optimizer"])
+    state = read_checkpoint(run, path)
     if (run.ema is None) != (state["ema"] is None):
         raise ConfigError(f"checkpoint {path!r} and this run differ in train.ema_decay (one has no EMA)")
     if run.ema is not None:

@@ -69,10 +69,9 @@ def gather_batch(acc: Any, local: AdvantageBatch) -> Whole:
         granular_rewards=granular,
         strata=None if local.strata is None else torch.cat([p.strata for p in parts]),
         tree=None,
-        pairwise=None,
+        # preferences are only within a group, and a group never spans processes (its rewards are groupwise)
+        pairwise=None if local.pairwise is None else torch.block_diag(*[p.pairwise for p in parts]),
     )
-    if local.pairwise is not None:
-        raise ValueError("pairwise preference matrices cannot be gathered over processes")
     transition_pos = torch.arange(m_local)
     if local.tree is not None:
         # each process lists its transitions step by step; one process lists each step's whole frontier in turn

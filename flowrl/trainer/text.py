@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -28,9 +28,8 @@ from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
 from flowrl.sections import WEIGHT_DTYPES
 from flowrl.text_config import TextConfig
-from flowrl.trainer import zero
+from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import (
-    check_step,
     count_skip,
     draw_prompts,
     lr_scheduler,
@@ -38,7 +37,10 @@ from flowrl.trainer.loop import (
     process_seed,
 )
 from flowrl.trainer.share import deal, gather_all
-from flowrl.trainer.weights import check_lora_targets
+from flowrl.trainer.weights import check_lora_targets, frozen_copy
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 RewardFunc = Callable[..., Sequence[float | None]]
 
@@ -48,7 +50,8 @@ class TextRun:
     """Everything a text training run holds between iterations."""
 
     cfg: TextConfig
-    accelerator: Any
+    accelerator: Accelerator
+    backend: Backend  # DDP, FSDP or DeepSpeed: backward, optimizer step and optimizer state
     model: Any  # the plain (peft) module: generation, adapters, saving
     prepared: Any  # the same network as accelerate prepared it: passes with gradients
     tokenizer: Any
@@ -65,8 +68,6 @@ class TextRun:
     num_tokens: int = 0
     skips_in_a_row: int = 0
     skips: int = 0
-    engine: Any = None  # DeepSpeed: the engine holding the partitioned optimizer (``flowrl.trainer.zero``)
-    sharded: bool = False  # the text recipe does not shard its model (no FSDP yet)
 
 
 @dataclass
@@ -111,14 +112,12 @@ def setup(
     """Load the model and tokenizer, add LoRA or unfreeze, build the optimizer, rewards and data. ``dataset``
     (rows with a "prompt") and ``reward_funcs`` (weights from ``cfg.rewards`` if as many, else 1) replace the
     configured ones when given."""
-    from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flowrl.text_world import load_rows
 
     torch.manual_seed(cfg.seed)
-    zero.require_deepspeed()
-    accelerator = Accelerator()
+    accelerator, backend = launch()
     m = cfg.model
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
     tokenizer = AutoTokenizer.from_pretrained(m.path)
@@ -135,8 +134,7 @@ def setup(
         model = get_peft_model(model, config)
     else:
         if cfg.loss.kl_coef > 0:
-            reference = AutoModelForCausalLM.from_pretrained(m.path, dtype=dtype).to(accelerator.device).eval()
-            reference.requires_grad_(False)
+            reference = frozen_copy(model)  # the base as loaded, as the flow recipe keeps it
         model.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
@@ -144,11 +142,15 @@ def setup(
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train(m.gradient_checkpointing)  # no dropout in the passes that must reproduce the sampled log-probs
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
-    if deepspeed:
-        zero.configure(accelerator, cfg.train.micro_batch, cfg.train.max_grad_norm, "no")
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    t = cfg.train
+    prepared, optimizer, params = backend.prepare(
+        model,
+        params,
+        lambda ps: torch.optim.AdamW(ps, lr=t.lr, weight_decay=t.weight_decay),
+        micro_batch=t.micro_batch,
+        max_grad_norm=t.max_grad_norm,
+        shard_root=model.get_base_model() if m.finetune == "lora" else model,  # FSDP units: the decoder layers
+    )
     funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
     same = len(cfg.rewards) == len(funcs)
     weights = [r.weight for r in cfg.rewards] if same else [1.0] * len(funcs)
@@ -156,6 +158,7 @@ def setup(
     return TextRun(
         cfg=cfg,
         accelerator=accelerator,
+        backend=backend,
         model=model,
         prepared=prepared,
         tokenizer=tokenizer,
@@ -167,7 +170,6 @@ def setup(
         rng=random.Random(cfg.seed),
         scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
         reference=reference,
-        engine=prepared if deepspeed else None,
     )
 
 
@@ -216,19 +218,16 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
     prompts = [rows[int(i)]["prompt"] for i in mine]
     chunk = g.batch_size or len(prompts)
     torch.manual_seed(process_seed(run, cfg.seed * 1_000_003 + run.iteration))  # sampling draws from torch's RNG
+    options = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k}
+    synced = run.backend.sharded
     parts = [
         sample_completions(
-            run.model,
-            run.tokenizer,
-            prompts[i : i + chunk],
-            counts[i : i + chunk].tolist(),
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_p=g.top_p,
-            top_k=g.top_k,
+            run.model, run.tokenizer, prompts[i : i + chunk], counts[i : i + chunk].tolist(), synced=synced, **options
         )
         for i in range(0, len(prompts), chunk)
     ]
+    run.backend.even_out(len(parts), lambda: sample_completions(run.model, run.tokenizer, prompts[:1], 1,
+                                                                 synced=synced, **options))  # fmt: skip
     completions = _concat(parts, run.tokenizer.pad_token_id)
     group_id = mine[completions.index.cpu()]
     rows_n = [rows[int(i)] for i in group_id]
@@ -266,14 +265,18 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     a function returned None) and TRL's reward metrics. A completion no function scored (all None) gets
     advantage 0 and is left out of the reward statistics, as in TRL."""
     g = run.cfg.train.group_size
-    parts = gather_all(run.accelerator, (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows]))
+    mine = (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows], strata(run, batch))
+    parts = gather_all(run.accelerator, mine)
     all_rewards, group_id = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     keys = [k for p in parts for k in p[2]]
+    strata_ids = None if mine[3] is None else torch.cat([p[3] for p in parts])
     rewards, weights = all_rewards, torch.tensor([w for _, _, w in run.rewards])
     unscored = torch.isnan(rewards).all(1)
     if torch.isnan(rewards).any():
         rewards, weights = weighted_total(run, rewards).unsqueeze(1), None
-    adv_batch = AdvantageBatch(rewards=rewards, group_id=group_id, weights=weights, prompt_keys=keys)
+    adv_batch = AdvantageBatch(
+        rewards=rewards, group_id=group_id, weights=weights, prompt_keys=keys, strata=strata_ids
+    )
     result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
     total = weighted_total(run, all_rewards).masked_fill(unscored, math.nan)
     group_std = _nanstd(total.view(-1, g), dim=1)
@@ -288,6 +291,22 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
         metrics[f"rewards/{name}/std"] = _nanstd(col).item()
     mine = slice(batch.first, batch.first + batch.rewards.shape[0])
     return (result.advantages * result.mask * ~unscored)[mine], {**metrics, **result.metrics}
+
+
+def strata(run: TextRun, batch: TextBatch) -> Tensor | None:
+    """``[N]`` stratum ids (Stratified GRPO) of this process's completions from the ``advantage.strata`` function
+    (a reward's signature, one integer per completion), or None when none is configured."""
+    spec = run.cfg.advantage.strata
+    if not spec:
+        return None
+    fn = resolve_reward(spec)
+    rows = batch.rows
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    values = list(fn(prompts=[r["prompt"] for r in rows], completions=batch.completions.texts, **columns))
+    if len(values) != len(rows) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"advantage.strata {spec!r} must return one integer per completion ({len(rows)}), got "
+                         f"{values[:4]!r}...")  # fmt: skip
+    return torch.tensor(values, dtype=torch.long)
 
 
 def _group_id(batch: TextBatch) -> Tensor:
@@ -353,7 +372,7 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
     minibatches); otherwise the ratio is exp(logp − logp.detach()) = 1, as TRL does. The reference's
     log-probs (KL) are computed once per batch. Rows stay ordered by group within a step, so a micro-batch
     runs each prompt once (shared prefix)."""
-    cfg, acc, c = run.cfg, run.accelerator, batch.completions
+    cfg, c = run.cfg, batch.completions
     t = cfg.train
     n = c.completion_ids.shape[0]
     device = c.completion_ids.device
@@ -375,16 +394,10 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
         for step_rows in rows.chunk(t.minibatches):
             step_sums: dict[str, float] = {}
             _step(run, batch, adv, step_rows, old, ref, step_sums)
-            if run.engine is not None:  # clips, steps and clears, or skips a non-finite step
-                norm = zero.step(run.engine)
-            else:
-                norm = check_step(acc, run.params, t.max_grad_norm, step_sums)
+            norm = run.backend.step(t.max_grad_norm, step_sums)
             if norm is None:
                 skipped += 1
                 continue
-            if run.engine is None:
-                run.optimizer.step()
-                run.optimizer.zero_grad(set_to_none=True)
             step_sums["grad_norm"] = norm
             for k, v in step_sums.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -429,10 +442,7 @@ def _step(
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
         share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
         weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
-        if run.engine is not None:
-            zero.backward(run.engine, out.loss * weight, last=k == len(pieces) - 1)
-        else:
-            acc.backward(out.loss * weight)
+        run.backend.backward(out.loss * weight, last=k == len(pieces) - 1)
         metrics = {
             **out.metrics,
             "loss": out.loss.item(),

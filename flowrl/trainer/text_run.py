@@ -14,25 +14,22 @@ from typing import Any
 
 import torch
 
-from flowrl.atomic import atomic_dir
 from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
 from flowrl.stats import prompt_mean_se
 from flowrl.text_config import TextConfig
-from flowrl.trainer import zero
-from flowrl.trainer.checkpoint import STATE_FILE, load_state, prune, save_state
 from flowrl.trainer.loop import (
     base_evaluation,
     finish_summary,
     process_state,
-    require_finite,
     shared_run_dir,
     tb_writer,
     training_loop,
     write_config,
 )
-from flowrl.trainer.resume import loop_state, restore_loop_state, resume_point, run_folder
+from flowrl.trainer.resume import read_checkpoint, resume_point, run_folder, write_checkpoint
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
+from flowrl.trainer.weights import weight_state
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
 
@@ -48,25 +45,21 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     n = cfg.eval.samples_per_prompt
     texts: list[str] = []
     rewards = torch.empty(0, len(run.rewards))
-    if mine:
-        chunk = cfg.generation.batch_size or len(mine)
-        for i in range(0, len(mine), chunk):
-            part = [rows[j] for j in mine[i : i + chunk]]
-            pairs = [(r["prompt"], k) for r in part for k in range(n)]
-            c = sample_completions(
-                run.model,
-                run.tokenizer,
-                [r["prompt"] for r in part],
-                n,
-                max_new_tokens=cfg.generation.max_new_tokens,
-                temperature=cfg.eval.temperature,
-                top_p=cfg.generation.top_p,
-                top_k=cfg.generation.top_k,
-                row_seeds=eval_noise_seeds([p for p, _ in pairs], [k for _, k in pairs]),
-            )
-            rows_n = [part[int(k)] for k in c.index]
-            texts += c.texts
-            rewards = torch.cat([rewards, score(run, [r["prompt"] for r in rows_n], c.texts, rows_n)])
+    g = cfg.generation
+    options = {"max_new_tokens": g.max_new_tokens, "temperature": cfg.eval.temperature, "top_p": g.top_p,
+               "top_k": g.top_k, "synced": run.backend.sharded}  # fmt: skip
+    chunk = g.batch_size or max(len(mine), 1)
+    calls = range(0, len(mine), chunk)
+    for i in calls:
+        part = [rows[j] for j in mine[i : i + chunk]]
+        pairs = [(r["prompt"], k) for r in part for k in range(n)]
+        seeds = eval_noise_seeds([p for p, _ in pairs], [k for _, k in pairs])
+        c = sample_completions(run.model, run.tokenizer, [r["prompt"] for r in part], n, row_seeds=seeds, **options)
+        rows_n = [part[int(k)] for k in c.index]
+        texts += c.texts
+        rewards = torch.cat([rewards, score(run, [r["prompt"] for r in rows_n], c.texts, rows_n)])
+    filler = [r["prompt"] for r in rows[:1]]  # a sharded model: as many generate calls on every process
+    run.backend.even_out(len(calls), lambda: sample_completions(run.model, run.tokenizer, filler, 1, **options))
     if acc.num_processes == 1:
         return texts, rewards
     from accelerate.utils import gather_object
@@ -79,30 +72,22 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
 
 
 def save_checkpoint(run: TextRun, path: str) -> None:
-    """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state, written
-    atomically by the main process, then older periodic checkpoints pruned; non-finite weights are never saved."""
-    require_finite(run, run.params)  # gathered over processes, as in the flow recipe
-    acc = run.accelerator
-    state = {**loop_state(run), "num_tokens": run.num_tokens}
-    if run.engine is not None:
-        state["optimizer"] = zero.optimizer_state(run.engine, run.params)
-    if acc.is_main_process:
-        with atomic_dir(path) as tmp:
-            folder = os.path.join(tmp, run.cfg.model.finetune)
-            acc.unwrap_model(run.prepared).save_pretrained(folder, safe_serialization=True)
-            if run.cfg.model.finetune == "full":
-                run.tokenizer.save_pretrained(folder)
-            save_state(os.path.join(tmp, STATE_FILE), state)
-        prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
-    acc.wait_for_everyone()
+    """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state (see
+    ``flowrl.trainer.resume.write_checkpoint``). Under FSDP the weights are gathered from every process first."""
+    full_model = run.cfg.model.finetune == "full"
+    weights = weight_state(run.model, run.cfg.model.finetune, sharded=True) if run.backend.sharded else None
+
+    def write(folder: str) -> None:
+        run.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        if full_model:
+            run.tokenizer.save_pretrained(folder)
+
+    write_checkpoint(run, path, write, {"num_tokens": run.num_tokens}, run.params)
 
 
 def restore(run: TextRun, path: str) -> None:
     """Continue ``run`` from the checkpoint folder ``path`` (see ``flowrl.trainer.resume``)."""
-    state = load_state(path)
-    restore_loop_state(run, state, path)
-    if run.engine is not None:
-        zero.load_optimizer_state(run.engine, run.params, state["optimizer"])
+    state = read_checkpoint(run, path)
     run.num_tokens = int(state["num_tokens"])
 
 

@@ -1,14 +1,17 @@
 """Trainable weights: LoRA through peft or full fine-tuning, the reference policy, EMA, and saving.
 
-With LoRA the reference policy is the same network with its adapter disabled, so KL costs one
-extra forward pass and no second copy of the model. LoRA checkpoints are written with
-``StableDiffusion3Pipeline.save_lora_weights`` so that ``pipeline.load_lora_weights(dir)`` loads them.
+With LoRA the reference policy is the same network with its adapter disabled, so KL costs one extra forward pass
+and no second copy of the model; full fine-tuning keeps a frozen copy of the base (both recipes do the same). LoRA
+checkpoints are written with ``StableDiffusion3Pipeline.save_lora_weights`` so that
+``pipeline.load_lora_weights(dir)`` loads them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from copy import deepcopy
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,17 +51,35 @@ def make_trainable(
     return params
 
 
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` as it is now, frozen in eval mode: the reference policy of a full fine-tuning run."""
+    copy = deepcopy(module).eval()
+    copy.requires_grad_(False)
+    return copy
+
+
 @contextlib.contextmanager
-def reference_policy(transformer: nn.Module) -> Iterator[None]:
-    """Inside the block the transformer is the reference policy (its LoRA adapter disabled). Pass the plain
-    module (``policy.transformer``), not a distributed wrapper, which has no adapter methods."""
-    if not getattr(transformer, "_hf_peft_config_loaded", False):
-        raise ValueError("the reference policy needs a LoRA adapter (model.finetune=lora)")
-    transformer.disable_adapters()
-    try:
-        yield
-    finally:
-        transformer.enable_adapters()
+def reference_policy(policy: Any) -> Iterator[None]:
+    """Inside the block (without gradients) the policy's forward passes are the reference policy's: the frozen copy
+    ``policy.reference`` when the trainer made one (full fine-tuning), else the same network with its LoRA adapter
+    disabled. The flow and text recipes both use this rule."""
+    with torch.no_grad():
+        frozen = getattr(policy, "reference", None)
+        if frozen is not None:
+            live, policy.transformer = policy.transformer, frozen
+            try:
+                yield
+            finally:
+                policy.transformer = live
+            return
+        transformer = policy.transformer
+        if not getattr(transformer, "_hf_peft_config_loaded", False):
+            raise ValueError("the reference policy needs a LoRA adapter (model.finetune=lora) or a frozen copy")
+        transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            transformer.enable_adapters()
 
 
 class EMA:
@@ -150,4 +171,12 @@ def save_weights(
         save_torch_state_dict(state, path, filename_pattern=pattern, max_shard_size="10GB")
 
 
-__all__ = ["EMA", "make_trainable", "reference_policy", "save_weights", "weight_state"]
+__all__ = [
+    "EMA",
+    "check_lora_targets",
+    "frozen_copy",
+    "make_trainable",
+    "reference_policy",
+    "save_weights",
+    "weight_state",
+]
