@@ -66,6 +66,13 @@ class ModelConfig:
         0, "keep the text encoders' outputs for this many recent prompts (0 = encode every time)", low=0
     )
     gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
+    untrained_copy: str = option(
+        "auto",
+        "passes whose log-probs are never trained (ODE steps, tails, evaluation) run a copy of the transformer with "
+        "LoRA merged, refreshed when the weights change: 'bf16', 'fp32', 'none' (the live module), or 'auto' (bf16 "
+        "where the device has fast bf16 matmul, else fp32 with LoRA, else none); not with FSDP",
+        choices=("auto", "none", "fp32", "bf16"),
+    )
     attention_backend: str = option(
         "",
         "diffusers attention backend (flash, sage, _native_cudnn, xformers, ...; empty = PyTorch SDPA); optional "
@@ -403,6 +410,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {_one_line(e)}") from None
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads "1e-4" as a string
         value = float(value)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # "no", "off", "yes": text for a str option (mixed_precision=no), a bool for a bool one
     return key.strip(), value
 
 

@@ -54,6 +54,7 @@ def tree_rollout(
     extra_tail_steps: Sequence[int] = (),
     generator: torch.Generator | None = None,
     share: tuple[int, int] | None = None,
+    ode_velocity: Velocity | None = None,
 ) -> Rollout:
     """Sample a denoising tree from the initial states ``x`` (``[R, *S]`` at ``sigmas[0]``).
 
@@ -71,6 +72,8 @@ def tree_rollout(
             this ODE solver (``euler`` or ``dpm2m``) on ``tail_steps`` steps (default: as scheduled).
         extra_tail_steps: also decode the leaves with these coarser step counts (G2RPO);
             results land in ``Rollout.extra_samples``.
+        ode_velocity: the velocity of the deterministic steps (ODE steps and tails), whose log-probs are never
+            trained: a cheaper path (merged, low-precision weights) may serve them. Default: ``velocity``.
         share: ``(first, total)``: ``x`` holds roots ``first..first+R-1`` of a batch of ``total`` roots split over
             processes. Noise is drawn for the whole batch (each process keeps its rows) and node ids are the whole
             batch's, so the shares together equal the rollout of all ``total`` roots in one call.
@@ -91,8 +94,9 @@ def tree_rollout(
     root = torch.arange(x.shape[0])  # initial state each frontier state descends from
     next_id, depth, nfe, width = total, 0, 0, 1
     parts: list[Transitions] = []
+    ode_velocity = ode_velocity or velocity
     for i in range(last_stochastic + 1):
-        v = velocity(x, sigma_batch(values[i], x), index_cond(cond, root))
+        v = (velocity if stochastic[i] else ode_velocity)(x, sigma_batch(values[i], x), index_cond(cond, root))
         nfe += x.shape[0]
         if not stochastic[i]:
             x = sample_step("ode", x, v, values[i], values[i + 1]).x_next
@@ -117,7 +121,7 @@ def tree_rollout(
         x = out.x_next
 
     tail = sigmas[last_stochastic + 1 :]
-    samples, extra, calls = _ode_tails(velocity, x, tail, index_cond(cond, root), tail_solver, tail_steps,
+    samples, extra, calls = _ode_tails(ode_velocity, x, tail, index_cond(cond, root), tail_solver, tail_steps,
                                        extra_tail_steps)  # fmt: skip
     transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
     return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe + calls, extra)

@@ -240,6 +240,7 @@ class LatentIO:
     prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
     prepared: torch.nn.Module | None = None  # set by the trainer: ``transformer`` after accelerator.prepare
     reference: torch.nn.Module | None = None  # set by the trainer: a frozen copy of the base (full fine-tuning)
+    untrained: Any = None  # set by the trainer: the cheaper copy for untrained passes (``flowrl.models.untrained``)
     latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
 
     def forward_module(self) -> torch.nn.Module:
@@ -254,6 +255,14 @@ class LatentIO:
         if self.prepared is not None and torch.is_grad_enabled():
             return self.prepared
         return self.transformer
+
+    def ode_velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """``velocity`` for passes whose log-probs are never trained (ODE steps, tails, evaluation): through the
+        cheaper untrained copy when the trainer made one and no gradient is recorded."""
+        if self.untrained is None or torch.is_grad_enabled():
+            return self.velocity(x, sigma, cond)
+        with self.untrained.serving(self):
+            return self.velocity(x, sigma, cond)
 
     def train_mode(self, mode: bool) -> None:
         """Training (``True``) or evaluation mode for the transformer and its prepared wrapper."""

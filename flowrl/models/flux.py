@@ -129,8 +129,8 @@ class FluxPolicy(LatentIO):
             guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
         out = self.forward_module()(
             hidden_states=pack(x.to(self.dtype)),
-            encoder_hidden_states=embeds,
-            pooled_projections=pooled,
+            encoder_hidden_states=embeds.to(self.dtype),  # a no-op unless the untrained copy runs another dtype
+            pooled_projections=pooled.to(self.dtype),
             timestep=sigma.to(self.dtype),  # the model multiplies by 1000 itself
             img_ids=image_ids(h, w).to(x.device, self.dtype),
             txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=self.dtype),

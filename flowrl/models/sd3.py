@@ -123,7 +123,11 @@ class SD3Policy(LatentIO):
     def _forward(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
         x_in = x.to(self.dtype)
         out = self.forward_module()(
-            hidden_states=x_in, encoder_hidden_states=embeds, pooled_projections=pooled, timestep=t, return_dict=False
+            hidden_states=x_in,
+            encoder_hidden_states=embeds.to(self.dtype),  # a no-op unless the untrained copy runs another dtype
+            pooled_projections=pooled.to(self.dtype),
+            timestep=t,
+            return_dict=False,
         )[0]
         return out.to(x.dtype)
 

@@ -36,14 +36,16 @@ from flowrl.generate import generate
 from flowrl.losses import LOSSES
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
+from flowrl.models.untrained import UntrainedCopy, copy_dtype
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import WINDOW_SCHEDULES, Rollout, WindowSchedule, index_cond, make_window, tree_rollout
-from flowrl.samplers.modes import ROLLOUT_MODES, step_subset
+from flowrl.samplers.modes import ROLLOUT_MODES, RolloutPlan, step_subset
 from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
+from flowrl.trainer.timing import Stopwatch
 from flowrl.trainer.weights import EMA, frozen_copy, make_trainable
 
 if TYPE_CHECKING:
@@ -73,6 +75,7 @@ class Run:
     iteration: int = 0
     skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
     skips: int = 0
+    clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
 
 
 @dataclass
@@ -111,6 +114,7 @@ def setup(cfg: Config) -> Run:
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
+    policy.untrained = _untrained_copy(policy, m.untrained_copy, m.finetune, backend.sharded)
     t = cfg.train
     prepared, optimizer, params = backend.prepare(
         policy.transformer,
@@ -145,6 +149,22 @@ def setup(cfg: Config) -> Run:
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
     )
+
+
+def _untrained_copy(
+    policy: SD3Policy | FluxPolicy, setting: str, finetune: str, sharded: bool
+) -> UntrainedCopy | None:
+    """The cheaper ``UntrainedCopy`` for untrained passes (``flowrl.models.untrained``) or None; made before the
+    module is wrapped for distributed training."""
+    dtype = copy_dtype(setting, policy.device, lora=finetune == "lora")
+    if dtype is None:
+        return None
+    if sharded:
+        if setting != "auto":
+            raise ConfigError(f"model.untrained_copy={setting} needs whole weights on every process; with FSDP set "
+                              "it to none (or auto)")  # fmt: skip
+        return None
+    return UntrainedCopy(policy.transformer, dtype)
 
 
 def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: int, processes: int) -> None:
@@ -187,15 +207,48 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     first, count = deal(every_root.numel(), acc.num_processes, acc.process_index)
     prompt_of_root = every_root[first : first + count]
     low = int(prompt_of_root[0])  # encode only this share's prompts
-    cond = index_cond(policy.encode(prompts[low : int(prompt_of_root[-1]) + 1]).as_dict(), prompt_of_root - low)
+    with run.clock.stage("encode"):
+        cond = policy.encode(prompts[low : int(prompt_of_root[-1]) + 1]).as_dict()
+    cond = index_cond(cond, prompt_of_root - low)
     seed = cfg.seed * 1_000_003 + run.iteration
     rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
     noise_seeds = [seed * 4096 + i for i in rows]  # < 2**62 for a valid cfg.seed: flowrl.generate.TRAIN_SEED_LIMIT
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
     policy.train_mode(False)
+    chunk, clock = cfg.train.sample_batch, run.clock
+    with clock.stage("rollout"):
+        rollout = _rollout(run, plan, x, cond, prompt_of_root, seed, (first, every_root.numel()))
+    sample_prompts = [prompts[int(g)] for g in rollout.group_id]
+    groups = rollout.group_id
+    preferences: dict[str, Tensor] = {}
+    with clock.stage("decode"):
+        images = policy.decode(rollout.samples, chunk)
+    with clock.stage("rewards"):
+        rewards, parts = score(run, images, sample_prompts, groups, preferences)
+    granular = None
+    if rollout.extra_samples:
+        coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
+        granular = torch.stack([score(run, images, sample_prompts, groups)[0] for images in coarser])
+    # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
+    pairwise = next(iter(preferences.values())) if len(preferences) == 1 else None
+    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise)
+
+
+def _rollout(
+    run: Run,
+    plan: RolloutPlan,
+    x: Tensor,
+    cond: dict[str, Tensor],
+    prompt_of_root: Tensor,
+    seed: int,
+    share: tuple[int, int],
+) -> Rollout:
+    """The iteration's ``tree_rollout`` of this process's roots; forward passes are charged to the trained and the
+    untrained stage of the clock."""
+    cfg, policy, clock = run.cfg, run.policy, run.clock
     chunk = cfg.train.sample_batch
-    rollout = tree_rollout(
-        in_chunks(policy.velocity, chunk),
+    return tree_rollout(
+        clock.timed("rollout_trained_forward", in_chunks(policy.velocity, chunk)),
         x,
         policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution).to(x.device),
         cond,
@@ -209,19 +262,9 @@ def sample(run: Run, prompts: list[str]) -> Batch:
         tail_steps=plan.tail_steps,
         extra_tail_steps=plan.extra_tail_steps,
         generator=torch.Generator(x.device).manual_seed(seed),
-        share=(first, every_root.numel()),
+        share=share,
+        ode_velocity=clock.timed("rollout_untrained_forward", in_chunks(policy.ode_velocity, chunk)),
     )
-    sample_prompts = [prompts[int(g)] for g in rollout.group_id]
-    groups = rollout.group_id
-    preferences: dict[str, Tensor] = {}
-    rewards, parts = score(run, policy.decode(rollout.samples, chunk), sample_prompts, groups, preferences)
-    granular = None
-    if rollout.extra_samples:
-        coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
-        granular = torch.stack([score(run, images, sample_prompts, groups)[0] for images in coarser])
-    # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
-    pairwise = next(iter(preferences.values())) if len(preferences) == 1 else None
-    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise)
 
 
 def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
@@ -321,8 +364,10 @@ def _accumulate(
     row_loss = objective(run)
     pieces = chunk.split(cfg.train.micro_batch)
     for k, mb in enumerate(pieces):
-        out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
-        run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
+        with run.clock.stage("replay_forward", mb.numel()):
+            out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
+        with run.clock.stage("backward", mb.numel()):
+            run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + v * mb.numel()
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
@@ -335,7 +380,8 @@ def _accumulate(
 def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
     """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
     Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
-    norm = run.backend.step(run.cfg.train.max_grad_norm, sums)
+    with run.clock.stage("optimizer"):
+        norm = run.backend.step(run.cfg.train.max_grad_norm, sums)
     if norm is None:
         return False
     sums["train/grad_norm"] = norm * rows
@@ -432,6 +478,7 @@ def train_step(run: Run) -> dict[str, float]:
     """One iteration: pick prompts, sample, score, compute advantages, update, advance the window and the learning
     rate. Returns the metrics (the same on every process). A non-finite reward skips the update."""
     cfg, acc = run.cfg, run.accelerator
+    run.clock.reset()
     t0 = time.perf_counter()
     batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
@@ -440,8 +487,9 @@ def train_step(run: Run) -> dict[str, float]:
         metrics = {"train/skipped_steps": 0.0, "reward/non_finite": float(sum(n for b in broken for n in b.values()))}
         reason = "non-finite reward " + ", ".join(sorted({f"{k!r}" for b in broken for k in b}))
     else:
-        whole = gather_batch(acc, advantage_batch(run, batch))
-        rows, adv_metrics = advantages(run, batch, whole)
+        with run.clock.stage("advantages"):
+            whole = gather_batch(acc, advantage_batch(run, batch))
+            rows, adv_metrics = advantages(run, batch, whole)
         if cfg.train.timestep_fraction < 1:
             gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
             mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
@@ -450,6 +498,7 @@ def train_step(run: Run) -> dict[str, float]:
         reason = "non-finite loss or gradient"
     t2 = time.perf_counter()
     metrics.update({"time/sample_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
+    metrics.update({**run.clock.metrics(), "rollout/nfe": float(batch.rollout.nfe)})
     metrics = mean_over_processes(acc, metrics)
     skipped = any(broken) or metrics["train/skipped_steps"] > 0
     count_skip(run, skipped, reason)
