@@ -66,6 +66,11 @@ class ModelConfig:
         0, "keep the text encoders' outputs for this many recent prompts (0 = encode every time)", low=0
     )
     gradient_checkpointing: bool = option(False, "recompute transformer activations in the backward pass")
+    compile: bool = option(
+        False,
+        "run the transformer (and the untrained copy) through torch.compile; pays for long runs on GPUs, costs "
+        "about two minutes of compilation for the toy model on this project's 2-core CPU (see README, Speed)",
+    )
     untrained_copy: str = option(
         "auto",
         "passes whose log-probs are never trained (ODE steps, tails, evaluation) run a copy of the transformer with "
@@ -144,6 +149,12 @@ class TrainConfig(RunControl):
     micro_batch: int = option(64, "transitions per forward/backward pass", low=1)
     sample_batch: int = option(
         0, "images per transformer forward and VAE decode when sampling and evaluating (0 = all at once)", low=0
+    )
+    overlap_rewards: bool = option(
+        True,
+        "with train.sample_batch > 0, roll out the batch a chunk of about sample_batch roots (whole prompts) at a "
+        "time and score each chunk in a background thread while the next one samples (the samples, rewards and "
+        "transitions are those of one rollout)",
     )
     lr: float = option(3e-4, "AdamW learning rate (the peak, with a schedule)", low=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)

@@ -16,7 +16,7 @@ from .ode import ODE_SOLVERS, dpm_solver_2m, euler_solve, ode_solve
 from .replay import replay_log_prob
 from .schedules import linear_sigmas, scheduler_sigmas, shift_sigmas, subsample_sigmas, timesteps_from_sigmas
 from .steps import STEP_KINDS, StepOutput, gaussian_log_prob, sample_step, step_log_prob, step_mean, step_std
-from .transitions import Rollout, Transitions, Velocity, index_cond
+from .transitions import Rollout, Transitions, Velocity, cat_rollouts, index_cond
 from .tree import tree_rollout
 from .windows import WINDOW_SCHEDULES, DecayingWindow, ProgressiveWindow, RandomWindow, WindowSchedule, make_window
 
@@ -33,6 +33,7 @@ __all__ = [
     "Transitions",
     "Velocity",
     "WindowSchedule",
+    "cat_rollouts",
     "chain_rollout",
     "dpm_solver_2m",
     "euler_solve",

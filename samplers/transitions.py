@@ -8,7 +8,7 @@ trees share nodes between the leaves that descend from them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -92,4 +92,30 @@ class Rollout:
     extra_samples: dict[int, Tensor] = field(default_factory=dict)
 
 
-__all__ = ["Rollout", "Transitions", "Velocity", "index_cond"]
+def cat_rollouts(parts: Sequence[Rollout], first_roots: Sequence[int]) -> Rollout:
+    """The rollouts of consecutive blocks of roots (part ``k`` starts at root ``first_roots[k]``; each drawn with
+    ``share`` so its noise and node ids are the whole batch's) as the one rollout of all the roots: samples in
+    root order, transitions step-major with each step's states in root order, as one call lists them."""
+    if not parts:
+        raise ValueError("cannot concatenate an empty list of rollouts")
+    trs, cond_index, before = [], [], 0
+    for part, root in zip(parts, first_roots, strict=True):
+        t = part.transitions
+        leads = t.sample_id >= 0  # -1: a shared tree prefix, leading to several samples
+        trs.append(replace(t, cond_index=t.cond_index + root, sample_id=torch.where(leads, t.sample_id + before, -1)))
+        cond_index.append(part.cond_index + root)
+        before += part.samples.shape[0]
+    transitions = Transitions.cat(trs)
+    transitions = transitions.select(torch.sort(transitions.step.cpu(), stable=True).indices)
+    return Rollout(
+        samples=torch.cat([p.samples for p in parts]),
+        group_id=torch.cat([p.group_id for p in parts]),
+        cond_index=torch.cat(cond_index),
+        node_id=torch.cat([p.node_id for p in parts]),
+        transitions=transitions,
+        nfe=sum(p.nfe for p in parts),
+        extra_samples={k: torch.cat([p.extra_samples[k] for p in parts]) for k in parts[0].extra_samples},
+    )
+
+
+__all__ = ["Rollout", "Transitions", "Velocity", "cat_rollouts", "index_cond"]

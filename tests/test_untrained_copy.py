@@ -88,9 +88,28 @@ def test_fast_bf16_is_read_from_the_hardware(monkeypatch):
 
 
 def test_a_copy_is_refused_with_sharded_weights(tiny_model):
-    from flowrl.trainer.flow import _untrained_copy
-
     run = setup(tiny_config(tiny_model, "model.untrained_copy=none"))
-    assert _untrained_copy(run.policy, "auto", "lora", sharded=True) is None
+    assert untrained.untrained_copy(run.policy, "auto", lora=True, sharded=True) is None
     with pytest.raises(ConfigError, match=r"model\.untrained_copy=bf16 needs whole weights"):
-        _untrained_copy(run.policy, "bf16", "lora", sharded=True)
+        untrained.untrained_copy(run.policy, "bf16", lora=True, sharded=True)
+    with pytest.raises(ConfigError, match=r"model\.compile=true is not supported with FSDP"):
+        untrained.compile_policy(run.policy, sharded=True)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_model):
+    """model.compile runs the live module and the untrained copy through torch.compile (CPU inductor here): the same
+    samples and update as eager execution, up to the float error of fused kernels."""
+    results = []
+    for flag in ("false", "true"):
+        run = setup(
+            tiny_config(tiny_model, f"model.compile={flag}", "model.untrained_copy=fp32", "sampler.window_size=2")
+        )
+        batch = sample(run, run.train_prompts[:2])
+        metrics = train_step(run)
+        results.append((batch.rollout.samples, metrics["train/loss"], [p.detach().clone() for p in run.params]))
+    (s0, l0, w0), (s1, l1, w1) = results
+    torch.testing.assert_close(s1, s0, atol=1e-4, rtol=1e-4)
+    assert l1 == pytest.approx(l0, rel=1e-3, abs=1e-6)
+    for a, b in zip(w0, w1, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowrl.options import ConfigError
+
 PRECISIONS = ("auto", "none", "fp32", "bf16")
 
 
@@ -105,4 +107,27 @@ class UntrainedCopy:
             policy.transformer, policy.dtype, policy.prepared = saved
 
 
-__all__ = ["PRECISIONS", "UntrainedCopy", "copy_dtype", "fast_bf16"]
+def untrained_copy(policy: Any, setting: str, lora: bool, sharded: bool) -> UntrainedCopy | None:
+    """The ``UntrainedCopy`` of ``policy.transformer`` that ``model.untrained_copy`` asks for, or None; make it before
+    the module is wrapped for distributed training. Refused (or, for ``auto``, skipped) when weights are sharded."""
+    dtype = copy_dtype(setting, policy.device, lora)
+    if dtype is None:
+        return None
+    if sharded:
+        if setting != "auto":
+            raise ConfigError(f"model.untrained_copy={setting} needs whole weights on every process; with FSDP set "
+                              "it to none (or auto)")  # fmt: skip
+        return None
+    return UntrainedCopy(policy.transformer, dtype)
+
+
+def compile_policy(policy: Any, sharded: bool) -> None:
+    """``torch.compile`` the transformer in place (a distributed wrapper's passes reach it too) and the copy."""
+    if sharded:
+        raise ConfigError("model.compile=true is not supported with FSDP (flowrl shards the module itself)")
+    policy.transformer.compile()
+    if policy.untrained is not None:
+        policy.untrained.module.compile()
+
+
+__all__ = ["PRECISIONS", "UntrainedCopy", "compile_policy", "copy_dtype", "fast_bf16", "untrained_copy"]

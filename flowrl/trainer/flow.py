@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +37,18 @@ from flowrl.generate import generate
 from flowrl.losses import LOSSES
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
-from flowrl.models.untrained import UntrainedCopy, copy_dtype
+from flowrl.models.untrained import compile_policy, untrained_copy
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
-from flowrl.samplers import WINDOW_SCHEDULES, Rollout, WindowSchedule, index_cond, make_window, tree_rollout
+from flowrl.samplers import (
+    WINDOW_SCHEDULES,
+    Rollout,
+    WindowSchedule,
+    cat_rollouts,
+    index_cond,
+    make_window,
+    tree_rollout,
+)
 from flowrl.samplers.modes import ROLLOUT_MODES, RolloutPlan, step_subset
 from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
@@ -114,7 +123,7 @@ def setup(cfg: Config) -> Run:
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
-    policy.untrained = _untrained_copy(policy, m.untrained_copy, m.finetune, backend.sharded)
+    policy.untrained = untrained_copy(policy, m.untrained_copy, m.finetune == "lora", backend.sharded)
     t = cfg.train
     prepared, optimizer, params = backend.prepare(
         policy.transformer,
@@ -126,6 +135,8 @@ def setup(cfg: Config) -> Run:
     )
     # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
     policy.prepared = None if prepared is policy.transformer else prepared
+    if m.compile:
+        compile_policy(policy, backend.sharded)
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
     if WINDOW_SCHEDULES.facts(kind).seeded:
@@ -149,22 +160,6 @@ def setup(cfg: Config) -> Run:
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
     )
-
-
-def _untrained_copy(
-    policy: SD3Policy | FluxPolicy, setting: str, finetune: str, sharded: bool
-) -> UntrainedCopy | None:
-    """The cheaper ``UntrainedCopy`` for untrained passes (``flowrl.models.untrained``) or None; made before the
-    module is wrapped for distributed training."""
-    dtype = copy_dtype(setting, policy.device, lora=finetune == "lora")
-    if dtype is None:
-        return None
-    if sharded:
-        if setting != "auto":
-            raise ConfigError(f"model.untrained_copy={setting} needs whole weights on every process; with FSDP set "
-                              "it to none (or auto)")  # fmt: skip
-        return None
-    return UntrainedCopy(policy.transformer, dtype)
 
 
 def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: int, processes: int) -> None:
@@ -216,22 +211,62 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     x = policy.initial_noise(noise_seeds, cfg.model.resolution)
     policy.train_mode(False)
     chunk, clock = cfg.train.sample_batch, run.clock
-    with clock.stage("rollout"):
-        rollout = _rollout(run, plan, x, cond, prompt_of_root, seed, (first, every_root.numel()))
+    groupwise = any(is_groupwise(fn) for fn in run.rewards.rewards.values())
+    blocks = _root_blocks(prompt_of_root, chunk if cfg.train.overlap_rewards else 0, whole_prompts=groupwise)
+    rollouts, scored = [], []
+    with ThreadPoolExecutor(max_workers=1) as scorer:  # rewards of block k while block k + 1 samples
+        for lo, hi in blocks:
+            with clock.stage("rollout"):
+                part = _rollout(run, plan, x[lo:hi], index_cond(cond, torch.arange(lo, hi)), prompt_of_root[lo:hi],
+                                seed, (first + lo, every_root.numel()))  # fmt: skip
+            with clock.stage("decode"):
+                images = policy.decode(part.samples, chunk)
+            part_prompts = [prompts[int(g)] for g in part.group_id]
+            rollouts.append(part)
+            scored.append(scorer.submit(_score_block, run, images, part_prompts, part.group_id))
+        with clock.stage("rewards"):  # what scoring adds after the last block is sampled
+            results = [f.result() for f in scored]
+    rollout = cat_rollouts(rollouts, [lo for lo, _ in blocks])
     sample_prompts = [prompts[int(g)] for g in rollout.group_id]
-    groups = rollout.group_id
-    preferences: dict[str, Tensor] = {}
-    with clock.stage("decode"):
-        images = policy.decode(rollout.samples, chunk)
-    with clock.stage("rewards"):
-        rewards, parts = score(run, images, sample_prompts, groups, preferences)
+    rewards = torch.cat([r[0] for r in results])
+    parts = {k: torch.cat([r[1][k] for r in results]) for k in results[0][1]}
+    # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
+    prefs = [r[2] for r in results]
+    pairwise = torch.block_diag(*[next(iter(p.values())) for p in prefs]) if len(prefs[0]) == 1 else None
     granular = None
     if rollout.extra_samples:
         coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
-        granular = torch.stack([score(run, images, sample_prompts, groups)[0] for images in coarser])
-    # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
-    pairwise = next(iter(preferences.values())) if len(preferences) == 1 else None
+        granular = torch.stack([score(run, im, sample_prompts, rollout.group_id)[0] for im in coarser])
     return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise)
+
+
+def _root_blocks(prompt_of_root: Tensor, size: int, whole_prompts: bool = False) -> list[tuple[int, int]]:
+    """Consecutive ``[lo, hi)`` blocks of this process's roots; one block when ``size`` is 0. Blocks of ``size``
+    roots pass the network exactly the rows one rollout's ``size``-row forward passes do, so the samples are the
+    same bit for bit. With ``whole_prompts`` (a groupwise reward compares a whole group) a block ends where a prompt
+    does, at least ``size`` roots; the samples then differ at float level unless ``size`` is a multiple of the
+    roots per prompt."""
+    n = prompt_of_root.numel()
+    if size <= 0 or size >= n:
+        return [(0, n)]
+    if not whole_prompts:
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    ends = [i + 1 for i in range(n - 1) if prompt_of_root[i] != prompt_of_root[i + 1]] + [n]
+    blocks, lo = [], 0
+    for end in ends:
+        if end - lo >= size or end == n:
+            blocks.append((lo, end))
+            lo = end
+    return blocks
+
+
+def _score_block(
+    run: Run, images: Tensor, prompts: list[str], groups: Tensor
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Rewards, components and preference matrices of one block (run in the scoring thread)."""
+    preferences: dict[str, Tensor] = {}
+    rewards, parts = score(run, images, prompts, groups, preferences)
+    return rewards, parts, preferences
 
 
 def _rollout(
