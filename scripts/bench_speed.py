@@ -72,7 +72,7 @@ def main() -> int:
     for k in range(args.repeats):
         for name, overrides in (("off", OFF), ("on", [])):
             times[name] += time_iterations(overrides, args.iterations)
-            print(f"repeat {k}: {name} {times[name][-args.iterations:]}", file=sys.stderr, flush=True)
+            print(f"repeat {k}: {name} {times[name][-args.iterations :]}", file=sys.stderr, flush=True)
     off_images, off_eval = base_evaluation(OFF)
     on_images, on_eval = base_evaluation([])
     result = {
