@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -59,7 +60,7 @@ def load_column_policy(cfg, source: str):
     if hasattr(policy, "guidance_scale"):
         policy.guidance_scale = cfg.model.guidance_scale
     if source == "base":
-        return policy
+        return _with_untrained_copy(cfg, policy, lora=False)
     lora = next((p for p in (os.path.join(source, "lora"), source) if _is_lora(p)), None)
     full = next((p for p in (os.path.join(source, "full"), source) if _is_full(p)), None)
     if lora is not None:
@@ -71,6 +72,14 @@ def load_column_policy(cfg, source: str):
         policy.transformer = trained.to(policy.device).eval().requires_grad_(False)
     else:
         raise ConfigError(f"{source!r} holds no LoRA (pytorch_lora_weights.safetensors) or full transformer")
+    return _with_untrained_copy(cfg, policy, lora=lora is not None)
+
+
+def _with_untrained_copy(cfg: Any, policy: Any, lora: bool) -> Any:
+    """Sample as the trainer evaluates: through the untrained copy that ``model.untrained_copy`` asks for."""
+    from flowrl.models.untrained import untrained_copy
+
+    policy.untrained = untrained_copy(policy, cfg.model.untrained_copy, lora, sharded=False)
     return policy
 
 

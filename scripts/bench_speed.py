@@ -4,7 +4,7 @@
 
 "off" is the main job's config with ``model.untrained_copy=none``, ``train.overlap_rewards=false`` and
 ``model.prompt_cache=0`` (every pass on the live fp32 module, rewards after sampling, prompts encoded every time);
-"on" is the config as shipped. The two are interleaved (off, on, off, on, ...), each repeat a fresh setup, one
+"on" is the config as shipped. The two are interleaved (off, on, off, on, ...), each repeat a fresh process, one
 warm-up iteration and ``--iterations`` timed ones; the report gives min / median / max seconds per iteration over
 all timed iterations and the ratio of the medians. Then the base model's held-out evaluation (the main job's 94
 prompts × 8 seed indices, each pair's own noise) is generated both ways: the largest difference between the two
@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -31,6 +32,13 @@ from flowrl.trainer.run import eval_pairs
 CONFIG = "configs/demo.yaml"
 OFF = ["model.untrained_copy=none", "train.overlap_rewards=false", "model.prompt_cache=0"]
 QUIET = ["eval.enabled=false", "output.progress=false"]
+
+
+def time_in_child(overrides: list[str], iterations: int) -> list[float]:
+    """``time_iterations`` in a fresh process (a command of its own, as the comparison must be)."""
+    cmd = [sys.executable, __file__, "--child", json.dumps(overrides), "--iterations", str(iterations)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def time_iterations(overrides: list[str], iterations: int) -> list[float]:
@@ -67,11 +75,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--out", default="bench/speed")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # JSON overrides: time them here and print the seconds
     args = parser.parse_args()
+    if args.child is not None:
+        print(json.dumps(time_iterations(json.loads(args.child), args.iterations)))
+        return 0
     times: dict[str, list[float]] = {"off": [], "on": []}
     for k in range(args.repeats):
         for name, overrides in (("off", OFF), ("on", [])):
-            times[name] += time_iterations(overrides, args.iterations)
+            times[name] += time_in_child(overrides, args.iterations)
             print(f"repeat {k}: {name} {times[name][-args.iterations :]}", file=sys.stderr, flush=True)
     off_images, off_eval = base_evaluation(OFF)
     on_images, on_eval = base_evaluation([])

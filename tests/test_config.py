@@ -118,6 +118,15 @@ def test_later_override_wins(mp: str) -> None:
     assert cfg.train.iterations == 5
 
 
+def test_yaml_1_1_boolean_words_stay_text_for_text_options(mp: str) -> None:
+    # YAML 1.1 reads no / off / yes as booleans: a text option keeps the word, a bool option still takes it
+    cfg = load_config(None, [mp, "model.mixed_precision=no", "model.untrained_copy=none"])
+    assert (cfg.model.mixed_precision, cfg.model.untrained_copy) == ("no", "none")
+    assert load_config(None, [mp, "model.gradient_checkpointing=yes"]).model.gradient_checkpointing is True
+    assert load_config(None, [mp, "train.overlap_rewards=off"]).train.overlap_rewards is False
+    assert parse_override("eval.enabled=false") == ("eval.enabled", False)
+
+
 def test_override_lr_in_exponent_notation_is_a_float(mp: str) -> None:
     assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
     cfg = load_config(None, [mp, "train.lr=1e-4"])

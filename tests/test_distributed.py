@@ -297,6 +297,8 @@ def _unsharded_copy(run, cfg):
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = fsdp
     assert not plain.backend.sharded
+    if run.policy.untrained is None:  # as in the run (model.untrained_copy=auto makes no copy under FSDP)
+        plain.policy.untrained = None
     with torch.no_grad():
         for p, q in zip(plain.params, run.params, strict=True):
             p.copy_(full(q))
