@@ -136,6 +136,27 @@ def test_tree_fusion_zscores_and_pruning():
     assert width.mask.tolist() == [True, True, True, True, False, True]  # keeps best and worst leaf only
 
 
+def test_logprob_fusion_is_branchgrpos_softmax_over_immediate_children():
+    """BranchGRPO's tree_prob_weighted rule, by hand: root chain step to r (9), r splits into a (1, edge log-prob 0)
+    and b (2, ln 2); each continues by one chain step (a' = 3 with ln 5, b' = 4 with 0) and splits into two leaves
+    (5: ln 3, 6: 0 under a'; 7, 8: 0 under b') with rewards 1, 5, 2, 4."""
+    from flowrl.advantages.tree import node_rewards
+
+    node = torch.tensor([9, 1, 2, 3, 4, 5, 6, 7, 8])
+    parent = torch.tensor([0, 9, 9, 1, 2, 3, 3, 4, 4])
+    ln = math.log
+    logp = torch.tensor([0.0, 0.0, ln(2), ln(5), 0.0, ln(3), 0.0, 0.0, 0.0], dtype=torch.float64)
+    leaves, rewards = torch.tensor([5, 6, 7, 8]), torch.tensor([1.0, 5.0, 2.0, 4.0], dtype=torch.float64)
+    fused = node_rewards(node, parent, logp, leaves, rewards, "logprob")
+    # a' = 3/4·1 + 1/4·5 = 2; b' = (2 + 4)/2 = 3; a, b pass their one child's reward up; r = softmax(0, ln 2) =
+    # (1/3, 2/3) over (2, 3) = 8/3. (Weighting leaves by their whole path's log-prob, chain edges included, gives r
+    # (15·1 + 5·5 + 2·2 + 2·4) / 24 = 13/6 instead.)
+    assert fused.tolist() == pytest.approx([8 / 3, 2.0, 3.0, 2.0, 3.0, 1.0, 5.0, 2.0, 4.0])
+    assert node_rewards(node, parent, logp, leaves, rewards, "mean").tolist() == pytest.approx(
+        [3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 5.0, 2.0, 4.0]
+    )
+
+
 def test_tree_estimator_on_a_real_tree_rollout():
     from flowrl.samplers import linear_sigmas, tree_rollout
 

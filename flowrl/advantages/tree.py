@@ -15,38 +15,46 @@ def node_rewards(
 ) -> Tensor:
     """Reward of the child node of every transition, fused from the leaves below it. ``[M]``.
 
-    ``mean``: plain mean over the descendant leaves. ``logprob``: leaves weighted by the probability
-    of the path from the node down to them, softmax(Σ log-probs on that path); the part of the
-    path above the node is shared by all its leaves and cancels, so the weights are a softmax of
-    each leaf's cumulative log-prob from the root.
+    ``mean``: plain mean over the descendant leaves. ``logprob``: BranchGRPO's rule (``tree_prob_weighted`` in
+    its train_branchgrpo_flux.py), bottom-up: a node's reward is the softmax over the log-probs of the edges to its
+    *immediate* children of those children's rewards; a node with one child passes that child's reward up unchanged
+    (so chain steps between branch points add no weight).
     """
     if fusion not in ("mean", "logprob"):
         raise ValueError(f"unknown tree fusion {fusion!r}; valid: mean, logprob")
-    parent = dict(zip(node_id.tolist(), parent_id.tolist(), strict=True))
-    row = {n: i for i, n in enumerate(node_id.tolist())}
-    cum = torch.zeros(leaf_node_id.numel(), dtype=torch.float64)
-    ancestors: list[list[int]] = []
-    for leaf, n in enumerate(leaf_node_id.tolist()):
-        if n not in row:
-            raise ValueError(f"leaf node {n} is produced by no transition of the tree")
-        path = []
-        while n in row:
-            path.append(row[n])
-            cum[leaf] += float(log_prob[row[n]])
-            n = parent[n]
-        ancestors.append(path)
-    # for every transition, the leaves below its child node
-    below: list[list[int]] = [[] for _ in range(node_id.numel())]
-    for leaf, path in enumerate(ancestors):
-        for t in path:
-            below[t].append(leaf)
+    rows = {n: i for i, n in enumerate(node_id.tolist())}  # the transition that produced each node
+    children: dict[int, list[int]] = {}
+    for t, p in enumerate(parent_id.tolist()):
+        children.setdefault(p, []).append(t)
+    leaves = {n: k for k, n in enumerate(leaf_node_id.tolist())}
+    missing = [n for n in leaves if n not in rows]
+    if missing:
+        raise ValueError(f"leaf node {missing[0]} is produced by no transition of the tree")
+    below: dict[int, list[int]] = {}  # node -> the leaves (reward rows) below it
+
+    def leaves_below(n: int) -> list[int]:
+        if n not in below:
+            below[n] = [leaves[n]] if n in leaves else [k for t in children.get(n, []) for k in leaves_below(
+                int(node_id[t]))]  # fmt: skip
+        return below[n]
+
+    fused: dict[int, Tensor] = {}
+
+    def logprob_reward(n: int) -> Tensor:
+        if n not in fused:
+            kids = children.get(n, [])
+            if n in leaves or not kids:
+                fused[n] = leaf_reward[leaves[n]]
+            elif len(kids) == 1:
+                fused[n] = logprob_reward(int(node_id[kids[0]]))
+            else:
+                weights = torch.softmax(log_prob[kids].to(torch.float64), 0).to(leaf_reward)
+                fused[n] = (weights * torch.stack([logprob_reward(int(node_id[t])) for t in kids])).sum()
+        return fused[n]
+
     out = torch.empty(node_id.numel(), dtype=leaf_reward.dtype)
-    for t, leaves in enumerate(below):
-        idx = torch.tensor(leaves)
-        if fusion == "mean":
-            out[t] = leaf_reward[idx].mean()
-        else:
-            out[t] = (torch.softmax(cum[idx], 0).to(leaf_reward) * leaf_reward[idx]).sum()
+    for n in sorted(rows, key=lambda m: -int(rows[m])):  # deepest first: the recursion stays shallow
+        out[rows[n]] = logprob_reward(n) if fusion == "logprob" else leaf_reward[torch.tensor(leaves_below(n))].mean()
     return out
 
 
