@@ -69,8 +69,8 @@ FLUX = {
     "sampler.shift": 3.0,
 }
 EXPECTED = {
-    "sd35_pickscore.yaml": {**SD35, "loss.kl_coef": 0.01, "rewards": ["pickscore"]},
-    "sd35_geneval.yaml": {**SD35, "loss.kl_coef": 0.04, "rewards": ["geneval"]},
+    "sd35_pickscore.yaml": {**SD35, "loss.kl_coef": 0.01, "loss.kl_convention": "flow_grpo", "rewards": ["pickscore"]},
+    "sd35_geneval.yaml": {**SD35, "loss.kl_coef": 0.04, "loss.kl_convention": "flow_grpo", "rewards": ["geneval"]},
     "flux_hpsv21.yaml": {
         **FLUX,
         "model.resolution": 720,
@@ -139,6 +139,40 @@ def test_preset_validates(path: Path, stand_ins: list[str]):
             assert value(cfg, key) == pytest.approx(expected), key
         else:
             assert value(cfg, key) == expected, key
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_preset_kl_means_what_its_source_meant(path: Path, stand_ins: list[str]):
+    """On one hand-computed SDE step, a preset's β·KL is its source's: flow_grpo (SD3.5 presets) divides
+    mean((μ − μ_ref)²) by 2·std_dev_t², std_dev_t = a·√(σ / (1 − σ)) without √|dt| (train_sd3.py); the others
+    train without KL (their sources' β is 0)."""
+    import math
+    from dataclasses import replace
+
+    import torch
+
+    from flowrl.losses import LossInputs, compute_loss
+
+    cfg = load_config(str(path), stand_ins)
+    if cfg.loss.kl_coef == 0:
+        assert "kl_coef: 0.0" in path.read_text() or "kl_coef" not in path.read_text()
+        return
+    sigma, sigma_next, a = 0.8, 0.7, cfg.sampler.noise_level
+    std_dev_t = a * math.sqrt(sigma / (1 - sigma))
+    s = std_dev_t * math.sqrt(sigma - sigma_next)  # flowrl's step std
+    mean, ref = torch.tensor([[[0.3, -0.1]]]), torch.tensor([[[0.1, 0.2]]])  # [N=1, T=1, 2 dims]
+    published = ((0.3 - 0.1) ** 2 + (-0.1 - 0.2) ** 2) / 2 / (2 * std_dev_t**2)
+    lp = torch.zeros(1, 1)
+    inputs = LossInputs(
+        log_prob=lp, old_log_prob=lp, advantages=torch.zeros(1), mask=torch.ones(1, 1, dtype=torch.bool), mean=mean,
+        ref_mean=ref, std=torch.full((1, 1), s), dt=torch.full((1, 1), sigma_next - sigma), x_next=mean.clone(),
+        old_mean=mean.clone(),
+    )  # fmt: skip
+    out = compute_loss(cfg.loss.name, inputs, cfg.loss)
+    assert out.metrics["kl"] == pytest.approx(published, rel=1e-6)
+    assert out.loss.item() == pytest.approx(cfg.loss.kl_coef * published, rel=1e-6)  # zero advantages: β·KL only
+    full_variance = compute_loss(cfg.loss.name, inputs, replace(cfg.loss, kl_convention="step-variance"))
+    assert full_variance.metrics["kl"] == pytest.approx(published / (sigma - sigma_next), rel=1e-6)  # 10× here
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

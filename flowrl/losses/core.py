@@ -62,6 +62,13 @@ class LossConfig:
     kl_coef: float = option(
         0.0, "β: Gaussian KL (flows, needs ref_mean) or k3 KL (tokens, needs ref_log_prob)", low=0.0
     )
+    kl_convention: str = option(
+        "step-variance",
+        "flows: the Gaussian KL's scale. 'step-variance': ‖μθ − μ_ref‖²/(2s²) with s the step's std (Pref-GRPO, "
+        "flowrl); 'flow_grpo': ‖μθ − μ_ref‖²/(2·std_dev_t²), std_dev_t without √|dt| (flow_grpo train_sd3.py), "
+        "i.e. |dt| times smaller: the convention its train.beta values were tuned in",
+        choices=("step-variance", "flow_grpo"),
+    )
     kl_importance: bool = option(
         False, "tokens: weight the k3 KL by the ratio π/π_old (the tokens came from π_old; TRL use_bias_correction_kl)"
     )

@@ -100,7 +100,11 @@ def kl_term(inputs: LossInputs, cfg: LossConfig) -> Tensor | None:
     if cfg.kl_coef == 0:
         return None
     if inputs.ref_mean is not None and inputs.mean is not None and inputs.std is not None:
-        return gaussian_kl(inputs.mean, inputs.ref_mean, inputs.std)
+        kl = gaussian_kl(inputs.mean, inputs.ref_mean, inputs.std)
+        if cfg.kl_convention == "flow_grpo":  # flow_grpo divides by std_dev_t², where s = std_dev_t·√|dt|
+            inputs.need("dt", loss="the flow_grpo KL convention")
+            kl = kl * inputs.dt.abs()
+        return kl
     if inputs.ref_log_prob is not None and inputs.log_prob is not None:
         kl = k3_kl(inputs.log_prob, inputs.ref_log_prob)
         if cfg.kl_importance:
