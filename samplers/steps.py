@@ -11,7 +11,8 @@ Kinds (dt = σ_next − σ < 0, ε̂ = x + (1−σ)·v the predicted noise, x̂0
 - ``flow_sde`` (Flow-GRPO): s = a·sqrt(σ/(1−σ))·sqrt(−dt); at σ = 1 the denominator uses
   1 − σ_cap (the schedule's second sigma).
 - ``dance_sde`` (DanceGRPO): s = η·sqrt(−dt).
-- ``cps`` (coefficient-preserving): s = σ_next·sin(aπ/2).
+- ``cps`` (coefficient-preserving): s = σ_next·sin(aπ/2). ``flowcps``: the same step with FlowCPS's log-prob
+  convention, −mean((x_next − mean)²) (no 1/(2s²), no constants), so that its clip ranges keep their meaning.
 
 Both SDE kinds share one mean, the Euler–Maruyama step of the reverse-time SDE whose marginals
 match the ODE's: mean = x + dt·v − s²/(2σ)·ε̂. (Written with std_t = s/sqrt(−dt) this is the
@@ -120,10 +121,22 @@ class _Cps:
         return (1 - sigma_next) * x0_hat + torch.sqrt(sigma_next**2 - std**2) * eps_hat
 
 
+class _FlowCps(_Cps):
+    """CPS with FlowCPS's log-prob (flow_grpo/diffusers_patch/sd3_sde_with_logprob.py in IamCreateAI/FlowCPS):
+    −mean((x_next − mean)²), the Gaussian's constants and its 1/(2s²) removed. Log-ratios are then 2s² times the
+    Gaussian's, so FlowCPS's clip ranges mean what they meant there."""
+
+    @staticmethod
+    def log_prob(x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        d = x_next.to(mean.dtype) - mean
+        return -(d**2).mean(dim=tuple(range(1, d.ndim)))
+
+
 STEP_KINDS.register("ode", stochastic=False)(_Ode())
 STEP_KINDS.register("flow_sde")(_FlowSde())
 STEP_KINDS.register("dance_sde")(_DanceSde())
 STEP_KINDS.register("cps")(_Cps())
+STEP_KINDS.register("flowcps")(_FlowCps())
 
 
 def step_std(
@@ -211,7 +224,7 @@ def sample_step(
     elif noise.shape != x.shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}; expected {tuple(x.shape)}")
     x_next = (mean + _expand(std, mean) * noise.to(mean.dtype)).to(x.dtype)
-    return StepOutput(x_next, mean, std, gaussian_log_prob(x_next, mean, std))
+    return StepOutput(x_next, mean, std, kind_log_prob(kind, x_next, mean, std))
 
 
 def step_log_prob(
@@ -224,7 +237,13 @@ def step_log_prob(
     """
     std = _per_sample(std, x)
     mean = step_mean(kind, x, v, sigma, sigma_next, std)
-    return gaussian_log_prob(x_next, mean, std), mean
+    return kind_log_prob(kind, x_next, mean, std), mean
+
+
+def kind_log_prob(kind: str, x_next: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """The step kind's log-prob ``[B]``: the Gaussian density unless the kind states its source's convention."""
+    own = getattr(STEP_KINDS.get(kind), "log_prob", None)
+    return own(x_next, mean, std) if own is not None else gaussian_log_prob(x_next, mean, std)
 
 
 __all__ = [
@@ -234,6 +253,7 @@ __all__ = [
     "StepOutput",
     "check_kind",
     "gaussian_log_prob",
+    "kind_log_prob",
     "sample_step",
     "step_log_prob",
     "step_mean",

@@ -106,3 +106,21 @@ def test_bad_inputs_raise_clear_errors():
         sample_step("flow_sde", x, v, torch.ones(3) * 0.6, SIGMA_NEXT, 0.7)
     with pytest.raises(ValueError, match="deterministic"):
         gaussian_log_prob(x, x, torch.zeros(4))
+
+
+def test_flowcps_is_cps_with_flowcps_log_prob_convention():
+    """``flowcps`` samples the CPS step and scores it as FlowCPS's code does: −mean((x_next − mean)²), so a
+    log-ratio is 2s² times the Gaussian's (by hand on fixed noise)."""
+    x, v = _inputs(torch.float64)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    a = 0.8
+    cps = sample_step("cps", x, v, SIGMA, SIGMA_NEXT, a, noise=z)
+    flowcps = sample_step("flowcps", x, v, SIGMA, SIGMA_NEXT, a, noise=z)
+    assert torch.equal(cps.x_next, flowcps.x_next) and torch.equal(cps.mean, flowcps.mean)
+    s = SIGMA_NEXT * math.sin(a * math.pi / 2)
+    torch.testing.assert_close(flowcps.log_prob, -(s**2) * (z**2).flatten(1).mean(1))
+    v2 = v + 0.01 * torch.randn(v.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    lp_g, _ = step_log_prob("cps", x, v2, torch.full((4,), SIGMA), torch.full((4,), SIGMA_NEXT), cps.x_next, cps.std)
+    lp_f, _ = step_log_prob("flowcps", x, v2, torch.full((4,), SIGMA), torch.full((4,), SIGMA_NEXT), cps.x_next,
+                            cps.std)  # fmt: skip
+    torch.testing.assert_close(lp_f - flowcps.log_prob, 2 * s**2 * (lp_g - cps.log_prob))
