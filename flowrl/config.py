@@ -100,6 +100,12 @@ class SamplerConfig:
     branch_factor: int = option(2, "tree modes: children per split", low=2)
     tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=ODE_SOLVERS.names)
     tail_steps: int = option(0, "steps of the tail solver (0 = as scheduled)", low=0)
+    tail_grid: str = option(
+        "subsample",
+        "how tail_steps re-discretise the tail: 'subsample' keeps scheduled sigmas; 'mixgrpo' re-spaces the tail "
+        "evenly in un-shifted time and shifts it, as MixGRPO's code does (needs sampler.shift > 0)",
+        choices=("subsample", "mixgrpo"),
+    )
     extra_tail_steps: list[int] = option([], "G2RPO: also decode with these coarser tails (multi-granularity)", low=1)
     same_noise: bool = option(
         False, "one initial noise for all images of a prompt (flow_grpo same_latent): they differ only by SDE noise"
@@ -364,6 +370,11 @@ def check_combinations(cfg: Config) -> None:
     if branching == "singular" and size != 1:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     check_window(s, kind, size)
+    if s.tail_grid == "mixgrpo" and (s.shift <= 0 or not s.tail_steps):
+        raise ConfigError(
+            "sampler.tail_grid=mixgrpo re-spaces the tail on sampler.tail_steps steps of the fixed-shift grid: set "
+            "sampler.shift > 0 and sampler.tail_steps > 0"
+        )
     check_method(cfg, branching)
     check_strata(cfg)
     if cfg.train.timestep_fraction <= 0:

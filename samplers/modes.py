@@ -28,6 +28,7 @@ from torch import Tensor
 
 from flowrl.registry import Registry
 
+from .schedules import respaced_tail, subsample_sigmas
 from .windows import WindowSchedule
 
 
@@ -42,6 +43,12 @@ class RolloutPlan:
     tail_solver: str = "euler"
     tail_steps: int | None = None
     extra_tail_steps: tuple[int, ...] = field(default_factory=tuple)
+    tail_grid: Callable[[Tensor, int], Tensor] = subsample_sigmas  # (tail sigmas, steps) -> the tail's grid
+
+
+def tail_grid(cfg) -> Callable[[Tensor, int], Tensor]:
+    """``sampler.tail_grid``: ``subsample`` keeps scheduled sigmas, ``mixgrpo`` re-spaces in un-shifted time."""
+    return respaced_tail(cfg.shift) if cfg.tail_grid == "mixgrpo" else subsample_sigmas
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ def _chain(cfg, window: WindowSchedule, group_size: int, tail_solver: str = "eul
         tail_solver=tail_solver,
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),
+        tail_grid=tail_grid(cfg),
     )
 
 
@@ -95,6 +103,7 @@ def _tree(cfg, group_size: int, sde_mask: Tensor) -> RolloutPlan:
         tail_solver=cfg.tail_solver,
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),
+        tail_grid=tail_grid(cfg),
     )
 
 
@@ -122,6 +131,7 @@ def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
         tail_solver=cfg.tail_solver,
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),
+        tail_grid=tail_grid(cfg),
     )
 
 

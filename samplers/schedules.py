@@ -6,6 +6,7 @@ A schedule is a 1-D tensor of ``T + 1`` decreasing sigmas ending at 0; step ``i`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,6 +80,24 @@ def subsample_sigmas(sigmas: Tensor, num_steps: int) -> Tensor:
     return sigmas[idx]
 
 
+def respaced_tail(shift: float) -> Callable[[Tensor, int], Tensor]:
+    """MixGRPO's tail grid (``dpm_apply_strategy=post`` in its fastvideo/utils/sampling_utils.py): the tail from its
+    first sigma to 0 re-spaced evenly in *un-shifted* time on ``num_steps`` steps, then shifted with ``shift`` (the
+    fixed-shift linear grid it samples on). ``subsample_sigmas`` instead keeps a subset of the scheduled sigmas; the
+    two agree when the tail's step count is a multiple of ``num_steps``. ``[S + 1]`` → ``[num_steps + 1]``."""
+    if shift <= 0:
+        raise ValueError(f"the re-spaced tail needs the fixed shift of the linear grid (> 0), got {shift}")
+
+    def grid(tail: Tensor, num_steps: int) -> Tensor:
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        start = float(tail[0])
+        unshifted = start / (shift - (shift - 1) * start)  # the inverse of shift_sigmas
+        return shift_sigmas(torch.linspace(unshifted, 0.0, num_steps + 1, dtype=tail.dtype), shift).to(tail.device)
+
+    return grid
+
+
 def timesteps_from_sigmas(sigmas: Tensor, num_train_timesteps: int = 1000) -> Tensor:
     """diffusers' flow-matching timestep convention: t = σ · num_train_timesteps."""
     return sigmas * num_train_timesteps
@@ -87,6 +106,7 @@ def timesteps_from_sigmas(sigmas: Tensor, num_train_timesteps: int = 1000) -> Te
 __all__ = [
     "dynamic_shift_mu",
     "linear_sigmas",
+    "respaced_tail",
     "scheduler_sigmas",
     "shift_sigmas",
     "subsample_sigmas",

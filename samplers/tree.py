@@ -11,7 +11,7 @@ ODE solver on a coarser grid (MixGRPO-Flash) and, for G2RPO, decoded again with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +55,7 @@ def tree_rollout(
     generator: torch.Generator | None = None,
     share: tuple[int, int] | None = None,
     ode_velocity: Velocity | None = None,
+    tail_grid: Callable[[Tensor, int], Tensor] = subsample_sigmas,
 ) -> Rollout:
     """Sample a denoising tree from the initial states ``x`` (``[R, *S]`` at ``sigmas[0]``).
 
@@ -74,6 +75,8 @@ def tree_rollout(
             results land in ``Rollout.extra_samples``.
         ode_velocity: the velocity of the deterministic steps (ODE steps and tails), whose log-probs are never
             trained: a cheaper path (merged, low-precision weights) may serve them. Default: ``velocity``.
+        tail_grid: how ``tail_steps`` re-discretise the tail: ``subsample_sigmas`` (default) or MixGRPO's
+            ``respaced_tail(shift)``.
         share: ``(first, total)``: ``x`` holds roots ``first..first+R-1`` of a batch of ``total`` roots split over
             processes. Noise is drawn for the whole batch (each process keeps its rows) and node ids are the whole
             batch's, so the shares together equal the rollout of all ``total`` roots in one call.
@@ -122,7 +125,7 @@ def tree_rollout(
 
     tail = sigmas[last_stochastic + 1 :]
     samples, extra, calls = _ode_tails(ode_velocity, x, tail, index_cond(cond, root), tail_solver, tail_steps,
-                                       extra_tail_steps)  # fmt: skip
+                                       extra_tail_steps, tail_grid)  # fmt: skip
     transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
     return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe + calls, extra)
 
@@ -170,14 +173,21 @@ def _record(
 
 
 def _ode_tails(
-    velocity: Velocity, x: Tensor, tail: Tensor, cond: Any, solver: str, steps: int | None, extra_steps: Sequence[int]
+    velocity: Velocity,
+    x: Tensor,
+    tail: Tensor,
+    cond: Any,
+    solver: str,
+    steps: int | None,
+    extra_steps: Sequence[int],
+    grid_of: Callable[[Tensor, int], Tensor] = subsample_sigmas,
 ) -> tuple[Tensor, dict[int, Tensor], int]:
     """Solve the rest of the schedule ``tail`` (``[K + 1]`` sigmas) from the leaves ``x`` with the ODE ``solver``
     on ``steps`` steps (default: as scheduled), and again on each coarser count of ``extra_steps`` (G2RPO).
     Returns the samples, the coarser samples by step count, and the network evaluations spent."""
     nfe = 0
     if tail.numel() > 1:
-        grid = subsample_sigmas(tail, min(steps, tail.numel() - 1)) if steps else tail
+        grid = grid_of(tail, min(steps, tail.numel() - 1)) if steps else tail
         samples, calls = ode_solve(solver, velocity, x, grid, cond)
         nfe += calls * x.shape[0]
     else:

@@ -127,6 +127,12 @@ def test_yaml_1_1_boolean_words_stay_text_for_text_options(mp: str) -> None:
     assert parse_override("eval.enabled=false") == ("eval.enabled", False)
 
 
+def test_mixgrpo_tail_grid_needs_the_fixed_shift_grid(mp: str) -> None:
+    flash = [mp, "sampler.mode=mixgrpo-flash", "sampler.tail_steps=2", "sampler.tail_grid=mixgrpo"]
+    assert config_error(flash).startswith("sampler.tail_grid=mixgrpo re-spaces the tail")
+    assert load_config(None, [*flash, "sampler.shift=3"]).sampler.tail_grid == "mixgrpo"
+
+
 def test_override_lr_in_exponent_notation_is_a_float(mp: str) -> None:
     assert parse_override("train.lr=1e-4") == ("train.lr", 1e-4)
     cfg = load_config(None, [mp, "train.lr=1e-4"])

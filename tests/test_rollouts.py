@@ -324,3 +324,29 @@ def test_shares_of_a_rollout_reassemble_the_whole_rollout(splits):
         assert torch.equal(joined, getattr(whole.transitions, name)), name
     with pytest.raises(ValueError, match="share"):
         roll(slice(0, 3), (4, 6))
+
+
+def test_mixgrpo_tail_grid_respaces_in_unshifted_time():
+    """MixGRPO's post grid by hand: 8 steps shifted by 3, the last stochastic step 1, so the tail starts at the
+    shifted u = 0.75; 4 tail steps re-spaced in un-shifted time give u = 0.75, 0.5625, 0.375, 0.1875, 0, where
+    subsampling the 6 scheduled tail steps keeps u = 0.75, 0.5, 0.375, 0.25, 0."""
+    from flowrl.samplers import linear_sigmas, shift_sigmas, tree_rollout
+    from flowrl.samplers.schedules import respaced_tail, subsample_sigmas
+
+    sig = linear_sigmas(8, shift=3.0)
+    tail = sig[2:]
+    expected = shift_sigmas(torch.tensor([0.75, 0.5625, 0.375, 0.1875, 0.0], dtype=torch.float64), 3.0)
+    torch.testing.assert_close(respaced_tail(3.0)(tail, 4), expected)
+    subsampled = shift_sigmas(torch.tensor([0.75, 0.5, 0.375, 0.25, 0.0], dtype=torch.float64), 3.0)
+    torch.testing.assert_close(subsample_sigmas(tail, 4), subsampled)
+    torch.testing.assert_close(respaced_tail(3.0)(tail, 3), subsample_sigmas(tail, 3))  # 6 divides by 3: the same
+    seen = []
+
+    def field(x, sigma, cond):
+        seen.append(float(sigma[0]))
+        return x - cond
+
+    x, cond = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    mask = torch.tensor([True, True] + [False] * 6)
+    tree_rollout(field, x, sig, cond, torch.tensor([0, 1]), sde_mask=mask, tail_steps=4, tail_grid=respaced_tail(3.0))
+    assert seen[2:] == pytest.approx(expected[:-1].tolist())  # the tail's Euler steps start at the re-spaced sigmas

@@ -296,6 +296,7 @@ def _rollout(
         tail_solver=plan.tail_solver,
         tail_steps=plan.tail_steps,
         extra_tail_steps=plan.extra_tail_steps,
+        tail_grid=plan.tail_grid,
         generator=torch.Generator(x.device).manual_seed(seed),
         share=share,
         ode_velocity=clock.timed("rollout_untrained_forward", in_chunks(policy.ode_velocity, chunk)),
