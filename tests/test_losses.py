@@ -198,6 +198,40 @@ def test_awm_hand_value_and_direction():
     assert reg.loss.item() == pytest.approx(0.5 * (0.5 + 1.0) / 2)
 
 
+@pytest.mark.parametrize("weighting", ["uniform", "t", "t2", "huber", "ghuber"])
+def test_awm_time_weightings_match_its_code_at_ratio_one(weighting):
+    """AWM's train_sd3_awm.py turns the matching error e into log_prob = −(weighted e) and trains −A·ratio; at
+    ratio 1 (the first update) its gradient is our A·∇(weighted e). Hand values of the weighted errors: e = 0.5 and
+    1.0 at t = 0.8 and 0.3, ghuber power 0.25."""
+    v_target = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    v_pred = torch.tensor([[0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    adv, t = torch.tensor([2.0, -1.0]), torch.tensor([0.8, 0.3])
+    e = torch.tensor([0.5, 1.0])
+    by_hand = {
+        "uniform": e,
+        "t": e * t,
+        "t2": e * t**2,
+        "huber": (torch.sqrt(e + 1e-10) - 1e-5) * t,
+        "ghuber": ((e + 1e-10) ** 0.25 - 1e-10**0.25) * t / 0.25,
+    }[weighting]
+    cfg = LossConfig(awm_weighting=weighting, awm_ghuber_power=0.25)
+    out = compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv, sigma=t), cfg)
+    assert out.loss.item() == pytest.approx((adv * by_hand).mean().item(), rel=1e-6)
+    (grad,) = torch.autograd.grad(out.loss, v_pred)
+    official = v_pred.detach().clone().requires_grad_(True)
+    err = ((official - v_target) ** 2).mean(1)
+    log_prob = -{
+        "uniform": err, "t": err * t, "t2": err * t**2, "huber": (torch.sqrt(err + 1e-10) - 1e-5) * t,
+        "ghuber": ((err + 1e-10) ** 0.25 - torch.tensor(1e-10) ** 0.25) * t / 0.25,
+    }[weighting]  # fmt: skip
+    surrogate = (-adv * torch.exp(log_prob - log_prob.detach())).mean()
+    (expected,) = torch.autograd.grad(surrogate, official)
+    torch.testing.assert_close(grad, expected)
+    if weighting != "uniform":
+        with pytest.raises(ValueError, match="needs inputs: sigma"):
+            compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv), cfg)
+
+
 def test_registry_errors():
     with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'; valid: awm, bnpo"):
         compute_loss("ppo", LossInputs())

@@ -43,6 +43,7 @@ class LossInputs:
     v_pred: Tensor | None = None
     v_target: Tensor | None = None
     v_ref: Tensor | None = None
+    sigma: Tensor | None = None  # [N] AWM: the noise level each row was re-noised at (its time weightings)
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
     def need(self, *names: str, loss: str) -> None:
@@ -79,6 +80,13 @@ class LossConfig:
     )
     max_length: int | None = option(None, "dr-grpo: the L in sum / (N·L); default T", low=1)
     awm_ref_coef: float = option(0.0, "AWM: β in + β·‖vθ − v_ref‖²", low=0.0)
+    awm_weighting: str = option(
+        "uniform",
+        "AWM's time weighting of the per-sample matching error e (its train_sd3_awm.py): uniform e, t·e, t²·e, huber "
+        "t·(√e − 1e-5), ghuber t·(e^p − 1e-10^p)/p (its presets' default, p = awm_ghuber_power)",
+        choices=("uniform", "t", "t2", "huber", "ghuber"),
+    )
+    awm_ghuber_power: float = option(0.25, "AWM ghuber weighting: the power p (its presets: 0.25)", low=1e-6)
 
 
 @dataclass

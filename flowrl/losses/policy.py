@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import Tensor
 
 from .core import LOSSES, LossConfig, LossInputs, LossOutput
@@ -93,6 +94,24 @@ def gspo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return out
 
 
+def awm_weighted(error: Tensor, inputs: LossInputs, cfg: LossConfig) -> Tensor:
+    """AWM's time-weighted matching error ``[N]`` from the per-sample error e ``[N]`` (the negative of what its code
+    calls the log-prob, so the on-policy gradient A·∇(weighted e) is its −A·∇log_prob at ratio 1)."""
+    kind = cfg.awm_weighting
+    if kind == "uniform":
+        return error
+    inputs.need("sigma", loss=f"awm with awm_weighting={kind}")
+    t = inputs.sigma.to(error)
+    if kind == "t":
+        return error * t
+    if kind == "t2":
+        return error * t**2
+    if kind == "huber":
+        return (torch.sqrt(error + 1e-10) - 1e-5) * t
+    p = cfg.awm_ghuber_power
+    return ((error + 1e-10) ** p - 1e-10**p) * t / p
+
+
 @LOSSES.register("awm", trains_on="samples", trainers=("flow",))
 def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """Advantage-weighted matching: mean_i(A_i · ‖vθ(x_t, t) − (ε − x0)‖²) + β·mean‖vθ − v_ref‖².
@@ -101,7 +120,8 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """
     inputs.need("v_pred", "v_target", "advantages", loss="awm")
     per_sample = ((inputs.v_pred - inputs.v_target) ** 2).flatten(1).mean(1)
-    loss = (inputs.advantages.to(per_sample) * per_sample).mean()
+    weighted = awm_weighted(per_sample, inputs, cfg)
+    loss = (inputs.advantages.to(per_sample) * weighted).mean()
     metrics = {"fm_loss": float(per_sample.detach().mean())}
     if cfg.awm_ref_coef:
         inputs.need("v_ref", loss="awm")
@@ -111,4 +131,4 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return LossOutput(loss, metrics)
 
 
-__all__ = ["awm", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]
+__all__ = ["awm", "awm_weighted", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]

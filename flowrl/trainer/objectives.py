@@ -112,7 +112,7 @@ class RenoisedSamples:
             with reference_policy(policy):
                 v_ref = policy.velocity(x_t, sigma, cond)
         v_pred = policy.velocity(x_t, sigma, cond)
-        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref)
+        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma)
         return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
