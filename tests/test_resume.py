@@ -132,7 +132,7 @@ def test_prune_keeps_the_newest_and_clears_leftovers(tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-import flowrl.trainer.run as runner
+import flowrl.trainer.resume as resume  # where both recipes write their checkpoints
 from flowrl.cli import main
 
 def slow_save(path, state):  # the same bytes, written in small pieces: the kill lands inside the write
@@ -146,7 +146,7 @@ def slow_save(path, state):  # the same bytes, written in small pieces: the kill
             f.flush()
             time.sleep(0.01)
 
-runner.save_state = slow_save
+resume.save_state = slow_save
 sys.exit(main(["train", *sys.argv[1:]]))
 """
 

@@ -15,7 +15,9 @@ import logging
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowrl.atomic import atomic_dir
@@ -32,7 +34,16 @@ from flowrl.trainer.checkpoint import (
     save_state,
     set_rng_states,
 )
-from flowrl.trainer.loop import LoopRun, require_finite
+from flowrl.trainer.loop import (
+    LoopRun,
+    base_evaluation,
+    process_state,
+    require_finite,
+    shared_run_dir,
+    tb_writer,
+    training_loop,
+    write_config,
+)
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import gather_all
 
@@ -116,6 +127,51 @@ def read_checkpoint(run: ResumableRun, path: str) -> dict[str, Any]:
     return state
 
 
+@dataclass
+class Finished:
+    """What ``train_end_to_end`` leaves for the recipe's summary."""
+
+    run: Any
+    run_dir: str
+    writer: Any  # tensorboard writer on the main process, else None
+    before: Any  # the base's evaluation (None when evaluation is off)
+    after: Any  # the trained policy's evaluation (None when evaluation is off)
+    train_seconds: float
+    start: float  # time.time() at the start, for the wall time
+
+
+def train_end_to_end(
+    cfg: Config | TextConfig,
+    name: str,
+    setup: Callable[[], Any],
+    restore: Callable[[Any, str], None],
+    evaluate: Callable[[Any], Any],
+    train_step: Callable[[Any], dict[str, float]],
+    save_checkpoint: Callable[[Any, str], None],
+    progress: Callable[[dict[str, float]], dict[str, str]],
+) -> Finished:
+    """A recipe's run from start to final checkpoint, the same for flow and text: the run folder (removed if the run
+    fails before its first checkpoint and this invocation made it), ``train.resume``, the resolved config, setup and
+    restore, the base evaluation (kept for a resumed run), the training loop with its periodic checkpoints, the final
+    checkpoint and the trained policy's evaluation. The recipe writes its summary from the result."""
+    start = time.time()
+    # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
+    state = process_state()
+    run_dir, created = shared_run_dir(cfg, name, state)
+    with run_folder(run_dir, created, state.is_main_process):
+        resume_from = resume_point(cfg, run_dir)
+        write_config(cfg, run_dir, state.is_main_process)
+        run = setup()
+        if resume_from:
+            restore(run, resume_from)
+        writer = tb_writer(cfg, run_dir, run.iteration) if run.accelerator.is_main_process else None
+        before = base_evaluation(run, run_dir, lambda: evaluate(run), resume_from)
+        train_seconds = training_loop(run, run_dir, writer, train_step, save_checkpoint, progress)
+        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+    after = evaluate(run) if cfg.eval.enabled else None
+    return Finished(run, run_dir, writer, before, after, train_seconds, start)
+
+
 def resume_point(cfg: Config | TextConfig, run_dir: str) -> str | None:
     """The checkpoint folder ``train.resume`` asks for: ``auto`` = the newest complete one in the run folder (None
     for a fresh start), else the given folder, which must hold a trainer state."""
@@ -142,11 +198,13 @@ def run_folder(path: str, created: bool, main: bool) -> Iterator[None]:
 
 
 __all__ = [
+    "Finished",
     "ResumableRun",
     "loop_state",
     "read_checkpoint",
     "restore_loop_state",
     "resume_point",
     "run_folder",
+    "train_end_to_end",
     "write_checkpoint",
 ]

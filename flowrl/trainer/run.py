@@ -15,7 +15,6 @@ import contextlib
 import logging
 import math
 import os
-import time
 from typing import Any
 
 import torch
@@ -24,16 +23,8 @@ from flowrl.config import Config
 from flowrl.options import ConfigError
 from flowrl.stats import prompt_mean_se
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
-from flowrl.trainer.loop import (
-    base_evaluation,
-    finish_summary,
-    process_state,
-    shared_run_dir,
-    tb_writer,
-    training_loop,
-    write_config,
-)
-from flowrl.trainer.resume import read_checkpoint, resume_point, run_folder, write_checkpoint
+from flowrl.trainer.loop import finish_summary
+from flowrl.trainer.resume import Finished, read_checkpoint, train_end_to_end, write_checkpoint
 from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
@@ -74,51 +65,25 @@ def restore(run: Run, path: str) -> None:
 def train_and_report(cfg: Config, name: str = "run") -> str:
     """Run training end to end (or continue it, ``train.resume``); returns the run folder (see the module
     docstring). A run that fails before its first checkpoint leaves no run folder behind."""
-
-    start = time.time()
-    # the first state made fixes the device: CPU processes (ACCELERATE_USE_CPU) must be said here, as Accelerator does
-    state = process_state()
-    run_dir, created = shared_run_dir(cfg, name, state)
-    with run_folder(run_dir, created, state.is_main_process):
-        resume_from = resume_point(cfg, run_dir)
-        write_config(cfg, run_dir, state.is_main_process)
-        run = setup(cfg)
-        if resume_from:
-            restore(run, resume_from)
-        main = run.accelerator.is_main_process
-        writer = tb_writer(cfg, run_dir, run.iteration) if main else None
-        prompts, seeds = eval_pairs(cfg, run.eval_prompts)
-        before = base_evaluation(run, run_dir, lambda: evaluate(run, prompts, seeds), resume_from)
-
-        train_seconds = training_loop(
-            run, run_dir, writer, train_step, save_checkpoint,
-            lambda m: {"reward": f"{m.get('reward/mean', math.nan):.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
-        )  # fmt: skip
-        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
-    after = evaluate(run, prompts, seeds) if cfg.eval.enabled else None
-    if main:
-        _write_summary(run, run_dir, writer, prompts, seeds, before, after, train_seconds, start)
+    done = train_end_to_end(
+        cfg, name, lambda: setup(cfg), restore, lambda run: evaluate(run, *eval_pairs(cfg, run.eval_prompts)),
+        train_step, save_checkpoint,
+        lambda m: {"reward": f"{m.get('reward/mean', math.nan):.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
+    )  # fmt: skip
+    run = done.run
+    if run.accelerator.is_main_process:
+        _write_summary(done, *eval_pairs(cfg, run.eval_prompts))
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
-    return run_dir
+    return done.run_dir
 
 
-def _write_summary(
-    run: Run,
-    run_dir: str,
-    writer: Any,
-    prompts: list[str],
-    seeds: list[int],
-    before: EvalResult | None,
-    after: EvalResult | None,
-    train_seconds: float,
-    start: float,
-) -> None:
-    """``summary.json``, the gallery and the final tensorboard scalar (main process only; ``start`` is the
-    run's wall-clock start)."""
+def _write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
+    """``summary.json``, the gallery and the final tensorboard scalar (main process only)."""
+    run, run_dir, writer, before, after = done.run, done.run_dir, done.writer, done.before, done.after
     cfg = run.cfg
     summary: dict[str, Any] = {
         "train_steps": run.iteration,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(done.train_seconds, 1),
         "seed": cfg.seed,
         "num_eval_samples": len(prompts) if cfg.eval.enabled else 0,
         "num_eval_prompts": len(set(prompts)) if cfg.eval.enabled else 0,
@@ -134,7 +99,7 @@ def _write_summary(
             summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
         if writer is not None:
             writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
-    finish_summary(run_dir, summary, cfg, writer, start)
+    finish_summary(run_dir, summary, cfg, writer, done.start)
 
 
 def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: torch.Tensor) -> dict[str, Any]:

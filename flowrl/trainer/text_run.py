@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 import torch
@@ -18,16 +17,8 @@ from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
 from flowrl.stats import prompt_mean_se
 from flowrl.text_config import TextConfig
-from flowrl.trainer.loop import (
-    base_evaluation,
-    finish_summary,
-    process_state,
-    shared_run_dir,
-    tb_writer,
-    training_loop,
-    write_config,
-)
-from flowrl.trainer.resume import read_checkpoint, resume_point, run_folder, write_checkpoint
+from flowrl.trainer.loop import finish_summary
+from flowrl.trainer.resume import read_checkpoint, train_end_to_end, write_checkpoint
 from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
 from flowrl.trainer.weights import weight_state
 
@@ -99,43 +90,34 @@ def train_and_report(
 ) -> str:
     """Run text training end to end; returns the run folder (see the module docstring). ``dataset`` (rows with a
     "prompt") and ``reward_funcs`` (TRL-signature callables) replace the configured training data and rewards."""
-    start = time.time()
-    state = process_state()
-    run_dir, created = shared_run_dir(cfg, name, state)
-    with run_folder(run_dir, created, state.is_main_process):
-        resume_from = resume_point(cfg, run_dir)
-        write_config(cfg, run_dir, state.is_main_process)
-        run = setup(cfg, dataset, reward_funcs)
-        if resume_from:
-            restore(run, resume_from)
-        main = run.accelerator.is_main_process
-        writer = tb_writer(cfg, run_dir, run.iteration) if main else None
-        rows = run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
-        before = base_evaluation(run, run_dir, lambda: evaluate(run, rows), resume_from)
-        train_seconds = training_loop(
-            run, run_dir, writer, train_step, save_checkpoint,
-            lambda m: {"reward": f"{m.get('reward', math.nan):.3f}", "kl": f"{m.get('kl', 0):.4f}"},
-        )  # fmt: skip
-        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
-    after = evaluate(run, rows) if cfg.eval.enabled else None
-    if main:
+
+    def eval_rows(run: TextRun) -> list[dict[str, Any]]:
+        return run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
+
+    done = train_end_to_end(
+        cfg, name, lambda: setup(cfg, dataset, reward_funcs), restore, lambda run: evaluate(run, eval_rows(run)),
+        train_step, save_checkpoint,
+        lambda m: {"reward": f"{m.get('reward', math.nan):.3f}", "kl": f"{m.get('kl', 0):.4f}"},
+    )  # fmt: skip
+    run, rows, n = done.run, eval_rows(done.run), cfg.eval.samples_per_prompt
+    if run.accelerator.is_main_process:
         summary: dict[str, Any] = {
             "backend": "text",
             "train_steps": run.iteration,
-            "train_seconds": round(train_seconds, 1),
+            "train_seconds": round(done.train_seconds, 1),
             "seed": cfg.seed,
-            "num_eval_samples": len(rows) * cfg.eval.samples_per_prompt if cfg.eval.enabled else 0,
-            "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
+            "num_eval_samples": len(rows) * n if cfg.eval.enabled else 0,
+            "checkpoint": os.path.join(done.run_dir, "checkpoints", "final"),
         }
-        if before is not None and after is not None:
-            units = [r["prompt"] for r in rows for _ in range(cfg.eval.samples_per_prompt)]
-            summary.update(_eval_summary(run, units, before[1], after[1]))
-            summary["samples"] = _write_samples(run_dir, rows, cfg.eval.samples_per_prompt, before, after)
-            if writer is not None:
-                writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
-        finish_summary(run_dir, summary, cfg, writer, start)
-    run.accelerator.wait_for_everyone()
-    return run_dir
+        if done.before is not None and done.after is not None:
+            units = [r["prompt"] for r in rows for _ in range(n)]
+            summary.update(_eval_summary(run, units, done.before[1], done.after[1]))
+            summary["samples"] = _write_samples(done.run_dir, rows, n, done.before, done.after)
+            if done.writer is not None:
+                done.writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+        finish_summary(done.run_dir, summary, cfg, done.writer, done.start)
+    run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
+    return done.run_dir
 
 
 def _eval_summary(run: TextRun, prompts: list[str], before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
