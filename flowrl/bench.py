@@ -204,14 +204,32 @@ def _child(preset: BenchPreset, spec: RunSpec, out_dir: str, result_path: str, s
     write_json(result_path, {**run_method(preset, spec, out_dir), "settings": settings})
 
 
-def _settings(preset: BenchPreset, spec: RunSpec) -> dict[str, Any]:
-    """What a finished run must match to be kept on a rerun: its resolved config and the budget it trained."""
+def _settings(preset: BenchPreset, spec: RunSpec, base_only: bool = False) -> dict[str, Any]:
+    """What a finished run must match to be kept on a rerun: its resolved config and the budget it trained
+    (``base_only``: the config without the method's own overrides)."""
     from flowrl.config import to_dict
 
+    if base_only:
+        spec = dataclasses.replace(spec, method=BenchMethod(spec.method.name, []))
     cfg = to_dict(method_config(preset, spec))
     cfg.pop("output", None)
     timing = {"budget_minutes": preset.budget_minutes, "eval_every_minutes": preset.eval_every_minutes}
     return json.loads(json.dumps({"config": cfg, "phase": spec.phase, **timing}))
+
+
+def _same_settings(done: Any, now: Any, base: Any) -> bool:
+    """Whether a finished run's recorded settings ``done`` are this run's ``now``. An option added to flowrl after
+    the run was recorded is absent from ``done``; it matches when this run leaves it at the base config's value
+    (``base``), which is what the run had before the option existed. Anything else must be equal."""
+    if isinstance(done, dict) and isinstance(now, dict):
+        if set(done) - set(now):
+            return False
+        base = base if isinstance(base, dict) else {}
+        missing = object()
+        return all(
+            _same_settings(done[k], v, base.get(k)) if k in done else v == base.get(k, missing) for k, v in now.items()
+        )
+    return done == now
 
 
 def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dict[str, Any]:
@@ -223,7 +241,7 @@ def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dic
     if os.path.isfile(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
-        if done.get("settings") != settings:
+        if not _same_settings(done.get("settings"), settings, _settings(preset, spec, base_only=True)):
             raise ConfigError(
                 f"{result_path} holds a finished run with other settings than this preset's; use another --out"
             )

@@ -379,8 +379,13 @@ def check_combinations(cfg: Config) -> None:
     check_strata(cfg)
     if cfg.train.timestep_fraction <= 0:
         raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
+    if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) == "transitions":
+        raise ConfigError(
+            f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
+            "trains on final samples: awm, nft)"
+        )
     if trains_on(cfg.loss.name) == "samples":
-        if cfg.train.timestep_fraction < 1:
+        if cfg.train.timestep_fraction < 1 and LOSSES.facts(cfg.loss.name).levels == "one":
             raise ConfigError(f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} has none")
         if ADVANTAGES.facts(cfg.advantage.name).per_transition:
             raise ConfigError(

@@ -15,6 +15,7 @@ advanced by the trainer.
 | branchgrpo | one tree per prompt, ``branch_factor`` children at ``split_steps`` | all steps |
 | branchgrpo-mix | one tree per prompt | split steps and the window; ODE elsewhere |
 | singular | ODE to the window's first step, G children there, ODE after | that one step |
+| ode | G deterministic chains (``tail_solver`` on ``tail_steps`` steps) | none: for sample losses (NFT, AWM) |
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ class ModeFacts:
     window: the window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step).
     branching: ``"none"`` (independent chains), ``"tree"`` (one tree per prompt from ``sampler.split_steps``; its
     leaves per prompt are the group size) or ``"singular"`` (one stochastic step, the window's, with G children).
+    stochastic: the rollout records transitions (False: final samples only, for losses that train on samples).
     """
 
     window: tuple[str, int]
     branching: str = "none"
+    stochastic: bool = True
 
 
 ModePlanner = Callable[[Any, WindowSchedule, int], RolloutPlan]  # (sampler config, window, group size) -> plan
@@ -128,6 +131,21 @@ def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
         sde_mask=torch.zeros(window.num_steps, dtype=torch.bool),
         split_steps=(window.start,),
         branch_factor=group_size,
+        tail_solver=cfg.tail_solver,
+        tail_steps=cfg.tail_steps or None,
+        extra_tail_steps=tuple(cfg.extra_tail_steps),
+        tail_grid=tail_grid(cfg),
+    )
+
+
+@ROLLOUT_MODES.register("ode", window=("fixed", 0), stochastic=False)
+def ode(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
+    """G deterministic chains per prompt from their own initial noise, solved by ``sampler.tail_solver`` on
+    ``sampler.tail_steps`` steps (default: the schedule's): DiffusionNFT's rollouts (its dpm2 solver is dpm2m). No
+    transitions and no log-probs are recorded."""
+    return RolloutPlan(
+        roots_per_prompt=group_size,
+        sde_mask=torch.zeros(window.num_steps, dtype=torch.bool),
         tail_solver=cfg.tail_solver,
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),

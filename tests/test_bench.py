@@ -159,3 +159,17 @@ def test_full_preset_names_every_method_of_the_issue():
         "flow-grpo", "flow-grpo-fast", "mixgrpo", "mixgrpo-flash", "branchgrpo", "branchgrpo-pruned",
         "branchgrpo-mix", "tempflow", "g2rpo", "grpo-guard", "awm",
     ]  # fmt: skip
+
+
+def test_finished_runs_survive_options_added_later_at_their_base_value():
+    from flowrl.bench import _same_settings
+
+    done = {"config": {"loss": {"name": "awm", "clip": 0.2}}, "phase": "report"}
+    base = {"config": {"loss": {"name": "ppo-clip", "clip": 0.2, "new": 0}}, "phase": "report"}
+    same = {"config": {"loss": {"name": "awm", "clip": 0.2, "new": 0}}, "phase": "report"}
+    assert _same_settings(done, same, base)  # 'new' did not exist then; this run leaves it at the base value
+    assert not _same_settings(done, {"config": {"loss": {"name": "awm", "clip": 0.2, "new": 1}}, "phase": "report"},
+                              base)  # fmt: skip
+    assert not _same_settings(done, {"config": {"loss": {"name": "awm", "clip": 0.3, "new": 0}}, "phase": "report"},
+                              base)  # fmt: skip
+    assert not _same_settings(same, done, base)  # a setting this flowrl no longer has

@@ -31,6 +31,7 @@ MODE_OPTIONS = {
     "branchgrpo": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
     "branchgrpo-mix": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
     "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
+    "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
 }
 TINY = [
     "model.lora_rank=2", "model.lora_alpha=2", "sampler.num_steps=4", "train.iterations=1",
@@ -59,14 +60,19 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
                 assert any(k in str(e) for k in ("advantage.name", "loss.name")), str(e)
                 refused.append((estimator, loss))
                 continue
-            # setup reads neither the estimator nor the loss: one run per mode serves every combination
-            run = run if run is not None else setup(cfg)
+            # setup reads no estimator, and of the loss only whether it keeps an old policy (DiffusionNFT)
+            if run is None or LOSSES.facts(loss).old_policy != (run.old is not None):
+                run = setup(cfg)
             run.cfg, run.adv_state = cfg, {}
             metrics = train_step(run)
             assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped"], (estimator, loss, metrics)
             ran.append((estimator, loss))
-    # the paper methods of each mode are among those that run
-    assert ("grpo", "ppo-clip") in ran and ("grpo", "awm") in ran
+    # the paper methods of each mode are among those that run; a mode without transitions trains sample losses only
+    assert ("grpo", "awm") in ran and ("grpo", "nft") in ran
+    if not ROLLOUT_MODES.facts(mode).stochastic:
+        assert {loss for _, loss in ran} == {n for n in LOSSES.names() if LOSSES.facts(n).trains_on == "samples"}
+        return
+    assert ("grpo", "ppo-clip") in ran
     assert (("tree", "ppo-clip") in ran) == (ROLLOUT_MODES.facts(mode).branching != "none")
     assert ("multi-granularity", "ppo-clip") in ran or "extra_tail_steps" not in str(MODE_OPTIONS[mode])
     odd = "train.group_size=5" in MODE_OPTIONS[mode]

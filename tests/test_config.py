@@ -376,8 +376,8 @@ def test_awm_combinations(mp: str) -> None:
     assert config_error([*awm, "model.cfg_scale=4"]) == (
         "loss.name=awm regresses the unguided velocity; needs model.cfg_scale=1"
     )
-    assert load_config(None, [*awm, "loss.awm_ref_coef=0.1", "model.finetune=full"]).model.finetune == "full"
-    assert load_config(None, [*awm, "loss.awm_ref_coef=0.1"]).loss.awm_ref_coef == 0.1
+    assert load_config(None, [*awm, "loss.velocity_kl_coef=0.1", "model.finetune=full"]).model.finetune == "full"
+    assert load_config(None, [*awm, "loss.velocity_kl_coef=0.1"]).loss.velocity_kl_coef == 0.1
 
 
 def test_missing_model_dir(tmp_path: Path) -> None:

@@ -338,7 +338,7 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     """The gradient ``run`` computes on this process for the mean loss over all shares' kept rows (no DDP)."""
-    from flowrl.trainer.objectives import OBJECTIVES
+    from flowrl.trainer.objectives import OBJECTIVES, TrainRows
 
     replay = OBJECTIVES.get("transitions")
 
@@ -348,7 +348,8 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     try:
         for batch, adv, mask in shares:
             rows = mask.nonzero().squeeze(1)
-            out = replay(run, batch, rows, adv[rows], torch.Generator().manual_seed(0))
+            train = TrainRows(adv, mask, torch.arange(adv.numel()))
+            out = replay(run, batch, rows, train, torch.Generator().manual_seed(0))
             (out.loss * rows.numel() / total).backward()
     finally:
         run.policy.prepared = prepared

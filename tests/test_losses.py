@@ -193,7 +193,7 @@ def test_awm_hand_value_and_direction():
     reg = compute_loss(
         "awm",
         LossInputs(v_pred=v_pred.detach(), v_target=v_target, advantages=adv, v_ref=torch.zeros(2, 2)),
-        LossConfig(awm_ref_coef=0.5),
+        LossConfig(velocity_kl_coef=0.5),
     )
     assert reg.loss.item() == pytest.approx(0.5 * (0.5 + 1.0) / 2)
 

@@ -207,7 +207,7 @@ def test_full_finetuning_keeps_a_frozen_reference_for_kl(tiny_model):
     with torch.no_grad():
         assert (run.policy.velocity(x, sigma, cond) - base).abs().max() > 1e-6
     assert run.policy.transformer is not run.policy.reference  # the live network is back after the block
-    awm = setup(tiny_config(tiny_model, "model.finetune=full", "loss.name=awm", "loss.awm_ref_coef=0.5"))
+    awm = setup(tiny_config(tiny_model, "model.finetune=full", "loss.name=awm", "loss.velocity_kl_coef=0.5"))
     assert awm.policy.reference is not None
     train_step(awm)
     assert train_step(awm)["ref_reg"] > 0
@@ -248,18 +248,19 @@ def test_ema_weights_are_used_for_evaluation_and_restored_after(tiny_model):
 def test_awm_trains_on_final_samples(tiny_model):
     from flowrl.trainer.objectives import OBJECTIVES
 
-    run = setup(tiny_config(tiny_model, "loss.name=awm", "loss.awm_ref_coef=0.5", "sampler.window_size=1"))
+    run = setup(tiny_config(tiny_model, "loss.name=awm", "loss.velocity_kl_coef=0.5", "sampler.window_size=1"))
     before = _snapshot(run)
     batch = sample(run, run.train_prompts[:2])
-    rows, _ = advantages(run, batch)
-    adv, mask = rows.advantages, rows.mask
-    assert adv.shape == mask.shape == (8,)  # one row per final sample
-    # the loss rebuilt by hand: σ from the schedule's levels, x_σ = (1 − σ)·x0 + σ·ε, target ε − x0
+    train, _ = advantages(run, batch)
+    adv, mask = train.advantages, train.mask
+    assert adv.shape == mask.shape == train.level.shape == (8,)  # one row per final sample, one level each
+    assert 0 <= int(train.level.min()) and int(train.level.max()) < 4
+    # the loss rebuilt by hand: σ the row's level of the schedule, x_σ = (1 − σ)·x0 + σ·ε, target ε − x0
     rows = torch.tensor([5, 1, 6])
-    out = OBJECTIVES.get("samples")(run, batch, rows, adv[rows], torch.Generator().manual_seed(3))
+    out = OBJECTIVES.get("samples")(run, batch, rows, train, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     levels = run.policy.sigmas(4, 32)[:-1]
-    sigma = levels[torch.randint(len(levels), (3,), generator=g)].float()
+    sigma = levels[train.level[rows]].float()
     x0 = batch.rollout.samples[rows]
     eps = torch.randn(x0.shape, generator=g)
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps

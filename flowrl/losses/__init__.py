@@ -1,11 +1,11 @@
 """Policy losses: one registry, one signature ``fn(inputs, cfg) -> LossOutput``.
 
-Registered names: ppo-clip, grpo-guard, awm (flows); grpo, bnpo, dr-grpo, dapo, gspo (tokens).
+Registered names: ppo-clip, grpo-guard, awm, nft (flows); grpo, bnpo, dr-grpo, dapo, gspo (tokens).
 Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every
 clipped loss. See the README's table.
 """
 
-from . import policy  # noqa: F401  (importing registers the losses)
+from . import nft, policy  # noqa: F401  (importing registers the losses)
 from .core import (
     LOSSES,
     Loss,
@@ -25,6 +25,7 @@ from .terms import (
     guard_log_ratio,
     k3_kl,
     step_weights,
+    velocity_penalty,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "normalizes_by",
     "step_weights",
     "trains_on",
+    "velocity_penalty",
 ]

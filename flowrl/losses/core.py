@@ -26,7 +26,9 @@ class LossInputs:
     - ref_log_prob ``[N, T]``: token KL (k3) against the reference policy;
     - x_next, mean, old_mean, ref_mean ``[N, T, *S]`` and std, dt ``[N, T]``: flow transitions, for
       GRPO-Guard's normalised ratio, the Gaussian KL and the step weights;
-    - v_pred, v_target, v_ref ``[N, *S]``: AWM's flow-matching terms (advantages ``[N]``).
+    - v_pred, v_target, v_ref ``[N, *S]``: AWM's flow-matching terms (advantages ``[N]``);
+    - v_old, x_t, x0 ``[N, *S]`` and sigma ``[N]``: DiffusionNFT's old-policy velocity at the re-noised x_t of the
+      clean sample x0.
     """
 
     log_prob: Tensor | None = None
@@ -43,7 +45,10 @@ class LossInputs:
     v_pred: Tensor | None = None
     v_target: Tensor | None = None
     v_ref: Tensor | None = None
-    sigma: Tensor | None = None  # [N] AWM: the noise level each row was re-noised at (its time weightings)
+    v_old: Tensor | None = None
+    x_t: Tensor | None = None
+    x0: Tensor | None = None
+    sigma: Tensor | None = None  # [N] the noise level each row was re-noised at (AWM's weightings, NFT's x0)
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
     def need(self, *names: str, loss: str) -> None:
@@ -79,7 +84,11 @@ class LossConfig:
         choices=("uniform", "noise-aware", "inverse-dt"),
     )
     max_length: int | None = option(None, "dr-grpo: the L in sum / (N·L); default T", low=1)
-    awm_ref_coef: float = option(0.0, "AWM: β in + β·‖vθ − v_ref‖²", low=0.0)
+    velocity_kl_coef: float = option(
+        0.0,
+        "AWM, DiffusionNFT: β in + β·mean‖vθ − v_ref‖² (NFT's train.beta; v_ref: the base, adapter disabled)",
+        low=0.0,
+    )
     awm_weighting: str = option(
         "uniform",
         "AWM's time weighting of the per-sample matching error e (its train_sd3_awm.py): uniform e, t·e, t²·e, huber "
@@ -87,6 +96,18 @@ class LossConfig:
         choices=("uniform", "t", "t2", "huber", "ghuber"),
     )
     awm_ghuber_power: float = option(0.25, "AWM ghuber weighting: the power p (its presets: 0.25)", low=1e-6)
+    nft_beta: float = option(
+        1.0, "DiffusionNFT's β: positive velocity β·vθ + (1 − β)·v_old, negative (1 + β)·v_old − β·vθ", low=1e-6
+    )
+    nft_adv_clip: float = option(5.0, "DiffusionNFT: advantages clipped to ±c, then r = A/(2c) + 1/2", low=1e-6)
+    nft_decay_type: int = option(
+        1,
+        "DiffusionNFT's old-policy decay (its return_decay): after each iteration old ← d·old + (1 − d)·θ, "
+        "d = min(uprate·(step − flat), uphold) after `flat` optimizer steps; 0: d = 0 (old = current), "
+        "1: (flat 0, uprate 0.001, uphold 0.5), 2: (75, 0.0075, 0.999)",
+        low=0,
+        high=2,
+    )
 
 
 @dataclass
@@ -109,11 +130,18 @@ class LossFacts:
     ``"global-tokens"`` (divided by ``inputs.token_count``, the whole global batch's valid tokens: weight 1).
     trainers: the trainers whose rows it is written for (``"flow"``: denoising transitions with their Gaussian
     steps; ``"text"``: token sequences).
+    levels (sample losses): the noise levels each clean sample is re-noised at: ``"one"`` (one level of the
+    sampling schedule per sample, drawn uniformly; AWM) or ``"subset"`` (``max(1, int(T·train.timestep_fraction))``
+    distinct levels per sample, a random permutation's first; DiffusionNFT).
+    old_policy: the loss reads ``v_old``: the trainer keeps an old copy of the trainable weights that samples the
+    rollouts and trails the trained weights by ``loss.nft_decay_type`` (DiffusionNFT).
     """
 
     trains_on: str = "transitions"
     normalizes_by: str = "sequences"
     trainers: tuple[str, ...] = ("flow", "text")
+    levels: str = "one"
+    old_policy: bool = False
 
 
 Loss = Callable[[LossInputs, LossConfig], LossOutput]

@@ -8,7 +8,15 @@ import torch
 from torch import Tensor
 
 from .core import LOSSES, LossConfig, LossInputs, LossOutput
-from .terms import aggregate, clipped_surrogate, guard_log_ratio, kl_term, ratio_metrics, step_weights
+from .terms import (
+    aggregate,
+    clipped_surrogate,
+    guard_log_ratio,
+    kl_term,
+    ratio_metrics,
+    step_weights,
+    velocity_penalty,
+)
 
 
 def _advantages(inputs: LossInputs) -> Tensor:
@@ -123,10 +131,10 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     weighted = awm_weighted(per_sample, inputs, cfg)
     loss = (inputs.advantages.to(per_sample) * weighted).mean()
     metrics = {"fm_loss": float(per_sample.detach().mean())}
-    if cfg.awm_ref_coef:
+    if cfg.velocity_kl_coef:
         inputs.need("v_ref", loss="awm")
-        reg = ((inputs.v_pred - inputs.v_ref) ** 2).flatten(1).mean(1).mean()
-        loss = loss + cfg.awm_ref_coef * reg
+        reg = velocity_penalty(inputs.v_pred, inputs.v_ref)
+        loss = loss + cfg.velocity_kl_coef * reg
         metrics["ref_reg"] = float(reg.detach())
     return LossOutput(loss, metrics)
 

@@ -30,6 +30,12 @@ def gaussian_kl(mean: Tensor, ref_mean: Tensor, std: Tensor) -> Tensor:
     return _state_mean((mean - ref_mean) ** 2) / (2 * std**2)
 
 
+def velocity_penalty(v_pred: Tensor, v_ref: Tensor) -> Tensor:
+    """Mean squared distance to the reference velocity, mean over rows of mean‖vθ − v_ref‖² (AWM and DiffusionNFT
+    regularise with it). ``v_pred``, ``v_ref``: ``[N, *S]``; returns a scalar."""
+    return ((v_pred - v_ref) ** 2).flatten(1).mean(1).mean()
+
+
 def k3_kl(log_prob: Tensor, ref_log_prob: Tensor) -> Tensor:
     """k3 estimator of KL(π‖π_ref) per token: exp(ref − logp) − (ref − logp) − 1. ``[N, T]``."""
     d = ref_log_prob - log_prob

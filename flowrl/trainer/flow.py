@@ -34,7 +34,8 @@ from flowrl.advantages.core import combine
 from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.data import load_prompts
 from flowrl.generate import generate
-from flowrl.losses import LOSSES
+from flowrl.losses import LOSSES, trains_on
+from flowrl.losses.nft import nft_decay
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
@@ -74,6 +75,7 @@ class Run:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
+    old: EMA | None  # the old policy of losses that declare one (DiffusionNFT): samples, trails by its decay
     scheduler: torch.optim.lr_scheduler.LambdaLR
     rewards: RewardSet
     window: WindowSchedule
@@ -117,7 +119,7 @@ def setup(cfg: Config) -> Run:
     policy.prompt_cache = PromptCache(m.prompt_cache) if m.prompt_cache else None
     if isinstance(policy, FluxPolicy):
         policy.guidance_scale = m.guidance_scale
-    if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.awm_ref_coef > 0):
+    if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.velocity_kl_coef > 0):
         policy.reference = frozen_copy(policy.transformer)  # LoRA runs disable the adapter instead
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
     set_attention_backend(policy.transformer, m.attention_backend)
@@ -153,6 +155,7 @@ def setup(cfg: Config) -> Run:
         params=params,
         optimizer=optimizer,
         ema=EMA(params, t.ema_decay) if t.ema_decay > 0 else None,
+        old=EMA(params, 0.0) if LOSSES.facts(cfg.loss.name).old_policy else None,
         scheduler=lr_scheduler(optimizer, t.lr_schedule, t.warmup_iterations, t.iterations),
         rewards=rewards,
         window=window,
@@ -214,7 +217,8 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     groupwise = any(is_groupwise(fn) for fn in run.rewards.rewards.values())
     blocks = _root_blocks(prompt_of_root, chunk if cfg.train.overlap_rewards else 0, whole_prompts=groupwise)
     rollouts, scored = [], []
-    with ThreadPoolExecutor(max_workers=1) as scorer:  # rewards of block k while block k + 1 samples
+    sampler = run.old.applied() if run.old is not None else contextlib.nullcontext()  # NFT samples with the old
+    with sampler, ThreadPoolExecutor(max_workers=1) as scorer:  # rewards of block k while block k + 1 samples
         for lo, hi in blocks:
             with clock.stage("rollout"):
                 part = _rollout(run, plan, x[lo:hi], index_cond(cond, torch.arange(lo, hi)), prompt_of_root[lo:hi],
@@ -342,7 +346,7 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
         pos = whole.transition_pos
         return TrainRows(result.advantages[pos], result.mask[pos], pos), result.metrics
     adv, mask = result.advantages[whole.sample_pos], result.mask[whole.sample_pos]
-    return objective(run).rows(batch, whole, adv, mask), result.metrics
+    return objective(run).rows(run, batch, whole, adv, mask), result.metrics
 
 
 def objective(run: Run) -> Objective:
@@ -371,7 +375,7 @@ def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
         for step in step_rows(kept, acc.process_index, cfg.train.minibatches, cfg.train.micro_batch, order_gen):
             chunk = keep[step.rows]
             step_sums: dict[str, float] = {}
-            _accumulate(run, batch, rows.advantages, chunk, step.total, step.calls, loss_gen, step_sums)
+            _accumulate(run, batch, rows, chunk, step.total, step.calls, loss_gen, step_sums)
             if not _optimizer_step(run, chunk.numel(), step_sums):
                 skipped += 1
                 continue
@@ -387,7 +391,7 @@ def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
 def _accumulate(
     run: Run,
     batch: Batch,
-    adv: Tensor,
+    train: TrainRows,
     chunk: Tensor,
     rows: int,
     calls: int,
@@ -401,7 +405,7 @@ def _accumulate(
     pieces = chunk.split(cfg.train.micro_batch)
     for k, mb in enumerate(pieces):
         with run.clock.stage("replay_forward", mb.numel()):
-            out = row_loss(run, batch, mb, adv[mb].to(acc.device), gen)
+            out = row_loss(run, batch, mb, train, gen)
         with run.clock.stage("backward", mb.numel()):
             run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
@@ -409,7 +413,7 @@ def _accumulate(
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
     filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
     for k in range(len(pieces), calls):
-        out = row_loss(run, batch, filler, torch.zeros(1, device=acc.device), gen)
+        out = row_loss(run, batch, filler, train, gen)
         run.backend.backward(out.loss * 0.0, last=k == calls - 1)
 
 
@@ -526,12 +530,13 @@ def train_step(run: Run) -> dict[str, float]:
         with run.clock.stage("advantages"):
             whole = gather_batch(acc, advantage_batch(run, batch))
             rows, adv_metrics = advantages(run, batch, whole)
-        if cfg.train.timestep_fraction < 1:
+        if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) == "transitions":
             gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
             mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
             rows = TrainRows(rows.advantages, mask, rows.position)
         metrics = {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
         reason = "non-finite loss or gradient"
+        trail_old_policy(run, metrics)
     t2 = time.perf_counter()
     metrics.update({"time/sample_s": t1 - t0, "time/update_s": t2 - t1, "time/step_s": t2 - t0})
     metrics.update({**run.clock.metrics(), "rollout/nfe": float(batch.rollout.nfe)})
@@ -543,6 +548,17 @@ def train_step(run: Run) -> dict[str, float]:
     run.scheduler.step()
     run.iteration += 1
     return metrics
+
+
+def trail_old_policy(run: Run, metrics: dict[str, float]) -> None:
+    """DiffusionNFT's old policy after an iteration's update: old ← d·old + (1 − d)·θ, with d its decay after the
+    optimizer steps made so far (``inner_epochs · minibatches`` per iteration, as its global_step counts)."""
+    if run.old is None:
+        return
+    t = run.cfg.train
+    run.old.decay = nft_decay((run.iteration + 1) * t.inner_epochs * t.minibatches, run.cfg.loss.nft_decay_type)
+    run.old.update()
+    metrics["nft/old_decay"] = run.old.decay
 
 
 def non_finite_rewards(batch: Batch) -> dict[str, int]:

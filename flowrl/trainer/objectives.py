@@ -8,10 +8,11 @@ asks which method it runs. Each objective is one registered object with two part
 
 - ``transitions`` (Flow-GRPO and its family): a row is a stored denoising step, replayed for its log-prob and
   step mean (and the reference's);
-- ``samples`` (AWM): a row is a final clean sample x0, re-noised at a σ of the sampling schedule, for its velocity
-  and flow-matching target.
+- ``samples`` (AWM, DiffusionNFT): a row is a final clean sample x0 at one noise level of the sampling schedule
+  (``LossFacts.levels`` says how many per sample), re-noised there for its velocity and flow-matching target (and
+  the old policy's velocity when the loss declares ``old_policy``).
 
-Adding an objective (DiffusionNFT's, say) is one more registered object here plus its loss.
+Adding an objective is one more registered object here plus its loss.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import torch
 from torch import Tensor
 
 from flowrl.advantages import broadcast_to_transitions
-from flowrl.losses import LossInputs, LossOutput, compute_loss
+from flowrl.losses import LOSSES, LossInputs, LossOutput, compute_loss
 from flowrl.registry import Registry
 from flowrl.samplers import index_cond, replay_log_prob
+from flowrl.trainer.loop import process_seed
 from flowrl.trainer.share import Whole
 from flowrl.trainer.weights import reference_policy
 
 if TYPE_CHECKING:
+    from flowrl.config import Config
     from flowrl.trainer.flow import Batch, Run
 
 
@@ -40,15 +43,16 @@ class TrainRows:
     advantages: Tensor
     mask: Tensor  # bool: rows with a gradient
     position: Tensor  # each row's position in the whole batch, in single-process order
+    level: Tensor | None = None  # [M] schedule index each row is re-noised at (sample objectives)
 
 
 class Objective(Protocol):
-    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         """This process's rows from per-sample advantages and mask ``[N_local]``."""
         ...
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
-        """The loss of ``rows`` (indices into this process's rows) with advantages ``adv``; ``gen`` draws any noise."""
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
+        """The loss of ``rows`` (indices into this process's ``train`` rows); ``gen`` draws any noise."""
         ...
 
 
@@ -63,12 +67,13 @@ def _col(t: Tensor | None) -> Tensor | None:
 class ReplayTransitions:
     """Log-prob losses: each row is a stored transition, replayed under the current (and reference) policy."""
 
-    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
         return TrainRows(adv_t, mask_t, whole.transition_pos)
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
         cfg, policy, cond = run.cfg, run.policy, batch.cond
+        adv = train.advantages[rows].to(run.accelerator.device)
         tr = batch.rollout.transitions.select(rows)
         log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
         ref_mean = None
@@ -90,33 +95,55 @@ class ReplayTransitions:
         return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
+def levels_per_sample(cfg: Config) -> int:
+    """How many noise levels each clean sample trains at: 1, or DiffusionNFT's ``max(1, int(T·fraction))``."""
+    if LOSSES.facts(cfg.loss.name).levels == "one":
+        return 1
+    return max(1, int(cfg.sampler.num_steps * cfg.train.timestep_fraction))
+
+
 class RenoisedSamples:
-    """Sample losses (AWM): each row is a clean final sample x0, re-noised at a σ drawn from the sampling schedule's
-    own noise levels, x_σ = (1 − σ)·x0 + σ·ε; the velocity is compared with the flow-matching target ε − x0 (and,
-    with a reference coefficient, with the base's velocity)."""
+    """Sample losses (AWM, DiffusionNFT): each row is a clean final sample x0 at one noise level σ of the sampling
+    schedule, x_σ = (1 − σ)·x0 + σ·ε with fresh ε; the velocity is compared with the flow-matching target ε − x0
+    (and with the base's velocity under ``loss.velocity_kl_coef``, and the old policy's for NFT).
 
-    def rows(self, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
-        return TrainRows(adv, mask, whole.sample_pos)
+    Rows are (sample, slot) pairs, K per sample (``levels_per_sample``): ``LossFacts.levels`` ``one`` draws each
+    sample's level uniformly; ``subset`` gives each sample the first K of a random permutation of the T levels
+    (DiffusionNFT's per-sample shuffled timesteps), so its K rows train at distinct levels."""
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, adv: Tensor, gen: torch.Generator) -> LossOutput:
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        cfg = run.cfg
+        k, n, t = levels_per_sample(cfg), adv.numel(), cfg.sampler.num_steps
+        gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 6_700_417 + run.iteration))
+        level = torch.stack([torch.randperm(t, generator=gen)[:k] for _ in range(n)]) if n else torch.zeros(0, k)
+        position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(n)
+        return TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, level.flatten().long())
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
         cfg, policy = run.cfg, run.policy
-        x0 = batch.rollout.samples[rows.to(batch.rollout.samples.device)]
-        cond = index_cond(batch.cond, batch.rollout.cond_index[rows])
+        sample = (rows // levels_per_sample(cfg)).to(batch.rollout.samples.device)
+        x0 = batch.rollout.samples[sample]
+        cond = index_cond(batch.cond, batch.rollout.cond_index[sample])
         levels = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)[:-1]
-        sigma = levels[torch.randint(len(levels), (len(rows),), generator=gen)].to(x0)
+        sigma = levels[train.level[rows]].to(x0)
         eps = torch.randn(x0.shape, generator=gen).to(x0)
         s = sigma.view(-1, *([1] * (x0.dim() - 1)))
         x_t = (1 - s) * x0 + s * eps
-        v_ref = None
-        if cfg.loss.awm_ref_coef > 0:
+        v_ref = v_old = None
+        if cfg.loss.velocity_kl_coef > 0:
             with reference_policy(policy):
                 v_ref = policy.velocity(x_t, sigma, cond)
+        if run.old is not None:
+            with torch.no_grad(), run.old.applied():
+                v_old = policy.velocity(x_t, sigma, cond)
         v_pred = policy.velocity(x_t, sigma, cond)
-        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma)
+        adv = train.advantages[rows].to(run.accelerator.device)
+        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma,
+                            v_old=v_old, x_t=x_t, x0=x0)  # fmt: skip
         return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
 OBJECTIVES.register("transitions")(ReplayTransitions())
 OBJECTIVES.register("samples")(RenoisedSamples())
 
-__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows"]
+__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows", "levels_per_sample"]

@@ -41,13 +41,14 @@ def eval_pairs(cfg: Config, prompts: list[str]) -> tuple[list[str], list[int]]:
 
 def save_checkpoint(run: Run, path: str) -> None:
     """Trainable weights (EMA if enabled: LoRA in diffusers' format, or the full transformer) and the trainer state
-    with the EMA and window schedule (see ``flowrl.trainer.resume.write_checkpoint``)."""
+    with the EMA, the old policy (DiffusionNFT) and the window schedule (see ``resume.write_checkpoint``)."""
     t, m = run.policy.transformer, run.cfg.model
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
         weights = weight_state(t, m.finetune, run.backend.sharded)
-    extras = {"ema": run.ema.state_dict() if run.ema is not None else None, "window": run.window.state_dict()}
-    finite = [*run.params, *(run.ema.shadow if run.ema is not None else [])]
+    extras = {"ema": run.ema.state_dict() if run.ema is not None else None, "window": run.window.state_dict(),
+              "old": run.old.state_dict() if run.old is not None else None}  # fmt: skip
+    finite = [*run.params, *(run.ema.shadow if run.ema is not None else []), *(run.old.shadow if run.old else [])]
     write_checkpoint(run, path, lambda f: save_weights(t, m.finetune, f, run.policy.pipeline_class, weights), extras,
                      finite)  # fmt: skip
 
@@ -59,6 +60,10 @@ def restore(run: Run, path: str) -> None:
         raise ConfigError(f"checkpoint {path!r} and this run differ in train.ema_decay (one has no EMA)")
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
+    if run.old is not None:
+        if state.get("old") is None:
+            raise ConfigError(f"checkpoint {path!r} has no old policy: it was not written by a loss.name=nft run")
+        run.old.load_state_dict(state["old"])
     run.window.load_state_dict(state["window"])
 
 

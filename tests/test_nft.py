@@ -1,0 +1,190 @@
+"""DiffusionNFT: the loss by hand, its gradient's direction, the old policy's decay and update, the trainer end to
+end and its LoRA in diffusers. Reference: NVlabs/DiffusionNFT scripts/train_nft_sd3.py."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from flowrl.config import load_config
+from flowrl.losses import LossConfig, LossInputs, compute_loss
+from flowrl.losses.nft import nft_decay, nft_weight
+from flowrl.options import ConfigError
+
+NFT_ARGS = ["loss.name=nft", "sampler.mode=ode", "train.timestep_fraction=0.5"]
+
+
+def _inputs(adv: list[float], v: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
+            sigma: list[float]) -> LossInputs:  # fmt: skip
+    return LossInputs(advantages=torch.tensor(adv), v_pred=v, v_old=v_old, x_t=x_t, x0=x0, sigma=torch.tensor(sigma))
+
+
+def test_loss_by_hand_on_two_rows():
+    # row 0: 2 elements, t = 0.5, β = 0.5, c = 2, A = 1 -> r = 0.75
+    # x_t = (1, 2), x0 = (0, 1), vθ = (2, 2), v_old = (1, 3)
+    #   v+ = 0.5·vθ + 0.5·v_old = (1.5, 2.5) -> x̂0+ = x_t − 0.5·v+ = (0.25, 0.75); err (0.25, −0.25)
+    #     mean² = 0.0625, mean| | = 0.25 -> 0.25
+    #   v- = 1.5·v_old − 0.5·vθ = (0.5, 3.5) -> x̂0- = (0.75, 0.25); err (0.75, −0.75) -> 0.5625 / 0.75 = 0.75
+    #   row loss = c/β·(0.75·0.25 + 0.25·0.75) = 4·0.375 = 1.5
+    # row 1: A = −4 clipped to −2 -> r = 0; x_t = (0, 0), x0 = (1, 1), vθ = (0, 0), v_old = (0, 0), t = 1
+    #   x̂0- = (0, 0), err (−1, −1) -> 1 / 1 = 1 -> row loss 4·1 = 4
+    cfg = LossConfig(nft_beta=0.5, nft_adv_clip=2.0)
+    v = torch.tensor([[2.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    inputs = _inputs([1.0, -4.0], v, torch.tensor([[1.0, 3.0], [0.0, 0.0]]), torch.tensor([[1.0, 2.0], [0.0, 0.0]]),
+                     torch.tensor([[0.0, 1.0], [1.0, 1.0]]), [0.5, 1.0])  # fmt: skip
+    out = compute_loss("nft", inputs, cfg)
+    assert out.loss.item() == pytest.approx((1.5 + 4.0) / 2)
+    assert out.metrics["nft/positive"] == pytest.approx((0.25 + 1.0) / 2)  # row 1: x̂0+ = x_t too
+    # the weight carries no gradient: d/dvθ of row 1's 4·mean((x_t − t·(1.5·v_old − 0.5·vθ) − x0)²)/1 at vθ = 0 is
+    # 4·(2·(−1)·0.5)/2 per element, averaged over the 2 rows: −1
+    out.loss.backward()
+    assert v.grad[1].tolist() == pytest.approx([-1.0, -1.0])
+
+
+def test_weight_maps_clipped_advantages_to_unit_interval():
+    r = nft_weight(torch.tensor([-9.0, -5.0, -2.5, 0.0, 2.5, 5.0, 9.0]), 5.0)
+    assert r.tolist() == pytest.approx([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("adv, toward", [(5.0, True), (-5.0, False)])
+def test_gradient_pulls_toward_the_sample_for_r1_and_away_for_r0(adv, toward):
+    # at vθ = v_old, a gradient step on vθ moves the positive policy's x0-prediction toward x0 (r = 1) or the
+    # implicit negative's toward x0, i.e. the policy's own prediction away from it (r = 0)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    t = torch.full((4,), 0.6)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
+    v_old = eps - x0 + 0.3 * torch.randn(4, 8, generator=g)  # an imperfect old policy
+    v = v_old.clone().requires_grad_(True)
+    loss = compute_loss("nft", _inputs([adv] * 4, v, v_old, x_t, x0, t.tolist()), LossConfig()).loss
+    loss.backward()
+    stepped = v.detach() - 1e-3 * v.grad
+    before = ((x_t - t[:, None] * v.detach() - x0) ** 2).mean()
+    after = ((x_t - t[:, None] * stepped - x0) ** 2).mean()
+    assert (after < before) == toward
+
+
+def test_velocity_penalty_is_nft_train_beta_term():
+    v = torch.tensor([[1.0, 3.0]], requires_grad=True)
+    base = _inputs([0.0], v, v.detach(), torch.zeros(1, 2), torch.zeros(1, 2), [0.5])
+    base.v_ref = torch.tensor([[0.0, 1.0]])
+    plain = compute_loss("nft", base, LossConfig()).loss.item()
+    out = compute_loss("nft", base, LossConfig(velocity_kl_coef=0.1))
+    assert out.loss.item() == pytest.approx(plain + 0.1 * (1 + 4) / 2)  # mean((vθ − v_ref)²) = 2.5
+
+
+def test_decay_types_are_return_decay():
+    assert [nft_decay(s, 0) for s in (0, 10, 1000)] == [0.0, 0.0, 0.0]
+    assert [nft_decay(s, 1) for s in (0, 1, 100, 499, 500, 2000)] == pytest.approx([0, 0.001, 0.1, 0.499, 0.5, 0.5])
+    assert [nft_decay(s, 2) for s in (0, 74, 75, 76, 100, 208, 1000)] == pytest.approx(
+        [0, 0, 0, 0.0075, 0.1875, 0.9975, 0.999]
+    )
+
+
+def test_config_refusals():
+    base = ["model.path=assets/toy-sd3", *NFT_ARGS]
+    load_config(None, base)
+    with pytest.raises(ConfigError, match="records no transitions"):
+        load_config(None, ["model.path=assets/toy-sd3", "sampler.mode=ode"])
+    with pytest.raises(ConfigError, match="cfg_scale=1"):
+        load_config(None, [*base, "model.cfg_scale=4.5"])
+    with pytest.raises(ConfigError, match="nft_decay_type"):
+        load_config(None, [*base, "loss.nft_decay_type=3"])
+
+
+def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path):
+    from test_trainer import tiny_config
+
+    from flowrl.samplers import index_cond
+    from flowrl.trainer.flow import advantages, sample, setup, train_step
+    from flowrl.trainer.objectives import OBJECTIVES
+    from flowrl.trainer.run import restore, save_checkpoint
+
+    run = setup(tiny_config(tiny_model, *NFT_ARGS, "loss.velocity_kl_coef=1e-4"))
+    assert run.old is not None and all(torch.equal(o, p) for o, p in zip(run.old.shadow, run.params, strict=True))
+    # rows: 8 samples x int(4 x 0.5) = 2 distinct levels each
+    batch = sample(run, run.train_prompts[:2])
+    assert len(batch.rollout.transitions) == 0 and batch.rollout.samples.shape[0] == 8
+    train, _ = advantages(run, batch)
+    assert train.advantages.shape == train.level.shape == (16,)
+    assert all(train.level[2 * i] != train.level[2 * i + 1] for i in range(8))
+    # the objective's loss rebuilt by hand for rows 3 (sample 1) and 10 (sample 5)
+    rows = torch.tensor([3, 10])
+    out = OBJECTIVES.get("samples")(run, batch, rows, train, torch.Generator().manual_seed(5))
+    sigma = run.policy.sigmas(4, 32)[:-1][train.level[rows]].float()
+    x0 = batch.rollout.samples[rows // 2]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    with torch.no_grad():
+        v = run.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[rows // 2]))
+    # at the start the old policy is the policy and the reference (LoRA B = 0): vθ = v_old = v_ref, no penalty
+    expected = compute_loss("nft", _inputs(train.advantages[rows].tolist(), v, v, x_t, x0, sigma.tolist()),
+                            replace(run.cfg.loss, velocity_kl_coef=0.0)).loss  # fmt: skip
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    first = train_step(run)
+    assert first["train/transitions"] == 16 and math.isfinite(first["train/loss"])
+    # decay type 1 after 1 optimizer step: d = 0.001, old = 0.001·θ0 + 0.999·θ1
+    assert first["nft/old_decay"] == pytest.approx(0.001)
+    live = [p.detach().clone() for p in run.params]
+    before = [s.clone() for s in run.old.shadow]
+    second = train_step(run)
+    assert second["nft/old_decay"] == pytest.approx(0.002) and second["nft/old_deviation"] > 0
+    assert any(not torch.equal(p, now.detach()) for p, now in zip(live, run.params, strict=True))
+    for old, prev, now in zip(run.old.shadow, before, run.params, strict=True):
+        torch.testing.assert_close(old, 0.002 * prev + 0.998 * now.detach())
+    # the old policy rides in the checkpoint
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    again = setup(tiny_config(tiny_model, *NFT_ARGS, "loss.velocity_kl_coef=1e-4"))
+    restore(again, str(tmp_path / "ckpt"))
+    assert all(torch.equal(a, b) for a, b in zip(again.old.shadow, run.old.shadow, strict=True))
+
+
+@pytest.mark.parametrize("copy", ["none", "fp32"])
+def test_rollouts_come_from_the_old_weights(tiny_model, copy):
+    from test_trainer import tiny_config
+
+    from flowrl.trainer.flow import sample, setup
+
+    run = setup(tiny_config(tiny_model, *NFT_ARGS, f"model.untrained_copy={copy}"))
+    prompts = run.train_prompts[:1]
+    with torch.no_grad():
+        for p in run.params:
+            p.add_(0.05 * torch.randn_like(p))  # move θ; the old policy stays at θ0
+    from_old = sample(run, prompts).rollout.samples
+    old, run.old = run.old, None
+    from_live = sample(run, prompts).rollout.samples
+    with torch.no_grad(), old.applied():
+        run.iteration = 0
+        from_theta0 = sample(run, prompts).rollout.samples
+    assert torch.equal(from_old, from_theta0) and not torch.equal(from_old, from_live)
+
+
+def test_lora_round_trip_through_diffusers(tiny_model, tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+    from test_trainer import tiny_config
+
+    from flowrl.models import SD3Policy
+    from flowrl.trainer.flow import setup, train_step
+    from flowrl.trainer.run import save_checkpoint
+
+    run = setup(tiny_config(tiny_model, *NFT_ARGS))
+    train_step(run)
+    train_step(run)
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    fresh = SD3Policy(tiny_model)
+    pipe = StableDiffusion3Pipeline(
+        transformer=fresh.transformer, scheduler=fresh.scheduler, vae=None, text_encoder=fresh.encoders[0][0],
+        tokenizer=fresh.encoders[0][1], text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )  # fmt: skip
+    pipe.load_lora_weights(str(tmp_path / "ckpt" / "lora"))
+    cond = fresh.encode(["two red circles"]).as_dict()
+    x, sigma = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
+    with torch.no_grad():
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_base = SD3Policy(tiny_model).velocity(x, sigma, cond)
+    torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
+    assert (v_loaded - v_base).abs().max() > 1e-4
