@@ -19,6 +19,7 @@ import yaml
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig, trains_on
+from flowrl.losses.renoise import scheme_of
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES
@@ -344,6 +345,21 @@ def check_method(cfg: Config, branching: str) -> None:
         raise ConfigError(why)
 
 
+def check_renoise(cfg: Config) -> None:
+    """The re-noising scheme of a sample loss reads train.timestep_fraction only where it uses it."""
+    scheme, top = scheme_of(cfg), int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
+    if cfg.train.timestep_fraction < 1 and scheme in ("uniform", "logit-normal"):
+        raise ConfigError(
+            f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} with loss.renoise={scheme} "
+            "has none (the subset and stratified schemes use it)"
+        )
+    if scheme == "stratified" and top < 2:
+        raise ConfigError(
+            f"loss.renoise=stratified draws from schedule indices 1..int(sampler.num_steps * train.timestep_fraction)"
+            f" = 1..{top}: needs at least 2"
+        )
+
+
 def check_combinations(cfg: Config) -> None:
     """Cross-field rules (each message names the keys)."""
     check_rewards(cfg.rewards)
@@ -379,14 +395,15 @@ def check_combinations(cfg: Config) -> None:
     check_strata(cfg)
     if cfg.train.timestep_fraction <= 0:
         raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
+    if cfg.loss.renoise != "auto" and trains_on(cfg.loss.name) == "transitions":
+        raise ConfigError(f"loss.renoise re-noises final samples; loss.name={cfg.loss.name} trains on transitions")
     if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) == "transitions":
         raise ConfigError(
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
             "trains on final samples: awm, nft)"
         )
     if trains_on(cfg.loss.name) == "samples":
-        if cfg.train.timestep_fraction < 1 and LOSSES.facts(cfg.loss.name).levels == "one":
-            raise ConfigError(f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} has none")
+        check_renoise(cfg)
         if ADVANTAGES.facts(cfg.advantage.name).per_transition:
             raise ConfigError(
                 f"loss.name={cfg.loss.name} trains on final samples; advantage.name={cfg.advantage.name} gives "

@@ -109,14 +109,15 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
     batch = sample(run, run.train_prompts[:2])
     assert len(batch.rollout.transitions) == 0 and batch.rollout.samples.shape[0] == 8
     train, _ = advantages(run, batch)
-    assert train.advantages.shape == train.level.shape == (16,)
-    assert all(train.level[2 * i] != train.level[2 * i + 1] for i in range(8))
+    assert train.advantages.shape == train.sigma.shape == (16,)
+    assert all(train.sigma[2 * i] != train.sigma[2 * i + 1] for i in range(8))
     # the objective's loss rebuilt by hand for rows 3 (sample 1) and 10 (sample 5)
     rows = torch.tensor([3, 10])
-    out = OBJECTIVES.get("samples")(run, batch, rows, train, torch.Generator().manual_seed(5))
-    sigma = run.policy.sigmas(4, 32)[:-1][train.level[rows]].float()
+    out = OBJECTIVES.get("samples")(run, batch, rows, train)
+    sigma = train.sigma[rows]
     x0 = batch.rollout.samples[rows // 2]
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(5))
+    eps = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(int(train.noise_seed[r])))
+                       for r in rows])  # fmt: skip
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
     with torch.no_grad():
         v = run.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[rows // 2]))
@@ -128,11 +129,11 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
     first = train_step(run)
     assert first["train/transitions"] == 16 and math.isfinite(first["train/loss"])
     # decay type 1 after 1 optimizer step: d = 0.001, old = 0.001·θ0 + 0.999·θ1
-    assert first["nft/old_decay"] == pytest.approx(0.001)
+    assert first["train/old_decay"] == pytest.approx(0.001)
     live = [p.detach().clone() for p in run.params]
     before = [s.clone() for s in run.old.shadow]
     second = train_step(run)
-    assert second["nft/old_decay"] == pytest.approx(0.002) and second["nft/old_deviation"] > 0
+    assert second["train/old_decay"] == pytest.approx(0.002) and second["nft/old_deviation"] > 0
     assert any(not torch.equal(p, now.detach()) for p, now in zip(live, run.params, strict=True))
     for old, prev, now in zip(run.old.shadow, before, run.params, strict=True):
         torch.testing.assert_close(old, 0.002 * prev + 0.998 * now.detach())

@@ -253,16 +253,16 @@ def test_awm_trains_on_final_samples(tiny_model):
     batch = sample(run, run.train_prompts[:2])
     train, _ = advantages(run, batch)
     adv, mask = train.advantages, train.mask
-    assert adv.shape == mask.shape == train.level.shape == (8,)  # one row per final sample, one level each
-    assert 0 <= int(train.level.min()) and int(train.level.max()) < 4
-    # the loss rebuilt by hand: σ the row's level of the schedule, x_σ = (1 − σ)·x0 + σ·ε, target ε − x0
+    assert adv.shape == mask.shape == train.sigma.shape == (8,)  # one row per final sample, one level each
+    levels = run.policy.sigmas(4, 32)[:-1].float()
+    assert all(bool((levels == s).any()) for s in train.sigma)  # a level of the sampling schedule
+    # the loss rebuilt by hand: x_σ = (1 − σ)·x0 + σ·ε with ε from the row's seed, target ε − x0
     rows = torch.tensor([5, 1, 6])
-    out = OBJECTIVES.get("samples")(run, batch, rows, train, torch.Generator().manual_seed(3))
-    g = torch.Generator().manual_seed(3)
-    levels = run.policy.sigmas(4, 32)[:-1]
-    sigma = levels[train.level[rows]].float()
+    out = OBJECTIVES.get("samples")(run, batch, rows, train)
+    sigma = train.sigma[rows]
     x0 = batch.rollout.samples[rows]
-    eps = torch.randn(x0.shape, generator=g)
+    eps = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(int(train.noise_seed[r])))
+                       for r in rows])  # fmt: skip
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
     with torch.no_grad():
         v = run.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[rows]))

@@ -96,6 +96,39 @@ class LossConfig:
         choices=("uniform", "t", "t2", "huber", "ghuber"),
     )
     awm_ghuber_power: float = option(0.25, "AWM ghuber weighting: the power p (its presets: 0.25)", low=1e-6)
+    awm_ratio: bool = option(
+        False,
+        "AWM's PPO ratio (its loss_type exp_first): exp(−w(e) + w(e_old)) per row, clipped to 1 ± clip_low/high "
+        "(its train.clip_range; 1 in its presets), e_old under the policy before the iteration's update at the same "
+        "noise and level; the loss is then −A·ratio (same gradient as A·w(e) while the ratio is 1)",
+    )
+    awm_adv_scale: float = option(
+        1.0, "AWM: advantages times this (its advantage_max / adv_clip_max: 1/5 in its presets)", low=0.0
+    )
+    awm_kl_weight: str = option(
+        "uniform",
+        "AWM: the velocity_kl term's weighting (its kl_weight): 'uniform' mean‖vθ − v_ref‖², 'elbo' divided by "
+        "2·std_dev_t², std_dev_t = 0.7·√(σ/(1 − min(σ, 0.99)))",
+        choices=("uniform", "elbo"),
+    )
+    awm_ema_coef: float = option(
+        0.0,
+        "AWM: + c·mean‖vθ − v_ema‖² to a trailing copy of the weights (its ema_beta; 1 in its presets), which after "
+        "each iteration moves to d·ema + (1 − d)·θ with d = min(awm_ema_decay, 0.001·optimizer steps)",
+        low=0.0,
+    )
+    awm_ema_decay: float = option(
+        0.3, "AWM: the trailing copy's decay cap (its kl_ema_decay, linear)", low=0.0, high=1.0
+    )
+    renoise: str = option(
+        "auto",
+        "sample losses: the noise levels each clean sample trains at (flowrl.losses.renoise): auto (the loss's: "
+        "uniform for awm, subset for nft), uniform, subset (DiffusionNFT), stratified, logit-normal (AWM's "
+        "discrete_wo_init and logit_normal)",
+        choices=("auto", "uniform", "subset", "stratified", "logit-normal"),
+    )
+    renoise_count: int = option(6, "stratified / logit-normal: levels per sample (AWM's train_timesteps)", low=1)
+    renoise_shift: float = option(3.0, "logit-normal: the time shift (AWM's time_shift)", low=1e-6)
     nft_beta: float = option(
         1.0, "DiffusionNFT's β: positive velocity β·vθ + (1 − β)·v_old, negative (1 + β)·v_old − β·vθ", low=1e-6
     )
@@ -119,6 +152,20 @@ class LossOutput:
 
 
 @dataclass(frozen=True)
+class OldPolicy:
+    """A trailing copy of the trainable weights that a loss reads as ``v_old``: after each iteration
+    old ← d·old + (1 − d)·θ, d = ``decay(optimizer steps so far)``; with ``samples`` it also draws the rollouts
+    (DiffusionNFT)."""
+
+    decay: Callable[[int], float]
+    samples: bool = False
+
+
+def _never(cfg: LossConfig) -> None:
+    return None
+
+
+@dataclass(frozen=True)
 class LossFacts:
     """What a loss declares at registration.
 
@@ -130,18 +177,18 @@ class LossFacts:
     ``"global-tokens"`` (divided by ``inputs.token_count``, the whole global batch's valid tokens: weight 1).
     trainers: the trainers whose rows it is written for (``"flow"``: denoising transitions with their Gaussian
     steps; ``"text"``: token sequences).
-    levels (sample losses): the noise levels each clean sample is re-noised at: ``"one"`` (one level of the
-    sampling schedule per sample, drawn uniformly; AWM) or ``"subset"`` (``max(1, int(T·train.timestep_fraction))``
-    distinct levels per sample, a random permutation's first; DiffusionNFT).
-    old_policy: the loss reads ``v_old``: the trainer keeps an old copy of the trainable weights that samples the
-    rollouts and trails the trained weights by ``loss.nft_decay_type`` (DiffusionNFT).
+    levels (sample losses): the re-noising scheme of ``loss.renoise: auto`` (``flowrl.losses.renoise``).
+    old_policy: given the loss options, the trailing copy of the weights the loss reads as ``v_old`` (None: none).
+    old_value: given the loss options, the per-row value ``[N]`` whose ratio the loss clips (computed on no-grad
+    inputs before the iteration's update and passed back as ``old_log_prob``), or None.
     """
 
     trains_on: str = "transitions"
     normalizes_by: str = "sequences"
     trainers: tuple[str, ...] = ("flow", "text")
-    levels: str = "one"
-    old_policy: bool = False
+    levels: str = "uniform"
+    old_policy: Callable[[LossConfig], OldPolicy | None] = _never
+    old_value: Callable[[LossConfig], Callable[[LossInputs, LossConfig], Tensor] | None] = _never
 
 
 Loss = Callable[[LossInputs, LossConfig], LossOutput]

@@ -18,10 +18,12 @@ ones push it away (r = 0). Reference: NVlabs/DiffusionNFT scripts/train_nft_sd3.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput
+from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy
 from .terms import velocity_penalty
 
 # (flat, uprate, uphold) of DiffusionNFT's decay types 0, 1, 2 (its return_decay)
@@ -49,7 +51,12 @@ def _adaptive_error(x0_pred: Tensor, x0: Tensor) -> Tensor:
     return ((x0_pred - x0) ** 2 / scale.to(x0_pred.dtype)).mean(dim=dims)
 
 
-@LOSSES.register("nft", trains_on="samples", trainers=("flow",), levels="subset", old_policy=True)
+def old_policy(cfg: LossConfig) -> OldPolicy:
+    """NFT's old policy: samples the rollouts, trails θ with its ``return_decay`` of ``loss.nft_decay_type``."""
+    return OldPolicy(decay=partial(nft_decay, decay_type=cfg.nft_decay_type), samples=True)
+
+
+@LOSSES.register("nft", trains_on="samples", trainers=("flow",), levels="subset", old_policy=old_policy)
 def nft(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """The DiffusionNFT loss (see the module docstring). Needs v_pred, v_old, x_t, x0 ``[N, *S]``, sigma and
     advantages ``[N]`` (and v_ref with ``velocity_kl_coef``)."""

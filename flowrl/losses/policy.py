@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput
+from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy
 from .terms import (
     aggregate,
     clipped_surrogate,
@@ -120,23 +120,69 @@ def awm_weighted(error: Tensor, inputs: LossInputs, cfg: LossConfig) -> Tensor:
     return ((error + 1e-10) ** p - 1e-10**p) * t / p
 
 
-@LOSSES.register("awm", trains_on="samples", trainers=("flow",))
-def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
-    """Advantage-weighted matching: mean_i(A_i · ‖vθ(x_t, t) − (ε − x0)‖²) + β·mean‖vθ − v_ref‖².
+def awm_log_prob(inputs: LossInputs, cfg: LossConfig) -> Tensor:
+    """AWM's "log-prob" of each row, −w(‖vθ − (ε − x0)‖²) ``[N]`` (its compute_log_prob_awm)."""
+    inputs.need("v_pred", "v_target", loss="awm")
+    return -awm_weighted(((inputs.v_pred - inputs.v_target) ** 2).flatten(1).mean(1), inputs, cfg)
 
-    Needs no log-probs: v_pred, v_target (= ε − x0 for the sampled t, ε) and advantages ``[N]``.
+
+def _awm_kl(inputs: LossInputs, cfg: LossConfig) -> Tensor:
+    """AWM's KL to the reference: mean‖vθ − v_ref‖², per row divided by 2·std_dev_t² under ``awm_kl_weight=elbo``
+    (std_dev_t = 0.7·√(σ/(1 − min(σ, 0.99))), its compute_log_prob_awm)."""
+    inputs.need("v_ref", loss="awm")
+    if cfg.awm_kl_weight == "uniform":
+        return velocity_penalty(inputs.v_pred, inputs.v_ref)
+    inputs.need("sigma", loss="awm with awm_kl_weight=elbo")
+    sigma = inputs.sigma.to(inputs.v_pred)
+    std = 0.7 * torch.sqrt(sigma / (1 - sigma.clamp(0, 0.99)))
+    return (((inputs.v_pred - inputs.v_ref) ** 2).flatten(1).mean(1) / (2 * std**2)).mean()
+
+
+def _awm_old_policy(cfg: LossConfig) -> OldPolicy | None:
+    """AWM's trailing copy for its EMA KL: d = min(awm_ema_decay, 0.001·step) (kl_ema_decay_type linear)."""
+    if cfg.awm_ema_coef <= 0:
+        return None
+    cap = cfg.awm_ema_decay
+    return OldPolicy(decay=lambda step: min(cap, 0.001 * step))
+
+
+@LOSSES.register(
+    "awm",
+    trains_on="samples",
+    trainers=("flow",),
+    old_policy=_awm_old_policy,
+    old_value=lambda cfg: awm_log_prob if cfg.awm_ratio else None,
+)
+def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """Advantage-weighted matching: mean_i(A_i · w(‖vθ(x_t, t) − (ε − x0)‖²)) with A scaled by ``awm_adv_scale``;
+    with ``awm_ratio`` the clipped surrogate −A·ratio on ratio = exp(log_prob − old_log_prob), log_prob = −w(e);
+    plus β·KL to the reference (``velocity_kl_coef``, ``awm_kl_weight``) and c·mean‖vθ − v_old‖² to the trailing copy
+    (``awm_ema_coef``).
+
+    Needs no log-probs of the sampler: v_pred, v_target (= ε − x0 for the row's σ, ε) and advantages ``[N]``.
     """
     inputs.need("v_pred", "v_target", "advantages", loss="awm")
     per_sample = ((inputs.v_pred - inputs.v_target) ** 2).flatten(1).mean(1)
-    weighted = awm_weighted(per_sample, inputs, cfg)
-    loss = (inputs.advantages.to(per_sample) * weighted).mean()
+    log_prob = awm_log_prob(inputs, cfg)
+    adv = inputs.advantages.to(per_sample) * cfg.awm_adv_scale
     metrics = {"fm_loss": float(per_sample.detach().mean())}
+    if inputs.old_log_prob is None:
+        loss = (-adv * log_prob).mean()
+    else:
+        log_ratio = log_prob - inputs.old_log_prob.to(log_prob)
+        surrogate, ratio = clipped_surrogate(log_ratio, adv, cfg)
+        loss = surrogate.mean()
+        metrics.update(ratio_metrics(ratio, adv, log_ratio, torch.ones_like(ratio, dtype=torch.bool), cfg))
     if cfg.velocity_kl_coef:
-        inputs.need("v_ref", loss="awm")
-        reg = velocity_penalty(inputs.v_pred, inputs.v_ref)
+        reg = _awm_kl(inputs, cfg)
         loss = loss + cfg.velocity_kl_coef * reg
         metrics["ref_reg"] = float(reg.detach())
+    if cfg.awm_ema_coef:
+        inputs.need("v_old", loss="awm with awm_ema_coef > 0")
+        ema = velocity_penalty(inputs.v_pred, inputs.v_old.detach())
+        loss = loss + cfg.awm_ema_coef * ema
+        metrics["ema_reg"] = float(ema.detach())
     return LossOutput(loss, metrics)
 
 
-__all__ = ["awm", "awm_weighted", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]
+__all__ = ["awm", "awm_log_prob", "awm_weighted", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]

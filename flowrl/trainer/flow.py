@@ -34,8 +34,7 @@ from flowrl.advantages.core import combine
 from flowrl.config import WEIGHT_DTYPES, Config, window_of
 from flowrl.data import load_prompts
 from flowrl.generate import generate
-from flowrl.losses import LOSSES, trains_on
-from flowrl.losses.nft import nft_decay
+from flowrl.losses import LOSSES, OldPolicy, trains_on
 from flowrl.models import FluxPolicy, SD3Policy, load_policy
 from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
@@ -75,7 +74,8 @@ class Run:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
-    old: EMA | None  # the old policy of losses that declare one (DiffusionNFT): samples, trails by its decay
+    old: EMA | None  # the trailing copy a loss reads as v_old (DiffusionNFT's old policy, AWM's EMA)
+    old_policy: OldPolicy | None  # its decay schedule and whether it samples the rollouts
     scheduler: torch.optim.lr_scheduler.LambdaLR
     rewards: RewardSet
     window: WindowSchedule
@@ -147,6 +147,7 @@ def setup(cfg: Config) -> Run:
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
     train_prompts = load_prompts(cfg.data.train_prompts)
     _check_split(cfg, window, rewards, len(train_prompts), accelerator.num_processes)
+    old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -155,7 +156,8 @@ def setup(cfg: Config) -> Run:
         params=params,
         optimizer=optimizer,
         ema=EMA(params, t.ema_decay) if t.ema_decay > 0 else None,
-        old=EMA(params, 0.0) if LOSSES.facts(cfg.loss.name).old_policy else None,
+        old=EMA(params, 0.0) if old_policy is not None else None,
+        old_policy=old_policy,
         scheduler=lr_scheduler(optimizer, t.lr_schedule, t.warmup_iterations, t.iterations),
         rewards=rewards,
         window=window,
@@ -217,7 +219,8 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     groupwise = any(is_groupwise(fn) for fn in run.rewards.rewards.values())
     blocks = _root_blocks(prompt_of_root, chunk if cfg.train.overlap_rewards else 0, whole_prompts=groupwise)
     rollouts, scored = [], []
-    sampler = run.old.applied() if run.old is not None else contextlib.nullcontext()  # NFT samples with the old
+    samples_old = run.old is not None and run.old_policy.samples  # DiffusionNFT samples with its old policy
+    sampler = run.old.applied() if samples_old else contextlib.nullcontext()
     with sampler, ThreadPoolExecutor(max_workers=1) as scorer:  # rewards of block k while block k + 1 samples
         for lo, hi in blocks:
             with clock.stage("rollout"):
@@ -368,14 +371,13 @@ def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
         return {"train/transitions": 0.0, "train/skipped_steps": 0.0}
     run.policy.train_mode(True)
     order_gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration)  # the same on every process
-    loss_gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 15_485_863 + run.iteration))
     sums: dict[str, float] = {}
     count, skipped = 0, 0
     for _ in range(cfg.train.inner_epochs):
         for step in step_rows(kept, acc.process_index, cfg.train.minibatches, cfg.train.micro_batch, order_gen):
             chunk = keep[step.rows]
             step_sums: dict[str, float] = {}
-            _accumulate(run, batch, rows, chunk, step.total, step.calls, loss_gen, step_sums)
+            _accumulate(run, batch, rows, chunk, step.total, step.calls, step_sums)
             if not _optimizer_step(run, chunk.numel(), step_sums):
                 skipped += 1
                 continue
@@ -395,7 +397,6 @@ def _accumulate(
     chunk: Tensor,
     rows: int,
     calls: int,
-    gen: torch.Generator,
     sums: dict[str, float],
 ) -> None:
     """Backward passes of one optimizer step: this process's ``chunk`` in micro-batches, each loss weighted
@@ -405,7 +406,7 @@ def _accumulate(
     pieces = chunk.split(cfg.train.micro_batch)
     for k, mb in enumerate(pieces):
         with run.clock.stage("replay_forward", mb.numel()):
-            out = row_loss(run, batch, mb, train, gen)
+            out = row_loss(run, batch, mb, train)
         with run.clock.stage("backward", mb.numel()):
             run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
@@ -413,7 +414,7 @@ def _accumulate(
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
     filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
     for k in range(len(pieces), calls):
-        out = row_loss(run, batch, filler, train, gen)
+        out = row_loss(run, batch, filler, train)
         run.backend.backward(out.loss * 0.0, last=k == calls - 1)
 
 
@@ -551,14 +552,14 @@ def train_step(run: Run) -> dict[str, float]:
 
 
 def trail_old_policy(run: Run, metrics: dict[str, float]) -> None:
-    """DiffusionNFT's old policy after an iteration's update: old ← d·old + (1 − d)·θ, with d its decay after the
-    optimizer steps made so far (``inner_epochs · minibatches`` per iteration, as its global_step counts)."""
+    """The trailing copy after an iteration's update: old ← d·old + (1 − d)·θ, with d the loss's decay after the
+    optimizer steps made so far (``inner_epochs · minibatches`` per iteration, as DiffusionNFT's global_step)."""
     if run.old is None:
         return
     t = run.cfg.train
-    run.old.decay = nft_decay((run.iteration + 1) * t.inner_epochs * t.minibatches, run.cfg.loss.nft_decay_type)
+    run.old.decay = run.old_policy.decay((run.iteration + 1) * t.inner_epochs * t.minibatches)
     run.old.update()
-    metrics["nft/old_decay"] = run.old.decay
+    metrics["train/old_decay"] = run.old.decay
 
 
 def non_finite_rewards(batch: Batch) -> dict[str, int]:

@@ -25,14 +25,13 @@ from torch import Tensor
 
 from flowrl.advantages import broadcast_to_transitions
 from flowrl.losses import LOSSES, LossInputs, LossOutput, compute_loss
+from flowrl.losses.renoise import draw_levels, levels_per_sample
 from flowrl.registry import Registry
 from flowrl.samplers import index_cond, replay_log_prob
-from flowrl.trainer.loop import process_seed
 from flowrl.trainer.share import Whole
 from flowrl.trainer.weights import reference_policy
 
 if TYPE_CHECKING:
-    from flowrl.config import Config
     from flowrl.trainer.flow import Batch, Run
 
 
@@ -43,7 +42,10 @@ class TrainRows:
     advantages: Tensor
     mask: Tensor  # bool: rows with a gradient
     position: Tensor  # each row's position in the whole batch, in single-process order
-    level: Tensor | None = None  # [M] schedule index each row is re-noised at (sample objectives)
+    # sample objectives: each row's noise level, the seed of its noise ε, and (ratio losses) its old value
+    sigma: Tensor | None = None  # [M]
+    noise_seed: Tensor | None = None  # [M] int64
+    old_value: Tensor | None = None  # [M]
 
 
 class Objective(Protocol):
@@ -51,8 +53,8 @@ class Objective(Protocol):
         """This process's rows from per-sample advantages and mask ``[N_local]``."""
         ...
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
-        """The loss of ``rows`` (indices into this process's ``train`` rows); ``gen`` draws any noise."""
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        """The loss of ``rows`` (indices into this process's ``train`` rows)."""
         ...
 
 
@@ -71,7 +73,7 @@ class ReplayTransitions:
         adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
         return TrainRows(adv_t, mask_t, whole.transition_pos)
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         cfg, policy, cond = run.cfg, run.policy, batch.cond
         adv = train.advantages[rows].to(run.accelerator.device)
         tr = batch.rollout.transitions.select(rows)
@@ -95,55 +97,66 @@ class ReplayTransitions:
         return compute_loss(cfg.loss.name, inputs, cfg.loss)
 
 
-def levels_per_sample(cfg: Config) -> int:
-    """How many noise levels each clean sample trains at: 1, or DiffusionNFT's ``max(1, int(T·fraction))``."""
-    if LOSSES.facts(cfg.loss.name).levels == "one":
-        return 1
-    return max(1, int(cfg.sampler.num_steps * cfg.train.timestep_fraction))
-
-
 class RenoisedSamples:
-    """Sample losses (AWM, DiffusionNFT): each row is a clean final sample x0 at one noise level σ of the sampling
-    schedule, x_σ = (1 − σ)·x0 + σ·ε with fresh ε; the velocity is compared with the flow-matching target ε − x0
-    (and with the base's velocity under ``loss.velocity_kl_coef``, and the old policy's for NFT).
+    """Sample losses (AWM, DiffusionNFT): each row is a clean final sample x0 at a noise level σ, re-noised as
+    x_σ = (1 − σ)·x0 + σ·ε; the velocity is compared with the flow-matching target ε − x0 (and with the base's
+    velocity under ``loss.velocity_kl_coef``, and the trailing copy's when the loss keeps one).
 
-    Rows are (sample, slot) pairs, K per sample (``levels_per_sample``): ``LossFacts.levels`` ``one`` draws each
-    sample's level uniformly; ``subset`` gives each sample the first K of a random permutation of the T levels
-    (DiffusionNFT's per-sample shuffled timesteps), so its K rows train at distinct levels."""
+    Rows are (sample, slot) pairs, K per sample, their σ drawn by the configured scheme (``flowrl.losses.renoise``)
+    for the whole batch at once and their ε from a per-row seed, both by the row's position in the whole batch: the
+    same rows whatever the number of processes, and the same ε in every pass over a row. A loss that clips a ratio
+    (``LossFacts.old_value``) gets each row's value under the policy before the update, computed here."""
 
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         cfg = run.cfg
-        k, n, t = levels_per_sample(cfg), adv.numel(), cfg.sampler.num_steps
-        gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 6_700_417 + run.iteration))
-        level = torch.stack([torch.randperm(t, generator=gen)[:k] for _ in range(n)]) if n else torch.zeros(0, k)
-        position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(n)
-        return TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, level.flatten().long())
+        k, total = levels_per_sample(cfg), whole.batch.rewards.shape[0]
+        gen = torch.Generator().manual_seed(cfg.seed * 6_700_417 + run.iteration)  # the same on every process
+        sigmas = run.policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)
+        sigma = draw_levels(cfg, sigmas, total, gen)[whole.sample_pos].flatten()
+        position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
+        seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
+        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, sigma, seed)
+        value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss)
+        if value is not None:
+            with torch.no_grad():
+                parts = [value(self._inputs(run, batch, r, train, old=False), cfg.loss)
+                         for r in torch.arange(len(position)).split(cfg.train.micro_batch)]  # fmt: skip
+            train.old_value = torch.cat(parts).cpu() if parts else torch.zeros(0)
+        return train
 
-    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows, gen: torch.Generator) -> LossOutput:
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        inputs = self._inputs(run, batch, rows, train, old=True)
+        inputs.advantages = train.advantages[rows].to(run.accelerator.device)
+        if train.old_value is not None:
+            inputs.old_log_prob = train.old_value[rows].to(inputs.v_pred)
+        return compute_loss(run.cfg.loss.name, inputs, run.cfg.loss)
+
+    @staticmethod
+    def _inputs(run: Run, batch: Batch, rows: Tensor, train: TrainRows, old: bool) -> LossInputs:
+        """The velocities of ``rows`` at their noised samples (with ``old``: the reference's and the trailing
+        copy's too, as configured)."""
         cfg, policy = run.cfg, run.policy
         sample = (rows // levels_per_sample(cfg)).to(batch.rollout.samples.device)
         x0 = batch.rollout.samples[sample]
         cond = index_cond(batch.cond, batch.rollout.cond_index[sample])
-        levels = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)[:-1]
-        sigma = levels[train.level[rows]].to(x0)
-        eps = torch.randn(x0.shape, generator=gen).to(x0)
+        sigma = train.sigma[rows].to(x0)
+        seeds = train.noise_seed[rows].tolist()
+        eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+        eps = eps.to(x0)
         s = sigma.view(-1, *([1] * (x0.dim() - 1)))
         x_t = (1 - s) * x0 + s * eps
         v_ref = v_old = None
-        if cfg.loss.velocity_kl_coef > 0:
+        if old and cfg.loss.velocity_kl_coef > 0:
             with reference_policy(policy):
                 v_ref = policy.velocity(x_t, sigma, cond)
-        if run.old is not None:
+        if old and run.old is not None:
             with torch.no_grad(), run.old.applied():
                 v_old = policy.velocity(x_t, sigma, cond)
         v_pred = policy.velocity(x_t, sigma, cond)
-        adv = train.advantages[rows].to(run.accelerator.device)
-        inputs = LossInputs(advantages=adv, v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma,
-                            v_old=v_old, x_t=x_t, x0=x0)  # fmt: skip
-        return compute_loss(cfg.loss.name, inputs, cfg.loss)
+        return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
 
 
 OBJECTIVES.register("transitions")(ReplayTransitions())
 OBJECTIVES.register("samples")(RenoisedSamples())
 
-__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows", "levels_per_sample"]
+__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows"]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# DiffusionNFT, SD3.5 Medium + PickScore, LoRA (configs/sd35_nft_pickscore.yaml) on this machine's GPUs.
+#
+# Before the first run:
+#   - prompts: copy dataset/pickscore/train.txt and test.txt of NVlabs/DiffusionNFT into data/pickscore/
+#   - PickScore: yuvalkirstain/PickScore_v1 (CLIPModel) plus the tokenizer files of
+#     laion/CLIP-ViT-H-14-laion2B-s32B-b79K in one folder; set its path below or as an override
+#   - SD3.5 Medium: accept its licence on the hub (model.path is the hub id) or point model.path at a local copy
+#
+# Usage: [NUM_GPUS=8] scripts/train_sd35_nft_pickscore.sh [key=value ...]
+#   e.g. NUM_GPUS=4 scripts/train_sd35_nft_pickscore.sh output.run_dir=runs/sd35-nft-pickscore train.iterations=500
+#   (a list such as `rewards` is replaced as a whole: rewards='[{name: pickscore, options: {...}}]')
+# Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
+# train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NUM_GPUS="${NUM_GPUS:-8}"
+ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
+ACCELERATE="${ACCELERATE:-accelerate}"
+
+exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
+    -m flowrl train --config configs/sd35_nft_pickscore.yaml "$@"
