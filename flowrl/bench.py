@@ -146,7 +146,8 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
     def point(clock: float) -> dict[str, float]:
         _, parts = evaluate(run, prompts, seeds)
         first.setdefault("reward", parts["reward"])
-        out = {"t": clock, "iteration": run.iteration}
+        # the machine's 1-minute load: about the run's own threads when nothing else runs (a check on the timings)
+        out = {"t": clock, "iteration": run.iteration, "load": os.getloadavg()[0]}
         out["reward"], out["reward_se"] = prompt_mean_se(parts["reward"], prompts)
         out["gain"], out["gain_se"] = prompt_mean_se(parts["reward"] - first["reward"], prompts)
         if strict_key in parts:
