@@ -50,15 +50,9 @@ def parse_columns(items: list[str], default_config: str | None) -> list[ColumnSp
 
 def load_column_policy(cfg, source: str):
     """The config's model with ``source``'s trained weights: a LoRA adapter or a full transformer."""
-    from flowrl.config import WEIGHT_DTYPES
-    from flowrl.models import load_policy
+    from flowrl.models import policy_for
 
-    options = {"max_sequence_length": cfg.model.max_sequence_length} if cfg.model.max_sequence_length else {}
-    policy = load_policy(cfg.model.path, dtype=getattr(torch, WEIGHT_DTYPES[cfg.model.weights_dtype]), **options)
-    policy.cfg_scale = cfg.model.cfg_scale
-    policy.schedule_shift = cfg.sampler.shift
-    if hasattr(policy, "guidance_scale"):
-        policy.guidance_scale = cfg.model.guidance_scale
+    policy = policy_for(cfg.model, cfg.sampler.shift)
     if source == "base":
         return _with_untrained_copy(cfg, policy, lora=False)
     lora = next((p for p in (os.path.join(source, "lora"), source) if _is_lora(p)), None)

@@ -20,6 +20,7 @@ import yaml
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.losses.renoise import scheme_of
+from flowrl.models.family import FAMILIES
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES
@@ -27,17 +28,6 @@ from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
 
 if TYPE_CHECKING:
     from flowrl.text_config import TextConfig
-
-SD3_LORA_TARGETS = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-]
 
 
 @dataclass
@@ -50,8 +40,13 @@ class ModelConfig:
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
     lora_rank: int = option(16, "LoRA rank", low=1)
     lora_alpha: float = option(16.0, "LoRA alpha (scale = alpha / rank)", low=0.0)
-    lora_targets: list[str] = option(SD3_LORA_TARGETS, "module name suffixes that get LoRA adapters")
+    lora_targets: list[str] = option(
+        [], "module name suffixes that get LoRA adapters ([] = the model family's default, FamilyFacts.lora_targets)"
+    )
     cfg_scale: float = option(1.0, "classifier-free guidance scale during sampling and training (1 = off)", low=1.0)
+    negative_prompt: str = option(
+        "", "the unconditional prompt of classifier-free guidance ('' as the SD3 pipeline; Qwen-Image's card: ' ')"
+    )
     guidance_scale: float = option(3.5, "FLUX.1-dev: scale fed to its guidance embedding (SD3: unused)", low=0.0)
     mixed_precision: str = option("no", "accelerate mixed precision", choices=("no", "fp16", "bf16"))
     weights_dtype: str = option(
@@ -423,8 +418,14 @@ def check_combinations(cfg: Config) -> None:
             f"model.finetune=full trains the weights themselves: model.weights_dtype must be fp32, got "
             f"{m.weights_dtype} (set model.mixed_precision={m.weights_dtype} for half-precision compute)"
         )
-    if m.weights_dtype == "fp16" and _pipeline_class(m.path) == "FluxPipeline":
-        raise ConfigError("model.weights_dtype=fp16: FLUX.1 activations overflow in fp16; use bf16")
+    family = _pipeline_class(m.path)
+    if m.weights_dtype != "fp32" and family in FAMILIES:
+        allowed = FAMILIES.facts(family).half_precision
+        if m.weights_dtype not in allowed:
+            raise ConfigError(
+                f"model.weights_dtype={m.weights_dtype}: {family}'s activations overflow in {m.weights_dtype}; use "
+                f"{' or '.join(allowed)}"
+            )
 
 
 def _pipeline_class(path: str) -> str:

@@ -38,7 +38,14 @@ def dynamic_shift_mu(image_seq_len: int, config: Any) -> float:
     return config.base_shift + slope * (image_seq_len - base_len)
 
 
-def scheduler_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None = None, shift: float = 0.0) -> Tensor:
+def scheduler_sigmas(
+    scheduler: Any,
+    num_steps: int,
+    image_seq_len: int | None = None,
+    shift: float = 0.0,
+    grid: list[float] | None = None,
+    mu: float | None = None,
+) -> Tensor:
     """Sigmas a diffusers ``FlowMatchEulerDiscreteScheduler`` uses for ``num_steps`` steps. Shape ``[T + 1]``.
 
     The scheduler's own config decides the shift: a fixed ``shift`` (SD3.5) or, with
@@ -46,17 +53,22 @@ def scheduler_sigmas(scheduler: Any, num_steps: int, image_seq_len: int | None =
     packed latent tokens) on the sigma grid ``linspace(1, 1/T, T)`` that ``FluxPipeline`` passes.
     The scheduler is modified in place (``set_timesteps``), as a pipeline call would. A ``shift`` > 0
     overrides all of this with ``linear_sigmas(num_steps, shift)``, the fixed-shift linear grid that
-    DanceGRPO, MixGRPO and Pref-GRPO sample FLUX on (their ``--shift 3``).
+    DanceGRPO, MixGRPO and Pref-GRPO sample FLUX on (their ``--shift 3``). A pipeline that passes its own sigma
+    ``grid`` (Z-Image's float32 linspace) or its own ``mu`` (FLUX.2's step-count-dependent one) gives them here.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if shift > 0:
         return linear_sigmas(num_steps, shift)
     if getattr(scheduler.config, "use_dynamic_shifting", False):
-        if image_seq_len is None:
+        if image_seq_len is None and mu is None:
             raise ValueError("this scheduler uses dynamic shifting (FLUX): pass image_seq_len, the packed token count")
-        grid = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64).tolist()
-        scheduler.set_timesteps(sigmas=grid, mu=dynamic_shift_mu(image_seq_len, scheduler.config))
+        grid = grid or torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64).tolist()
+        scheduler.set_timesteps(
+            sigmas=grid, mu=mu if mu is not None else dynamic_shift_mu(image_seq_len, scheduler.config)
+        )
+    elif grid is not None:
+        scheduler.set_timesteps(sigmas=grid)
     else:
         scheduler.set_timesteps(num_steps)
     sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)

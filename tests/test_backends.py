@@ -1,12 +1,13 @@
-"""The trainer on tiny SD3.5- and FLUX.1-layout pipelines (VAE, CLIP + T5 encoders) saved to disk: every
-sampler mode, half-precision frozen weights, gradient checkpointing, the prompt cache, hub-id paths."""
+"""The trainer on tiny SD3.5-, FLUX.1-, Qwen-Image-, FLUX.2 [klein]- and Z-Image-layout pipelines (VAE, text
+encoders) saved to disk: every sampler mode, half-precision frozen weights, gradient checkpointing, the prompt cache,
+hub-id paths."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from test_trainer import MODES, tiny_config
-from tiny_models import save_tiny_flux, save_tiny_sd3
+from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
 
 from flowrl.config import load_config
 from flowrl.models.common import PromptCache
@@ -20,7 +21,13 @@ BACKEND = ["model.resolution=32", "model.max_sequence_length=16"]
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("backends")
-    return {"sd3": save_tiny_sd3(str(root / "sd3")), "flux": save_tiny_flux(str(root / "flux"))}
+    return {
+        "sd3": save_tiny_sd3(str(root / "sd3")),
+        "flux": save_tiny_flux(str(root / "flux")),
+        "qwen": save_tiny_qwen_image(str(root / "qwen")),
+        "flux2": save_tiny_flux2_klein(str(root / "flux2")),
+        "zimage": save_tiny_z_image(str(root / "zimage")),
+    }
 
 
 def _run(path: str, *overrides: str):
@@ -31,7 +38,7 @@ def _moved(before: list[torch.Tensor], run) -> bool:
     return any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage"])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     run = _run(pipelines[family], f"sampler.mode={mode}", *MODES[mode])
@@ -43,7 +50,7 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     assert _moved(before, run)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage"])
 def test_bf16_frozen_weights_with_fp32_lora(pipelines, family):
     run = _run(pipelines[family], "model.weights_dtype=bf16")
     transformer = run.policy.transformer
@@ -105,7 +112,7 @@ def test_model_path_accepts_hub_ids_and_rejects_other_paths(tmp_path, monkeypatc
 
 
 def test_dtype_rules_are_checked_before_loading(pipelines):
-    with pytest.raises(ConfigError, match=r"FLUX\.1 activations overflow in fp16"):
+    with pytest.raises(ConfigError, match=r"FluxPipeline.s activations overflow in fp16"):
         load_config(None, [f"model.path={pipelines['flux']}", "model.weights_dtype=fp16"])
     with pytest.raises(ConfigError, match="weights_dtype must be fp32"):
         load_config(None, [f"model.path={pipelines['sd3']}", "model.finetune=full", "model.weights_dtype=bf16"])

@@ -12,7 +12,6 @@ import pytest
 from flowrl import cli
 from flowrl.advantages import ADVANTAGES
 from flowrl.config import (
-    SD3_LORA_TARGETS,
     Config,
     SamplerConfig,
     check_combinations,
@@ -77,8 +76,7 @@ def test_defaults_load(mp: str, model_dir: Path) -> None:
 
 def test_mutable_defaults_are_copied_per_instance() -> None:
     a, b = Config(), Config()
-    assert a.model.lora_targets == SD3_LORA_TARGETS
-    assert a.model.lora_targets is not SD3_LORA_TARGETS
+    assert a.model.lora_targets == []  # the model family's default (FamilyFacts.lora_targets)
     assert a.model.lora_targets is not b.model.lora_targets
     assert a.sampler.window_options is not b.sampler.window_options
     assert a.rewards is not b.rewards
@@ -612,7 +610,7 @@ def test_describe_lists_leaf_keys_with_help() -> None:
         assert rows[key][2].strip()
     assert rows["train.lr"][:2] == ("float", 3e-4)
     assert rows["train.group_size"][:2] == ("int", 8)
-    assert rows["model.lora_targets"][1] == SD3_LORA_TARGETS
+    assert rows["model.lora_targets"][1] == []
     # sections are descended into, not listed themselves
     for section in ("model", "sampler", "train", "advantage", "loss", "data", "eval", "output"):
         assert section not in rows

@@ -35,6 +35,9 @@ SCRIPTS = {
     "train_flux_hpsv21.sh": "flux_hpsv21.yaml",
     "train_flux_pref_grpo.sh": "flux_pref_grpo.yaml",
     "train_sd35_nft_pickscore.sh": "sd35_nft_pickscore.yaml",
+    "train_qwen_image_pickscore.sh": "qwen_image_pickscore.yaml",
+    "train_flux2_klein_pickscore.sh": "flux2_klein_pickscore.yaml",
+    "train_z_image_turbo_pickscore.sh": "z_image_turbo_pickscore.yaml",
 }
 FLUX_BLOCKS = "FluxTransformerBlock,FluxSingleTransformerBlock"
 SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL")  # the scripts' own variables
@@ -91,6 +94,42 @@ EXPECTED = {
         "loss.nft_decay_type": 1,
         "loss.velocity_kl_coef": 1e-4,
         "loss.kl_coef": 0.0,
+        "rewards": ["pickscore"],
+    },
+    "qwen_image_pickscore.yaml": {
+        "model.path": "Qwen/Qwen-Image-2512",
+        "model.resolution": 512,
+        "model.lora_rank": 64,
+        "model.lora_alpha": 128.0,
+        "model.cfg_scale": 4.0,
+        "sampler.num_steps": 10,
+        "sampler.noise_level": 1.0,
+        "window": ("random", 1),
+        "train.group_size": 16,
+        "train.prompts_per_step": 48,
+        "train.lr": 3e-4,
+        "advantage.name": "gdpo",
+        "loss.clip_low": 1e-4,
+        "rewards": ["clipscore", "pickscore"],
+    },
+    "flux2_klein_pickscore.yaml": {
+        "model.path": "black-forest-labs/FLUX.2-klein-base-9B",
+        "model.resolution": 384,
+        "model.cfg_scale": 4.0,
+        "sampler.num_steps": 8,
+        "window": ("random", 1),
+        "train.group_size": 16,
+        "train.lr": 3e-4,
+        "rewards": ["pickscore"],
+    },
+    "z_image_turbo_pickscore.yaml": {
+        "model.path": "Tongyi-MAI/Z-Image-Turbo",
+        "model.resolution": 512,
+        "model.cfg_scale": 1.0,
+        "sampler.num_steps": 6,
+        "window": ("random", 1),
+        "train.group_size": 16,
+        "train.lr": 3e-4,
         "rewards": ["pickscore"],
     },
     "flux_hpsv21.yaml": {
@@ -221,7 +260,13 @@ def test_window_and_reward_options_fit_their_consumers(path: Path, stand_ins: li
 @pytest.fixture(scope="module")
 def tiny_transformers():
     """Tiny SD3 and FLUX transformers of the real diffusers classes (built from config, nothing loaded)."""
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from diffusers import (
+        Flux2Transformer2DModel,
+        FluxTransformer2DModel,
+        QwenImageTransformer2DModel,
+        SD3Transformer2DModel,
+        ZImageTransformer2DModel,
+    )
 
     sd3 = SD3Transformer2DModel(
         sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
@@ -232,18 +277,42 @@ def tiny_transformers():
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )  # fmt: skip
-    return {"sd3": sd3, "flux": flux}
+    qwen = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=16, axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    flux2 = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4),
+    )  # fmt: skip
+    zimage = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=1, n_refiner_layers=1, n_heads=2,
+        n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 4, 4], axes_lens=[64, 32, 32],
+    )  # fmt: skip
+    return {"sd3": sd3, "flux": flux, "qwen": qwen, "flux2": flux2, "zimage": zimage}
+
+
+#: the family of a preset's model.path (a hub id) and its pipeline class
+PATH_FAMILIES = (("qwen-image", "qwen", "QwenImagePipeline"), ("flux.2", "flux2", "Flux2KleinPipeline"),
+                 ("z-image", "zimage", "ZImagePipeline"), ("flux", "flux", "FluxPipeline"))  # fmt: skip
+
+
+def family_of(path: Path) -> tuple[str, str]:
+    model = raw(path)["model"]["path"].lower()
+    return next(((f, p) for key, f, p in PATH_FAMILIES if key in model), ("sd3", "StableDiffusion3Pipeline"))
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_lora_targets_exist_in_the_architecture(path: Path, stand_ins: list[str], tiny_transformers):
+    from flowrl.models import FAMILIES
     from flowrl.trainer.weights import make_trainable
 
     cfg = load_config(str(path), stand_ins)
-    family = "flux" if "flux" in raw(path)["model"]["path"].lower() else "sd3"
+    family, pipeline = family_of(path)
     model = copy.deepcopy(tiny_transformers[family])
     m = cfg.model
-    params = make_trainable(model, "lora", m.lora_rank, m.lora_alpha, m.lora_targets)  # raises on unmatched names
+    targets = m.lora_targets or list(FAMILIES.facts(pipeline).lora_targets)  # [] = the family's default
+    params = make_trainable(model, "lora", m.lora_rank, m.lora_alpha, targets)  # raises on unmatched names
     assert params and all(p.requires_grad for p in params)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_trainer import TINY_ARGS
-from tiny_models import save_tiny_flux
+from tiny_models import save_tiny_flux, save_tiny_qwen_image
 
 from flowrl.cli import main
 from flowrl.config import load_config
@@ -103,9 +103,11 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
+    extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if backend != "deepspeed" else {}
     if backend == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
-        cmd.append(save_tiny_flux(str(tmp_path / "flux")))
+        extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
+    cmd += [f"{name}={path}" for name, path in extra.items()]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     # the command line's last line, printed by the main process only
@@ -132,8 +134,9 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
     for key in ("params", "ema"):  # bit for bit: weights, optimizer moments and EMA all came back
         a, b = (whole[key], resumed[key]) if key == "params" else (whole[key]["shadow"], resumed[key]["shadow"])
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), key
+    for name in extra:  # the new families make one process's gradient and evaluation too
+        _assert_checks(json.loads((out / f"checks_{name}.json").read_text()))
     if backend == "fsdp":
-        _assert_checks(json.loads((out / "checks_flux.json").read_text()))
         full_ft = json.loads((out / "full_finetuning.json").read_text())
         assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
         assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
@@ -406,7 +409,7 @@ def _record_training(record: dict):
     return undo
 
 
-def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
+def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
     from flowrl.cli import main
     from flowrl.trainer.sharding import sharding_requested
 
@@ -428,13 +431,13 @@ def _worker(model: str, out: str, run_dir: str, flux: str = "") -> None:
         Path(out, "checks.json").write_text(json.dumps(checks))
     if record["sharded"]:
         _sharded_full_finetuning(model, Path(out))
-    if flux:
-        from accelerate.state import AcceleratorState
+    from accelerate.state import AcceleratorState
 
+    for name, path in (e.split("=", 1) for e in extra):  # other families: name=folder
         AcceleratorState._reset_state()
-        checks = _checks(flux, "model.guidance_scale=2.0")
+        checks = _checks(path, *(["model.guidance_scale=2.0"] if name == "flux" else []))
         if rank == 0:
-            Path(out, "checks_flux.json").write_text(json.dumps(checks))
+            Path(out, f"checks_{name}.json").write_text(json.dumps(checks))
 
 
 def _sharded_full_finetuning(model: str, out: Path) -> None:
@@ -468,7 +471,7 @@ def _sharded_full_finetuning(model: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:5])
+    _worker(*sys.argv[1:])
 
 
 def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch):

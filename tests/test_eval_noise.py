@@ -72,17 +72,17 @@ def test_an_image_depends_on_its_pair_only(toy_policy):
 def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise(tiny_model, tmp_path, monkeypatch):
     from test_trainer import tiny_config
 
-    from flowrl.models.common import LatentIO
+    from flowrl.models.family import FlowModel
     from flowrl.trainer.run import train_and_report
 
     calls: list[list[int]] = []
-    original = LatentIO.initial_noise
+    original = FlowModel.initial_noise
 
     def recording(self, seeds, resolution):
         calls.append([int(s) for s in seeds])
         return original(self, seeds, resolution)
 
-    monkeypatch.setattr(LatentIO, "initial_noise", recording)
+    monkeypatch.setattr(FlowModel, "initial_noise", recording)
     cfg = tiny_config(tiny_model, f"output.run_dir={tmp_path / 'run'}", "eval.seeds_per_prompt=2", "seed=7")
     train_and_report(cfg)
     evaluation = [c for c in calls if c[0] >= EVAL_STREAM]

@@ -86,7 +86,10 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"has no model_index\.json"):
         policy_class(str(tmp_path))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    with pytest.raises(ValueError, match="StableDiffusionXLPipeline pipeline; supported: StableDiffusion3Pipeline"):
+    with pytest.raises(
+        ValueError,
+        match="StableDiffusionXLPipeline pipeline; supported: Flux2KleinPipeline, FluxPipeline, QwenImagePipeline",
+    ):
         policy_class(str(tmp_path))
 
 

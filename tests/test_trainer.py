@@ -26,6 +26,7 @@ MODES = {
         "advantage.name=multi-granularity",
         "sampler.window_options={max_start: 2}",
     ],
+    "ode": ["loss.name=nft", "train.timestep_fraction=0.5"],  # no transitions: a loss that trains on samples
 }
 
 
@@ -88,7 +89,8 @@ def test_every_sampler_mode_trains(tiny_model, mode):
     assert batch.rollout.samples.shape == (2 * 4, 3, 32, 32)
     assert batch.rewards.shape == (8, 2)
     rows, _ = advantages(run, batch)
-    assert rows.advantages.shape == rows.mask.shape == (len(batch.rollout.transitions),)
+    trained = len(batch.rollout.transitions) if mode != "ode" else 8 * 2  # ode + nft: 2 levels per sample
+    assert rows.advantages.shape == rows.mask.shape == (trained,)
     if mode == "singular":
         assert len(batch.rollout.transitions) == 8 and batch.granular.shape == (1, 8, 2)
     run.iteration = 0

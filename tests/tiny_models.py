@@ -140,3 +140,128 @@ def save_tiny_sd3(path: str, seed: int = 0) -> str:
 
 
 __all__ = ["save_tiny_flux", "save_tiny_sd3", "t5_tokenizer", "tiny_vae"]
+
+
+def qwen_tokenizer():
+    """A byte-level BPE tokenizer with Qwen's special tokens and a Qwen3-style chat template (no merges: one token
+    per byte), built offline; what the Qwen-Image, FLUX.2 and Z-Image pipelines call their tokenizer."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import Qwen2Tokenizer
+
+    vocab = {"<|endoftext|>": 0, **{c: i + 1 for i, c in enumerate(sorted(ByteLevel.alphabet()))}}
+    template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n"
+        "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+    )
+    tok = Qwen2Tokenizer(
+        vocab=vocab, merges=[], unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"], chat_template=template,
+    )  # fmt: skip
+    tok.add_tokens(["<think>", "</think>"])
+    return tok
+
+
+def save_tiny_qwen_image(path: str, seed: int = 0) -> str:
+    """A Qwen-Image-layout folder (``QwenImagePipeline.save_pretrained``) with tiny components: its scheduler
+    config as Qwen/Qwen-Image's (dynamic shift, terminal 0.02), a VAE with non-trivial latent statistics."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
+            "rope_theta": 1e6, "vocab_size": len(tokenizer)}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+    encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=16, vocab_size=len(tokenizer))
+    )
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0],
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )  # fmt: skip
+    QwenImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tokenizer, transformer=transformer
+    ).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def _tiny_qwen3(tokenizer, layers: int, causal: bool):
+    """A tiny Qwen3 (hidden 16) for the FLUX.2 and Z-Image text encoders."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+        bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=0,
+    )  # fmt: skip
+    return (Qwen3ForCausalLM if causal else Qwen3Model)(config)
+
+
+def save_tiny_flux2_klein(path: str, seed: int = 0, distilled: bool = False) -> str:
+    """A FLUX.2 [klein]-layout folder (``Flux2KleinPipeline.save_pretrained``) with tiny components: a 27-layer
+    text encoder (the pipeline reads layers 9, 18, 27), a 2-level VAE with 4 latent channels."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=3 * 16, timestep_guidance_channels=256,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+    )  # fmt: skip
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    with torch.no_grad():  # batch-norm statistics that are not the identity, so the normalisation is exercised
+        vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.3, vae.bn.running_mean.numel()))
+        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.running_var.numel()))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True)
+    Flux2KleinPipeline(
+        scheduler=scheduler, vae=vae, text_encoder=_tiny_qwen3(tokenizer, 27, causal=True), tokenizer=tokenizer,
+        transformer=transformer, is_distilled=distilled,
+    ).save_pretrained(path, safe_serialization=True)  # fmt: skip
+    return path
+
+
+def save_tiny_z_image(path: str, seed: int = 0) -> str:
+    """A Z-Image-layout folder (``ZImagePipeline.save_pretrained``) with tiny components and Turbo's scheduler
+    (a fixed shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+        n_heads=2, n_kv_heads=2, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[8, 4, 4], axes_lens=[600, 32, 32],
+    )  # fmt: skip
+    with torch.no_grad():  # the pad tokens start at zero; give them values so that padding is exercised
+        transformer.x_pad_token.normal_()
+        transformer.cap_pad_token.normal_()
+    ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0), vae=tiny_vae(4, seed),
+        text_encoder=_tiny_qwen3(tokenizer, 2, causal=False), tokenizer=tokenizer, transformer=transformer,
+    ).save_pretrained(path, safe_serialization=True)  # fmt: skip
+    return path

@@ -1,5 +1,6 @@
-"""Model adapters: a policy object per model family (``SD3Policy``, ``FluxPolicy``), chosen from a
-diffusers folder by ``load_policy``, and the toy base's architecture (``flowrl.models.toy``)."""
+"""Model adapters: one ``FlowModel`` per model family (``SD3Policy``, ``FluxPolicy``; the interface and the
+``FAMILIES`` registry are in ``flowrl.models.family``), chosen from a diffusers folder's ``model_index.json`` by
+``load_policy``, and the toy base's architecture (``flowrl.models.toy``)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ from typing import Any
 
 from flowrl.options import ConfigError
 
-from .common import PromptCond
+from .common import PromptCache, PromptCond
+from .family import FAMILIES, FamilyFacts, FlowModel
 from .flux import FluxPolicy
+from .flux2 import Flux2KleinPolicy
+from .qwen_image import QwenImagePolicy
 from .sd3 import SD3Policy
+from .z_image import ZImagePolicy
 
 
 class ModelPathError(ConfigError, FileNotFoundError):
     """``model.path`` names no usable pipeline folder: a config error (exit code 2) and a ``FileNotFoundError``."""
-
-
-#: pipeline class recorded in model_index.json → adapter
-FAMILIES: dict[str, type] = {"StableDiffusion3Pipeline": SD3Policy, "FluxPipeline": FluxPolicy}
 
 
 def resolve_model_path(path: str) -> str:
@@ -38,32 +39,69 @@ def resolve_model_path(path: str) -> str:
         ) from e
 
 
-def policy_class(path: str) -> type:
-    """The adapter for a diffusers folder, from ``model_index.json``'s ``_class_name``."""
+def pipeline_name(path: str) -> str:
+    """``_class_name`` of a local folder's ``model_index.json`` (raises when the folder has none)."""
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
         raise ModelPathError(f"model path {path!r} has no model_index.json (expected a diffusers pipeline folder)")
     with open(index) as f:
-        name = json.load(f).get("_class_name", "")
+        return str(json.load(f).get("_class_name", ""))
+
+
+def policy_class(path: str) -> type[FlowModel]:
+    """The adapter for a diffusers folder, from ``model_index.json``'s ``_class_name``."""
+    name = pipeline_name(path)
     if name not in FAMILIES:
-        supported = ", ".join(FAMILIES)
+        supported = ", ".join(FAMILIES.names())
         raise ConfigError(f"model path {path!r} holds a {name or 'unnamed'} pipeline; supported: {supported}")
-    return FAMILIES[name]
+    return FAMILIES.get(name)
 
 
-def load_policy(path: str, **options: Any) -> SD3Policy | FluxPolicy:
+def load_policy(path: str, **options: Any) -> FlowModel:
     """The right adapter for ``path`` (folder or hub id); ``options`` go to its constructor (dtype, device)."""
     path = resolve_model_path(path)
     return policy_class(path)(path, **options)
 
 
+def policy_for(model: Any, shift: float = 0.0, device: str | Any = "cpu") -> FlowModel:
+    """The adapter a config's ``model`` section describes (``ModelConfig``; ``shift``: ``sampler.shift``): loaded
+    in ``model.weights_dtype`` with its sequence length, guidance and schedule settings. The trainer, the gallery
+    and evaluation all load through here."""
+    import torch
+
+    from flowrl.sections import WEIGHT_DTYPES
+
+    options: dict[str, Any] = {"max_sequence_length": model.max_sequence_length} if model.max_sequence_length else {}
+    dtype = getattr(torch, WEIGHT_DTYPES[model.weights_dtype])
+    policy = load_policy(model.path, device=device, dtype=dtype, **options)
+    policy.cfg_scale, policy.negative_prompt = model.cfg_scale, model.negative_prompt
+    policy.schedule_shift = shift
+    if FAMILIES.facts(policy.pipeline_class).guidance_embedding:
+        policy.guidance_scale = model.guidance_scale
+    policy.prompt_cache = PromptCache(model.prompt_cache) if getattr(model, "prompt_cache", 0) else None
+    return policy
+
+
+def lora_targets(model: Any, policy: FlowModel) -> list[str]:
+    """``model.lora_targets``, or the family's default when the list is empty."""
+    return list(model.lora_targets) or list(FAMILIES.facts(policy.pipeline_class).lora_targets)
+
+
 __all__ = [
     "FAMILIES",
+    "FamilyFacts",
+    "FlowModel",
+    "Flux2KleinPolicy",
     "FluxPolicy",
     "ModelPathError",
     "PromptCond",
+    "QwenImagePolicy",
     "SD3Policy",
+    "ZImagePolicy",
     "load_policy",
+    "lora_targets",
+    "pipeline_name",
     "policy_class",
+    "policy_for",
     "resolve_model_path",
 ]

@@ -25,37 +25,61 @@ _TRUNCATION_WARNED: set[tuple[str, int]] = set()
 
 @dataclass
 class PromptCond:
-    """Conditioning rows for the transformer: ``embeds [B, L, D]``, ``pooled [B, P]``; with
-    classifier-free guidance also the unconditional ``neg_embeds`` / ``neg_pooled`` of the same shapes."""
+    """Conditioning rows for the transformer: ``embeds [B, L, D]``; per family also ``pooled [B, P]`` (SD3,
+    FLUX.1) or ``mask [B, L]`` (bool, the real tokens of prompts of different lengths); with classifier-free
+    guidance the negative prompt's rows under ``neg_*`` (the same keys; their length may differ)."""
 
     embeds: Tensor
-    pooled: Tensor
+    pooled: Tensor | None = None
+    mask: Tensor | None = None
     neg_embeds: Tensor | None = None
     neg_pooled: Tensor | None = None
+    neg_mask: Tensor | None = None
 
     def as_dict(self) -> dict[str, Tensor]:
         """The tensors as a mapping (what the rollout drivers index row by row)."""
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-Encoder = Callable[[list[str]], tuple[Tensor, Tensor]]
-Forward = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+Parts = dict[str, Tensor]  # one prompt set's rows: embeds, and pooled or mask
+Encoder = Callable[[list[str]], Parts]
+Forward = Callable[[Tensor, Tensor, Parts], Tensor]  # (x, t, parts) -> model output
 
 
 def encode_prompts(
-    encode: Encoder, prompts: list[str], with_negative: bool, cache: PromptCache | None = None
+    encode: Encoder, prompts: list[str], with_negative: bool, cache: PromptCache | None = None, negative: str = ""
 ) -> PromptCond:
-    """``encode(prompts) -> (embeds, pooled)``, plus the empty prompt's rows as the negative when asked;
-    through ``cache`` when given."""
+    """``encode(prompts) -> parts``, plus the ``negative`` prompt's rows (repeated per prompt) when asked; through
+    ``cache`` when given."""
     if cache is not None:
         encode = cache.wrap(encode)
-    embeds, pooled = encode(prompts)
-    cond = PromptCond(embeds, pooled)
+    cond = PromptCond(**encode(prompts))
     if with_negative:
-        neg, neg_pooled = encode([""])
-        cond.neg_embeds = neg.expand_as(embeds).contiguous()
-        cond.neg_pooled = neg_pooled.expand_as(pooled).contiguous()
+        for key, row in encode([negative]).items():
+            setattr(cond, f"neg_{key}", row.expand(len(prompts), *row.shape[1:]).contiguous())
     return cond
+
+
+def pad_rows(rows: list[Parts]) -> Parts:
+    """Stack single-prompt rows; with a ``mask``, each row's sequences (``embeds`` and ``mask``) are first
+    zero-padded on the right to the longest, as the pipelines pad a batch."""
+    if "mask" not in rows[0]:
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    length = max(r["mask"].shape[0] for r in rows)
+
+    def pad(t: Tensor) -> Tensor:
+        return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, length - t.shape[0]))
+
+    return {k: torch.stack([pad(r[k]) if k in ("embeds", "mask") else r[k] for r in rows]) for k in rows[0]}
+
+
+def trim_row(parts: Parts, i: int) -> Parts:
+    """Row ``i`` of a batch's parts, its sequences cut to its own tokens when there is a ``mask``."""
+    row = {k: v[i] for k, v in parts.items()}
+    if "mask" in row:
+        n = int(row["mask"].sum())
+        row["embeds"], row["mask"] = row["embeds"][:n], row["mask"][:n]
+    return row
 
 
 class PromptCache:
@@ -66,25 +90,25 @@ class PromptCache:
         if size < 1:
             raise ValueError(f"prompt cache size must be >= 1, got {size}")
         self.size = size
-        self.rows: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self.rows: OrderedDict[str, Parts] = OrderedDict()
         self.hits = self.misses = 0
 
     def wrap(self, encode: Encoder) -> Encoder:
-        def cached(prompts: list[str]) -> tuple[Tensor, Tensor]:
+        def cached(prompts: list[str]) -> Parts:
             missing = list(dict.fromkeys(p for p in prompts if p not in self.rows))
             self.misses += len(missing)
             self.hits += len(prompts) - len(missing)
             fresh = {}
             if missing:
-                embeds, pooled = encode(missing)
-                fresh = {p: (embeds[i], pooled[i]) for i, p in enumerate(missing)}
+                parts = encode(missing)
+                fresh = {p: trim_row(parts, i) for i, p in enumerate(missing)}
             rows = [fresh.get(p) or self.rows[p] for p in prompts]
             for p in prompts:  # most recently used last; the oldest go first
                 self.rows[p] = fresh.get(p) or self.rows[p]
                 self.rows.move_to_end(p)
             while len(self.rows) > self.size:
                 self.rows.popitem(last=False)
-            return torch.stack([e for e, _ in rows]), torch.stack([q for _, q in rows])
+            return pad_rows(rows)
 
         return cached
 
@@ -107,21 +131,33 @@ def in_chunks(velocity: Callable[..., Tensor], size: int) -> Callable[..., Tenso
     return chunked
 
 
-def guided(forward: Forward, x: Tensor, t: Tensor, cond: dict[str, Tensor], scale: float) -> Tensor:
-    """``forward(x, t, embeds, pooled)``, with classifier-free guidance ``u + scale·(c − u)`` when
-    ``scale > 1`` (one batched pass over the negative and the prompt rows)."""
+def cfg_combine(uncond: Tensor, cond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance ``u + scale·(c − u)``."""
+    return uncond + scale * (cond - uncond)
+
+
+def guided(
+    forward: Forward,
+    x: Tensor,
+    t: Tensor,
+    cond: dict[str, Tensor],
+    scale: float,
+    combine: Callable[[Tensor, Tensor, float], Tensor] = cfg_combine,
+) -> Tensor:
+    """``forward(x, t, parts)`` on the prompt's parts, with classifier-free guidance ``combine(u, c, scale)`` when
+    ``scale > 1``: one batched pass over the negative and the prompt rows when their shapes agree, else two."""
+    parts = {k: v for k, v in cond.items() if not k.startswith("neg_")}
     if scale <= 1:
-        return forward(x, t, cond["embeds"], cond["pooled"])
-    if "neg_embeds" not in cond:
+        return forward(x, t, parts)
+    negative = {k[4:]: v for k, v in cond.items() if k.startswith("neg_")}
+    if not negative:
         raise ValueError("cfg_scale > 1 needs the negative prompt: encode(..., with_negative=True)")
-    both = forward(
-        torch.cat([x, x]),
-        torch.cat([t, t]),
-        torch.cat([cond["neg_embeds"], cond["embeds"]]),
-        torch.cat([cond["neg_pooled"], cond["pooled"]]),
-    )
-    uncond, text = both.chunk(2)
-    return uncond + scale * (text - uncond)
+    if all(negative[k].shape == parts[k].shape for k in parts):
+        both = forward(torch.cat([x, x]), torch.cat([t, t]), {k: torch.cat([negative[k], parts[k]]) for k in parts})
+        uncond, text = both.chunk(2)
+    else:
+        uncond, text = forward(x, t, negative), forward(x, t, parts)
+    return combine(uncond, text, scale)
 
 
 def require_folder(path: str, sub: str, layout: str) -> None:
@@ -223,70 +259,6 @@ class Codec:
         return (z - (cfg.shift_factor or 0.0)) * cfg.scaling_factor
 
 
-class LatentIO:
-    """Latent plumbing both policies share; subclasses set ``transformer``, ``codec``, ``device``, ``dtype`` and
-    ``latent_shape``.
-
-    ``transformer`` is always the plain module: its attributes (``config``, the LoRA adapters, gradient
-    checkpointing) are read there. The trainer may set ``prepared``, the same network as accelerate prepared
-    it (a ``DistributedDataParallel`` wrapper when several processes train); ``forward_module`` decides which
-    of the two a forward pass goes through.
-    """
-
-    transformer: torch.nn.Module
-    codec: Codec
-    device: torch.device
-    dtype: torch.dtype
-    prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
-    prepared: torch.nn.Module | None = None  # set by the trainer: ``transformer`` after accelerator.prepare
-    reference: torch.nn.Module | None = None  # set by the trainer: a frozen copy of the base (full fine-tuning)
-    untrained: Any = None  # set by the trainer: the cheaper copy for untrained passes (``flowrl.models.untrained``)
-    latent_shape: Callable[[int], tuple[int, int, int]]  # per family: its VAE factor and packing rules
-
-    def forward_module(self) -> torch.nn.Module:
-        """The module a forward pass runs through.
-
-        While autograd records (the trainer's update) it is ``prepared``, so that backward all-reduces the
-        gradients between processes. Otherwise it is the plain ``transformer``: passes without gradients
-        (sampling, evaluation, the reference policy) need no communication, and so processes may make
-        different numbers of them. This assumes every process holds the whole network (DDP); a wrapper
-        that shards the weights (FSDP) would need every pass to go through it.
-        """
-        if self.prepared is not None and torch.is_grad_enabled():
-            return self.prepared
-        return self.transformer
-
-    def ode_velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """``velocity`` for passes whose log-probs are never trained (ODE steps, tails, evaluation): through the
-        cheaper untrained copy when the trainer made one and no gradient is recorded."""
-        if self.untrained is None or torch.is_grad_enabled():
-            return self.velocity(x, sigma, cond)
-        with self.untrained.serving(self):
-            return self.velocity(x, sigma, cond)
-
-    def train_mode(self, mode: bool) -> None:
-        """Training (``True``) or evaluation mode for the transformer and its prepared wrapper."""
-        self.transformer.train(mode)
-        if self.prepared is not None:
-            self.prepared.train(mode)
-
-    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
-        """``[B, C, h, w]`` float32 standard normal noise, one generator per seed (reproducible per sample).
-        States stay float32 whatever the weights' dtype: the sampler's steps and log-probs need the precision."""
-        return seeded_noise(self.latent_shape(resolution), seeds, self.device, torch.float32)
-
-    def decode(self, latents: Tensor, batch_size: int = 0) -> Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32); ``batch_size`` rows per
-        VAE call (0 = all at once)."""
-        if batch_size <= 0 or latents.shape[0] <= batch_size:
-            return self.codec.decode(latents)
-        return torch.cat([self.codec.decode(z) for z in latents.split(batch_size)])
-
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE posterior's mode, scaled)."""
-        return self.codec.encode(images, self.device, self.dtype).float()
-
-
 def set_attention_backend(transformer: Any, name: str) -> None:
     """Route the transformer's attention through one of diffusers' attention backends (``"flash"``,
     ``"sage"``, ``"_native_cudnn"``, ``"xformers"``, ...). Raises ``ValueError`` naming ``model.attention_backend``
@@ -323,16 +295,18 @@ def freeze(*modules: Any, device: torch.device) -> None:
 
 __all__ = [
     "Codec",
-    "LatentIO",
     "PromptCache",
     "PromptCond",
+    "cfg_combine",
     "encode_prompts",
     "freeze",
     "guided",
     "in_chunks",
     "load_text_encoder",
+    "pad_rows",
     "require_folder",
     "seeded_noise",
     "set_attention_backend",
     "token_ids",
+    "trim_row",
 ]

@@ -21,7 +21,6 @@ from flowrl.samplers import scheduler_sigmas
 
 from .common import (
     Codec,
-    LatentIO,
     PromptCond,
     encode_prompts,
     freeze,
@@ -30,6 +29,8 @@ from .common import (
     require_folder,
     token_ids,
 )
+from .family import FAMILIES, FlowModel
+from .sd3 import ATTENTION_TARGETS
 
 
 def pack(x: Tensor) -> Tensor:
@@ -52,7 +53,8 @@ def image_ids(h: int, w: int) -> Tensor:
     return ids.reshape(-1, 3)
 
 
-class FluxPolicy(LatentIO):
+@FAMILIES.register("FluxPipeline", lora_targets=ATTENTION_TARGETS, half_precision=("bf16",), guidance_embedding=True)
+class FluxPolicy(FlowModel):
     """A FLUX-architecture model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
 
     pipeline_class = "FluxPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
@@ -80,8 +82,6 @@ class FluxPolicy(LatentIO):
         freeze(self.transformer, self.vae, self.clip, self.t5, device=self.device)
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
-        self.cfg_scale = 1.0
-        self.schedule_shift = 0.0  # > 0: a fixed-shift linear schedule (scheduler_sigmas' shift)
         if self.transformer.config.in_channels != 4 * self.codec.channels:
             raise ValueError(
                 f"FLUX transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
@@ -109,20 +109,21 @@ class FluxPolicy(LatentIO):
         """T5 sequence ``embeds [B, L, 4096]`` and CLIP ``pooled [B, 768]`` (sizes of FLUX.1); the empty
         prompt as negative when ``cfg_scale > 1`` (or ``with_negative``)."""
         negative = self.cfg_scale > 1 if with_negative is None else with_negative
-        return encode_prompts(self._encode, prompts, negative, self.prompt_cache)
+        return encode_prompts(self._encode, prompts, negative, self.prompt_cache, self.negative_prompt)
 
-    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
         pooled = self.clip(token_ids(self.clip_tokenizer, prompts, self.device)).pooler_output
         t5_ids = token_ids(self.t5_tokenizer, prompts, self.device, self.max_sequence_length)
         embeds = self.t5(t5_ids).last_hidden_state
-        return embeds.to(self.dtype), pooled.to(self.dtype)
+        return {"embeds": embeds.to(self.dtype), "pooled": pooled.to(self.dtype)}
 
     # ----------------------------------------------------------------- network
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Velocity ``[B, C, h, w]`` at unpacked states ``x`` and noise levels ``sigma`` (``[B]``)."""
         return guided(self._forward, x, sigma, cond, self.cfg_scale)
 
-    def _forward(self, x: Tensor, sigma: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, sigma: Tensor, parts: dict[str, Tensor]) -> Tensor:
+        embeds, pooled = parts["embeds"], parts["pooled"]
         b, _c, h, w = x.shape
         guidance = None
         if self.transformer.config.guidance_embeds:

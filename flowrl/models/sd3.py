@@ -24,7 +24,6 @@ from flowrl.samplers import scheduler_sigmas
 
 from .common import (
     Codec,
-    LatentIO,
     PromptCond,
     encode_prompts,
     freeze,
@@ -33,11 +32,24 @@ from .common import (
     require_folder,
     token_ids,
 )
+from .family import FAMILIES, FlowModel
 
+#: attention projections of both MMDiT streams: the LoRA targets of the published SD3.5 and FLUX.1 recipes
+ATTENTION_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
 _ENCODERS = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))
 
 
-class SD3Policy(LatentIO):
+@FAMILIES.register("StableDiffusion3Pipeline", lora_targets=ATTENTION_TARGETS)
+class SD3Policy(FlowModel):
     """An SD3-architecture model ready for RL: ``velocity(x, sigma, cond)`` is the network the
     samplers drive (with guidance when ``cfg_scale > 1``); everything else is frozen plumbing."""
 
@@ -66,8 +78,6 @@ class SD3Policy(LatentIO):
         self.codec = Codec(path, dtype)
         self.vae = self.codec.vae
         freeze(self.transformer, self.vae, *(e for e, _ in self.encoders), device=self.device)
-        self.cfg_scale = 1.0
-        self.schedule_shift = 0.0  # > 0: a fixed-shift linear schedule (scheduler_sigmas' shift)
         self.max_sequence_length = max_sequence_length  # T5 tokens, the pipeline's default 256
 
     # ----------------------------------------------------------------- shapes and schedule
@@ -93,9 +103,9 @@ class SD3Policy(LatentIO):
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """Encode prompts (``with_negative`` defaults to ``cfg_scale > 1``: also the empty prompt)."""
         negative = self.cfg_scale > 1 if with_negative is None else with_negative
-        return encode_prompts(self._encode, prompts, negative, self.prompt_cache)
+        return encode_prompts(self._encode, prompts, negative, self.prompt_cache, self.negative_prompt)
 
-    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
         clip_states, pooled, t5 = [], [], None
         for encoder, tokenizer in self.encoders:
             if "T5" in type(encoder).__name__:
@@ -111,7 +121,7 @@ class SD3Policy(LatentIO):
         states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
         if t5 is not None:
             states = torch.cat([states, t5], dim=1)
-        return states.to(self.dtype), torch.cat(pooled, dim=-1).to(self.dtype)
+        return {"embeds": states.to(self.dtype), "pooled": torch.cat(pooled, dim=-1).to(self.dtype)}
 
     # ----------------------------------------------------------------- network
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
@@ -120,16 +130,17 @@ class SD3Policy(LatentIO):
         t = (sigma * self.scheduler.config.num_train_timesteps).to(x.dtype)
         return guided(self._forward, x, t, cond, self.cfg_scale)
 
-    def _forward(self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor) -> Tensor:
+    def _forward(self, x: Tensor, t: Tensor, parts: dict[str, Tensor]) -> Tensor:
         x_in = x.to(self.dtype)
         out = self.forward_module()(
             hidden_states=x_in,
-            encoder_hidden_states=embeds.to(self.dtype),  # a no-op unless the untrained copy runs another dtype
-            pooled_projections=pooled.to(self.dtype),
+            # .to: a no-op unless the untrained copy runs another dtype
+            encoder_hidden_states=parts["embeds"].to(self.dtype),
+            pooled_projections=parts["pooled"].to(self.dtype),
             timestep=t,
             return_dict=False,
         )[0]
         return out.to(x.dtype)
 
 
-__all__ = ["PromptCond", "SD3Policy"]
+__all__ = ["ATTENTION_TARGETS", "PromptCond", "SD3Policy"]

@@ -31,12 +31,12 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
-from flowrl.config import WEIGHT_DTYPES, Config, window_of
+from flowrl.config import Config, window_of
 from flowrl.data import load_prompts
 from flowrl.generate import generate
 from flowrl.losses import LOSSES, OldPolicy, trains_on
-from flowrl.models import FluxPolicy, SD3Policy, load_policy
-from flowrl.models.common import PromptCache, in_chunks, set_attention_backend
+from flowrl.models import FlowModel, lora_targets, policy_for
+from flowrl.models.common import in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
 from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
@@ -70,7 +70,7 @@ class Run:
     cfg: Config
     accelerator: Accelerator
     backend: Backend  # DDP, FSDP or DeepSpeed: backward, optimizer step and optimizer state
-    policy: SD3Policy | FluxPolicy
+    policy: FlowModel
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     ema: EMA | None
@@ -111,17 +111,10 @@ def setup(cfg: Config) -> Run:
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator, backend = launch(cfg.model.mixed_precision, kwargs_handlers=[ddp])
     m = cfg.model
-    options: dict[str, Any] = {"max_sequence_length": m.max_sequence_length} if m.max_sequence_length else {}
-    dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
-    policy = load_policy(m.path, device=accelerator.device, dtype=dtype, **options)
-    policy.cfg_scale = m.cfg_scale
-    policy.schedule_shift = cfg.sampler.shift
-    policy.prompt_cache = PromptCache(m.prompt_cache) if m.prompt_cache else None
-    if isinstance(policy, FluxPolicy):
-        policy.guidance_scale = m.guidance_scale
+    policy = policy_for(m, cfg.sampler.shift, accelerator.device)
     if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.velocity_kl_coef > 0):
         policy.reference = frozen_copy(policy.transformer)  # LoRA runs disable the adapter instead
-    params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, m.lora_targets)
+    params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, lora_targets(m, policy))
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
