@@ -14,6 +14,8 @@ forward pass. True classifier-free guidance (``cfg_scale > 1``) is available for
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -53,8 +55,39 @@ def image_ids(h: int, w: int) -> Tensor:
     return ids.reshape(-1, 3)
 
 
+class PackedLatents:
+    """The shape and schedule rules of families whose transformer reads 2×2 patches of the latent as tokens (FLUX.1,
+    Qwen-Image): written once here, as their pipelines share them."""
+
+    codec: Any
+    transformer: Any
+    scheduler: Any
+    schedule_shift: float
+
+    def _check_packing(self, family: str) -> None:
+        if self.transformer.config.in_channels != 4 * self.codec.channels:
+            raise ValueError(
+                f"{family} transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
+                f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
+            )
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one unpacked latent for a square image of ``resolution`` pixels."""
+        step = 2 * self.codec.factor
+        if resolution % step:
+            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
+        side = resolution // self.codec.factor
+        return (self.codec.channels, side, side)
+
+    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
+        """The scheduler's ``[T + 1]`` sigmas, shifted (dynamic shifting) by the packed token count."""
+        _c, h, w = self.latent_shape(resolution)
+        seq_len = (h // 2) * (w // 2)
+        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
+
+
 @FAMILIES.register("FluxPipeline", lora_targets=ATTENTION_TARGETS, half_precision=("bf16",), guidance_embedding=True)
-class FluxPolicy(FlowModel):
+class FluxPolicy(PackedLatents, FlowModel):
     """A FLUX-architecture model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
 
     pipeline_class = "FluxPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
@@ -82,26 +115,7 @@ class FluxPolicy(FlowModel):
         freeze(self.transformer, self.vae, self.clip, self.t5, device=self.device)
         self.guidance_scale = guidance_scale
         self.max_sequence_length = max_sequence_length
-        if self.transformer.config.in_channels != 4 * self.codec.channels:
-            raise ValueError(
-                f"FLUX transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
-                f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
-            )
-
-    # ----------------------------------------------------------------- shapes and schedule
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one unpacked latent for a square image of ``resolution`` pixels."""
-        step = 2 * self.codec.factor
-        if resolution % step:
-            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
-        side = resolution // self.codec.factor
-        return (self.codec.channels, side, side)
-
-    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
-        """The scheduler's ``[T + 1]`` sigmas; FLUX shifts them by the packed token count."""
-        _c, h, w = self.latent_shape(resolution)
-        seq_len = (h // 2) * (w // 2)
-        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
+        self._check_packing("FLUX")
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
@@ -141,4 +155,4 @@ class FluxPolicy(FlowModel):
         return unpack(out, h, w).to(x.dtype)
 
 
-__all__ = ["FluxPolicy", "image_ids", "pack", "unpack"]
+__all__ = ["FluxPolicy", "PackedLatents", "image_ids", "pack", "unpack"]

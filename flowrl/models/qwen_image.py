@@ -24,11 +24,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowrl.samplers import scheduler_sigmas
-
 from .common import PromptCond, encode_prompts, freeze, guided, warn_truncation
 from .family import FAMILIES, FlowModel
-from .flux import pack, unpack
+from .flux import PackedLatents, pack, unpack
 from .sd3 import ATTENTION_TARGETS
 
 TEMPLATE = (
@@ -78,7 +76,7 @@ class QwenCodec:
 
 
 @FAMILIES.register("QwenImagePipeline", lora_targets=ATTENTION_TARGETS)
-class QwenImagePolicy(FlowModel):
+class QwenImagePolicy(PackedLatents, FlowModel):
     """A Qwen-Image model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
 
     pipeline_class = "QwenImagePipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
@@ -110,27 +108,7 @@ class QwenImagePolicy(FlowModel):
         self.vae = self.codec.vae
         freeze(self.transformer, self.vae, self.text_encoder, device=self.device)
         self.max_sequence_length = max_sequence_length
-        if self.transformer.config.in_channels != 4 * self.codec.channels:
-            raise ValueError(
-                f"Qwen-Image transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
-                f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
-            )
-
-    # ----------------------------------------------------------------- shapes and schedule
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one unpacked latent for a square image of ``resolution`` pixels."""
-        step = 2 * self.codec.factor
-        if resolution % step:
-            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
-        side = resolution // self.codec.factor
-        return (self.codec.channels, side, side)
-
-    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
-        """The scheduler's ``[T + 1]`` sigmas, shifted by the packed token count."""
-        _c, h, w = self.latent_shape(resolution)
-        return scheduler_sigmas(
-            self.scheduler, num_steps, image_seq_len=(h // 2) * (w // 2), shift=self.schedule_shift
-        )
+        self._check_packing("Qwen-Image")
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
