@@ -92,7 +92,7 @@ def main() -> int:
         "config": CONFIG,
         "off_overrides": OFF,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "seconds_per_iteration": {name: summary(s) for name, s in times.items()},
         "all_seconds": times,
         "ratio_median": statistics.median(times["off"]) / statistics.median(times["on"]),

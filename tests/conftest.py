@@ -29,3 +29,14 @@ def lm_dir(tmp_path_factory) -> str:
     build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """accelerate keeps one state per process and refuses a second launch with another precision: each test may
+    launch its own (on a GPU, a state left by an earlier test in the same worker otherwise sticks)."""
+    yield
+    import sys
+
+    if "accelerate.state" in sys.modules:
+        sys.modules["accelerate.state"].AcceleratorState._reset_state()

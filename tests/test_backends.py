@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import on_device
 from test_trainer import MODES, tiny_config
 from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
 
@@ -52,7 +53,10 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
 
 @pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage"])
 def test_bf16_frozen_weights_with_fp32_lora(pipelines, family):
-    run = _run(pipelines[family], "model.weights_dtype=bf16")
+    # on an H100 (torch 2.11) the fused attention kernels' bf16 backward gave this tiny FLUX.1 non-finite gradients
+    # in its text-stream LoRA (the trainer skips such updates); PyTorch's math kernel is finite
+    gpu_flux = ["model.attention_backend=_native_math"] if torch.cuda.is_available() and family == "flux" else []
+    run = _run(pipelines[family], "model.weights_dtype=bf16", *gpu_flux)
     transformer = run.policy.transformer
     frozen = [p for p in transformer.parameters() if not p.requires_grad]
     assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
@@ -74,9 +78,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(pipelines):
             p.data.normal_(0, 0.05)
         policy = run.policy
         cond = policy.encode(["two red circles", "a blue square"]).as_dict()
-        x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+        x = on_device(torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1)), policy.device)
         policy.transformer.train()
-        policy.velocity(x, torch.tensor([0.9, 0.4]), cond).square().mean().backward()
+        policy.velocity(x, on_device(torch.tensor([0.9, 0.4]), policy.device), cond).square().mean().backward()
         grads.append([p.grad.clone() for p in run.params])
         assert getattr(policy.transformer, "gradient_checkpointing", False) == (flag == "true")
     for a, b in zip(*grads, strict=True):

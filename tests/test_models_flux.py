@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from devices import velocity_on_cpu
 from tiny_models import save_tiny_flux
 
 from flowrl.generate import eval_noise_seeds, generate
@@ -125,7 +126,7 @@ def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir,
     x, sigma = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
     cond = fresh.encode(["two red circles"]).as_dict()
     with torch.no_grad():
-        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), velocity_on_cpu(run.policy, x, sigma, cond)
         v_base = FluxPolicy(flux_dir, guidance_scale=2.0).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4

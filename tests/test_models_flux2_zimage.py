@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import velocity_on_cpu
 from tiny_models import save_tiny_flux2_klein, save_tiny_z_image
 
 from flowrl.models import Flux2KleinPolicy, ZImagePolicy, load_policy, policy_class
@@ -91,7 +92,7 @@ def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
     x, sigma = fresh.initial_noise([9], 32), torch.tensor([0.6])
     cond = fresh.encode(PROMPTS[:1]).as_dict()
     with torch.no_grad():
-        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), velocity_on_cpu(run.policy, x, sigma, cond)
         v_base = FAMILIES[name][1](folders[name]).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4

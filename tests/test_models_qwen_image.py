@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import velocity_on_cpu
 from tiny_models import save_tiny_qwen_image
 
 from flowrl.models import QwenImagePolicy, load_policy, policy_class
@@ -97,7 +98,7 @@ def test_trained_lora_loads_into_the_pipeline(qwen_dir, tmp_path):
     x, sigma = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
     cond = fresh.encode(PROMPTS[:1]).as_dict()
     with torch.no_grad():
-        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), velocity_on_cpu(run.policy, x, sigma, cond)
         v_base = QwenImagePolicy(qwen_dir).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from devices import velocity_on_cpu
 
 from flowrl.config import load_config
 from flowrl.losses import LossConfig, LossInputs, compute_loss
@@ -19,7 +20,8 @@ NFT_ARGS = ["loss.name=nft", "sampler.mode=ode", "train.timestep_fraction=0.5"]
 
 def _inputs(adv: list[float], v: torch.Tensor, v_old: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
             sigma: list[float]) -> LossInputs:  # fmt: skip
-    return LossInputs(advantages=torch.tensor(adv), v_pred=v, v_old=v_old, x_t=x_t, x0=x0, sigma=torch.tensor(sigma))
+    sigma_t, adv_t = torch.tensor(sigma, device=v.device), torch.tensor(adv, device=v.device)
+    return LossInputs(advantages=adv_t, v_pred=v, v_old=v_old, x_t=x_t, x0=x0, sigma=sigma_t)
 
 
 def test_loss_by_hand_on_two_rows():
@@ -114,10 +116,10 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
     # the objective's loss rebuilt by hand for rows 3 (sample 1) and 10 (sample 5)
     rows = torch.tensor([3, 10])
     out = OBJECTIVES.get("samples")(run, batch, rows, train)
-    sigma = train.sigma[rows]
     x0 = batch.rollout.samples[rows // 2]
+    sigma = train.sigma[rows].to(x0)
     eps = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(int(train.noise_seed[r])))
-                       for r in rows])  # fmt: skip
+                       for r in rows]).to(x0)  # fmt: skip
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
     with torch.no_grad():
         v = run.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[rows // 2]))
@@ -185,7 +187,7 @@ def test_lora_round_trip_through_diffusers(tiny_model, tmp_path):
     cond = fresh.encode(["two red circles"]).as_dict()
     x, sigma = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
     with torch.no_grad():
-        v_loaded, v_trained = fresh.velocity(x, sigma, cond), run.policy.velocity(x, sigma, cond)
+        v_loaded, v_trained = fresh.velocity(x, sigma, cond), velocity_on_cpu(run.policy, x, sigma, cond)
         v_base = SD3Policy(tiny_model).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+from devices import on_device, velocity_on_cpu
 
 from flowrl.config import load_config
 from flowrl.models import SD3Policy
@@ -165,7 +166,7 @@ def test_cli_run_writes_summary_gallery_tensorboard_and_loadable_lora(tiny_model
     x, sigma = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.6])
     with torch.no_grad():
         v_loaded = fresh.velocity(x, sigma, cond)
-        v_trained = trained.policy.velocity(x, sigma, cond)
+        v_trained = velocity_on_cpu(trained.policy, x, sigma, cond)
         v_base = SD3Policy(tiny_model).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4
@@ -185,7 +186,7 @@ def test_full_finetuning_trains_every_weight_and_saves_a_loadable_transformer(ti
     save_checkpoint(run, str(tmp_path / "ckpt"))
     loaded = SD3Transformer2DModel.from_pretrained(str(tmp_path / "ckpt" / "full"))
     for (name, p), q in zip(run.policy.transformer.named_parameters(), loaded.parameters(), strict=True):
-        torch.testing.assert_close(p.detach(), q, msg=name)
+        torch.testing.assert_close(p.detach().cpu(), q, msg=name)
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))  # no temporary folder left behind
 
 
@@ -197,6 +198,7 @@ def test_full_finetuning_keeps_a_frozen_reference_for_kl(tiny_model):
     run = setup(tiny_config(tiny_model, "model.finetune=full", "loss.kl_coef=0.5"))
     assert run.policy.reference is not None and not any(p.requires_grad for p in run.policy.reference.parameters())
     x, sigma = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.9, 0.4])
+    x, sigma = on_device(x, run.policy.device), on_device(sigma, run.policy.device)
     cond = run.policy.encode(["two red circles", "a blue square"]).as_dict()
     with torch.no_grad():
         base = run.policy.velocity(x, sigma, cond)
@@ -261,14 +263,14 @@ def test_awm_trains_on_final_samples(tiny_model):
     # the loss rebuilt by hand: x_σ = (1 − σ)·x0 + σ·ε with ε from the row's seed, target ε − x0
     rows = torch.tensor([5, 1, 6])
     out = OBJECTIVES.get("samples")(run, batch, rows, train)
-    sigma = train.sigma[rows]
     x0 = batch.rollout.samples[rows]
+    sigma = train.sigma[rows].to(x0)
     eps = torch.stack([torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(int(train.noise_seed[r])))
-                       for r in rows])  # fmt: skip
+                       for r in rows]).to(x0)  # fmt: skip
     x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
     with torch.no_grad():
         v = run.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[rows]))
-    expected = (adv[rows] * ((v - (eps - x0)) ** 2).flatten(1).mean(1)).mean()
+    expected = (adv[rows].to(v) * ((v - (eps - x0)) ** 2).flatten(1).mean(1)).mean()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.metrics["ref_reg"] == pytest.approx(0.0, abs=1e-12)  # LoRA starts at zero: policy = reference
     m = train_step(run)

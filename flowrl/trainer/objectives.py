@@ -136,9 +136,9 @@ class RenoisedSamples:
         """The velocities of ``rows`` at their noised samples (with ``old``: the reference's and the trailing
         copy's too, as configured)."""
         cfg, policy = run.cfg, run.policy
-        sample = (rows // levels_per_sample(cfg)).to(batch.rollout.samples.device)
-        x0 = batch.rollout.samples[sample]
-        cond = index_cond(batch.cond, batch.rollout.cond_index[sample])
+        sample = rows // levels_per_sample(cfg)
+        x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]  # on the accelerator
+        cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
         sigma = train.sigma[rows].to(x0)
         seeds = train.noise_seed[rows].tolist()
         eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
