@@ -38,10 +38,23 @@ def atomic_dir(path: str) -> Iterator[str]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` would change it for every thread meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
 def _sync_tree(folder: str) -> None:
-    """fsync every file and folder under ``folder`` (a node that loses power keeps no renamed empty files)."""
+    """fsync every file and folder under ``folder`` (a node that loses power keeps no renamed empty files), and
+    give every file the mode a plain ``open`` gives (some writers, diffusers' LoRA saving among them, leave 0600
+    files, which the rest of a shared run folder's group could not read)."""
+    mode = 0o666 & ~_umask()
     for root, _, files in os.walk(folder):
         for name in files:
+            os.chmod(os.path.join(root, name), mode)
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -73,12 +73,12 @@ class RunSpec:
 
 def load_preset(path: str, methods: list[str] | None = None, **changes: Any) -> BenchPreset:
     """Read and check a preset; ``methods`` keeps only those (in the given order), ``changes`` set options."""
-    import yaml
+    from flowrl.config import yaml_load
 
     if not os.path.isfile(path):
         raise ConfigError(f"bench preset {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
-        preset = load(BenchPreset, yaml.safe_load(f) or {})
+        preset = load(BenchPreset, yaml_load(f) or {})
     preset = dataclasses.replace(preset, **{k: v for k, v in changes.items() if v is not None})
     names = [m.name for m in preset.methods]
     if methods:

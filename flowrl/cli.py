@@ -9,11 +9,12 @@ The last line ``train`` prints is the run folder's path.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
 
-from flowrl.errors import DataError, InputError, RewardError, TrainingStopped
+from flowrl.errors import DataError, InputError, Interrupted, RewardError, TrainingStopped
 from flowrl.options import ConfigError, describe
 
 #: the word after ``flowrl:`` for each kind of input error (checked in order: subclasses first)
@@ -34,16 +35,23 @@ def error_line(error: InputError) -> str:
 
 def _options_help() -> str:
     from flowrl.config import Config
+    from flowrl.text_config import TextConfig
 
-    lines = ["options (override any with key=value; values are YAML):"]
-    for key, tp, default, text in describe(Config):
-        lines.append(f"  {key} ({tp}, default {default!r})")
-        lines.extend("      " + line for line in textwrap.wrap(text, 90))
-    return "\n".join(lines)
+    lines = []
+    for title, cls in (("options (override any with key=value; values are YAML):", Config),
+                       ("options of the text backend (a config with `backend: text`):", TextConfig)):  # fmt: skip
+        lines += ["" if lines else None, title]
+        for key, tp, default, text in describe(cls):
+            lines.append(f"  {key} ({tp}, default {default!r})")
+            lines.extend("      " + line for line in textwrap.wrap(text, 90, break_on_hyphens=False))
+    return "\n".join(line for line in lines if line is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flowrl import __version__
+
     parser = argparse.ArgumentParser(prog="flowrl", description="RL fine-tuning of flow-matching image models.")
+    parser.add_argument("--version", action="version", version=f"flowrl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser(
         "train",
@@ -92,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
     gallery.add_argument("--title", default="flowrl gallery")
     gallery.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
+    from flowrl.eval_report import add_arguments as add_eval_arguments
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="evaluate the base and checkpoints on fixed prompts and seeds (eval.json with SEs and monitors)",
+        description="Evaluate columns on the same (prompt, seed index) pairs, e.g. `flowrl eval --config "
+        "configs/demo.yaml --checkpoint base=base --checkpoint trained=runs/demo-x/checkpoints/final`; writes "
+        "<out>/eval.json: means with prompt-clustered SEs, per-category results, diversity, drift from the base and "
+        "reward-hacking warnings.",
+    )
+    add_eval_arguments(evaluate)
     prof = sub.add_parser(
         "profile",
         help="time each stage of a training iteration (flow configs)",
@@ -127,12 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "gallery":
         return _gallery(args)
     try:
-        return _profile(args) if args.command == "profile" else _train(args)
+        commands = {"profile": _profile, "eval": _eval, "train": _train}
+        return commands[args.command](args)
     except InputError as e:
         if args.debug:
             raise
         print(error_line(e), file=sys.stderr)
         return 2
+    except Interrupted as e:  # Ctrl-C or SIGTERM inside the training loop: where it stopped, how to go on
+        print(f"flowrl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:  # Ctrl-C while loading, evaluating or writing
+        print("flowrl: interrupted", file=sys.stderr)
+        return 130
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -152,6 +178,17 @@ def _profile(args: argparse.Namespace) -> int:
     print(profile.table(report))
     if args.out:
         profile.write(report, args.out)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """``flowrl eval``: evaluate the columns, write eval.json, print a summary and the file's path."""
+    from flowrl import eval_report
+
+    report = eval_report.run(args)
+    for line in eval_report.console_lines(report):
+        print(line)
+    print(os.path.abspath(os.path.join(args.out, "eval.json")))
     return 0
 
 
@@ -175,6 +212,10 @@ def _train(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch every process returns here
+        from flowrl.trainer.loop import summary_lines
+
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            print("\n".join(summary_lines(json.load(f))))
         print(run_dir)
     return 0
 

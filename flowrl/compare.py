@@ -11,6 +11,7 @@ rewards; the page is ``flowrl.gallery.write_gallery``'s (sortable, filterable, w
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,17 +28,17 @@ class ColumnSpec:
     config: str | None
 
 
-def parse_columns(items: list[str], default_config: str | None) -> list[ColumnSpec]:
-    """``LABEL=SOURCE[@CONFIG]`` items, bench folders expanded into one column per method."""
+def parse_columns(items: list[str], default_config: str | None, flag: str = "--column") -> list[ColumnSpec]:
+    """``LABEL=SOURCE[@CONFIG]`` items (given with ``flag``), bench folders expanded into one column per method."""
     specs: list[ColumnSpec] = []
     for item in items:
         label, sep, rest = item.partition("=")
         if not sep or not label or not rest:
-            raise ConfigError(f"--column {item!r} must look like LABEL=SOURCE (e.g. trained=runs/x/checkpoints/final)")
+            raise ConfigError(f"{flag} {item!r} must look like LABEL=SOURCE (e.g. trained=runs/x/checkpoints/final)")
         source, _, config = rest.partition("@")
         config = config or default_config
         if source != "base" and not os.path.isdir(source):
-            raise ConfigError(f"--column {label}: {source!r} is neither 'base' nor a folder")
+            raise ConfigError(f"{flag} {label}: {source!r} is neither 'base' nor a folder")
         if source != "base" and os.path.isfile(os.path.join(source, "results.json")):  # a bench output
             methods = sorted(d for d in os.listdir(source) if os.path.isdir(os.path.join(source, d, "checkpoints")))
             specs += [
@@ -87,33 +88,91 @@ def _is_full(path: str) -> bool:
     )
 
 
+def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> tuple[torch.Tensor, dict]:
+    """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
+    rewards, ``flowrl.evaluation.score_images``), generated as the trainer evaluates."""
+    from flowrl.config import load_config
+    from flowrl.evaluation import score_images
+    from flowrl.generate import generate
+    from flowrl.rewards import RewardSet
+
+    cfg = load_config(spec.config)
+    policy = load_column_policy(cfg, spec.source)
+    images = generate(
+        policy, prompts, seeds, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
+        solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
+    )  # fmt: skip
+    rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
+    watch = RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards])
+    return images, score_images(rewards, images, prompts, watch)
+
+
+def describe_source(spec: ColumnSpec) -> str:
+    """What a column shows: the base model of its config, or a checkpoint folder with its iteration (from an
+    ``iter-NNNNNN`` folder name, or for ``final`` from its run's ``summary.json``)."""
+    config = spec.config or "the built-in defaults"
+    if spec.source == "base":
+        return f"the base model of {config}"
+    folder = os.path.normpath(spec.source)
+    if os.path.basename(folder) in ("lora", "full"):
+        folder = os.path.dirname(folder)
+    name, iteration = os.path.basename(folder), None
+    if name.startswith("iter-") and name[5:].isdigit():
+        iteration = int(name[5:])
+    elif name == "final":
+        try:
+            with open(os.path.join(folder, "..", "..", "summary.json"), encoding="utf-8") as f:
+                iteration = int(json.load(f)["train_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return spec.source + (f" (after {iteration} iterations)" if iteration is not None else "")
+
+
+def base_index(specs: list[ColumnSpec]) -> int:
+    """The column the others are compared with: the one whose source is ``base``, else the first."""
+    return next((i for i, s in enumerate(specs) if s.source == "base"), 0)
+
+
 def render(
     specs: list[ColumnSpec], prompts: list[str], seeds: list[int], out_dir: str, title: str = "flowrl gallery"
 ) -> dict[str, str]:
     """Generate and score every column on the same (prompt, seed) rows; write the gallery; return its paths."""
-    from flowrl.config import load_config
-    from flowrl.gallery import GalleryColumn, write_gallery
-    from flowrl.generate import generate
-    from flowrl.rewards import RewardSet
-
     rows_p = [p for p in prompts for _ in seeds]
     rows_s = [s for _ in prompts for s in seeds]
-    columns, sort_key = [], None
-    for spec in specs:
-        cfg = load_config(spec.config)
-        policy = load_column_policy(cfg, spec.source)
-        images = generate(
-            policy, rows_p, rows_s, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
-            solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
-        )  # fmt: skip
-        rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
-        groups = torch.tensor([prompts.index(p) for p in rows_p])
-        total, parts = rewards(images, rows_p, groups)
-        scores = {"reward": total, **parts}
-        per_image = [{k: float(v[i]) for k, v in scores.items()} for i in range(len(rows_p))]
-        columns.append(GalleryColumn(spec.label, images, per_image))
-        sort_key = "reward"
-    return write_gallery(out_dir, rows_p, rows_s, columns, title=title, sort_key=sort_key)
+    results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]
+    return write_columns(specs, results, rows_p, rows_s, out_dir, title)
 
 
-__all__ = ["ColumnSpec", "load_column_policy", "parse_columns", "render"]
+def write_columns(
+    specs: list[ColumnSpec], results: list[tuple[torch.Tensor, dict]], prompts: list[str], seeds: list[int],
+    out_dir: str, title: str,
+) -> dict[str, str]:  # fmt: skip
+    """The gallery of evaluated columns (``evaluate_column``'s results on the rows ``prompts``, ``seeds``), with
+    the monitors of each column against the base (``base_index``) in its header."""
+    from flowrl.config import load_config
+    from flowrl.evaluation import compare, hacking_warnings, monitor_lines
+    from flowrl.gallery import GalleryColumn, write_gallery
+
+    columns = [
+        GalleryColumn(spec.label, images, [{k: float(v[i]) for k, v in scores.items()} for i in range(len(prompts))])
+        for spec, (images, scores) in zip(specs, results, strict=True)
+    ]
+    b, notes = base_index(specs), ["columns: " + "; ".join(f"{s.label} = {describe_source(s)}" for s in specs)]
+    for spec, (images, scores) in zip(specs, results, strict=True):
+        if spec is not specs[b]:
+            eval_cfg = load_config(spec.config).eval
+            change = compare(results[b][1], scores, prompts, results[b][0], images)
+            warnings = hacking_warnings(change, eval_cfg.watch_drop, eval_cfg.diversity_drop)
+            notes += monitor_lines(change, warnings, specs[b].label, spec.label)
+    return write_gallery(out_dir, prompts, seeds, columns, title=title, sort_key="reward", notes=notes)
+
+
+__all__ = [
+    "ColumnSpec",
+    "base_index",
+    "evaluate_column",
+    "load_column_policy",
+    "parse_columns",
+    "render",
+    "write_columns",
+]

@@ -24,7 +24,7 @@ from flowrl.models.family import FAMILIES
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES
-from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
+from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 if TYPE_CHECKING:
     from flowrl.text_config import TextConfig
@@ -190,6 +190,19 @@ class EvalConfig:
     num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
     solver: str = option("euler", "ODE solver for evaluation", choices=ODE_SOLVERS.names)
     gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
+    watch_rewards: list[RewardSpec] = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "rewards scored on training and evaluation images but never trained on, to see reward "
+                          "hacking: a list of {name, options} like rewards (logged as watch/<name>)"},
+    )  # fmt: skip
+    watch_drop: float = option(
+        0.02, "warn when the trained reward rises while a watch reward falls by more than this (and 2 SE)", low=0.0
+    )
+    diversity_drop: float = option(
+        0.3, "warn when the trained reward rises while within-prompt diversity falls by more than this fraction",
+        low=0.0, high=1.0,
+    )  # fmt: skip
+    metadata: str = option("", "GenEval metadata JSONL (prompt -> tag) for per-category results (toy: not needed)")
 
 
 @dataclass
@@ -217,9 +230,9 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
     return kind, size
 
 
-def check_rewards(specs: list[RewardSpec]) -> None:
+def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
     """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
-    reward is listed twice. Reads signatures only: no reward model loads."""
+    reward is listed twice. Reads signatures only: no reward model loads. ``key`` names the list in messages."""
     from flowrl.rewards import REWARDS, check_reward_options, is_user_reward
     from flowrl.rewards.base import load_user_reward
 
@@ -227,21 +240,21 @@ def check_rewards(specs: list[RewardSpec]) -> None:
     seen = set()
     for i, spec in enumerate(specs):
         if spec.name in seen:
-            raise ConfigError(f"rewards[{i}].name: {spec.name!r} is listed twice (give it one weight)")
+            raise ConfigError(f"{key}[{i}].name: {spec.name!r} is listed twice (give it one weight)")
         seen.add(spec.name)
         if is_user_reward(spec.name):
             try:
                 load_user_reward(spec.name)
             except ValueError as e:
-                raise ConfigError(f"rewards[{i}].name: {e}") from None
+                raise ConfigError(f"{key}[{i}].name: {e}") from None
         elif spec.name not in valid:
             hint = difflib.get_close_matches(spec.name, valid, 1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"rewards[{i}].name: {spec.name!r} is not one of {', '.join(valid)}{extra}")
+            raise ConfigError(f"{key}[{i}].name: {spec.name!r} is not one of {', '.join(valid)}{extra}")
         try:
             check_reward_options(spec.name, spec.options)
         except ValueError as e:
-            raise ConfigError(f"rewards[{i}].options: {e}") from None
+            raise ConfigError(f"{key}[{i}].options: {e}") from None
 
 
 def check_prompts(key: str, source: str) -> None:
@@ -358,6 +371,15 @@ def check_renoise(cfg: Config) -> None:
 def check_combinations(cfg: Config) -> None:
     """Cross-field rules (each message names the keys)."""
     check_rewards(cfg.rewards)
+    check_trackers(cfg.output.trackers)
+    check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards")
+    trained = {r.name for r in cfg.rewards}
+    for i, spec in enumerate(cfg.eval.watch_rewards):
+        if spec.name in trained:
+            raise ConfigError(f"eval.watch_rewards[{i}].name: {spec.name!r} is trained on (in rewards); a watch "
+                              "reward must be one the policy does not see")  # fmt: skip
+    if cfg.eval.metadata and not os.path.isfile(cfg.eval.metadata):
+        raise ConfigError(f"eval.metadata: GenEval metadata file {cfg.eval.metadata!r} does not exist")
     s, t = cfg.sampler, cfg.train
     kind, size = window_of(s)
     if size > s.num_steps:
@@ -412,7 +434,8 @@ def check_combinations(cfg: Config) -> None:
         check_prompts(f"data.{key}", getattr(cfg.data, key))
     m = cfg.model
     if not os.path.isdir(m.path) and (os.path.exists(m.path) or not HUB_ID.fullmatch(m.path)):
-        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name)")
+        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name); a relative path "
+                          f"was looked for in {os.getcwd()}, the preset's folder and {PROJECT}")  # fmt: skip
     if m.finetune == "full" and m.weights_dtype != "fp32":
         raise ConfigError(
             f"model.finetune=full trains the weights themselves: model.weights_dtype must be fp32, got "
@@ -440,6 +463,25 @@ def _pipeline_class(path: str) -> str:
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """YAML as a config means it: only true / false are booleans (YAML 1.1 also reads yes, no, on, off, so
+    ``mixed_precision: no`` became false), and ``1e-4`` is a number (YAML 1.1 wants a dot in it)."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))  # fmt: skip
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{_FLOAT.pattern}$"), list("-+0123456789."))
+
+
+def yaml_load(stream: Any) -> Any:
+    """Parse a config file or value with ``ConfigLoader``."""
+    return yaml.load(stream, Loader=ConfigLoader)  # a SafeLoader: builds plain data only
+
+
 def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
@@ -450,14 +492,31 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=1e-4)")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}: cannot parse value {raw!r}: {_one_line(e)}") from None
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):  # YAML 1.1 reads "1e-4" as a string
-        value = float(value)
-    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
-        value = raw.strip()  # "no", "off", "yes": text for a str option (mixed_precision=no), a bool for a bool one
     return key.strip(), value
+
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a source checkout's root
+
+
+def resolve_relative_path(value: str, preset: str | None) -> str:
+    """A relative ``model.path`` as the first existing of: the working directory, the preset's folder, the project
+    folder (where ``configs/demo.yaml``'s ``assets/toy-sd3`` lives). Unchanged when none exists (a hub id, or an
+    error that names the places, see ``check_model_path``)."""
+    if os.path.isabs(value) or os.path.exists(value):
+        return value
+    for base in search_folders(preset):
+        if os.path.exists(candidate := os.path.join(base, value)):
+            return candidate
+    return value
+
+
+def search_folders(preset: str | None) -> list[str]:
+    """Where a relative path is looked for besides the working directory."""
+    folders = [os.path.dirname(os.path.abspath(preset))] if preset is not None else []
+    return list(dict.fromkeys([*folders, PROJECT]))
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | TextConfig:
@@ -469,7 +528,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | 
             raise ConfigError(f"config file {path!r} does not exist")
         with open(path, encoding="utf-8") as f:
             try:
-                data = yaml.safe_load(f)
+                data = yaml_load(f)
             except yaml.YAMLError as e:
                 raise ConfigError(f"config file {path!r} is not valid YAML: {_one_line(e)}") from None
         data = {} if data is None else data
@@ -478,6 +537,9 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | 
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("path"), str):
+        model["path"] = resolve_relative_path(model["path"], path)
     if data.get("backend") == "text":  # the text GRPO trainer's preset
         from flowrl.text_config import load_text_config
 

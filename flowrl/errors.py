@@ -20,4 +20,13 @@ class TrainingStopped(InputError):
     """The run stopped itself, e.g. after too many consecutive non-finite rewards or losses."""
 
 
-__all__ = ["DataError", "InputError", "RewardError", "TrainingStopped"]
+class Interrupted(Exception):
+    """Training stopped by Ctrl-C or SIGTERM (a scheduler's pre-emption): the command prints the message on one
+    line and exits with ``code`` (128 + the signal's number, as a shell reports it)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+__all__ = ["DataError", "InputError", "Interrupted", "RewardError", "TrainingStopped"]

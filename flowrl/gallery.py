@@ -12,6 +12,7 @@ import html
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,14 +202,14 @@ def _fmt_se(mean: float, se: float) -> str:
 
 def _html(
     title: str, prompts: list[str], seeds: list[int], columns: list[GalleryColumn], srcs: list[list[str]],
-    sizes: list[tuple[int, int]], sort_key: str | None,
+    sizes: list[tuple[int, int]], sort_key: str | None, notes: Sequence[str] = (),
 ) -> str:  # fmt: skip
     """The self-contained index page (inline CSS/JS, relative image paths)."""
     e = html.escape
     key_name = e(sort_key) if sort_key is not None else "first score"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"]
     out.append(f"</head><body><h1>{e(title)}</h1>")
-    for line in summary_lines(prompts, columns):
+    for line in [*summary_lines(prompts, columns), *notes]:
         out.append(f"<p class='sum'>{e(line)}</p>")
     out.append("<p class='sum'><small>± one standard error over prompts (the prompt is the unit)</small></p>")
     opts = ["<option value='orig'>original order</option>"]
@@ -257,13 +258,15 @@ def write_gallery(
     title: str = "flowrl gallery",
     sort_key: str | None = None,
     upscale: int = 4,
+    notes: Sequence[str] = (),
 ) -> dict[str, str]:
     """Write ``<out_dir>/gallery/`` (index.html, images/, contact_sheet.png) comparing ``columns`` row by row.
 
     Row ``i`` is ``(prompts[i], seeds[i])``; every column holds ``images`` ``[N, 3, H, W]`` in [0, 1] and ``N`` score
     dicts, with ``N == len(prompts) == len(seeds)``. Images are saved upscaled ``upscale``x (nearest neighbour).
     ``sort_key`` is the score shown on the contact sheet and used by the page's sort/filter controls (default: first
-    key of the first score dict). The directory is replaced atomically. Returns absolute paths ``html``,
+    key of the first score dict). ``notes`` are extra header lines (the reward-hacking monitors). The directory is
+    replaced atomically. Returns absolute paths ``html``,
     ``contact_sheet`` and ``dir``. Raises ``ValueError`` (naming the column) on inconsistent input.
     """
     if not isinstance(upscale, int) or upscale < 1:
@@ -284,7 +287,7 @@ def write_gallery(
             for src, img in zip(srcs[-1], arr, strict=True):
                 Image.fromarray(img).save(os.path.join(tmp, src))
         sizes = [(a.shape[2], a.shape[1]) for a in arrays]
-        page = _html(title, prompts, seeds, columns, srcs, sizes, sort_key)
+        page = _html(title, prompts, seeds, columns, srcs, sizes, sort_key, notes)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write(page)
         _contact_sheet(os.path.join(tmp, "contact_sheet.png"), title, prompts, seeds, columns, arrays, sort_key)

@@ -161,7 +161,8 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]:
-    """(dotted key, type name, default, help) for every leaf option of a dataclass tree."""
+    """(dotted key, type name, default, help) for every leaf option of a dataclass tree; a choice-valued option's
+    help ends with its choices."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
@@ -169,7 +170,11 @@ def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]
             yield from describe(tp, prefix + f.name + ".")
             continue
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        yield prefix + f.name, _type_name(tp), default, f.metadata.get("help", "")
+        text, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+        if choices is not None:
+            names = [c or '""' for c in (choices() if callable(choices) else choices)]
+            text += f" (one of: {', '.join(names)})"
+        yield prefix + f.name, _type_name(tp), default, text
 
 
 __all__ = ["ConfigError", "describe", "load", "option", "set_dotted", "to_dict"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from flowrl.options import option
+from flowrl.options import ConfigError, option
 
 WEIGHT_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
@@ -39,11 +39,31 @@ class RunControl:
     )
 
 
+#: the trackers accelerate knows (each is the name of the module it needs)
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass
 class OutputConfig:
     run_dir: str = option("", "run directory (default runs/<preset>-<timestamp>)")
-    tensorboard: bool = option(True, "write tensorboard event files")
+    trackers: list[str] = option(
+        ["tensorboard"], "experiment trackers (accelerate's names; wandb: pip install wandb)", choices=TRACKERS
+    )
+    tensorboard: bool = option(True, "write tensorboard event files (false removes tensorboard from trackers)")
+    images_every: int = option(
+        0, "every N iterations, log the first eval prompts' images (flow) or completions (text); 0 = off", low=0
+    )
+    images_count: int = option(8, "images or completions in that log", low=1)
     progress: bool = option(True, "show a progress bar")
 
 
-__all__ = ["HUB_ID", "WEIGHT_DTYPES", "OutputConfig", "RunControl"]
+def check_trackers(names: list[str]) -> None:
+    """Every tracker in ``output.trackers`` is installed (checked before anything loads)."""
+    import importlib.util
+
+    for i, name in enumerate(names):
+        if name != "tensorboard" and importlib.util.find_spec(name) is None:
+            raise ConfigError(f"output.trackers[{i}]: {name!r} is not installed (pip install {name})")
+
+
+__all__ = ["HUB_ID", "TRACKERS", "WEIGHT_DTYPES", "OutputConfig", "RunControl", "check_trackers"]

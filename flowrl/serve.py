@@ -7,7 +7,8 @@ interfaces only on a trusted network.
 
 Status codes: 200 with ``{"outputs": ...}``; 400 ``{"error": ...}`` for a malformed request (bad JSON,
 missing or mistyped keys, unreadable images, images/prompts count mismatch, body or pixel count over
-the limits); 404 for other paths; 500 ``{"error": ...}`` when the reward raises or returns a bad output.
+the limits); 404 for other paths; 405 (with ``Allow``) for a method the path does not take; 500 ``{"error": ...}``
+when the reward raises or returns a bad output. PNG images may be RGB, RGBA, grey or palette (converted to RGB).
 One log line per request (client, path, status, batch size, milliseconds).
 """
 
@@ -95,9 +96,20 @@ class _Handler(BaseHTTPRequestHandler):
         start = time.perf_counter()
         if self.path.rstrip("/") == "/health":
             status, payload = 200, {"status": "ok", "reward": self.server.reward_name}
+        elif self.path.rstrip("/") == "/score":
+            return self._not_allowed()
         else:
             status, payload = 404, {"error": f"unknown path {self.path!r}; use GET /health or POST /score"}
         self._reply(status, payload, 0, start)
+
+    def _not_allowed(self) -> None:
+        """405 for a method the path does not take (and for PUT, PATCH, DELETE anywhere), with ``Allow``."""
+        allow = {"/health": "GET", "/score": "POST"}.get(self.path.rstrip("/"), "GET, POST")
+        self.close_connection = True  # a body sent with the refused request is not read
+        error = f"{self.command} is not allowed on {self.path!r}; use GET /health or POST /score"
+        self._reply(405, {"error": error}, 0, time.perf_counter(), {"Allow": allow})
+
+    do_PUT = do_PATCH = do_DELETE = _not_allowed
 
     def do_POST(self) -> None:
         start = time.perf_counter()
@@ -106,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         except BadRequest as e:
             self._reply(400, {"error": str(e)}, 0, start)
             return
+        if self.path.rstrip("/") == "/health":
+            return self._not_allowed()
         if self.path.rstrip("/") != "/score":
             self._reply(404, {"error": f"unknown path {self.path!r}; use POST /score"}, 0, start)
             return
@@ -140,10 +154,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             size -= len(chunk)
 
-    def _reply(self, status: int, payload: dict[str, Any], batch: int, start: float) -> None:
+    def _reply(
+        self, status: int, payload: dict[str, Any], batch: int, start: float, headers: dict[str, str] | None = None
+    ) -> None:
         data = json.dumps(payload).encode("utf-8")
         try:
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

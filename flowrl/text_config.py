@@ -16,7 +16,7 @@ from typing import Any
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig
 from flowrl.options import ConfigError, load, option
-from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl
+from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)
 TEXT_INPUTS = {"prompt_keys"}
@@ -132,6 +132,7 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
     for key in ("train", "eval"):
         _check_rows(f"data.{key}", getattr(cfg.data, key))
     _check_model(cfg)
+    check_trackers(cfg.output.trackers)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
         cfg.loss.max_length = cfg.generation.max_new_tokens
     if cfg.advantage.strata and ":" not in cfg.advantage.strata:

@@ -23,6 +23,7 @@ import functools
 import importlib
 import inspect
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from flowrl.errors import RewardError
 from flowrl.registry import Registry
+from flowrl.sections import HUB_ID
 
 RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
 
@@ -182,6 +184,18 @@ def _as_preferences(name: str, value: Any, batch: int) -> Tensor:
     return tensor.detach().to("cpu", torch.float32)
 
 
+#: reward options that name a file or folder (a folder may also be a hub id, fetched when the reward loads)
+PATH_OPTIONS = ("path", "checkpoint", "clip_path", "head_path", "med_config", "tokenizer", "metadata")
+
+
+def check_paths(name: str, options: Mapping[str, Any]) -> None:
+    """``RewardError`` naming the reward and the option whose file or folder does not exist."""
+    for option in PATH_OPTIONS:
+        value = options.get(option)
+        if isinstance(value, str) and value and not os.path.exists(value) and not HUB_ID.fullmatch(value):
+            raise RewardError(f"reward {name!r}: options.{option} {value!r} does not exist")
+
+
 @dataclass
 class RewardSet:
     """Several rewards with weights. ``__call__`` returns the weighted total ``[B]`` and every
@@ -194,6 +208,8 @@ class RewardSet:
     def from_specs(cls, specs: Sequence[Mapping[str, Any]]) -> RewardSet:
         """Build from ``[{"name": ..., "weight": 1.0, "options": {...}}, ...]``."""
         rewards, weights = {}, {}
+        for spec in specs:  # every path first: a missing file fails before any reward model loads
+            check_paths(spec["name"], dict(spec.get("options") or {}))
         for spec in specs:
             name = spec["name"]
             if name in rewards:

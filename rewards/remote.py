@@ -93,6 +93,10 @@ def _check_pixels(count: int, max_pixels: int) -> None:
         raise WireError(f"images: {count} pixels in the batch exceed this server's limit of {max_pixels}")
 
 
+#: PNG colour modes a request may use: grey, palette and alpha images are converted to RGB (alpha is dropped)
+PNG_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "1")
+
+
 def _decode_png(data: Any, max_pixels: int) -> Tensor:
     if not isinstance(data, list) or not data:
         raise WireError("images.data: expected a non-empty list of base64 PNG strings for format 'png'")
@@ -103,8 +107,9 @@ def _decode_png(data: Any, max_pixels: int) -> Tensor:
             image = Image.open(io.BytesIO(raw))  # reads the header only; pixels are decoded by asarray below
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
-        if image.format != "PNG" or image.mode != "RGB":
-            raise WireError(f"images.data[{i}]: expected an RGB PNG, got {image.format} in mode {image.mode!r}")
+        if image.format != "PNG" or image.mode not in PNG_MODES:
+            raise WireError(f"images.data[{i}]: expected a PNG in mode {', '.join(PNG_MODES)}, got {image.format} "
+                            f"in mode {image.mode!r}")  # fmt: skip
         total += image.width * image.height
         _check_pixels(total, max_pixels)
         if arrays and (image.height, image.width) != tuple(arrays[0].shape[:2]):
@@ -113,7 +118,7 @@ def _decode_png(data: Any, max_pixels: int) -> Tensor:
                 f"images.data[{i}]: size {image.width}x{image.height} differs from image 0's {width}x{height}"
             )
         try:
-            arrays.append(np.asarray(image))
+            arrays.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
         except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
             raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
     # contiguous: reductions over a channels-last view sum in another order, so scores would differ in the last bit

@@ -87,12 +87,13 @@ def main() -> int:
             print(f"repeat {k}: {name} {times[name][-args.iterations :]}", file=sys.stderr, flush=True)
     off_images, off_eval = base_evaluation(OFF)
     on_images, on_eval = base_evaluation([])
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     result = {
         "command": f"python scripts/bench_speed.py --repeats {args.repeats} --iterations {args.iterations}",
         "config": CONFIG,
         "off_overrides": OFF,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        f"{torch.get_num_threads()} threads{gpu}",
         "seconds_per_iteration": {name: summary(s) for name, s in times.items()},
         "all_seconds": times,
         "ratio_median": statistics.median(times["off"]) / statistics.median(times["on"]),

@@ -362,6 +362,13 @@ REWARD_CASES = {
     "reward bad diagnostic": flow_reward_case(
         "bad_diagnostic", "'bad_rewards:bad_diagnostic' returned 'debug' as str"
     ),
+    "reward checkpoint missing": Case(
+        FLOW,
+        lambda c: [rewards("hpsv2", checkpoint=str(c.tmp / "HPS_v2.1.pt"))],
+        "reward",
+        lambda c: [f"reward 'hpsv2': options.checkpoint {str(c.tmp / 'HPS_v2.1.pt')!r} does not exist"],
+        runtime=True,
+    ),
     "reward class constructor raises": flow_reward_case(
         "BrokenInit",
         "reward 'bad_rewards:BrokenInit' could not be built",

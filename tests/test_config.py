@@ -688,3 +688,50 @@ def test_cli_train_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "sampler.mode" in out
     assert "loss.clip_low (float, default 0.2)" in out
     assert "--config" in out and "--debug" in out
+
+
+def test_yaml_words_mean_what_a_config_means(tmp_path):
+    """YAML 1.1 reads no / off / yes as booleans and 1e-4 as text; a preset means the words and the number."""
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("model:\n  mixed_precision: no\ntrain:\n  lr: 1e-4\neval:\n  enabled: off\n")
+    cfg = load_config(str(preset))
+    assert cfg.model.mixed_precision == "no" and cfg.train.lr == 1e-4 and cfg.eval.enabled is False
+    assert load_config(None, ["eval.enabled=yes", "model.mixed_precision=no"]).eval.enabled is True
+
+
+def test_train_help_lists_every_choice_and_the_text_keys(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # wrapped lines joined
+    assert "model.mixed_precision (str, default 'no') accelerate mixed precision (one of: no, fp16, bf16)" in text
+    assert "(one of: branchgrpo, branchgrpo-mix, flow-grpo, flow-grpo-fast, mixgrpo, mixgrpo-flash, ode" in text
+    assert "one of: awm, bnpo, dapo, dr-grpo, grpo, grpo-guard, gspo, nft, ppo-clip" in text
+    assert "options of the text backend" in text and "generation.max_new_tokens (int, default 64)" in text
+
+
+def test_version_flag(capsys):
+    from flowrl import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"flowrl {__version__}"
+
+
+def test_relative_model_path_is_found_next_to_the_preset_or_in_the_project(tmp_path, monkeypatch):
+    import shutil
+
+    project = Path(__file__).resolve().parents[1]
+    presets = tmp_path / "presets"
+    (presets / "weights").mkdir(parents=True)
+    shutil.copy(project / "assets" / "toy-sd3" / "model_index.json", presets / "weights" / "model_index.json")
+    (presets / "mine.yaml").write_text("model:\n  path: weights\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config(str(presets / "mine.yaml")).model.path == str(presets / "weights")
+    demo = load_config(str(project / "configs" / "demo.yaml"))  # assets/toy-sd3 is the project's
+    assert demo.model.path == str(project / "assets" / "toy-sd3")
+    (presets / "lost.yaml").write_text("model:\n  path: ./nowhere/model\n")
+    with pytest.raises(ConfigError, match=r"'./nowhere/model' is neither a directory nor a hub id .* looked for in"):
+        load_config(str(presets / "lost.yaml"))

@@ -435,3 +435,9 @@ def test_text_presets_validate_and_their_lora_targets_exist(preset):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(REPO / cfg.model.path))
     names = [n for n, _ in model.named_modules()]
     assert all(any(n.endswith(t) for n in names) for t in cfg.model.lora_targets)
+
+
+def test_no_preset_says_the_batch_statistics_are_per_process():
+    """Rewards are gathered before advantages (flowrl.trainer.share): a preset comment saying otherwise misleads."""
+    for preset in ALL_PRESETS:
+        assert "each process's own samples" not in preset.read_text(), preset.name

@@ -7,6 +7,7 @@ SIGKILL while writing a checkpoint, again and again, always leaves a newest chec
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -206,3 +207,60 @@ def test_resumed_text_run_repeats_the_uninterrupted_run_exactly(tmp_path):
     ends = [load_state(str(tmp_path / run / "checkpoints" / "final")) for run in ("whole", "split")]
     assert all(torch.equal(a, b) for a, b in zip(ends[0]["params"], ends[1]["params"], strict=True))
     assert ends[0]["num_tokens"] == ends[1]["num_tokens"] > 0
+
+
+# ------------------------------------------------------------------------------------------ SIGTERM, Ctrl-C
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 600) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_and_the_run_resumes(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-m", "flowrl", "train", f"model.path={tiny_model}", *TINY_ARGS, f"output.run_dir={run_dir}",
+            "train.iterations=200", "train.save_every=1", "eval.enabled=false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args], env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir / "checkpoints" / "iter-000001", proc)
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends before it pre-empts a job
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("flowrl: terminated (SIGTERM) at iteration ") and "resume with train.resume=auto" in line
+    stopped = int(line.split("iteration ")[1].split(":")[0])
+    assert 1 <= stopped < 200 and (run_dir / "checkpoints" / f"iter-{stopped:06d}" / "trainer_state.pt").is_file()
+    assert "Traceback" not in err
+    state = torch.load(run_dir / "checkpoints" / f"iter-{stopped:06d}" / "trainer_state.pt", weights_only=True)
+    assert state["iteration"] == stopped and state["train_seconds"] > 0
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_run_folder(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["-m", "flowrl", "train", f"model.path={tiny_model}", *TINY_ARGS, f"output.run_dir={run_dir}",
+            "train.iterations=200", "eval.enabled=false"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *args], env=env, stderr=subprocess.PIPE, text=True)
+    _wait_for(run_dir / "config.yaml", proc)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("flowrl: interrupted") and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_summary_training_time_covers_the_whole_resumed_run(tiny_model, tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["train", f"model.path={tiny_model}", *TINY_ARGS, f"output.run_dir={run_dir}", "eval.enabled=false",
+            "output.progress=false", "train.save_every=1"]  # fmt: skip
+    assert main([*base, "train.iterations=2"]) == 0
+    first = json.loads((run_dir / "summary.json").read_text())["train_seconds"]
+    os.remove(run_dir / "summary.json")  # a finished run is not resumed; this stands for one that was stopped
+    assert main([*base, "train.iterations=3", "train.resume=auto"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_steps"] == 3 and summary["train_seconds"] > first

@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -120,6 +121,37 @@ def test_health_and_unknown_path(server):
     assert status == 404 and "/nope" in reply["error"]
 
 
+WRONG_METHODS = [("GET", "/score", "POST"), ("POST", "/health", "GET"), ("PUT", "/score", "POST"),
+                 ("DELETE", "/x", "GET, POST")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), WRONG_METHODS)
+def test_a_wrong_method_is_405_with_allow(server, method, path, allow):
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request(method, path, body=b"{}")
+    response = conn.getresponse()
+    assert response.status == 405 and response.getheader("Allow") == allow
+    assert f"{method} is not allowed on {path!r}" in json.loads(response.read())["error"]
+    conn.close()
+
+
+def test_grey_palette_and_alpha_pngs_are_read_as_rgb():
+    rgb = (images_for(1, 6)[0].permute(1, 2, 0) * 255).byte().numpy()
+    modes = {
+        "RGBA": Image.fromarray(rgb).convert("RGBA"),  # alpha dropped: the RGB pixels come back exactly
+        "L": Image.fromarray(rgb[..., 0], mode="L"),  # grey: the value in all three channels
+        "P": Image.fromarray(rgb).convert("P"),  # palette: each pixel's palette colour
+    }
+    for mode, image in modes.items():
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        body = png_request([base64.b64encode(buffer.getvalue()).decode()])
+        images, _ = decode_request(body)
+        expected = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+        assert images.shape == (1, 3, 6, 6) and torch.equal(images[0], expected), mode
+
+
 def _png_ok(size=8):
     return png_b64((images_for(1, size)[0].permute(1, 2, 0) * 255).byte().numpy())
 
@@ -133,7 +165,6 @@ def st_request(tensors=None, raw=None):
     return {"prompts": ["a"], "images": {"format": "safetensors", "data": data}}
 
 
-GREY_PNG = png_b64(torch.zeros(4, 4).byte().numpy())
 MALFORMED = {
     "bad json": (b"{not json", "not valid JSON"),
     "not an object": (b"[1, 2]", "expected a JSON object"),
@@ -144,7 +175,10 @@ MALFORMED = {
     "count mismatch": (png_request([_png_ok()] * 2, prompts="abc"), "2 images but 3 prompts"),
     "bad base64": (png_request(["@@not base64@@"]), "images.data[0]: invalid base64"),
     "not a png": (png_request([base64.b64encode(b"hello").decode()]), "images.data[0]: not a readable PNG"),
-    "grey png": (png_request([GREY_PNG]), "images.data[0]: expected an RGB PNG, got PNG in mode 'L'"),
+    "16-bit png": (
+        png_request([png_b64(torch.zeros(4, 4, dtype=torch.int32).numpy().astype("uint16"))]),
+        "images.data[0]: expected a PNG in mode RGB, RGBA, L, LA, P, PA, 1, got PNG in mode 'I;16'",
+    ),
     "sizes differ": (png_request([_png_ok(8), _png_ok(6)], prompts="ab"), "images.data[1]: size 6x6 differs"),
     "too many pixels": (png_request([_png_ok(80)] * 2, prompts="ab"), "exceed this server's limit of 10000"),
     "bad safetensors": (st_request(raw=b"zz"), "not a readable safetensors"),

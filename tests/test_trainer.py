@@ -112,6 +112,12 @@ def test_replay_reproduces_rollout_log_probs(tiny_model):
     torch.testing.assert_close(mean, tr.mean, atol=1e-5, rtol=0)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_cli_run_writes_summary_gallery_tensorboard_and_loadable_lora(tiny_model, tmp_path, capsys):
     from flowrl.cli import main
 
@@ -139,6 +145,9 @@ def test_cli_run_writes_summary_gallery_tensorboard_and_loadable_lora(tiny_model
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir / "tb"))
     lora = run_dir / "checkpoints" / "final" / "lora"
     assert (lora / "pytorch_lora_weights.safetensors").is_file()
+    # diffusers writes the LoRA file 0600; the run folder's group reads it like the rest (umask 022 here)
+    modes = {os.stat(p).st_mode & 0o777 for p in (lora / "pytorch_lora_weights.safetensors", run_dir / "summary.json")}
+    assert modes == {0o666 & ~_umask()}
     assert (run_dir / "checkpoints" / "final" / "trainer_state.pt").is_file()
 
     # the LoRA loads into a diffusers pipeline and reproduces the trained network

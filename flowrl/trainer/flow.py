@@ -33,6 +33,7 @@ from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import Config, window_of
 from flowrl.data import load_prompts
+from flowrl.evaluation import prompt_groups, score_images
 from flowrl.generate import generate
 from flowrl.losses import LOSSES, OldPolicy, trains_on
 from flowrl.models import FlowModel, lora_targets, policy_for
@@ -52,6 +53,7 @@ from flowrl.samplers import (
 from flowrl.samplers.modes import ROLLOUT_MODES, RolloutPlan, step_subset
 from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
+from flowrl.trainer.monitor import TrainingMonitor, block_monitors, monitor_metrics
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
 from flowrl.trainer.timing import Stopwatch
@@ -82,10 +84,13 @@ class Run:
     train_prompts: list[str]
     eval_prompts: list[str]
     rng: random.Random
+    watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
+    monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations
     adv_state: dict[str, Any] = field(default_factory=dict)
     iteration: int = 0
     skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
     skips: int = 0
+    train_seconds: float = 0.0  # over the whole run, resumed invocations included
     clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
 
 
@@ -100,6 +105,7 @@ class Batch:
     components: dict[str, Tensor]  # every reward score and diagnostic, [N] each
     granular: Tensor | None = None  # [J, N, K] rewards of coarser decodings (G2RPO)
     preferences: Tensor | None = None  # [N, N] a pairwise judge's verdicts within groups (Pref-GRPO)
+    monitors: dict[str, Tensor] = field(default_factory=dict)  # thumbnails and watch scores (trainer.monitor)
 
 
 def setup(cfg: Config) -> Run:
@@ -110,6 +116,7 @@ def setup(cfg: Config) -> Run:
     # some trainable weights get no gradient (SD3's last block discards its text stream): DDP must look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     accelerator, backend = launch(cfg.model.mixed_precision, kwargs_handlers=[ddp])
+    rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])  # before the model: a bad reward fails fast
     m = cfg.model
     policy = policy_for(m, cfg.sampler.shift, accelerator.device)
     if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.velocity_kl_coef > 0):
@@ -137,7 +144,6 @@ def setup(cfg: Config) -> Run:
     if WINDOW_SCHEDULES.facts(kind).seeded:
         options.setdefault("seed", cfg.seed)
     window = make_window(kind, cfg.sampler.num_steps, size, **options)
-    rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
     train_prompts = load_prompts(cfg.data.train_prompts)
     _check_split(cfg, window, rewards, len(train_prompts), accelerator.num_processes)
     old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss)
@@ -157,6 +163,8 @@ def setup(cfg: Config) -> Run:
         train_prompts=train_prompts,
         eval_prompts=load_prompts(cfg.data.eval_prompts),
         rng=random.Random(cfg.seed),
+        watch=RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards]) if cfg.eval.watch_rewards else None,
+        monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
     )
 
 
@@ -233,11 +241,12 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     # the configuration allows one preference-giving reward when the estimator reads it (config.flow_inputs)
     prefs = [r[2] for r in results]
     pairwise = torch.block_diag(*[next(iter(p.values())) for p in prefs]) if len(prefs[0]) == 1 else None
+    monitors = {k: torch.cat([r[3][k] for r in results]) for k in results[0][3]}
     granular = None
     if rollout.extra_samples:
         coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
         granular = torch.stack([score(run, im, sample_prompts, rollout.group_id)[0] for im in coarser])
-    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise)
+    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise, monitors)
 
 
 def _root_blocks(prompt_of_root: Tensor, size: int, whole_prompts: bool = False) -> list[tuple[int, int]]:
@@ -262,11 +271,11 @@ def _root_blocks(prompt_of_root: Tensor, size: int, whole_prompts: bool = False)
 
 def _score_block(
     run: Run, images: Tensor, prompts: list[str], groups: Tensor
-) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """Rewards, components and preference matrices of one block (run in the scoring thread)."""
+) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+    """Rewards, components, preference matrices and monitors of one block (run in the scoring thread)."""
     preferences: dict[str, Tensor] = {}
     rewards, parts = score(run, images, prompts, groups, preferences)
-    return rewards, parts, preferences
+    return rewards, parts, preferences, block_monitors(run.watch, images, prompts)
 
 
 def _rollout(
@@ -451,7 +460,7 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
 
 def eval_share(prompts: list[str], index: int, num_processes: int) -> list[int]:
     """Positions of the pairs process ``index`` evaluates: prompt texts dealt out in turn, each with all its seeds."""
-    group = _prompt_groups(prompts)
+    group = prompt_groups(prompts)
     return [i for i in range(len(prompts)) if int(group[i]) % num_processes == index]
 
 
@@ -478,8 +487,7 @@ def _evaluate_pairs(
         )[:keep]
     if not keep:
         return torch.empty(0), {}
-    total, parts = run.rewards(images, prompts[:keep], _prompt_groups(prompts[:keep]))
-    return images, {"reward": total, **parts}
+    return images, score_images(run.rewards, images, prompts[:keep], run.watch)
 
 
 def _reassemble(shares: list[tuple[list[int], Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -491,12 +499,6 @@ def _reassemble(shares: list[tuple[list[int], Tensor, dict[str, Tensor]]]) -> tu
     return images, {k: torch.cat([parts[k] for _, _, parts in shares])[where] for k in keys}
 
 
-def _prompt_groups(prompts: list[str]) -> Tensor:
-    """Group ids ``[N]``: equal prompt texts share an id (numbered in order of first appearance)."""
-    ids: dict[str, int] = {}
-    return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
-
-
 def iteration_metrics(run: Run, batch: Batch, whole: Whole) -> dict[str, float]:
     """Reward statistics: the whole batch's total mean/std, this process's component means (averaged over
     processes later), NFE per sample."""
@@ -505,7 +507,7 @@ def iteration_metrics(run: Run, batch: Batch, whole: Whole) -> dict[str, float]:
     out.update({f"reward/{k}": v.mean().item() for k, v in batch.components.items()})
     out["sampler/nfe_per_sample"] = batch.rollout.nfe / max(1, batch.rollout.samples.shape[0])
     out["sampler/transitions"] = float(len(batch.rollout.transitions))
-    return out
+    return {**out, **monitor_metrics(batch.monitors, batch.rollout.group_id)}
 
 
 def train_step(run: Run) -> dict[str, float]:
@@ -537,6 +539,9 @@ def train_step(run: Run) -> dict[str, float]:
     metrics = mean_over_processes(acc, metrics)
     skipped = any(broken) or metrics["train/skipped_steps"] > 0
     count_skip(run, skipped, reason)
+    if run.monitor is not None and acc.is_main_process:
+        for line in run.monitor.update(metrics):
+            log.warning("iteration %d: %s", run.iteration, line)
     metrics.update({"train/skipped": float(skipped), "train/lr": run.scheduler.get_last_lr()[0]})
     run.window.advance()
     run.scheduler.step()

@@ -7,12 +7,15 @@ A recipe's run object satisfies ``LoopRun``; the text recipe imports this module
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import signal
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -20,7 +23,7 @@ import yaml
 from torch import Tensor
 
 from flowrl.atomic import write_json
-from flowrl.errors import TrainingStopped
+from flowrl.errors import Interrupted, TrainingStopped
 from flowrl.lr_schedule import warmup_cosine
 from flowrl.options import to_dict
 from flowrl.trainer import zero
@@ -44,6 +47,7 @@ class LoopRun(Protocol):
     iteration: int
     skips: int
     skips_in_a_row: int
+    train_seconds: float  # training seconds over the whole run, resumed invocations included
 
 
 # Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
@@ -170,36 +174,71 @@ def training_loop(
     step: Callable[[Any], dict[str, float]],
     save: Callable[[Any, str], None],
     postfix: Callable[[dict[str, float]], dict[str, str]],
+    media: Callable[[Any, Any], None] | None = None,
 ) -> float:
     """``cfg.train.iterations`` calls of ``step(run)`` (flow or text) with a progress bar (``postfix`` of the
-    metrics), tensorboard scalars, a checkpoint every ``train.save_every`` iterations and the ``train.max_minutes``
-    limit (decided by the main process for all). Returns the training seconds."""
+    metrics, and the time left under ``train.max_minutes``), tensorboard scalars, a checkpoint every
+    ``train.save_every`` iterations, ``media(run, trackers)`` every ``output.images_every`` iterations and the
+    ``train.max_minutes`` limit (decided by the main process for all).
+    SIGTERM (a scheduler's pre-emption) saves a checkpoint after the current iteration and raises ``Interrupted``;
+    so does Ctrl-C, without the checkpoint. Returns the whole run's training seconds (``run.train_seconds``)."""
     from tqdm.auto import tqdm
 
     cfg, main = run.cfg, run.accelerator.is_main_process
-    bar = tqdm(
-        range(run.iteration, cfg.train.iterations),
-        desc="train",
-        disable=not (cfg.output.progress and main),
-        dynamic_ncols=True,
-        initial=run.iteration,
-        total=cfg.train.iterations,
-    )
-    start = time.time()
-    for _ in bar:
-        if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
-            break
-        metrics = step(run)
-        if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(k, v, run.iteration)
-        bar.set_postfix(postfix(metrics))
-        if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
-            save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
-        if cfg.train.max_minutes and time_is_up(run, time.time() - start > 60 * cfg.train.max_minutes):
-            break
-    bar.close()
-    return time.time() - start
+    bar = tqdm(range(run.iteration, cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main),
+               dynamic_ncols=True, initial=run.iteration, total=cfg.train.iterations)  # fmt: skip
+    start, limit = time.time(), 60 * cfg.train.max_minutes
+    with _sigterm_flag() as terminated:
+        try:
+            for _ in bar:
+                if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
+                    break
+                began = time.time()
+                metrics = step(run)
+                run.train_seconds += time.time() - began
+                if writer is not None:
+                    writer.log(metrics, run.iteration)
+                if media is not None and cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
+                    media(run, writer)  # every process: generation may be collective
+                left = {"left": _clock(limit - (time.time() - start))} if limit else {}
+                bar.set_postfix({**postfix(metrics), **left})
+                if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
+                    save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+                stop, term = main_verdict(run, (bool(limit) and time.time() - start > limit, terminated()))
+                if term:
+                    path = os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}")
+                    save(run, path)
+                    raise Interrupted(f"terminated (SIGTERM) at iteration {run.iteration}: checkpoint {path}; "
+                                      "resume with train.resume=auto", 143)  # fmt: skip
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            saved = os.path.isdir(os.path.join(run_dir, "checkpoints"))
+            hint = "resume with train.resume=auto" if saved else "no checkpoint yet, so the run folder is removed"
+            raise Interrupted(f"interrupted at iteration {run.iteration}; {hint}", 130) from None
+        finally:
+            bar.close()
+    return run.train_seconds
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[Callable[[], bool]]:
+    """While inside, SIGTERM sets a flag (read by calling the yielded function) instead of killing the process;
+    the previous handler comes back after. Outside the main thread signals cannot be caught: the flag stays off."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield received.is_set
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.set())
+    try:
+        yield received.is_set
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finish_summary(run_dir: str, summary: dict[str, Any], cfg: Config | TextConfig, writer: Any, start: float) -> None:
@@ -210,6 +249,23 @@ def finish_summary(run_dir: str, summary: dict[str, Any], cfg: Config | TextConf
     write_json(os.path.join(run_dir, "summary.json"), summary)
     if writer is not None:
         writer.close()
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """What the console shows at the end of a run (flow or text): the training, the evaluation before and after
+    with the paired gain (SE over prompts) and the reward-hacking warnings."""
+    n = summary["train_steps"]
+    lines = [f"trained {n} iteration{'s' * (n != 1)} in {summary['train_seconds']:.0f} s"]
+    if "eval_reward_gain" in summary:
+        lines.append(
+            f"evaluation ({summary['num_eval_samples']} samples): reward {summary['eval_reward_before']:.4f} → "
+            f"{summary['eval_reward_after']:.4f}, gain {summary['eval_reward_gain']:+.4f} ± "
+            f"{summary['eval_reward_gain_se']:.4f} (SE over prompts)"
+        )
+    if "eval_strict_gain" in summary:
+        lines.append(f"strict: {summary['eval_strict_before']:.4f} → {summary['eval_strict_after']:.4f}, gain "
+                     f"{summary['eval_strict_gain']:+.4f} ± {summary['eval_strict_gain_se']:.4f}")  # fmt: skip
+    return lines + [f"warning: {w}" for w in summary.get("monitor_warnings", [])]
 
 
 def shared_run_dir(cfg: Config | TextConfig, name: str, state: Any) -> tuple[str, bool]:
@@ -232,23 +288,23 @@ def shared_run_dir(cfg: Config | TextConfig, name: str, state: Any) -> tuple[str
     return tuple(result[0])
 
 
-def time_is_up(run: LoopRun, local: bool) -> bool:
-    """The main process's verdict on the time limit, on every process: if one process stopped training
-    alone, the others would wait for its gradients for ever."""
+def main_verdict(run: LoopRun, local: tuple[bool, ...]) -> tuple[bool, ...]:
+    """The main process's verdicts (time is up, a SIGTERM came), on every process: if one process stopped
+    training alone, the others would wait for its gradients for ever."""
     if run.accelerator.num_processes == 1:
         return local
     from accelerate.utils import broadcast_object_list
 
-    return bool(broadcast_object_list([local])[0])
+    return tuple(bool(v) for v in broadcast_object_list([local])[0])
 
 
-def tb_writer(cfg: Config | TextConfig, run_dir: str, iteration: int = 0):
-    """The tensorboard writer; a resumed run first drops events logged after its checkpoint's ``iteration``."""
-    if not cfg.output.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
+def make_trackers(cfg: Config | TextConfig, run_dir: str, iteration: int = 0) -> Any:
+    """The run's ``Trackers`` (``output.trackers``), or None when it has none; a resumed run's tensorboard first drops
+    events logged after its checkpoint's ``iteration``."""
+    from flowrl.trainer.trackers import Trackers
 
-    return SummaryWriter(os.path.join(run_dir, "tb"), purge_step=iteration + 1 if iteration else None)
+    trackers = Trackers(cfg, run_dir, iteration)
+    return trackers if trackers.trackers else None
 
 
 __all__ = [
@@ -258,14 +314,15 @@ __all__ = [
     "draw_prompts",
     "finish_summary",
     "lr_scheduler",
+    "main_verdict",
     "make_run_dir",
+    "make_trackers",
     "mean_over_processes",
     "process_seed",
     "process_state",
     "require_finite",
     "shared_run_dir",
-    "tb_writer",
-    "time_is_up",
+    "summary_lines",
     "training_loop",
     "write_config",
 ]

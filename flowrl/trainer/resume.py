@@ -37,10 +37,10 @@ from flowrl.trainer.checkpoint import (
 from flowrl.trainer.loop import (
     LoopRun,
     base_evaluation,
+    make_trackers,
     process_state,
     require_finite,
     shared_run_dir,
-    tb_writer,
     training_loop,
     write_config,
 )
@@ -80,6 +80,7 @@ def loop_state(run: ResumableRun) -> dict[str, Any]:
         "prompt_rng": plain(run.rng.getstate()),
         "rng": rngs,
         "skips": [run.skips_in_a_row, run.skips],
+        "train_seconds": run.train_seconds,
     }
 
 
@@ -99,6 +100,7 @@ def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> N
     set_rng_states(rngs[run.accelerator.process_index % len(rngs)])
     run.iteration = int(state["iteration"])
     run.skips_in_a_row, run.skips = (int(v) for v in state["skips"])
+    run.train_seconds = float(state.get("train_seconds", 0.0))  # checkpoints before it was saved: this part only
 
 
 def write_checkpoint(
@@ -133,7 +135,7 @@ class Finished:
 
     run: Any
     run_dir: str
-    writer: Any  # tensorboard writer on the main process, else None
+    writer: Any  # the run's Trackers on the main process (None elsewhere, or with no trackers)
     before: Any  # the base's evaluation (None when evaluation is off)
     after: Any  # the trained policy's evaluation (None when evaluation is off)
     train_seconds: float
@@ -149,6 +151,7 @@ def train_end_to_end(
     train_step: Callable[[Any], dict[str, float]],
     save_checkpoint: Callable[[Any, str], None],
     progress: Callable[[dict[str, float]], dict[str, str]],
+    media: Callable[[Any, Any], None] | None = None,
 ) -> Finished:
     """A recipe's run from start to final checkpoint, the same for flow and text: the run folder (removed if the run
     fails before its first checkpoint and this invocation made it), ``train.resume``, the resolved config, setup and
@@ -164,9 +167,9 @@ def train_end_to_end(
         run = setup()
         if resume_from:
             restore(run, resume_from)
-        writer = tb_writer(cfg, run_dir, run.iteration) if run.accelerator.is_main_process else None
+        writer = make_trackers(cfg, run_dir, run.iteration) if run.accelerator.is_main_process else None
         before = base_evaluation(run, run_dir, lambda: evaluate(run), resume_from)
-        train_seconds = training_loop(run, run_dir, writer, train_step, save_checkpoint, progress)
+        train_seconds = training_loop(run, run_dir, writer, train_step, save_checkpoint, progress, media)
         save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = evaluate(run) if cfg.eval.enabled else None
     return Finished(run, run_dir, writer, before, after, train_seconds, start)

@@ -74,12 +74,34 @@ def train_and_report(cfg: Config, name: str = "run") -> str:
         cfg, name, lambda: setup(cfg), restore, lambda run: evaluate(run, *eval_pairs(cfg, run.eval_prompts)),
         train_step, save_checkpoint,
         lambda m: {"reward": f"{m.get('reward/mean', math.nan):.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
+        log_samples,
     )  # fmt: skip
     run = done.run
     if run.accelerator.is_main_process:
         _write_summary(done, *eval_pairs(cfg, run.eval_prompts))
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
     return done.run_dir
+
+
+def log_samples(run: Run, trackers: Any) -> None:
+    """The first ``output.images_count`` evaluation prompts' images (seed index 0, so the same noise every time: the
+    grid shows training's progress) with their scores in the captions, to the trackers. Every process takes part."""
+    from flowrl.trainer.trackers import image_captions
+
+    prompts = run.eval_prompts[: run.cfg.output.images_count]
+    images, parts = evaluate(run, prompts, [0] * len(prompts))
+    if trackers is not None:
+        trackers.log_images("samples", images, image_captions(prompts, parts), run.iteration)
+
+
+def _log_evaluations(run: Run, trackers: Any, prompts: list[str], seeds: list[int], before, after) -> None:
+    """The before/after evaluation's first images (one seed per prompt) with their scores, to the trackers."""
+    from flowrl.trainer.trackers import image_captions
+
+    rows = [i for i, s in enumerate(seeds) if s == seeds[0]][: run.cfg.output.images_count]
+    for tag, (images, parts) in (("eval/before", before), ("eval/after", after)):
+        captions = image_captions([prompts[i] for i in rows], {k: v[rows] for k, v in parts.items()})
+        trackers.log_images(tag, images[rows], captions, run.iteration)
 
 
 def _write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
@@ -100,10 +122,12 @@ def _write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None
     if before is not None and after is not None:
         summary.update(_eval_summary(run, prompts, before[1], after[1]))
         summary.update(_head_to_head(run, prompts, before[0], after[0]))
+        notes = _monitors(summary, cfg, prompts, before, after)
         if cfg.eval.gallery_prompts:
-            summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after)
+            summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after, notes, run.iteration)
         if writer is not None:
             writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+            _log_evaluations(run, writer, prompts, seeds, before, after)
     finish_summary(run_dir, summary, cfg, writer, done.start)
 
 
@@ -147,7 +171,28 @@ def _eval_summary(
     return out
 
 
-def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
+def _monitors(
+    summary: dict[str, Any], cfg: Config, prompts: list[str], before: EvalResult, after: EvalResult
+) -> list[str]:
+    """The reward-hacking monitors of the before/after evaluation (``flowrl.evaluation``) into ``summary``; their
+    lines, each warning also logged."""
+    from flowrl.evaluation import compare, hacking_warnings, load_categories_metadata, monitor_lines, summarize
+
+    change = compare(before[1], after[1], prompts, before[0], after[0])
+    warnings = hacking_warnings(change, cfg.eval.watch_drop, cfg.eval.diversity_drop)
+    for line in warnings:
+        log.warning(line)
+    metadata = load_categories_metadata(cfg.eval.metadata)
+    summary["eval/drift"], summary["eval/diversity"] = change["drift"], change["diversity"]
+    summary["eval/categories"] = {
+        name: summarize(result[1], prompts, metadata=metadata).get("categories", {})
+        for name, result in (("before", before), ("after", after))
+    }
+    summary["monitor_warnings"] = warnings
+    return monitor_lines(change, warnings)
+
+
+def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after, notes: list[str], iterations: int) -> str:
     from flowrl.gallery import GalleryColumn, write_gallery
 
     rows = [i for i, s in enumerate(seeds) if s == seeds[0]][: cfg.eval.gallery_prompts]
@@ -162,8 +207,10 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after) -> str:
         [prompts[i] for i in rows],
         [seeds[i] for i in rows],
         [column("base", before), column("trained", after)],
-        title=f"flowrl: base vs trained ({cfg.sampler.mode}, {cfg.train.iterations} iterations)",
+        title=f"flowrl: base vs trained ({cfg.sampler.mode}, {iterations} iteration{'s' * (iterations != 1)}"
+        + (f" of the {cfg.train.iterations} configured)" if iterations < cfg.train.iterations else ")"),
         sort_key="reward",
+        notes=notes,
     )
     return paths["html"]
 

@@ -68,6 +68,7 @@ class TextRun:
     num_tokens: int = 0
     skips_in_a_row: int = 0
     skips: int = 0
+    train_seconds: float = 0.0  # over the whole run, resumed invocations included
 
 
 @dataclass

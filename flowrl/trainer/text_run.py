@@ -98,6 +98,7 @@ def train_and_report(
         cfg, name, lambda: setup(cfg, dataset, reward_funcs), restore, lambda run: evaluate(run, eval_rows(run)),
         train_step, save_checkpoint,
         lambda m: {"reward": f"{m.get('reward', math.nan):.3f}", "kl": f"{m.get('kl', 0):.4f}"},
+        log_completions,
     )  # fmt: skip
     run, rows, n = done.run, eval_rows(done.run), cfg.eval.samples_per_prompt
     if run.accelerator.is_main_process:
@@ -115,9 +116,25 @@ def train_and_report(
             summary["samples"] = _write_samples(done.run_dir, rows, n, done.before, done.after)
             if done.writer is not None:
                 done.writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+                done.writer.log_table("eval/completions", ["prompt", "base", "trained"],
+                                      [[rows[i // n]["prompt"], b, a] for i, (b, a) in
+                                       enumerate(zip(done.before[0], done.after[0], strict=True))][:24],
+                                      run.iteration)  # fmt: skip
         finish_summary(done.run_dir, summary, cfg, done.writer, done.start)
     run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
     return done.run_dir
+
+
+def log_completions(run: TextRun, trackers: Any) -> None:
+    """The first ``output.images_count`` evaluation rows' completions with their total reward, as a table in the
+    trackers (every process generates: the evaluation is collective)."""
+    rows = run.eval_rows[: run.cfg.output.images_count]
+    texts, rewards = evaluate(run, rows)
+    if trackers is None:
+        return
+    n, total = run.cfg.eval.samples_per_prompt, weighted_total(run, rewards)
+    table = [[rows[i // n]["prompt"], text, round(float(total[i]), 4)] for i, text in enumerate(texts)]
+    trackers.log_table("samples", ["prompt", "completion", "reward"], table, run.iteration)
 
 
 def _eval_summary(run: TextRun, prompts: list[str], before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:

@@ -1,0 +1,109 @@
+"""Reward-hacking monitors during training (``flowrl.evaluation`` has the evaluation side).
+
+Every iteration logs, besides the trained rewards, ``watch/<name>`` (the means of ``eval.watch_rewards`` on the
+iteration's images) and ``monitor/diversity`` (the mean within-group distance of the images, group = prompt, on
+32×32 thumbnails). ``TrainingMonitor`` compares the latest ``window`` iterations with the first ``window``: when
+``reward/mean`` rose by more than two standard errors (iterations as the unit) while a watch reward fell by more
+than ``eval.watch_drop`` (and two SE) or the diversity fell by more than the fraction ``eval.diversity_drop``, it
+logs one warning per signal. Its state starts over when a run is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.evaluation import WATCH, prompt_groups, thumbnails
+
+log = logging.getLogger("flowrl")
+
+
+def block_monitors(watch: Any, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+    """What the monitors keep of a scored block: ``thumbs`` ``[n, 3, h, w]`` and each watch reward's scores
+    ``[n]`` (``watch/<name>``; never part of the trained rewards)."""
+    out = {"thumbs": thumbnails(images)}
+    if watch is not None:
+        _, parts = watch(images, prompts, prompt_groups(prompts))
+        out.update({WATCH + k: v.float().cpu() for k, v in parts.items()})
+    return out
+
+
+def monitor_metrics(monitors: dict[str, Tensor], groups: Tensor) -> dict[str, float]:
+    """``watch/<name>`` means and ``monitor/diversity``: the mean over groups (``groups`` ``[N]``) with two or more
+    images of their mean pairwise RMS thumbnail distance (NaN when no group has two)."""
+    out = {k: float(v.float().nanmean()) for k, v in monitors.items() if k.startswith(WATCH)}
+    thumbs = monitors.get("thumbs")
+    if thumbs is None:
+        return out
+    flat, values = thumbs.flatten(1).double(), []
+    for g in groups.unique():
+        rows = flat[groups.cpu() == g]
+        n = rows.shape[0]
+        if n > 1:
+            values.append(float(torch.cdist(rows, rows).sum() / (n * (n - 1) * math.sqrt(rows.shape[1]))))
+    out["monitor/diversity"] = statistics.fmean(values) if values else math.nan
+    return out
+
+
+class TrainingMonitor:
+    """Watches ``reward/mean`` against the watch rewards and the diversity over a training run (module docstring)."""
+
+    def __init__(self, watch_drop: float, diversity_drop: float, window: int = 5) -> None:
+        self.watch_drop, self.diversity_drop, self.window = watch_drop, diversity_drop, window
+        self.first: dict[str, list[float]] = {}
+        self.latest: dict[str, deque[float]] = {}
+        self.warned: set[str] = set()
+
+    def update(self, metrics: dict[str, float]) -> list[str]:
+        """Add one iteration's metrics; the new warnings (each signal warns once)."""
+        keys = [k for k in metrics if k == "reward/mean" or k.startswith(WATCH) or k == "monitor/diversity"]
+        for k in keys:
+            v = metrics[k]
+            if not math.isfinite(v):
+                continue
+            first = self.first.setdefault(k, [])
+            if len(first) < self.window:
+                first.append(v)
+            else:
+                self.latest.setdefault(k, deque(maxlen=self.window)).append(v)
+        new = [(key, line) for key, line in self._signals() if key not in self.warned]
+        self.warned.update(key for key, _ in new)
+        return [line for _, line in new]
+
+    def _change(self, key: str) -> tuple[float, float] | None:
+        """(latest − first) mean and its SE, once both windows are full."""
+        first, latest = self.first.get(key, []), list(self.latest.get(key, []))
+        if len(first) < self.window or len(latest) < self.window:
+            return None
+        se = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(latest) / len(latest))
+        return statistics.fmean(latest) - statistics.fmean(first), se
+
+    def _signals(self) -> list[tuple[str, str]]:
+        """(signal key, warning line) of every signal present now."""
+        reward = self._change("reward/mean")
+        if reward is None or not reward[0] > 2 * reward[1] or reward[0] <= 0:
+            return []
+        rose = f"reward/mean rose {reward[0]:+.3f} ± {reward[1]:.3f} since the first {self.window} iterations"
+        lines = []
+        for key in sorted(k for k in self.first if k.startswith(WATCH)):
+            change = self._change(key)
+            if change is not None and -change[0] > max(self.watch_drop, 2 * change[1]):
+                lines.append((key, f"possible reward hacking: {rose} while {key} fell {change[0]:+.3f} ± "
+                                   f"{change[1]:.3f} (eval.watch_drop={self.watch_drop})"))  # fmt: skip
+        div = self._change("monitor/diversity")
+        if div is not None:
+            base = statistics.fmean(self.first["monitor/diversity"])
+            if base > 0 and -div[0] > self.diversity_drop * base:
+                lines.append(("monitor/diversity", f"possible reward hacking: {rose} while the within-prompt "
+                              f"diversity fell from {base:.3f} by {-div[0]:.3f} (eval.diversity_drop="
+                              f"{self.diversity_drop})"))  # fmt: skip
+        return lines
+
+
+__all__ = ["TrainingMonitor", "block_monitors", "monitor_metrics"]

@@ -1,0 +1,250 @@
+"""``flowrl.evaluation`` and the training monitors: diversity, drift and categories by hand, summaries with prompt-
+clustered SEs, the reward-hacking warnings (raised exactly when they should be), and ``flowrl eval`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from flowrl.evaluation import (
+    categories,
+    compare,
+    distance,
+    diversity,
+    hacking_warnings,
+    score_images,
+    summarize,
+    thumbnails,
+)
+from flowrl.trainer.monitor import TrainingMonitor, monitor_metrics
+
+
+def _flat(value: float, size: int = 8) -> torch.Tensor:
+    return torch.full((3, size, size), value)
+
+
+def test_distance_and_diversity_by_hand():
+    assert distance(torch.stack([_flat(0.2)]), torch.stack([_flat(0.5)])).item() == pytest.approx(0.3)
+    # prompt a: images 0, 1, 0 -> ordered pairs (0,1)=1, (0,2)=0, (1,2)=1 -> mean 2/3; prompt b has one image
+    images = torch.stack([_flat(0.0), _flat(1.0), _flat(0.0), _flat(0.5)])
+    div = diversity(images, ["a", "a", "a", "b"])
+    assert div == {"a": pytest.approx(2 / 3)}
+    # half the pixels differ by 1 -> RMS sqrt(1/2)
+    half = _flat(0.0)
+    half[:, :4] = 1.0
+    assert diversity(torch.stack([half, _flat(0.0)]), ["p", "p"])["p"] == pytest.approx(math.sqrt(0.5))
+
+
+def test_thumbnails_average_areas_down_to_32_pixels():
+    image = torch.zeros(1, 3, 64, 96)
+    thumb = thumbnails(image)
+    assert thumb.shape == (1, 3, 21, 32)  # the longer side to 32, the other in proportion
+    assert thumbnails(torch.zeros(2, 3, 16, 16)).shape == (2, 3, 16, 16)  # small images stay
+    assert thumbnails(torch.ones(1, 3, 64, 64) * 0.25).allclose(torch.full((1, 3, 32, 32), 0.25))
+
+
+def test_categories_of_toy_and_geneval_prompts():
+    assert categories("two red circles") == ["kind=counting", "colour=red", "count=2"]
+    assert categories("a blue square left of a green triangle") == [
+        "kind=position", "colour=blue", "colour=green", "count=1", "relation=left of",
+    ]  # fmt: skip
+    assert categories("a photo of a cat") == []
+
+    class Meta:
+        tag = "counting"
+
+    assert categories("a photo of a cat", {"a photo of a cat": Meta()}) == ["tag=counting"]
+
+
+def test_summary_means_and_prompt_clustered_errors_by_hand():
+    prompts = ["two red circles", "two red circles", "a green square", "a green square", "three blue circles"]
+    scores = {"reward": torch.tensor([1.0, 0.0, 0.5, 0.5, 1.0])}
+    out = summarize(scores, prompts)
+    # prompt means 0.5, 0.5, 1.0: mean 2/3, SE = std([.5, .5, 1]) / sqrt(3)
+    assert out["scores"]["reward"]["mean"] == pytest.approx(2 / 3)
+    assert out["scores"]["reward"]["se"] == pytest.approx(torch.tensor([0.5, 0.5, 1.0]).std().item() / math.sqrt(3))
+    assert out["num_prompts"] == 3 and out["num_images"] == 5 and out["se_unit"] == "prompt"
+    cats = out["categories"]
+    assert cats["colour=red"]["reward"]["mean"] == pytest.approx(0.5) and cats["colour=red"]["num_prompts"] == 1
+    assert cats["count=2"]["reward"]["mean"] == pytest.approx(0.5)
+    assert cats["colour=blue"]["reward"]["mean"] == pytest.approx(1.0)
+    assert cats["kind=counting"]["num_prompts"] == 3
+    with_images = summarize(scores, prompts, torch.stack([_flat(0), _flat(1), _flat(0), _flat(0), _flat(1)]))
+    assert with_images["diversity"]["per_prompt"] == {"two red circles": 1.0, "a green square": 0.0}
+
+
+def _change(reward_gain: float, watch_gain: float, images_after: torch.Tensor):
+    prompts = [f"p{i}" for i in range(6) for _ in range(2)]
+    noise = torch.linspace(-0.01, 0.01, 12)
+    before = {"reward": torch.zeros(12) + noise, "watch/toy-geneval": torch.full((12,), 0.5) + noise}
+    after = {"reward": before["reward"] + reward_gain, "watch/toy-geneval": before["watch/toy-geneval"] + watch_gain}
+    base_images = torch.stack([_flat(float(i % 2)) for i in range(12)])  # each prompt: a black and a white image
+    return compare(before, after, prompts, base_images, images_after)
+
+
+def test_hacking_warnings_fire_exactly_when_the_reward_rises_and_a_watch_or_diversity_falls():
+    same = torch.stack([_flat(float(i % 2)) for i in range(12)])
+    blank = torch.zeros(12, 3, 8, 8)
+    change = _change(0.3, -0.2, same)
+    assert change["gains"]["reward"]["gain"] == pytest.approx(0.3) and change["drift"]["mean"] == 0.0
+    lines = hacking_warnings(change, watch_drop=0.05, diversity_drop=0.3)
+    assert len(lines) == 1 and "'toy-geneval' fell -0.200" in lines[0]
+    assert hacking_warnings(change, watch_drop=0.25, diversity_drop=0.3) == []  # a fall inside the threshold
+    assert hacking_warnings(_change(0.0, -0.2, same), 0.05, 0.3) == []  # the reward did not rise: no hacking
+    collapsed = _change(0.3, 0.0, blank)  # every image blank: diversity 1 -> 0, drift 0.5 on average
+    assert collapsed["diversity"] == {"before": 1.0, "after": 0.0}
+    assert collapsed["drift"]["mean"] == pytest.approx(0.5) and collapsed["drift"]["max"] == 1.0
+    (line,) = hacking_warnings(collapsed, 0.05, 0.3)
+    assert "diversity fell from 1.000 to 0.000" in line
+
+
+def test_training_monitor_warns_once_when_the_watch_reward_falls():
+    monitor = TrainingMonitor(watch_drop=0.05, diversity_drop=0.3, window=3)
+    wiggle = [0.0, 0.01, -0.01]
+    lines = []
+    for it in range(12):
+        rising = 0.1 * it
+        lines += monitor.update({"reward/mean": rising + wiggle[it % 3], "watch/x": 0.8 - 0.05 * it + wiggle[it % 3],
+                                 "monitor/diversity": 0.4 + wiggle[it % 3] / 10})  # fmt: skip
+    assert len(lines) == 1 and "watch/x fell" in lines[0]  # once, though it keeps falling
+    steady = TrainingMonitor(0.05, 0.3, window=3)
+    quiet = [steady.update({"reward/mean": 0.1 * it, "watch/x": 0.8 + wiggle[it % 3]}) for it in range(12)]
+    assert not any(quiet)
+
+
+def test_monitor_metrics_diversity_within_groups():
+    thumbs = torch.stack([_flat(0.0), _flat(1.0), _flat(0.3), _flat(0.3)])
+    watch = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    out = monitor_metrics({"thumbs": thumbs, "watch/x": watch}, torch.tensor([0, 0, 1, 1]))
+    assert out["monitor/diversity"] == pytest.approx(0.5)  # group 0: 1, group 1: 0
+    assert out["watch/x"] == pytest.approx(0.75)
+
+
+def test_score_images_keys_watch_rewards_apart():
+    from flowrl.rewards import RewardSet
+
+    rewards = RewardSet.from_specs([{"name": "jpeg-compressibility"}])
+    watch = RewardSet.from_specs([{"name": "toy-geneval"}])
+    images = torch.rand(2, 3, 32, 32)
+    out = score_images(rewards, images, ["two red circles", "a blue square"], watch)
+    assert torch.equal(out["reward"], out["jpeg-compressibility"])
+    assert "watch/toy-geneval" in out and "toy-geneval" not in out and "watch/toy-geneval/strict" in out
+
+
+def test_watch_rewards_are_checked_before_anything_loads():
+    from flowrl.config import load_config
+    from flowrl.options import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\.watch_rewards\[0\]\.name: 'toy-geneval' is trained on"):
+        load_config(None, ["eval.watch_rewards=[{name: toy-geneval}]"])
+    with pytest.raises(ConfigError, match=r"eval\.watch_rewards\[0\]\.name: 'nope' is not one of"):
+        load_config(None, ["eval.watch_rewards=[{name: nope}]"])
+    with pytest.raises(ConfigError, match=r"eval\.metadata: .* does not exist"):
+        load_config(None, ["eval.metadata=/no/such/file.jsonl"])
+
+
+def test_flowrl_eval_writes_means_categories_and_monitors(tiny_model, tmp_path, capsys):
+    from test_trainer import tiny_config
+
+    from flowrl.cli import main
+    from flowrl.config import to_dict
+    from flowrl.trainer.flow import setup, train_step
+    from flowrl.trainer.run import save_checkpoint
+
+    cfg = tiny_config(tiny_model, "rewards=[{name: jpeg-compressibility}]", "eval.watch_rewards=[{name: toy-geneval}]",
+                      "train.lr=3e-2")  # fmt: skip
+    config = tmp_path / "config.yaml"
+    import yaml
+
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+    run = setup(cfg)
+    metrics = train_step(run)
+    assert "watch/toy-geneval" in metrics and "reward/toy-geneval" not in metrics
+    assert 0.0 <= metrics["monitor/diversity"] <= 1.0
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    out = tmp_path / "eval"
+    argv = [
+        "eval",
+        "--config",
+        str(config),
+        "--checkpoint",
+        "base=base",
+        "--checkpoint",
+        f"t={tmp_path / 'ckpt'}",
+        "--prompts",
+        "toy:held-out",
+        "--num-prompts",
+        "4",
+        "--seeds",
+        "0,1",
+        "--out",
+        str(out),
+        "--gallery",
+        "2",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == str(out / "eval.json") and printed[0].startswith("base: reward ")
+    report = json.loads((out / "eval.json").read_text())
+    assert report["seeds"] == [0, 1] and report["num_prompts"] == 4 and report["base"] == "base"
+    base, trained = report["columns"]["base"], report["columns"]["t"]
+    watched = {"watch/toy-geneval", "watch/toy-geneval/strict", "watch/toy-geneval/objects"}
+    assert set(base["scores"]) == {"reward", "jpeg-compressibility", "jpeg-compressibility/kilobytes", *watched}
+    assert base["num_prompts"] == 4 and len(base["diversity"]["per_prompt"]) == 4
+    assert "kind=counting" in base["categories"] or "kind=position" in base["categories"]
+    change = report["versus_base"]["t"]
+    assert change["drift"]["mean"] > 0  # the trained LoRA changed the images of the same noise
+    gain = change["gains"]["reward"]["gain"]
+    assert gain == pytest.approx(trained["scores"]["reward"]["mean"] - base["scores"]["reward"]["mean"], abs=1e-9)
+    assert (out / "gallery" / "index.html").is_file()
+    assert "drift t vs base" in (out / "gallery" / "index.html").read_text()
+
+
+def test_flowrl_eval_refuses_bad_input_before_loading(tmp_path, capsys):
+    from flowrl.cli import main
+
+    assert main(["eval", "--checkpoint", "base=base", "--seeds", "0,x", "--out", str(tmp_path)]) == 2
+    assert "--seeds '0,x' must be comma-separated integers" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", f"t={tmp_path / 'missing'}", "--out", str(tmp_path)]) == 2
+    assert "is neither 'base' nor a folder" in capsys.readouterr().err
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_model, tmp_path, capsys):
+    from test_trainer import TINY_ARGS
+
+    from flowrl.cli import main
+
+    run_dir = tmp_path / "run"
+    watch = "eval.watch_rewards=[{name: jpeg-incompressibility}]"
+    args = ["train", f"model.path={tiny_model}", *TINY_ARGS, f"output.run_dir={run_dir}", "train.max_minutes=1e-5",
+            "eval.seeds_per_prompt=2", "eval.gallery_prompts=2", watch]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_steps"] == 1  # the time limit ended training after the first of 2 iterations
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == str(run_dir) and any(line.startswith("trained 1 iteration in ") for line in printed)
+    assert any(line.startswith("evaluation (6 samples): reward ") and "SE over prompts" in line for line in printed)
+    page = (run_dir / "gallery" / "index.html").read_text()
+    assert "flowrl: base vs trained (flow-grpo, 1 iteration of the 2 configured)" in page
+    assert "drift trained vs base" in page
+    assert summary["eval/drift"]["mean"] >= 0 and isinstance(summary["monitor_warnings"], list)
+    assert "eval/watch/jpeg-incompressibility" in summary and summary["eval/diversity"]["before"] > 0
+    after = summary["eval/categories"]["after"]
+    assert "kind=counting" in after or "kind=position" in after
+
+
+def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
+    from flowrl.compare import ColumnSpec, describe_source
+
+    final = tmp_path / "run" / "checkpoints" / "final"
+    final.mkdir(parents=True)
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"train_steps": 26}))
+    assert describe_source(ColumnSpec("t", str(final), None)) == f"{final} (after 26 iterations)"
+    assert describe_source(ColumnSpec("t", str(final / "lora"), None)).endswith("(after 26 iterations)")
+    middle = tmp_path / "run" / "checkpoints" / "iter-000012"
+    assert describe_source(ColumnSpec("m", str(middle), None)) == f"{middle} (after 12 iterations)"
+    assert describe_source(ColumnSpec("b", "base", "configs/demo.yaml")) == "the base model of configs/demo.yaml"
