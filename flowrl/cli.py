@@ -135,8 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep library start-up noise off the console: the model-loading progress bars of transformers, diffusers
+    and the hub, and DeepSpeed's line about not finding a GPU (on a machine without one it is told the CPU).
+    ``FLOWRL_VERBOSE=1`` keeps them all."""
+    if os.environ.get("FLOWRL_VERBOSE"):
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve-reward":
+        quiet_libraries()
     if args.command == "serve-reward":
         from flowrl.serve import run
 

@@ -58,15 +58,19 @@ def load_column_policy(cfg, source: str):
         return _with_untrained_copy(cfg, policy, lora=False)
     lora = next((p for p in (os.path.join(source, "lora"), source) if _is_lora(p)), None)
     full = next((p for p in (os.path.join(source, "full"), source) if _is_full(p)), None)
-    if lora is not None:
-        policy.transformer.load_lora_adapter(
-            lora, prefix="transformer", adapter_name="gallery", weight_name="pytorch_lora_weights.safetensors"
-        )
-    elif full is not None:
-        trained = type(policy.transformer).from_pretrained(full, torch_dtype=policy.transformer.dtype)
-        policy.transformer = trained.to(policy.device).eval().requires_grad_(False)
-    else:
+    if lora is None and full is None:
         raise ConfigError(f"{source!r} holds no LoRA (pytorch_lora_weights.safetensors) or full transformer")
+    try:
+        if lora is not None:
+            policy.transformer.load_lora_adapter(
+                lora, prefix="transformer", adapter_name="gallery", weight_name="pytorch_lora_weights.safetensors"
+            )
+        else:
+            trained = type(policy.transformer).from_pretrained(full, torch_dtype=policy.transformer.dtype)
+            policy.transformer = trained.to(policy.device).eval().requires_grad_(False)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:  # shapes, names or files of another model
+        raise ConfigError(f"checkpoint {source!r} does not fit the model {cfg.model.path!r}: "
+                          f"{' '.join(str(e).split())[:300]}") from None  # fmt: skip
     return _with_untrained_copy(cfg, policy, lora=lora is not None)
 
 

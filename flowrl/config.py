@@ -441,6 +441,9 @@ def check_combinations(cfg: Config) -> None:
             f"model.finetune=full trains the weights themselves: model.weights_dtype must be fp32, got "
             f"{m.weights_dtype} (set model.mixed_precision={m.weights_dtype} for half-precision compute)"
         )
+    multiple, why = pixel_multiple(m.path)
+    if multiple and m.resolution % multiple:
+        raise ConfigError(f"model.resolution={m.resolution} must be a multiple of {multiple} for {m.path!r}: {why}")
     family = _pipeline_class(m.path)
     if m.weights_dtype != "fp32" and family in FAMILIES:
         allowed = FAMILIES.facts(family).half_precision
@@ -449,6 +452,37 @@ def check_combinations(cfg: Config) -> None:
                 f"model.weights_dtype={m.weights_dtype}: {family}'s activations overflow in {m.weights_dtype}; use "
                 f"{' or '.join(allowed)}"
             )
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def pixel_multiple(path: str) -> tuple[int, str]:
+    """What ``model.resolution`` must be a multiple of for a local pipeline folder, and why: the VAE's downsampling
+    times the transformer's patch (at least the 2×2 every latent family patches or packs by); a pixel-space model
+    (no VAE, the toy world) needs its patch only. (0, "") when the folder's configs do not say (hub ids)."""
+    transformer = _read_json(os.path.join(path, "transformer", "config.json"))
+    if transformer is None:
+        return 0, ""
+    patch = transformer.get("patch_size", transformer.get("all_patch_size", 1))
+    patch = int(patch[0] if isinstance(patch, list) else patch or 1)
+    vae = _read_json(os.path.join(path, "vae", "config.json"))
+    if vae is None:
+        return patch, f"its transformer takes {patch}×{patch} pixel patches"
+    if "block_out_channels" in vae:
+        scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    elif "temperal_downsample" in vae:  # the video VAEs (Qwen-Image): one 2× spatial step per entry
+        scale = 2 ** len(vae["temperal_downsample"])
+    else:
+        return 0, ""
+    patch = max(patch, 2)
+    return scale * patch, f"its VAE downsamples {scale}× and its transformer takes {patch}×{patch} latent patches"
 
 
 def _pipeline_class(path: str) -> str:

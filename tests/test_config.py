@@ -735,3 +735,20 @@ def test_relative_model_path_is_found_next_to_the_preset_or_in_the_project(tmp_p
     (presets / "lost.yaml").write_text("model:\n  path: ./nowhere/model\n")
     with pytest.raises(ConfigError, match=r"'./nowhere/model' is neither a directory nor a hub id .* looked for in"):
         load_config(str(presets / "lost.yaml"))
+
+
+def test_resolution_must_fit_the_vae_and_the_patches_before_anything_loads(tmp_path):
+    import json
+
+    with pytest.raises(ConfigError, match=r"model\.resolution=30 must be a multiple of 4 .* 4×4 pixel patches"):
+        load_config(str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"), ["model.resolution=30"])
+    for name, vae, patch in (("flux", {"block_out_channels": [128, 256, 512, 512]}, 1),
+                             ("qwen", {"temperal_downsample": [False, True, True]}, 2)):  # fmt: skip
+        folder = tmp_path / name
+        for sub, config in (("vae", vae), ("transformer", {"patch_size": patch})):
+            (folder / sub).mkdir(parents=True)
+            (folder / sub / "config.json").write_text(json.dumps(config))
+        (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+        with pytest.raises(ConfigError, match=r"multiple of 16 .* VAE downsamples 8× .* 2×2 latent patches"):
+            load_config(None, [f"model.path={folder}", "model.resolution=520"])
+        assert load_config(None, [f"model.path={folder}", "model.resolution=512"]).model.resolution == 512

@@ -225,8 +225,10 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
     assert main(args) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 1  # the time limit ended training after the first of 2 iterations
-    printed = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr()
+    printed = out.out.splitlines()
     assert printed[-1] == str(run_dir) and any(line.startswith("trained 1 iteration in ") for line in printed)
+    assert "Loading weights" not in out.err and "Setting accelerator to CPU" not in out.out + out.err  # no noise
     assert any(line.startswith("evaluation (6 samples): reward ") and "SE over prompts" in line for line in printed)
     page = (run_dir / "gallery" / "index.html").read_text()
     assert "flowrl: base vs trained (flow-grpo, 1 iteration of the 2 configured)" in page
@@ -248,3 +250,25 @@ def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
     middle = tmp_path / "run" / "checkpoints" / "iter-000012"
     assert describe_source(ColumnSpec("m", str(middle), None)) == f"{middle} (after 12 iterations)"
     assert describe_source(ColumnSpec("b", "base", "configs/demo.yaml")) == "the base model of configs/demo.yaml"
+
+
+def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_path, capsys):
+    import yaml
+    from test_trainer import tiny_config
+
+    from flowrl.cli import main
+    from flowrl.config import to_dict
+    from flowrl.models.toy import build_toy_model, save_sd3_folder
+    from flowrl.trainer.flow import setup
+    from flowrl.trainer.run import save_checkpoint
+
+    save_checkpoint(setup(tiny_config(tiny_model)), str(tmp_path / "ckpt"))  # LoRA of the width-64 model
+    other = str(tmp_path / "narrow")
+    save_sd3_folder(build_toy_model(seed=0, width=32, layers=2, text_width=32), other)
+    config = tmp_path / "narrow.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config(other))))
+    argv = ["gallery", "--config", str(config), "--column", f"t={tmp_path / 'ckpt'}", "--out", str(tmp_path / "g")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"flowrl: config error: checkpoint '{tmp_path / 'ckpt'}' does not fit the model")
+    assert not (tmp_path / "g").exists()
