@@ -212,9 +212,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM outside the training loop (loading, evaluating): stop like Ctrl-C, so that a run folder without a
+    checkpoint is removed. Inside the loop a SIGTERM saves a checkpoint first (``flowrl.trainer.loop``)."""
+    raise Interrupted("terminated (SIGTERM) before training or after it; nothing more was saved", 143)
+
+
 def _train(args: argparse.Namespace) -> int:
     """``flowrl train``: load and check the config, train, print the run folder; input errors propagate."""
+    import signal
+
     from flowrl.config import load_config
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     cfg = load_config(args.config, args.overrides)
     run_dir = cfg.output.run_dir

@@ -11,7 +11,8 @@ Monitors (what a reward that can be gamed shows first):
   share their noise, so drift is what training changed;
 - **warning**: when the trained reward rose (by more than two standard errors) while a watch reward fell by more
   than ``eval.watch_drop`` (and two standard errors) or the diversity fell by more than the fraction
-  ``eval.diversity_drop`` of its base value.
+  ``eval.diversity_drop`` of its base value; and a diversity that falls that far without the reward rising, as a
+  possible collapse.
 """
 
 from __future__ import annotations
@@ -144,20 +145,22 @@ def compare(
 def hacking_warnings(change: dict[str, Any], watch_drop: float, diversity_drop: float) -> list[str]:
     """One line per sign of reward hacking in ``compare``'s result: the trained reward rose by more than 2 SE while
     a watch reward fell by more than ``watch_drop`` (and 2 SE), or the diversity fell by more than the fraction
-    ``diversity_drop`` of its base value. Empty when the reward did not rise."""
-    reward = change["gains"].get("reward")
-    if reward is None or not _beyond(reward["gain"], reward["se"], 0.0):
-        return []
-    rose = f"the trained reward rose {reward['gain']:+.3f} ± {reward['se']:.3f}"
-    lines = []
+    ``diversity_drop`` of its base value. A diversity that falls that far while the reward does not rise is
+    reported too, as a collapse."""
+    reward, div, lines = change["gains"].get("reward"), change["diversity"], []
+    rose = reward is not None and _beyond(reward["gain"], reward["se"], 0.0)
+    collapsed = div["before"] > 0 and div["after"] < (1 - diversity_drop) * div["before"]
+    fell = f"the within-prompt diversity fell from {div['before']:.3f} to {div['after']:.3f}"
+    if not rose:
+        return [f"possible collapse: {fell} while the trained reward did not rise "
+                f"(eval.diversity_drop={diversity_drop})"] if collapsed else []  # fmt: skip
+    up = f"the trained reward rose {reward['gain']:+.3f} ± {reward['se']:.3f}"
     for key, g in change["gains"].items():
         if key.startswith(WATCH) and "/" not in key[len(WATCH) :] and _beyond(-g["gain"], g["se"], watch_drop):
-            lines.append(f"possible reward hacking: {rose} while watch reward {key[len(WATCH) :]!r} fell "
+            lines.append(f"possible reward hacking: {up} while watch reward {key[len(WATCH) :]!r} fell "
                          f"{g['gain']:+.3f} ± {g['se']:.3f} (eval.watch_drop={watch_drop})")  # fmt: skip
-    div = change["diversity"]
-    if div["before"] > 0 and div["after"] < (1 - diversity_drop) * div["before"]:
-        lines.append(f"possible reward hacking: {rose} while the within-prompt diversity fell from "
-                     f"{div['before']:.3f} to {div['after']:.3f} (eval.diversity_drop={diversity_drop})")  # fmt: skip
+    if collapsed:
+        lines.append(f"possible reward hacking: {up} while {fell} (eval.diversity_drop={diversity_drop})")
     return lines
 
 

@@ -94,6 +94,8 @@ def test_hacking_warnings_fire_exactly_when_the_reward_rises_and_a_watch_or_dive
     assert len(lines) == 1 and "'toy-geneval' fell -0.200" in lines[0]
     assert hacking_warnings(change, watch_drop=0.25, diversity_drop=0.3) == []  # a fall inside the threshold
     assert hacking_warnings(_change(0.0, -0.2, same), 0.05, 0.3) == []  # the reward did not rise: no hacking
+    (collapse,) = hacking_warnings(_change(-0.1, -0.2, torch.zeros(12, 3, 8, 8)), 0.05, 0.3)  # but blank images
+    assert collapse.startswith("possible collapse: the within-prompt diversity fell from 1.000 to 0.000 while")
     collapsed = _change(0.3, 0.0, blank)  # every image blank: diversity 1 -> 0, drift 0.5 on average
     assert collapsed["diversity"] == {"before": 1.0, "after": 0.0}
     assert collapsed["drift"]["mean"] == pytest.approx(0.5) and collapsed["drift"]["max"] == 1.0
