@@ -173,12 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(error_line(e), file=sys.stderr)
         return 2
-    except Interrupted as e:  # Ctrl-C or SIGTERM inside the training loop: where it stopped, how to go on
-        print(f"flowrl: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt:  # Ctrl-C while loading, evaluating or writing
-        print("flowrl: interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt, RuntimeError) as e:
+        # Ctrl-C or SIGTERM: where it stopped and how to go on. One that lands inside a lazy import reaches here
+        # wrapped by the library (diffusers: "Failed to import ..."), so the cause chain is searched.
+        stop = _interruption(e)
+        if stop is None:
+            raise
+        print(f"flowrl: {stop if isinstance(stop, Interrupted) else 'interrupted'}", file=sys.stderr)
+        return stop.code if isinstance(stop, Interrupted) else 130
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -212,19 +214,48 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interruption(error: BaseException) -> BaseException | None:
+    """The ``Interrupted`` or ``KeyboardInterrupt`` that ``error`` is or was caused by, else None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (Interrupted, KeyboardInterrupt)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM outside the training loop (loading, evaluating): stop like Ctrl-C, so that a run folder without a
     checkpoint is removed. Inside the loop a SIGTERM saves a checkpoint first (``flowrl.trainer.loop``)."""
     raise Interrupted("terminated (SIGTERM) before training or after it; nothing more was saved", 143)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C as an ``Interrupted`` rather than a ``KeyboardInterrupt``: Python exits by re-raising SIGINT when a
+    KeyboardInterrupt passed through module code (a lazy import), whatever caught it later."""
+    raise Interrupted("interrupted", 130)
+
+
 def _train(args: argparse.Namespace) -> int:
-    """``flowrl train``: load and check the config, train, print the run folder; input errors propagate."""
+    """``flowrl train``: load and check the config, train, print the run folder; input errors propagate. Ctrl-C
+    and SIGTERM stop it with one line (``_interrupt``, ``_terminate``; the loop saves on SIGTERM)."""
     import signal
+    import threading
 
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _train_run(args)
+    previous = signal.signal(signal.SIGTERM, _terminate), signal.signal(signal.SIGINT, _interrupt)
+    try:
+        return _train_run(args)
+    finally:  # a caller that runs main() in-process keeps its own handlers
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    """Load and check the config, train, print the evaluation summary and the run folder."""
     from flowrl.config import load_config
-
-    signal.signal(signal.SIGTERM, _terminate)
 
     cfg = load_config(args.config, args.overrides)
     run_dir = cfg.output.run_dir

@@ -434,8 +434,8 @@ def check_combinations(cfg: Config) -> None:
         check_prompts(f"data.{key}", getattr(cfg.data, key))
     m = cfg.model
     if not os.path.isdir(m.path) and (os.path.exists(m.path) or not HUB_ID.fullmatch(m.path)):
-        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name); a relative path "
-                          f"was looked for in {os.getcwd()}, the preset's folder and {PROJECT}")  # fmt: skip
+        where = "" if os.path.isabs(m.path) else f"; looked for in {os.getcwd()}, the preset's folder and {PROJECT}"
+        raise ConfigError(f"model.path {m.path!r} is neither a directory nor a hub id (org/name){where}")
     if m.finetune == "full" and m.weights_dtype != "fp32":
         raise ConfigError(
             f"model.finetune=full trains the weights themselves: model.weights_dtype must be fp32, got "

@@ -212,7 +212,9 @@ def training_loop(
                                       "resume with train.resume=auto", 143)  # fmt: skip
                 if stop:
                     break
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted) as e:
+            if isinstance(e, Interrupted) and e.code != 130:  # SIGTERM's own stop, raised above
+                raise
             saved = os.path.isdir(os.path.join(run_dir, "checkpoints"))
             hint = "resume with train.resume=auto" if saved else "no checkpoint yet, so the run folder is removed"
             raise Interrupted(f"interrupted at iteration {run.iteration}; {hint}", 130) from None
