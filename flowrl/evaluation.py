@@ -64,20 +64,23 @@ def distance(a: Tensor, b: Tensor) -> Tensor:
     return (thumbnails(a) - thumbnails(b)).square().flatten(1).mean(1).sqrt()
 
 
+def group_diversity(thumbs: Tensor, groups: Tensor) -> dict[int, float]:
+    """Per group id with at least two images: the mean pairwise RMS distance between its ``thumbs``
+    ``[N, 3, h, w]`` (``groups`` ``[N]``)."""
+    flat, groups, out = thumbs.flatten(1).double(), groups.cpu(), {}
+    for g in groups.unique().tolist():
+        rows = flat[groups == g]
+        n = rows.shape[0]
+        if n > 1:
+            out[g] = float(torch.cdist(rows, rows).sum() / (n * (n - 1) * math.sqrt(rows.shape[1])))
+    return out
+
+
 def diversity(images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     """Per prompt text (in order of first appearance) with at least two images: the mean pairwise ``distance``
     between its images ``[N, 3, H, W]``."""
-    thumbs = thumbnails(images).flatten(1)
-    groups = prompt_groups(prompts)
-    out: dict[str, float] = {}
-    for g, prompt in enumerate(dict.fromkeys(prompts)):
-        rows = thumbs[groups == g]
-        if rows.shape[0] < 2:
-            continue
-        d = torch.cdist(rows.double(), rows.double()) / math.sqrt(rows.shape[1])
-        n = rows.shape[0]
-        out[prompt] = float(d.sum() / (n * (n - 1)))
-    return out
+    per_group = group_diversity(thumbnails(images), prompt_groups(prompts))
+    return {p: per_group[g] for g, p in enumerate(dict.fromkeys(prompts)) if g in per_group}
 
 
 def categories(prompt: str, metadata: dict[str, Any] | None = None) -> list[str]:
@@ -196,6 +199,7 @@ __all__ = [
     "compare",
     "distance",
     "diversity",
+    "group_diversity",
     "hacking_warnings",
     "load_categories_metadata",
     "monitor_lines",

@@ -16,10 +16,9 @@ import statistics
 from collections import deque
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from flowrl.evaluation import WATCH, prompt_groups, thumbnails
+from flowrl.evaluation import WATCH, group_diversity, prompt_groups, thumbnails
 
 log = logging.getLogger("flowrl")
 
@@ -38,16 +37,9 @@ def monitor_metrics(monitors: dict[str, Tensor], groups: Tensor) -> dict[str, fl
     """``watch/<name>`` means and ``monitor/diversity``: the mean over groups (``groups`` ``[N]``) with two or more
     images of their mean pairwise RMS thumbnail distance (NaN when no group has two)."""
     out = {k: float(v.float().nanmean()) for k, v in monitors.items() if k.startswith(WATCH)}
-    thumbs = monitors.get("thumbs")
-    if thumbs is None:
-        return out
-    flat, values = thumbs.flatten(1).double(), []
-    for g in groups.unique():
-        rows = flat[groups.cpu() == g]
-        n = rows.shape[0]
-        if n > 1:
-            values.append(float(torch.cdist(rows, rows).sum() / (n * (n - 1) * math.sqrt(rows.shape[1]))))
-    out["monitor/diversity"] = statistics.fmean(values) if values else math.nan
+    if "thumbs" in monitors:
+        values = list(group_diversity(monitors["thumbs"], groups).values())
+        out["monitor/diversity"] = statistics.fmean(values) if values else math.nan
     return out
 
 

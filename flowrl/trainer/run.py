@@ -94,11 +94,16 @@ def log_samples(run: Run, trackers: Any) -> None:
         trackers.log_images("samples", images, image_captions(prompts, parts), run.iteration)
 
 
+def _first_seed_rows(seeds: list[int], count: int) -> list[int]:
+    """The first ``count`` evaluation rows of the first seed index: one image per prompt, for galleries and logs."""
+    return [i for i, s in enumerate(seeds) if s == seeds[0]][:count]
+
+
 def _log_evaluations(run: Run, trackers: Any, prompts: list[str], seeds: list[int], before, after) -> None:
     """The before/after evaluation's first images (one seed per prompt) with their scores, to the trackers."""
     from flowrl.trainer.trackers import image_captions
 
-    rows = [i for i, s in enumerate(seeds) if s == seeds[0]][: run.cfg.output.images_count]
+    rows = _first_seed_rows(seeds, run.cfg.output.images_count)
     for tag, (images, parts) in (("eval/before", before), ("eval/after", after)):
         captions = image_captions([prompts[i] for i in rows], {k: v[rows] for k, v in parts.items()})
         trackers.log_images(tag, images[rows], captions, run.iteration)
@@ -195,7 +200,7 @@ def _monitors(
 def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after, notes: list[str], iterations: int) -> str:
     from flowrl.gallery import GalleryColumn, write_gallery
 
-    rows = [i for i, s in enumerate(seeds) if s == seeds[0]][: cfg.eval.gallery_prompts]
+    rows = _first_seed_rows(seeds, cfg.eval.gallery_prompts)
 
     def column(label: str, result) -> GalleryColumn:
         images, parts = result

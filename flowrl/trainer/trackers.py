@@ -22,15 +22,13 @@ from flowrl.options import to_dict
 
 
 def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Config values as ``{"section.key": scalar}`` (lists and dicts as text), what every tracker accepts."""
+    """Config values as ``{"section.key": scalar}`` (lists as text), what every tracker accepts."""
     out: dict[str, Any] = {}
     for k, v in values.items():
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and prefix.count(".") < 2:
+        if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}."))
-        elif isinstance(v, (bool, int, float, str)) or v is None:
-            out[prefix + k] = v
         else:
-            out[prefix + k] = str(v)
+            out[prefix + k] = v if isinstance(v, (bool, int, float, str)) or v is None else str(v)
     return out
 
 
