@@ -117,6 +117,30 @@ def test_training_monitor_warns_once_when_the_watch_reward_falls():
     assert not any(quiet)
 
 
+def test_training_monitor_reports_a_collapse_without_a_reward_rise():
+    monitor = TrainingMonitor(watch_drop=0.05, diversity_drop=0.3, window=3)
+    wiggle = [0.0, 0.01, -0.01]
+    lines = []
+    for it in range(12):  # the reward drifts down a little while the diversity falls 0.4 -> 0.07
+        metrics = {"reward/mean": -0.01 * it + wiggle[it % 3], "monitor/diversity": 0.4 - 0.03 * it}
+        lines += monitor.update(metrics, iteration=it)
+    assert len(lines) == 1 and lines[0].startswith("possible collapse: the within-prompt diversity fell from 0.370")
+    # first window 0.40, 0.37, 0.34 (mean 0.37); the collapse is past 30% of it once the latest window's mean < 0.259:
+    # iterations 4-6 (0.28, 0.25, 0.22: mean 0.25, a fall of 0.120) are the first such window
+    assert monitor.history == [{"iteration": 6, "warning": lines[0]}] and "by 0.120" in lines[0]
+    steady = TrainingMonitor(0.05, 0.3, window=3)
+    assert not any(steady.update({"reward/mean": 0.0 + wiggle[it % 3], "monitor/diversity": 0.4}) for it in range(12))
+
+
+def test_console_summary_lists_training_and_evaluation_warnings():
+    from flowrl.trainer.loop import summary_lines
+
+    summary = {"train_steps": 3, "train_seconds": 12.0, "monitor_warnings": ["possible reward hacking: y"],
+               "training_warnings": [{"iteration": 2, "warning": "possible collapse: x"}]}  # fmt: skip
+    assert summary_lines(summary) == ["trained 3 iterations in 12 s", "warning (training, iteration 2): possible "
+                                      "collapse: x", "warning: possible reward hacking: y"]  # fmt: skip
+
+
 def test_monitor_metrics_diversity_within_groups():
     thumbs = torch.stack([_flat(0.0), _flat(1.0), _flat(0.3), _flat(0.3)])
     watch = torch.tensor([1.0, 0.0, 1.0, 1.0])
@@ -236,6 +260,7 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
     assert "flowrl: base vs trained (flow-grpo, 1 iteration of the 2 configured)" in page
     assert "drift trained vs base" in page
     assert summary["eval/drift"]["mean"] >= 0 and isinstance(summary["monitor_warnings"], list)
+    assert summary["training_warnings"] == []  # one iteration: the training-time monitor's windows never filled
     assert "eval/watch/jpeg-incompressibility" in summary and summary["eval/diversity"]["before"] > 0
     after = summary["eval/categories"]["after"]
     assert "kind=counting" in after or "kind=position" in after

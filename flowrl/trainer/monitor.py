@@ -5,7 +5,8 @@ iteration's images) and ``monitor/diversity`` (the mean within-group distance of
 32×32 thumbnails). ``TrainingMonitor`` compares the latest ``window`` iterations with the first ``window``: when
 ``reward/mean`` rose by more than two standard errors (iterations as the unit) while a watch reward fell by more
 than ``eval.watch_drop`` (and two SE) or the diversity fell by more than the fraction ``eval.diversity_drop``, it
-logs one warning per signal. Its state starts over when a run is resumed.
+logs one warning per signal; a diversity that falls that far while the reward does not rise is a possible collapse.
+The warnings go to ``summary.json`` (``training_warnings``). Its state starts over when a run is resumed.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class TrainingMonitor:
         self.first: dict[str, list[float]] = {}
         self.latest: dict[str, deque[float]] = {}
         self.warned: set[str] = set()
+        self.history: list[dict[str, Any]] = []  # every warning with its iteration, for summary.json
 
-    def update(self, metrics: dict[str, float]) -> list[str]:
-        """Add one iteration's metrics; the new warnings (each signal warns once)."""
+    def update(self, metrics: dict[str, float], iteration: int = 0) -> list[str]:
+        """Add iteration ``iteration``'s metrics; the new warnings (each signal warns once)."""
         keys = [k for k in metrics if k == "reward/mean" or k.startswith(WATCH) or k == "monitor/diversity"]
         for k in keys:
             v = metrics[k]
@@ -66,6 +68,7 @@ class TrainingMonitor:
                 self.latest.setdefault(k, deque(maxlen=self.window)).append(v)
         new = [(key, line) for key, line in self._signals() if key not in self.warned]
         self.warned.update(key for key, _ in new)
+        self.history += [{"iteration": iteration, "warning": line} for _, line in new]
         return [line for _, line in new]
 
     def _change(self, key: str) -> tuple[float, float] | None:
@@ -79,22 +82,27 @@ class TrainingMonitor:
     def _signals(self) -> list[tuple[str, str]]:
         """(signal key, warning line) of every signal present now."""
         reward = self._change("reward/mean")
-        if reward is None or not reward[0] > 2 * reward[1] or reward[0] <= 0:
+        if reward is None:
             return []
-        rose = f"reward/mean rose {reward[0]:+.3f} ± {reward[1]:.3f} since the first {self.window} iterations"
-        lines = []
-        for key in sorted(k for k in self.first if k.startswith(WATCH)):
-            change = self._change(key)
-            if change is not None and -change[0] > max(self.watch_drop, 2 * change[1]):
-                lines.append((key, f"possible reward hacking: {rose} while {key} fell {change[0]:+.3f} ± "
-                                   f"{change[1]:.3f} (eval.watch_drop={self.watch_drop})"))  # fmt: skip
-        div = self._change("monitor/diversity")
+        change = f"{reward[0]:+.3f} ± {reward[1]:.3f} since the first {self.window} iterations"
+        div, fell = self._change("monitor/diversity"), None
         if div is not None:
             base = statistics.fmean(self.first["monitor/diversity"])
             if base > 0 and -div[0] > self.diversity_drop * base:
-                lines.append(("monitor/diversity", f"possible reward hacking: {rose} while the within-prompt "
-                              f"diversity fell from {base:.3f} by {-div[0]:.3f} (eval.diversity_drop="
-                              f"{self.diversity_drop})"))  # fmt: skip
+                fell = (f"the within-prompt diversity fell from {base:.3f} by {-div[0]:.3f} "
+                        f"(eval.diversity_drop={self.diversity_drop})")  # fmt: skip
+        if not (reward[0] > 0 and reward[0] > 2 * reward[1]):
+            # a policy can collapse onto one image without gaming the reward (bench/toy_hacking)
+            return [("collapse", f"possible collapse: {fell} while reward/mean did not rise ({change})")] * bool(fell)
+        rose = f"reward/mean rose {change}"
+        lines = []
+        for key in sorted(k for k in self.first if k.startswith(WATCH)):
+            watch = self._change(key)
+            if watch is not None and -watch[0] > max(self.watch_drop, 2 * watch[1]):
+                lines.append((key, f"possible reward hacking: {rose} while {key} fell {watch[0]:+.3f} ± "
+                                   f"{watch[1]:.3f} (eval.watch_drop={self.watch_drop})"))  # fmt: skip
+        if fell:
+            lines.append(("monitor/diversity", f"possible reward hacking: {rose} while {fell}"))
         return lines
 
 

@@ -124,6 +124,8 @@ def _write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None
         "se_unit": "prompt",
         "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
     }
+    if run.monitor is not None:
+        summary["training_warnings"] = run.monitor.history  # since the run (or its last resume) started
     if before is not None and after is not None:
         summary.update(_eval_summary(run, prompts, before[1], after[1]))
         summary.update(_head_to_head(run, prompts, before[0], after[0]))
