@@ -92,7 +92,7 @@ class TrainingMonitor:
                 fell = (f"the within-prompt diversity fell from {base:.3f} by {-div[0]:.3f} "
                         f"(eval.diversity_drop={self.diversity_drop})")  # fmt: skip
         if not (reward[0] > 0 and reward[0] > 2 * reward[1]):
-            # a policy can collapse onto one image without gaming the reward (bench/toy_hacking)
+            # a policy can collapse onto one image without gaming the reward (bench/toy_collapse)
             return [("collapse", f"possible collapse: {fell} while reward/mean did not rise ({change})")] * bool(fell)
         rose = f"reward/mean rose {change}"
         lines = []
