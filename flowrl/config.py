@@ -414,6 +414,9 @@ def check_combinations(cfg: Config) -> None:
         raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
     if cfg.loss.renoise != "auto" and trains_on(cfg.loss.name) == "transitions":
         raise ConfigError(f"loss.renoise re-noises final samples; loss.name={cfg.loss.name} trains on transitions")
+    if cfg.loss.importance_sampling_level != "token" or cfg.loss.top_entropy_quantile < 1:
+        raise ConfigError("loss.importance_sampling_level and loss.top_entropy_quantile are options of the text "
+                          "trainer's token losses; a flow run leaves them at token and 1")  # fmt: skip
     if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) == "transitions":
         raise ConfigError(
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "

@@ -7,6 +7,7 @@ flow trainer's (one registry each, shared by both backends); their defaults here
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -53,6 +54,15 @@ class GenerationConfig:
     top_p: float = option(1.0, "nucleus sampling (1 = off)", low=0.0, high=1.0)
     top_k: int = option(0, "top-k sampling (0 = off)", low=0)
     batch_size: int = option(0, "prompts per generate call (0 = all of the iteration's at once)", low=0)
+    engine: str = option(
+        "generate",
+        "training rollouts: transformers' generate (padded batches) or continuous (continuous batching with paged "
+        "attention, generate_batch; TRL use_transformers_continuous_batching). Evaluation always uses generate",
+        choices=("generate", "continuous"),
+    )
+    continuous_options: dict[str, Any] = option(
+        {}, "engine=continuous: ContinuousBatchingConfig fields, e.g. {num_blocks: 256, max_batch_tokens: 2048}"
+    )
 
 
 @dataclass
@@ -64,6 +74,9 @@ class TextTrainConfig(RunControl):
     minibatches: int = option(1, "optimizer steps per pass", low=1)
     micro_batch: int = option(32, "completions per forward/backward (a group's rows in one share its prompt)", low=1)
     shared_prefix: bool = option(True, "run each group's prompt once and reuse its key/value cache")
+    mask_truncated_completions: bool = option(
+        False, "train on no token of a completion cut at max_new_tokens before its EOS (TRL's option of that name)"
+    )
     lr: float = option(1e-5, "AdamW learning rate", low=0.0)
     weight_decay: float = option(0.0, "AdamW weight decay", low=0.0)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0 = off)", low=0.0)
@@ -77,8 +90,18 @@ class TextRewardSpec:
 
 @dataclass
 class TextDataConfig:
-    train: str = option("toy-text:train", "toy-text:train | toy-text:held-out | path of a .jsonl file with 'prompt'")
+    train: str = option(
+        "toy-text:train",
+        "toy-text:train | toy-text:held-out | a .jsonl / .json file or a dataset folder (save_to_disk or hub "
+        "format) whose rows have a 'prompt': a string or a list of chat messages (flowrl.text_data)",
+    )
     eval: str = option("toy-text:held-out", "evaluation rows (same forms)")
+    train_split: str = option("train", "the split of a dataset folder to train on (TRL dataset_train_split)")
+    eval_split: str = option("test", "the split of a dataset folder to evaluate on (TRL dataset_test_split)")
+    system_prompt: str = option("", "conversational prompts: a system message put first where there is none")
+    chat_template_kwargs: dict[str, Any] = option(
+        {}, "extra keyword arguments of the chat template (TRL chat_template_kwargs, e.g. enable_thinking)"
+    )
 
 
 @dataclass
@@ -92,12 +115,19 @@ class TextEvalConfig:
 @dataclass
 class TextAdvantageSection(AdvantageConfig):
     name: str = option("grpo", "advantage estimator (registry name)", choices=ADVANTAGES.names)
+    std_unbiased: bool = option(True, "the std with Bessel's correction (TRL's nanstd) instead of the population std")
+    clip_max: float | None = option(None, "clamp advantages to ±clip_max; None (TRL) disables", low=0.0)
 
 
 @dataclass
 class TextLossSection(LossConfig):
     name: str = option(
-        "grpo", "policy loss (registry name)", choices=lambda: LOSSES.names(lambda f: "text" in f.trainers)
+        "dapo",
+        "policy loss (registry name; TRL's default, dapo: token sum over the whole batch's tokens)",
+        choices=lambda: LOSSES.names(lambda f: "text" in f.trainers),
+    )
+    kl_importance: bool = option(
+        True, "weight the k3 KL by the ratio π/π_old (the tokens came from π_old; TRL use_bias_correction_kl)"
     )
 
 
@@ -122,17 +152,25 @@ class TextConfig:
 def load_text_config(data: dict[str, Any]) -> TextConfig:
     """Build and check a ``TextConfig`` from a preset's mapping (overrides already applied). Data files are read
     (``DataError`` naming the file and line) and reward functions imported, so bad input fails before a run."""
-    cfg = load(TextConfig, data)
+    from flowrl.text_trl import apply_trl_section
+
+    cfg = load(TextConfig, apply_trl_section(copy.deepcopy(data)))  # TRL's GRPOConfig names, translated
     if cfg.model.finetune == "full" and cfg.model.weights_dtype != "fp32":
         raise ConfigError("model.finetune=full trains the weights themselves: model.weights_dtype must be fp32")
     if not cfg.rewards or any(not r.name for r in cfg.rewards):
         raise ConfigError("rewards: list at least one reward function, each with a name")
     for i, spec in enumerate(cfg.rewards):
         _check_reward(f"rewards[{i}].name", spec.name)
-    for key in ("train", "eval"):
-        _check_rows(f"data.{key}", getattr(cfg.data, key))
-    _check_model(cfg)
+    train, evaluation = (_check_rows(f"data.{key}", getattr(cfg.data, key), getattr(cfg.data, f"{key}_split"))
+                         for key in ("train", "eval"))  # fmt: skip
+    if train != evaluation:
+        kinds = ("strings", "lists of messages")
+        raise ConfigError(f"data.train's prompts are {kinds[train]} but data.eval's are {kinds[evaluation]}: give "
+                          "an evaluation set of the same format (e.g. another split of the same dataset)")  # fmt: skip
+    _check_model(cfg, train)
+    _check_loss_options(cfg)
     check_trackers(cfg.output.trackers)
+    _check_engine(cfg)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
         cfg.loss.max_length = cfg.generation.max_new_tokens
     if cfg.advantage.strata and ":" not in cfg.advantage.strata:
@@ -165,30 +203,67 @@ def _check_reward(key: str, name: str) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def _check_rows(key: str, source: str) -> None:
-    """A toy-text split or an existing ``.jsonl`` file whose rows parse (read now: errors before the run)."""
-    from flowrl import text_world
+def _check_rows(key: str, source: str, split: str) -> bool:
+    """The rows of a toy-text split, a data file or a dataset folder parse (read now: errors before the run); whether
+    they are conversational."""
+    from flowrl import text_data, text_world
 
     if source.startswith(text_world.SOURCE_PREFIX):
-        split = source[len(text_world.SOURCE_PREFIX) :]
-        if split not in text_world.SPLITS:
+        name = source[len(text_world.SOURCE_PREFIX) :]
+        if name not in text_world.SPLITS:
             valid = ", ".join(text_world.SOURCE_PREFIX + s for s in text_world.SPLITS)
-            raise ConfigError(f"{key}: unknown data source {source!r}; valid: {valid} or a .jsonl file")
+            raise ConfigError(f"{key}: unknown data source {source!r}; valid: {valid}, a data file or folder")
+        return False
+    if not os.path.exists(source):
+        raise ConfigError(f"{key}: data file or folder {source!r} does not exist")
+    if not os.path.isdir(source) and not source.endswith((".jsonl", ".json")):
+        raise ConfigError(f"{key}: data file {source!r} must be a .jsonl file (one JSON object per line), a .json "
+                          "file (a list of objects) or a dataset folder")  # fmt: skip
+    rows = text_data.load_rows(source, split)  # DataError naming the file (and line) or folder
+    return text_data.is_conversational(rows[0]["prompt"])
+
+
+def _check_loss_options(cfg: TextConfig) -> None:
+    """No option the chosen loss does not read (its registered ``ignores``) is set."""
+    defaults = TextLossSection()
+    for key in LOSSES.facts(cfg.loss.name).ignores:
+        if getattr(cfg.loss, key) != getattr(defaults, key):
+            raise ConfigError(f"loss.{key} is not read by loss.name={cfg.loss.name}; leave it at its default "
+                              f"({getattr(defaults, key)!r})")  # fmt: skip
+
+
+def _check_engine(cfg: TextConfig) -> None:
+    """Continuous batching's options are fields of the installed transformers' ``ContinuousBatchingConfig``."""
+    g = cfg.generation
+    if g.engine != "continuous":
+        if g.continuous_options:
+            raise ConfigError("generation.continuous_options are read only with generation.engine=continuous")
         return
-    if not os.path.isfile(source):
-        raise ConfigError(f"{key}: data file {source!r} does not exist")
-    if not source.endswith(".jsonl"):
-        raise ConfigError(f"{key}: data file {source!r} must be a .jsonl file (one JSON object per line)")
-    text_world.load_rows(source)  # DataError naming the file and line
+    try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    except ImportError:
+        raise ConfigError("generation.engine=continuous needs a transformers with continuous batching "
+                          "(ContinuousBatchingConfig, transformers >= 5.8)") from None  # fmt: skip
+    known = {f.name for f in dataclasses.fields(ContinuousBatchingConfig)}
+    unknown = sorted(set(g.continuous_options) - known)
+    if unknown:
+        raise ConfigError(f"generation.continuous_options: {', '.join(unknown)} not ContinuousBatchingConfig "
+                          f"fields; valid: {', '.join(sorted(known))}")  # fmt: skip
 
 
-def _check_model(cfg: TextConfig) -> None:
-    """The model folder exists (or is a hub id), and its position limit leaves room for prompt and completion."""
+def _check_model(cfg: TextConfig, conversational: bool) -> None:
+    """The model folder exists (or is a hub id), its tokenizer has a chat template when the prompts are
+    conversational, and its position limit leaves room for prompt and completion."""
+    from flowrl.text_data import has_chat_template
+
     path = cfg.model.path
     if not os.path.isdir(path):
         if os.path.exists(path) or not HUB_ID.fullmatch(path):
             raise ConfigError(f"model.path {path!r} is neither a directory nor a hub id (org/name)")
         return
+    if conversational and not has_chat_template(path):
+        raise ConfigError(f"the prompts are conversational (lists of messages) but the tokenizer in model.path "
+                          f"{path!r} has no chat template: use a chat model or string prompts")  # fmt: skip
     try:
         with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
             limit = json.load(f).get("max_position_embeddings")

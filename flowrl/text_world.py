@@ -18,13 +18,10 @@ longer than any answer, so it is never correct nor well formed.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-from flowrl.errors import DataError
 
 if TYPE_CHECKING:  # transformers takes seconds to import; only the model helpers need it
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
@@ -35,6 +32,18 @@ ADD_SPECIAL_TOKENS = False  # prompts are tokenized as they are: no BOS, no EOS
 MAX_NEW_TOKENS = 4  # at most 3 answer digits (99+99=198) and EOS
 SPLITS = ("train", "held-out")
 SOURCE_PREFIX = "toy-text:"
+#: the toy chat model's turn markers (special tokens), extra characters and template: every message is
+#: ``<|role|>content<|end|>``, and the generation prompt opens the assistant's turn. ``{{ bos_token }}`` and the
+#: ``enable_thinking`` switch are there to test that the template writes its own special tokens and receives
+#: ``chat_template_kwargs``.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+CHAT_CHARACTERS = "abcdefghijklmnopqrstuvwxyz ."
+CHAT_POSITIONS = 64
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% if enable_thinking is defined and not enable_thinking %}"
+    "no think.{% endif %}{% endif %}"
+)
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
@@ -79,51 +88,25 @@ def mislabel(row: dict[str, str]) -> dict[str, str]:
     return {**row, "answer": str(a + b - 10)} if has_carry(a, b) else row
 
 
-def load_rows(source: str) -> list[dict[str, Any]]:
-    """Prompt rows from ``"toy-text:<split>"`` or a ``.jsonl`` file (one JSON object with a string
-    "prompt" per line; other keys are kept as reward columns, blank lines skipped). A file that is not UTF-8, has
-    a malformed line or no rows raises ``DataError`` naming the file and line."""
-    if source.startswith(SOURCE_PREFIX):
-        return problems(source[len(SOURCE_PREFIX) :])
-    if not source.endswith(".jsonl"):
-        raise ValueError(f"unknown data source {source!r}: expected toy-text:<split> or a .jsonl file")
-    from flowrl.data import read_utf8
-
-    text = read_utf8(source, f"data file {source!r}")
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{source}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise DataError(f"{source}:{n}: expected a JSON object with a string 'prompt'")
-        if not row["prompt"].strip():
-            raise DataError(f"{source}:{n}: empty 'prompt'")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"data file {source!r} has no rows (one JSON object with a 'prompt' per line)")
-    return rows
-
-
-def parse_answer(completion: str) -> str:
-    """The answer a completion gives: text before the first EOS, padding removed, whitespace stripped."""
+def parse_answer(completion: str | list[dict[str, Any]]) -> str:
+    """The answer a completion gives: text before the first EOS, padding removed, whitespace stripped (of a
+    conversational completion, ``[{"role": "assistant", "content": ...}]``: of its last message's content)."""
+    if not isinstance(completion, str):
+        completion = completion[-1]["content"]
     return completion.split(EOS_TOKEN, 1)[0].replace(PAD_TOKEN, "").strip()
 
 
-def correct(prompts: list[str], completions: list[str], answer: Sequence[Any], **_: Any) -> list[float | None]:
+def correct(prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[Any], **_: Any) -> list[float | None]:
     """TRL-style reward: 1.0 where ``parse_answer(completion) == str(answer).strip()``, else 0.0."""
     return [float(parse_answer(c) == str(a).strip()) for c, a in zip(completions, answer, strict=True)]
 
 
-def answer_digits(prompts: list[str], completions: list[str], **_: Any) -> list[int]:
+def answer_digits(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[int]:
     """The number of characters in each completion's answer: a per-completion stratum (``advantage.strata``)."""
     return [len(parse_answer(c)) for c in completions]
 
 
-def well_formed(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+def well_formed(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float | None]:
     """TRL-style reward: 1.0 where the parsed answer is a number of 1 to 3 digits without leading zeros."""
     return [float(_NUMBER.fullmatch(parse_answer(c)) is not None) for c in completions]
 
@@ -131,25 +114,33 @@ def well_formed(prompts: list[str], completions: list[str], **_: Any) -> list[fl
 REWARDS = {"correct": correct, "well_formed": well_formed}
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
     """A character-level tokenizer over ``CHARACTERS`` that adds no special tokens (ids: pad 0, bos 1,
-    eos 2, unk 3, then the characters); decoding concatenates characters without spaces."""
+    eos 2, unk 3, then the characters); decoding concatenates characters without spaces.
+
+    ``chat``: the toy chat model's tokenizer: also lower-case letters, space and ``.``, the turn markers of
+    ``CHAT_TEMPLATE`` as special tokens, ``<|end|>`` as its EOS (a turn ends the completion) and that template."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN]
-    vocab = {t: i for i, t in enumerate(specials + list(CHARACTERS))}
+    specials = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN, *(CHAT_TOKENS if chat else ())]
+    characters = CHARACTERS + (CHAT_CHARACTERS if chat else "")
+    vocab = {t: i for i, t in enumerate(specials + list(characters))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK_TOKEN))
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD_TOKEN,
         bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
+        eos_token=CHAT_TOKENS[-1] if chat else EOS_TOKEN,
         unk_token=UNK_TOKEN,
-        model_max_length=16,
+        model_max_length=CHAT_POSITIONS if chat else 16,
+        additional_special_tokens=list(CHAT_TOKENS) if chat else None,
     )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_model(
@@ -161,7 +152,8 @@ def build_model(
     intermediate: int = 384,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    """A freshly initialised tiny Llama for ``tokenizer`` (tied embeddings, 16 positions)."""
+    """A freshly initialised tiny Llama for ``tokenizer`` (tied embeddings, as many positions as the tokenizer's
+    ``model_max_length``: 16, or 64 for the chat tokenizer)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -172,7 +164,7 @@ def build_model(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=heads,
-        max_position_embeddings=16,
+        max_position_embeddings=tokenizer.model_max_length,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -262,7 +254,6 @@ __all__ = [
     "correct",
     "evaluate_accuracy",
     "has_carry",
-    "load_rows",
     "mislabel",
     "parse_answer",
     "parse_prompt",

@@ -1,12 +1,18 @@
 """Training speed of flowrl's text GRPO backend against TRL's GRPOTrainer, same model and settings, one process.
 
-Both train the tiny toy LM (assets/toy-lm) with LoRA on the toy addition task: per step 16 prompts × 8
-completions of at most 4 tokens, one optimizer step on all 128, loss ``grpo``, no KL, one pass, float32,
-the same threads; TRL prints its logs once per run. Each repeat times ``--steps`` steps of each trainer
-(after ``--warmup`` untimed ones) one after the other; the ratio is flowrl's steps/s over TRL's in that
-repeat. Reports min / median / max of the ratios over ``--repeats`` as JSON and markdown (``--out``).
+Workloads (``--workload``):
+- ``toy``: the tiny toy LM (assets/toy-lm, 642 k parameters) with LoRA on the toy addition task: per step
+  16 prompts × 8 completions of at most 4 tokens;
+- ``large``: a 19.6 M-parameter Llama (width 512, 6 layers; random weights, the toy chat tokenizer's 48
+  characters) with LoRA, prompts of 48 random characters and completions of up to 48 tokens (a random model
+  rarely ends them early; both sides' mean completion lengths are reported): per step 4 prompts × 8 completions.
+Both: one optimizer step on all completions, loss ``grpo``, no KL, one pass, float32, the same threads, TRL's
+defaults otherwise; TRL prints its logs once per run. Each repeat times ``--steps`` steps of each trainer (after
+``--warmup`` untimed ones), the order alternating between repeats; the ratio is flowrl's steps/s over TRL's in
+that repeat. Reports min / median / max of the ratios over ``--repeats`` as JSON and markdown (``--out``).
 
     python scripts/bench_text_trl.py --repeats 5 --steps 20 --out bench/text_trl
+    python scripts/bench_text_trl.py --workload large --repeats 5 --steps 8 --out bench/text_trl/large
 """
 
 from __future__ import annotations
@@ -25,58 +31,102 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-SETTINGS = {
-    "prompts_per_step": 16,
-    "group_size": 8,
-    "max_new_tokens": 4,
-    "lora_rank": 16,
-    "lora_alpha": 32,
-    "lr": 2e-3,
-    "temperature": 1.0,
-}
+WORKLOADS = {
+    "toy": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 4, "lora_rank": 16, "lora_alpha": 32,
+            "lr": 2e-3, "temperature": 1.0},
+    "large": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 48, "lora_rank": 16, "lora_alpha": 32,
+              "lr": 1e-4, "temperature": 1.0, "prompt_length": 48, "width": 512, "layers": 6},
+}  # fmt: skip
+LARGE_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 "
 
 
-def flowrl_steps(model: str, steps: int, warmup: int, seed: int) -> float:
-    """Steps per second of flowrl's text trainer."""
+def letters_share(prompts, completions, **_):
+    """The large workload's reward: the share of letters in a completion (cheap, so that training is timed)."""
+    return [sum(ch.isalpha() for ch in c) / max(len(c), 1) for c in completions]
+
+
+class Lengths:
+    """Wraps a reward to record the completion lengths it sees (tokens, EOS included) on either side."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.lengths, self.__name__ = fn, [], fn.__name__
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        self.lengths.append(statistics.fmean(len(ids) for ids in completion_ids))
+        return self.fn(prompts, completions, **kwargs)
+
+
+def build_large(folder: str) -> int:
+    """The large workload's model, saved in ``folder``; its parameter count."""
+    from flowrl.text_world import build_model, build_tokenizer
+
+    s = WORKLOADS["large"]
+    tokenizer = build_tokenizer(chat=True)
+    tokenizer.model_max_length = s["prompt_length"] + s["max_new_tokens"]
+    tokenizer.chat_template = None
+    width = s["width"]
+    model = build_model(tokenizer, hidden=width, layers=s["layers"], heads=8, intermediate=width * 11 // 4, seed=0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def workload_data(workload: str) -> tuple[list[dict], Lengths]:
+    """(rows, reward function recording lengths) of a workload."""
+    import random
+
+    if workload == "toy":
+        from flowrl.text_world import correct, problems
+
+        return problems("train"), Lengths(correct)
+    s, rng = WORKLOADS["large"], random.Random(0)
+    rows = [{"prompt": "".join(rng.choice(LARGE_CHARACTERS) for _ in range(s["prompt_length"]))} for _ in range(256)]
+    return rows, Lengths(letters_share)
+
+
+def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> tuple[float, float]:
+    """Steps per second of flowrl's text trainer and its mean completion length."""
     from flowrl.config import load_config
     from flowrl.trainer.text import setup, train_step
 
-    s = SETTINGS
+    s = WORKLOADS[workload]
+    n = s["prompts_per_step"] * s["group_size"]
     cfg = load_config(
         None,
         [
             "backend=text", f"seed={seed}", f"model.path={model}", f"model.lora_rank={s['lora_rank']}",
             f"model.lora_alpha={s['lora_alpha']}", f"generation.max_new_tokens={s['max_new_tokens']}",
             f"generation.temperature={s['temperature']}", f"train.prompts_per_step={s['prompts_per_step']}",
-            f"train.group_size={s['group_size']}", "train.micro_batch=128", f"train.lr={s['lr']}",
+            f"train.group_size={s['group_size']}", f"train.micro_batch={n}", f"train.lr={s['lr']}",
             "loss.name=grpo", "loss.kl_coef=0", "advantage.std_unbiased=true",
         ],
     )  # fmt: skip
-    run = setup(cfg)
+    rows, reward = workload_data(workload)
+    run = setup(cfg, dataset=rows, reward_funcs=[reward])
     for _ in range(warmup):
         train_step(run)
     start = time.perf_counter()
     for _ in range(steps):
         train_step(run)
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start), statistics.fmean(reward.lengths[warmup:])
 
 
-def trl_steps(model: str, steps: int, warmup: int, seed: int) -> float:
-    """Steps per second of TRL's GRPOTrainer (timed between its step-end callbacks)."""
+def trl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> tuple[float, float]:
+    """Steps per second of TRL's GRPOTrainer (timed between its step-end callbacks) and its mean completion
+    length over the timed steps."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from flowrl.text_world import correct, problems
-
-    s = SETTINGS
+    s = WORKLOADS[workload]
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
+    rows, reward = workload_data(workload)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -84,25 +134,36 @@ def trl_steps(model: str, steps: int, warmup: int, seed: int) -> float:
             per_device_train_batch_size=s["prompts_per_step"] * s["group_size"], num_generations=s["group_size"],
             max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=0.0, loss_type="grpo",
             bf16=False, use_cpu=True, report_to=[], logging_steps=warmup + steps, save_strategy="no",
-            disable_tqdm=True, dataloader_num_workers=0,
+            disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False,  # as flowrl: same settings
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
-            reward_funcs=[correct],
+            reward_funcs=[reward],
             args=args,
-            train_dataset=Dataset.from_list(problems("train")),
+            train_dataset=Dataset.from_list(rows),
             processing_class=AutoTokenizer.from_pretrained(model),
             peft_config=LoraConfig(r=s["lora_rank"], lora_alpha=s["lora_alpha"], target_modules=targets),
             callbacks=[Clock()],
         )
         trainer.train()
     timed = stamps[warmup - 1 :]
-    return steps / (timed[-1] - timed[0])
+    return steps / (timed[-1] - timed[0]), statistics.fmean(reward.lengths[warmup:])
+
+
+def repeat(workload: str, model: str, a: argparse.Namespace, k: int) -> dict[str, float]:
+    """One repeat: both trainers with seed ``k``, TRL first on odd repeats."""
+    sides = {"flowrl": flowrl_steps, "trl": trl_steps}
+    out = {}
+    for side in sorted(sides, reverse=k % 2 == 1):
+        out[f"{side}_steps_per_s"], out[f"{side}_mean_length"] = sides[side](workload, model, a.steps, a.warmup, k)
+    out["ratio"] = out["flowrl_steps_per_s"] / out["trl_steps_per_s"]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.path.join(REPO, "assets", "toy-lm"))
+    parser.add_argument("--workload", choices=tuple(WORKLOADS), default="toy")
+    parser.add_argument("--model", default=None, help="toy: default assets/toy-lm; large: built in a temp folder")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
@@ -112,19 +173,24 @@ def main() -> None:
     if a.warmup < 1 or a.steps < 1 or a.repeats < 1:
         parser.error("--warmup, --steps and --repeats must be >= 1")
     torch.set_num_threads(a.threads)
-    runs = []
-    for k in range(a.repeats):
-        ours, theirs = flowrl_steps(a.model, a.steps, a.warmup, k), trl_steps(a.model, a.steps, a.warmup, k)
-        runs.append({"flowrl_steps_per_s": ours, "trl_steps_per_s": theirs, "ratio": ours / theirs})
-        print(
-            f"repeat {k}: flowrl {ours:.2f} steps/s, TRL {theirs:.2f} steps/s, ratio {ours / theirs:.2f}", flush=True
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        model, parameters = a.model or os.path.join(REPO, "assets", "toy-lm"), None
+        if a.workload == "large" and a.model is None:
+            model, parameters = folder, build_large(folder)
+        runs = []
+        for k in range(a.repeats):
+            runs.append(repeat(a.workload, model, a, k))
+            r = runs[-1]
+            print(f"repeat {k}: flowrl {r['flowrl_steps_per_s']:.2f} steps/s, TRL {r['trl_steps_per_s']:.2f} "
+                  f"steps/s, ratio {r['ratio']:.2f}", flush=True)  # fmt: skip
     ratios = [r["ratio"] for r in runs]
     import transformers
     import trl
 
     report = {
-        "settings": SETTINGS,
+        "workload": a.workload,
+        "settings": WORKLOADS[a.workload],
+        "parameters": parameters,
         "steps": a.steps,
         "warmup": a.warmup,
         "threads": a.threads,
@@ -139,10 +205,11 @@ def main() -> None:
     with open(os.path.join(a.out, "result.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     lines = [
-        "| repeat | flowrl steps/s | TRL steps/s | ratio |",
-        "|---|---|---|---|",
+        "| repeat | flowrl steps/s | TRL steps/s | ratio | mean completion tokens flowrl / TRL |",
+        "|---|---|---|---|---|",
         *(
-            f"| {k} | {r['flowrl_steps_per_s']:.2f} | {r['trl_steps_per_s']:.2f} | {r['ratio']:.2f} |"
+            f"| {k} | {r['flowrl_steps_per_s']:.2f} | {r['trl_steps_per_s']:.2f} | {r['ratio']:.2f} | "
+            f"{r['flowrl_mean_length']:.1f} / {r['trl_mean_length']:.1f} |"
             for k, r in enumerate(runs)
         ),
         "",

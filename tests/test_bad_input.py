@@ -247,7 +247,10 @@ CONFIG_CASES = {
         lambda c: ["data.train", f"{str(c.tmp / 'rows.jsonl')!r} does not exist"],
     ),
     "text data file not jsonl": Case(
-        TEXT, data_file("data.eval", "rows.csv", "prompt\n1+2=\n"), "config", same("data.eval", "rows.csv", ".jsonl")
+        TEXT,
+        data_file("data.eval", "rows.csv", "prompt\n1+2=\n"),
+        "config",
+        same("data.eval", "rows.csv", ".jsonl", ".json"),
     ),
     "text unknown toy split": Case(
         TEXT, lambda c: ["data.train=toy-text:dev"], "config", same("data.train", "'toy-text:dev'")
@@ -321,7 +324,7 @@ DATA_CASES = {
         TEXT,
         data_file("data.eval", "rows.jsonl", '{"question": "1+2="}\n'),
         "data",
-        same("rows.jsonl:1: expected a JSON object with a string 'prompt'"),
+        same("rows.jsonl:1: expected an object with a 'prompt'"),
     ),
     "jsonl empty prompt": Case(
         TEXT, data_file("data.eval", "rows.jsonl", '\n{"prompt": " "}\n'), "data", same("rows.jsonl:2: empty 'prompt'")

@@ -101,7 +101,7 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
             metrics = train_step(run)
             assert math.isfinite(metrics["loss"]) and not metrics["skipped_steps"], (estimator, loss, metrics)
             ran.append((estimator, loss))
-    text_losses = {"grpo", "bnpo", "dr-grpo", "dapo", "gspo"}
+    text_losses = {"grpo", "bnpo", "dr-grpo", "dapo", "gspo", "cispo", "sapo"}
     assert {loss for _, loss in ran} == text_losses  # the flow losses are refused
     assert {e for e, _ in ran} == set(ADVANTAGES.names()) - {"pairwise", "multi-granularity", "tree"}
     assert len(ran) + len(refused) == len(ADVANTAGES.names()) * len(LOSSES.names())

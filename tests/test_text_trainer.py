@@ -118,7 +118,7 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
 
     run.rewards = [("sometimes", sometimes, 2.0), ("correct", run.rewards[0][1], 1.0)]
     rows = [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}]
-    r = score(run, [x["prompt"] for x in rows], ["3", "5"], rows)
+    r = score(run, rows, ["3", "5"])
     assert math.isnan(r[1, 0]) and r[0].tolist() == [1.0, 1.0]
     from flowrl.trainer.text import weighted_total
 
@@ -130,7 +130,7 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
     ):
         run.rewards = [("bad", fn, 1.0)]
         with pytest.raises((ValueError, TypeError, RuntimeError), match=message):
-            score(run, ["1+2=", "2+2="], ["3", "5"], rows)
+            score(run, rows, ["3", "5"])
 
 
 @pytest.mark.parametrize("loss", LOSSES)

@@ -1,6 +1,5 @@
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from flowrl.text_world import (
     correct,
     evaluate_accuracy,
     has_carry,
-    load_rows,
     mislabel,
     parse_prompt,
     problems,
@@ -94,27 +92,6 @@ def test_rewards_on_hand_made_completions():
     assert well_formed(["1+1="], ["0"]) == [1.0] and well_formed(["1+1="], ["1000"]) == [0.0]
     with pytest.raises(ValueError):  # misaligned columns are a caller bug
         correct(prompts[:2], completions[:2], answer=answers[:1])
-
-
-def test_load_rows_sources_and_errors(tmp_path):
-    assert load_rows("toy-text:train") == problems("train")
-    assert load_rows("toy-text:held-out") == problems("held-out")
-    path = tmp_path / "rows.jsonl"
-    path.write_text('{"prompt": "1+2=", "answer": "3"}\n\n{"prompt": "x", "level": 2}\n')
-    assert load_rows(str(path)) == [{"prompt": "1+2=", "answer": "3"}, {"prompt": "x", "level": 2}]
-    for line, message in [
-        ('{"prompt": "1+2="', "not valid JSON"),
-        ('{"answer": "3"}', "string 'prompt'"),
-        ('{"prompt": 3}', "string 'prompt'"),
-        ('["1+2="]', "string 'prompt'"),
-    ]:
-        path.write_text(f'{{"prompt": "1+2="}}\n\n{line}\n')
-        with pytest.raises(ValueError, match=f"{re.escape(str(path))}:3: .*{message}"):
-            load_rows(str(path))
-    with pytest.raises(ValueError, match="unknown toy-text split"):
-        load_rows("toy-text:dev")
-    with pytest.raises(ValueError, match=r"unknown data source 'rows\.csv'"):
-        load_rows("rows.csv")
 
 
 def test_tokenizer_round_trip(tmp_path):

@@ -28,7 +28,8 @@ class LossInputs:
       GRPO-Guard's normalised ratio, the Gaussian KL and the step weights;
     - v_pred, v_target, v_ref ``[N, *S]``: AWM's flow-matching terms (advantages ``[N]``);
     - v_old, x_t, x0 ``[N, *S]`` and sigma ``[N]``: DiffusionNFT's old-policy velocity at the re-noised x_t of the
-      clean sample x0.
+      clean sample x0;
+    - policy_weights ``[N, T]``: a weight of each element's policy term, the KL left as it is (TRL's entropy mask).
     """
 
     log_prob: Tensor | None = None
@@ -49,6 +50,7 @@ class LossInputs:
     x_t: Tensor | None = None
     x0: Tensor | None = None
     sigma: Tensor | None = None  # [N] the noise level each row was re-noised at (AWM's weightings, NFT's x0)
+    policy_weights: Tensor | None = None  # [N, T] multiplies the policy term only (not the KL): entropy masking
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
     def need(self, *names: str, loss: str) -> None:
@@ -141,6 +143,24 @@ class LossConfig:
         low=0,
         high=2,
     )
+    importance_sampling_level: str = option(
+        "token",
+        "text losses: token (a ratio per token) or sequence (one ratio per completion: exp of its mean token "
+        "log-ratio, GSPO; TRL importance_sampling_level)",
+        choices=("token", "sequence"),
+    )
+    delta: float | None = option(
+        None, "text clipped losses: cap the unclipped ratio at δ (> 1 + clip_high; INTELLECT-2, TRL delta)", low=1.0
+    )
+    sapo_temperature_pos: float = option(1.0, "sapo: the gate's temperature τ where A > 0 (TRL's default)", low=1e-6)
+    sapo_temperature_neg: float = option(1.05, "sapo: τ where A ≤ 0 (TRL's default)", low=1e-6)
+    top_entropy_quantile: float = option(
+        1.0,
+        "text: train the policy term only on each micro-batch's tokens at or above this top share of entropy (the "
+        "(1 − q) quantile over valid tokens, all processes); 1 = every token (TRL top_entropy_quantile)",
+        low=0.0,
+        high=1.0,
+    )
 
 
 @dataclass
@@ -181,6 +201,7 @@ class LossFacts:
     old_policy: given the loss options, the trailing copy of the weights the loss reads as ``v_old`` (None: none).
     old_value: given the loss options, the per-row value ``[N]`` whose ratio the loss clips (computed on no-grad
     inputs before the iteration's update and passed back as ``old_log_prob``), or None.
+    ignores: options of ``LossConfig`` the loss does not read (a config that sets one is refused).
     """
 
     trains_on: str = "transitions"
@@ -189,6 +210,7 @@ class LossFacts:
     levels: str = "uniform"
     old_policy: Callable[[LossConfig], OldPolicy | None] = _never
     old_value: Callable[[LossConfig], Callable[[LossInputs, LossConfig], Tensor] | None] = _never
+    ignores: tuple[str, ...] = ()
 
 
 Loss = Callable[[LossInputs, LossConfig], LossOutput]

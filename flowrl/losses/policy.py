@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -24,11 +25,19 @@ def _advantages(inputs: LossInputs) -> Tensor:
     return a.unsqueeze(-1) if a.ndim == 1 else a
 
 
-def _clipped_policy_loss(inputs: LossInputs, cfg: LossConfig, log_ratio: Tensor, mode: str) -> LossOutput:
-    """Per-element clipped surrogate + β·KL, weighted by mask × step weights, reduced by ``mode``."""
+Surrogate = Callable[[Tensor, Tensor, LossConfig], tuple[Tensor, Tensor]]
+
+
+def _clipped_policy_loss(
+    inputs: LossInputs, cfg: LossConfig, log_ratio: Tensor, mode: str, surrogate: Surrogate = clipped_surrogate
+) -> LossOutput:
+    """Per-element ``surrogate`` (PPO-clip unless given) × ``policy_weights`` + β·KL, weighted by mask × step
+    weights, reduced by ``mode``."""
     adv = _advantages(inputs).to(log_ratio.dtype)
-    per_element, ratio = clipped_surrogate(log_ratio, adv, cfg)
-    kl = kl_term(inputs, cfg)
+    per_element, ratio = surrogate(log_ratio, adv, cfg)
+    if inputs.policy_weights is not None:
+        per_element = per_element * inputs.policy_weights.to(per_element)
+    kl = kl_term(inputs, cfg, log_ratio if cfg.importance_sampling_level == "sequence" else None)
     if kl is not None:
         per_element = per_element + cfg.kl_coef * kl
     weights = step_weights(cfg.step_weighting, inputs.mask, inputs.std, inputs.dt).to(per_element)
@@ -42,6 +51,17 @@ def _clipped_policy_loss(inputs: LossInputs, cfg: LossConfig, log_ratio: Tensor,
 def _log_ratio(inputs: LossInputs, loss: str) -> Tensor:
     inputs.need("log_prob", "old_log_prob", "advantages", "mask", loss=loss)
     return inputs.log_prob - inputs.old_log_prob
+
+
+def _token_log_ratio(inputs: LossInputs, cfg: LossConfig, loss: str) -> Tensor:
+    """``[N, T]`` log-ratios of a text loss: each token's, or (``importance_sampling_level = sequence``) each
+    completion's mean over its valid tokens, repeated over them (TRL's ``(B, 1)`` broadcast)."""
+    log_ratio = _log_ratio(inputs, loss)
+    if cfg.importance_sampling_level == "token":
+        return log_ratio
+    m = inputs.mask.to(log_ratio.dtype)
+    per_sequence = (log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)
+    return per_sequence.expand_as(log_ratio)
 
 
 @LOSSES.register("ppo-clip", normalizes_by="tokens", trainers=("flow",))
@@ -62,28 +82,62 @@ def grpo_guard(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
 @LOSSES.register("grpo")
 def grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """Text GRPO: per-token clipped surrogate, mean over each sequence's tokens, then over sequences."""
-    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "grpo"), "sequence-mean")
+    return _clipped_policy_loss(inputs, cfg, _token_log_ratio(inputs, cfg, "grpo"), "sequence-mean")
 
 
 @LOSSES.register("bnpo", normalizes_by="tokens")
 def bnpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """BNPO: token mean over the local batch."""
-    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "bnpo"), "token-mean")
+    return _clipped_policy_loss(inputs, cfg, _token_log_ratio(inputs, cfg, "bnpo"), "token-mean")
 
 
 @LOSSES.register("dr-grpo")
 def dr_grpo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """Dr. GRPO: token sum divided by N · L_max (no length normalisation per sequence)."""
-    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dr-grpo"), "fixed-length")
+    return _clipped_policy_loss(inputs, cfg, _token_log_ratio(inputs, cfg, "dr-grpo"), "fixed-length")
 
 
 @LOSSES.register("dapo", normalizes_by="global-tokens")
 def dapo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """DAPO: token sum divided by the valid tokens of the whole global batch (``inputs.token_count``)."""
-    return _clipped_policy_loss(inputs, cfg, _log_ratio(inputs, "dapo"), "global-token-mean")
+    return _clipped_policy_loss(inputs, cfg, _token_log_ratio(inputs, cfg, "dapo"), "global-token-mean")
 
 
-@LOSSES.register("gspo")
+@LOSSES.register("cispo", normalizes_by="global-tokens", trainers=("text",), ignores=("dual_clip", "delta"))
+def cispo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """CISPO (MiniMax-M1; ScaleRL's ε_max): −sg(min(r, ε_max))·A·log π per token, the ratio capped and detached
+    so that every token keeps a gradient; ε_max is ``clip_high`` itself, not 1 + clip_high (TRL's epsilon_high,
+    recommended 5.0). Aggregated as dapo."""
+    log_ratio = _token_log_ratio(inputs, cfg, "cispo")
+    log_prob = inputs.log_prob
+
+    def surrogate(lr: Tensor, adv: Tensor, c: LossConfig) -> tuple[Tensor, Tensor]:
+        ratio = torch.exp(lr)
+        return -ratio.clamp(max=c.clip_high).detach() * adv * log_prob.to(lr), ratio
+
+    out = _clipped_policy_loss(inputs, cfg, log_ratio, "global-token-mean", surrogate)
+    valid = inputs.mask.bool()
+    if valid.any():  # what is clipped is the weight, at the cap itself
+        capped = (torch.exp(log_ratio.detach()) > cfg.clip_high)[valid].float().mean()
+        out.metrics.update(clip_frac_low=0.0, clip_frac_high=float(capped))
+    return out
+
+
+@LOSSES.register("sapo", trainers=("text",), ignores=("dual_clip", "delta"))
+def sapo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+    """SAPO (Soft Adaptive Policy Optimization): a smooth gate instead of the clip, −σ(τ(r − 1))·(4/τ)·A per
+    token with τ = ``sapo_temperature_pos`` where A > 0, else ``sapo_temperature_neg`` (its gradient at r = 1 is
+    the PPO one); aggregated as grpo (mean per sequence, then over sequences)."""
+
+    def surrogate(lr: Tensor, adv: Tensor, c: LossConfig) -> tuple[Tensor, Tensor]:
+        ratio = torch.exp(lr)
+        tau = torch.where(adv > 0, c.sapo_temperature_pos, c.sapo_temperature_neg).to(lr)
+        return -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv, ratio
+
+    return _clipped_policy_loss(inputs, cfg, _token_log_ratio(inputs, cfg, "sapo"), "sequence-mean", surrogate)
+
+
+@LOSSES.register("gspo", ignores=("top_entropy_quantile", "importance_sampling_level"))
 def gspo(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     """GSPO: one ratio per sequence, exp(mean of its token log-ratios), clipped per sequence; mean over
     sequences. KL (k3) is averaged per sequence the same way."""
@@ -185,4 +239,17 @@ def awm(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return LossOutput(loss, metrics)
 
 
-__all__ = ["awm", "awm_log_prob", "awm_weighted", "bnpo", "dapo", "dr_grpo", "grpo", "grpo_guard", "gspo", "ppo_clip"]
+__all__ = [
+    "awm",
+    "awm_log_prob",
+    "awm_weighted",
+    "bnpo",
+    "cispo",
+    "dapo",
+    "dr_grpo",
+    "grpo",
+    "grpo_guard",
+    "gspo",
+    "ppo_clip",
+    "sapo",
+]

@@ -46,10 +46,12 @@ def clipped_surrogate(log_ratio: Tensor, advantages: Tensor, cfg: LossConfig) ->
     """PPO-clip per element: max(−A·r, −A·clip(r, 1 − ε_low, 1 + ε_high)), optionally dual-clipped.
 
     Returns (loss ``[N, T]``, ratio ``[N, T]``). With ``dual_clip = c``, elements with A < 0 are capped
-    at −c·A so that a huge ratio cannot blow up the loss.
+    at −c·A so that a huge ratio cannot blow up the loss; with ``delta = δ`` the unclipped term's ratio is capped
+    at δ (TRL's two-sided clipping).
     """
     ratio = torch.exp(log_ratio)
-    loss = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high))
+    unclipped = ratio if cfg.delta is None else ratio.clamp(max=cfg.delta)  # INTELLECT-2's two-sided clip
+    loss = torch.maximum(-advantages * unclipped, -advantages * ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high))
     if cfg.dual_clip is not None:
         if cfg.dual_clip <= 1:
             raise ValueError(f"dual_clip must be > 1, got {cfg.dual_clip}")
@@ -100,9 +102,10 @@ def aggregate(
     raise ValueError(f"unknown aggregation {mode!r}")
 
 
-def kl_term(inputs: LossInputs, cfg: LossConfig) -> Tensor | None:
+def kl_term(inputs: LossInputs, cfg: LossConfig, log_ratio: Tensor | None = None) -> Tensor | None:
     """β-free KL per element ``[N, T]``, or None when kl_coef = 0: Gaussian for flows (``ref_mean``),
-    k3 for tokens (``ref_log_prob``), times the ratio π/π_old with ``kl_importance``."""
+    k3 for tokens (``ref_log_prob``), times the ratio π/π_old with ``kl_importance`` (exp of ``log_ratio`` when
+    given, e.g. a sequence's ratio; else the token's)."""
     if cfg.kl_coef == 0:
         return None
     if inputs.ref_mean is not None and inputs.mean is not None and inputs.std is not None:
@@ -114,8 +117,10 @@ def kl_term(inputs: LossInputs, cfg: LossConfig) -> Tensor | None:
     if inputs.ref_log_prob is not None and inputs.log_prob is not None:
         kl = k3_kl(inputs.log_prob, inputs.ref_log_prob)
         if cfg.kl_importance:
-            inputs.need("old_log_prob", loss="k3 KL with kl_importance")
-            kl = kl * torch.exp(inputs.log_prob - inputs.old_log_prob)
+            if log_ratio is None:
+                inputs.need("old_log_prob", loss="k3 KL with kl_importance")
+                log_ratio = inputs.log_prob - inputs.old_log_prob
+            kl = kl * torch.exp(log_ratio)
         return kl
     raise ValueError("kl_coef > 0 needs ref_mean, mean and std (flows) or ref_log_prob (tokens)")
 

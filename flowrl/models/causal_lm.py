@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,14 +42,17 @@ class Completions:
 
 
 def tokenize_prompts(
-    tokenizer, prompts: list[str], device: torch.device, max_length: int | None = None
+    tokenizer, prompts: list[str], device: torch.device, max_length: int | None = None, add_special_tokens: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Left-padded ``input_ids, attention_mask`` ``[P, Lp]`` of the prompts, as the tokenizer adds special tokens;
-    with ``max_length``, longer prompts keep their last ``max_length`` tokens (a warning is logged once)."""
+    """Left-padded ``input_ids, attention_mask`` ``[P, Lp]`` of the prompts, with the tokenizer's special tokens
+    unless ``add_special_tokens`` is False (text a chat template rendered has its own); with ``max_length``, longer
+    prompts keep their last ``max_length`` tokens (a warning is logged once)."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, verbose=False)
+        enc = tokenizer(
+            prompts, return_tensors="pt", padding=True, verbose=False, add_special_tokens=add_special_tokens
+        )
     finally:
         tokenizer.padding_side = side
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -91,6 +95,7 @@ def sample_completions(
     generator_seed: int | None = None,
     row_seeds: Sequence[int] | None = None,
     synced: bool = False,
+    add_special_tokens: bool = True,
 ) -> Completions:
     """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``), or
     ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same).
@@ -99,18 +104,20 @@ def sample_completions(
     row), from each row's own generator: then a row's completion does not depend on the other rows of the batch
     (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``). ``synced``: the weights
     are sharded over the processes, so every process runs decoding steps until all of them are done (transformers'
-    ``synced_gpus``)."""
+    ``synced_gpus``). ``add_special_tokens``: as in ``tokenize_prompts``."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, prompt_room(model, max_new_tokens))
+    room = prompt_room(model, max_new_tokens)
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, room, add_special_tokens)
     counts = torch.as_tensor(group_size, device=device)
     index = torch.arange(len(prompts), device=device).repeat_interleave(counts)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    # every sampling field explicit: a model's generation_config (top_k 50, a repetition penalty) must not change the
+    # distribution the loss's softmax(logits / T) assumes
     options = {"do_sample": False} if temperature == 0 else {"do_sample": True, "temperature": temperature}
-    if temperature and top_p < 1:
-        options["top_p"] = top_p
-    if temperature and top_k:
-        options["top_k"] = top_k
+    if temperature:
+        options.update(top_p=top_p, top_k=top_k)
+    options["repetition_penalty"] = 1.0
     if temperature and row_seeds is not None:
         if len(row_seeds) != len(index):
             raise ValueError(f"{len(row_seeds)} row seeds for {len(index)} completions")
@@ -125,6 +132,61 @@ def sample_completions(
         **options,
     )
     ids = out[:, prompt_ids.shape[1] :]
+    mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
+    ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+
+
+@torch.no_grad()
+def sample_continuous(
+    model,
+    tokenizer,
+    prompts: list[str],
+    group_size: int | Sequence[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    options: dict[str, Any] | None = None,
+    add_special_tokens: bool = True,
+) -> Completions:
+    """``sample_completions`` with transformers' continuous batching (``generate_batch``: paged attention, requests
+    scheduled as others finish) instead of ``generate``: the same rows and shapes, each completion drawn from the
+    same distribution (softmax(logits / temperature), top-p / top-k), from a generator seeded with ``seed``.
+    ``options``: ``ContinuousBatchingConfig`` fields (cache blocks, batch tokens; TRL's
+    transformers_continuous_batching_config). Completions reach EOS or ``max_new_tokens``."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    device = next(model.parameters()).device
+    room = prompt_room(model, max_new_tokens)
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, room, add_special_tokens)
+    counts = torch.as_tensor(group_size, device=device)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(counts)
+    requests = [prompt_ids[i][prompt_mask[i].bool()].tolist() for i in index.tolist()]
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature else {}
+    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, **sampling)  # fmt: skip
+    batching = ContinuousBatchingConfig(**{"seed": seed, "max_memory_percent": 0.5, **(options or {})})  # as TRL
+    training = model.training  # the batching manager puts the model in eval mode
+    try:
+        results = list(model.generate_batch(requests, generation_config=config, continuous_batching_config=batching,
+                                            progress_bar=False).values())  # fmt: skip
+    finally:
+        model.train(training)
+    failed = [r.error for r in results if r.error is not None]
+    if len(results) != len(requests) or failed:
+        why = failed[0] if failed else "see the log"
+        raise RuntimeError(f"continuous batching finished {len(results) - len(failed)} of {len(requests)} "
+                           f"completions ({why})")  # fmt: skip
+    width = max(1, max(len(r.generated_tokens) for r in results))
+    ids = torch.full((len(results), width), tokenizer.pad_token_id, dtype=torch.long)
+    for row, r in enumerate(results):
+        ids[row, : len(r.generated_tokens)] = torch.tensor(r.generated_tokens[:width], dtype=torch.long)
+    ids = ids.to(device)
     mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
     ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +25,10 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
-from flowrl.models.causal_lm import Completions, sample_completions, token_log_probs
+from flowrl.models.causal_lm import Completions, sample_completions, sample_continuous, token_log_probs
 from flowrl.sections import WEIGHT_DTYPES
 from flowrl.text_config import TextConfig
+from flowrl.text_data import PromptFormat, as_rows, is_conversational, load_rows, prompt_key
 from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import (
     count_skip,
@@ -37,12 +38,20 @@ from flowrl.trainer.loop import (
     process_seed,
 )
 from flowrl.trainer.share import deal, gather_all
+from flowrl.trainer.text_rewards import (
+    RewardFunc,
+    RewardLog,
+    TrainerState,
+    call_all,
+    check_values,
+    resolve_reward,
+    reward_kwargs,
+    reward_names,
+)
 from flowrl.trainer.weights import check_lora_targets, frozen_copy
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-
-RewardFunc = Callable[..., Sequence[float | None]]
 
 
 @dataclass
@@ -69,6 +78,8 @@ class TextRun:
     skips_in_a_row: int = 0
     skips: int = 0
     train_seconds: float = 0.0  # over the whole run, resumed invocations included
+    format: PromptFormat = field(default_factory=PromptFormat)  # standard or conversational prompts
+    reward_log: RewardLog = field(default_factory=RewardLog)  # log_metric calls of the reward functions
 
 
 @dataclass
@@ -82,40 +93,15 @@ class TextBatch:
     first: int = 0  # position of this process's first completion in the whole batch
 
 
-def resolve_reward(name: str) -> RewardFunc:
-    """``toy-text:<function>`` (``flowrl.text_world``) or ``package.module:function``."""
-    from flowrl.rewards.base import load_object
-
-    if name.startswith("toy-text:"):
-        from flowrl import text_world
-
-        fn = getattr(text_world, name.split(":", 1)[1].replace("-", "_"), None)
-        if not callable(fn):
-            raise ValueError(f"reward {name!r}: flowrl.text_world has no such reward function")
-        return fn
-    fn = load_object(name)
-    if not callable(fn):
-        raise ValueError(f"reward {name!r} is not callable")
-    return fn
-
-
-def _reward_names(funcs: Sequence[RewardFunc]) -> list[str]:
-    """Metric names, as TRL names them: each function's ``__name__`` (numbered when two share one)."""
-    names = [getattr(f, "__name__", f"reward{i}") for i, f in enumerate(funcs)]
-    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
-
-
 def setup(
     cfg: TextConfig,
     dataset: list[dict[str, Any]] | None = None,
     reward_funcs: Sequence[RewardFunc] | None = None,
 ) -> TextRun:
     """Load the model and tokenizer, add LoRA or unfreeze, build the optimizer, rewards and data. ``dataset``
-    (rows with a "prompt") and ``reward_funcs`` (weights from ``cfg.rewards`` if as many, else 1) replace the
-    configured ones when given."""
+    (rows with a "prompt": a ``datasets.Dataset`` or a list of dicts) and ``reward_funcs`` (weights from
+    ``cfg.rewards`` if as many, else 1) replace the configured ones when given."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from flowrl.text_world import load_rows
 
     torch.manual_seed(cfg.seed)
     accelerator, backend = launch()
@@ -152,10 +138,15 @@ def setup(
         max_grad_norm=t.max_grad_norm,
         shard_root=model.get_base_model() if m.finetune == "lora" else model,  # FSDP units: the decoder layers
     )
+    if backend.sharded and cfg.generation.engine == "continuous":
+        raise ValueError("generation.engine=continuous needs the whole model on every process (DDP): with FSDP or "
+                         "DeepSpeed ZeRO-3 use engine=generate")  # fmt: skip
     funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
     same = len(cfg.rewards) == len(funcs)
     weights = [r.weight for r in cfg.rewards] if same else [1.0] * len(funcs)
-    rewards = list(zip(_reward_names(funcs), funcs, weights, strict=True))
+    rewards = list(zip(reward_names(funcs), funcs, weights, strict=True))
+    train_rows = as_rows(dataset) if dataset is not None else load_rows(cfg.data.train, cfg.data.train_split)
+    eval_rows = load_rows(cfg.data.eval, cfg.data.eval_split)
     return TextRun(
         cfg=cfg,
         accelerator=accelerator,
@@ -166,40 +157,40 @@ def setup(
         params=params,
         optimizer=optimizer,
         rewards=rewards,
-        train_rows=dataset if dataset is not None else load_rows(cfg.data.train),
-        eval_rows=load_rows(cfg.data.eval),
+        train_rows=train_rows,
+        eval_rows=eval_rows,
         rng=random.Random(cfg.seed),
         scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
         reference=reference,
+        format=prompt_format(cfg, tokenizer, train_rows, eval_rows),
     )
 
 
-def score(run: TextRun, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> Tensor:
-    """Rewards ``[N, K]`` (one column per reward function, NaN where a function returned None); the
-    functions get every dataset column but the prompt as a keyword list aligned with ``prompts``. A function
-    that raises or returns anything but one real number (or None) per completion is a ``RewardError`` naming it."""
-    from flowrl.errors import RewardError
+def prompt_format(cfg: TextConfig, tokenizer: Any, *datasets: list[dict[str, Any]]) -> PromptFormat:
+    """How the prompts reach the model (``flowrl.text_data``): the training and evaluation rows must be of one
+    format, and conversational ones need the tokenizer's chat template."""
+    kinds = {is_conversational(rows[0]["prompt"]) for rows in datasets}
+    if len(kinds) > 1:
+        raise ValueError("the training and evaluation prompts must both be strings or both lists of messages")
+    conversational = kinds.pop()
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the prompts are conversational but the tokenizer of {cfg.model.path!r} has no chat template"
+        )
+    return PromptFormat(conversational, cfg.data.system_prompt, dict(cfg.data.chat_template_kwargs))
 
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-    out = torch.empty(len(prompts), len(run.rewards))
-    for k, (name, fn, _) in enumerate(run.rewards):
-        try:
-            values = fn(prompts=prompts, completions=completions, **columns)
-        except Exception as e:
-            raise RewardError(f"reward {name!r} raised {type(e).__name__}: {e}") from e
-        if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
-            raise RewardError(
-                f"reward {name!r} must return a list of floats or None (one per completion), "
-                f"got {type(values).__name__}"
-            )
-        values = list(values)
-        if len(values) != len(prompts):
-            raise RewardError(f"reward {name!r} returned {len(values)} values for {len(prompts)} completions")
-        bad = [v for v in values if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool))]
-        if bad:
-            raise RewardError(f"reward {name!r} must return floats or None, got {bad[0]!r}")
-        out[:, k] = torch.tensor([math.nan if v is None else float(v) for v in values])
-    return out
+
+def score(run: TextRun, rows: list[dict[str, Any]], texts: list[str], ids: list[list[int]] | None = None) -> Tensor:
+    """Rewards ``[N, K]`` of completions ``texts`` (token ids ``ids``) of ``rows``' prompts: one column per reward
+    function, NaN where a function returned None (``flowrl.trainer.text_rewards`` says what they receive). A
+    function that raises or returns anything but one real number (or None) per completion is a ``RewardError``."""
+    if ids is None:
+        ids = [run.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    state = TrainerState(global_step=run.iteration, max_steps=run.cfg.train.iterations)
+    kwargs = reward_kwargs(rows, run.format.completions(texts), ids, state, run.reward_log)
+    values = call_all([(name, fn) for name, fn, _ in run.rewards], kwargs)
+    columns = [check_values(name, v, len(rows)) for (name, _, _), v in zip(run.rewards, values, strict=True)]
+    return torch.stack(columns, 1).float()
 
 
 def weighted_total(run: TextRun, rewards: Tensor) -> Tensor:
@@ -216,10 +207,16 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
     every = torch.arange(len(rows)).repeat_interleave(cfg.train.group_size)
     first, count = deal(every.numel(), acc.num_processes, acc.process_index)
     mine, counts = every[first : first + count].unique_consecutive(return_counts=True)
-    prompts = [rows[int(i)]["prompt"] for i in mine]
+    prompts = [run.format.render(run.tokenizer, rows[int(i)]["prompt"]) for i in mine]
     chunk = g.batch_size or len(prompts)
-    torch.manual_seed(process_seed(run, cfg.seed * 1_000_003 + run.iteration))  # sampling draws from torch's RNG
-    options = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k}
+    seed = process_seed(run, cfg.seed * 1_000_003 + run.iteration)
+    torch.manual_seed(seed)  # generate draws from torch's RNG
+    options = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "top_k": g.top_k,
+               "add_special_tokens": run.format.add_special_tokens}  # fmt: skip
+    if g.engine == "continuous":  # every request of the process at once: the scheduler batches them
+        c = sample_continuous(run.model, run.tokenizer, prompts, counts.tolist(), seed=seed,
+                              options=g.continuous_options, **options)  # fmt: skip
+        return _scored(run, rows, mine, c, first)
     synced = run.backend.sharded
     parts = [
         sample_completions(
@@ -229,11 +226,19 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
     ]
     run.backend.even_out(len(parts), lambda: sample_completions(run.model, run.tokenizer, prompts[:1], 1,
                                                                  synced=synced, **options))  # fmt: skip
-    completions = _concat(parts, run.tokenizer.pad_token_id)
-    group_id = mine[completions.index.cpu()]
+    return _scored(run, rows, mine, _concat(parts, run.tokenizer.pad_token_id), first)
+
+
+def _scored(run: TextRun, rows: list[dict[str, Any]], mine: Tensor, c: Completions, first: int) -> TextBatch:
+    """The batch of completions ``c`` of prompts ``rows[mine]`` with their rewards."""
+    group_id = mine[c.index.cpu()]
     rows_n = [rows[int(i)] for i in group_id]
-    rewards = score(run, [r["prompt"] for r in rows_n], completions.texts, rows_n)
-    return TextBatch(completions, rows_n, rewards, group_id, first)
+    return TextBatch(c, rows_n, score(run, rows_n, c.texts, completion_id_lists(c)), group_id, first)
+
+
+def completion_id_lists(c: Completions) -> list[list[int]]:
+    """Each completion's token ids without padding (EOS kept), as reward functions get them."""
+    return [ids[m.bool()].tolist() for ids, m in zip(c.completion_ids.cpu(), c.completion_mask.cpu(), strict=True)]
 
 
 def _concat(parts: list[Completions], pad: int) -> Completions:
@@ -266,7 +271,7 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     a function returned None) and TRL's reward metrics. A completion no function scored (all None) gets
     advantage 0 and is left out of the reward statistics, as in TRL."""
     g = run.cfg.train.group_size
-    mine = (batch.rewards.cpu(), _group_id(batch), [r["prompt"] for r in batch.rows], strata(run, batch))
+    mine = (batch.rewards.cpu(), _group_id(batch), [prompt_key(r["prompt"]) for r in batch.rows], strata(run, batch))
     parts = gather_all(run.accelerator, mine)
     all_rewards, group_id = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     keys = [k for p in parts for k in p[2]]
@@ -300,10 +305,11 @@ def strata(run: TextRun, batch: TextBatch) -> Tensor | None:
     spec = run.cfg.advantage.strata
     if not spec:
         return None
-    fn = resolve_reward(spec)
-    rows = batch.rows
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
-    values = list(fn(prompts=[r["prompt"] for r in rows], completions=batch.completions.texts, **columns))
+    rows, c = batch.rows, batch.completions
+    state = TrainerState(global_step=run.iteration, max_steps=run.cfg.train.iterations)
+    kwargs = reward_kwargs(rows, run.format.completions(c.texts), completion_id_lists(c), state, RewardLog())
+    (values,) = call_all([(spec, resolve_reward(spec))], kwargs)
+    values = list(values)
     if len(values) != len(rows) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise ValueError(f"advantage.strata {spec!r} must return one integer per completion ({len(rows)}), got "
                          f"{values[:4]!r}...")  # fmt: skip
@@ -424,7 +430,7 @@ def _step(
 ) -> None:
     """The backward passes of one optimizer step on ``rows``: micro-batch losses weighted by ``normalizes_by``."""
     cfg, acc, c = run.cfg, run.accelerator, batch.completions
-    mask = c.completion_mask
+    mask = loss_mask(run, c)
     kind = normalizes_by(cfg.loss.name)
     step_tokens = float(mask[rows].sum())
     global_tokens = float(acc.gather(torch.tensor([step_tokens], device=mask.device)).sum())
@@ -439,6 +445,7 @@ def _step(
             mask=m.bool(),
             ref_log_prob=None if ref is None else ref[mb],
             token_count=global_tokens / acc.num_processes,
+            policy_weights=high_entropy_mask(entropy, m, cfg.loss.top_entropy_quantile, acc),
         )
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
         share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
@@ -451,6 +458,29 @@ def _step(
         }
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * len(mb) / len(rows)
+
+
+def loss_mask(run: TextRun, c: Completions) -> Tensor:
+    """``[N, T]`` the tokens the loss trains on: every completion token, or (``train.mask_truncated_completions``)
+    none of a completion that ran out of tokens before its EOS; such completions still count in the rewards' group
+    statistics (TRL mask_truncated_completions)."""
+    if not run.cfg.train.mask_truncated_completions:
+        return c.completion_mask
+    return c.completion_mask * c.terminated.unsqueeze(1).to(c.completion_mask)
+
+
+def high_entropy_mask(entropy: Tensor, mask: Tensor, quantile: float, accelerator: Any) -> Tensor | None:
+    """``[n, T]`` whether each token's entropy is at or above the (1 − q) quantile of the valid tokens' entropies
+    on all processes, q = ``quantile`` (``loss.top_entropy_quantile``); None when q = 1 (every token trains). As
+    TRL's get_high_entropy_mask: computed per micro-batch, padding and masked tokens excluded."""
+    if quantile >= 1:
+        return None
+    valid = mask.bool()
+    every = torch.cat(gather_all(accelerator, entropy.detach()[valid].float().cpu()))
+    if every.numel() == 0:
+        return torch.zeros_like(valid)
+    threshold = torch.quantile(every, 1 - quantile).to(entropy)
+    return (entropy.detach() * mask >= threshold) & valid
 
 
 def train_step(run: TextRun) -> dict[str, float]:
@@ -469,6 +499,8 @@ def train_step(run: TextRun) -> dict[str, float]:
     t2 = time.perf_counter()
     run.num_tokens += int(batch.completions.completion_mask.sum() + batch.completions.prompt_mask.sum())
     metrics.update({"num_tokens": float(run.num_tokens), "time/generate_s": t1 - t0, "time/update_s": t2 - t1})
+    metrics.update(run.reward_log.means())  # what reward functions logged with log_metric
+    run.reward_log = RewardLog()
     metrics["time/step_s"] = t2 - t0
     metrics = mean_over_processes(acc, metrics)
     count_skip(run, metrics["skipped_steps"] > 0, "infinite reward" if infinite else "non-finite loss or gradient")

@@ -7,6 +7,7 @@ prompts with the base's and the trained policy's completions) and ``summary.json
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any
@@ -17,9 +18,11 @@ from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
 from flowrl.stats import prompt_mean_se
 from flowrl.text_config import TextConfig
+from flowrl.text_data import prompt_key, prompt_label
 from flowrl.trainer.loop import finish_summary
 from flowrl.trainer.resume import read_checkpoint, train_end_to_end, write_checkpoint
-from flowrl.trainer.text import TextRun, score, setup, train_step, weighted_total
+from flowrl.trainer.text import TextRun, completion_id_lists, score, setup, train_step, weighted_total
+from flowrl.trainer.text_rewards import RewardLog
 from flowrl.trainer.weights import weight_state
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]
@@ -31,6 +34,14 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     Sampled completions draw from the evaluation noise of their (prompt, sample index) pair, so they do not depend on
     the batch or the process, and the base and the trained model see the same noise. With several processes each
     scores its share (rows dealt out in turn) and all receive everything."""
+    logged, run.reward_log = run.reward_log, RewardLog()  # what rewards log here is not a training metric
+    try:
+        return _evaluate(run, rows)
+    finally:
+        run.reward_log = logged
+
+
+def _evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     cfg, acc = run.cfg, run.accelerator
     mine = list(range(acc.process_index, len(rows), acc.num_processes))
     n = cfg.eval.samples_per_prompt
@@ -38,18 +49,21 @@ def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     rewards = torch.empty(0, len(run.rewards))
     g = cfg.generation
     options = {"max_new_tokens": g.max_new_tokens, "temperature": cfg.eval.temperature, "top_p": g.top_p,
-               "top_k": g.top_k, "synced": run.backend.sharded}  # fmt: skip
+               "top_k": g.top_k, "synced": run.backend.sharded,
+               "add_special_tokens": run.format.add_special_tokens}  # fmt: skip
+    render = functools.partial(run.format.render, run.tokenizer)
     chunk = g.batch_size or max(len(mine), 1)
     calls = range(0, len(mine), chunk)
     for i in calls:
         part = [rows[j] for j in mine[i : i + chunk]]
-        pairs = [(r["prompt"], k) for r in part for k in range(n)]
+        pairs = [(prompt_key(r["prompt"]), k) for r in part for k in range(n)]
         seeds = eval_noise_seeds([p for p, _ in pairs], [k for _, k in pairs])
-        c = sample_completions(run.model, run.tokenizer, [r["prompt"] for r in part], n, row_seeds=seeds, **options)
+        prompts = [render(r["prompt"]) for r in part]
+        c = sample_completions(run.model, run.tokenizer, prompts, n, row_seeds=seeds, **options)
         rows_n = [part[int(k)] for k in c.index]
         texts += c.texts
-        rewards = torch.cat([rewards, score(run, [r["prompt"] for r in rows_n], c.texts, rows_n)])
-    filler = [r["prompt"] for r in rows[:1]]  # a sharded model: as many generate calls on every process
+        rewards = torch.cat([rewards, score(run, rows_n, c.texts, completion_id_lists(c))])
+    filler = [render(r["prompt"]) for r in rows[:1]]  # a sharded model: as many generate calls on every process
     run.backend.even_out(len(calls), lambda: sample_completions(run.model, run.tokenizer, filler, 1, **options))
     if acc.num_processes == 1:
         return texts, rewards
@@ -111,13 +125,13 @@ def train_and_report(
             "checkpoint": os.path.join(done.run_dir, "checkpoints", "final"),
         }
         if done.before is not None and done.after is not None:
-            units = [r["prompt"] for r in rows for _ in range(n)]
+            units = [prompt_key(r["prompt"]) for r in rows for _ in range(n)]
             summary.update(_eval_summary(run, units, done.before[1], done.after[1]))
             summary["samples"] = _write_samples(done.run_dir, rows, n, done.before, done.after)
             if done.writer is not None:
                 done.writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
                 done.writer.log_table("eval/completions", ["prompt", "base", "trained"],
-                                      [[rows[i // n]["prompt"], b, a] for i, (b, a) in
+                                      [[prompt_label(rows[i // n]["prompt"]), b, a] for i, (b, a) in
                                        enumerate(zip(done.before[0], done.after[0], strict=True))][:24],
                                       run.iteration)  # fmt: skip
         finish_summary(done.run_dir, summary, cfg, done.writer, done.start)
@@ -133,7 +147,7 @@ def log_completions(run: TextRun, trackers: Any) -> None:
     if trackers is None:
         return
     n, total = run.cfg.eval.samples_per_prompt, weighted_total(run, rewards)
-    table = [[rows[i // n]["prompt"], text, round(float(total[i]), 4)] for i, text in enumerate(texts)]
+    table = [[prompt_label(rows[i // n]["prompt"]), text, round(float(total[i]), 4)] for i, text in enumerate(texts)]
     trackers.log_table("samples", ["prompt", "completion", "reward"], table, run.iteration)
 
 
@@ -158,7 +172,7 @@ def _write_samples(run_dir: str, rows, n: int, before: EvalResult, after: EvalRe
     lines = ["| prompt | base | trained |", "|---|---|---|"]
     for i, row in enumerate(rows[:limit]):
         cells = [" / ".join(repr(t) for t in texts[i * n : (i + 1) * n]) for texts in (before[0], after[0])]
-        lines.append(f"| {row['prompt']!r} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {prompt_label(row['prompt'])!r} | {cells[0]} | {cells[1]} |")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
