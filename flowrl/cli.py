@@ -44,6 +44,10 @@ def _options_help() -> str:
         for key, tp, default, text in describe(cls):
             lines.append(f"  {key} ({tp}, default {default!r})")
             lines.extend("      " + line for line in textwrap.wrap(text, 90, break_on_hyphens=False))
+    from flowrl.text_trl import read_fields
+
+    lines.append("  trl (mapping, text backend): these options under TRL's GRPOConfig names, translated: ")
+    lines.extend("      " + line for line in textwrap.wrap(", ".join(read_fields()), 90, break_on_hyphens=False))
     return "\n".join(line for line in lines if line is not None)
 
 

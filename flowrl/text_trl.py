@@ -84,6 +84,11 @@ OTHERS = (
 )
 
 
+def read_fields() -> list[str]:
+    """The GRPOConfig fields the ``trl:`` section translates, sorted."""
+    return sorted([*DIRECT, *BATCH, *OTHERS, *STEPS])
+
+
 def apply_trl_section(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with its ``trl:`` section (if any) translated into flowrl keys (module docstring)."""
     trl = data.pop("trl", None)
@@ -98,7 +103,7 @@ def apply_trl_section(data: dict[str, Any]) -> dict[str, Any]:
         if field in DIRECT:
             out[DIRECT[field]] = value
         elif field not in (*BATCH, *OTHERS, *STEPS, *REFUSED):
-            known = ", ".join(sorted([*DIRECT, *BATCH, *OTHERS, *STEPS]))
+            known = ", ".join(read_fields())
             raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; it reads: {known}")
     out.update(_translated(trl, data))
     for dotted, value in out.items():
@@ -207,4 +212,4 @@ def _has(data: dict[str, Any], dotted: str) -> bool:
     return True
 
 
-__all__ = ["apply_trl_section"]
+__all__ = ["apply_trl_section", "read_fields"]

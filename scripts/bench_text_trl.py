@@ -3,7 +3,7 @@
 Workloads (``--workload``):
 - ``toy``: the tiny toy LM (assets/toy-lm, 642 k parameters) with LoRA on the toy addition task: per step
   16 prompts × 8 completions of at most 4 tokens;
-- ``large``: a 19.6 M-parameter Llama (width 512, 6 layers; random weights, the toy chat tokenizer's 48
+- ``large``: a 19.3 M-parameter Llama (width 512, 6 layers; random weights, the toy chat tokenizer's 48
   characters) with LoRA, prompts of 48 random characters and completions of up to 48 tokens (a random model
   rarely ends them early; both sides' mean completion lengths are reported): per step 4 prompts × 8 completions.
 Both: one optimizer step on all completions, loss ``grpo``, no KL, one pass, float32, the same threads, TRL's

@@ -709,6 +709,8 @@ def test_train_help_lists_every_choice_and_the_text_keys(capsys):
     assert "(one of: branchgrpo, branchgrpo-mix, flow-grpo, flow-grpo-fast, mixgrpo, mixgrpo-flash, ode" in text
     assert "one of: awm, bnpo, dapo, dr-grpo, grpo, grpo-guard, gspo, nft, ppo-clip" in text
     assert "options of the text backend" in text and "generation.max_new_tokens (int, default 64)" in text
+    assert "generation.engine (str, default 'generate')" in text and "one of: generate, continuous" in text
+    assert "TRL's GRPOConfig names, translated: " in text and "epsilon_high, generation_batch_size" in text
 
 
 def test_version_flag(capsys):

@@ -318,3 +318,36 @@ def test_a_training_step_with_the_continuous_engine(lm_dir):
         text_config(lm_dir, "generation.engine=continuous", "generation.continuous_options={num_block: 4}")
     with pytest.raises(ConfigError, match=r"read only with generation\.engine=continuous"):
         text_config(lm_dir, "generation.continuous_options={num_blocks: 4}")
+
+
+def _trl_advantages(rewards: torch.Tensor, weights: torch.Tensor, group: int, scale: str, gdpo: bool):
+    """TRL 1.16's advantage rules, written from its grpo_trainer.py (sum_then_normalize with scale_rewards, or
+    normalize_then_sum): contiguous groups of ``group`` rows, Bessel's std, + 1e-4."""
+    g = lambda x: x.view(-1, group)  # noqa: E731
+    if gdpo:
+        parts = [(g(c) - g(c).mean(1, keepdim=True)) / (g(c).std(1, keepdim=True) + 1e-4) for c in rewards.T]
+        total = sum(w * p.flatten() for w, p in zip(weights, parts, strict=True))
+        return (total - total.mean()) / (total.std() + 1e-4)
+    total = (rewards * weights).sum(1)
+    std = g(total).std(1, keepdim=True).expand(-1, group).flatten() if scale == "group" else total.std()
+    adv = total - g(total).mean(1, keepdim=True).expand(-1, group).flatten()
+    return adv if scale == "none" else adv / (std + 1e-4)
+
+
+@pytest.mark.parametrize(("scale", "gdpo"), [("group", False), ("batch", False), ("none", False), ("group", True)])
+def test_text_advantages_follow_trls_rules(lm_dir, scale, gdpo):
+    from flowrl.advantages import AdvantageBatch, compute_advantages
+
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 3, (12, 2), generator=g).float()
+    rewards[8:] = 1.0  # a group with every reward constant
+    weights = torch.tensor([1.0, 0.5])
+    cfg = trl_config(lm_dir, f"{{scale_rewards: {scale}, max_completion_length: 4"
+                     + (", multi_objective_aggregation: normalize_then_sum}" if gdpo else "}"))  # fmt: skip
+    batch = AdvantageBatch(rewards=rewards, group_id=torch.arange(3).repeat_interleave(4), weights=weights)
+    ours = compute_advantages(cfg.advantage.name, batch, cfg.advantage, {}).advantages
+    theirs = _trl_advantages(rewards, weights, 4, scale, gdpo)
+    if gdpo:  # flowrl gives a group constant in every reward 0; TRL gives it (0 − batch mean) / batch std
+        assert torch.allclose(ours[:8], theirs[:8], atol=1e-5) and (ours[8:] == 0).all()
+    else:
+        assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
