@@ -1,8 +1,8 @@
 """Speed of the text trainer's two generation engines on the same model and prompts: transformers' ``generate``
 (padded batches) against its continuous batching (``generate_batch``, paged attention).
 
-The model is the TRL benchmark's large workload (``scripts/bench_text_trl.py``: a 19.3 M-parameter Llama with
-random weights, prompts of 48 characters, completions of up to 48 tokens, temperature 1). Each repeat samples
+The model is the TRL benchmark's large workload (``scripts/bench_text_trl.py``: a 19.8 M-parameter Llama with
+random weights, prompts of 48 tokens, completions of up to 64 tokens, temperature 1). Each repeat samples
 ``--prompts`` prompts × ``--group`` completions once with each engine (the order alternating between repeats,
 after one untimed call of each); the ratio is continuous's completion tokens per second over generate's. Reports
 min / median / max over ``--repeats`` as JSON and markdown (``--out``).
@@ -32,7 +32,7 @@ def sample(engine: str, model, tokenizer, prompts: list[str], group: int, seed: 
     """Completion tokens per second of one call of ``engine``."""
     from flowrl.models.causal_lm import sample_completions, sample_continuous
 
-    sampling = {"max_new_tokens": 48, "temperature": 1.0, "add_special_tokens": False}
+    sampling = {"max_new_tokens": 64, "temperature": 1.0, "add_special_tokens": False}
     start = time.perf_counter()
     if engine == "continuous":
         c = sample_continuous(model, tokenizer, prompts, group, seed=seed, options=options, **sampling)

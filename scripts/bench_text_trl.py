@@ -3,9 +3,10 @@
 Workloads (``--workload``):
 - ``toy``: the tiny toy LM (assets/toy-lm, 642 k parameters) with LoRA on the toy addition task: per step
   16 prompts × 8 completions of at most 4 tokens;
-- ``large``: a 19.3 M-parameter Llama (width 512, 6 layers; random weights, the toy chat tokenizer's 48
-  characters) with LoRA, prompts of 48 random characters and completions of up to 48 tokens (a random model
-  rarely ends them early; both sides' mean completion lengths are reported): per step 4 prompts × 8 completions.
+- ``large``: a 19.8 M-parameter Llama (width 512, 6 layers; random weights, a character tokenizer over 1000 CJK
+  characters) with LoRA, prompts of 48 random characters (48 tokens) and completions of up to 64 tokens (with a
+  1000-token vocabulary a random model rarely samples EOS; both sides' mean completion lengths are reported): per
+  step 4 prompts × 8 completions.
 Both: one optimizer step on all completions, loss ``grpo``, no KL, one pass, float32, the same threads, TRL's
 defaults otherwise; TRL prints its logs once per run. Each repeat times ``--steps`` steps of each trainer (after
 ``--warmup`` untimed ones), the order alternating between repeats; the ratio is flowrl's steps/s over TRL's in
@@ -34,15 +35,16 @@ sys.path.insert(0, REPO)
 WORKLOADS = {
     "toy": {"prompts_per_step": 16, "group_size": 8, "max_new_tokens": 4, "lora_rank": 16, "lora_alpha": 32,
             "lr": 2e-3, "temperature": 1.0},
-    "large": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 48, "lora_rank": 16, "lora_alpha": 32,
+    "large": {"prompts_per_step": 4, "group_size": 8, "max_new_tokens": 64, "lora_rank": 16, "lora_alpha": 32,
               "lr": 1e-4, "temperature": 1.0, "prompt_length": 48, "width": 512, "layers": 6},
 }  # fmt: skip
-LARGE_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 "
+LARGE_CHARACTERS = [chr(0x4E00 + i) for i in range(1000)]
 
 
-def letters_share(prompts, completions, **_):
-    """The large workload's reward: the share of letters in a completion (cheap, so that training is timed)."""
-    return [sum(ch.isalpha() for ch in c) / max(len(c), 1) for c in completions]
+def low_share(prompts, completions, **_):
+    """The large workload's reward: the share of characters from the first half of the vocabulary (cheap, so that
+    training is timed)."""
+    return [sum(ord(ch) < 0x4E00 + 500 for ch in c) / max(len(c), 1) for c in completions]
 
 
 class Lengths:
@@ -56,14 +58,29 @@ class Lengths:
         return self.fn(prompts, completions, **kwargs)
 
 
+def large_tokenizer():
+    """A character tokenizer over ``LARGE_VOCAB`` CJK characters (pad, bos, eos, unk first): with a vocabulary this
+    large a random model rarely samples EOS, so completions run to their length limit on both sides."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials + LARGE_CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    s = WORKLOADS["large"]
+    limit = s["prompt_length"] + s["max_new_tokens"]
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>", model_max_length=limit)  # fmt: skip
+
+
 def build_large(folder: str) -> int:
     """The large workload's model, saved in ``folder``; its parameter count."""
-    from flowrl.text_world import build_model, build_tokenizer
+    from flowrl.text_world import build_model
 
     s = WORKLOADS["large"]
-    tokenizer = build_tokenizer(chat=True)
-    tokenizer.model_max_length = s["prompt_length"] + s["max_new_tokens"]
-    tokenizer.chat_template = None
+    tokenizer = large_tokenizer()
     width = s["width"]
     model = build_model(tokenizer, hidden=width, layers=s["layers"], heads=8, intermediate=width * 11 // 4, seed=0)
     model.save_pretrained(folder)
@@ -81,7 +98,7 @@ def workload_data(workload: str) -> tuple[list[dict], Lengths]:
         return problems("train"), Lengths(correct)
     s, rng = WORKLOADS["large"], random.Random(0)
     rows = [{"prompt": "".join(rng.choice(LARGE_CHARACTERS) for _ in range(s["prompt_length"]))} for _ in range(256)]
-    return rows, Lengths(letters_share)
+    return rows, Lengths(low_share)
 
 
 def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> tuple[float, float]:
