@@ -81,6 +81,26 @@ def completion_mask(ids: Tensor, eos_token_id: int | list[int]) -> tuple[Tensor,
     return mask.long(), terminated
 
 
+def _prompt_rows(
+    model, tokenizer, prompts: list[str], group_size: int | Sequence[int], max_new_tokens: int, special: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Both engines' inputs: left-padded prompts ``[P, Lp]`` (and mask) on the model's device, cut to the positions
+    left after ``max_new_tokens``, and each completion row's prompt index ``[N]``."""
+    device = next(model.parameters()).device
+    room = prompt_room(model, max_new_tokens)
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, room, special)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(torch.as_tensor(group_size, device=device))
+    return prompt_ids, prompt_mask, index
+
+
+def _completions(tokenizer, prompt_ids: Tensor, prompt_mask: Tensor, ids: Tensor, index: Tensor) -> Completions:
+    """``Completions`` of generated ``ids`` ``[N, Lc]``: masked after the first EOS, padded there, decoded."""
+    mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
+    ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+
+
 @torch.no_grad()
 def sample_completions(
     model,
@@ -105,11 +125,8 @@ def sample_completions(
     (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``). ``synced``: the weights
     are sharded over the processes, so every process runs decoding steps until all of them are done (transformers'
     ``synced_gpus``). ``add_special_tokens``: as in ``tokenize_prompts``."""
-    device = next(model.parameters()).device
-    room = prompt_room(model, max_new_tokens)
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, room, add_special_tokens)
-    counts = torch.as_tensor(group_size, device=device)
-    index = torch.arange(len(prompts), device=device).repeat_interleave(counts)
+    prompt_ids, prompt_mask, index = _prompt_rows(model, tokenizer, prompts, group_size, max_new_tokens,
+                                                  add_special_tokens)  # fmt: skip
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     # every sampling field explicit: a model's generation_config (top_k 50, a repetition penalty) must not change the
@@ -132,10 +149,7 @@ def sample_completions(
         **options,
     )
     ids = out[:, prompt_ids.shape[1] :]
-    mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
-    ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+    return _completions(tokenizer, prompt_ids, prompt_mask, ids, index)
 
 
 @torch.no_grad()
@@ -161,11 +175,8 @@ def sample_continuous(
     from transformers import GenerationConfig
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
-    device = next(model.parameters()).device
-    room = prompt_room(model, max_new_tokens)
-    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, prompts, device, room, add_special_tokens)
-    counts = torch.as_tensor(group_size, device=device)
-    index = torch.arange(len(prompts), device=device).repeat_interleave(counts)
+    prompt_ids, prompt_mask, index = _prompt_rows(model, tokenizer, prompts, group_size, max_new_tokens,
+                                                  add_special_tokens)  # fmt: skip
     requests = [prompt_ids[i][prompt_mask[i].bool()].tolist() for i in index.tolist()]
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k} if temperature else {}
     config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
@@ -186,11 +197,7 @@ def sample_continuous(
     ids = torch.full((len(results), width), tokenizer.pad_token_id, dtype=torch.long)
     for row, r in enumerate(results):
         ids[row, : len(r.generated_tokens)] = torch.tensor(r.generated_tokens[:width], dtype=torch.long)
-    ids = ids.to(device)
-    mask, terminated = completion_mask(ids, tokenizer.eos_token_id)
-    ids = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return Completions(prompt_ids, prompt_mask, ids, mask, index, terminated, texts)
+    return _completions(tokenizer, prompt_ids, prompt_mask, ids.to(prompt_ids.device), index)
 
 
 class _GumbelRows:
