@@ -86,12 +86,37 @@ def _check_messages(messages: list[Any], where: str) -> None:
             raise DataError(f"{where}: message {k} must be an object with a string 'role' and a 'content'")
 
 
+_READ: dict[tuple[str, str], tuple[tuple, list[dict[str, Any]]]] = {}  # (path, split) -> (file stamps, rows)
+
+
+def _stamps(source: str) -> tuple:
+    """What changes when a file or a folder's files change: (path, size, mtime) of each."""
+    paths = [source] if not os.path.isdir(source) else sorted(
+        os.path.join(d, f) for d, _, files in os.walk(source) for f in files)  # fmt: skip
+    return tuple((p, s.st_size, s.st_mtime_ns) for p in paths for s in [os.stat(p)])
+
+
 def load_rows(source: str, split: str = "train") -> list[dict[str, Any]]:
-    """The rows of ``source`` (module docstring), checked (``DataError`` naming the file, folder or row)."""
+    """The rows of ``source`` (module docstring), checked (``DataError`` naming the file, folder or row).
+
+    A file or folder is parsed once per process while it is unchanged (the config check and the run's setup both
+    read it): later calls get a new list of the same row objects."""
     from flowrl import text_world
 
     if source.startswith(text_world.SOURCE_PREFIX):
         return text_world.problems(source[len(text_world.SOURCE_PREFIX) :])
+    if not os.path.exists(source):
+        return _parse_rows(source, split)  # its DataError names the source
+    key, stamps = (os.path.realpath(source), split), _stamps(source)
+    if key not in _READ or _READ[key][0] != stamps:
+        _READ.pop(key, None)
+        while len(_READ) >= 4:  # a run's train and eval sets, with room for another run's
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = (stamps, _parse_rows(source, split))
+    return list(_READ[key][1])
+
+
+def _parse_rows(source: str, split: str) -> list[dict[str, Any]]:
     if os.path.isdir(source):
         return check_rows(_folder_rows(source, split), f"{source} (split {split!r})")
     if source.endswith(".jsonl"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 
 import pytest
@@ -63,6 +64,23 @@ def test_jsonl_and_json_rows_and_their_errors(tmp_path):
         load_rows(str(listed))
     with pytest.raises(DataError, match=r"unknown data source 'rows\.csv'"):
         load_rows("rows.csv")
+
+
+def test_a_data_file_is_parsed_once_while_unchanged(tmp_path, monkeypatch):
+    from flowrl import text_data
+
+    parsed = []
+    parse = text_data._jsonl_rows
+    monkeypatch.setattr(text_data, "_jsonl_rows", lambda source: parsed.append(source) or parse(source))
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "1+2="}\n')
+    first = load_rows(str(path))
+    first.append({"prompt": "added by the caller"})
+    assert load_rows(str(path)) == [{"prompt": "1+2="}] and len(parsed) == 1  # the config check, then setup
+    path.write_text('{"prompt": "3+4="}\n')  # same size: the modification time tells
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load_rows(str(path)) == [{"prompt": "3+4="}] and len(parsed) == 2
 
 
 def test_dataset_folders_saved_to_disk_and_in_hub_format(tmp_path):
