@@ -33,17 +33,23 @@ def error_line(error: InputError) -> str:
     return f"flowrl: {kind} error: {' '.join(str(error).split())}"
 
 
-def _options_help() -> str:
+def _options_help(backend: str | None = None) -> str:
+    """The options of ``flowrl train --help``: the image trainer's, the text trainer's, or (``backend`` None) both."""
     from flowrl.config import Config
     from flowrl.text_config import TextConfig
 
+    sections = {"flow": ("options (override any with key=value; values are YAML):", Config),
+                "text": ("options of the text backend (a config with `backend: text`; override any with key=value):",
+                         TextConfig)}  # fmt: skip
     lines = []
-    for title, cls in (("options (override any with key=value; values are YAML):", Config),
-                       ("options of the text backend (a config with `backend: text`):", TextConfig)):  # fmt: skip
+    for title, cls in [sections[backend]] if backend else sections.values():
         lines += ["" if lines else None, title]
         for key, tp, default, text in describe(cls):
             lines.append(f"  {key} ({tp}, default {default!r})")
             lines.extend("      " + line for line in textwrap.wrap(text, 90, break_on_hyphens=False))
+    if backend == "flow":
+        return "\n".join([*(line for line in lines if line is not None), "", "(a config with `backend: text` lists "
+                          "the text backend's options)"])  # fmt: skip
     from flowrl.text_trl import read_fields
 
     lines.append("  trl (mapping, text backend): these options under TRL's GRPOConfig names, translated: ")
@@ -51,7 +57,29 @@ def _options_help() -> str:
     return "\n".join(line for line in lines if line is not None)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _help_backend(argv: list[str]) -> str | None:
+    """The backend ``flowrl train --config X --help`` describes: X's ``backend`` (or a ``backend=`` override);
+    None (both) without a readable config."""
+    if "train" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    import yaml
+
+    from flowrl.config import yaml_load
+
+    backend = next((a.split("=", 1)[1] for a in argv if a.startswith("backend=")), None)
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("--config=")[2]
+        if backend is None and path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = yaml_load(f)
+            except (OSError, UnicodeError, yaml.YAMLError):
+                return None
+            backend = data.get("backend", "flow") if isinstance(data, dict) else None
+    return backend if backend in ("flow", "text") else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from flowrl import __version__
 
     parser = argparse.ArgumentParser(prog="flowrl", description="RL fine-tuning of flow-matching image models.")
@@ -62,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a policy (and evaluate it before and after)",
         description="Train with a YAML preset and key=value overrides, e.g. "
         "`flowrl train --config configs/demo.yaml train.iterations=5`.",
-        epilog=_options_help(),
+        epilog=_options_help(_help_backend(sys.argv[1:] if argv is None else argv)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
@@ -158,7 +186,7 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.command != "serve-reward":
         quiet_libraries()
     if args.command == "serve-reward":

@@ -713,6 +713,25 @@ def test_train_help_lists_every_choice_and_the_text_keys(capsys):
     assert "TRL's GRPOConfig names, translated: " in text and "epsilon_high, generation_batch_size" in text
 
 
+def test_train_help_with_a_config_lists_its_backends_keys(capsys, tmp_path):
+    def help_text(*argv):
+        with pytest.raises(SystemExit):
+            cli.main(["train", *argv])
+        return " ".join(capsys.readouterr().out.split())
+
+    text = help_text("--config", "configs/text_demo.yaml", "--help")
+    assert "generation.engine (str, default 'generate')" in text and "TRL's GRPOConfig names" in text
+    assert "model.resolution" not in text and "sampler.mode" not in text
+    image = help_text("--help", "--config=configs/demo.yaml")
+    assert "model.resolution (int" in image and "sampler.mode" in image
+    assert "generation.engine" not in image and "a config with `backend: text` lists" in image
+    assert "generation.engine" in help_text("-h", "backend=text") and "model.resolution" not in text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    both = help_text("--config", str(broken), "--help")  # the config's own error waits for a real run
+    assert "model.resolution (int" in both and "generation.engine" in both
+
+
 def test_version_flag(capsys):
     from flowrl import __version__
 
