@@ -299,3 +299,12 @@ def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"flowrl: config error: checkpoint '{tmp_path / 'ckpt'}' does not fit the model")
     assert not (tmp_path / "g").exists()
+
+
+def test_the_progress_bars_time_left_is_whichever_end_comes_first():
+    from flowrl.trainer.loop import _time_left
+
+    assert _time_left(0, 30.0, 10, 90) == {}  # no time limit: tqdm's own estimate
+    assert _time_left(300, 20.0, 10, 100) == {"left": "3:20"}  # 100 more at 2 s each end before the limit (4:40)
+    assert _time_left(300, 120.0, 10, 1000) == {"left": "3:00"}  # the limit comes first
+    assert _time_left(300, 1.0, 0, 50) == {"left": "4:59"}  # no iteration done yet: the limit

@@ -187,7 +187,7 @@ def training_loop(
     cfg, main = run.cfg, run.accelerator.is_main_process
     bar = tqdm(range(run.iteration, cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main),
                dynamic_ncols=True, initial=run.iteration, total=cfg.train.iterations)  # fmt: skip
-    start, limit = time.time(), 60 * cfg.train.max_minutes
+    start, limit, first = time.time(), 60 * cfg.train.max_minutes, run.iteration
     with _sigterm_flag() as terminated:
         try:
             for _ in bar:
@@ -200,8 +200,8 @@ def training_loop(
                     writer.log(metrics, run.iteration)
                 if media is not None and cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
                     media(run, writer)  # every process: generation may be collective
-                left = {"left": _clock(limit - (time.time() - start))} if limit else {}
-                bar.set_postfix({**postfix(metrics), **left})
+                done, remaining = run.iteration - first, cfg.train.iterations - run.iteration
+                bar.set_postfix({**postfix(metrics), **_time_left(limit, time.time() - start, done, remaining)})
                 if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
                     save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
                 stop, term = main_verdict(run, (bool(limit) and time.time() - start > limit, terminated()))
@@ -221,6 +221,15 @@ def training_loop(
         finally:
             bar.close()
     return run.train_seconds
+
+
+def _time_left(limit: float, elapsed: float, done: int, remaining: int) -> dict[str, str]:
+    """The progress bar's ``left``: when the run ends, at its time limit or at its last iteration (at this session's
+    pace), whichever comes first; nothing without a time limit (tqdm's own estimate is the iterations')."""
+    if not limit:
+        return {}
+    by_iterations = elapsed / done * remaining if done else float("inf")
+    return {"left": _clock(min(limit - elapsed, by_iterations))}
 
 
 def _clock(seconds: float) -> str:
