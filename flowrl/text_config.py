@@ -63,6 +63,11 @@ class GenerationConfig:
     continuous_options: dict[str, Any] = option(
         {}, "engine=continuous: ContinuousBatchingConfig fields, e.g. {num_blocks: 256, max_batch_tokens: 2048}"
     )
+    cache_implementation: str = option(
+        "",
+        "engine=generate: transformers' key/value cache, e.g. static (preallocated) or offloaded; '' = the model's "
+        "default (TRL cache_implementation; as in TRL, generate does not compile the model for it)",
+    )
 
 
 @dataclass
@@ -233,12 +238,21 @@ def _check_loss_options(cfg: TextConfig) -> None:
 
 
 def _check_engine(cfg: TextConfig) -> None:
-    """Continuous batching's options are fields of the installed transformers' ``ContinuousBatchingConfig``."""
+    """Each engine's own options: a cache transformers' ``generate`` knows; continuous batching's fields of the
+    installed transformers' ``ContinuousBatchingConfig``."""
     g = cfg.generation
     if g.engine != "continuous":
         if g.continuous_options:
             raise ConfigError("generation.continuous_options are read only with generation.engine=continuous")
+        from transformers.generation.configuration_utils import ALL_CACHE_IMPLEMENTATIONS
+
+        if g.cache_implementation not in ("", *ALL_CACHE_IMPLEMENTATIONS):
+            raise ConfigError(f"generation.cache_implementation={g.cache_implementation!r} is not one of "
+                              f"{', '.join(ALL_CACHE_IMPLEMENTATIONS)} (or '' for the model's default)")  # fmt: skip
         return
+    if g.cache_implementation:
+        raise ConfigError("generation.cache_implementation is read only with generation.engine=generate (continuous "
+                          "batching keeps its own paged cache)")  # fmt: skip
     try:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
     except ImportError:

@@ -51,6 +51,7 @@ DIRECT = {
     "output_dir": "output.run_dir",
     "chat_template_kwargs": "data.chat_template_kwargs",
     "gradient_checkpointing": "model.gradient_checkpointing",
+    "cache_implementation": "generation.cache_implementation",
 }
 
 #: TRL's counts of optimizer steps -> flowrl's counts of iterations (generation batches)

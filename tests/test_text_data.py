@@ -320,6 +320,41 @@ def test_continuous_batching_samples_the_policy_distribution(lm_dir):
     assert c.completion_mask.shape == c.completion_ids.shape and (c.completion_mask.sum(1) >= 1).all()
 
 
+def test_a_static_cache_samples_the_same_completions(lm_dir):
+    from test_text_trainer import text_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flowrl.models.causal_lm import sample_completions
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    prompts = ["1+2=", "45+67="]  # left padding: the static cache masks the padded positions too
+    runs = []
+    for cache in (None, "static", None):
+        sampled = sample_completions(model, tokenizer, prompts, 6, max_new_tokens=4, temperature=1.0,
+                                     generator_seed=3, cache_implementation=cache)  # fmt: skip
+        runs.append(sampled.completion_ids)
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
+    assert len({tuple(r) for r in runs[0].tolist()}) > 2  # sampled, not all alike
+    assert text_config(lm_dir, "trl={cache_implementation: static}").generation.cache_implementation == "static"
+    from flowrl.trainer.text import setup, train_step
+    from flowrl.trainer.text_run import _evaluate
+
+    run = setup(text_config(lm_dir, "generation.cache_implementation=static"))
+    calls, generate = [], run.model.generate
+    run.model.generate = lambda **kw: calls.append(kw.get("cache_implementation")) or generate(**kw)
+    train_step(run)
+    _evaluate(run, run.eval_rows[:2])  # evaluation samples with the same cache
+    assert calls == ["static", "static"]
+    for overrides, message in [
+        (["generation.cache_implementation=paged"], "generation.cache_implementation='paged' is not one of static"),
+        (["generation.cache_implementation=static", "generation.engine=continuous"],
+         "generation.cache_implementation is read only with generation.engine=generate"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            text_config(lm_dir, *overrides)
+
+
 def test_a_training_step_with_the_continuous_engine(lm_dir):
     from test_text_trainer import text_config
 

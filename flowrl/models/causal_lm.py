@@ -116,6 +116,7 @@ def sample_completions(
     row_seeds: Sequence[int] | None = None,
     synced: bool = False,
     add_special_tokens: bool = True,
+    cache_implementation: str | None = None,
 ) -> Completions:
     """``group_size`` sampled completions per prompt (rows ``[p·G, (p+1)·G)`` belong to prompt ``p``), or
     ``group_size[p]`` of prompt ``p``; ``temperature = 0`` decodes greedily (then every row of a group is the same).
@@ -124,7 +125,8 @@ def sample_completions(
     row), from each row's own generator: then a row's completion does not depend on the other rows of the batch
     (evaluation seeds it per (prompt, sample index), ``flowrl.generate.eval_noise_seed``). ``synced``: the weights
     are sharded over the processes, so every process runs decoding steps until all of them are done (transformers'
-    ``synced_gpus``). ``add_special_tokens``: as in ``tokenize_prompts``."""
+    ``synced_gpus``). ``add_special_tokens``: as in ``tokenize_prompts``. ``cache_implementation``: ``generate``'s
+    key/value cache (None: the model's default); the model is not compiled for it (as TRL's trainer does)."""
     prompt_ids, prompt_mask, index = _prompt_rows(model, tokenizer, prompts, group_size, max_new_tokens,
                                                   add_special_tokens)  # fmt: skip
     if generator_seed is not None:
@@ -135,6 +137,7 @@ def sample_completions(
     if temperature:
         options.update(top_p=top_p, top_k=top_k)
     options["repetition_penalty"] = 1.0
+    cache = {"cache_implementation": cache_implementation, "disable_compile": True} if cache_implementation else {}
     if temperature and row_seeds is not None:
         if len(row_seeds) != len(index):
             raise ValueError(f"{len(row_seeds)} row seeds for {len(index)} completions")
@@ -147,6 +150,7 @@ def sample_completions(
         eos_token_id=tokenizer.eos_token_id,
         synced_gpus=synced,
         **options,
+        **cache,
     )
     ids = out[:, prompt_ids.shape[1] :]
     return _completions(tokenizer, prompt_ids, prompt_mask, ids, index)

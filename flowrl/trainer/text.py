@@ -217,6 +217,7 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
         c = sample_continuous(run.model, run.tokenizer, prompts, counts.tolist(), seed=seed,
                               options=g.continuous_options, **options)  # fmt: skip
         return _scored(run, rows, mine, c, first)
+    options["cache_implementation"] = g.cache_implementation or None
     synced = run.backend.sharded
     parts = [
         sample_completions(

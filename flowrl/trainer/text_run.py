@@ -49,8 +49,8 @@ def _evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     rewards = torch.empty(0, len(run.rewards))
     g = cfg.generation
     options = {"max_new_tokens": g.max_new_tokens, "temperature": cfg.eval.temperature, "top_p": g.top_p,
-               "top_k": g.top_k, "synced": run.backend.sharded,
-               "add_special_tokens": run.format.add_special_tokens}  # fmt: skip
+               "top_k": g.top_k, "synced": run.backend.sharded, "add_special_tokens": run.format.add_special_tokens,
+               "cache_implementation": g.cache_implementation or None}  # fmt: skip
     render = functools.partial(run.format.render, run.tokenizer)
     chunk = g.batch_size or max(len(mine), 1)
     calls = range(0, len(mine), chunk)
