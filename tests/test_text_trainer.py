@@ -255,3 +255,14 @@ def test_non_finite_weights_are_never_saved(lm_dir, tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite trainable weights at iteration 0"):
         save_checkpoint(run, str(tmp_path / "ckpt"))
     assert not os.listdir(tmp_path)
+
+
+def test_setting_up_lora_shows_no_library_deprecation(lm_dir):
+    import warnings
+
+    from flowrl.trainer.text import setup
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup(text_config(lm_dir))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

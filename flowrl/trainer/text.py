@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,9 @@ def setup(
 
         check_lora_targets(model, m.lora_targets)  # every listed target must exist, as in the flow recipe
         config = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, target_modules=list(m.lora_targets))
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated name; nothing for a user to change
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, config)
     else:
         if cfg.loss.kl_coef > 0:
             reference = frozen_copy(model)  # the base as loaded, as the flow recipe keeps it
