@@ -69,12 +69,22 @@ def _sync_tree(folder: str) -> None:
 
 def write_json(path: str, data: Any) -> None:
     """Write JSON atomically (temporary file, fsync, rename)."""
+    write_text(path, json.dumps(data, indent=2))
+
+
+def write_jsonl(path: str, rows: list[Any]) -> None:
+    """Write one JSON object per line atomically."""
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` atomically (temporary file, fsync, rename)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-__all__ = ["atomic_dir", "write_json"]
+__all__ = ["atomic_dir", "write_json", "write_jsonl", "write_text"]

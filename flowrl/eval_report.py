@@ -11,6 +11,7 @@ SE, the within-prompt diversity and the per-category breakdown (toy-world kinds,
 tags with ``--metadata``); and for each column against the base (the column whose SOURCE is ``base``, else the
 first): paired gains, drift and the reward-hacking warnings. Without ``--prompts`` the config's evaluation prompts
 and seeds are used, as the trainer's evaluation does. ``--gallery N`` also writes a gallery of the first N prompts.
+A text config (``backend: text``) is evaluated by ``flowrl.eval_text``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from typing import Any
 
 from flowrl.atomic import write_json
-from flowrl.options import ConfigError
+from flowrl.options import ConfigError, seed_indices
 
 
 def add_arguments(parser: Any) -> None:
@@ -29,9 +30,11 @@ def add_arguments(parser: Any) -> None:
         "--checkpoint", action="append", required=True, metavar="LABEL=SOURCE[@CONFIG]",
         help="a column: SOURCE is base, a checkpoint folder or a bench folder (repeat for several)",
     )  # fmt: skip
-    parser.add_argument("--prompts", help="toy:<split> or a text file (default: the config's data.eval_prompts)")
+    parser.add_argument("--prompts", help="toy:<split> or a text file (default: the config's data.eval_prompts); "
+                        "text configs: a data source like data.eval (default: data.eval)")  # fmt: skip
     parser.add_argument("--num-prompts", type=int, help="first N prompts, 0 = all (default: eval.num_prompts)")
-    parser.add_argument("--seeds", help="comma-separated seed indices (default: 0..eval.seeds_per_prompt-1)")
+    parser.add_argument("--seeds", help="comma-separated seed indices (default: 0..eval.seeds_per_prompt-1; text: "
+                        "sample indices, 0..eval.samples_per_prompt-1)")  # fmt: skip
     parser.add_argument("--metadata", help="GenEval metadata JSONL for per-tag results (default: eval.metadata)")
     parser.add_argument("--gallery", type=int, default=0, metavar="N", help="also write a gallery of N prompts")
     parser.add_argument("--out", default="eval-out", help="output folder for eval.json (and gallery/)")
@@ -48,12 +51,7 @@ def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str]]:
     if n < 0:
         raise ConfigError(f"--num-prompts must be >= 0, got {n}")
     prompts = prompts[:n] if n else prompts
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(cfg.eval.seeds_per_prompt))
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r} must be comma-separated integers") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds {args.seeds!r} must be distinct non-negative integers")
+    seeds = seed_indices(args.seeds, cfg.eval.seeds_per_prompt)
     return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], prompts
 
 
@@ -64,6 +62,10 @@ def run(args: Any) -> dict[str, Any]:
     from flowrl.evaluation import compare, hacking_warnings, load_categories_metadata, summarize
 
     cfg = load_config(args.config)
+    if getattr(cfg, "backend", "flow") == "text":  # a TextConfig (the image Config has no backend key)
+        from flowrl import eval_text
+
+        return eval_text.run(args, cfg)
     specs = parse_columns(args.checkpoint, args.config, "--checkpoint")
     for spec in specs:
         load_config(spec.config)  # every column's config is checked before the first model loads
@@ -114,8 +116,8 @@ def console_lines(report: dict[str, Any]) -> list[str]:
                      f"{len(report['seeds'])} seeds)")  # fmt: skip
     for label, change in report["versus_base"].items():
         g = change["gains"]["reward"]
-        lines.append(f"{label} − {report['base']}: reward {g['gain']:+.4f} ± {g['se']:.4f}, drift "
-                     f"{change['drift']['mean']:.3f}")  # fmt: skip
+        drift = f", drift {change['drift']['mean']:.3f}" if "drift" in change else ""  # images only
+        lines.append(f"{label} − {report['base']}: reward {g['gain']:+.4f} ± {g['se']:.4f}{drift}")
     return lines + [f"warning: {w}" for w in report["warnings"]]
 
 

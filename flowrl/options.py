@@ -177,4 +177,15 @@ def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]
         yield prefix + f.name, _type_name(tp), default, text
 
 
-__all__ = ["ConfigError", "describe", "load", "option", "set_dotted", "to_dict"]
+def seed_indices(text: str | None, count: int) -> list[int]:
+    """A ``--seeds`` value: comma-separated distinct non-negative indices, or ``0 .. count − 1`` when not given."""
+    try:
+        seeds = [int(s) for s in text.split(",")] if text else list(range(count))
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} must be comma-separated integers") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r} must be distinct non-negative integers")
+    return seeds
+
+
+__all__ = ["ConfigError", "describe", "load", "option", "seed_indices", "set_dotted", "to_dict"]

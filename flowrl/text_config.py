@@ -166,7 +166,7 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
         raise ConfigError("rewards: list at least one reward function, each with a name")
     for i, spec in enumerate(cfg.rewards):
         _check_reward(f"rewards[{i}].name", spec.name)
-    train, evaluation = (_check_rows(f"data.{key}", getattr(cfg.data, key), getattr(cfg.data, f"{key}_split"))
+    train, evaluation = (check_data_source(f"data.{key}", getattr(cfg.data, key), getattr(cfg.data, f"{key}_split"))
                          for key in ("train", "eval"))  # fmt: skip
     if train != evaluation:
         kinds = ("strings", "lists of messages")
@@ -208,7 +208,7 @@ def _check_reward(key: str, name: str) -> None:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def _check_rows(key: str, source: str, split: str) -> bool:
+def check_data_source(key: str, source: str, split: str) -> bool:
     """The rows of a toy-text split, a data file or a dataset folder parse (read now: errors before the run); whether
     they are conversational."""
     from flowrl import text_data, text_world

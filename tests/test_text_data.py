@@ -338,13 +338,13 @@ def test_a_static_cache_samples_the_same_completions(lm_dir):
     assert len({tuple(r) for r in runs[0].tolist()}) > 2  # sampled, not all alike
     assert text_config(lm_dir, "trl={cache_implementation: static}").generation.cache_implementation == "static"
     from flowrl.trainer.text import setup, train_step
-    from flowrl.trainer.text_run import _evaluate
+    from flowrl.trainer.text_run import evaluate
 
     run = setup(text_config(lm_dir, "generation.cache_implementation=static"))
     calls, generate = [], run.model.generate
     run.model.generate = lambda **kw: calls.append(kw.get("cache_implementation")) or generate(**kw)
     train_step(run)
-    _evaluate(run, run.eval_rows[:2])  # evaluation samples with the same cache
+    evaluate(run, run.eval_rows[:2])  # evaluation samples with the same cache
     assert calls == ["static", "static"]
     for overrides, message in [
         (["generation.cache_implementation=paged"], "generation.cache_implementation='paged' is not one of static"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import random
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,13 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
-from flowrl.models.causal_lm import Completions, sample_completions, sample_continuous, token_log_probs
+from flowrl.models.causal_lm import (
+    Completions,
+    quiet_peft,
+    sample_completions,
+    sample_continuous,
+    token_log_probs,
+)
 from flowrl.sections import WEIGHT_DTYPES
 from flowrl.text_config import TextConfig
 from flowrl.text_data import PromptFormat, as_rows, is_conversational, load_rows, prompt_key
@@ -119,8 +124,7 @@ def setup(
 
         check_lora_targets(model, m.lora_targets)  # every listed target must exist, as in the flow recipe
         config = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, target_modules=list(m.lora_targets))
-        with warnings.catch_warnings():  # peft asks transformers a deprecated name; nothing for a user to change
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        with quiet_peft():
             model = get_peft_model(model, config)
     else:
         if cfg.loss.kl_coef > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,22 +30,22 @@ EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and
 
 
 @torch.no_grad()
-def evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
-    """``eval.samples_per_prompt`` completions per row (greedy at ``eval.temperature = 0``) and their rewards.
-    Sampled completions draw from the evaluation noise of their (prompt, sample index) pair, so they do not depend on
-    the batch or the process, and the base and the trained model see the same noise. With several processes each
-    scores its share (rows dealt out in turn) and all receive everything."""
+def evaluate(run: TextRun, rows: list[dict[str, Any]], indices: Sequence[int] | None = None) -> EvalResult:
+    """``eval.samples_per_prompt`` completions per row (greedy at ``eval.temperature = 0``) and their rewards, or one
+    per sample index in ``indices``. Sampled completions draw from the evaluation noise of their (prompt, sample
+    index) pair, so they do not depend on the batch or the process, and the base and the trained model see the same
+    noise. With several processes each scores its share (rows dealt out in turn) and all receive everything."""
     logged, run.reward_log = run.reward_log, RewardLog()  # what rewards log here is not a training metric
     try:
-        return _evaluate(run, rows)
+        return _evaluate(run, rows, range(run.cfg.eval.samples_per_prompt) if indices is None else indices)
     finally:
         run.reward_log = logged
 
 
-def _evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
+def _evaluate(run: TextRun, rows: list[dict[str, Any]], indices: Sequence[int]) -> EvalResult:
     cfg, acc = run.cfg, run.accelerator
     mine = list(range(acc.process_index, len(rows), acc.num_processes))
-    n = cfg.eval.samples_per_prompt
+    n = len(indices)
     texts: list[str] = []
     rewards = torch.empty(0, len(run.rewards))
     g = cfg.generation
@@ -56,7 +57,7 @@ def _evaluate(run: TextRun, rows: list[dict[str, Any]]) -> EvalResult:
     calls = range(0, len(mine), chunk)
     for i in calls:
         part = [rows[j] for j in mine[i : i + chunk]]
-        pairs = [(prompt_key(r["prompt"]), k) for r in part for k in range(n)]
+        pairs = [(prompt_key(r["prompt"]), k) for r in part for k in indices]
         seeds = eval_noise_seeds([p for p, _ in pairs], [k for _, k in pairs])
         prompts = [render(r["prompt"]) for r in part]
         c = sample_completions(run.model, run.tokenizer, prompts, n, row_seeds=seeds, **options)
