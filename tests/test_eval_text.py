@@ -64,12 +64,13 @@ def test_an_adapter_of_another_rank_is_evaluated_with_its_own_shape(text_run, tm
                 if "lora_B" in key:
                     p.normal_(0, 1.0).mul_(scale)
         model.save_pretrained(tmp_path / name)
-    columns = ("base=base", f"zero={tmp_path / 'zero'}", f"far={tmp_path / 'far'}")
+    columns = ("base=base", f"zero={tmp_path / 'zero'}", f"far={tmp_path / 'far'}", "model=assets/toy-lm")
     report = _eval(text_run, tmp_path / "out", *columns, extra=["--num-prompts=4"])
-    assert report["num_prompts"] == 4 and list(report["columns"]) == ["base", "zero", "far"]
+    assert report["num_prompts"] == 4 and list(report["columns"]) == ["base", "zero", "far", "model"]
     rows = [json.loads(line) for line in (tmp_path / "out" / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 2 and [r["sample"] for r in rows[:2]] == [0, 1]
-    assert all(r["columns"]["zero"] == r["columns"]["base"] for r in rows)
+    # a zero adapter and the base model's own folder as a full model are the base column
+    assert all(r["columns"]["zero"] == r["columns"]["base"] == r["columns"]["model"] for r in rows)
     assert any(r["columns"]["far"]["completion"] != r["columns"]["base"]["completion"] for r in rows)
 
 
