@@ -355,6 +355,22 @@ def test_a_static_cache_samples_the_same_completions(lm_dir):
             text_config(lm_dir, *overrides)
 
 
+def test_the_paged_cache_is_sized_for_the_batch_unless_the_options_size_it(lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flowrl.models.causal_lm import _cache_size, sample_continuous
+
+    requests = [[1] * 10, [1] * 300]
+    assert _cache_size(requests, 64, {})["num_blocks"] == 1 + 2  # 74 and 364 tokens in pages of 256
+    assert _cache_size(requests, 64, {"page_size": 64}) == {"page_size": 64, "num_blocks": 2 + 6}
+    for sized in ({"num_blocks": 5}, {"max_memory_percent": 0.5}):  # TRL's choice, when asked for
+        assert _cache_size(requests, 64, sized) == sized
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(lm_dir)
+    c = sample_continuous(model, tokenizer, ["1+2=", "45+67="], 3, max_new_tokens=4, add_special_tokens=False)
+    assert c.completion_ids.shape[0] == 6 and (c.completion_mask.sum(1) >= 1).all()
+
+
 def test_a_training_step_with_the_continuous_engine(lm_dir):
     from test_text_trainer import text_config
 
