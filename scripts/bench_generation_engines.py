@@ -8,6 +8,7 @@ after one untimed call of each); the ratio is continuous's completion tokens per
 min / median / max over ``--repeats`` as JSON and markdown (``--out``).
 
     python scripts/bench_generation_engines.py --repeats 5 --out bench/text_trl/engines
+    python scripts/bench_generation_engines.py --options "{num_blocks: 256, max_batch_tokens: 4096}"
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--options", default="{}", help="ContinuousBatchingConfig fields as a YAML mapping (default: "
+                        "none, the cache sized for the batch as the trainer sizes it)")  # fmt: skip
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "text_trl", "engines"))
     a = parser.parse_args()
     torch.set_num_threads(a.threads)
-    options = {"num_blocks": 256, "max_batch_tokens": 4096}
+    import yaml
+
+    options = yaml.safe_load(a.options) or {}
     with tempfile.TemporaryDirectory() as folder:
         parameters = build_large(folder)
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
