@@ -7,13 +7,16 @@ Workloads (``--workload``):
   characters) with LoRA, prompts of 48 random characters (48 tokens) and completions of up to 64 tokens (with a
   1000-token vocabulary a random model rarely samples EOS; both sides' mean completion lengths are reported): per
   step 4 prompts × 8 completions.
-Both: one optimizer step on all completions, loss ``grpo``, no KL, one pass, float32, the same threads, TRL's
-defaults otherwise; TRL prints its logs once per run. Each repeat times ``--steps`` steps of each trainer (after
-``--warmup`` untimed ones), the order alternating between repeats; the ratio is flowrl's steps/s over TRL's in
+Both: one optimizer step on all completions, loss ``grpo``, no KL, one pass, the frozen weights in float32 (or
+bfloat16 with ``--dtype bf16``; LoRA weights in float32), the same threads, TRL's defaults otherwise; TRL prints
+its logs once per run. Each repeat times ``--steps`` steps of each trainer (after ``--warmup`` untimed ones), the
+order alternating between repeats; the ratio is flowrl's steps/s over TRL's in
 that repeat. Reports min / median / max of the ratios over ``--repeats`` as JSON and markdown (``--out``).
 
     python scripts/bench_text_trl.py --repeats 5 --steps 20 --out bench/text_trl
     python scripts/bench_text_trl.py --workload large --repeats 5 --steps 8 --out bench/text_trl/large
+    python scripts/bench_text_trl.py --workload large --dtype bf16 --repeats 5 --steps 8 \
+        --out bench/text_trl/large-bf16
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def workload_data(workload: str) -> tuple[list[dict], Lengths]:
     return rows, Lengths(low_share)
 
 
-def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> tuple[float, float]:
+def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int, dtype: str) -> tuple[float, float]:
     """Steps per second of flowrl's text trainer and its mean completion length."""
     from flowrl.config import load_config
     from flowrl.trainer.text import setup, train_step
@@ -115,7 +118,7 @@ def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) 
             f"model.lora_alpha={s['lora_alpha']}", f"generation.max_new_tokens={s['max_new_tokens']}",
             f"generation.temperature={s['temperature']}", f"train.prompts_per_step={s['prompts_per_step']}",
             f"train.group_size={s['group_size']}", f"train.micro_batch={n}", f"train.lr={s['lr']}",
-            "loss.name=grpo", "loss.kl_coef=0", "advantage.std_unbiased=true",
+            "loss.name=grpo", "loss.kl_coef=0", "advantage.std_unbiased=true", f"model.weights_dtype={dtype}",
         ],
     )  # fmt: skip
     rows, reward = workload_data(workload)
@@ -128,7 +131,7 @@ def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) 
     return steps / (time.perf_counter() - start), statistics.fmean(reward.lengths[warmup:])
 
 
-def trl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> tuple[float, float]:
+def trl_steps(workload: str, model: str, steps: int, warmup: int, seed: int, dtype: str) -> tuple[float, float]:
     """Steps per second of TRL's GRPOTrainer (timed between its step-end callbacks) and its mean completion
     length over the timed steps."""
     from datasets import Dataset
@@ -152,6 +155,7 @@ def trl_steps(workload: str, model: str, steps: int, warmup: int, seed: int) -> 
             max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=0.0, loss_type="grpo",
             bf16=False, use_cpu=True, report_to=[], logging_steps=warmup + steps, save_strategy="no",
             disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False,  # as flowrl: same settings
+            model_init_kwargs={"dtype": {"fp32": "float32", "bf16": "bfloat16"}[dtype]},  # the frozen weights
         )  # fmt: skip
         trainer = GRPOTrainer(
             model=model,
@@ -172,7 +176,8 @@ def repeat(workload: str, model: str, a: argparse.Namespace, k: int) -> dict[str
     sides = {"flowrl": flowrl_steps, "trl": trl_steps}
     out = {}
     for side in sorted(sides, reverse=k % 2 == 1):
-        out[f"{side}_steps_per_s"], out[f"{side}_mean_length"] = sides[side](workload, model, a.steps, a.warmup, k)
+        out[f"{side}_steps_per_s"], out[f"{side}_mean_length"] = sides[side](workload, model, a.steps, a.warmup, k,
+                                                                            a.dtype)  # fmt: skip
     out["ratio"] = out["flowrl_steps_per_s"] / out["trl_steps_per_s"]
     return out
 
@@ -185,6 +190,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                        help="the frozen (base) weights on both sides; LoRA weights stay fp32")  # fmt: skip
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "text_trl"))
     a = parser.parse_args()
     if a.warmup < 1 or a.steps < 1 or a.repeats < 1:
@@ -211,6 +218,7 @@ def main() -> None:
         "steps": a.steps,
         "warmup": a.warmup,
         "threads": a.threads,
+        "dtype": a.dtype,
         "repeats": runs,
         "ratio_min": min(ratios),
         "ratio_median": statistics.median(ratios),
