@@ -266,3 +266,30 @@ def test_setting_up_lora_shows_no_library_deprecation(lm_dir):
         warnings.simplefilter("always")
         setup(text_config(lm_dir))
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_prompts_cache_computed_once_samples_the_same_completions(kind, monkeypatch):
+    from flowrl.models import causal_lm
+    from flowrl.text_world import build_tokenizer
+
+    tokenizer, model = build_tokenizer(), _tiny(kind).eval()
+    prompts = ["12+34=", "5=", "7+8=", "9"]  # left padding to 6 tokens; "9" has one: its cached part is all padding
+    runs, prefills, prefill = {}, [], causal_lm._shared_prefill
+    monkeypatch.setattr(causal_lm, "_shared_prefill", lambda *a: prefills.append(1) or prefill(*a))
+    for shared in (True, False):
+        if not shared:
+            monkeypatch.setattr(causal_lm, "_dynamic", lambda model: False)
+        for seeds in (None, list(range(4 * 5))):  # training's global RNG; evaluation's generator per row
+            c = causal_lm.sample_completions(model, tokenizer, prompts, 5, max_new_tokens=6, temperature=1.0,
+                                             generator_seed=7, row_seeds=seeds)  # fmt: skip
+            runs[shared, seeds is None] = c.completion_ids
+    assert len(prefills) == 2  # the two shared runs used it
+    for per_row in (True, False):
+        assert torch.equal(runs[True, per_row], runs[False, per_row])
+    assert len({tuple(r) for r in runs[True, True].tolist()}) > 4  # sampled, not all alike
+    calls = []
+    monkeypatch.setattr(causal_lm, "_dynamic", lambda model: True)
+    monkeypatch.setattr(causal_lm, "_shared_prefill", lambda *a: calls.append(a) or None)
+    causal_lm.sample_completions(model, tokenizer, prompts, 1, max_new_tokens=2)  # one row per prompt: no sharing
+    assert calls == []
