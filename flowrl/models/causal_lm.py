@@ -9,6 +9,9 @@ keeps its key/value cache (with its autograd graph) and runs the G completions o
 that cache: the prompt's cost is paid once per group instead of G times, with the same log-probs and the
 same gradients as the plain forward over the concatenated sequences.
 
+Sampling with ``generate`` shares prompts too: each prompt's key/value cache is computed once and repeated for its
+completions (``_shared_prefill``), which samples the same tokens as the plain call.
+
 A prompt longer than the model leaves room for (``max_position_embeddings`` − ``max_new_tokens``) is truncated
 from the left, keeping the text next to the completion as TRL's ``max_prompt_length`` does; the first such prompt
 logs a warning (logger ``flowrl.models``) naming it, its length and the limit.
