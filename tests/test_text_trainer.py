@@ -293,3 +293,27 @@ def test_a_prompts_cache_computed_once_samples_the_same_completions(kind, monkey
     monkeypatch.setattr(causal_lm, "_shared_prefill", lambda *a: calls.append(a) or None)
     causal_lm.sample_completions(model, tokenizer, prompts, 1, max_new_tokens=2)  # one row per prompt: no sharing
     assert calls == []
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_log_probs_are_those_of_the_distribution_generate_sampled_from(kind):
+    """Left-padded prompts: the loss's log-probs equal generate's own step scores, for rotary (Llama) and learned
+    absolute positions (GPT-2), on both log-prob paths."""
+    from flowrl.models.causal_lm import completion_mask, token_log_probs, tokenize_prompts
+    from flowrl.text_world import build_tokenizer
+
+    tokenizer, model = build_tokenizer(), _tiny(kind).eval()
+    prompt_ids, prompt_mask = tokenize_prompts(tokenizer, ["12+34=", "5=", "9"], torch.device("cpu"))
+    index = torch.tensor([0, 0, 1, 1, 2, 2])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt_ids[index], attention_mask=prompt_mask[index], max_new_tokens=5,
+                             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0, eos_token_id=2,
+                             output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    ids = out.sequences[:, prompt_ids.shape[1] :]
+    mask, _ = completion_mask(ids, tokenizer.eos_token_id)
+    sampled = torch.stack(out.scores, 1).log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    for shared in (True, False):
+        with torch.no_grad():
+            log_prob, _ = token_log_probs(model, prompt_ids, prompt_mask, ids, mask, index, shared_prefix=shared)
+        torch.testing.assert_close(log_prob[mask.bool()], sampled[mask.bool()], atol=1e-5, rtol=1e-5)

@@ -1,8 +1,9 @@
 """Causal language models for the text GRPO backend: generation and per-token log-probabilities.
 
 Any ``transformers`` ``AutoModelForCausalLM`` works. Prompts are left-padded, completions right-padded, and
-positions run 0, 1, 2, ... over the padded prompt + completion (as ``model(input_ids, attention_mask)``
-numbers them), so a completion's log-probs do not depend on which path computed them.
+positions are counted over each row's attended tokens (``mask_positions``), as ``generate`` numbers them while it
+samples: the log-probs the loss uses are those of the distribution the completions were drawn from, for learned
+absolute positions (GPT-2) as for rotary ones, whatever the padding; both log-prob paths number them alike.
 
 The shared-prefix forward (``token_log_probs(..., shared_prefix=True)``) runs each distinct prompt once,
 keeps its key/value cache (with its autograd graph) and runs the G completions of the group on copies of
@@ -108,6 +109,12 @@ def _prompt_rows(
     return prompt_ids, prompt_mask, index
 
 
+def mask_positions(mask: Tensor) -> Tensor:
+    """Position ids ``[N, L]`` counted over the attended tokens only (padding gets 0), as ``generate`` numbers
+    them: a left-padded row's first real token is at 0 however much padding precedes it."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
 def _dynamic(model) -> bool:
     """The model keeps its keys and values in transformers' ``DynamicCache`` (not a recurrent state of its own)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -123,9 +130,8 @@ def _shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, index: Tenso
     from transformers import DynamicCache
 
     ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), past_key_values=cache, use_cache=True)
     cache.batch_select_indices(index)
     return cache
 
@@ -301,24 +307,21 @@ def token_log_probs(
     if shared_prefix:
         used, local = index.unique(return_inverse=True)
         p_ids, p_mask = prompt_ids[used], prompt_mask[used]
-        first = model(input_ids=p_ids, attention_mask=p_mask, use_cache=True, logits_to_keep=1)
+        first = model(input_ids=p_ids, attention_mask=p_mask, position_ids=mask_positions(p_mask), use_cache=True,
+                      logits_to_keep=1)  # fmt: skip
         cache = first.past_key_values
         cache.batch_select_indices(local)
         mask = torch.cat([p_mask[local], completion_mask], dim=1)
-        positions = torch.arange(p_ids.shape[1], p_ids.shape[1] + completion_ids.shape[1], device=mask.device)
-        rest = model(
-            input_ids=completion_ids,
-            attention_mask=mask,
-            past_key_values=cache,
-            position_ids=positions.expand(completion_ids.shape[0], -1),
-            use_cache=True,
-        )
+        positions = mask_positions(mask)[:, p_ids.shape[1] :]
+        rest = model(input_ids=completion_ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
+                     use_cache=True)  # fmt: skip
         # token k of a completion is predicted at position k−1: the prompt's last logits, then the completion's
         logits = torch.cat([first.logits[local, -1:], rest.logits[:, :-1]], dim=1)
     else:
         ids = torch.cat([prompt_ids[index], completion_ids], dim=1)
         mask = torch.cat([prompt_mask[index], completion_mask], dim=1)
-        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask),
+                       logits_to_keep=completion_ids.shape[1] + 1).logits[:, :-1]  # fmt: skip
     logits = logits.float() / t
     log_norm = logits.logsumexp(-1)
     log_prob = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
@@ -331,6 +334,7 @@ def token_log_probs(
 __all__ = [
     "Completions",
     "completion_mask",
+    "mask_positions",
     "prompt_room",
     "sample_completions",
     "token_log_probs",
