@@ -23,7 +23,7 @@ import platform
 import statistics
 from typing import Any
 
-from flowrl.atomic import write_json
+from flowrl.atomic import write_json, write_text
 from flowrl.stats import mean_se
 
 
@@ -219,10 +219,7 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def write_report(results: dict[str, Any], out_dir: str) -> None:
     write_json(os.path.join(out_dir, "results.json"), results)
-    tmp = os.path.join(out_dir, "results.md.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(markdown(results))
-    os.replace(tmp, os.path.join(out_dir, "results.md"))
+    write_text(os.path.join(out_dir, "results.md"), markdown(results))
     plot(results, os.path.join(out_dir, "reward_vs_time.png"))
 
 

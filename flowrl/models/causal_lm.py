@@ -131,7 +131,9 @@ def _shared_prefill(model, prompt_ids: Tensor, prompt_mask: Tensor, index: Tenso
 
     ids, mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), past_key_values=cache, use_cache=True)
+    # only the cache is used: logits of the last position alone, not vocabulary-wide ones over the whole prompt
+    model(input_ids=ids, attention_mask=mask, position_ids=mask_positions(mask), past_key_values=cache, use_cache=True,
+          logits_to_keep=1)  # fmt: skip
     cache.batch_select_indices(index)
     return cache
 

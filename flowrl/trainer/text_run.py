@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from flowrl.atomic import write_text
 from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
 from flowrl.stats import prompt_mean_se
@@ -174,10 +175,7 @@ def _write_samples(run_dir: str, rows, n: int, before: EvalResult, after: EvalRe
     for i, row in enumerate(rows[:limit]):
         cells = [" / ".join(repr(t) for t in texts[i * n : (i + 1) * n]) for texts in (before[0], after[0])]
         lines.append(f"| {prompt_label(row['prompt'])!r} | {cells[0]} | {cells[1]} |")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 
