@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrl.atomic import write_json
-from flowrl.options import ConfigError, load, option
+from flowrl.errors import ConfigError
+from flowrl.options import load, option
 
 
 @dataclass

@@ -14,12 +14,21 @@ import os
 import sys
 import textwrap
 
-from flowrl.errors import DataError, InputError, Interrupted, RewardError, TrainingStopped
-from flowrl.options import ConfigError, describe
+from flowrl.errors import (
+    ConfigError,
+    DataError,
+    InputError,
+    Interrupted,
+    LaunchError,
+    RewardError,
+    TrainingStopped,
+)
+from flowrl.options import describe, seed_indices
 
 #: the word after ``flowrl:`` for each kind of input error (checked in order: subclasses first)
 ERROR_KINDS: tuple[tuple[type[InputError], str], ...] = (
     (ConfigError, "config"),
+    (LaunchError, "launch"),
     (DataError, "data"),
     (RewardError, "reward"),
     (TrainingStopped, "training"),
@@ -186,22 +195,17 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every command reports an error in the user's input the same way: one line naming the key
+    or file, exit 2 (``--debug`` re-raises it)."""
     args = build_parser(argv).parse_args(argv)
     if args.command != "serve-reward":
         quiet_libraries()
-    if args.command == "serve-reward":
-        from flowrl.serve import run
-
-        return run(args)
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "gallery":
-        return _gallery(args)
+    commands = {"serve-reward": _serve, "bench": _bench, "gallery": _gallery, "profile": _profile, "eval": _eval,
+                "train": _train}  # fmt: skip
     try:
-        commands = {"profile": _profile, "eval": _eval, "train": _train}
         return commands[args.command](args)
     except InputError as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(error_line(e), file=sys.stderr)
         return 2
@@ -213,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flowrl: {stop if isinstance(stop, Interrupted) else 'interrupted'}", file=sys.stderr)
         return stop.code if isinstance(stop, Interrupted) else 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from flowrl.serve import run
+
+    return run(args)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -317,23 +327,11 @@ def _gallery(args: argparse.Namespace) -> int:
     from flowrl.compare import parse_columns, render
     from flowrl.data import load_prompts
 
-    try:
-        specs = parse_columns(args.column, args.config)
-        prompts = load_prompts(args.prompts)
-        prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except (ConfigError, ValueError) as e:
-        if args.debug:
-            raise
-        print(f"flowrl: gallery error: {e}", file=sys.stderr)
-        return 2
-    try:
-        paths = render(specs, prompts, seeds, args.out, title=args.title)
-    except InputError as e:  # a reward that fails on the gallery's images, a missing checkpoint file
-        if args.debug:
-            raise
-        print(error_line(e), file=sys.stderr)
-        return 2
+    specs = parse_columns(args.column, args.config)
+    prompts = load_prompts(args.prompts)
+    prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
+    seeds = seed_indices(args.seeds, 1)
+    paths = render(specs, prompts, seeds, args.out, title=args.title)
     print(paths["html"])
     return 0
 
@@ -346,25 +344,18 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         grid = [float(x) for x in args.lr_grid.split(",")] if args.lr_grid else None
     except ValueError:
-        print(f"flowrl: config error: --lr-grid {args.lr_grid!r} must be comma-separated numbers", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--lr-grid {args.lr_grid!r} must be comma-separated numbers") from None
     name = os.path.splitext(os.path.basename(args.preset))[0]
     out = args.out or os.path.join("runs", f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        preset = load_preset(
-            args.preset,
-            methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
-            budget_minutes=args.budget_minutes,
-            eval_every_minutes=args.eval_every_minutes,
-            repeats=args.repeats,
-            lr_grid=grid,
-        )
-        run_bench(preset, out, log=lambda line: print(line, flush=True))
-    except ConfigError as e:
-        if args.debug:
-            raise
-        print(f"flowrl: config error: {e}", file=sys.stderr)
-        return 2
+    preset = load_preset(
+        args.preset,
+        methods=[m.strip() for m in args.methods.split(",")] if args.methods else None,
+        budget_minutes=args.budget_minutes,
+        eval_every_minutes=args.eval_every_minutes,
+        repeats=args.repeats,
+        lr_grid=grid,
+    )
+    run_bench(preset, out, log=lambda line: print(line, flush=True))
     print(os.path.abspath(out))
     return 0
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 
 @dataclass

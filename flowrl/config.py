@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
+from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.losses.renoise import scheme_of
 from flowrl.models.family import FAMILIES
-from flowrl.options import ConfigError, load, option, set_dotted, to_dict
+from flowrl.options import load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
@@ -589,4 +590,4 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | 
     return cfg
 
 
-__all__ = ["Config", "ConfigError", "load_config", "to_dict", "window_of"]
+__all__ = ["Config", "load_config", "to_dict", "window_of"]

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 
-from flowrl.errors import DataError
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError, DataError
 
 TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all", "toy:validation", "toy:train-no-val")
 

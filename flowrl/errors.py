@@ -8,6 +8,14 @@ class InputError(ValueError):
     """Base of every error a user fixes by changing their input (config, data, reward, server)."""
 
 
+class ConfigError(InputError):
+    """A bad configuration value or command-line option; the message names the key and what is allowed."""
+
+
+class LaunchError(InputError):
+    """A launch the trainer cannot run as configured (accelerate, FSDP or DeepSpeed settings, process counts)."""
+
+
 class DataError(InputError):
     """A prompt or dataset file that cannot be used; the message names the file (and line)."""
 
@@ -29,4 +37,4 @@ class Interrupted(Exception):
         self.code = code
 
 
-__all__ = ["DataError", "InputError", "Interrupted", "RewardError", "TrainingStopped"]
+__all__ = ["ConfigError", "DataError", "InputError", "Interrupted", "LaunchError", "RewardError", "TrainingStopped"]

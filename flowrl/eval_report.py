@@ -21,7 +21,8 @@ import sys
 from typing import Any
 
 from flowrl.atomic import write_json
-from flowrl.options import ConfigError, seed_indices
+from flowrl.errors import ConfigError
+from flowrl.options import seed_indices
 
 
 def add_arguments(parser: Any) -> None:

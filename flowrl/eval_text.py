@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 
 def run(args: Any, cfg: Any) -> dict[str, Any]:

@@ -16,13 +16,9 @@ import typing
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from flowrl.errors import InputError
+from flowrl.errors import ConfigError
 
 T = TypeVar("T")
-
-
-class ConfigError(InputError):
-    """A bad configuration value; the message names the key and what is allowed."""
 
 
 def option(
@@ -188,4 +184,4 @@ def seed_indices(text: str | None, count: int) -> list[int]:
     return seeds
 
 
-__all__ = ["ConfigError", "describe", "load", "option", "seed_indices", "set_dotted", "to_dict"]
+__all__ = ["describe", "load", "option", "seed_indices", "set_dotted", "to_dict"]

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from flowrl.errors import ConfigError
+
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
 
@@ -49,7 +51,7 @@ class Registry(Generic[F, T]):
 
     def get(self, name: str) -> F:
         if name not in self._table:
-            raise ValueError(f"unknown {self.what} {name!r}; valid: {', '.join(sorted(self._table))}")
+            raise ConfigError(f"unknown {self.what} {name!r}; valid: {', '.join(sorted(self._table))}")
         return self._table[name]
 
     def facts(self, name: str) -> T:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import yaml
 
+from flowrl.errors import ConfigError
 from flowrl.rewards import RewardFn, check_reward_output, make_reward
 from flowrl.rewards.remote import MAX_PIXELS, WireError, decode_request, encode_outputs
 
@@ -56,7 +57,7 @@ class RewardServer(ThreadingHTTPServer):
         max_pixels: int = MAX_PIXELS,
     ) -> None:
         if getattr(reward, "groupwise", False):  # it would need group ids, which the wire format does not carry
-            raise ValueError(f"reward {name!r} scores groups jointly; serving groupwise rewards is not supported")
+            raise ConfigError(f"reward {name!r} scores groups jointly; serving groupwise rewards is not supported")
         super().__init__(address, _Handler)
         self.reward_name, self.reward = name, reward
         self.max_body_bytes, self.max_pixels = max_body_bytes, max_pixels
@@ -194,7 +195,7 @@ def make_server(
     try:
         reward = make_reward(name, **(options or {}))
     except TypeError as e:  # an unknown option name
-        raise ValueError(f"reward {name!r}: {e}") from e
+        raise ConfigError(f"reward {name!r}: {e}") from e
     return RewardServer((host, port), name, reward, max_body_bytes=max_body_bytes, max_pixels=max_pixels)
 
 
@@ -206,15 +207,15 @@ def parse_options(items: list[str]) -> dict[str, Any]:
             try:
                 parsed = json.loads(item)
             except ValueError as e:
-                raise ValueError(f"--options: {item!r} is not valid JSON ({e})") from e
+                raise ConfigError(f"--options: {item!r} is not valid JSON ({e})") from e
             if not isinstance(parsed, dict):
-                raise ValueError(f"--options: expected a JSON object, got {item!r}")
+                raise ConfigError(f"--options: expected a JSON object, got {item!r}")
             options.update(parsed)
         elif "=" in item:
             key, value = item.split("=", 1)
             options[key.strip()] = yaml.safe_load(value)
         else:
-            raise ValueError(f"--options: expected a JSON object or key=value, got {item!r}")
+            raise ConfigError(f"--options: expected a JSON object or key=value, got {item!r}")
     return options
 
 
@@ -237,9 +238,10 @@ def run(args: argparse.Namespace) -> int:
         server = make_server(
             args.reward, options, host=args.host, port=args.port, max_body_bytes=int(args.max_body_mb * 2**20)
         )
-    except ValueError as e:
-        print(f"flowrl serve-reward: {e}", file=sys.stderr)
-        return 2
+    except ConfigError:
+        raise  # the command line's one error path (flowrl.cli)
+    except ValueError as e:  # the reward's constructor refused its options
+        raise ConfigError(f"--reward {args.reward!r} --options: {e}") from e
     except OSError as e:
         print(f"flowrl serve-reward: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
+from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES, LossConfig
-from flowrl.options import ConfigError, load, option
+from flowrl.options import load, option
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)

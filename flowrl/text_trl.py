@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flowrl.options import ConfigError, set_dotted
+from flowrl.errors import ConfigError
+from flowrl.options import set_dotted
 
 LOSS_TYPES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr-grpo", "dapo": "dapo", "cispo": "cispo", "sapo": "sapo"}
 SCALE_REWARDS = {"group": "grpo", True: "grpo", "batch": "global-std", "none": "dr-grpo", False: "dr-grpo"}

@@ -572,6 +572,59 @@ def test_bugs_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
         main([*FLOW, f"output.run_dir={tmp_path / 'run'}"])
 
 
+DEMO = str(ROOT / "configs" / "demo.yaml")
+#: every command reports bad input through the same one line (flowrl.cli.main), not a handler of its own
+COMMAND_CASES = {
+    "gallery --seeds": (["gallery", "--config", DEMO, "--column", "b=base", "--seeds", "0,x"], "config",
+                        ["--seeds '0,x' must be comma-separated integers"]),
+    "gallery unknown column source": (["gallery", "--config", DEMO, "--column", "b=/no/such/folder"], "config",
+                                      ["/no/such/folder"]),
+    "bench --lr-grid": (["bench", "--lr-grid", "1e-3,fast"], "config", ["--lr-grid '1e-3,fast'"]),
+    "bench missing preset": (["bench", "--preset", "/no/preset.yaml"], "config", ["/no/preset.yaml"]),
+    "serve-reward --options": (["serve-reward", "--reward", "jpeg-compressibility", "--options", "[1]"], "config",
+                               ["--options: expected a JSON object or key=value, got '[1]'"]),
+    "serve-reward unknown option": (["serve-reward", "--reward", "jpeg-compressibility", "--options", "qualty=80"],
+                                    "config", ["'jpeg-compressibility'", "qualty"]),
+    "serve-reward unknown reward": (["serve-reward", "--reward", "jpeg-compresibility"], "config",
+                                    ["jpeg-compresibility"]),
+    "eval --seeds": (["eval", "--config", DEMO, "--checkpoint", "b=base", "--seeds", "1,1"], "config",
+                     ["--seeds '1,1' must be distinct"]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(COMMAND_CASES))
+def test_every_command_reports_bad_input_in_one_line(name: str, capsys) -> None:
+    argv, kind, words = COMMAND_CASES[name]
+    code, line = run_cli(argv, capsys)
+    assert code == 2 and line.startswith(f"flowrl: {kind} error: "), line
+    for w in words:
+        assert w in line, (w, line)
+
+
+def test_a_launch_the_trainer_cannot_run_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP asked for, one process launched
+    run_dir = tmp_path / "run"
+    code, line = run_cli([*FLOW, f"output.run_dir={run_dir}"], capsys)
+    assert (code, line) == (2, "flowrl: launch error: FSDP needs at least 2 processes (accelerate launch "
+                               "--num_processes N)")  # fmt: skip
+    assert not run_dir.exists()
+
+
+def test_no_plain_value_error_is_raised_in_the_trainer() -> None:
+    """Input errors in the trainer are flowrl.errors classes (one line, exit 2); a plain ValueError would reach
+    the user as a traceback. Library-level argument checks live in samplers/ and advantages/."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "flowrl" / "trainer").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                call = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(call, ast.Name) and call.id in ("ValueError", "FileExistsError", "TypeError"):
+                    found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
+
+
 # --------------------------------------------------------------------------- below the command line
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from flowrl.bench import BenchMethod, BenchPreset, choose_lr, load_preset
 from flowrl.bench_report import markdown, summarise
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

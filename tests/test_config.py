@@ -20,9 +20,9 @@ from flowrl.config import (
     window_of,
 )
 from flowrl.data import load_prompts
-from flowrl.errors import DataError
+from flowrl.errors import ConfigError, DataError
 from flowrl.losses import LOSSES
-from flowrl.options import ConfigError, describe, load, set_dotted, to_dict
+from flowrl.options import describe, load, set_dotted, to_dict
 from flowrl.samplers import WINDOW_SCHEDULES
 from flowrl.samplers.modes import ROLLOUT_MODES
 

@@ -480,7 +480,7 @@ def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch
 
     from test_trainer import tiny_config
 
-    from flowrl.options import ConfigError
+    from flowrl.errors import ConfigError
     from flowrl.trainer import zero
     from flowrl.trainer.flow import setup
 
@@ -543,7 +543,7 @@ def test_batches_processes_cannot_share_are_refused_at_start(tiny_model):
     from test_trainer import tiny_config
 
     from flowrl.config import window_of
-    from flowrl.options import ConfigError
+    from flowrl.errors import ConfigError
     from flowrl.rewards import RewardSet
     from flowrl.samplers import make_window
     from flowrl.trainer.flow import _check_split

@@ -162,7 +162,7 @@ def test_score_images_keys_watch_rewards_apart():
 
 def test_watch_rewards_are_checked_before_anything_loads():
     from flowrl.config import load_config
-    from flowrl.options import ConfigError
+    from flowrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"eval\.watch_rewards\[0\]\.name: 'toy-geneval' is trained on"):
         load_config(None, ["eval.watch_rewards=[{name: toy-geneval}]"])

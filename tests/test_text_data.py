@@ -13,8 +13,7 @@ import re
 import pytest
 import torch
 
-from flowrl.errors import DataError
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError, DataError
 from flowrl.text_data import PromptFormat, load_rows, prompt_key, prompt_label
 
 CHAT = [{"role": "user", "content": "12+3="}]

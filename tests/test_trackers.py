@@ -12,7 +12,7 @@ from test_text_trainer import text_config
 from test_trainer import TINY_ARGS
 
 from flowrl.config import load_config
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 
 def _tags(run_dir) -> dict[str, list[str]]:

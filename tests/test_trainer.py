@@ -350,7 +350,7 @@ def test_timestep_fraction_and_shift_reach_the_trainer(tiny_model):
     torch.testing.assert_close(run.policy.sigmas(4, 32), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0], dtype=torch.float64))
     m = train_step(run)
     assert m["sampler/transitions"] == 2 * 4 * 4 and m["train/transitions"] == 2 * 4 * 2
-    from flowrl.config import ConfigError
+    from flowrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"timestep_fraction < 1 picks trained steps; loss\.name=awm"):
         tiny_config(tiny_model, "train.timestep_fraction=0.5", "loss.name=awm", "sampler.window_size=1")

@@ -9,8 +9,8 @@ import torch
 from devices import bitwise_on_cpu, on_device
 from test_trainer import tiny_config
 
+from flowrl.errors import ConfigError
 from flowrl.models import untrained
-from flowrl.options import ConfigError
 from flowrl.samplers import replay_log_prob
 from flowrl.trainer.flow import sample, setup, train_step
 

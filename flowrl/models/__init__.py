@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 from .common import PromptCache, PromptCond
 from .family import FAMILIES, FamilyFacts, FlowModel

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
+
 log = logging.getLogger("flowrl.models")
 _TRUNCATION_WARNED: set[tuple[str, int]] = set()
 
@@ -274,9 +276,9 @@ def set_attention_backend(transformer: Any, name: str) -> None:
             transformer.enable_xformers_memory_efficient_attention()
             honoured = True
     except (ValueError, RuntimeError, ImportError, ModuleNotFoundError) as e:
-        raise ValueError(f"model.attention_backend={name!r}: {' '.join(str(e).split())}") from None
+        raise ConfigError(f"model.attention_backend={name!r}: {' '.join(str(e).split())}") from None
     if not honoured:
-        raise ValueError(
+        raise ConfigError(
             f"model.attention_backend={name!r}: the attention processors of {type(transformer).__name__} do not "
             "use diffusers' attention dispatcher; leave the option empty (PyTorch SDPA) or use 'xformers'"
         )

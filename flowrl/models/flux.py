@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
 from flowrl.samplers import scheduler_sigmas
 
 from .common import (
@@ -66,7 +67,7 @@ class PackedLatents:
 
     def _check_packing(self, family: str) -> None:
         if self.transformer.config.in_channels != 4 * self.codec.channels:
-            raise ValueError(
+            raise ConfigError(
                 f"{family} transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
                 f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
             )
@@ -75,7 +76,7 @@ class PackedLatents:
         """Shape ``(C, h, w)`` of one unpacked latent for a square image of ``resolution`` pixels."""
         step = 2 * self.codec.factor
         if resolution % step:
-            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
+            raise ConfigError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
         side = resolution // self.codec.factor
         return (self.codec.channels, side, side)
 

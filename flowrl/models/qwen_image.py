@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
+
 from .common import PromptCond, encode_prompts, freeze, guided, warn_truncation
 from .family import FAMILIES, FlowModel
 from .flux import PackedLatents, pack, unpack
@@ -93,11 +95,11 @@ class QwenImagePolicy(PackedLatents, FlowModel):
         from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
         if not 1 <= max_sequence_length <= MAX_TOKENS:
-            raise ValueError(f"Qwen-Image reads at most {MAX_TOKENS} prompt tokens; got max_sequence_length "
+            raise ConfigError(f"Qwen-Image reads at most {MAX_TOKENS} prompt tokens; got max_sequence_length "
                              f"{max_sequence_length}")  # fmt: skip
         self._load_base(path, "Qwen-Image", QwenImageTransformer2DModel, dtype, device)
         if self.transformer.config.guidance_embeds:
-            raise ValueError(
+            raise ConfigError(
                 "Qwen-Image transformers with a guidance embedding are not supported (nor run by diffusers)"
             )
         self.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(

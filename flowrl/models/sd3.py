@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
 from flowrl.samplers import scheduler_sigmas
 
 from .common import (
@@ -85,7 +86,7 @@ class SD3Policy(FlowModel):
         """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
         factor = self.codec.factor
         if resolution % (factor * self.transformer.config.patch_size):
-            raise ValueError(
+            raise ConfigError(
                 f"resolution {resolution} must be a multiple of {factor * self.transformer.config.patch_size} "
                 "(VAE downsampling × patch size)"
             )
@@ -117,7 +118,7 @@ class SD3Policy(FlowModel):
         states = torch.cat(clip_states, dim=-1)
         width = self.transformer.config.joint_attention_dim
         if states.shape[-1] > width:
-            raise ValueError(f"CLIP hidden sizes sum to {states.shape[-1]} > joint_attention_dim {width}")
+            raise ConfigError(f"CLIP hidden sizes sum to {states.shape[-1]} > joint_attention_dim {width}")
         states = torch.nn.functional.pad(states, (0, width - states.shape[-1]))
         if t5 is not None:
             states = torch.cat([states, t5], dim=1)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 PRECISIONS = ("auto", "none", "fp32", "bf16")
 

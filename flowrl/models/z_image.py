@@ -26,6 +26,7 @@ import os
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
 from flowrl.samplers import scheduler_sigmas
 from flowrl.samplers.schedules import dynamic_shift_mu
 
@@ -42,7 +43,7 @@ def _text_encoder(path: str, dtype: torch.dtype) -> torch.nn.Module:
     with open(os.path.join(path, "text_encoder", "config.json")) as f:
         arch = (json.load(f).get("architectures") or ["Qwen3Model"])[0]
     if arch not in ("Qwen3ForCausalLM", "Qwen3Model"):
-        raise ValueError(f"Z-Image text_encoder is a {arch}; expected a Qwen3 model")
+        raise ConfigError(f"Z-Image text_encoder is a {arch}; expected a Qwen3 model")
     return getattr(transformers, arch).from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
 
 
@@ -76,7 +77,7 @@ class ZImagePolicy(FlowModel):
         """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
         step = 2 * self.codec.factor
         if resolution % step:
-            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 patches)")
+            raise ConfigError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 patches)")
         side = resolution // self.codec.factor
         return (self.transformer.config.in_channels, side, side)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from flowrl.errors import LaunchError
 from flowrl.trainer import zero
 from flowrl.trainer.sharding import full, full_optimizer_state, shard, sharding_requested
 from flowrl.trainer.share import gather_all
@@ -155,13 +156,13 @@ def backend_for(accelerator: Accelerator) -> Backend:
     and FSDP on one process."""
     kind = accelerator.distributed_type.name
     if kind == "MEGATRON_LM":
-        raise ValueError(
+        raise LaunchError(
             "accelerate's MEGATRON_LM backend is not supported: launch with configs/accelerate/ddp.yaml (every "
             "process holds the model), fsdp.yaml (weights sharded) or deepspeed_zero2.yaml (optimizer state sharded)"
         )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != accelerator.num_processes:
-        raise ValueError(
+        raise LaunchError(
             f"{launched} processes were launched but accelerate set up {accelerator.num_processes} "
             f"({kind}); without GPUs launch CPU processes with `ACCELERATE_USE_CPU=true torchrun --nproc_per_node "
             f"{launched} -m flowrl train ...` (and ACCELERATE_USE_FSDP=true to shard)"
@@ -170,7 +171,7 @@ def backend_for(accelerator: Accelerator) -> Backend:
         return Zero(accelerator)
     if sharding_requested() or kind == "FSDP":  # flowrl shards itself: on CPU accelerate would drop the request
         if accelerator.num_processes < 2:
-            raise ValueError("FSDP needs at least 2 processes (accelerate launch --num_processes N)")
+            raise LaunchError("FSDP needs at least 2 processes (accelerate launch --num_processes N)")
         return Sharded(accelerator)
     return Replicated(accelerator)
 

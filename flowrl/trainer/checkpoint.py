@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
+
 STATE_FILE = "trainer_state.pt"
 _PERIODIC = re.compile(r"iter-(\d+)$")
 
@@ -83,10 +85,10 @@ def copy_into(targets: list[Tensor], values: list[Tensor]) -> None:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     if len(targets) != len(values):
-        raise ValueError(f"checkpoint holds {len(values)} trainable tensors, the model has {len(targets)}")
+        raise ConfigError(f"checkpoint holds {len(values)} trainable tensors, the model has {len(targets)}")
     for t, v in zip(targets, values, strict=True):
         if tuple(t.shape) != tuple(v.shape):
-            raise ValueError(f"checkpoint tensor of shape {tuple(v.shape)} for a weight of shape {tuple(t.shape)}")
+            raise ConfigError(f"checkpoint tensor of shape {tuple(v.shape)} for a weight of shape {tuple(t.shape)}")
         if isinstance(t, DTensor):
             v = distribute_tensor(v.to(t.device_mesh.device_type), t.device_mesh, t.placements)
         t.copy_(v)

@@ -33,13 +33,13 @@ from flowrl.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.advantages.core import combine
 from flowrl.config import Config, window_of
 from flowrl.data import load_prompts
+from flowrl.errors import ConfigError
 from flowrl.evaluation import prompt_groups, score_images
 from flowrl.generate import generate
 from flowrl.losses import LOSSES, OldPolicy, trains_on
 from flowrl.models import FlowModel, lora_targets, policy_for
 from flowrl.models.common import in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
-from flowrl.options import ConfigError
 from flowrl.rewards import RewardSet, is_groupwise
 from flowrl.samplers import (
     WINDOW_SCHEDULES,
@@ -336,7 +336,7 @@ def strata(run: Run, batch: Batch) -> Tensor | None:
     if not key:
         return None
     if key not in batch.components:
-        raise ValueError(f"advantage.strata={key!r} is not a scored component; the rewards give "
+        raise ConfigError(f"advantage.strata={key!r} is not a scored component; the rewards give "
                          f"{', '.join(sorted(batch.components))}")  # fmt: skip
     return batch.components[key].round().long()
 

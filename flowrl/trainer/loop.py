@@ -23,7 +23,7 @@ import yaml
 from torch import Tensor
 
 from flowrl.atomic import write_json
-from flowrl.errors import Interrupted, TrainingStopped
+from flowrl.errors import ConfigError, Interrupted, TrainingStopped
 from flowrl.lr_schedule import warmup_cosine
 from flowrl.options import to_dict
 from flowrl.trainer import zero
@@ -122,7 +122,7 @@ def make_run_dir(cfg: Config | TextConfig, name: str) -> tuple[str, bool]:
     finished run folder."""
     path = cfg.output.run_dir or os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if os.path.exists(os.path.join(path, "summary.json")):
-        raise FileExistsError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
+        raise ConfigError(f"run folder {path!r} already holds a finished run; choose another output.run_dir")
     created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
     return os.path.abspath(path), created

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from flowrl.atomic import atomic_dir
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 from flowrl.trainer.checkpoint import (
     STATE_FILE,
     copy_into,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from flowrl.config import Config
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 from flowrl.stats import prompt_mean_se
 from flowrl.trainer.flow import Run, evaluate, setup, train_step
 from flowrl.trainer.loop import finish_summary

@@ -19,6 +19,8 @@ import os
 import torch
 from torch import Tensor, nn
 
+from flowrl.errors import LaunchError
+
 _TRUE = ("1", "true", "yes")
 
 
@@ -37,7 +39,7 @@ def shard(transformer: nn.Module, device: torch.device, mixed_precision: str) ->
 
     _refuse_unsupported_launch_options()
     if mixed_precision == "fp16":
-        raise ValueError("model.mixed_precision=fp16 is not supported with FSDP (no loss scaling): use bf16")
+        raise LaunchError("model.mixed_precision=fp16 is not supported with FSDP (no loss scaling): use bf16")
     policy = MixedPrecisionPolicy()
     if mixed_precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -55,7 +57,7 @@ def _blocks(transformer: nn.Module) -> list[nn.Module]:
     present = {type(m).__name__ for m in transformer.modules()}
     missing = [n for n in names if n not in present]
     if missing or not names:
-        raise ValueError(
+        raise LaunchError(
             f"FSDP: block classes {missing or names} are not in {type(transformer).__name__} "
             f"(fsdp_transformer_layer_cls_to_wrap; its blocks are {list(transformer._no_split_modules or [])})"
         )
@@ -69,14 +71,14 @@ def _reshard_after_forward() -> bool:
         return True
     if value in ("false", "shard_grad_op", "0"):
         return False
-    raise ValueError(f"FSDP: fsdp_reshard_after_forward={value!r} is not supported (true/FULL_SHARD or false)")
+    raise LaunchError(f"FSDP: fsdp_reshard_after_forward={value!r} is not supported (true/FULL_SHARD or false)")
 
 
 def _refuse_unsupported_launch_options() -> None:
     if os.environ.get("FSDP_OFFLOAD_PARAMS", "").lower() in _TRUE:
-        raise ValueError("FSDP: fsdp_offload_params is not supported by flowrl; set it to false")
+        raise LaunchError("FSDP: fsdp_offload_params is not supported by flowrl; set it to false")
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() in _TRUE:
-        raise ValueError("FSDP: use model.gradient_checkpointing=true instead of fsdp_activation_checkpointing")
+        raise LaunchError("FSDP: use model.gradient_checkpointing=true instead of fsdp_activation_checkpointing")
 
 
 def full(tensor: Tensor) -> Tensor:

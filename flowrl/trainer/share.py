@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, TreeStructure
+from flowrl.errors import ConfigError
 
 
 def gather_all(acc: Any, value: Any) -> list[Any]:
@@ -33,7 +34,7 @@ def gather_all(acc: Any, value: Any) -> list[Any]:
 def deal(total: int, num_processes: int, index: int) -> tuple[int, int]:
     """``(first, count)``: the block of ``total`` roots that process ``index`` samples."""
     if total % num_processes:
-        raise ValueError(f"{total} roots per iteration cannot be dealt out evenly to {num_processes} processes")
+        raise ConfigError(f"{total} roots per iteration cannot be dealt out evenly to {num_processes} processes")
     count = total // num_processes
     return index * count, count
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
+from flowrl.errors import ConfigError, DataError, LaunchError
 from flowrl.losses import LossInputs, compute_loss, normalizes_by
 from flowrl.models.causal_lm import (
     Completions,
@@ -146,7 +147,7 @@ def setup(
         shard_root=model.get_base_model() if m.finetune == "lora" else model,  # FSDP units: the decoder layers
     )
     if backend.sharded and cfg.generation.engine == "continuous":
-        raise ValueError("generation.engine=continuous needs the whole model on every process (DDP): with FSDP or "
+        raise LaunchError("generation.engine=continuous needs the whole model on every process (DDP): with FSDP or "
                          "DeepSpeed ZeRO-3 use engine=generate")  # fmt: skip
     funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
     same = len(cfg.rewards) == len(funcs)
@@ -178,12 +179,10 @@ def prompt_format(cfg: TextConfig, tokenizer: Any, *datasets: list[dict[str, Any
     format, and conversational ones need the tokenizer's chat template."""
     kinds = {is_conversational(rows[0]["prompt"]) for rows in datasets}
     if len(kinds) > 1:
-        raise ValueError("the training and evaluation prompts must both be strings or both lists of messages")
+        raise DataError("the training and evaluation prompts must both be strings or both lists of messages")
     conversational = kinds.pop()
     if conversational and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the prompts are conversational but the tokenizer of {cfg.model.path!r} has no chat template"
-        )
+        raise DataError(f"the prompts are conversational but the tokenizer of {cfg.model.path!r} has no chat template")
     return PromptFormat(conversational, cfg.data.system_prompt, dict(cfg.data.chat_template_kwargs))
 
 
@@ -319,7 +318,7 @@ def strata(run: TextRun, batch: TextBatch) -> Tensor | None:
     (values,) = call_all([(spec, resolve_reward(spec))], kwargs)
     values = list(values)
     if len(values) != len(rows) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"advantage.strata {spec!r} must return one integer per completion ({len(rows)}), got "
+        raise ConfigError(f"advantage.strata {spec!r} must return one integer per completion ({len(rows)}), got "
                          f"{values[:4]!r}...")  # fmt: skip
     return torch.tensor(values, dtype=torch.long)
 

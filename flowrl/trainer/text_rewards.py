@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowrl.errors import ConfigError
+
 RewardFunc = Callable[..., Sequence[float | None]]
 
 
@@ -60,11 +62,11 @@ def resolve_reward(name: str) -> RewardFunc:
 
         fn = getattr(text_world, name.split(":", 1)[1].replace("-", "_"), None)
         if not callable(fn):
-            raise ValueError(f"reward {name!r}: flowrl.text_world has no such reward function")
+            raise ConfigError(f"reward {name!r}: flowrl.text_world has no such reward function")
         return fn
     fn = load_object(name)
     if not callable(fn):
-        raise ValueError(f"reward {name!r} is not callable")
+        raise ConfigError(f"reward {name!r} is not callable")
     return fn
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowrl.errors import ConfigError
+
 ADAPTER = "default"
 
 
@@ -26,7 +28,7 @@ def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
     names = [n for n, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        raise ValueError(f"model.lora_targets {missing} match no module of {type(model).__name__}")
+        raise ConfigError(f"model.lora_targets {missing} match no module of {type(model).__name__}")
 
 
 def make_trainable(
@@ -42,12 +44,12 @@ def make_trainable(
     elif finetune == "full":
         transformer.requires_grad_(True)
     else:
-        raise ValueError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
+        raise ConfigError(f"model.finetune must be 'lora' or 'full', got {finetune!r}")
     params = [p for p in transformer.parameters() if p.requires_grad]
     for p in params:  # frozen weights may be bf16/fp16; the optimizer keeps fp32 adapter weights
         p.data = p.data.float()
     if not params:
-        raise ValueError("no trainable parameters after setting up fine-tuning")
+        raise ConfigError("no trainable parameters after setting up fine-tuning")
     return params
 
 
@@ -74,7 +76,7 @@ def reference_policy(policy: Any) -> Iterator[None]:
             return
         transformer = policy.transformer
         if not getattr(transformer, "_hf_peft_config_loaded", False):
-            raise ValueError("the reference policy needs a LoRA adapter (model.finetune=lora) or a frozen copy")
+            raise ConfigError("the reference policy needs a LoRA adapter (model.finetune=lora) or a frozen copy")
         transformer.disable_adapters()
         try:
             yield

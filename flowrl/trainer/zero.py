@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 
 
 def deepspeed_requested() -> bool:
