@@ -117,7 +117,7 @@ def _refuse_overlap(preset: BenchPreset) -> None:
 def method_config(preset: BenchPreset, spec: RunSpec):
     """The resolved config of one run: the base, the preset's and the method's overrides, its prompts, learning rate
     and seed (base seed + repeat)."""
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
 
     eval_prompts = preset.validation_prompts if spec.phase == "select" else preset.eval_prompts
     data = [f"data.train_prompts={preset.train_prompts}", f"data.eval_prompts={eval_prompts}"]
@@ -133,20 +133,21 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
     the paired gain over the run's own first evaluation (same pairs, same noise) with its SE over prompts."""
     import torch
 
+    from flowrl.recipes import recipe_for
     from flowrl.stats import prompt_mean_se
-    from flowrl.trainer.flow import evaluate, setup, train_step
-    from flowrl.trainer.run import eval_pairs, save_checkpoint
 
     torch.set_num_threads(int(os.environ.get("FLOWRL_BENCH_THREADS", torch.get_num_threads())))
     cfg = method_config(preset, spec)
-    run = setup(cfg)
-    prompts, seeds = eval_pairs(cfg, run.eval_prompts)
-    strict_key = f"{next(iter(run.rewards.rewards))}/strict"
+    recipe = recipe_for(cfg)
+    run = recipe.setup(cfg)
+    strict_key = f"{cfg.rewards[0].name}/strict"
     first: dict[str, torch.Tensor] = {}
+    rows: list[str] = []  # the evaluation's (prompt, seed index) rows, by prompt
 
     def point(clock: float) -> dict[str, float]:
-        _, parts = evaluate(run, prompts, seeds)
+        prompts, parts = recipe.scores(run)
         first.setdefault("reward", parts["reward"])
+        rows[:] = prompts
         # the machine's 1-minute load: about the run's own threads when nothing else runs (a check on the timings)
         out = {"t": clock, "iteration": run.iteration, "load": os.getloadavg()[0]}
         out["reward"], out["reward_se"] = prompt_mean_se(parts["reward"], prompts)
@@ -160,14 +161,14 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
     curve, metrics, clock, next_eval = [point(0.0)], [], 0.0, every
     while clock < budget:
         start = time.perf_counter()
-        metrics.append(train_step(run))
+        metrics.append(recipe.train_step(run))
         clock += time.perf_counter() - start
         if clock >= next_eval or clock >= budget:
             curve.append(point(clock))
             while next_eval <= clock:  # a slow iteration may pass several marks: evaluate once, at the next
                 next_eval += every
     if spec.phase == "report":
-        save_checkpoint(run, os.path.join(out_dir, "checkpoints", "final"))
+        recipe.save_checkpoint(run, os.path.join(out_dir, "checkpoints", "final"))
 
     def mean(key: str) -> float:
         return statistics.fmean(m[key] for m in metrics)
@@ -179,7 +180,7 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
         "lr": cfg.train.lr,
         "seed": cfg.seed,
         "eval_prompts": cfg.data.eval_prompts,
-        "num_eval_samples": len(prompts),
+        "num_eval_samples": len(rows),
         "curve": curve,
         "iterations": run.iteration,
         "train_seconds": clock,

@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-import textwrap
+from typing import Any
 
 from flowrl.errors import (
     ConfigError,
@@ -23,7 +23,7 @@ from flowrl.errors import (
     RewardError,
     TrainingStopped,
 )
-from flowrl.options import describe, seed_indices
+from flowrl.options import seed_indices
 
 #: the word after ``flowrl:`` for each kind of input error (checked in order: subclasses first)
 ERROR_KINDS: tuple[tuple[type[InputError], str], ...] = (
@@ -42,30 +42,6 @@ def error_line(error: InputError) -> str:
     return f"flowrl: {kind} error: {' '.join(str(error).split())}"
 
 
-def _options_help(backend: str | None = None) -> str:
-    """The options of ``flowrl train --help``: the image trainer's, the text trainer's, or (``backend`` None) both."""
-    from flowrl.config import Config
-    from flowrl.text_config import TextConfig
-
-    sections = {"flow": ("options (override any with key=value; values are YAML):", Config),
-                "text": ("options of the text backend (a config with `backend: text`; override any with key=value):",
-                         TextConfig)}  # fmt: skip
-    lines = []
-    for title, cls in [sections[backend]] if backend else sections.values():
-        lines += ["" if lines else None, title]
-        for key, tp, default, text in describe(cls):
-            lines.append(f"  {key} ({tp}, default {default!r})")
-            lines.extend("      " + line for line in textwrap.wrap(text, 90, break_on_hyphens=False))
-    if backend == "flow":
-        return "\n".join([*(line for line in lines if line is not None), "", "(a config with `backend: text` lists "
-                          "the text backend's options)"])  # fmt: skip
-    from flowrl.text_trl import read_fields
-
-    lines.append("  trl (mapping, text backend): these options under TRL's GRPOConfig names, translated: ")
-    lines.extend("      " + line for line in textwrap.wrap(", ".join(read_fields()), 90, break_on_hyphens=False))
-    return "\n".join(line for line in lines if line is not None)
-
-
 def _help_backend(argv: list[str]) -> str | None:
     """The backend ``flowrl train --config X --help`` describes: X's ``backend`` (or a ``backend=`` override);
     None (both) without a readable config."""
@@ -74,22 +50,29 @@ def _help_backend(argv: list[str]) -> str | None:
     import yaml
 
     from flowrl.config import yaml_load
+    from flowrl.recipes import backend_of
 
+    data: Any = None
     backend = next((a.split("=", 1)[1] for a in argv if a.startswith("backend=")), None)
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("--config=")[2]
-        if backend is None and path and os.path.isfile(path):
+        if path and os.path.isfile(path):
             try:
                 with open(path, encoding="utf-8") as f:
                     data = yaml_load(f)
             except (OSError, UnicodeError, yaml.YAMLError):
                 return None
-            backend = data.get("backend", "flow") if isinstance(data, dict) else None
-    return backend if backend in ("flow", "text") else None
+    if backend is None and not isinstance(data, dict):
+        return None
+    try:
+        return backend_of({**(data if isinstance(data, dict) else {}), **({"backend": backend} if backend else {})})
+    except ConfigError:
+        return None
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from flowrl import __version__
+    from flowrl.recipes import options_help
 
     parser = argparse.ArgumentParser(prog="flowrl", description="RL fine-tuning of flow-matching image models.")
     parser.add_argument("--version", action="version", version=f"flowrl {__version__}")
@@ -99,7 +82,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         help="train a policy (and evaluate it before and after)",
         description="Train with a YAML preset and key=value overrides, e.g. "
         "`flowrl train --config configs/demo.yaml train.iterations=5`.",
-        epilog=_options_help(_help_backend(sys.argv[1:] if argv is None else argv)),
+        epilog=options_help(_help_backend(sys.argv[1:] if argv is None else argv)),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
@@ -226,19 +209,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    """``flowrl profile``: print the stage table of a flow config's training iterations."""
-    from flowrl.config import load_config
-    from flowrl.text_config import TextConfig
+    """``flowrl profile``: print the stage table of a config's training iterations."""
+    from flowrl.recipes import load_config, recipe_for
 
     cfg = load_config(args.config, args.overrides)
-    if isinstance(cfg, TextConfig):
-        raise ConfigError("flowrl profile times the flow trainer; the text trainer logs time/generate_s and "
-                          "time/update_s per iteration")  # fmt: skip
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
     from flowrl import profile
 
-    report = profile.profile(cfg, args.iterations, args.warmup)
+    report = recipe_for(cfg).profile(cfg, args.iterations, args.warmup)
     print(profile.table(report))
     if args.out:
         profile.write(report, args.out)
@@ -246,10 +225,12 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    """``flowrl eval``: evaluate the columns, write eval.json, print a summary and the file's path."""
+    """``flowrl eval``: the config's recipe evaluates the columns and writes eval.json; a summary and its path."""
     from flowrl import eval_report
+    from flowrl.recipes import column_loader, load_config, recipe_for
 
-    report = eval_report.run(args)
+    cfg = load_config(args.config)
+    report = recipe_for(cfg).eval_command(args, cfg, column_loader(cfg))
     for line in eval_report.console_lines(report):
         print(line)
     print(os.path.abspath(os.path.join(args.out, "eval.json")))
@@ -297,21 +278,14 @@ def _train(args: argparse.Namespace) -> int:
 
 def _train_run(args: argparse.Namespace) -> int:
     """Load and check the config, train, print the evaluation summary and the run folder."""
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config, train
 
     cfg = load_config(args.config, args.overrides)
     run_dir = cfg.output.run_dir
     if run_dir and os.path.exists(os.path.join(run_dir, "summary.json")):
         raise ConfigError(f"output.run_dir {run_dir!r} already holds a finished run; choose another folder")
-    from flowrl.text_config import TextConfig
-
-    if isinstance(cfg, TextConfig):
-        from flowrl.trainer.text_run import train_and_report
-    else:
-        from flowrl.trainer.run import train_and_report
-
     name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
-    run_dir = train_and_report(cfg, name)
+    run_dir = train(cfg, name)
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch every process returns here
@@ -324,10 +298,17 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
+    """``flowrl gallery``: every column on the same prompts and seeds, scored, as a browsable page."""
     from flowrl.compare import parse_columns, render
     from flowrl.data import load_prompts
+    from flowrl.recipes import column_loader, load_config, renders_images
 
-    specs = parse_columns(args.column, args.config)
+    cfg = load_config(args.config)
+    if not renders_images(cfg):
+        raise ConfigError(
+            f"--config {args.config!r}: flowrl gallery shows images; evaluate this config with flowrl eval"
+        )
+    specs = parse_columns(args.column, args.config, "--column", column_loader(cfg))
     prompts = load_prompts(args.prompts)
     prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
     seeds = seed_indices(args.seeds, 1)

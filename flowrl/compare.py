@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +21,24 @@ import torch
 
 from flowrl.errors import ConfigError
 
+#: ``load(what, config_path, overrides)`` → a column's config, checked to be of the command's backend
+#: (``flowrl.recipes.column_loader``)
+ColumnLoader = Callable[[str, "str | None", Sequence[str]], Any]
+
 
 @dataclass
 class ColumnSpec:
     label: str
     source: str  # "base" or a checkpoint folder
     config: str | None
+    cfg: Any = None  # the loaded config (parse_columns with a loader)
 
 
-def parse_columns(items: list[str], default_config: str | None, flag: str = "--column") -> list[ColumnSpec]:
-    """``LABEL=SOURCE[@CONFIG]`` items (given with ``flag``), bench folders expanded into one column per method."""
+def parse_columns(
+    items: list[str], default_config: str | None, flag: str = "--column", load: ColumnLoader | None = None
+) -> list[ColumnSpec]:
+    """``LABEL=SOURCE[@CONFIG]`` items (given with ``flag``), bench folders expanded into one column per method;
+    with ``load``, every column's config is read and checked now, before any model loads."""
     specs: list[ColumnSpec] = []
     for item in items:
         label, sep, rest = item.partition("=")
@@ -46,6 +55,8 @@ def parse_columns(items: list[str], default_config: str | None, flag: str = "--c
             ]
         else:
             specs.append(ColumnSpec(label, source, config))
+    for spec in specs if load is not None else []:
+        spec.cfg = load(f"{flag} {spec.label}", spec.config, ())
     return specs
 
 
@@ -95,12 +106,11 @@ def _is_full(path: str) -> bool:
 def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> tuple[torch.Tensor, dict]:
     """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
     rewards, ``flowrl.evaluation.score_images``), generated as the trainer evaluates."""
-    from flowrl.config import load_config
     from flowrl.evaluation import score_images
     from flowrl.generate import generate
     from flowrl.rewards import RewardSet
 
-    cfg = load_config(spec.config)
+    cfg = spec.cfg
     policy = load_column_policy(cfg, spec.source)
     images = generate(
         policy, prompts, seeds, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
@@ -153,7 +163,6 @@ def write_columns(
 ) -> dict[str, str]:  # fmt: skip
     """The gallery of evaluated columns (``evaluate_column``'s results on the rows ``prompts``, ``seeds``), with
     the monitors of each column against the base (``base_index``) in its header."""
-    from flowrl.config import load_config
     from flowrl.evaluation import compare, hacking_warnings, monitor_lines
     from flowrl.gallery import GalleryColumn, write_gallery
 
@@ -164,7 +173,7 @@ def write_columns(
     b, notes = base_index(specs), ["columns: " + "; ".join(f"{s.label} = {describe_source(s)}" for s in specs)]
     for spec, (images, scores) in zip(specs, results, strict=True):
         if spec is not specs[b]:
-            eval_cfg = load_config(spec.config).eval
+            eval_cfg = spec.cfg.eval
             change = compare(results[b][1], scores, prompts, results[b][0], images)
             warnings = hacking_warnings(change, eval_cfg.watch_drop, eval_cfg.diversity_drop)
             notes += monitor_lines(change, warnings, specs[b].label, spec.label)

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -26,9 +26,6 @@ from flowrl.options import load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
-
-if TYPE_CHECKING:
-    from flowrl.text_config import TextConfig
 
 
 @dataclass
@@ -356,7 +353,7 @@ def check_method(cfg: Config, branching: str) -> None:
 
 def check_renoise(cfg: Config) -> None:
     """The re-noising scheme of a sample loss reads train.timestep_fraction only where it uses it."""
-    scheme, top = scheme_of(cfg), int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
+    scheme, top = scheme_of(cfg.loss.name, cfg.loss.renoise), int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
     if cfg.train.timestep_fraction < 1 and scheme in ("uniform", "logit-normal"):
         raise ConfigError(
             f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} with loss.renoise={scheme} "
@@ -557,9 +554,9 @@ def search_folders(preset: str | None) -> list[str]:
     return list(dict.fromkeys([*folders, PROJECT]))
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | TextConfig:
-    """Read a YAML preset (or the defaults), apply overrides, validate everything. A preset with
-    ``backend: text`` gives the text trainer's ``TextConfig``."""
+def read_config_data(path: str | None = None, overrides: list[str] = ()) -> dict[str, Any]:
+    """A YAML preset's mapping (or an empty one) with the dotted ``overrides`` applied and a relative
+    ``model.path`` resolved; ``flowrl.recipes.load_config`` hands it to the recipe its ``backend`` names."""
     data: dict[str, Any] = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -578,16 +575,14 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config | 
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = resolve_relative_path(model["path"], path)
-    if data.get("backend") == "text":  # the text GRPO trainer's preset
-        from flowrl.text_config import load_text_config
+    return data
 
-        return load_text_config(data)
-    if data.get("backend", "flow") != "flow":
-        raise ConfigError(f"backend: {data['backend']!r} is not one of flow, text")
-    data.pop("backend", None)
+
+def load_flow_config(data: dict[str, Any]) -> Config:
+    """Build and check the image recipe's ``Config`` from a preset's mapping (overrides applied, no ``backend``)."""
     cfg = load(Config, data)
     check_combinations(cfg)
     return cfg
 
 
-__all__ = ["Config", "load_config", "to_dict", "window_of"]
+__all__ = ["Config", "load_flow_config", "read_config_data", "to_dict", "window_of"]

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowrl.atomic import write_json
 from flowrl.errors import ConfigError
 from flowrl.options import seed_indices
+
+if TYPE_CHECKING:
+    from flowrl.compare import ColumnLoader
 
 
 def add_arguments(parser: Any) -> None:
@@ -56,20 +59,13 @@ def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str]]:
     return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], prompts
 
 
-def run(args: Any) -> dict[str, Any]:
-    """Evaluate every column and write ``<out>/eval.json`` (and the gallery); returns the report."""
+def evaluate_images(args: Any, cfg: Any, load: ColumnLoader) -> dict[str, Any]:
+    """``flowrl eval`` for the image recipe: every column's images and scores, ``eval.json`` and the gallery.
+    ``load`` reads a column's config (``flowrl.recipes.column_loader``)."""
     from flowrl.compare import base_index, evaluate_column, parse_columns
-    from flowrl.config import load_config
     from flowrl.evaluation import compare, hacking_warnings, load_categories_metadata, summarize
 
-    cfg = load_config(args.config)
-    if getattr(cfg, "backend", "flow") == "text":  # a TextConfig (the image Config has no backend key)
-        from flowrl import eval_text
-
-        return eval_text.run(args, cfg)
-    specs = parse_columns(args.checkpoint, args.config, "--checkpoint")
-    for spec in specs:
-        load_config(spec.config)  # every column's config is checked before the first model loads
+    specs = parse_columns(args.checkpoint, args.config, "--checkpoint", load)  # every config checked: none loaded yet
     rows_p, rows_s, prompts = pairs(args, cfg)
     metadata_path = cfg.eval.metadata if args.metadata is None else args.metadata
     if metadata_path and not os.path.isfile(metadata_path):
@@ -122,4 +118,4 @@ def console_lines(report: dict[str, Any]) -> list[str]:
     return lines + [f"warning: {w}" for w in report["warnings"]]
 
 
-__all__ = ["add_arguments", "console_lines", "pairs", "run"]
+__all__ = ["add_arguments", "console_lines", "evaluate_images", "pairs"]

@@ -26,8 +26,9 @@ import torch
 from flowrl.errors import ConfigError
 
 
-def run(args: Any, cfg: Any) -> dict[str, Any]:
-    """Evaluate every column of a text config and write ``<out>/eval.json``; returns the report."""
+def run(args: Any, cfg: Any, load: Any) -> dict[str, Any]:
+    """Evaluate every column of a text config and write ``<out>/eval.json``; returns the report. ``load`` reads a
+    column's config (``flowrl.recipes.column_loader``)."""
     from flowrl.atomic import write_json, write_jsonl
     from flowrl.compare import base_index, parse_columns
 
@@ -36,7 +37,9 @@ def run(args: Any, cfg: Any) -> dict[str, Any]:
                           "writes eval.json (completions are in the run's samples.md)")  # fmt: skip
     specs = parse_columns(args.checkpoint, args.config, "--checkpoint")
     weights = [_weights(spec.source) for spec in specs]
-    columns = [(spec, _column_config(spec, w[1]), w) for spec, w in zip(specs, weights, strict=True)]  # before loading
+    columns = [
+        (spec, _column_config(load, spec, w[1]), w) for spec, w in zip(specs, weights, strict=True)
+    ]  # before loading
     rows, indices = _rows(args, cfg)
     units = [_key(r) for r in rows for _ in indices]
     results = [_evaluate_column(c, weights, rows, indices) for _, c, weights in columns]
@@ -76,16 +79,10 @@ def _completion_rows(specs, results, rows, indices) -> list[dict[str, Any]]:
     return out
 
 
-def _column_config(spec: Any, full: str | None) -> Any:
-    """The column's text config (a full model folder ``full`` becomes its ``model.path``)."""
-    from flowrl.config import load_config
-    from flowrl.text_config import TextConfig
-
-    cfg = load_config(spec.config, [f"model.path={full}"] if full else [])
-    if not isinstance(cfg, TextConfig):
-        raise ConfigError(f"--checkpoint {spec.label}: its config {spec.config!r} is not a text config (backend: "
-                          "text); text and image columns cannot be compared")  # fmt: skip
-    return cfg
+def _column_config(load: Any, spec: Any, full: str | None) -> Any:
+    """The column's config, read by ``load`` (``flowrl.recipes.column_loader``: of the evaluation's backend); a full
+    model folder ``full`` becomes its ``model.path``."""
+    return load(f"--checkpoint {spec.label} ({spec.config})", spec.config, [f"model.path={full}"] if full else [])
 
 
 def _weights(source: str) -> tuple[str | None, str | None]:

@@ -52,26 +52,25 @@ def forward_flops(run: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def profile(cfg: Config, iterations: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Profile ``iterations`` training iterations after ``warmup`` ones; returns the report (see ``table``)."""
-    from flowrl.trainer.flow import setup, train_step
-
-    run = setup(cfg)
+def profile(recipe: Any, cfg: Config, iterations: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Profile ``iterations`` training iterations of the image ``recipe`` after ``warmup`` ones; returns the report
+    (see ``table``)."""
+    run = recipe.setup(cfg)
     run.clock.sync = True
     for _ in range(warmup):
-        train_step(run)
+        recipe.train_step(run)
     seconds: dict[str, list[float]] = {}
     rows: dict[str, list[int]] = {}
     steps, nfe = [], []
     for _ in range(iterations):
         start = time.perf_counter()
-        metrics = train_step(run)
+        metrics = recipe.train_step(run)
         steps.append(time.perf_counter() - start)
         nfe.append(metrics["rollout/nfe"])
         for name, s in run.clock.seconds.items():
             seconds.setdefault(name, []).append(s)
             rows.setdefault(name, []).append(run.clock.rows[name])
-    extra = _log_and_checkpoint(run, metrics)
+    extra = _log_and_checkpoint(recipe, run, metrics)
     flops = forward_flops(run)
     stages = {}
     for name in STAGES:
@@ -97,11 +96,9 @@ def profile(cfg: Config, iterations: int = 3, warmup: int = 1) -> dict[str, Any]
     }
 
 
-def _log_and_checkpoint(run: Any, metrics: dict[str, float]) -> dict[str, float]:
+def _log_and_checkpoint(recipe: Any, run: Any, metrics: dict[str, float]) -> dict[str, float]:
     """Seconds of one tensorboard write of ``metrics`` and one checkpoint, in a temporary folder."""
     from torch.utils.tensorboard import SummaryWriter
-
-    from flowrl.trainer.run import save_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -111,7 +108,7 @@ def _log_and_checkpoint(run: Any, metrics: dict[str, float]) -> dict[str, float]
         writer.flush()
         log = time.perf_counter() - start
         start = time.perf_counter()
-        save_checkpoint(run, os.path.join(tmp, "checkpoints", "iter-000001"))
+        recipe.save_checkpoint(run, os.path.join(tmp, "checkpoints", "iter-000001"))
         return {"log": log, "checkpoint": time.perf_counter() - start}
 
 

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from flowrl.config import load_config
+from flowrl.recipes import load_config
 from flowrl.stats import prompt_mean_se
 from flowrl.trainer.flow import evaluate, setup, train_step
 from flowrl.trainer.run import eval_pairs

@@ -106,7 +106,7 @@ def workload_data(workload: str) -> tuple[list[dict], Lengths]:
 
 def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int, dtype: str) -> tuple[float, float]:
     """Steps per second of flowrl's text trainer and its mean completion length."""
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
     from flowrl.trainer.text import setup, train_step
 
     s = WORKLOADS[workload]

@@ -58,9 +58,9 @@ def sample(transformer, model_dir: str, embeds, pooled, noise: torch.Tensor, ste
 def main() -> int:
     from diffusers import SD3Transformer2DModel
 
-    from flowrl.config import load_config
     from flowrl.data import load_prompts
     from flowrl.models import SD3Policy
+    from flowrl.recipes import load_config
     from flowrl.rewards import make_reward
     from flowrl.stats import prompt_mean_se
 

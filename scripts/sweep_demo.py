@@ -26,7 +26,7 @@ SPLIT = ["data.train_prompts=toy:train-no-val", "data.eval_prompts=toy:validatio
 def run_one(base: str, name: str, iterations: int, overrides: list[str], seed: int, seeds_per_prompt: int) -> dict:
     import torch
 
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
     from flowrl.stats import prompt_mean_se
     from flowrl.trainer.flow import evaluate, setup, train_step
     from flowrl.trainer.run import eval_pairs

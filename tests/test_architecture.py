@@ -62,17 +62,19 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _runtime_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Imports that run, at module level or inside functions (lazy); ``if TYPE_CHECKING:`` blocks are skipped."""
+def _imports(tree: ast.Module, typing_too: bool) -> list[ast.Import | ast.ImportFrom]:
+    """Imports that run, at module level or inside functions (lazy); ``if TYPE_CHECKING:`` blocks too when
+    ``typing_too`` (a type-only import is still a dependency of the module's meaning)."""
     skip = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+        if not typing_too and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
             skip |= {id(n) for child in node.body for n in ast.walk(child)}
     return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) and id(n) not in skip]
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the flowrl modules it imports (a package import counts as its ``__init__``)."""
+def import_graph(typing_too: bool = True) -> dict[str, set[str]]:
+    """Module → the flowrl modules it imports (a package import counts as its ``__init__``), lazy and type-only
+    imports included unless ``typing_too`` is false."""
     modules = _modules()
 
     def owner(name: str) -> str | None:
@@ -83,7 +85,7 @@ def import_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in modules.items():
         deps = set()
-        for node in _runtime_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8")), typing_too):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -128,12 +130,15 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_no_import_cycle_lazy_imports_included():
+def test_no_import_cycle_lazy_and_type_only_imports_included():
     graph = import_graph()
     assert len(graph) > 60 and "flowrl.trainer.flow" in graph["flowrl.trainer.run"]
     assert _cycles(graph) == []
     # the check bites: a lazy import back from config to a module that imports it would close a cycle
-    assert _cycles({**graph, "flowrl.text_config": graph["flowrl.text_config"] | {"flowrl.config"}}) != []
+    assert _cycles({**graph, "flowrl.config": graph["flowrl.config"] | {"flowrl.recipes"}}) != []
+    # type-only imports count too (resume types its recipe argument, under TYPE_CHECKING only)
+    assert "flowrl.recipe" in graph["flowrl.trainer.resume"]
+    assert "flowrl.recipe" not in import_graph(typing_too=False)["flowrl.trainer.resume"]
 
 
 def test_configs_do_not_import_the_trainers():
@@ -171,3 +176,47 @@ def test_the_text_recipe_imports_nothing_of_the_flow_recipe():
     assert "flowrl.trainer.text" in seen and "flowrl.trainer.loop" in seen
     flow = sorted(seen & {"flowrl.trainer.flow", "flowrl.trainer.run", "flowrl.trainer.objectives"})
     assert not flow, f"the text recipe reaches {flow}"
+
+
+# --------------------------------------------------------------------------- one place knows the backends
+
+CONFIG_CLASSES = {"Config", "TextConfig"}
+
+
+def _backend_branches(tree: ast.AST) -> list[ast.AST]:
+    """``isinstance(x, Config | TextConfig)``, ``x.backend == "..."`` and ``data.get("backend")``: a module asking
+    which backend it holds."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
+            kinds = node.args[1] if len(node.args) > 1 else None
+            names = {n.id for n in ast.walk(kinds) if isinstance(n, ast.Name)} if kinds is not None else set()
+            if names & CONFIG_CLASSES:
+                found.append(node)
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(s, ast.Attribute) and s.attr == "backend" for s in sides) and any(
+                _is_literal(s) for s in sides
+            ):
+                found.append(node)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            if node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "backend":
+                found.append(node)
+    return found
+
+
+def test_only_the_recipe_registry_branches_on_the_backend():
+    allowed = {"flowrl.recipes"}  # maps a config or a YAML mapping to its recipe
+    found = []
+    for name, path in _modules().items():
+        if name in allowed:
+            continue
+        for node in _backend_branches(ast.parse(path.read_text(encoding="utf-8"))):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "dispatch through flowrl.recipes, not on the backend:\n" + "\n".join(found)
+
+
+def test_the_backend_rule_catches_each_idiom():
+    code = "isinstance(cfg, TextConfig)\nif cfg.backend == 'text': pass\nb = data.get('backend', 'flow')\n"
+    assert len(_backend_branches(ast.parse(code))) == 3
+    assert _backend_branches(ast.parse("isinstance(x, dict)\nrun.backend.step()\n")) == []

@@ -5,24 +5,20 @@ trainer running them."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from flowrl.losses import LOSSES, LossConfig, LossInputs, compute_loss
-from flowrl.losses.renoise import RENOISE
+from flowrl.losses.renoise import RENOISE, levels_of
 
 SIGMAS = torch.linspace(1.0, 0.0, 15)  # a 14-step schedule: σ_0 = 1 ... σ_14 = 0
 
 
-def _cfg(**loss) -> SimpleNamespace:
+def _cfg(**loss):
+    """The levels of an AWM-like config: 14 steps, timestep fraction 0.9, 6 levels, shift 3."""
     opts = {"renoise": "auto", "renoise_count": 6, "renoise_shift": 3.0, "name": "awm", **loss}
-    return SimpleNamespace(
-        loss=SimpleNamespace(**opts),
-        sampler=SimpleNamespace(num_steps=14),
-        train=SimpleNamespace(timestep_fraction=0.9),
-    )
+    return levels_of(opts["name"], opts["renoise"], opts["renoise_count"], opts["renoise_shift"], 14, 0.9)
 
 
 def test_stratified_levels_are_discrete_wo_init():

@@ -10,9 +10,9 @@ from devices import on_device
 from test_trainer import MODES, tiny_config
 from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
 
-from flowrl.config import load_config
 from flowrl.errors import ConfigError
 from flowrl.models.common import PromptCache
+from flowrl.recipes import load_config
 from flowrl.trainer.flow import setup, train_step
 
 # tiny pipelines: 32 px images are 4×4 latents of 4 channels (VAE factor 8); 2 prompts × 4 images

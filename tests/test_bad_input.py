@@ -551,23 +551,23 @@ def test_debug_reraises_with_the_original_chained(tmp_path: Path, capsys) -> Non
 
 
 def test_a_stopped_run_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
-    import flowrl.trainer.run
+    from flowrl.trainer.image_recipe import ImageRecipe
 
-    def stop(cfg, name):
+    def stop(self, cfg):
         raise TrainingStopped("3 iterations in a row skipped: non-finite rewards")
 
-    monkeypatch.setattr(flowrl.trainer.run, "train_and_report", stop)
+    monkeypatch.setattr(ImageRecipe, "setup", stop)
     code, line = run_cli([*FLOW, f"output.run_dir={tmp_path / 'run'}"], capsys)
     assert (code, line) == (2, "flowrl: training error: 3 iterations in a row skipped: non-finite rewards")
 
 
 def test_bugs_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
-    import flowrl.trainer.run
+    from flowrl.trainer.image_recipe import ImageRecipe
 
-    def bug(cfg, name):
+    def bug(self, cfg):
         raise KeyError("a bug, not bad input")
 
-    monkeypatch.setattr(flowrl.trainer.run, "train_and_report", bug)
+    monkeypatch.setattr(ImageRecipe, "setup", bug)
     with pytest.raises(KeyError, match="a bug"):
         main([*FLOW, f"output.run_dir={tmp_path / 'run'}"])
 
@@ -679,7 +679,8 @@ def test_long_text_prompts_keep_their_end(caplog, monkeypatch) -> None:
 def test_gallery_reward_failure_is_one_line_with_exit_code_2(tiny_model, tmp_path, capsys) -> None:
     import yaml
 
-    from flowrl.config import load_config, to_dict
+    from flowrl.config import to_dict
+    from flowrl.recipes import load_config
 
     cfg = load_config(None, [f"model.path={tiny_model}", "rewards=[{name: 'bad_rewards:raises'}]"])
     config = tmp_path / "tiny.yaml"

@@ -12,9 +12,9 @@ import pytest
 from test_text_trainer import text_config
 
 from flowrl.advantages import ADVANTAGES
-from flowrl.config import load_config
 from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES
+from flowrl.recipes import load_config
 from flowrl.samplers.modes import ROLLOUT_MODES
 
 #: what each mode needs beyond the defaults to be a valid rollout (branching modes: 4 leaves = the group size)

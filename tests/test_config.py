@@ -15,7 +15,6 @@ from flowrl.config import (
     Config,
     SamplerConfig,
     check_combinations,
-    load_config,
     parse_override,
     window_of,
 )
@@ -23,6 +22,7 @@ from flowrl.data import load_prompts
 from flowrl.errors import ConfigError, DataError
 from flowrl.losses import LOSSES
 from flowrl.options import describe, load, set_dotted, to_dict
+from flowrl.recipes import load_config
 from flowrl.samplers import WINDOW_SCHEDULES
 from flowrl.samplers.modes import ROLLOUT_MODES
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowrl.config import load_config, window_of
+from flowrl.config import window_of
+from flowrl.recipes import load_config
 from flowrl.rewards import REWARDS
 from flowrl.samplers import make_window
 

@@ -26,8 +26,8 @@ from test_trainer import TINY_ARGS
 from tiny_models import save_tiny_flux, save_tiny_qwen_image
 
 from flowrl.cli import main
-from flowrl.config import load_config
 from flowrl.data import load_prompts
+from flowrl.recipes import load_config
 from flowrl.trainer.flow import _reassemble, eval_share
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import deal, step_rows

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from flowrl.config import load_config
 from flowrl.generate import EVAL_STREAM, TRAIN_SEED_LIMIT, eval_noise_seed, eval_noise_seeds, generate
 from flowrl.models import SD3Policy
+from flowrl.recipes import load_config
 from flowrl.toy_world import split_scenes
 from flowrl.trainer.flow import eval_share
 from flowrl.trainer.run import eval_pairs
@@ -73,7 +73,7 @@ def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise
     from test_trainer import tiny_config
 
     from flowrl.models.family import FlowModel
-    from flowrl.trainer.run import train_and_report
+    from flowrl.recipes import train
 
     calls: list[list[int]] = []
     original = FlowModel.initial_noise
@@ -84,7 +84,7 @@ def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise
 
     monkeypatch.setattr(FlowModel, "initial_noise", recording)
     cfg = tiny_config(tiny_model, f"output.run_dir={tmp_path / 'run'}", "eval.seeds_per_prompt=2", "seed=7")
-    train_and_report(cfg)
+    train(cfg)
     evaluation = [c for c in calls if c[0] >= EVAL_STREAM]
     training = [c for c in calls if c[0] < EVAL_STREAM]
     assert len(evaluation) == 2 and len(training) == cfg.train.iterations  # before, after; one rollout each

@@ -83,7 +83,10 @@ def test_text_eval_refuses_bad_input_in_one_line(text_run, tmp_path, capsys):
     for argv, message in [
         (["--checkpoint", f"x={empty}"], "holds no peft adapter (adapter_config.json) or model (config.json)"),
         (["--checkpoint", "base=base", "--gallery", "2"], "--gallery is for image models"),
-        (["--checkpoint", "base=base@configs/demo.yaml"], "is not a text config"),
+        (
+            ["--checkpoint", "base=base@configs/demo.yaml"],
+            "its config is for the flow backend, the evaluation's is for text",
+        ),
         (["--checkpoint", "base=base", "--prompts", str(conversational)], "not of the format of the config's"),
         (["--checkpoint", "base=base", "--prompts", "toy-text:nope"], "--prompts: unknown data source"),
         (["--checkpoint", "base=base", "--seeds", "1,1"], "must be distinct non-negative integers"),

@@ -161,8 +161,8 @@ def test_score_images_keys_watch_rewards_apart():
 
 
 def test_watch_rewards_are_checked_before_anything_loads():
-    from flowrl.config import load_config
     from flowrl.errors import ConfigError
+    from flowrl.recipes import load_config
 
     with pytest.raises(ConfigError, match=r"eval\.watch_rewards\[0\]\.name: 'toy-geneval' is trained on"):
         load_config(None, ["eval.watch_rewards=[{name: toy-geneval}]"])

@@ -97,7 +97,7 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
 def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
     from diffusers import FluxPipeline
 
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
     from flowrl.trainer.flow import setup, train_step
     from flowrl.trainer.run import save_checkpoint
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from devices import velocity_on_cpu
 
-from flowrl.config import load_config
 from flowrl.errors import ConfigError
 from flowrl.losses import LossConfig, LossInputs, compute_loss
 from flowrl.losses.nft import nft_decay, nft_weight
+from flowrl.recipes import load_config
 
 NFT_ARGS = ["loss.name=nft", "sampler.mode=ode", "train.timestep_fraction=0.5"]
 

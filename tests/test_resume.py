@@ -231,7 +231,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_and_the_run_resumes(tiny_m
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("flowrl: terminated (SIGTERM) at iteration ") and "resume with train.resume=auto" in line
+    assert line.startswith("flowrl: terminated (SIGTERM) at iteration ")
+    assert line.endswith(f"resume with output.run_dir={run_dir} train.resume=auto")  # the folder named: issue 30
     stopped = int(line.split("iteration ")[1].split(":")[0])
     assert 1 <= stopped < 200 and (run_dir / "checkpoints" / f"iter-{stopped:06d}" / "trainer_state.pt").is_file()
     assert "Traceback" not in err

@@ -223,7 +223,7 @@ def test_a_failing_async_reward_is_named(lm_dir):
 
 def trl_config(path: str, trl: str, *overrides: str):
     """A text preset whose batch, sampling and loss are set by TRL's GRPOConfig names only."""
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
 
     rewards = "rewards=[{name: 'toy-text:correct'}, {name: 'toy-text:well_formed'}]"
     return load_config(None, ["backend=text", f"model.path={path}", rewards, f"trl={trl}", *overrides])

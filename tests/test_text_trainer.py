@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from flowrl.config import load_config
 from flowrl.models.causal_lm import completion_mask, token_log_probs
+from flowrl.recipes import load_config
 from flowrl.trainer.text import score, setup, train_step
 
 LOSSES = ["grpo", "bnpo", "dr-grpo", "dapo", "gspo"]
@@ -210,7 +210,7 @@ def test_advantages_and_reward_metrics_by_hand(lm_dir):
 
 
 def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_reference(lm_dir, tmp_path):
-    from flowrl.trainer.text_run import train_and_report
+    from flowrl.trainer.text_recipe import train_and_report
 
     rows = [{"prompt": f"{a}+1=", "target": str(a + 1)} for a in range(10)]
     seen: list[list[str]] = []

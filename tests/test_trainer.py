@@ -10,8 +10,8 @@ import pytest
 import torch
 from devices import on_device, velocity_on_cpu
 
-from flowrl.config import load_config
 from flowrl.models import SD3Policy
+from flowrl.recipes import load_config
 from flowrl.samplers import index_cond
 from flowrl.trainer.flow import advantages, sample, setup, train_step
 

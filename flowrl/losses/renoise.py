@@ -1,6 +1,6 @@
 """Noise levels of the sample objectives: at which σ each clean sample x0 is re-noised for its loss rows.
 
-Every scheme is a registered function ``fn(cfg, sigmas, n, gen) -> σ [n, K]``: K rows per sample, drawn once per
+Every scheme is a registered function ``fn(levels, sigmas, n, gen) -> σ [n, K]``: K rows per sample, drawn once per
 iteration (so a row keeps its σ across inner epochs and optimizer steps). ``sigmas`` is the sampling schedule
 ``[T + 1]`` (σ_0 = the start, σ_T = 0); ``loss.renoise`` picks the scheme, ``auto`` the loss's own
 (``LossFacts.levels``).
@@ -20,7 +20,7 @@ which gives each sample the same distribution.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,48 +29,59 @@ from flowrl.registry import Registry
 
 from .core import LOSSES
 
-if TYPE_CHECKING:
-    from flowrl.config import Config
 
-Levels = Callable[["Config", Tensor, int, torch.Generator], Tensor]  # (cfg, sigmas [T+1], n, gen) -> σ [n, K]
-RENOISE: Registry[Levels] = Registry("re-noising scheme")
+@dataclass(frozen=True)
+class Levels:
+    """What a scheme reads, resolved from the config once (``levels_of``)."""
 
+    scheme: str  # ``loss.renoise`` with ``auto`` resolved to the loss's own
+    count: int  # ``loss.renoise_count`` (stratified, logit-normal)
+    shift: float  # ``loss.renoise_shift`` (logit-normal)
+    top: int  # int(sampler.num_steps · train.timestep_fraction): the highest schedule index the fraction keeps
 
-def levels_per_sample(cfg: Config) -> int:
-    """K, the rows of each sample under the configured scheme."""
-    scheme = scheme_of(cfg)
-    if scheme == "uniform":
-        return 1
-    if scheme == "subset":
-        return max(1, int(cfg.sampler.num_steps * cfg.train.timestep_fraction))
-    return cfg.loss.renoise_count
-
-
-def scheme_of(cfg: Config) -> str:
-    """``loss.renoise``, with ``auto`` resolved to the loss's declared levels."""
-    return LOSSES.facts(cfg.loss.name).levels if cfg.loss.renoise == "auto" else cfg.loss.renoise
+    @property
+    def per_sample(self) -> int:
+        """K, the rows of each sample under the scheme."""
+        if self.scheme == "uniform":
+            return 1
+        return max(1, self.top) if self.scheme == "subset" else self.count
 
 
-def draw_levels(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
+Scheme = Callable[[Levels, Tensor, int, torch.Generator], Tensor]  # (levels, sigmas [T+1], n, gen) -> σ [n, K]
+RENOISE: Registry[Scheme] = Registry("re-noising scheme")
+
+
+def scheme_of(loss: str, renoise: str) -> str:
+    """``loss.renoise``, with ``auto`` resolved to the levels the loss ``loss`` declares."""
+    return LOSSES.facts(loss).levels if renoise == "auto" else renoise
+
+
+def levels_of(loss: str, renoise: str, count: int, shift: float, num_steps: int, fraction: float) -> Levels:
+    """The ``Levels`` of the config's ``loss.name``, ``loss.renoise``, ``loss.renoise_count``, ``loss.renoise_shift``,
+    ``sampler.num_steps`` and ``train.timestep_fraction``."""
+    return Levels(scheme_of(loss, renoise), count, shift, int(num_steps * fraction))
+
+
+def draw_levels(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
     """σ of each of ``n`` samples' K rows, ``[n, K]`` (float32)."""
-    return RENOISE.get(scheme_of(cfg))(cfg, sigmas.float().cpu(), n, gen)
+    return RENOISE.get(levels.scheme)(levels, sigmas.float().cpu(), n, gen)
 
 
 @RENOISE.register("uniform")
-def uniform(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
+def uniform(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
     return sigmas[:-1][torch.randint(len(sigmas) - 1, (n, 1), generator=gen)]
 
 
 @RENOISE.register("subset")
-def subset(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    t, k = len(sigmas) - 1, levels_per_sample(cfg)
+def subset(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    t, k = len(sigmas) - 1, levels.per_sample
     index = torch.stack([torch.randperm(t, generator=gen)[:k] for _ in range(n)]) if n else torch.zeros(0, k).long()
     return sigmas[index]
 
 
 @RENOISE.register("stratified")
-def stratified(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    k, top = cfg.loss.renoise_count, int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
+def stratified(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    k, top = levels.count, levels.top
     bounds = torch.linspace(1, top, k + 1).long()
     low, high = bounds[:-1], bounds[1:]
     index = low + (torch.rand(n, k, generator=gen) * (high - low)).long()
@@ -78,8 +89,8 @@ def stratified(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Ten
 
 
 @RENOISE.register("logit-normal")
-def logit_normal(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
-    k, shift = cfg.loss.renoise_count, cfg.loss.renoise_shift
+def logit_normal(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -> Tensor:
+    k, shift = levels.count, levels.shift
     quantile = ((torch.arange(k) + torch.rand(n, k, generator=gen)) / k).clamp(1e-7, 1 - 1e-7)
     u = torch.distributions.Normal(0.0, 1.0).icdf(quantile)
     u = torch.stack([row[torch.randperm(k, generator=gen)] for row in u]) if n else u
@@ -87,4 +98,4 @@ def logit_normal(cfg: Config, sigmas: Tensor, n: int, gen: torch.Generator) -> T
     return (shift * t / (1 + (shift - 1) * t)).clamp(min=0.01)
 
 
-__all__ = ["RENOISE", "draw_levels", "levels_per_sample", "scheme_of"]
+__all__ = ["RENOISE", "Levels", "draw_levels", "levels_of", "scheme_of"]

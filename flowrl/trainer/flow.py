@@ -23,8 +23,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,8 +35,8 @@ from flowrl.data import load_prompts
 from flowrl.errors import ConfigError
 from flowrl.evaluation import prompt_groups, score_images
 from flowrl.generate import generate
-from flowrl.losses import LOSSES, OldPolicy, trains_on
-from flowrl.models import FlowModel, lora_targets, policy_for
+from flowrl.losses import LOSSES, trains_on
+from flowrl.models import lora_targets, policy_for
 from flowrl.models.common import in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
 from flowrl.rewards import RewardSet, is_groupwise
@@ -51,61 +50,18 @@ from flowrl.samplers import (
     tree_rollout,
 )
 from flowrl.samplers.modes import ROLLOUT_MODES, RolloutPlan, step_subset
-from flowrl.trainer.backend import Backend, launch
+from flowrl.trainer.backend import launch
+from flowrl.trainer.flow_state import Batch, Run
 from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.trainer.monitor import TrainingMonitor, block_monitors, monitor_metrics
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
-from flowrl.trainer.timing import Stopwatch
 from flowrl.trainer.weights import EMA, frozen_copy, make_trainable
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
+    pass
 
 log = logging.getLogger("flowrl")
-
-
-@dataclass
-class Run:
-    """Everything a training run holds between iterations."""
-
-    cfg: Config
-    accelerator: Accelerator
-    backend: Backend  # DDP, FSDP or DeepSpeed: backward, optimizer step and optimizer state
-    policy: FlowModel
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    ema: EMA | None
-    old: EMA | None  # the trailing copy a loss reads as v_old (DiffusionNFT's old policy, AWM's EMA)
-    old_policy: OldPolicy | None  # its decay schedule and whether it samples the rollouts
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    rewards: RewardSet
-    window: WindowSchedule
-    train_prompts: list[str]
-    eval_prompts: list[str]
-    rng: random.Random
-    watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
-    monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations
-    adv_state: dict[str, Any] = field(default_factory=dict)
-    iteration: int = 0
-    skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
-    skips: int = 0
-    train_seconds: float = 0.0  # over the whole run, resumed invocations included
-    clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
-
-
-@dataclass
-class Batch:
-    """One iteration's experience: the rollout, its conditioning rows (one per root), and rewards."""
-
-    rollout: Rollout
-    cond: dict[str, Tensor]
-    prompts: list[str]  # per final sample [N]
-    rewards: Tensor  # [N, K] reward components (weights in run.rewards)
-    components: dict[str, Tensor]  # every reward score and diagnostic, [N] each
-    granular: Tensor | None = None  # [J, N, K] rewards of coarser decodings (G2RPO)
-    preferences: Tensor | None = None  # [N, N] a pairwise judge's verdicts within groups (Pref-GRPO)
-    monitors: dict[str, Tensor] = field(default_factory=dict)  # thumbnails and watch scores (trainer.monitor)
 
 
 def setup(cfg: Config) -> Run:

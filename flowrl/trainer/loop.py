@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from flowrl.config import Config
+    from flowrl.recipe import Recipe
     from flowrl.text_config import TextConfig
 
 log = logging.getLogger("flowrl")
@@ -167,18 +168,10 @@ def base_evaluation(run: LoopRun, run_dir: str, evaluate_now: Callable[[], Any],
     return result
 
 
-def training_loop(
-    run: LoopRun,
-    run_dir: str,
-    writer: Any,
-    step: Callable[[Any], dict[str, float]],
-    save: Callable[[Any, str], None],
-    postfix: Callable[[dict[str, float]], dict[str, str]],
-    media: Callable[[Any, Any], None] | None = None,
-) -> float:
-    """``cfg.train.iterations`` calls of ``step(run)`` (flow or text) with a progress bar (``postfix`` of the
+def training_loop(run: LoopRun, run_dir: str, writer: Any, recipe: Recipe) -> float:
+    """``cfg.train.iterations`` calls of ``recipe.train_step(run)`` with a progress bar (``recipe.progress`` of the
     metrics, and the time left under ``train.max_minutes``), tensorboard scalars, a checkpoint every
-    ``train.save_every`` iterations, ``media(run, trackers)`` every ``output.images_every`` iterations and the
+    ``train.save_every`` iterations, ``recipe.log_media`` every ``output.images_every`` iterations and the
     ``train.max_minutes`` limit (decided by the main process for all).
     SIGTERM (a scheduler's pre-emption) saves a checkpoint after the current iteration and raises ``Interrupted``;
     so does Ctrl-C, without the checkpoint. Returns the whole run's training seconds (``run.train_seconds``)."""
@@ -194,33 +187,40 @@ def training_loop(
                 if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
                     break
                 began = time.time()
-                metrics = step(run)
+                metrics = recipe.train_step(run)
                 run.train_seconds += time.time() - began
                 if writer is not None:
                     writer.log(metrics, run.iteration)
-                if media is not None and cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
-                    media(run, writer)  # every process: generation may be collective
+                if cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
+                    recipe.log_media(run, writer)  # every process: generation may be collective
                 done, remaining = run.iteration - first, cfg.train.iterations - run.iteration
-                bar.set_postfix({**postfix(metrics), **_time_left(limit, time.time() - start, done, remaining)})
+                left = _time_left(limit, time.time() - start, done, remaining)
+                bar.set_postfix({**recipe.progress(metrics), **left})
                 if cfg.train.save_every and run.iteration % cfg.train.save_every == 0:
-                    save(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
+                    recipe.save_checkpoint(run, os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}"))
                 stop, term = main_verdict(run, (bool(limit) and time.time() - start > limit, terminated()))
                 if term:
                     path = os.path.join(run_dir, "checkpoints", f"iter-{run.iteration:06d}")
-                    save(run, path)
+                    recipe.save_checkpoint(run, path)
                     raise Interrupted(f"terminated (SIGTERM) at iteration {run.iteration}: checkpoint {path}; "
-                                      "resume with train.resume=auto", 143)  # fmt: skip
+                                      f"{resume_hint(run_dir)}", 143)  # fmt: skip
                 if stop:
                     break
         except (KeyboardInterrupt, Interrupted) as e:
             if isinstance(e, Interrupted) and e.code != 130:  # SIGTERM's own stop, raised above
                 raise
             saved = os.path.isdir(os.path.join(run_dir, "checkpoints"))
-            hint = "resume with train.resume=auto" if saved else "no checkpoint yet, so the run folder is removed"
+            hint = resume_hint(run_dir) if saved else "no checkpoint yet, so the run folder is removed"
             raise Interrupted(f"interrupted at iteration {run.iteration}; {hint}", 130) from None
         finally:
             bar.close()
     return run.train_seconds
+
+
+def resume_hint(run_dir: str) -> str:
+    """How to continue the run in ``run_dir``: both keys, since a run without ``output.run_dir`` would otherwise
+    start afresh in a new folder."""
+    return f"resume with output.run_dir={run_dir} train.resume=auto"
 
 
 def _time_left(limit: float, elapsed: float, done: int, remaining: int) -> dict[str, str]:

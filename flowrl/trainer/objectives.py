@@ -25,14 +25,15 @@ from torch import Tensor
 
 from flowrl.advantages import broadcast_to_transitions
 from flowrl.losses import LOSSES, LossInputs, LossOutput, compute_loss
-from flowrl.losses.renoise import draw_levels, levels_per_sample
+from flowrl.losses.renoise import Levels, draw_levels, levels_of
 from flowrl.registry import Registry
 from flowrl.samplers import index_cond, replay_log_prob
 from flowrl.trainer.share import Whole
 from flowrl.trainer.weights import reference_policy
 
 if TYPE_CHECKING:
-    from flowrl.trainer.flow import Batch, Run
+    from flowrl.config import Config
+    from flowrl.trainer.flow_state import Batch, Run
 
 
 @dataclass
@@ -64,6 +65,12 @@ OBJECTIVES: Registry[Objective] = Registry("training objective")
 def _col(t: Tensor | None) -> Tensor | None:
     """One trained step per row: ``[M, ...]`` -> ``[M, 1, ...]`` (the losses' ``[N, T]`` layout)."""
     return None if t is None else t.unsqueeze(1)
+
+
+def renoise_levels(cfg: Config) -> Levels:
+    """The re-noising levels of ``cfg``'s sample objective (``flowrl.losses.renoise``)."""
+    return levels_of(cfg.loss.name, cfg.loss.renoise, cfg.loss.renoise_count, cfg.loss.renoise_shift,
+                     cfg.sampler.num_steps, cfg.train.timestep_fraction)  # fmt: skip
 
 
 class ReplayTransitions:
@@ -109,10 +116,11 @@ class RenoisedSamples:
 
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         cfg = run.cfg
-        k, total = levels_per_sample(cfg), whole.batch.rewards.shape[0]
+        levels = renoise_levels(cfg)
+        k, total = levels.per_sample, whole.batch.rewards.shape[0]
         gen = torch.Generator().manual_seed(cfg.seed * 6_700_417 + run.iteration)  # the same on every process
         sigmas = run.policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)
-        sigma = draw_levels(cfg, sigmas, total, gen)[whole.sample_pos].flatten()
+        sigma = draw_levels(levels, sigmas, total, gen)[whole.sample_pos].flatten()
         position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
         seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
         train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, sigma, seed)
@@ -136,7 +144,7 @@ class RenoisedSamples:
         """The velocities of ``rows`` at their noised samples (with ``old``: the reference's and the trailing
         copy's too, as configured)."""
         cfg, policy = run.cfg, run.policy
-        sample = rows // levels_per_sample(cfg)
+        sample = rows // renoise_levels(cfg).per_sample
         x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]  # on the accelerator
         cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
         sigma = train.sigma[rows].to(x0)

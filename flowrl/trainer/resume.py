@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from flowrl.config import Config
+    from flowrl.recipe import Recipe
     from flowrl.text_config import TextConfig
     from flowrl.trainer.backend import Backend
 
@@ -142,18 +143,18 @@ class Finished:
     start: float  # time.time() at the start, for the wall time
 
 
-def train_end_to_end(
-    cfg: Config | TextConfig,
-    name: str,
-    setup: Callable[[], Any],
-    restore: Callable[[Any, str], None],
-    evaluate: Callable[[Any], Any],
-    train_step: Callable[[Any], dict[str, float]],
-    save_checkpoint: Callable[[Any, str], None],
-    progress: Callable[[dict[str, float]], dict[str, str]],
-    media: Callable[[Any, Any], None] | None = None,
-) -> Finished:
-    """A recipe's run from start to final checkpoint, the same for flow and text: the run folder (removed if the run
+def train(recipe: Recipe, cfg: Config | TextConfig, name: str) -> str:
+    """Train ``cfg`` with ``recipe`` end to end (or continue it, ``train.resume``) and write the summary; returns the
+    run folder. Every process takes part; none returns before the run folder is complete."""
+    done = train_end_to_end(recipe, cfg, name)
+    if done.run.accelerator.is_main_process:
+        recipe.summarize(done)
+    done.run.accelerator.wait_for_everyone()
+    return done.run_dir
+
+
+def train_end_to_end(recipe: Recipe, cfg: Config | TextConfig, name: str) -> Finished:
+    """A recipe's run from start to final checkpoint, the same for every backend: the run folder (removed if the run
     fails before its first checkpoint and this invocation made it), ``train.resume``, the resolved config, setup and
     restore, the base evaluation (kept for a resumed run), the training loop with its periodic checkpoints, the final
     checkpoint and the trained policy's evaluation. The recipe writes its summary from the result."""
@@ -164,14 +165,14 @@ def train_end_to_end(
     with run_folder(run_dir, created, state.is_main_process):
         resume_from = resume_point(cfg, run_dir)
         write_config(cfg, run_dir, state.is_main_process)
-        run = setup()
+        run = recipe.setup(cfg)
         if resume_from:
-            restore(run, resume_from)
+            recipe.restore(run, resume_from)
         writer = make_trackers(cfg, run_dir, run.iteration) if run.accelerator.is_main_process else None
-        before = base_evaluation(run, run_dir, lambda: evaluate(run), resume_from)
-        train_seconds = training_loop(run, run_dir, writer, train_step, save_checkpoint, progress, media)
-        save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
-    after = evaluate(run) if cfg.eval.enabled else None
+        before = base_evaluation(run, run_dir, lambda: recipe.evaluate(run), resume_from)
+        train_seconds = training_loop(run, run_dir, writer, recipe)
+        recipe.save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
+    after = recipe.evaluate(run) if cfg.eval.enabled else None
     return Finished(run, run_dir, writer, before, after, train_seconds, start)
 
 
@@ -208,6 +209,7 @@ __all__ = [
     "restore_loop_state",
     "resume_point",
     "run_folder",
+    "train",
     "train_end_to_end",
     "write_checkpoint",
 ]

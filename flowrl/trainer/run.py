@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from typing import Any
 
@@ -22,9 +21,9 @@ import torch
 from flowrl.config import Config
 from flowrl.errors import ConfigError
 from flowrl.stats import prompt_mean_se
-from flowrl.trainer.flow import Run, evaluate, setup, train_step
+from flowrl.trainer.flow import Run, evaluate
 from flowrl.trainer.loop import finish_summary
-from flowrl.trainer.resume import Finished, read_checkpoint, train_end_to_end, write_checkpoint
+from flowrl.trainer.resume import Finished, read_checkpoint, write_checkpoint
 from flowrl.trainer.weights import save_weights, weight_state
 
 log = logging.getLogger("flowrl")
@@ -67,22 +66,6 @@ def restore(run: Run, path: str) -> None:
     run.window.load_state_dict(state["window"])
 
 
-def train_and_report(cfg: Config, name: str = "run") -> str:
-    """Run training end to end (or continue it, ``train.resume``); returns the run folder (see the module
-    docstring). A run that fails before its first checkpoint leaves no run folder behind."""
-    done = train_end_to_end(
-        cfg, name, lambda: setup(cfg), restore, lambda run: evaluate(run, *eval_pairs(cfg, run.eval_prompts)),
-        train_step, save_checkpoint,
-        lambda m: {"reward": f"{m.get('reward/mean', math.nan):.3f}", "clip": f"{m.get('clip_frac_high', 0):.2f}"},
-        log_samples,
-    )  # fmt: skip
-    run = done.run
-    if run.accelerator.is_main_process:
-        _write_summary(done, *eval_pairs(cfg, run.eval_prompts))
-    run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
-    return done.run_dir
-
-
 def log_samples(run: Run, trackers: Any) -> None:
     """The first ``output.images_count`` evaluation prompts' images (seed index 0, so the same noise every time: the
     grid shows training's progress) with their scores in the captions, to the trackers. Every process takes part."""
@@ -109,7 +92,7 @@ def _log_evaluations(run: Run, trackers: Any, prompts: list[str], seeds: list[in
         trackers.log_images(tag, images[rows], captions, run.iteration)
 
 
-def _write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
+def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
     """``summary.json``, the gallery and the final tensorboard scalar (main process only)."""
     run, run_dir, writer, before, after = done.run, done.run_dir, done.writer, done.before, done.after
     cfg = run.cfg
@@ -222,9 +205,4 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after, notes: li
     return paths["html"]
 
 
-__all__ = [
-    "eval_pairs",
-    "restore",
-    "save_checkpoint",
-    "train_and_report",
-]
+__all__ = ["EvalResult", "eval_pairs", "log_samples", "restore", "save_checkpoint", "write_summary"]

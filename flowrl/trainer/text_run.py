@@ -8,7 +8,6 @@ prompts with the base's and the trained policy's completions) and ``summary.json
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,11 +18,10 @@ from flowrl.atomic import write_text
 from flowrl.generate import eval_noise_seeds
 from flowrl.models.causal_lm import sample_completions
 from flowrl.stats import prompt_mean_se
-from flowrl.text_config import TextConfig
 from flowrl.text_data import prompt_key, prompt_label
 from flowrl.trainer.loop import finish_summary
-from flowrl.trainer.resume import read_checkpoint, train_end_to_end, write_checkpoint
-from flowrl.trainer.text import TextRun, completion_id_lists, score, setup, train_step, weighted_total
+from flowrl.trainer.resume import Finished, read_checkpoint, write_checkpoint
+from flowrl.trainer.text import TextRun, completion_id_lists, score, weighted_total
 from flowrl.trainer.text_rewards import RewardLog
 from flowrl.trainer.weights import weight_state
 
@@ -98,47 +96,35 @@ def restore(run: TextRun, path: str) -> None:
     run.num_tokens = int(state["num_tokens"])
 
 
-def train_and_report(
-    cfg: TextConfig,
-    name: str = "run",
-    dataset: list[dict[str, Any]] | None = None,
-    reward_funcs: list[Any] | None = None,
-) -> str:
-    """Run text training end to end; returns the run folder (see the module docstring). ``dataset`` (rows with a
-    "prompt") and ``reward_funcs`` (TRL-signature callables) replace the configured training data and rewards."""
+def eval_rows(run: TextRun) -> list[dict[str, Any]]:
+    """The evaluation rows: the first ``eval.num_prompts`` (all with 0)."""
+    n = run.cfg.eval.num_prompts
+    return run.eval_rows[:n] if n else run.eval_rows
 
-    def eval_rows(run: TextRun) -> list[dict[str, Any]]:
-        return run.eval_rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else run.eval_rows
 
-    done = train_end_to_end(
-        cfg, name, lambda: setup(cfg, dataset, reward_funcs), restore, lambda run: evaluate(run, eval_rows(run)),
-        train_step, save_checkpoint,
-        lambda m: {"reward": f"{m.get('reward', math.nan):.3f}", "kl": f"{m.get('kl', 0):.4f}"},
-        log_completions,
-    )  # fmt: skip
-    run, rows, n = done.run, eval_rows(done.run), cfg.eval.samples_per_prompt
-    if run.accelerator.is_main_process:
-        summary: dict[str, Any] = {
-            "backend": "text",
-            "train_steps": run.iteration,
-            "train_seconds": round(done.train_seconds, 1),
-            "seed": cfg.seed,
-            "num_eval_samples": len(rows) * n if cfg.eval.enabled else 0,
-            "checkpoint": os.path.join(done.run_dir, "checkpoints", "final"),
-        }
-        if done.before is not None and done.after is not None:
-            units = [prompt_key(r["prompt"]) for r in rows for _ in range(n)]
-            summary.update(_eval_summary(run, units, done.before[1], done.after[1]))
-            summary["samples"] = _write_samples(done.run_dir, rows, n, done.before, done.after)
-            if done.writer is not None:
-                done.writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
-                done.writer.log_table("eval/completions", ["prompt", "base", "trained"],
-                                      [[prompt_label(rows[i // n]["prompt"]), b, a] for i, (b, a) in
-                                       enumerate(zip(done.before[0], done.after[0], strict=True))][:24],
-                                      run.iteration)  # fmt: skip
-        finish_summary(done.run_dir, summary, cfg, done.writer, done.start)
-    run.accelerator.wait_for_everyone()  # nobody returns before the run folder is complete
-    return done.run_dir
+def write_summary(done: Finished) -> None:
+    """``summary.json``, ``samples.md`` and the final tracker entries (main process only)."""
+    run, cfg = done.run, done.run.cfg
+    rows, n = eval_rows(run), cfg.eval.samples_per_prompt
+    summary: dict[str, Any] = {
+        "backend": "text",
+        "train_steps": run.iteration,
+        "train_seconds": round(done.train_seconds, 1),
+        "seed": cfg.seed,
+        "num_eval_samples": len(rows) * n if cfg.eval.enabled else 0,
+        "checkpoint": os.path.join(done.run_dir, "checkpoints", "final"),
+    }
+    if done.before is not None and done.after is not None:
+        units = [prompt_key(r["prompt"]) for r in rows for _ in range(n)]
+        summary.update(_eval_summary(run, units, done.before[1], done.after[1]))
+        summary["samples"] = _write_samples(done.run_dir, rows, n, done.before, done.after)
+        if done.writer is not None:
+            done.writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
+            done.writer.log_table("eval/completions", ["prompt", "base", "trained"],
+                                  [[prompt_label(rows[i // n]["prompt"]), b, a] for i, (b, a) in
+                                   enumerate(zip(done.before[0], done.after[0], strict=True))][:24],
+                                  run.iteration)  # fmt: skip
+    finish_summary(done.run_dir, summary, cfg, done.writer, done.start)
 
 
 def log_completions(run: TextRun, trackers: Any) -> None:
@@ -179,4 +165,4 @@ def _write_samples(run_dir: str, rows, n: int, before: EvalResult, after: EvalRe
     return path
 
 
-__all__ = ["evaluate", "save_checkpoint", "train_and_report"]
+__all__ = ["EvalResult", "eval_rows", "evaluate", "log_completions", "restore", "save_checkpoint", "write_summary"]

@@ -1,0 +1,108 @@
+"""Every backend's recipe, registered, and the one place that maps a config (or a YAML mapping) to its recipe.
+
+``backend: flow`` (the default) is the image recipe (``flowrl.trainer.image_recipe.ImageRecipe``: text-to-image on
+every model family); ``backend: text`` is the text GRPO recipe (``flowrl.trainer.text_recipe.TextRecipe``). The
+commands (``train``, ``eval``, ``profile``, ``bench``, ``--help``) and the Python API call these functions and never
+ask which backend they hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# importing the recipe modules registers them
+import flowrl.trainer.image_recipe
+import flowrl.trainer.text_recipe  # noqa: F401
+from flowrl.config import read_config_data
+from flowrl.errors import ConfigError
+from flowrl.recipe import RECIPES, Recipe
+from flowrl.trainer import resume
+
+DEFAULT = "flow"  # a config without a ``backend`` key
+
+
+def backend_of(data: dict[str, Any]) -> str:
+    """The backend a YAML mapping names (``backend``, default ``flow``); an unknown one is a config error."""
+    name = data.get("backend", DEFAULT)
+    if name not in RECIPES:
+        raise ConfigError(f"backend: {name!r} is not one of {', '.join(RECIPES.names())}")
+    return name
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Any:
+    """Read a YAML preset (or the defaults), apply the dotted ``overrides`` and validate everything with the recipe
+    its ``backend`` names (``flowrl.config.Config`` or ``flowrl.text_config.TextConfig``), before any model loads."""
+    data = read_config_data(path, overrides)
+    recipe = RECIPES.get(backend_of(data))()
+    data.pop("backend", None)
+    return recipe.load(data)
+
+
+def recipe_for(cfg: Any, **options: Any) -> Recipe:
+    """The recipe of a loaded config (``options`` go to the recipe's constructor, e.g. a text ``dataset``)."""
+    for name in RECIPES.names():
+        if type(cfg) is RECIPES.facts(name).config:
+            return RECIPES.get(name)(**options)
+    raise TypeError(f"{type(cfg).__name__} is the config of no registered recipe")
+
+
+def renders_images(cfg: Any) -> bool:
+    """Whether ``cfg``'s recipe makes images (its registered fact)."""
+    return RECIPES.facts(recipe_for(cfg).name).images
+
+
+def same_backend(cfg: Any, other: Any, what: str) -> None:
+    """Refuse ``other`` (a column's or checkpoint's config, named by ``what``) unless it is of ``cfg``'s backend."""
+    mine, theirs = recipe_for(cfg).name, recipe_for(other).name
+    if mine != theirs:
+        raise ConfigError(f"{what}: its config is for the {theirs} backend, the evaluation's is for {mine}")
+
+
+def column_loader(cfg: Any) -> Callable[[str, str | None, Sequence[str]], Any]:
+    """``load(what, path, overrides)``: a column's config for a command evaluating ``cfg``'s backend, refused in one
+    line (naming ``what``) when it is another backend's."""
+
+    def load(what: str, path: str | None, overrides: Sequence[str] = ()) -> Any:
+        column = load_config(path, list(overrides))
+        same_backend(cfg, column, what)
+        return column
+
+    return load
+
+
+def train(cfg: Any, name: str = "run", **options: Any) -> str:
+    """Train ``cfg`` with its recipe end to end (``flowrl.trainer.resume.train``); returns the run folder."""
+    return resume.train(recipe_for(cfg, **options), cfg, name)
+
+
+def options_help(backend: str | None = None) -> str:
+    """``flowrl train --help``'s options: one backend's, or every backend's (``backend`` None)."""
+    import textwrap
+
+    from flowrl.options import describe
+
+    lines: list[str] = []
+    for name in [backend] if backend else RECIPES.names():
+        recipe = RECIPES.get(name)()
+        lines += [*([""] if lines else []), recipe.help_title]
+        for key, tp, default, text in describe(RECIPES.facts(name).config):
+            lines.append(f"  {key} ({tp}, default {default!r})")
+            lines.extend("      " + line for line in textwrap.wrap(text, 90, break_on_hyphens=False))
+        lines += recipe.help_extra()
+    if backend:
+        others = [n for n in RECIPES.names() if n != backend]
+        lines += ["", f"(a config with `backend: {' | '.join(others)}` lists that backend's options)"]
+    return "\n".join(lines)
+
+
+__all__ = [
+    "backend_of",
+    "column_loader",
+    "load_config",
+    "options_help",
+    "recipe_for",
+    "renders_images",
+    "same_backend",
+    "train",
+]
