@@ -17,23 +17,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-BACKEND_CLASS = {"ddp": "Replicated", "fsdp": "Sharded", "deepspeed": "Zero"}
+PARALLEL_CLASS = {"ddp": "Replicated", "fsdp": "Sharded", "deepspeed": "Zero"}
 _launched: dict[str, tuple[list[dict], Path]] = {}
 
 
-def _launch(root: Path, backend: str) -> tuple[list[dict], Path]:
-    """Train the text demo for 3 iterations on two CPU processes (once per backend in this session): both ranks'
-    records and the run folder."""
-    if backend in _launched:
-        return _launched[backend]
-    out, run_dir = root / backend / "out", root / backend / "run"
+def _launch(root: Path, kind: str) -> tuple[list[dict], Path]:
+    """Train the text demo for 3 iterations on two CPU processes (once per parallel strategy in this session): both
+    ranks' records and the run folder."""
+    if kind in _launched:
+        return _launched[kind]
+    out, run_dir = root / kind / "out", root / kind / "run"
     out.mkdir(parents=True)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    if backend == "deepspeed":  # ZeRO-2 over gloo: accelerate's CPU flag would turn DeepSpeed off
+    if kind == "deepspeed":  # ZeRO-2 over gloo: accelerate's CPU flag would turn DeepSpeed off
         pytest.importorskip("deepspeed")
         del env["ACCELERATE_USE_CPU"]
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
-    if backend == "fsdp":  # the decoder layers sharded between the two processes
+    if kind == "fsdp":  # the decoder layers sharded between the two processes
         env["ACCELERATE_USE_FSDP"] = "true"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
@@ -41,8 +41,8 @@ def _launch(root: Path, backend: str) -> tuple[list[dict], Path]:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().splitlines()[-1] == str(run_dir)
-    _launched[backend] = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)], run_dir
-    return _launched[backend]
+    _launched[kind] = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)], run_dir
+    return _launched[kind]
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +50,12 @@ def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("text_distributed")
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed"])
-def test_two_processes_train_the_text_demo_in_step(root, backend):
-    ranks, run_dir = _launch(root, backend)
+@pytest.mark.parametrize("kind", ["ddp", "fsdp", "deepspeed"])
+def test_two_processes_train_the_text_demo_in_step(root, kind):
+    ranks, run_dir = _launch(root, kind)
     assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
     assert ranks[0]["prompts"] == ranks[1]["prompts"] and len(ranks[0]["prompts"][0]) == 3
-    assert all(r["backend"] == BACKEND_CLASS[backend] for r in ranks)
+    assert all(r["parallel"] == PARALLEL_CLASS[kind] for r in ranks)
     for step in range(3):  # 3 prompts x 8 completions: 12 per process, the middle prompt's group split 4 / 4
         rewards = torch.tensor(ranks[0]["rewards"][step] + ranks[1]["rewards"][step]).view(3, 8)
         adv = torch.tensor(ranks[0]["advantages"][step] + ranks[1]["advantages"][step]).view(3, 8)
@@ -100,7 +100,7 @@ def _worker(out: str, run_dir: str) -> None:
         return h.hexdigest()
 
     def recorded_step(run):
-        record["backend"] = type(run.backend).__name__
+        record["parallel"] = type(run.parallel).__name__
         if not record["hashes"]:
             record["hashes"].append(digest(run))
         metrics = step(run)

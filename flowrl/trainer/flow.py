@@ -50,11 +50,11 @@ from flowrl.samplers import (
     tree_rollout,
 )
 from flowrl.samplers.modes import ROLLOUT_MODES, RolloutPlan, step_subset
-from flowrl.trainer.backend import launch
 from flowrl.trainer.flow_state import Batch, Run
 from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.trainer.monitor import TrainingMonitor, block_monitors, monitor_metrics
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
+from flowrl.trainer.parallel import launch
 from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
 from flowrl.trainer.weights import EMA, frozen_copy, make_trainable
 
@@ -71,7 +71,7 @@ def setup(cfg: Config) -> Run:
     torch.manual_seed(cfg.seed)  # the same initial LoRA weights on every process
     # some trainable weights get no gradient (SD3's last block discards its text stream): DDP must look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    accelerator, backend = launch(cfg.model.mixed_precision, kwargs_handlers=[ddp])
+    accelerator, parallel = launch(cfg.model.mixed_precision, kwargs_handlers=[ddp])
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])  # before the model: a bad reward fails fast
     m = cfg.model
     policy = policy_for(m, cfg.sampler.shift, accelerator.device)
@@ -81,9 +81,9 @@ def setup(cfg: Config) -> Run:
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
-    policy.untrained = untrained_copy(policy, m.untrained_copy, m.finetune == "lora", backend.sharded)
+    policy.untrained = untrained_copy(policy, m.untrained_copy, m.finetune == "lora", parallel.sharded)
     t = cfg.train
-    prepared, optimizer, params = backend.prepare(
+    prepared, optimizer, params = parallel.prepare(
         policy.transformer,
         params,
         lambda ps: torch.optim.AdamW(ps, lr=t.lr, weight_decay=t.weight_decay),
@@ -94,7 +94,7 @@ def setup(cfg: Config) -> Run:
     # policy.transformer stays the plain module (config, adapters); passes with gradients go through the wrapper
     policy.prepared = None if prepared is policy.transformer else prepared
     if m.compile:
-        compile_policy(policy, backend.sharded)
+        compile_policy(policy, parallel.sharded)
     kind, size = window_of(cfg.sampler)
     options = dict(cfg.sampler.window_options)
     if WINDOW_SCHEDULES.facts(kind).seeded:
@@ -106,7 +106,7 @@ def setup(cfg: Config) -> Run:
     return Run(
         cfg=cfg,
         accelerator=accelerator,
-        backend=backend,
+        parallel=parallel,
         policy=policy,
         params=params,
         optimizer=optimizer,
@@ -366,21 +366,21 @@ def _accumulate(
         with run.clock.stage("replay_forward", mb.numel()):
             out = row_loss(run, batch, mb, train)
         with run.clock.stage("backward", mb.numel()):
-            run.backend.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
+            run.parallel.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
         for k, v in out.metrics.items():
             sums[k] = sums.get(k, 0.0) + v * mb.numel()
         sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
     filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
     for k in range(len(pieces), calls):
         out = row_loss(run, batch, filler, train)
-        run.backend.backward(out.loss * 0.0, last=k == calls - 1)
+        run.parallel.backward(out.loss * 0.0, last=k == calls - 1)
 
 
 def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
     """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
     Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
     with run.clock.stage("optimizer"):
-        norm = run.backend.step(run.cfg.train.max_grad_norm, sums)
+        norm = run.parallel.step(run.cfg.train.max_grad_norm, sums)
     if norm is None:
         return False
     sums["train/grad_norm"] = norm * rows
@@ -403,7 +403,7 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
     mine = eval_share(prompts, acc.process_index, acc.num_processes)
     # a sharded model's forward passes are collective: every process generates as many images (pair 0 as filler)
     size = max(len(eval_share(prompts, k, acc.num_processes)) for k in range(acc.num_processes))
-    rows = mine + [0] * (size - len(mine)) if run.backend.sharded else mine
+    rows = mine + [0] * (size - len(mine)) if run.parallel.sharded else mine
     images, parts = _evaluate_pairs(run, [prompts[i] for i in rows], [seeds[i] for i in rows], keep=len(mine))
     if acc.num_processes == 1:
         return images, parts

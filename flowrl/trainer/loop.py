@@ -2,7 +2,8 @@
 tensorboard, periodic checkpoints, time limit), the base evaluation kept for a resumed run, the summary, the
 learning-rate schedule, per-process seeds, skipped-update accounting and the finite-step check.
 
-A recipe's run object satisfies ``LoopRun``; the text recipe imports this module and nothing of the flow recipe.
+A recipe's run is a ``flowrl.trainer.state.RunState``; the text recipe imports this module and nothing of the flow
+recipe.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -36,19 +37,9 @@ if TYPE_CHECKING:
     from flowrl.config import Config
     from flowrl.recipe import Recipe
     from flowrl.text_config import TextConfig
+    from flowrl.trainer.state import RunState
 
 log = logging.getLogger("flowrl")
-
-
-class LoopRun(Protocol):
-    """What the shared loop reads and writes of a recipe's run (``flowrl.trainer.flow.Run``, ``TextRun``)."""
-
-    cfg: Config | TextConfig
-    accelerator: Accelerator
-    iteration: int
-    skips: int
-    skips_in_a_row: int
-    train_seconds: float  # training seconds over the whole run, resumed invocations included
 
 
 # Seeds of process k are offset by k·stride; process 0 keeps the single-process seeds. The stride is far above
@@ -73,7 +64,7 @@ def lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def require_finite(run: LoopRun, tensors: list[Tensor]) -> None:
+def require_finite(run: RunState, tensors: list[Tensor]) -> None:
     """Raise on every process (so that none waits for the others in vain) if any process holds a non-finite
     trainable weight (or average of one) in ``tensors``: non-finite weights are never saved. Both recipes call it
     before writing a checkpoint."""
@@ -82,7 +73,7 @@ def require_finite(run: LoopRun, tensors: list[Tensor]) -> None:
         raise FloatingPointError(f"non-finite trainable weights at iteration {run.iteration}: checkpoint not saved")
 
 
-def count_skip(run: LoopRun, skipped: bool, reason: str) -> None:
+def count_skip(run: RunState, skipped: bool, reason: str) -> None:
     """Count a skipped update; stop the run after ``train.max_consecutive_skips`` of them in a row."""
     run.skips_in_a_row = run.skips_in_a_row + 1 if skipped else 0
     run.skips += int(skipped)
@@ -104,7 +95,7 @@ def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
     return rng.sample(pool, min(count, len(pool)))
 
 
-def process_seed(run: LoopRun, seed: int) -> int:
+def process_seed(run: RunState, seed: int) -> int:
     """``seed`` made distinct per process (unchanged on process 0, so one process keeps its seeds)."""
     return seed + run.accelerator.process_index * _PROCESS_SEED_STRIDE
 
@@ -148,7 +139,7 @@ def write_config(cfg: Config | TextConfig, run_dir: str, main: bool) -> None:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
-def base_evaluation(run: LoopRun, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
+def base_evaluation(run: RunState, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
     """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
     run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
     folder's checkpoint."""
@@ -168,7 +159,7 @@ def base_evaluation(run: LoopRun, run_dir: str, evaluate_now: Callable[[], Any],
     return result
 
 
-def training_loop(run: LoopRun, run_dir: str, writer: Any, recipe: Recipe) -> float:
+def training_loop(run: RunState, run_dir: str, writer: Any, recipe: Recipe) -> float:
     """``cfg.train.iterations`` calls of ``recipe.train_step(run)`` with a progress bar (``recipe.progress`` of the
     metrics, and the time left under ``train.max_minutes``), tensorboard scalars, a checkpoint every
     ``train.save_every`` iterations, ``recipe.log_media`` every ``output.images_every`` iterations and the
@@ -301,7 +292,7 @@ def shared_run_dir(cfg: Config | TextConfig, name: str, state: Any) -> tuple[str
     return tuple(result[0])
 
 
-def main_verdict(run: LoopRun, local: tuple[bool, ...]) -> tuple[bool, ...]:
+def main_verdict(run: RunState, local: tuple[bool, ...]) -> tuple[bool, ...]:
     """The main process's verdicts (time is up, a SIGTERM came), on every process: if one process stopped
     training alone, the others would wait for its gradients for ever."""
     if run.accelerator.num_processes == 1:
@@ -321,7 +312,6 @@ def make_trackers(cfg: Config | TextConfig, run_dir: str, iteration: int = 0) ->
 
 
 __all__ = [
-    "LoopRun",
     "base_evaluation",
     "count_skip",
     "draw_prompts",

@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from flowrl.atomic import atomic_dir
 from flowrl.errors import ConfigError
@@ -35,7 +35,6 @@ from flowrl.trainer.checkpoint import (
     set_rng_states,
 )
 from flowrl.trainer.loop import (
-    LoopRun,
     base_evaluation,
     make_trackers,
     process_state,
@@ -48,34 +47,23 @@ from flowrl.trainer.sharding import full
 from flowrl.trainer.share import gather_all
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
     from flowrl.config import Config
     from flowrl.recipe import Recipe
     from flowrl.text_config import TextConfig
-    from flowrl.trainer.backend import Backend
+    from flowrl.trainer.state import RunState
 
 log = logging.getLogger("flowrl")
 
 
-class ResumableRun(LoopRun, Protocol):
-    """What a checkpoint saves and restores of a recipe's run, beyond ``LoopRun``."""
-
-    params: list[torch.nn.Parameter]
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    rng: random.Random
-    adv_state: dict[str, Any]
-    backend: Backend  # saves and restores the optimizer state (whole tensors under FSDP and DeepSpeed too)
-
-
-def loop_state(run: ResumableRun) -> dict[str, Any]:
+def loop_state(run: RunState) -> dict[str, Any]:
     """The state every trainer's run has (a collective: weights and random states come from every process)."""
     rngs = gather_all(run.accelerator, rng_states())
     return {
         "iteration": run.iteration,
         "params": [full(p) for p in run.params],
-        "optimizer": run.backend.optimizer_state(),
+        "optimizer": run.parallel.optimizer_state(),
         "scheduler": run.scheduler.state_dict(),
         "advantage_state": plain(run.adv_state),
         "prompt_rng": plain(run.rng.getstate()),
@@ -85,12 +73,12 @@ def loop_state(run: ResumableRun) -> dict[str, Any]:
     }
 
 
-def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> None:
+def restore_loop_state(run: RunState, state: dict[str, Any], path: str) -> None:
     """Load what ``loop_state`` saved into ``run`` (every process reads the same file); ``path`` names it in
     errors. The weights go back first: DeepSpeed copies them into its fp32 master weights with the optimizer."""
     try:
         copy_into(run.params, state["params"])
-        run.backend.load_optimizer_state(state["optimizer"])
+        run.parallel.load_optimizer_state(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not fit this run's model and options: {e}") from None
@@ -105,7 +93,7 @@ def restore_loop_state(run: ResumableRun, state: dict[str, Any], path: str) -> N
 
 
 def write_checkpoint(
-    run: ResumableRun, path: str, write_weights: Callable[[str], None], extras: dict[str, Any], finite: list[Tensor]
+    run: RunState, path: str, write_weights: Callable[[str], None], extras: dict[str, Any], finite: list[Tensor]
 ) -> None:
     """A checkpoint of either recipe: ``write_weights(folder)`` writes the trainable weights into
     ``<path>/<model.finetune>/``, next to the trainer state (``loop_state`` plus the recipe's ``extras``). Written
@@ -122,7 +110,7 @@ def write_checkpoint(
     run.accelerator.wait_for_everyone()
 
 
-def read_checkpoint(run: ResumableRun, path: str) -> dict[str, Any]:
+def read_checkpoint(run: RunState, path: str) -> dict[str, Any]:
     """Continue ``run`` from the checkpoint folder ``path``: what ``loop_state`` saved is restored; the whole
     state is returned for the recipe's extras."""
     state = load_state(path)
@@ -203,7 +191,6 @@ def run_folder(path: str, created: bool, main: bool) -> Iterator[None]:
 
 __all__ = [
     "Finished",
-    "ResumableRun",
     "loop_state",
     "read_checkpoint",
     "restore_loop_state",

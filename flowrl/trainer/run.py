@@ -44,7 +44,7 @@ def save_checkpoint(run: Run, path: str) -> None:
     t, m = run.policy.transformer, run.cfg.model
     ctx = run.ema.applied() if run.ema is not None else contextlib.nullcontext()
     with ctx:
-        weights = weight_state(t, m.finetune, run.backend.sharded)
+        weights = weight_state(t, m.finetune, run.parallel.sharded)
     extras = {"ema": run.ema.state_dict() if run.ema is not None else None, "window": run.window.state_dict(),
               "old": run.old.state_dict() if run.old is not None else None}  # fmt: skip
     finite = [*run.params, *(run.ema.shadow if run.ema is not None else []), *(run.old.shadow if run.old else [])]

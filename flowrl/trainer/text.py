@@ -36,7 +36,6 @@ from flowrl.models.causal_lm import (
 from flowrl.sections import WEIGHT_DTYPES
 from flowrl.text_config import TextConfig
 from flowrl.text_data import PromptFormat, as_rows, is_conversational, load_rows, prompt_key
-from flowrl.trainer.backend import Backend, launch
 from flowrl.trainer.loop import (
     count_skip,
     draw_prompts,
@@ -44,7 +43,9 @@ from flowrl.trainer.loop import (
     mean_over_processes,
     process_seed,
 )
+from flowrl.trainer.parallel import launch
 from flowrl.trainer.share import deal, gather_all
+from flowrl.trainer.state import RunState
 from flowrl.trainer.text_rewards import (
     RewardFunc,
     RewardLog,
@@ -58,33 +59,22 @@ from flowrl.trainer.text_rewards import (
 from flowrl.trainer.weights import check_lora_targets, frozen_copy
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
+    pass
 
 
-@dataclass
-class TextRun:
-    """Everything a text training run holds between iterations."""
+@dataclass(kw_only=True)
+class TextRun(RunState):
+    """Everything a text run holds between iterations, beyond ``RunState``."""
 
     cfg: TextConfig
-    accelerator: Accelerator
-    backend: Backend  # DDP, FSDP or DeepSpeed: backward, optimizer step and optimizer state
     model: Any  # the plain (peft) module: generation, adapters, saving
     prepared: Any  # the same network as accelerate prepared it: passes with gradients
     tokenizer: Any
-    params: list[torch.nn.Parameter]
-    optimizer: torch.optim.Optimizer
     rewards: list[tuple[str, RewardFunc, float]]
     train_rows: list[dict[str, Any]]
     eval_rows: list[dict[str, Any]]
-    rng: random.Random
-    scheduler: torch.optim.lr_scheduler.LambdaLR
     reference: Any = None  # a frozen copy for KL when fine-tuning fully (LoRA disables its adapter instead)
-    adv_state: dict[str, Any] = field(default_factory=dict)
-    iteration: int = 0
     num_tokens: int = 0
-    skips_in_a_row: int = 0
-    skips: int = 0
-    train_seconds: float = 0.0  # over the whole run, resumed invocations included
     format: PromptFormat = field(default_factory=PromptFormat)  # standard or conversational prompts
     reward_log: RewardLog = field(default_factory=RewardLog)  # log_metric calls of the reward functions
 
@@ -111,7 +101,7 @@ def setup(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(cfg.seed)
-    accelerator, backend = launch()
+    accelerator, parallel = launch()
     m = cfg.model
     dtype = getattr(torch, WEIGHT_DTYPES[m.weights_dtype])
     tokenizer = AutoTokenizer.from_pretrained(m.path)
@@ -138,7 +128,7 @@ def setup(
         model.gradient_checkpointing_enable()
     model.train(m.gradient_checkpointing)  # no dropout in the passes that must reproduce the sampled log-probs
     t = cfg.train
-    prepared, optimizer, params = backend.prepare(
+    prepared, optimizer, params = parallel.prepare(
         model,
         params,
         lambda ps: torch.optim.AdamW(ps, lr=t.lr, weight_decay=t.weight_decay),
@@ -146,7 +136,7 @@ def setup(
         max_grad_norm=t.max_grad_norm,
         shard_root=model.get_base_model() if m.finetune == "lora" else model,  # FSDP units: the decoder layers
     )
-    if backend.sharded and cfg.generation.engine == "continuous":
+    if parallel.sharded and cfg.generation.engine == "continuous":
         raise LaunchError("generation.engine=continuous needs the whole model on every process (DDP): with FSDP or "
                          "DeepSpeed ZeRO-3 use engine=generate")  # fmt: skip
     funcs = [resolve_reward(r.name) for r in cfg.rewards] if reward_funcs is None else list(reward_funcs)
@@ -158,7 +148,7 @@ def setup(
     return TextRun(
         cfg=cfg,
         accelerator=accelerator,
-        backend=backend,
+        parallel=parallel,
         model=model,
         prepared=prepared,
         tokenizer=tokenizer,
@@ -224,14 +214,14 @@ def generate(run: TextRun, rows: list[dict[str, Any]]) -> TextBatch:
                               options=g.continuous_options, **options)  # fmt: skip
         return _scored(run, rows, mine, c, first)
     options["cache_implementation"] = g.cache_implementation or None
-    synced = run.backend.sharded
+    synced = run.parallel.sharded
     parts = [
         sample_completions(
             run.model, run.tokenizer, prompts[i : i + chunk], counts[i : i + chunk].tolist(), synced=synced, **options
         )
         for i in range(0, len(prompts), chunk)
     ]
-    run.backend.even_out(len(parts), lambda: sample_completions(run.model, run.tokenizer, prompts[:1], 1,
+    run.parallel.even_out(len(parts), lambda: sample_completions(run.model, run.tokenizer, prompts[:1], 1,
                                                                  synced=synced, **options))  # fmt: skip
     return _scored(run, rows, mine, _concat(parts, run.tokenizer.pad_token_id), first)
 
@@ -408,7 +398,7 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
         for step_rows in rows.chunk(t.minibatches):
             step_sums: dict[str, float] = {}
             _step(run, batch, adv, step_rows, old, ref, step_sums)
-            norm = run.backend.step(t.max_grad_norm, step_sums)
+            norm = run.parallel.step(t.max_grad_norm, step_sums)
             if norm is None:
                 skipped += 1
                 continue
@@ -457,7 +447,7 @@ def _step(
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
         share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
         weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
-        run.backend.backward(out.loss * weight, last=k == len(pieces) - 1)
+        run.parallel.backward(out.loss * weight, last=k == len(pieces) - 1)
         metrics = {
             **out.metrics,
             "loss": out.loss.item(),

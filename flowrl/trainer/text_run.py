@@ -49,7 +49,7 @@ def _evaluate(run: TextRun, rows: list[dict[str, Any]], indices: Sequence[int]) 
     rewards = torch.empty(0, len(run.rewards))
     g = cfg.generation
     options = {"max_new_tokens": g.max_new_tokens, "temperature": cfg.eval.temperature, "top_p": g.top_p,
-               "top_k": g.top_k, "synced": run.backend.sharded, "add_special_tokens": run.format.add_special_tokens,
+               "top_k": g.top_k, "synced": run.parallel.sharded, "add_special_tokens": run.format.add_special_tokens,
                "cache_implementation": g.cache_implementation or None}  # fmt: skip
     render = functools.partial(run.format.render, run.tokenizer)
     chunk = g.batch_size or max(len(mine), 1)
@@ -64,7 +64,7 @@ def _evaluate(run: TextRun, rows: list[dict[str, Any]], indices: Sequence[int]) 
         texts += c.texts
         rewards = torch.cat([rewards, score(run, rows_n, c.texts, completion_id_lists(c))])
     filler = [render(r["prompt"]) for r in rows[:1]]  # a sharded model: as many generate calls on every process
-    run.backend.even_out(len(calls), lambda: sample_completions(run.model, run.tokenizer, filler, 1, **options))
+    run.parallel.even_out(len(calls), lambda: sample_completions(run.model, run.tokenizer, filler, 1, **options))
     if acc.num_processes == 1:
         return texts, rewards
     from accelerate.utils import gather_object
@@ -80,7 +80,7 @@ def save_checkpoint(run: TextRun, path: str) -> None:
     """The trainable weights (peft adapter, or the full model with its tokenizer) and the trainer state (see
     ``flowrl.trainer.resume.write_checkpoint``). Under FSDP the weights are gathered from every process first."""
     full_model = run.cfg.model.finetune == "full"
-    weights = weight_state(run.model, run.cfg.model.finetune, sharded=True) if run.backend.sharded else None
+    weights = weight_state(run.model, run.cfg.model.finetune, sharded=True) if run.parallel.sharded else None
 
     def write(folder: str) -> None:
         run.model.save_pretrained(folder, state_dict=weights, safe_serialization=True)

@@ -1,7 +1,7 @@
-"""The distributed backend, in one place: how the trainable network is prepared, how a backward call and an
+"""The parallel layer, in one place: how the trainable network is prepared, how a backward call and an
 optimizer step are made, how the optimizer state is saved and restored, and whether the weights are sharded.
 
-Three backends, chosen by the launch (``accelerate launch --config_file configs/accelerate/<name>.yaml``):
+Three strategies, chosen by the launch (``accelerate launch --config_file configs/accelerate/<name>.yaml``):
 
 - ``Replicated``: one process, or DDP. Every process holds the whole network; accelerate's wrapper averages the
   gradients in backward.
@@ -10,7 +10,7 @@ Three backends, chosen by the launch (``accelerate launch --config_file configs/
 - ``Zero``: DeepSpeed ZeRO-1/2 (``flowrl.trainer.zero``). The optimizer state and gradients are partitioned;
   the engine clips, steps and skips a non-finite step itself.
 
-``backend_for`` reads the launch; the recipes and the checkpoint code call the backend's methods and never ask
+``parallel_for`` reads the launch; the recipes and the checkpoint code call the strategy's methods and never ask
 which one it is.
 """
 
@@ -75,7 +75,7 @@ class Replicated:
         gradients as the process that made most (``made`` here). Only a sharded network needs it."""
 
     def optimizer_state(self) -> dict[str, Any]:
-        """The optimizer state to save (a collective for the sharding backends)."""
+        """The optimizer state to save (a collective for the sharding strategies)."""
         return self.optimizer.state_dict()
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
@@ -138,22 +138,22 @@ class Zero(Replicated):
         zero.load_optimizer_state(self.module, self.params, state)
 
 
-Backend = Replicated  # the interface: Sharded and Zero override what differs
+Parallel = Replicated  # the interface: Sharded and Zero override what differs
 
 
-def launch(mixed_precision: str = "no", **kwargs: Any) -> tuple[Accelerator, Backend]:
-    """accelerate's ``Accelerator`` for this launch (``kwargs`` go to it) and the backend it asked for. A DeepSpeed
-    launch without the package is refused before accelerate fails on it less clearly."""
+def launch(mixed_precision: str = "no", **kwargs: Any) -> tuple[Accelerator, Parallel]:
+    """accelerate's ``Accelerator`` for this launch (``kwargs`` go to it) and the parallel strategy it asked for. A
+    DeepSpeed launch without the package is refused before accelerate fails on it less clearly."""
     from accelerate import Accelerator
 
     zero.require_deepspeed()
     accelerator = Accelerator(mixed_precision=mixed_precision, **kwargs)
-    return accelerator, backend_for(accelerator)
+    return accelerator, parallel_for(accelerator)
 
 
-def backend_for(accelerator: Accelerator) -> Backend:
-    """The backend the launch asked for. Refuses Megatron-LM, a launch whose processes accelerate did not join,
-    and FSDP on one process."""
+def parallel_for(accelerator: Accelerator) -> Parallel:
+    """The parallel strategy the launch asked for. Refuses Megatron-LM, a launch whose processes accelerate did not
+    join, and FSDP on one process."""
     kind = accelerator.distributed_type.name
     if kind == "MEGATRON_LM":
         raise LaunchError(
@@ -192,4 +192,4 @@ def check_step(acc: Accelerator, params: list[Tensor], max_norm: float, sums: di
     return None
 
 
-__all__ = ["Backend", "Replicated", "Sharded", "Zero", "backend_for", "check_step", "launch"]
+__all__ = ["Parallel", "Replicated", "Sharded", "Zero", "check_step", "launch", "parallel_for"]
