@@ -92,19 +92,19 @@ def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
 # ----------------------------------------------------------------------------------------------- two processes
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed"])
-def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, backend):
+@pytest.mark.parametrize("kind", ["ddp", "fsdp", "deepspeed"])
+def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kind):
     out, run_dir = tmp_path / "out", tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    if backend == "deepspeed":  # ZeRO-2 as deepspeed_zero2.yaml asks (the CPU flag would turn DeepSpeed off)
+    if kind == "deepspeed":  # ZeRO-2 as deepspeed_zero2.yaml asks (the CPU flag would turn DeepSpeed off)
         pytest.importorskip("deepspeed")
         del env["ACCELERATE_USE_CPU"]
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
-    extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if backend != "deepspeed" else {}
-    if backend == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
+    extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if kind != "deepspeed" else {}
+    if kind == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
         extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
     cmd += [f"{name}={path}" for name, path in extra.items()]
@@ -115,11 +115,11 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
     runs = [str(run_dir), str(out / "part"), str(out / "resumed")]  # each printed once, by the main process
     assert [line for line in lines if line in runs] == runs, proc.stdout
 
-    if backend != "deepspeed":  # the gradient check replaces the optimizer step, which DeepSpeed does in its engine
+    if kind != "deepspeed":  # the gradient check replaces the optimizer step, which DeepSpeed does in its engine
         _assert_checks(json.loads((out / "checks.json").read_text()))
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in range(2)]
-    assert all(r["sharded"] == (backend == "fsdp") for r in ranks)
-    assert all((r["backend"] == "DEEPSPEED") == (backend == "deepspeed") for r in ranks)
+    assert all(r["sharded"] == (kind == "fsdp") for r in ranks)
+    assert all((r["distributed"] == "DEEPSPEED") == (kind == "deepspeed") for r in ranks)
     _assert_shared_prompts_and_split_noise(ranks, tiny_model)
     _assert_synchronised_training(ranks, run_dir)
     _assert_one_process_makes_the_same_updates(tiny_model, tmp_path, [torch.load(out / f"rank{k}.pt") for k in (0, 1)])
@@ -136,7 +136,7 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, bac
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), key
     for name in extra:  # the new families make one process's gradient and evaluation too
         _assert_checks(json.loads((out / f"checks_{name}.json").read_text()))
-    if backend == "fsdp":
+    if kind == "fsdp":
         full_ft = json.loads((out / "full_finetuning.json").read_text())
         assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
         assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
@@ -299,7 +299,7 @@ def _unsharded_copy(run, cfg):
     finally:
         if fsdp is not None:
             os.environ["ACCELERATE_USE_FSDP"] = fsdp
-    assert not plain.backend.sharded
+    assert not plain.parallel.sharded
     if run.policy.untrained is None:  # as in the run (model.untrained_copy=auto makes no copy under FSDP)
         plain.policy.untrained = None
     with torch.no_grad():
@@ -362,12 +362,12 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
 
 
 def _record_training(record: dict):
-    """Wrap the trainer's ``sample``, ``advantages`` and the runner's ``train_step`` to note prompts, noise,
+    """Wrap the trainer's ``sample``, ``advantages`` and the image recipe's ``train_step`` to note prompts, noise,
     advantages and weights; returns the function that unwraps them."""
     import flowrl.trainer.flow as flow
-    import flowrl.trainer.run as runner
+    from flowrl.trainer.image_recipe import ImageRecipe
 
-    sample, step, advantages = flow.sample, runner.train_step, flow.advantages
+    sample, step, advantages = flow.sample, ImageRecipe.train_step, flow.advantages
     tensors = record.setdefault("tensors", {"advantages": [], "positions": [], "params": []})
     tensors.update(advantages=[], positions=[], params=[])
 
@@ -391,21 +391,21 @@ def _record_training(record: dict):
         finally:
             del run.policy.initial_noise
 
-    def recorded_step(run):
-        record["backend"] = run.accelerator.distributed_type.name
+    def recorded_step(self, run):
+        record["distributed"] = run.accelerator.distributed_type.name
         if not record["hashes"]:
             record["hashes"].append(_digest(run.params))
             tensors["params"].append([full(p) for p in run.params])
-        metrics = step(run)
+        metrics = step(self, run)
         record["hashes"].append(_digest(run.params))
         tensors["params"].append([full(p) for p in run.params])
         record["metrics"].append(metrics)
         return metrics
 
     def undo() -> None:
-        flow.sample, flow.advantages, runner.train_step = sample, advantages, step
+        flow.sample, flow.advantages, ImageRecipe.train_step = sample, advantages, step
 
-    flow.sample, flow.advantages, runner.train_step = recorded_sample, recorded_advantages, recorded_step
+    flow.sample, flow.advantages, ImageRecipe.train_step = recorded_sample, recorded_advantages, recorded_step
     return undo
 
 

@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import TINY_ARGS
 
-import flowrl.trainer.run as runner
 from flowrl.cli import main
 from flowrl.trainer.checkpoint import latest, load_state, periodic, prune
+from flowrl.trainer.image_recipe import ImageRecipe
 
 # every piece of state a resumed run must carry over: EMA, a random window (its own generator), the per-prompt
 # tracker's history, a warm-up + cosine learning rate, several optimizer steps and epochs, prompts drawn from a
@@ -52,30 +52,30 @@ class Stop(Exception):
     pass
 
 
-def _recorded(runner, args: list[str], stop_at: int | None) -> list[dict[str, float]]:
-    """Run ``flowrl train args`` recording each iteration's metrics (not the times) through ``runner.train_step``
-    (the flow or text run module); ``stop_at``: raise before that iteration (after the previous one's checkpoint)."""
+def _recorded(recipe: type, args: list[str], stop_at: int | None) -> list[dict[str, float]]:
+    """Run ``flowrl train args`` recording each iteration's metrics (not the times) through ``recipe.train_step``
+    (the image or text recipe); ``stop_at``: raise before that iteration (after the previous one's checkpoint)."""
     recorded: list[dict[str, float]] = []
-    step = runner.train_step
+    step = recipe.train_step
 
-    def recording_step(run):
+    def recording_step(self, run):
         if stop_at is not None and run.iteration == stop_at:
             raise Stop
-        metrics = step(run)
+        metrics = step(self, run)
         recorded.append({"iteration": run.iteration, **{k: v for k, v in metrics.items() if "time/" not in k}})
         return metrics
 
-    runner.train_step = recording_step
+    recipe.train_step = recording_step
     try:
         main(["train", *args])
     finally:
-        runner.train_step = step
+        recipe.train_step = step
     return recorded
 
 
 def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
     return _recorded(
-        runner, [f"model.path={model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL, *extra], stop_at
+        ImageRecipe, [f"model.path={model}", f"output.run_dir={run_dir}", *TINY_ARGS, *STATEFUL, *extra], stop_at
     )
 
 
@@ -111,10 +111,92 @@ def test_resume_refuses_what_it_cannot_continue(tiny_model, tmp_path, capsys):
     assert "train.resume" in capsys.readouterr().err and not (tmp_path / "run").exists()
     _train(tiny_model, tmp_path / "done", "train.iterations=1")
     # a checkpoint of a different LoRA rank: named, exit code 2, the new folder is not left behind
-    args = ["model.lora_rank=2", f"train.resume={tmp_path / 'done' / 'checkpoints' / 'final'}"]
+    final = tmp_path / "done" / "checkpoints" / "final"
+    args = ["model.lora_rank=2", f"train.resume={final}"]
+    assert main(["train", f"model.path={tiny_model}", *TINY_ARGS, *STATEFUL, *args,
+                 f"output.run_dir={tmp_path / 'other'}"]) == 2  # fmt: skip
+    assert "model.lora_rank: 4 -> 2" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    # a checkpoint without its configuration (written before checkpoints held one): the state itself refuses
+    (final / "config.yaml").unlink()
+    (tmp_path / "done" / "config.yaml").unlink()
     assert main(["train", f"model.path={tiny_model}", *TINY_ARGS, *STATEFUL, *args,
                  f"output.run_dir={tmp_path / 'other'}"]) == 2  # fmt: skip
     assert "does not fit" in capsys.readouterr().err and not (tmp_path / "other").exists()
+
+
+# ------------------------------------------------------------------ the run's record matches what trained (issue 30)
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: a refused resume must leave them all as they were."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_that_changes_the_trained_state_is_refused_and_touches_nothing(tiny_model, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    base = ["train", f"model.path={tiny_model}", *TINY_ARGS, f"output.run_dir={run_dir}", "eval.enabled=false",
+            "output.progress=false", "output.tensorboard=false", "train.save_every=1"]  # fmt: skip
+    assert main([*base, "train.iterations=1"]) == 0
+    (run_dir / "summary.json").unlink()  # stands for a run that was stopped
+    before = _folder_state(run_dir)
+    changed = ["sampler.mode=mixgrpo", "train.group_size=8", "seed=7", "train.iterations=3", "train.resume=auto"]
+    assert main([*base, *changed]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("flowrl: config error: cannot resume ") and "Traceback" not in line
+    for key, old, new in (("sampler.mode", "'flow-grpo-fast'", "'mixgrpo'"), ("train.group_size", "4", "8"),
+                          ("seed", "0", "7")):  # fmt: skip
+        assert f"{key}: {old} -> {new}" in line, (key, line)
+    assert "train.iterations" not in line.split("(")[0]  # may change: not among the refused keys
+    assert _folder_state(run_dir) == before  # config.yaml, checkpoints: nothing rewritten
+    # resuming with the run's own config.yaml (as docs/scaling.md says) continues it
+    own = ["train", "--config", str(run_dir / "config.yaml"), "train.iterations=2", "train.resume=auto"]
+    assert main(own) == 0 and json.loads((run_dir / "summary.json").read_text())["train_steps"] == 2
+
+
+def test_a_resume_records_what_changed_and_the_new_learning_rate_is_what_trains(tiny_model, tmp_path):
+    import yaml
+
+    run_dir = tmp_path / "run"
+    base = [f"model.path={tiny_model}", f"output.run_dir={run_dir}", *TINY_ARGS, "eval.enabled=false",
+            "output.tensorboard=false", "train.save_every=1", "train.lr_schedule=constant"]  # fmt: skip
+    first = _recorded(ImageRecipe, [*base, "train.iterations=1"], None)
+    (run_dir / "summary.json").unlink()
+    original = (run_dir / "config.yaml").read_text()
+    rest = _recorded(ImageRecipe, [*base, "train.iterations=3", "train.lr=5e-3", "train.resume=auto"], None)
+    assert [m["train/lr"] for m in first] == [1e-2]
+    assert [m["train/lr"] for m in rest] == [5e-3, 5e-3]  # the recorded rate is the one that trained
+    assert (run_dir / "config.yaml").read_text() == original  # the original record, never replaced
+    (entry,) = yaml.safe_load((run_dir / "resumed.yaml").read_text())
+    assert entry["checkpoint"] == str(run_dir / "checkpoints" / "final") and entry["at"]
+    assert entry["changed"]["train.lr"] == {"old": 1e-2, "new": 5e-3}
+    assert entry["changed"]["train.iterations"] == {"old": 1, "new": 3}
+    assert set(entry["changed"]) == {"train.lr", "train.iterations", "train.resume"}
+    # the checkpoint holds what it was trained with: the new rate
+    trained = yaml.safe_load((run_dir / "checkpoints" / "final" / "config.yaml").read_text())
+    assert trained["train"]["lr"] == 5e-3 and trained["train"]["iterations"] == 3
+
+
+def test_which_keys_may_change_on_resume():
+    from flowrl.trainer.record import changes_evaluation, flatten, resumable
+
+    assert flatten({"train": {"lr": 1e-4, "split": [1, 2]}, "seed": 0, "x": {}}) == {
+        "train.lr": 1e-4, "train.split": [1, 2], "seed": 0, "x": {}}  # fmt: skip
+    for key in ("train.iterations", "train.max_minutes", "train.lr", "eval.num_prompts", "output.run_dir"):
+        assert resumable(key), key
+    for key in (
+        "seed",
+        "sampler.mode",
+        "sampler.window_options.max_start",
+        "train.group_size",
+        "model.path",
+        "model.finetune",
+        "loss.clip_low",
+        "data.train_prompts",
+        "train.lr_schedule",
+        "train.iterations_x",
+    ):
+        assert not resumable(key), key  # fmt: skip
+    assert changes_evaluation({"eval.num_prompts": (3, 4)}) and not changes_evaluation({"eval.enabled": (1, 0)})
 
 
 def test_prune_keeps_the_newest_and_clears_leftovers(tmp_path):
@@ -190,12 +272,12 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(ti
 
 def _train_text(run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
     """The text demo, shortened, with what a resumed text run must carry over (cosine lr, 2 passes × 2 steps)."""
-    import flowrl.trainer.text_run as text_runner
+    from flowrl.trainer.text_recipe import TextRecipe
 
     args = ["--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", "train.iterations=4"]
     args += ["train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2", "train.num_iterations=2"]
     args += ["eval.enabled=false", "output.tensorboard=false", "output.progress=false"]
-    return _recorded(text_runner, [*args, *extra], stop_at)
+    return _recorded(TextRecipe, [*args, *extra], stop_at)
 
 
 def test_resumed_text_run_repeats_the_uninterrupted_run_exactly(tmp_path):

@@ -86,12 +86,12 @@ def test_sharded_training_makes_the_updates_of_ddp(root):
 
 def _worker(out: str, run_dir: str) -> None:
     import flowrl.trainer.text as text
-    import flowrl.trainer.text_run as runner
     from flowrl.cli import main
     from flowrl.trainer.sharding import full
+    from flowrl.trainer.text_recipe import TextRecipe
 
     record: dict[str, list] = {"hashes": [], "prompts": [], "rewards": [], "advantages": [], "completions": []}
-    step, generate, advantages = runner.train_step, text.generate, text.advantages
+    step, generate, advantages = TextRecipe.train_step, text.generate, text.advantages
 
     def digest(run) -> str:
         h = hashlib.sha256()
@@ -99,11 +99,11 @@ def _worker(out: str, run_dir: str) -> None:
             h.update(full(p).numpy().tobytes())  # whole tensors: gathered from both processes under FSDP
         return h.hexdigest()
 
-    def recorded_step(run):
+    def recorded_step(self, run):
         record["parallel"] = type(run.parallel).__name__
         if not record["hashes"]:
             record["hashes"].append(digest(run))
-        metrics = step(run)
+        metrics = step(self, run)
         record["hashes"].append(digest(run))
         record["weights"] = [float(v) for p in run.params for v in full(p).flatten()[:64]]
         return metrics
@@ -120,7 +120,7 @@ def _worker(out: str, run_dir: str) -> None:
         record["advantages"].append(adv.tolist())
         return adv, metrics
 
-    runner.train_step, text.generate, text.advantages = recorded_step, recorded_generate, recorded_advantages
+    TextRecipe.train_step, text.generate, text.advantages = recorded_step, recorded_generate, recorded_advantages
     args = ["train.iterations=3", "train.prompts_per_step=3", "eval.num_prompts=50", "output.progress=false"]
     args.append(f"output.run_dir={run_dir}")
     assert main(["train", "--config", "configs/text_demo.yaml", *args]) == 0

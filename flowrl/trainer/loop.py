@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 from torch import Tensor
 
 from flowrl.atomic import write_json
@@ -132,22 +131,17 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def write_config(cfg: Config | TextConfig, run_dir: str, main: bool) -> None:
-    """The resolved config as ``config.yaml`` (main process; a resumed run rewrites it with its own options)."""
-    if main:
-        with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-
-
-def base_evaluation(run: RunState, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
+def base_evaluation(
+    run: RunState, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None, kept: str | None
+) -> Any:
     """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
-    run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
-    folder's checkpoint."""
+    run resumes (the policy has moved by then; ``kept`` is None when the resumed run evaluates other pairs, so the
+    kept one does not compare). None when evaluation is off, or when resuming from another folder's checkpoint."""
     if not run.cfg.eval.enabled:
         return None
     path = os.path.join(run_dir, "eval_before.pt")
     if resumed:
-        if os.path.isfile(path):
+        if kept and os.path.isfile(path):
             return torch.load(path, map_location="cpu", weights_only=True)
         log.warning("resuming without %s: the summary has no before/after comparison", path)
         return None
@@ -284,7 +278,7 @@ def shared_run_dir(cfg: Config | TextConfig, name: str, state: Any) -> tuple[str
     if state.is_main_process:
         try:
             result[0] = make_run_dir(cfg, name)
-        except OSError as e:
+        except (OSError, ConfigError) as e:  # raised on every process, so that none waits in vain
             result[1] = e
     broadcast_object_list(result)
     if result[1] is not None:
@@ -327,5 +321,4 @@ __all__ = [
     "shared_run_dir",
     "summary_lines",
     "training_loop",
-    "write_config",
 ]

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flowrl.atomic import atomic_dir
+from flowrl.atomic import atomic_dir, write_text
 from flowrl.errors import ConfigError
 from flowrl.trainer.checkpoint import (
     STATE_FILE,
@@ -41,12 +41,13 @@ from flowrl.trainer.loop import (
     require_finite,
     shared_run_dir,
     training_loop,
-    write_config,
 )
+from flowrl.trainer.record import CONFIG_FILE, changes_evaluation, dump, record_resume, resume_changes, write_config
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import gather_all
 
 if TYPE_CHECKING:
+    import torch
     from torch import Tensor
 
     from flowrl.config import Config
@@ -82,6 +83,7 @@ def restore_loop_state(run: RunState, state: dict[str, Any], path: str) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     except (ValueError, KeyError, RuntimeError) as e:
         raise ConfigError(f"checkpoint {path!r} does not fit this run's model and options: {e}") from None
+    apply_lr(run.scheduler, run.cfg.train.lr)
     run.adv_state = state["advantage_state"]
     run.rng = random.Random()
     run.rng.setstate(python_state(state["prompt_rng"]))
@@ -106,6 +108,7 @@ def write_checkpoint(
         with atomic_dir(path) as tmp:
             write_weights(os.path.join(tmp, run.cfg.model.finetune))
             save_state(os.path.join(tmp, STATE_FILE), state)
+            write_text(os.path.join(tmp, CONFIG_FILE), dump(run.cfg))  # what it was trained with (resume compares)
         prune(os.path.dirname(path), run.cfg.train.keep_checkpoints)
     run.accelerator.wait_for_everyone()
 
@@ -116,6 +119,18 @@ def read_checkpoint(run: RunState, path: str) -> dict[str, Any]:
     state = load_state(path)
     restore_loop_state(run, state, path)
     return state
+
+
+def apply_lr(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> None:
+    """Make a resumed run's peak learning rate ``lr`` (``train.lr`` may change on resume): the schedule's base rates
+    and the optimizer's current rates (the schedule's factor at this iteration). Nothing changes when it is the
+    checkpoint's own rate, so an unchanged resume stays bit-exact."""
+    if all(base == lr for base in scheduler.base_lrs):
+        return
+    scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
 
 
 @dataclass
@@ -152,12 +167,15 @@ def train_end_to_end(recipe: Recipe, cfg: Config | TextConfig, name: str) -> Fin
     run_dir, created = shared_run_dir(cfg, name, state)
     with run_folder(run_dir, created, state.is_main_process):
         resume_from = resume_point(cfg, run_dir)
+        changes = resume_changes(cfg, resume_from) if resume_from else {}  # refused before anything is written
         write_config(cfg, run_dir, state.is_main_process)
         run = recipe.setup(cfg)
         if resume_from:
             recipe.restore(run, resume_from)
+            record_resume(run_dir, resume_from, changes, state.is_main_process)
         writer = make_trackers(cfg, run_dir, run.iteration) if run.accelerator.is_main_process else None
-        before = base_evaluation(run, run_dir, lambda: recipe.evaluate(run), resume_from)
+        kept = None if changes_evaluation(changes) else resume_from  # other evaluation pairs: the kept one won't fit
+        before = base_evaluation(run, run_dir, lambda: recipe.evaluate(run), resume_from, kept)
         train_seconds = training_loop(run, run_dir, writer, recipe)
         recipe.save_checkpoint(run, os.path.join(run_dir, "checkpoints", "final"))
     after = recipe.evaluate(run) if cfg.eval.enabled else None
