@@ -186,7 +186,7 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
         "train_seconds": clock,
         "seconds_per_iteration": clock / run.iteration,
         "nfe_per_sample": mean("sampler/nfe_per_sample"),
-        "transitions_per_iteration": mean("train/transitions"),
+        "transitions_per_iteration": mean("train/rows"),
         "peak_rss_gb": _peak_rss_gb(),
     }
 

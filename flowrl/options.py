@@ -173,6 +173,31 @@ def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]
         yield prefix + f.name, _type_name(tp), default, text
 
 
+def rename_keys(data: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """``data`` with each old dotted key of ``renamed`` moved to its new key, logging a one-line notice per key
+    (both given is a config error)."""
+    import logging
+
+    for old, new in renamed.items():
+        section, _, leaf = old.rpartition(".")
+        parent = _get_dotted(data, section) if section else data
+        if not isinstance(parent, dict) or leaf not in parent:
+            continue
+        if _get_dotted(data, new) is not None:
+            raise ConfigError(f"{old} and {new} are the same option; give only {new}")
+        set_dotted(data, new, parent.pop(leaf))
+        logging.getLogger("flowrl").warning("%s is now %s; the old name still works", old, new)
+    return data
+
+
+def _get_dotted(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
 def seed_indices(text: str | None, count: int) -> list[int]:
     """A ``--seeds`` value: comma-separated distinct non-negative indices, or ``0 .. count − 1`` when not given."""
     try:
@@ -184,4 +209,4 @@ def seed_indices(text: str | None, count: int) -> list[int]:
     return seeds
 
 
-__all__ = ["describe", "load", "option", "seed_indices", "set_dotted", "to_dict"]
+__all__ = ["describe", "load", "option", "rename_keys", "seed_indices", "set_dotted", "to_dict"]

@@ -17,7 +17,7 @@ from typing import Any
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES, LossConfig
-from flowrl.options import load, option
+from flowrl.options import load, option, rename_keys
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups (``flowrl.advantages.EXTRA_INPUTS``)
@@ -76,7 +76,9 @@ class TextTrainConfig(RunControl):
     iterations: int = option(100, "training iterations (generate, score, update)", low=0)
     prompts_per_step: int = option(8, "prompts per iteration, over all processes (a group may span them)", low=1)
     group_size: int = option(8, "completions per prompt (TRL num_generations)", low=2)
-    num_iterations: int = option(1, "passes over each batch, ratios against the old log-probs (TRL μ)", low=1)
+    inner_epochs: int = option(
+        1, "passes over each batch, ratios against the old log-probs (TRL num_iterations, μ)", low=1
+    )
     minibatches: int = option(1, "optimizer steps per pass", low=1)
     micro_batch: int = option(32, "completions per forward/backward (a group's rows in one share its prompt)", low=1)
     shared_prefix: bool = option(True, "run each group's prompt once and reuse its key/value cache")
@@ -155,12 +157,17 @@ class TextConfig:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
 
+#: keys that were renamed: the old name still works, with a notice naming the new one
+RENAMED = {"train.num_iterations": "train.inner_epochs"}  # the flow recipe's name for the same passes
+
+
 def load_text_config(data: dict[str, Any]) -> TextConfig:
     """Build and check a ``TextConfig`` from a preset's mapping (overrides already applied). Data files are read
     (``DataError`` naming the file and line) and reward functions imported, so bad input fails before a run."""
     from flowrl.text_trl import apply_trl_section
 
-    cfg = load(TextConfig, apply_trl_section(copy.deepcopy(data)))  # TRL's GRPOConfig names, translated
+    data = rename_keys(copy.deepcopy(data), RENAMED)
+    cfg = load(TextConfig, apply_trl_section(data))  # TRL's GRPOConfig names, translated
     if cfg.model.finetune == "full" and cfg.model.weights_dtype != "fp32":
         raise ConfigError("model.finetune=full trains the weights themselves: model.weights_dtype must be fp32")
     if not cfg.rewards or any(not r.name for r in cfg.rewards):

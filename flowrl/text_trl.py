@@ -14,7 +14,7 @@ num_generations`` prompts (``train.prompts_per_step``), and makes ``steps_per_ge
 gradient_accumulation_steps`` optimizer steps on them (``train.minibatches``); ``per_device_train_batch_size`` is
 the completions of one forward/backward (``train.micro_batch``). The processes are counted from ``WORLD_SIZE``
 (``accelerate launch`` sets it). ``max_steps``, ``warmup_steps`` and ``save_steps`` count optimizer steps: they
-become iterations (each ``minibatches × num_iterations`` steps), and must divide evenly.
+become iterations (each ``minibatches × inner_epochs`` steps), and must divide evenly.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DIRECT = {
     "sapo_temperature_neg": "loss.sapo_temperature_neg",
     "use_bias_correction_kl": "loss.kl_importance",
     "mask_truncated_completions": "train.mask_truncated_completions",
-    "num_iterations": "train.num_iterations",
+    "num_iterations": "train.inner_epochs",
     "max_grad_norm": "train.max_grad_norm",
     "weight_decay": "train.weight_decay",
     "seed": "seed",
@@ -190,10 +190,10 @@ def _batch(trl: dict[str, Any]) -> dict[str, Any]:
 
 
 def _steps(trl: dict[str, Any], out: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """TRL's optimizer-step counts as iterations: one iteration makes ``minibatches × num_iterations`` steps."""
+    """TRL's optimizer-step counts as iterations: one iteration makes ``minibatches × inner_epochs`` steps."""
     train = data.get("train", {}) if isinstance(data.get("train"), dict) else {}
     minibatches = out.get("train.minibatches", train.get("minibatches", 1))
-    per_iteration = minibatches * trl.get("num_iterations", train.get("num_iterations", 1))
+    per_iteration = minibatches * trl.get("num_iterations", train.get("inner_epochs", 1))
     result = {}
     for field, key in STEPS.items():
         if field in trl:

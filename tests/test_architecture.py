@@ -220,3 +220,18 @@ def test_the_backend_rule_catches_each_idiom():
     code = "isinstance(cfg, TextConfig)\nif cfg.backend == 'text': pass\nb = data.get('backend', 'flow')\n"
     assert len(_backend_branches(ast.parse(code))) == 3
     assert _backend_branches(ast.parse("isinstance(x, dict)\nrun.backend.step()\n")) == []
+
+
+def test_one_update_loop_makes_every_backward_and_optimizer_step():
+    """Both recipes train through ``flowrl.trainer.update``: no other module calls the parallel layer's backward or
+    optimizer step (the two loops that drifted apart are one)."""
+    found = []
+    for name, path in _modules().items():
+        if name in ("flowrl.trainer.update", "flowrl.trainer.parallel"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("backward", "step"):
+                owner = node.value
+                if isinstance(owner, ast.Attribute) and owner.attr == "parallel":
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, found

@@ -46,7 +46,7 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     before = [p.detach().clone() for p in run.params]
     for _ in range(2):
         m = train_step(run)
-        assert m["train/transitions"] > 0
+        assert m["train/rows"] > 0
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
     assert _moved(before, run)
 

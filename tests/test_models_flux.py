@@ -115,7 +115,7 @@ def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir,
     before = [p.detach().clone() for p in run.params]
     for _ in range(2):
         m = train_step(run)
-        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()) and m["train/transitions"] == 2 * 4 * 3
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()) and m["train/rows"] == 2 * 4 * 3
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
     save_checkpoint(run, str(tmp_path / "ckpt"))
 

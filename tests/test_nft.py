@@ -129,7 +129,7 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
     first = train_step(run)
-    assert first["train/transitions"] == 16 and math.isfinite(first["train/loss"])
+    assert first["train/rows"] == 16 and math.isfinite(first["train/loss"])
     # decay type 1 after 1 optimizer step: d = 0.001, old = 0.001·θ0 + 0.999·θ1
     assert first["train/old_decay"] == pytest.approx(0.001)
     live = [p.detach().clone() for p in run.params]

@@ -275,7 +275,7 @@ def _train_text(run_dir: Path, *extra: str, stop_at: int | None = None) -> list[
     from flowrl.trainer.text_recipe import TextRecipe
 
     args = ["--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", "train.iterations=4"]
-    args += ["train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2", "train.num_iterations=2"]
+    args += ["train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2", "train.inner_epochs=2"]
     args += ["eval.enabled=false", "output.tensorboard=false", "output.progress=false"]
     return _recorded(TextRecipe, [*args, *extra], stop_at)
 

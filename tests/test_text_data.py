@@ -380,7 +380,7 @@ def test_a_training_step_with_the_continuous_engine(lm_dir):
     run = setup(cfg)
     before = [p.detach().clone() for p in run.params]
     metrics = train_step(run)
-    assert metrics["completions/mean_length"] > 0 and metrics["skipped_steps"] == 0
+    assert metrics["completions/mean_length"] > 0 and metrics["train/skipped_steps"] == 0
     assert any(not torch.equal(a, b) for a, b in zip(before, run.params, strict=True))
     with pytest.raises(ConfigError, match="num_block not ContinuousBatchingConfig fields"):
         text_config(lm_dir, "generation.engine=continuous", "generation.continuous_options={num_block: 4}")

@@ -135,7 +135,7 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_two_iterations_move_the_lora_with_trl_named_metrics(lm_dir, loss):
-    run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.05", "train.num_iterations=2"))
+    run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.05", "train.inner_epochs=2"))
     before = [p.detach().clone() for p in run.params]
     metrics = [train_step(run), train_step(run)]
     moved = sum(not torch.equal(a, p) for a, p in zip(before, run.params, strict=True))

@@ -68,7 +68,7 @@ def test_two_iterations_change_lora_with_finite_loss(tiny_model):
     for m in metrics:
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
         assert m["reward/jpeg-compressibility"] < 0 and 0.0 <= m["reward/toy-geneval"] <= 1.0
-        assert m["train/transitions"] == 2 * 4 * 4  # every step of every sample is trained
+        assert m["train/rows"] == 2 * 4 * 4  # every step of every sample is trained
     names = [n for n, p in run.policy.transformer.named_parameters() if p.requires_grad]
     still = {n for n, a, p in zip(names, before, run.params, strict=True) if torch.equal(a, p.detach())}
     # every LoRA tensor moves except the last block's context query: SD3's final block discards the
@@ -96,7 +96,7 @@ def test_every_sampler_mode_trains(tiny_model, mode):
         assert len(batch.rollout.transitions) == 8 and batch.granular.shape == (1, 8, 2)
     run.iteration = 0
     m = train_step(run)
-    assert m["train/transitions"] > 0
+    assert m["train/rows"] > 0
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
 
 
@@ -283,7 +283,7 @@ def test_awm_trains_on_final_samples(tiny_model):
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.metrics["ref_reg"] == pytest.approx(0.0, abs=1e-12)  # LoRA starts at zero: policy = reference
     m = train_step(run)
-    assert m["train/transitions"] == 8 and math.isfinite(m["fm_loss"])
+    assert m["train/rows"] == 8 and math.isfinite(m["fm_loss"])
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
     assert train_step(run)["ref_reg"] > 0
 
@@ -349,7 +349,7 @@ def test_timestep_fraction_and_shift_reach_the_trainer(tiny_model):
     run = setup(tiny_config(tiny_model, "train.timestep_fraction=0.5", "sampler.shift=3"))
     torch.testing.assert_close(run.policy.sigmas(4, 32), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0], dtype=torch.float64))
     m = train_step(run)
-    assert m["sampler/transitions"] == 2 * 4 * 4 and m["train/transitions"] == 2 * 4 * 2
+    assert m["sampler/transitions"] == 2 * 4 * 4 and m["train/rows"] == 2 * 4 * 2
     from flowrl.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"timestep_fraction < 1 picks trained steps; loss\.name=awm"):

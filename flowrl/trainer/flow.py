@@ -23,6 +23,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +36,7 @@ from flowrl.data import load_prompts
 from flowrl.errors import ConfigError
 from flowrl.evaluation import prompt_groups, score_images
 from flowrl.generate import generate
-from flowrl.losses import LOSSES, trains_on
+from flowrl.losses import LOSSES, LossOutput, trains_on
 from flowrl.models import lora_targets, policy_for
 from flowrl.models.common import in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
@@ -55,7 +56,8 @@ from flowrl.trainer.loop import count_skip, draw_prompts, lr_scheduler, mean_ove
 from flowrl.trainer.monitor import TrainingMonitor, block_monitors, monitor_metrics
 from flowrl.trainer.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.trainer.parallel import launch
-from flowrl.trainer.share import Whole, deal, gather_all, gather_batch, step_rows
+from flowrl.trainer.share import UpdateStep, Whole, deal, gather_all, gather_batch
+from flowrl.trainer.update import update as shared_update
 from flowrl.trainer.weights import EMA, frozen_copy, make_trainable
 
 if TYPE_CHECKING:
@@ -316,77 +318,36 @@ def objective(run: Run) -> Objective:
 
 
 def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
-    """Update on the masked rows (transitions, or samples for AWM): ``inner_epochs`` passes,
-    ``minibatches`` optimizer steps each, gradients accumulated over micro-batches (and so across timesteps).
-
-    The rows of every process are shuffled and cut into optimizer steps in the single-process order (``step_rows``);
-    each step's gradient is the mean over that step's rows of all processes, and every process makes the same
-    number of backward calls. A step whose loss or gradient is not finite is skipped (``train/skipped_steps``)."""
-    cfg, acc = run.cfg, run.accelerator
+    """Update on the masked rows (transitions, or samples for AWM) with the shared loop
+    (``flowrl.trainer.update``): ``inner_epochs`` passes, ``minibatches`` optimizer steps each, dealt over the
+    processes as one process would; the EMA follows every applied step."""
     keep = rows.mask.nonzero().squeeze(1)
-    kept = gather_all(acc, rows.position[keep].cpu())
-    if not any(k.numel() for k in kept):  # no process kept a row
-        return {"train/transitions": 0.0, "train/skipped_steps": 0.0}
     run.policy.train_mode(True)
-    order_gen = torch.Generator().manual_seed(cfg.seed * 7919 + run.iteration)  # the same on every process
-    sums: dict[str, float] = {}
-    count, skipped = 0, 0
-    for _ in range(cfg.train.inner_epochs):
-        for step in step_rows(kept, acc.process_index, cfg.train.minibatches, cfg.train.micro_batch, order_gen):
-            chunk = keep[step.rows]
-            step_sums: dict[str, float] = {}
-            _accumulate(run, batch, rows, chunk, step.total, step.calls, step_sums)
-            if not _optimizer_step(run, chunk.numel(), step_sums):
-                skipped += 1
-                continue
-            for k, v in step_sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += chunk.numel()
-    metrics = {k: v / count for k, v in sums.items()} if count else {}
-    metrics["train/transitions"] = float(keep.numel())
-    metrics["train/skipped_steps"] = float(skipped)
-    return metrics
+    after = run.ema.update if run.ema is not None else None
+    return shared_update(run, rows.position[keep], ObjectiveRows(run, batch, rows, keep, objective(run)), None, after)
 
 
-def _accumulate(
-    run: Run,
-    batch: Batch,
-    train: TrainRows,
-    chunk: Tensor,
-    rows: int,
-    calls: int,
-    sums: dict[str, float],
-) -> None:
-    """Backward passes of one optimizer step: this process's ``chunk`` in micro-batches, each loss weighted
-    by its share of the step's ``rows`` (over all processes), then zero-weight passes up to ``calls``."""
-    cfg, acc = run.cfg, run.accelerator
-    row_loss = objective(run)
-    pieces = chunk.split(cfg.train.micro_batch)
-    for k, mb in enumerate(pieces):
-        with run.clock.stage("replay_forward", mb.numel()):
-            out = row_loss(run, batch, mb, train)
-        with run.clock.stage("backward", mb.numel()):
-            run.parallel.backward(out.loss * (mb.numel() * acc.num_processes / rows), last=k == calls - 1)
-        for k, v in out.metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * mb.numel()
-        sums["train/loss"] = sums.get("train/loss", 0.0) + out.loss.item() * mb.numel()
-    filler = chunk.new_zeros(1)  # any valid row: its pass only keeps this process in step with the others
-    for k in range(len(pieces), calls):
-        out = row_loss(run, batch, filler, train)
-        run.parallel.backward(out.loss * 0.0, last=k == calls - 1)
+@dataclass
+class ObjectiveRows:
+    """The image objective's rows as the update loop trains them: row ``i`` is ``train``'s row ``keep[i]``, its
+    weight its share of the step's rows over all processes (times the process count: gradients are averaged)."""
 
+    run: Run
+    batch: Batch
+    train: TrainRows
+    keep: Tensor  # [R] indices of the kept (masked-in) rows of ``train``
+    objective: Objective
+    total: int = 0  # the current step's rows over all processes
 
-def _optimizer_step(run: Run, rows: int, sums: dict[str, float]) -> bool:
-    """Clip (logging the norm, weighted by this process's ``rows``), step, clear the gradients, update the EMA.
-    Returns False, changing nothing, when the loss of any process or the (synchronised) gradient is not finite."""
-    with run.clock.stage("optimizer"):
-        norm = run.parallel.step(run.cfg.train.max_grad_norm, sums)
-    if norm is None:
-        return False
-    sums["train/grad_norm"] = norm * rows
-    if run.ema is not None:
-        run.ema.update()
-    return True
+    def start(self, step: UpdateStep) -> None:
+        self.total = step.total
+
+    def __call__(self, rows: Tensor) -> tuple[LossOutput, float]:
+        out = self.objective(self.run, self.batch, self.keep[rows], self.train)
+        return out, rows.numel() * self.run.accelerator.num_processes / self.total
+
+    def filler(self) -> LossOutput:
+        return self.objective(self.run, self.batch, self.keep.new_zeros(1), self.train)
 
 
 @torch.no_grad()

@@ -15,7 +15,6 @@ from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule
 from flowrl.trainer.monitor import TrainingMonitor
 from flowrl.trainer.state import RunState
-from flowrl.trainer.timing import Stopwatch
 from flowrl.trainer.weights import EMA
 
 if TYPE_CHECKING:
@@ -37,7 +36,6 @@ class Run(RunState):
     eval_prompts: list[str]
     watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
     monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations
-    clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
 
 
 @dataclass

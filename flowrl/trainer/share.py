@@ -106,7 +106,7 @@ def _to_cpu(batch: AdvantageBatch) -> AdvantageBatch:
 class UpdateStep:
     """One optimizer step: this process's rows (indices into its kept rows, in order), the step's row count over all
     processes, and the most backward calls any process needs for it (all must make that many, see
-    ``flowrl.trainer.flow.update``)."""
+    ``flowrl.trainer.update``)."""
 
     rows: Tensor
     total: int
@@ -114,16 +114,28 @@ class UpdateStep:
 
 
 def step_rows(
-    kept: list[Tensor], index: int, minibatches: int, micro_batch: int, generator: torch.Generator
+    kept: list[Tensor],
+    index: int,
+    minibatches: int,
+    micro_batch: int,
+    generator: torch.Generator,
+    units: list[Tensor] | None = None,
 ) -> list[UpdateStep]:
     """One inner epoch's optimizer steps. ``kept[p]`` are the whole-batch positions of process ``p``'s kept rows
     (in its local order); the rows are shuffled with ``generator`` (the same on every process) and cut into
-    ``minibatches`` steps as one process holding every row would."""
+    ``minibatches`` steps as one process holding every row would. With ``units`` (``units[p]``: a whole-batch unit
+    id per row of ``kept[p]``), the units are shuffled instead and each unit's rows stay together in position
+    order (a prompt's completions share their prompt's pass)."""
     owner = torch.cat([torch.full((k.numel(),), p) for p, k in enumerate(kept)])
     local = torch.cat([torch.arange(k.numel()) for k in kept])
     position = torch.cat(kept)
     by_position = position.argsort()
-    order = by_position[torch.randperm(position.numel(), generator=generator)]
+    if units is None:
+        order = by_position[torch.randperm(position.numel(), generator=generator)]
+    else:
+        unit = torch.cat(units)[by_position]
+        ids = unit.unique()
+        order = torch.cat([by_position[unit == u] for u in ids[torch.randperm(len(ids), generator=generator)]])
     steps = []
     for chunk in order.chunk(minibatches) if order.numel() else []:
         counts = torch.bincount(owner[chunk], minlength=len(kept))

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flowrl.trainer.timing import Stopwatch
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -32,6 +34,7 @@ class RunState:
     skips_in_a_row: int = 0  # iterations whose update was skipped (non-finite reward, loss or gradient)
     skips: int = 0
     train_seconds: float = 0.0  # over the whole run, resumed invocations included
+    clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
 
 
 __all__ = ["RunState"]

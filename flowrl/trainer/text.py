@@ -25,7 +25,7 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.errors import ConfigError, DataError, LaunchError
-from flowrl.losses import LossInputs, compute_loss, normalizes_by
+from flowrl.losses import LossInputs, LossOutput, compute_loss, normalizes_by
 from flowrl.models.causal_lm import (
     Completions,
     quiet_peft,
@@ -44,7 +44,7 @@ from flowrl.trainer.loop import (
     process_seed,
 )
 from flowrl.trainer.parallel import launch
-from flowrl.trainer.share import deal, gather_all
+from flowrl.trainer.share import UpdateStep, deal, gather_all
 from flowrl.trainer.state import RunState
 from flowrl.trainer.text_rewards import (
     RewardFunc,
@@ -56,6 +56,7 @@ from flowrl.trainer.text_rewards import (
     reward_kwargs,
     reward_names,
 )
+from flowrl.trainer.update import update as shared_update
 from flowrl.trainer.weights import check_lora_targets, frozen_copy
 
 if TYPE_CHECKING:
@@ -369,45 +370,25 @@ def _micro_batches(rows: Tensor, size: int) -> list[Tensor]:
 
 
 def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
-    """``num_iterations`` passes over the batch, ``minibatches`` optimizer steps each, gradients accumulated
-    over micro-batches weighted so that every step's loss is the loss's own aggregate over the step's rows.
+    """``train.inner_epochs`` passes over the batch, ``minibatches`` optimizer steps each, with the shared loop
+    (``flowrl.trainer.update``): a prompt's completions are dealt together (a micro-batch runs each prompt once,
+    the shared prefix), every step's loss is the loss's own aggregate over the step's rows of all processes.
 
     Old log-probs are computed once (no gradients) only when a step can be off-policy (several passes or
     minibatches); otherwise the ratio is exp(logp − logp.detach()) = 1, as TRL does. The reference's
-    log-probs (KL) are computed once per batch. Rows stay ordered by group within a step, so a micro-batch
-    runs each prompt once (shared prefix)."""
+    log-probs (KL) are computed once per batch."""
     cfg, c = run.cfg, batch.completions
     t = cfg.train
     n = c.completion_ids.shape[0]
-    device = c.completion_ids.device
-    all_rows = torch.arange(n, device=device)
-    off_policy = t.num_iterations > 1 or t.minibatches > 1
+    all_rows = torch.arange(n, device=c.completion_ids.device)
     old = ref = None
-    if off_policy:
+    if t.inner_epochs > 1 or t.minibatches > 1:
         with torch.no_grad():
             old = torch.cat([_log_probs(run, run.model, c, r)[0] for r in _micro_batches(all_rows, t.micro_batch)])
     if cfg.loss.kl_coef > 0:
         ref = torch.cat([reference_log_probs(run, c, r) for r in _micro_batches(all_rows, t.micro_batch)])
-    gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 7919 + run.iteration))
-    groups = c.index.unique()
-    sums: dict[str, float] = {}
-    steps = skipped = 0
-    for _ in range(t.num_iterations):
-        order = groups[torch.randperm(len(groups), generator=gen).to(device)]
-        rows = torch.cat([all_rows[c.index == gid] for gid in order])
-        for step_rows in rows.chunk(t.minibatches):
-            step_sums: dict[str, float] = {}
-            _step(run, batch, adv, step_rows, old, ref, step_sums)
-            norm = run.parallel.step(t.max_grad_norm, step_sums)
-            if norm is None:
-                skipped += 1
-                continue
-            step_sums["grad_norm"] = norm
-            for k, v in step_sums.items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps += 1
-    metrics = {k: v / steps for k, v in sums.items()} if steps else {}
-    metrics["skipped_steps"] = float(skipped)
+    rows = SequenceRows(run, c, adv, loss_mask(run, c), old, ref)
+    metrics = shared_update(run, batch.first + torch.arange(n), rows, units=_group_id(batch))
     for name in ("clip_frac_low", "clip_frac_high"):  # TRL's names for the same quantities
         if name in metrics:
             metrics[f"clip_ratio/{name.split('_')[-1]}_mean"] = metrics.pop(name)
@@ -416,45 +397,53 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
     return metrics
 
 
-def _step(
-    run: TextRun,
-    batch: TextBatch,
-    adv: Tensor,
-    rows: Tensor,
-    old: Tensor | None,
-    ref: Tensor | None,
-    sums: dict[str, float],
-) -> None:
-    """The backward passes of one optimizer step on ``rows``: micro-batch losses weighted by ``normalizes_by``."""
-    cfg, acc, c = run.cfg, run.accelerator, batch.completions
-    mask = loss_mask(run, c)
-    kind = normalizes_by(cfg.loss.name)
-    step_tokens = float(mask[rows].sum())
-    global_tokens = float(acc.gather(torch.tensor([step_tokens], device=mask.device)).sum())
-    pieces = _micro_batches(rows, cfg.train.micro_batch)  # as many on every process: equal shares of the batch
-    for k, mb in enumerate(pieces):
-        log_prob, entropy = _log_probs(run, run.prepared, c, mb)
-        m = mask[mb]
+@dataclass
+class SequenceRows:
+    """The text objective's rows (completions) as the update loop trains them: the loss of a micro-batch of token
+    sequences, weighted by ``normalizes_by``: its share of the step's sequences or tokens over all processes (times
+    the process count: gradients are averaged), or 1 when the loss divides by the step's global token count."""
+
+    run: TextRun
+    c: Completions
+    adv: Tensor  # [N] advantages of this process's completions
+    mask: Tensor  # [N, T] the loss's tokens
+    old: Tensor | None  # [N, T] log-probs before the update (off-policy steps)
+    ref: Tensor | None  # [N, T] the reference's log-probs (KL)
+    total: int = 0  # the step's sequences over all processes
+    tokens: float = 0.0  # the step's loss tokens over all processes
+
+    def start(self, step: UpdateStep) -> None:
+        acc = self.run.accelerator
+        mine = float(self.mask[step.rows.to(self.mask.device)].sum())
+        self.total, self.tokens = step.total, float(acc.gather(torch.tensor([mine], device=self.mask.device)).sum())
+
+    def __call__(self, rows: Tensor) -> tuple[LossOutput, float]:
+        rows = rows.to(self.mask.device)
+        out, m = self._loss(rows)
+        share = {"sequences": len(rows) / self.total, "tokens": float(m.sum()) / max(self.tokens, 1.0)}
+        kind = normalizes_by(self.run.cfg.loss.name)
+        weight = share[kind] * self.run.accelerator.num_processes if kind in share else 1.0  # global-tokens: 1
+        return out, weight
+
+    def filler(self) -> LossOutput:
+        return self._loss(torch.zeros(1, dtype=torch.long, device=self.mask.device))[0]
+
+    def _loss(self, rows: Tensor) -> tuple[LossOutput, Tensor]:
+        run, acc, cfg = self.run, self.run.accelerator, self.run.cfg
+        log_prob, entropy = _log_probs(run, run.prepared, self.c, rows)
+        m = self.mask[rows]
         inputs = LossInputs(
             log_prob=log_prob,
-            old_log_prob=log_prob.detach() if old is None else old[mb],
-            advantages=adv[mb].to(log_prob),
+            old_log_prob=log_prob.detach() if self.old is None else self.old[rows],
+            advantages=self.adv[rows].to(log_prob),
             mask=m.bool(),
-            ref_log_prob=None if ref is None else ref[mb],
-            token_count=global_tokens / acc.num_processes,
+            ref_log_prob=None if self.ref is None else self.ref[rows],
+            token_count=self.tokens / acc.num_processes,
             policy_weights=high_entropy_mask(entropy, m, cfg.loss.top_entropy_quantile, acc),
         )
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
-        share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
-        weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
-        run.parallel.backward(out.loss * weight, last=k == len(pieces) - 1)
-        metrics = {
-            **out.metrics,
-            "loss": out.loss.item(),
-            "entropy": float((entropy * m).sum() / m.sum().clamp(min=1)),
-        }
-        for k, v in metrics.items():
-            sums[k] = sums.get(k, 0.0) + v * len(mb) / len(rows)
+        out.metrics["entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
+        return out, m
 
 
 def loss_mask(run: TextRun, c: Completions) -> Tensor:
@@ -488,7 +477,7 @@ def train_step(run: TextRun) -> dict[str, float]:
     t1 = time.perf_counter()
     infinite = sum(gather_all(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
     if infinite:
-        metrics = {"skipped_steps": 1.0, "rewards/infinite": float(infinite)}
+        metrics = {"train/skipped_steps": 1.0, "rewards/infinite": float(infinite)}
     else:
         adv, metrics = advantages(run, batch)
         metrics.update(completion_metrics(batch.completions))
@@ -500,7 +489,9 @@ def train_step(run: TextRun) -> dict[str, float]:
     run.reward_log = RewardLog()
     metrics["time/step_s"] = t2 - t0
     metrics = mean_over_processes(acc, metrics)
-    count_skip(run, metrics["skipped_steps"] > 0, "infinite reward" if infinite else "non-finite loss or gradient")
+    count_skip(
+        run, metrics["train/skipped_steps"] > 0, "infinite reward" if infinite else "non-finite loss or gradient"
+    )
     metrics["lr"] = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     run.iteration += 1
