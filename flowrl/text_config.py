@@ -140,6 +140,16 @@ class TextLossSection(LossConfig):
 
 
 @dataclass
+class TextOutputConfig(OutputConfig):
+    metric_names: str = option(
+        "flowrl",
+        "names of the logged metrics: flowrl's (as the image recipe logs them: reward/mean, train/loss, ...) or "
+        "TRL's (reward, loss, clip_ratio/region_mean, ...); a trl: section sets trl unless given",
+        choices=("flowrl", "trl"),
+    )
+
+
+@dataclass
 class TextConfig:
     backend: str = option("text", "which trainer reads this file", choices=("text",))
     seed: int = option(0, "seed of prompts, sampling and initialisation", low=0)
@@ -154,7 +164,7 @@ class TextConfig:
     )
     data: TextDataConfig = dataclasses.field(default_factory=TextDataConfig)
     eval: TextEvalConfig = dataclasses.field(default_factory=TextEvalConfig)
-    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    output: TextOutputConfig = dataclasses.field(default_factory=TextOutputConfig)
 
 
 #: keys that were renamed: the old name still works, with a notice naming the new one

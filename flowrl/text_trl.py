@@ -55,6 +55,24 @@ DIRECT = {
     "cache_implementation": "generation.cache_implementation",
 }
 
+#: flowrl's metric names -> TRL's (GRPOTrainer's logs), for ``output.metric_names: trl``
+METRIC_NAMES = {"reward/mean": "reward", "reward/std": "reward_std", "reward/zero_std_frac": "frac_reward_zero_std",
+                "train/loss": "loss", "train/grad_norm": "grad_norm", "train/entropy": "entropy", "train/lr": "lr",
+                "train/num_tokens": "num_tokens", "clip_frac_low": "clip_ratio/low_mean",
+                "clip_frac_high": "clip_ratio/high_mean", "reward/non_finite": "rewards/infinite"}  # fmt: skip
+
+
+def trl_metric_names(metrics: dict[str, float], reward_names: list[str]) -> dict[str, float]:
+    """``metrics`` under TRL's names: the table above, ``reward/<f>`` and ``reward/<f>/std`` as
+    ``rewards/<f>/mean|std``, and ``clip_ratio/region_mean`` (low + high) when the clip fractions are there."""
+    renamed = {f"reward/{n}": f"rewards/{n}/mean" for n in reward_names}
+    renamed.update({f"reward/{n}/std": f"rewards/{n}/std" for n in reward_names})
+    out = {METRIC_NAMES.get(k, renamed.get(k, k)): v for k, v in metrics.items()}
+    if "clip_ratio/low_mean" in out and "clip_ratio/high_mean" in out:
+        out["clip_ratio/region_mean"] = out["clip_ratio/low_mean"] + out["clip_ratio/high_mean"]
+    return out
+
+
 #: TRL's counts of optimizer steps -> flowrl's counts of iterations (generation batches)
 STEPS = {"max_steps": "train.iterations", "warmup_steps": "train.warmup_iterations", "save_steps": "train.save_every"}
 
@@ -108,6 +126,8 @@ def apply_trl_section(data: dict[str, Any]) -> dict[str, Any]:
             known = ", ".join(read_fields())
             raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; it reads: {known}")
     out.update(_translated(trl, data))
+    if not _has(data, "output.metric_names"):  # a TRL user reads TRL's metric names
+        out["output.metric_names"] = "trl"
     for dotted, value in out.items():
         if _has(data, dotted):
             raise ConfigError(f"{dotted} is set twice: under trl and under its flowrl name")

@@ -78,6 +78,24 @@ def test_update_steps_cut_the_whole_batch_as_one_process_would():
     assert step_rows([torch.tensor([], dtype=torch.long)] * 2, 0, 2, 4, torch.Generator()) == []
 
 
+def test_units_stay_together_and_one_process_deals_as_the_text_trainer_did():
+    """Completions of one prompt (a unit) are dealt together, in position order; on one process the order is the
+    text trainer's former one (a permutation of its prompts, each prompt's completions in order, cut into steps),
+    and two processes holding the blocks 0-5 / 6-11 get exactly one process's rows at every step."""
+    group = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])  # 4 prompts x 3 completions
+    one = step_rows([torch.arange(12)], 0, 2, 4, torch.Generator().manual_seed(11), [group])
+    perm = torch.randperm(4, generator=torch.Generator().manual_seed(11))  # the former: groups[randperm(groups)]
+    former = torch.cat([torch.arange(12)[group == g] for g in perm]).chunk(2)
+    assert [s.rows.tolist() for s in one] == [r.tolist() for r in former]
+    kept, units = [torch.arange(6), torch.arange(6, 12)], [group[:6], group[6:]]
+    two = [step_rows(kept, k, 2, 4, torch.Generator().manual_seed(11), units) for k in range(2)]
+    for step, (a, b) in enumerate(zip(*two, strict=True)):
+        held = sorted(kept[0][a.rows].tolist() + kept[1][b.rows].tolist())
+        assert held == sorted(one[step].rows.tolist())
+    for s in one:  # whole prompts in each step: 2 of the 4
+        assert sorted(torch.bincount(group[s.rows], minlength=4).tolist()) == [0, 0, 3, 3]
+
+
 def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
     prompts = ["a", "a", "b", "b", "c", "c"]
     shares = [eval_share(prompts, k, 2) for k in range(2)]

@@ -204,7 +204,7 @@ def test_chat_training_calls_rewards_as_trl_does(chat_dir, tmp_path):
         assert all(isinstance(i, int) for i in ids) and 1 <= len(ids) <= 6 and end not in ids[:-1]
         assert len(ids) == 6 or ids[-1] == end
     assert metrics["recorder/calls"] == 1.0
-    assert metrics["rewards/async_a/mean"] == 1.0 and math.isnan(metrics["rewards/async_b/mean"])
+    assert metrics["reward/async_a"] == 1.0 and math.isnan(metrics["reward/async_b"])
 
 
 def test_a_failing_async_reward_is_named(lm_dir):
@@ -243,7 +243,9 @@ def test_trl_config_names_translate_and_are_checked(lm_dir, monkeypatch):
     assert cfg.train.micro_batch == 6 and cfg.train.iterations == 5  # 10 optimizer steps, 2 per iteration
     assert cfg.train.mask_truncated_completions and cfg.train.lr == 3e-6 and cfg.generation.max_new_tokens == 4
     assert [r.weight for r in cfg.rewards] == [1.0, 0.25]
+    assert cfg.output.metric_names == "trl"  # a TRL user reads TRL's metric names, unless the config says otherwise
     short = "max_completion_length: 4"  # the 16-position test model leaves room for 4 tokens
+    assert trl_config(lm_dir, f"{{{short}}}", "output.metric_names=flowrl").output.metric_names == "flowrl"
     gdpo = trl_config(lm_dir, f"{{multi_objective_aggregation: normalize_then_sum, scale_rewards: none, {short}}}")
     assert gdpo.advantage.name == "gdpo"  # TRL ignores scale_rewards then
     assert trl_config(lm_dir, f"{{epsilon: 0.3, {short}}}").loss.clip_high == 0.3  # epsilon_high defaults to it

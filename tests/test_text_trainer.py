@@ -14,9 +14,17 @@ from flowrl.recipes import load_config
 from flowrl.trainer.text import score, setup, train_step
 
 LOSSES = ["grpo", "bnpo", "dr-grpo", "dapo", "gspo"]
+#: the text recipe logs the image recipe's names (one namespace) ...
+METRICS = (
+    "reward/mean", "reward/std", "reward/zero_std_frac", "reward/correct", "reward/well_formed/std", "kl",
+    "train/entropy", "completions/mean_length", "completions/clipped_ratio", "clip_frac_high", "train/num_tokens",
+    "train/loss", "train/grad_norm", "train/lr",
+)  # fmt: skip
+#: ... and TRL's where a TRL user reads them (output.metric_names: trl, which a trl: section sets)
 TRL_METRICS = (
     "reward", "reward_std", "frac_reward_zero_std", "rewards/correct/mean", "rewards/well_formed/std", "kl",
     "entropy", "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean", "num_tokens",
+    "loss", "grad_norm", "lr",
 )  # fmt: skip
 
 
@@ -134,16 +142,22 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
 
 
 @pytest.mark.parametrize("loss", LOSSES)
-def test_two_iterations_move_the_lora_with_trl_named_metrics(lm_dir, loss):
+def test_two_iterations_move_the_lora_with_one_namespace_of_metrics(lm_dir, loss):
+    from flowrl.text_trl import trl_metric_names
+
     run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.05", "train.inner_epochs=2"))
     before = [p.detach().clone() for p in run.params]
     metrics = [train_step(run), train_step(run)]
     moved = sum(not torch.equal(a, p) for a, p in zip(before, run.params, strict=True))
     assert moved == len(run.params), (moved, len(run.params))
     for m in metrics:
-        for key in TRL_METRICS:
+        for key in METRICS:
             assert key in m and math.isfinite(m[key]), (key, m)
-    assert metrics[1]["num_tokens"] > metrics[0]["num_tokens"] > 0
+        trl = trl_metric_names(m, ["correct", "well_formed"])
+        for key in TRL_METRICS:
+            assert key in trl and math.isfinite(trl[key]), (key, trl)
+        assert trl["clip_ratio/region_mean"] == m["clip_frac_low"] + m["clip_frac_high"]
+    assert metrics[1]["train/num_tokens"] > metrics[0]["train/num_tokens"] > 0
     # the first pass of an iteration is on-policy; the second pass sees ratios away from 1
     assert metrics[0]["kl"] >= 0 and metrics[1]["kl"] > 0
 
@@ -203,10 +217,10 @@ def test_advantages_and_reward_metrics_by_hand(lm_dir):
     torch.testing.assert_close(adv[:4], torch.tensor([0.25, -0.75, 0.25, 0.25]) / (0.5 + 1e-4))
     assert adv[4:].tolist() == [0.0] * 4
     totals = torch.tensor([1.0, 0, 1, 1, 0, 0, 0])  # row 7 is left out of the statistics
-    assert m["reward"] == pytest.approx(totals.mean().item())
-    assert m["reward_std"] == pytest.approx(totals.std().item())
-    assert m["frac_reward_zero_std"] == 0.5
-    assert m["rewards/a/mean"] == pytest.approx(3 / 7) and m["rewards/b/mean"] == 0.0
+    assert m["reward/mean"] == pytest.approx(totals.mean().item())
+    assert m["reward/std"] == pytest.approx(totals.std().item())
+    assert m["reward/zero_std_frac"] == 0.5
+    assert m["reward/a"] == pytest.approx(3 / 7) and m["reward/b"] == 0.0
 
 
 def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_reference(lm_dir, tmp_path):

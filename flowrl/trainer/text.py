@@ -285,14 +285,14 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     total = weighted_total(run, all_rewards).masked_fill(unscored, math.nan)
     group_std = _nanstd(total.view(-1, g), dim=1)
     metrics = {
-        "reward": total.nanmean().item(),
-        "reward_std": _nanstd(total).item(),
-        "frac_reward_zero_std": (group_std.abs() < 1e-6).float().mean().item(),  # equal groups: share of samples
+        "reward/mean": total.nanmean().item(),
+        "reward/std": _nanstd(total).item(),
+        "reward/zero_std_frac": (group_std.abs() < 1e-6).float().mean().item(),  # equal groups: share of samples
     }
     for k, (name, _, _) in enumerate(run.rewards):
         col = all_rewards[:, k]
-        metrics[f"rewards/{name}/mean"] = col.nanmean().item()
-        metrics[f"rewards/{name}/std"] = _nanstd(col).item()
+        metrics[f"reward/{name}"] = col.nanmean().item()
+        metrics[f"reward/{name}/std"] = _nanstd(col).item()
     mine = slice(batch.first, batch.first + batch.rewards.shape[0])
     return (result.advantages * result.mask * ~unscored)[mine], {**metrics, **result.metrics}
 
@@ -388,13 +388,7 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
     if cfg.loss.kl_coef > 0:
         ref = torch.cat([reference_log_probs(run, c, r) for r in _micro_batches(all_rows, t.micro_batch)])
     rows = SequenceRows(run, c, adv, loss_mask(run, c), old, ref)
-    metrics = shared_update(run, batch.first + torch.arange(n), rows, units=_group_id(batch))
-    for name in ("clip_frac_low", "clip_frac_high"):  # TRL's names for the same quantities
-        if name in metrics:
-            metrics[f"clip_ratio/{name.split('_')[-1]}_mean"] = metrics.pop(name)
-    if "clip_ratio/low_mean" in metrics:
-        metrics["clip_ratio/region_mean"] = metrics["clip_ratio/low_mean"] + metrics["clip_ratio/high_mean"]
-    return metrics
+    return shared_update(run, batch.first + torch.arange(n), rows, units=_group_id(batch))
 
 
 @dataclass
@@ -442,7 +436,7 @@ class SequenceRows:
             policy_weights=high_entropy_mask(entropy, m, cfg.loss.top_entropy_quantile, acc),
         )
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
-        out.metrics["entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
+        out.metrics["train/entropy"] = float((entropy * m).sum() / m.sum().clamp(min=1))
         return out, m
 
 
@@ -477,14 +471,14 @@ def train_step(run: TextRun) -> dict[str, float]:
     t1 = time.perf_counter()
     infinite = sum(gather_all(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
     if infinite:
-        metrics = {"train/skipped_steps": 1.0, "rewards/infinite": float(infinite)}
+        metrics = {"train/skipped_steps": 1.0, "reward/non_finite": float(infinite)}
     else:
         adv, metrics = advantages(run, batch)
         metrics.update(completion_metrics(batch.completions))
         metrics.update(update(run, batch, adv.to(batch.completions.completion_ids.device)))
     t2 = time.perf_counter()
     run.num_tokens += int(batch.completions.completion_mask.sum() + batch.completions.prompt_mask.sum())
-    metrics.update({"num_tokens": float(run.num_tokens), "time/generate_s": t1 - t0, "time/update_s": t2 - t1})
+    metrics.update({"train/num_tokens": float(run.num_tokens), "time/sample_s": t1 - t0, "time/update_s": t2 - t1})
     metrics.update(run.reward_log.means())  # what reward functions logged with log_metric
     run.reward_log = RewardLog()
     metrics["time/step_s"] = t2 - t0
@@ -492,7 +486,7 @@ def train_step(run: TextRun) -> dict[str, float]:
     count_skip(
         run, metrics["train/skipped_steps"] > 0, "infinite reward" if infinite else "non-finite loss or gradient"
     )
-    metrics["lr"] = run.scheduler.get_last_lr()[0]
+    metrics["train/lr"] = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     run.iteration += 1
     return metrics

@@ -13,6 +13,7 @@ import torch
 from flowrl.recipe import Recipe, register
 from flowrl.text_config import TextConfig, load_text_config
 from flowrl.text_data import prompt_key
+from flowrl.text_trl import trl_metric_names
 from flowrl.trainer import text
 from flowrl.trainer import text_run as steps
 from flowrl.trainer.resume import Finished, train
@@ -51,13 +52,17 @@ class TextRecipe(Recipe):
         return steps.evaluate(run, eval_rows(run))
 
     def train_step(self, run: TextRun) -> dict[str, float]:
-        return text.train_step(run)
+        metrics = text.train_step(run)
+        if run.cfg.output.metric_names == "trl":
+            return trl_metric_names(metrics, [name for name, _, _ in run.rewards])
+        return metrics
 
     def save_checkpoint(self, run: TextRun, path: str) -> None:
         steps.save_checkpoint(run, path)
 
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
-        return {"reward": f"{metrics.get('reward', math.nan):.3f}", "kl": f"{metrics.get('kl', 0):.4f}"}
+        reward = metrics.get("reward/mean", metrics.get("reward", math.nan))  # flowrl's or TRL's name
+        return {"reward": f"{reward:.3f}", "kl": f"{metrics.get('kl', 0):.4f}"}
 
     def log_media(self, run: TextRun, trackers: Any) -> None:
         steps.log_completions(run, trackers)
