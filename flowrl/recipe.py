@@ -80,6 +80,10 @@ class Recipe(abc.ABC):
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
         """The progress bar's fields from an iteration's metrics."""
 
+    def logged(self, run: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """An iteration's metrics as the trackers log them (the text recipe can use TRL's names)."""
+        return metrics
+
     @abc.abstractmethod
     def log_media(self, run: Any, trackers: Any) -> None:
         """Samples for the trackers every ``output.images_every`` iterations (collective)."""

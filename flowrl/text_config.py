@@ -118,6 +118,18 @@ class TextEvalConfig:
     num_prompts: int = option(0, "evaluation prompts (0 = all)", low=0)
     samples_per_prompt: int = option(1, "completions per evaluation prompt", low=1)
     temperature: float = option(0.0, "evaluation sampling temperature (0 = greedy)", low=0.0)
+    watch_rewards: list[TextRewardSpec] = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "reward functions scored on the training completions but never trained on, to see reward "
+                          "hacking: a list of {name} like rewards (logged as watch/<name>)"},
+    )  # fmt: skip
+    watch_drop: float = option(
+        0.02, "warn when the trained reward rises while a watch reward falls by more than this (and 2 SE)", low=0.0
+    )
+    diversity_drop: float = option(
+        0.3, "warn when the trained reward rises while the share of distinct completions per prompt falls by more "
+        "than this fraction", low=0.0, high=1.0,
+    )  # fmt: skip
 
 
 @dataclass
@@ -184,6 +196,12 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
         raise ConfigError("rewards: list at least one reward function, each with a name")
     for i, spec in enumerate(cfg.rewards):
         _check_reward(f"rewards[{i}].name", spec.name)
+    trained = {r.name for r in cfg.rewards}
+    for i, spec in enumerate(cfg.eval.watch_rewards):
+        _check_reward(f"eval.watch_rewards[{i}].name", spec.name)
+        if spec.name in trained:
+            raise ConfigError(f"eval.watch_rewards[{i}].name: {spec.name!r} is trained on (in rewards); a watch "
+                              "reward must not be")  # fmt: skip
     train, evaluation = (check_data_source(f"data.{key}", getattr(cfg.data, key), getattr(cfg.data, f"{key}_split"))
                          for key in ("train", "eval"))  # fmt: skip
     if train != evaluation:

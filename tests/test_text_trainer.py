@@ -162,22 +162,30 @@ def test_two_iterations_move_the_lora_with_one_namespace_of_metrics(lm_dir, loss
     assert metrics[0]["kl"] >= 0 and metrics[1]["kl"] > 0
 
 
-def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_dir, tmp_path):
+def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_dir, tmp_path, monkeypatch):
     import yaml
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from flowrl.cli import main
+    from flowrl.trainer.monitor import TrainingMonitor
     from flowrl.trainer.text import _log_probs, generate
 
+    seen: list[dict[str, float]] = []  # what the training loop fed the reward-hacking monitor
+    update = TrainingMonitor.update
+    monkeypatch.setattr(TrainingMonitor, "update", lambda self, m, i=0: seen.append(m) or update(self, m, i))
     preset = tmp_path / "text.yaml"
     preset.write_text(yaml.safe_dump({"backend": "text", "model": {"path": lm_dir, "lora_rank": 4}}))
     run_dir = tmp_path / "run"
     args = ["generation.max_new_tokens=4", "train.iterations=2", "train.prompts_per_step=2", "train.group_size=4"]
     args += ["train.lr=1e-2", "eval.num_prompts=3", "output.progress=false", f"output.run_dir={run_dir}"]
+    args += ["eval.watch_rewards=[{name: 'toy-text:well_formed'}]"]  # scored on the completions, never trained
     assert main(["train", "--config", str(preset), *args]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["backend"] == "text" and summary["train_steps"] == 2 and summary["num_eval_samples"] == 3
+    assert summary["training_warnings"] == [] and len(seen) == 2  # the monitors run for text too
+    for m in seen:
+        assert 0 <= m["watch/well_formed"] <= 1 and 0.25 <= m["monitor/diversity"] <= 1 and "reward/mean" in m
     for key in ("eval_reward_before", "eval_reward_after", "eval_reward_gain", "eval/correct"):
         assert key in summary
     assert (run_dir / "samples.md").read_text().count("\n") == 2 + 3
@@ -221,6 +229,17 @@ def test_advantages_and_reward_metrics_by_hand(lm_dir):
     assert m["reward/std"] == pytest.approx(totals.std().item())
     assert m["reward/zero_std_frac"] == 0.5
     assert m["reward/a"] == pytest.approx(3 / 7) and m["reward/b"] == 0.0
+
+
+def test_distinct_share_by_hand_and_a_trained_watch_reward_is_refused(lm_dir):
+    from flowrl.errors import ConfigError
+    from flowrl.trainer.monitor import distinct_share
+
+    # prompt 0: a, a, b (2 of 3 distinct); prompt 1: c, d (all); prompt 2: one completion (no pair: left out)
+    assert distinct_share([0, 0, 0, 1, 1, 2], ["a", "a", "b", "c", "d", "e"]) == pytest.approx((2 / 3 + 1) / 2)
+    assert math.isnan(distinct_share([0, 1], ["a", "a"]))
+    with pytest.raises(ConfigError, match=r"eval.watch_rewards\[0\].name: 'toy-text:correct' is trained on"):
+        text_config(lm_dir, "eval.watch_rewards=[{name: 'toy-text:correct'}]")
 
 
 def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_reference(lm_dir, tmp_path):

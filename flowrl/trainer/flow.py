@@ -456,9 +456,6 @@ def train_step(run: Run) -> dict[str, float]:
     metrics = mean_over_processes(acc, metrics)
     skipped = any(broken) or metrics["train/skipped_steps"] > 0
     count_skip(run, skipped, reason)
-    if run.monitor is not None and acc.is_main_process:
-        for line in run.monitor.update(metrics, run.iteration):
-            log.warning("iteration %d: %s", run.iteration, line)
     metrics.update({"train/skipped": float(skipped), "train/lr": run.scheduler.get_last_lr()[0]})
     run.window.advance()
     run.scheduler.step()

@@ -13,7 +13,6 @@ from flowrl.losses import OldPolicy
 from flowrl.models import FlowModel
 from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule
-from flowrl.trainer.monitor import TrainingMonitor
 from flowrl.trainer.state import RunState
 from flowrl.trainer.weights import EMA
 
@@ -35,7 +34,6 @@ class Run(RunState):
     train_prompts: list[str]
     eval_prompts: list[str]
     watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
-    monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations
 
 
 @dataclass

@@ -174,8 +174,11 @@ def training_loop(run: RunState, run_dir: str, writer: Any, recipe: Recipe) -> f
                 began = time.time()
                 metrics = recipe.train_step(run)
                 run.train_seconds += time.time() - began
+                if run.monitor is not None and main:  # the reward-hacking signals, under the recipe-common names
+                    for line in run.monitor.update(metrics, run.iteration - 1):
+                        log.warning("iteration %d: %s", run.iteration - 1, line)
                 if writer is not None:
-                    writer.log(metrics, run.iteration)
+                    writer.log(recipe.logged(run, metrics), run.iteration)
                 if cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
                     recipe.log_media(run, writer)  # every process: generation may be collective
                 done, remaining = run.iteration - first, cfg.train.iterations - run.iteration

@@ -1,12 +1,14 @@
 """Reward-hacking monitors during training (``flowrl.evaluation`` has the evaluation side).
 
 Every iteration logs, besides the trained rewards, ``watch/<name>`` (the means of ``eval.watch_rewards`` on the
-iteration's images) and ``monitor/diversity`` (the mean within-group distance of the images, group = prompt, on
-32×32 thumbnails). ``TrainingMonitor`` compares the latest ``window`` iterations with the first ``window``: when
-``reward/mean`` rose by more than two standard errors (iterations as the unit) while a watch reward fell by more
-than ``eval.watch_drop`` (and two SE) or the diversity fell by more than the fraction ``eval.diversity_drop``, it
-logs one warning per signal; a diversity that falls that far while the reward does not rise is a possible collapse.
-The warnings go to ``summary.json`` (``training_warnings``). Its state starts over when a run is resumed.
+iteration's images or completions) and ``monitor/diversity`` (images: the mean within-group distance, group =
+prompt, on 32×32 thumbnails; text: the mean share of distinct completions per prompt). The training loop feeds
+every recipe's metrics to the monitor. ``TrainingMonitor`` compares the latest ``window`` iterations with the first
+``window``: when ``reward/mean`` rose by more than two standard errors (iterations as the unit) while a watch
+reward fell by more than ``eval.watch_drop`` (and two SE) or the diversity fell by more than the fraction
+``eval.diversity_drop``, it logs one warning per signal; a diversity that falls that far while the reward does not
+rise is a possible collapse. The warnings go to ``summary.json`` (``training_warnings``). Its state starts over
+when a run is resumed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def monitor_metrics(monitors: dict[str, Tensor], groups: Tensor) -> dict[str, fl
         values = list(group_diversity(monitors["thumbs"], groups).values())
         out["monitor/diversity"] = statistics.fmean(values) if values else math.nan
     return out
+
+
+def distinct_share(groups: list[int], texts: list[str]) -> float:
+    """The text recipe's within-prompt diversity: over groups (``groups[i]``: completion ``i``'s prompt) with two or
+    more completions, the mean share of distinct completions (1: all differ; 1/G: one completion G times); NaN when
+    no group has two."""
+    by_group: dict[int, list[str]] = {}
+    for g, text in zip(groups, texts, strict=True):
+        by_group.setdefault(g, []).append(text)
+    shares = [len(set(t)) / len(t) for t in by_group.values() if len(t) > 1]
+    return statistics.fmean(shares) if shares else math.nan
 
 
 class TrainingMonitor:
@@ -106,4 +119,4 @@ class TrainingMonitor:
         return lines
 
 
-__all__ = ["TrainingMonitor", "block_monitors", "monitor_metrics"]
+__all__ = ["TrainingMonitor", "block_monitors", "distinct_share", "monitor_metrics"]

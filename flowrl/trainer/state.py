@@ -15,6 +15,7 @@ from flowrl.trainer.timing import Stopwatch
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from flowrl.trainer.monitor import TrainingMonitor
     from flowrl.trainer.parallel import Parallel
 
 
@@ -35,6 +36,7 @@ class RunState:
     skips: int = 0
     train_seconds: float = 0.0  # over the whole run, resumed invocations included
     clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
+    monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations (the training loop feeds it)
 
 
 __all__ = ["RunState"]

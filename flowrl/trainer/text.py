@@ -25,6 +25,7 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.errors import ConfigError, DataError, LaunchError
+from flowrl.evaluation import WATCH
 from flowrl.losses import LossInputs, LossOutput, compute_loss, normalizes_by
 from flowrl.models.causal_lm import (
     Completions,
@@ -43,6 +44,7 @@ from flowrl.trainer.loop import (
     mean_over_processes,
     process_seed,
 )
+from flowrl.trainer.monitor import TrainingMonitor, distinct_share
 from flowrl.trainer.parallel import launch
 from flowrl.trainer.share import UpdateStep, deal, gather_all
 from flowrl.trainer.state import RunState
@@ -78,6 +80,7 @@ class TextRun(RunState):
     num_tokens: int = 0
     format: PromptFormat = field(default_factory=PromptFormat)  # standard or conversational prompts
     reward_log: RewardLog = field(default_factory=RewardLog)  # log_metric calls of the reward functions
+    watch: list[tuple[str, RewardFunc]] = field(default_factory=list)  # eval.watch_rewards: scored, never trained
 
 
 @dataclass
@@ -146,6 +149,7 @@ def setup(
     rewards = list(zip(reward_names(funcs), funcs, weights, strict=True))
     train_rows = as_rows(dataset) if dataset is not None else load_rows(cfg.data.train, cfg.data.train_split)
     eval_rows = load_rows(cfg.data.eval, cfg.data.eval_split)
+    watch = [resolve_reward(r.name) for r in cfg.eval.watch_rewards]
     return TextRun(
         cfg=cfg,
         accelerator=accelerator,
@@ -162,6 +166,8 @@ def setup(
         scheduler=lr_scheduler(optimizer, cfg.train.lr_schedule, cfg.train.warmup_iterations, cfg.train.iterations),
         reference=reference,
         format=prompt_format(cfg, tokenizer, train_rows, eval_rows),
+        watch=list(zip(reward_names(watch), watch, strict=True)),
+        monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
     )
 
 
@@ -177,7 +183,13 @@ def prompt_format(cfg: TextConfig, tokenizer: Any, *datasets: list[dict[str, Any
     return PromptFormat(conversational, cfg.data.system_prompt, dict(cfg.data.chat_template_kwargs))
 
 
-def score(run: TextRun, rows: list[dict[str, Any]], texts: list[str], ids: list[list[int]] | None = None) -> Tensor:
+def score(
+    run: TextRun,
+    rows: list[dict[str, Any]],
+    texts: list[str],
+    ids: list[list[int]] | None = None,
+    funcs: list[tuple[str, RewardFunc]] | None = None,
+) -> Tensor:
     """Rewards ``[N, K]`` of completions ``texts`` (token ids ``ids``) of ``rows``' prompts: one column per reward
     function, NaN where a function returned None (``flowrl.trainer.text_rewards`` says what they receive). A
     function that raises or returns anything but one real number (or None) per completion is a ``RewardError``."""
@@ -185,8 +197,9 @@ def score(run: TextRun, rows: list[dict[str, Any]], texts: list[str], ids: list[
         ids = [run.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     state = TrainerState(global_step=run.iteration, max_steps=run.cfg.train.iterations)
     kwargs = reward_kwargs(rows, run.format.completions(texts), ids, state, run.reward_log)
-    values = call_all([(name, fn) for name, fn, _ in run.rewards], kwargs)
-    columns = [check_values(name, v, len(rows)) for (name, _, _), v in zip(run.rewards, values, strict=True)]
+    funcs = [(name, fn) for name, fn, _ in run.rewards] if funcs is None else funcs
+    values = call_all(funcs, kwargs)
+    columns = [check_values(name, v, len(rows)) for (name, _), v in zip(funcs, values, strict=True)]
     return torch.stack(columns, 1).float()
 
 
@@ -327,6 +340,19 @@ def _nanstd(x: Tensor, dim: int | None = None) -> Tensor:
     sq = ((x - mean) ** 2).nan_to_num(0.0)
     total = sq.sum(dim) if dim is not None else sq.sum()
     return (total / (n - 1).clamp(min=1)).sqrt() * (n > 1)
+
+
+def monitor_metrics(run: TextRun, batch: TextBatch) -> dict[str, float]:
+    """The reward-hacking monitors' inputs (``flowrl.trainer.monitor``): ``watch/<name>`` means of this process's
+    completions (averaged over processes later) and ``monitor/diversity`` of the whole batch."""
+    c = batch.completions
+    out = {}
+    if run.watch:
+        scores = score(run, batch.rows, c.texts, completion_id_lists(c), run.watch)
+        out.update({f"{WATCH}{name}": float(scores[:, k].nanmean()) for k, (name, _) in enumerate(run.watch)})
+    parts = gather_all(run.accelerator, (_group_id(batch).tolist(), list(c.texts)))
+    out["monitor/diversity"] = distinct_share([g for p in parts for g in p[0]], [t for p in parts for t in p[1]])
+    return out
 
 
 def completion_metrics(c: Completions) -> dict[str, float]:
@@ -475,6 +501,7 @@ def train_step(run: TextRun) -> dict[str, float]:
     else:
         adv, metrics = advantages(run, batch)
         metrics.update(completion_metrics(batch.completions))
+        metrics.update(monitor_metrics(run, batch))
         metrics.update(update(run, batch, adv.to(batch.completions.completion_ids.device)))
     t2 = time.perf_counter()
     run.num_tokens += int(batch.completions.completion_mask.sum() + batch.completions.prompt_mask.sum())

@@ -52,8 +52,10 @@ class TextRecipe(Recipe):
         return steps.evaluate(run, eval_rows(run))
 
     def train_step(self, run: TextRun) -> dict[str, float]:
-        metrics = text.train_step(run)
-        if run.cfg.output.metric_names == "trl":
+        return text.train_step(run)
+
+    def logged(self, run: TextRun, metrics: dict[str, float]) -> dict[str, float]:
+        if run.cfg.output.metric_names == "trl":  # what a TRL user reads
             return trl_metric_names(metrics, [name for name, _, _ in run.rewards])
         return metrics
 
@@ -61,8 +63,7 @@ class TextRecipe(Recipe):
         steps.save_checkpoint(run, path)
 
     def progress(self, metrics: dict[str, float]) -> dict[str, str]:
-        reward = metrics.get("reward/mean", metrics.get("reward", math.nan))  # flowrl's or TRL's name
-        return {"reward": f"{reward:.3f}", "kl": f"{metrics.get('kl', 0):.4f}"}
+        return {"reward": f"{metrics.get('reward/mean', math.nan):.3f}", "kl": f"{metrics.get('kl', 0):.4f}"}
 
     def log_media(self, run: TextRun, trackers: Any) -> None:
         steps.log_completions(run, trackers)

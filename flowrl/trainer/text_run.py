@@ -113,6 +113,7 @@ def write_summary(done: Finished) -> None:
         "seed": cfg.seed,
         "num_eval_samples": len(rows) * n if cfg.eval.enabled else 0,
         "checkpoint": os.path.join(done.run_dir, "checkpoints", "final"),
+        "training_warnings": run.monitor.history if run.monitor is not None else [],
     }
     if done.before is not None and done.after is not None:
         units = [prompt_key(r["prompt"]) for r in rows for _ in range(n)]
