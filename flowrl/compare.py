@@ -49,6 +49,20 @@ def parse_columns(items: list[str], default_config: str | None, flag: str = "--c
     return specs
 
 
+def image_config(path: str | None, what: str) -> Any:
+    """The image (flow) config at ``path`` (None: the built-in defaults), checked; a text config (``backend:
+    text``) is refused in one line naming ``what`` (the option that gave it): its columns are text completions,
+    which ``flowrl eval --config <text config>`` compares, and cannot stand beside images."""
+    from flowrl.config import load_config
+    from flowrl.text_config import TextConfig
+
+    cfg = load_config(path)
+    if isinstance(cfg, TextConfig):
+        raise ConfigError(f"{what}: its config {path!r} is a text config (backend: text); text and image columns "
+                          "cannot be compared (evaluate text checkpoints with a text --config)")  # fmt: skip
+    return cfg
+
+
 def load_column_policy(cfg, source: str):
     """The config's model with ``source``'s trained weights: a LoRA adapter or a full transformer."""
     from flowrl.models import policy_for
@@ -95,12 +109,11 @@ def _is_full(path: str) -> bool:
 def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> tuple[torch.Tensor, dict]:
     """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
     rewards, ``flowrl.evaluation.score_images``), generated as the trainer evaluates."""
-    from flowrl.config import load_config
     from flowrl.evaluation import score_images
     from flowrl.generate import generate
     from flowrl.rewards import RewardSet
 
-    cfg = load_config(spec.config)
+    cfg = image_config(spec.config, f"column {spec.label}")
     policy = load_column_policy(cfg, spec.source)
     images = generate(
         policy, prompts, seeds, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
@@ -141,6 +154,8 @@ def render(
     specs: list[ColumnSpec], prompts: list[str], seeds: list[int], out_dir: str, title: str = "flowrl gallery"
 ) -> dict[str, str]:
     """Generate and score every column on the same (prompt, seed) rows; write the gallery; return its paths."""
+    for spec in specs:  # every column's config is checked before the first model loads
+        image_config(spec.config, f"--column {spec.label}")
     rows_p = [p for p in prompts for _ in seeds]
     rows_s = [s for _ in prompts for s in seeds]
     results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]
@@ -175,6 +190,7 @@ __all__ = [
     "ColumnSpec",
     "base_index",
     "evaluate_column",
+    "image_config",
     "load_column_policy",
     "parse_columns",
     "render",

@@ -57,7 +57,7 @@ def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str]]:
 
 def run(args: Any) -> dict[str, Any]:
     """Evaluate every column and write ``<out>/eval.json`` (and the gallery); returns the report."""
-    from flowrl.compare import base_index, evaluate_column, parse_columns
+    from flowrl.compare import base_index, evaluate_column, image_config, parse_columns
     from flowrl.config import load_config
     from flowrl.evaluation import compare, hacking_warnings, load_categories_metadata, summarize
 
@@ -67,8 +67,8 @@ def run(args: Any) -> dict[str, Any]:
 
         return eval_text.run(args, cfg)
     specs = parse_columns(args.checkpoint, args.config, "--checkpoint")
-    for spec in specs:
-        load_config(spec.config)  # every column's config is checked before the first model loads
+    for spec in specs:  # every column's config is checked before the first model loads
+        image_config(spec.config, f"--checkpoint {spec.label}")
     rows_p, rows_s, prompts = pairs(args, cfg)
     metadata_path = cfg.eval.metadata if args.metadata is None else args.metadata
     if metadata_path and not os.path.isfile(metadata_path):

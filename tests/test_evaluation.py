@@ -239,6 +239,32 @@ def test_flowrl_eval_refuses_bad_input_before_loading(tmp_path, capsys):
     assert not (tmp_path / "eval.json").exists()
 
 
+def test_a_text_column_beside_image_columns_is_refused_in_one_line(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from flowrl.cli import main
+
+    # a text checkpoint as the text trainer writes it: <checkpoint>/lora/ holding a peft adapter of the toy LM
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained("assets/toy-lm"), LoraConfig(r=2))
+    model.save_pretrained(tmp_path / "ckpt" / "lora")
+    capsys.readouterr()  # the loading bar of the line above
+    column = f"t={tmp_path / 'ckpt'}@configs/text_demo.yaml"
+    for argv, option in [
+        (
+            ["eval", "--config", "configs/demo.yaml", "--checkpoint", "base=base", "--checkpoint", column],
+            "--checkpoint",
+        ),
+        (["gallery", "--config", "configs/demo.yaml", "--column", "base=base", "--column", column], "--column"),
+    ]:
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"flowrl: config error: {option} t: its config 'configs/text_demo.yaml' is a text config "
+                       "(backend: text); text and image columns cannot be compared (evaluate text checkpoints with "
+                       "a text --config)\n")  # fmt: skip
+    assert not (tmp_path / "out").exists()  # refused before any model loaded or any file was written
+
+
 def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_model, tmp_path, capsys):
     from test_trainer import TINY_ARGS
 
