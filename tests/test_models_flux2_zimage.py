@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import velocity_on_cpu
-from tiny_models import save_tiny_flux2_klein, save_tiny_z_image
+from tiny_models import DYNAMIC, GRID_SHIFT_2, pipeline_sigmas, save_tiny_flux2_klein, save_tiny_z_image
 
 from flowrl.models import Flux2KleinPolicy, ZImagePolicy, load_policy, policy_class
 from flowrl.models.flux2 import empirical_mu, unpatchify
@@ -39,6 +39,26 @@ def test_flux2_mu_is_the_pipelines():
 
     for tokens, steps in ((16, 4), (1024, 28), (4096, 50), (6000, 4)):
         assert empirical_mu(tokens, steps) == pytest.approx(compute_empirical_mu(tokens, steps), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_schedule_is_what_the_pipeline_sets(folders, name, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy = FAMILIES[name][1](folders[name])
+    # FLUX.2's folder shifts dynamically (μ from the pipeline's empirical fit), Z-Image Turbo's by a constant
+    own = dict(policy.scheduler.config)
+    config = {"shift": 2.0} if not dynamic else own if own["use_dynamic_shifting"] else {**own, **DYNAMIC}
+    policy.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    ours = policy.sigmas(4, 32)
+    call = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 4, "guidance_scale": 1.0}
+    theirs = pipeline_sigmas(
+        _pipeline(name, folders[name]), FlowMatchEulerDiscreteScheduler.from_config(config), **call
+    )
+    assert torch.equal(ours.float(), theirs)
+    if not dynamic:  # the pipelines' linspace(1, 1/T, T), shifted by the fixed shift (issue 30: not 1, .80, .50, .004)
+        assert ours.tolist() == pytest.approx(GRID_SHIFT_2, abs=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -13,8 +13,9 @@ Layout (what ``Flux2KleinPipeline.save_pretrained`` writes): ``transformer/`` (`
 - **State.** The VAE latent's 2×2 patches as channels, ``[B, 4·C, H/16, W/16]``, normalised by the VAE's batch-norm
   statistics (the pipeline's own latent layout); ``velocity`` flattens it into tokens with position ids
   (0, row, column, 0) and text ids (0, 0, 0, l), and passes the timestep as σ·1000 in the weights' dtype / 1000.
-- **Schedule.** ``linspace(1, 1/T, T)`` shifted with the pipeline's empirical μ(tokens, T), which depends on the
-  step count as well as the image size.
+- **Schedule.** The pipeline's grid ``linspace(1, 1/T, T)`` shifted with its empirical μ(tokens, T), which depends on
+  the step count as well as the image size (a scheduler without ``use_dynamic_shifting``: its fixed shift, on the
+  same grid).
 - **Guidance.** Classifier-free with the empty prompt (two passes), only for undistilled models (``cfg_scale > 1``
   is refused for a distilled one, which the pipeline would silently ignore).
 """
@@ -27,7 +28,7 @@ import os
 import torch
 from torch import Tensor
 
-from flowrl.samplers import scheduler_sigmas
+from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
 from .common import PromptCond, encode_prompts, freeze, guided, warn_truncation
 from .family import FAMILIES, FlowModel
@@ -147,10 +148,12 @@ class Flux2KleinPolicy(FlowModel):
         return (self.transformer.config.in_channels, resolution // step, resolution // step)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
-        """The scheduler's ``[T + 1]`` sigmas with the pipeline's empirical shift."""
+        """The scheduler's ``[T + 1]`` sigmas on the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the
+        scheduler: with the pipeline's empirical μ under dynamic shifting, else by its fixed shift."""
         _c, h, w = self.latent_shape(resolution)
         mu = empirical_mu(h * w, num_steps)
-        return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, mu=mu)
+        grid = pipeline_grid(num_steps)
+        return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, grid=grid, mu=mu)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
