@@ -20,6 +20,7 @@ import yaml
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.losses.renoise import scheme_of
+from flowrl.models import check_model_options
 from flowrl.models.family import FAMILIES
 from flowrl.options import ConfigError, load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
@@ -455,6 +456,7 @@ def check_combinations(cfg: Config) -> None:
                 f"model.weights_dtype={m.weights_dtype}: {family}'s activations overflow in {m.weights_dtype}; use "
                 f"{' or '.join(allowed)}"
             )
+    check_model_options(m)  # the family's checks of its folder's files (FLUX.2 klein: guidance when distilled)
 
 
 def _read_json(path: str) -> dict | None:
