@@ -126,7 +126,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--column", action="append", required=True, metavar="LABEL=SOURCE[@CONFIG]",
         help="SOURCE: base, a checkpoint folder or a bench folder; @CONFIG overrides --config for this column",
     )  # fmt: skip
-    gallery.add_argument("--prompts", default="toy:held-out", help="toy:<split> or a text file (one per line)")
+    gallery.add_argument("--prompts", help="toy:<split> or a text file, one per line (default: the config's "
+                         "data.eval_prompts)")  # fmt: skip
     gallery.add_argument("--num-prompts", type=int, default=12, help="first N prompts (0 = all)")
     gallery.add_argument("--seeds", default="0", help="comma-separated seed indices (own noise per prompt and index)")
     gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
@@ -314,12 +315,12 @@ def _train_run(args: argparse.Namespace) -> int:
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from flowrl.compare import parse_columns, render
+    from flowrl.compare import image_config, parse_columns, render
     from flowrl.data import load_prompts
 
     try:
         specs = parse_columns(args.column, args.config)
-        prompts = load_prompts(args.prompts)
+        prompts = load_prompts(args.prompts or image_config(args.config, "--config").data.eval_prompts)
         prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
         seeds = [int(s) for s in args.seeds.split(",")]
     except (ConfigError, ValueError) as e:

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name), SD3 or FLUX (model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein] or Z-Image "
+        "(model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))

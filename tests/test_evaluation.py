@@ -327,6 +327,50 @@ def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_
     assert not (tmp_path / "g").exists()
 
 
+def test_gallery_prompts_default_to_the_configs_evaluation_prompts(tiny_model, tmp_path, capsys):
+    import html
+
+    import yaml
+    from test_trainer import tiny_config
+
+    from flowrl.cli import main
+    from flowrl.config import to_dict
+    from flowrl.data import load_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a violet kite\na photo of two orange boats\na third prompt left out\n")
+    reward = ["rewards=[{name: jpeg-compressibility}]"]  # the toy world's rewards read toy-world prompts only
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config(tiny_model, f"data.eval_prompts={prompts}", *reward))))
+    toy_config = tmp_path / "toy.yaml"  # the toy world's config: its evaluation prompts are toy:held-out
+    toy_config.write_text(yaml.safe_dump(to_dict(tiny_config(tiny_model))))
+    for path, expected in [(config, ["a photo of a violet kite", "a photo of two orange boats"]),
+                           (toy_config, load_prompts("toy:held-out")[:2])]:  # fmt: skip
+        out = tmp_path / path.stem
+        argv = ["gallery", "--config", str(path), "--column", "base=base", "--num-prompts", "2", "--out", str(out)]
+        assert main(argv) == 0
+        page = html.unescape((out / "gallery" / "index.html").read_text())
+        assert all(p in page for p in expected) and "a third prompt left out" not in page
+        assert len(list((out / "gallery" / "images").iterdir())) == 2  # two prompts, one seed, one column
+    assert "violet" not in page  # the toy config's page holds the toy world's prompts only
+    capsys.readouterr()
+
+
+def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
+    from flowrl.cli import build_parser
+    from flowrl.config import Config
+    from flowrl.models import FAMILIES
+    from flowrl.options import describe
+
+    path_help = next(text for key, _, _, text in describe(Config) if key == "model.path")
+    names = {"StableDiffusion3Pipeline": "SD3.5", "FluxPipeline": "FLUX.1", "QwenImagePipeline": "Qwen-Image",
+             "Flux2KleinPipeline": "FLUX.2 [klein]", "ZImagePipeline": "Z-Image"}  # fmt: skip
+    assert FAMILIES.names() == sorted(names) and all(name in path_help for name in names.values())
+    with pytest.raises(SystemExit):
+        build_parser(["gallery", "--help"]).parse_args(["gallery", "--help"])
+    assert "(default: the config's data.eval_prompts)" in " ".join(capsys.readouterr().out.split())
+
+
 def test_the_progress_bars_time_left_is_whichever_end_comes_first():
     from flowrl.trainer.loop import _time_left
 
