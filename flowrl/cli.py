@@ -118,7 +118,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "--column", action="append", required=True, metavar="LABEL=SOURCE[@CONFIG]",
         help="SOURCE: base, a checkpoint folder or a bench folder; @CONFIG overrides --config for this column",
     )  # fmt: skip
-    gallery.add_argument("--prompts", default="toy:held-out", help="toy:<split> or a text file (one per line)")
+    gallery.add_argument("--prompts", help="toy:<split> or a text file, one per line (default: the config's "
+                         "data.eval_prompts)")  # fmt: skip
     gallery.add_argument("--num-prompts", type=int, default=12, help="first N prompts (0 = all)")
     gallery.add_argument("--seeds", default="0", help="comma-separated seed indices (own noise per prompt and index)")
     gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
@@ -309,7 +310,7 @@ def _gallery(args: argparse.Namespace) -> int:
             f"--config {args.config!r}: flowrl gallery shows images; evaluate this config with flowrl eval"
         )
     specs = parse_columns(args.column, args.config, "--column", column_loader(cfg))
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts or cfg.data.eval_prompts)
     prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
     seeds = seed_indices(args.seeds, 1)
     paths = render(specs, prompts, seeds, args.out, title=args.title)

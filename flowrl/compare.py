@@ -3,10 +3,11 @@
 Each column is ``LABEL=SOURCE[@CONFIG]``. SOURCE is ``base`` (the config's model as it is), a checkpoint folder
 written by the trainer (``.../checkpoints/<name>``, holding ``lora/`` or ``full/``; or that ``lora`` / ``full``
 folder itself), or a ``flowrl bench`` output folder, which becomes one column per reported run (its final
-checkpoint, labelled ``LABEL/<method>-r<k>``). CONFIG (default ``--config``) gives the model (toy, SD3.5 or FLUX),
-resolution, sampling steps and rewards. Every column generates the same (prompt, seed index) pairs with the ODE
-sampler, each from the pair's own noise (``flowrl.generate.eval_noise_seed``), and is scored with the config's
-rewards; the page is ``flowrl.gallery.write_gallery``'s (sortable, filterable, works from disk).
+checkpoint, labelled ``LABEL/<method>-r<k>``). CONFIG (default ``--config``) gives the model (toy, SD3.5, FLUX.1,
+Qwen-Image, FLUX.2 [klein] or Z-Image), resolution, sampling steps and rewards; ``--prompts`` defaults to
+``--config``'s ``data.eval_prompts``, as in ``flowrl eval``. Every column generates the same (prompt, seed index)
+pairs with the ODE sampler, each from the pair's own noise (``flowrl.generate.eval_noise_seed``), and is scored with
+the config's rewards; the page is ``flowrl.gallery.write_gallery``'s (sortable, filterable, works from disk).
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def base_index(specs: list[ColumnSpec]) -> int:
 def render(
     specs: list[ColumnSpec], prompts: list[str], seeds: list[int], out_dir: str, title: str = "flowrl gallery"
 ) -> dict[str, str]:
-    """Generate and score every column on the same (prompt, seed) rows; write the gallery; return its paths."""
+    """Generate and score every column (``parse_columns`` with a loader: configs read and checked) on the same
+    (prompt, seed) rows; write the gallery; return its paths."""
     rows_p = [p for p in prompts for _ in seeds]
     rows_s = [s for _ in prompts for s in seeds]
     results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]

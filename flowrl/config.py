@@ -21,6 +21,7 @@ from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES, LossConfig, trains_on
 from flowrl.losses.renoise import scheme_of
+from flowrl.models import check_model_options
 from flowrl.models.family import FAMILIES
 from flowrl.options import load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
@@ -32,7 +33,8 @@ from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, che
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name), SD3 or FLUX (model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein] or Z-Image "
+        "(model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
@@ -453,6 +455,7 @@ def check_combinations(cfg: Config) -> None:
                 f"model.weights_dtype={m.weights_dtype}: {family}'s activations overflow in {m.weights_dtype}; use "
                 f"{' or '.join(allowed)}"
             )
+    check_model_options(m)  # the family's checks of its folder's files (FLUX.2 klein: guidance when distilled)
 
 
 def _read_json(path: str) -> dict | None:

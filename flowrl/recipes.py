@@ -56,7 +56,9 @@ def same_backend(cfg: Any, other: Any, what: str) -> None:
     """Refuse ``other`` (a column's or checkpoint's config, named by ``what``) unless it is of ``cfg``'s backend."""
     mine, theirs = recipe_for(cfg).name, recipe_for(other).name
     if mine != theirs:
-        raise ConfigError(f"{what}: its config is for the {theirs} backend, the evaluation's is for {mine}")
+        raise ConfigError(f"{what} is for the {theirs} backend and the command's --config for {mine}; columns of "
+                          f"different backends cannot be compared (evaluate {theirs} checkpoints with a {theirs} "
+                          "--config)")  # fmt: skip
 
 
 def column_loader(cfg: Any) -> Callable[[str, str | None, Sequence[str]], Any]:
@@ -65,7 +67,7 @@ def column_loader(cfg: Any) -> Callable[[str, str | None, Sequence[str]], Any]:
 
     def load(what: str, path: str | None, overrides: Sequence[str] = ()) -> Any:
         column = load_config(path, list(overrides))
-        same_backend(cfg, column, what)
+        same_backend(cfg, column, f"{what}: its config {path!r}")
         return column
 
     return load

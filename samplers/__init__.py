@@ -14,7 +14,14 @@ from .branch import singular_branch_rollout
 from .chain import chain_rollout
 from .ode import ODE_SOLVERS, dpm_solver_2m, euler_solve, ode_solve
 from .replay import replay_log_prob
-from .schedules import linear_sigmas, scheduler_sigmas, shift_sigmas, subsample_sigmas, timesteps_from_sigmas
+from .schedules import (
+    linear_sigmas,
+    pipeline_grid,
+    scheduler_sigmas,
+    shift_sigmas,
+    subsample_sigmas,
+    timesteps_from_sigmas,
+)
 from .steps import STEP_KINDS, StepOutput, gaussian_log_prob, sample_step, step_log_prob, step_mean, step_std
 from .transitions import Rollout, Transitions, Velocity, cat_rollouts, index_cond
 from .tree import tree_rollout
@@ -42,6 +49,7 @@ __all__ = [
     "linear_sigmas",
     "make_window",
     "ode_solve",
+    "pipeline_grid",
     "replay_log_prob",
     "sample_step",
     "scheduler_sigmas",

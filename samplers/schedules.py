@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,6 +39,13 @@ def dynamic_shift_mu(image_seq_len: int, config: Any) -> float:
     return config.base_shift + slope * (image_seq_len - base_len)
 
 
+def pipeline_grid(num_steps: int) -> list[float]:
+    """The unshifted sigma grid ``linspace(1, 1/T, T)`` that the FLUX.1, Qwen-Image and FLUX.2 pipelines pass to
+    their scheduler's ``set_timesteps`` (as numpy's float64 ``linspace``; the scheduler rounds it to float32),
+    whether the scheduler then shifts it dynamically or by its fixed ``shift``."""
+    return np.linspace(1.0, 1.0 / num_steps, num_steps).tolist()
+
+
 def scheduler_sigmas(
     scheduler: Any,
     num_steps: int,
@@ -46,31 +54,31 @@ def scheduler_sigmas(
     grid: list[float] | None = None,
     mu: float | None = None,
 ) -> Tensor:
-    """Sigmas a diffusers ``FlowMatchEulerDiscreteScheduler`` uses for ``num_steps`` steps. Shape ``[T + 1]``.
+    """Sigmas a diffusers ``FlowMatchEulerDiscreteScheduler`` uses for ``num_steps`` steps when a pipeline calls
+    its ``set_timesteps`` as given here. Shape ``[T + 1]``.
 
-    The scheduler's own config decides the shift: a fixed ``shift`` (SD3.5) or, with
-    ``use_dynamic_shifting`` (FLUX), an exponent ``mu`` computed from ``image_seq_len`` (the number of
-    packed latent tokens) on the sigma grid ``linspace(1, 1/T, T)`` that ``FluxPipeline`` passes.
-    The scheduler is modified in place (``set_timesteps``), as a pipeline call would. A ``shift`` > 0
-    overrides all of this with ``linear_sigmas(num_steps, shift)``, the fixed-shift linear grid that
-    DanceGRPO, MixGRPO and Pref-GRPO sample FLUX on (their ``--shift 3``). A pipeline that passes its own sigma
-    ``grid`` (Z-Image's float32 linspace) or its own ``mu`` (FLUX.2's step-count-dependent one) gives them here.
+    ``grid`` is the unshifted sigma grid the pipeline passes (``pipeline_grid`` for FLUX.1, Qwen-Image and FLUX.2;
+    Z-Image's float32 ``linspace``); None is the scheduler's own spacing, ``set_timesteps(num_steps)``, which is what
+    SD3's pipeline asks for (evenly spaced over the scheduler's shifted training range, so its last sigma is not
+    1/T: shift 2, 4 steps gives 1, .80, .50, .004 where the grid gives 1, .857, .667, .4). The scheduler's config
+    then shifts the grid: by its fixed ``shift`` or, with ``use_dynamic_shifting``, by the exponent ``mu``
+    (default: FLUX's, from ``image_seq_len``, the packed token count). The scheduler is modified in place, as a
+    pipeline call would. A ``shift`` > 0 overrides all of this with ``linear_sigmas(num_steps, shift)``, the
+    fixed-shift linear grid that DanceGRPO, MixGRPO and Pref-GRPO sample FLUX on (their ``--shift 3``).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if shift > 0:
         return linear_sigmas(num_steps, shift)
+    options: dict[str, Any] = {}
     if getattr(scheduler.config, "use_dynamic_shifting", False):
         if image_seq_len is None and mu is None:
             raise ValueError("this scheduler uses dynamic shifting (FLUX): pass image_seq_len, the packed token count")
-        grid = grid or torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64).tolist()
-        scheduler.set_timesteps(
-            sigmas=grid, mu=mu if mu is not None else dynamic_shift_mu(image_seq_len, scheduler.config)
-        )
-    elif grid is not None:
-        scheduler.set_timesteps(sigmas=grid)
+        options["mu"] = mu if mu is not None else dynamic_shift_mu(image_seq_len, scheduler.config)
+    if grid is None:
+        scheduler.set_timesteps(num_steps, **options)
     else:
-        scheduler.set_timesteps(num_steps)
+        scheduler.set_timesteps(sigmas=grid, **options)
     sigmas = scheduler.sigmas.detach().to("cpu", torch.float64)
     if sigmas.shape != (num_steps + 1,) or sigmas[-1] != 0:
         raise ValueError(
@@ -118,6 +126,7 @@ def timesteps_from_sigmas(sigmas: Tensor, num_train_timesteps: int = 1000) -> Te
 __all__ = [
     "dynamic_shift_mu",
     "linear_sigmas",
+    "pipeline_grid",
     "respaced_tail",
     "scheduler_sigmas",
     "shift_sigmas",

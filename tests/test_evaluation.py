@@ -239,6 +239,32 @@ def test_flowrl_eval_refuses_bad_input_before_loading(tmp_path, capsys):
     assert not (tmp_path / "eval.json").exists()
 
 
+def test_a_text_column_beside_image_columns_is_refused_in_one_line(tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from flowrl.cli import main
+
+    # a text checkpoint as the text trainer writes it: <checkpoint>/lora/ holding a peft adapter of the toy LM
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained("assets/toy-lm"), LoraConfig(r=2))
+    model.save_pretrained(tmp_path / "ckpt" / "lora")
+    capsys.readouterr()  # the loading bar of the line above
+    column = f"t={tmp_path / 'ckpt'}@configs/text_demo.yaml"
+    for argv, option in [
+        (
+            ["eval", "--config", "configs/demo.yaml", "--checkpoint", "base=base", "--checkpoint", column],
+            "--checkpoint",
+        ),
+        (["gallery", "--config", "configs/demo.yaml", "--column", "base=base", "--column", column], "--column"),
+    ]:
+        assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"flowrl: config error: {option} t: its config 'configs/text_demo.yaml' is for the text "
+                       "backend and the command's --config for flow; columns of different backends cannot be "
+                       "compared (evaluate text checkpoints with a text --config)\n")  # fmt: skip
+    assert not (tmp_path / "out").exists()  # refused before any model loaded or any file was written
+
+
 def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_model, tmp_path, capsys):
     from test_trainer import TINY_ARGS
 
@@ -299,6 +325,50 @@ def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"flowrl: config error: checkpoint '{tmp_path / 'ckpt'}' does not fit the model")
     assert not (tmp_path / "g").exists()
+
+
+def test_gallery_prompts_default_to_the_configs_evaluation_prompts(tiny_model, tmp_path, capsys):
+    import html
+
+    import yaml
+    from test_trainer import tiny_config
+
+    from flowrl.cli import main
+    from flowrl.config import to_dict
+    from flowrl.data import load_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a violet kite\na photo of two orange boats\na third prompt left out\n")
+    reward = ["rewards=[{name: jpeg-compressibility}]"]  # the toy world's rewards read toy-world prompts only
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config(tiny_model, f"data.eval_prompts={prompts}", *reward))))
+    toy_config = tmp_path / "toy.yaml"  # the toy world's config: its evaluation prompts are toy:held-out
+    toy_config.write_text(yaml.safe_dump(to_dict(tiny_config(tiny_model))))
+    for path, expected in [(config, ["a photo of a violet kite", "a photo of two orange boats"]),
+                           (toy_config, load_prompts("toy:held-out")[:2])]:  # fmt: skip
+        out = tmp_path / path.stem
+        argv = ["gallery", "--config", str(path), "--column", "base=base", "--num-prompts", "2", "--out", str(out)]
+        assert main(argv) == 0
+        page = html.unescape((out / "gallery" / "index.html").read_text())
+        assert all(p in page for p in expected) and "a third prompt left out" not in page
+        assert len(list((out / "gallery" / "images").iterdir())) == 2  # two prompts, one seed, one column
+    assert "violet" not in page  # the toy config's page holds the toy world's prompts only
+    capsys.readouterr()
+
+
+def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
+    from flowrl.cli import build_parser
+    from flowrl.config import Config
+    from flowrl.models import FAMILIES
+    from flowrl.options import describe
+
+    path_help = next(text for key, _, _, text in describe(Config) if key == "model.path")
+    names = {"StableDiffusion3Pipeline": "SD3.5", "FluxPipeline": "FLUX.1", "QwenImagePipeline": "Qwen-Image",
+             "Flux2KleinPipeline": "FLUX.2 [klein]", "ZImagePipeline": "Z-Image"}  # fmt: skip
+    assert FAMILIES.names() == sorted(names) and all(name in path_help for name in names.values())
+    with pytest.raises(SystemExit):
+        build_parser(["gallery", "--help"]).parse_args(["gallery", "--help"])
+    assert "(default: the config's data.eval_prompts)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_the_progress_bars_time_left_is_whichever_end_comes_first():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from devices import velocity_on_cpu
-from tiny_models import save_tiny_flux
+from tiny_models import GRID_SHIFT_2, pipeline_sigmas, save_tiny_flux
 
 from flowrl.generate import eval_noise_seeds, generate
 from flowrl.models import FluxPolicy
@@ -52,6 +52,22 @@ def test_generation_matches_flux_pipeline(flux_dir):
     v = policy.velocity(noise, torch.full((2,), 0.7), cond)
     policy.guidance_scale = 1.0
     assert not torch.allclose(v, policy.velocity(noise, torch.full((2,), 0.7), cond))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_schedule_is_what_the_pipeline_sets(flux_dir, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    policy = FluxPolicy(flux_dir, max_sequence_length=32)
+    config = dict(policy.scheduler.config) if dynamic else {"shift": 2.0}  # the folder's own shifts dynamically
+    policy.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    ours = policy.sigmas(4, 32)
+    pipe = FluxPipeline.from_pretrained(flux_dir)
+    call = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 4, "max_sequence_length": 32}
+    theirs = pipeline_sigmas(pipe, FlowMatchEulerDiscreteScheduler.from_config(config), **call)
+    assert torch.equal(ours.float(), theirs)
+    if not dynamic:  # the pipeline's linspace(1, 1/T, T), shifted by the fixed shift
+        assert ours.tolist() == pytest.approx(GRID_SHIFT_2, abs=1e-7)
 
 
 def test_pixel_space_flux_and_true_cfg(tmp_path):

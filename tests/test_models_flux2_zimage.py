@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import velocity_on_cpu
-from tiny_models import save_tiny_flux2_klein, save_tiny_z_image
+from tiny_models import DYNAMIC, GRID_SHIFT_2, pipeline_sigmas, save_tiny_flux2_klein, save_tiny_z_image
 
 from flowrl.models import Flux2KleinPolicy, ZImagePolicy, load_policy, policy_class
 from flowrl.models.flux2 import empirical_mu, unpatchify
@@ -42,6 +42,26 @@ def test_flux2_mu_is_the_pipelines():
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_schedule_is_what_the_pipeline_sets(folders, name, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    policy = FAMILIES[name][1](folders[name])
+    # FLUX.2's folder shifts dynamically (μ from the pipeline's empirical fit), Z-Image Turbo's by a constant
+    own = dict(policy.scheduler.config)
+    config = {"shift": 2.0} if not dynamic else own if own["use_dynamic_shifting"] else {**own, **DYNAMIC}
+    policy.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    ours = policy.sigmas(4, 32)
+    call = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 4, "guidance_scale": 1.0}
+    theirs = pipeline_sigmas(
+        _pipeline(name, folders[name]), FlowMatchEulerDiscreteScheduler.from_config(config), **call
+    )
+    assert torch.equal(ours.float(), theirs)
+    if not dynamic:  # the pipelines' linspace(1, 1/T, T), shifted by the fixed shift (issue 30: not 1, .80, .50, .004)
+        assert ours.tolist() == pytest.approx(GRID_SHIFT_2, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_ode_generation_equals_the_pipeline(folders, name, cfg_scale):
     policy = FAMILIES[name][1](folders[name])
@@ -73,6 +93,66 @@ def test_distilled_flux2_refuses_guidance(tmp_path):
     cond = policy.encode(PROMPTS[:1], with_negative=True).as_dict()
     with pytest.raises(ValueError, match="step-distilled"):
         policy.velocity(policy.initial_noise([0], 32), torch.tensor([0.5]), cond)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading FLUX.2 weights fails the test: what is refused must be refused from the folder's files alone."""
+    from diffusers import Flux2Transformer2DModel
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(Flux2Transformer2DModel, "from_pretrained", refuse)
+
+
+def test_the_klein_preset_on_a_distilled_checkpoint_is_refused_before_loading(tmp_path, capsys, no_weights):
+    from flowrl.cli import main
+    from flowrl.config import load_config
+
+    distilled = save_tiny_flux2_klein(str(tmp_path / "klein-4B"), distilled=True)  # is_distilled: true
+    base = save_tiny_flux2_klein(str(tmp_path / "klein-base-4B"))  # no is_distilled, as the published -base
+    capsys.readouterr()  # the folders' saving bars
+    message = (
+        f"flowrl: config error: model.cfg_scale=4: {distilled!r} is a step-distilled FLUX.2 [klein] (is_distilled in "
+        "its model_index.json), which samples without guidance; set model.cfg_scale=1 (it is made for 4 steps: "
+        "sampler.num_steps=4 eval.num_steps=4), or use an undistilled -base checkpoint\n"
+    )
+    data = ["data.train_prompts=toy:train", "data.eval_prompts=toy:held-out"]  # the preset's files are not here
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "configs/flux2_klein_pickscore.yaml", f"model.path={distilled}", *data,
+            f"output.run_dir={run_dir}"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message and not run_dir.exists()
+    # the settings the refusal names run; the preset's guidance is the -base models'
+    cfg = load_config("configs/flux2_klein_pickscore.yaml", [f"model.path={distilled}", *data, "model.cfg_scale=1"])
+    assert cfg.model.cfg_scale == 1
+    assert load_config("configs/flux2_klein_pickscore.yaml", [f"model.path={base}", *data]).model.cfg_scale == 4
+
+
+def test_a_cached_hub_checkpoint_is_checked_at_config_time_and_any_before_loading(tmp_path, monkeypatch, no_weights):
+    import shutil
+
+    import huggingface_hub
+
+    from flowrl.config import load_config
+    from flowrl.models import policy_for
+    from flowrl.options import ConfigError
+
+    # the Hugging Face cache's layout: refs/main names the snapshot folder that holds the files
+    repo = tmp_path / "hub" / "models--org--klein-4B"
+    save_tiny_flux2_klein(str(repo / "snapshots" / "abc123"), distilled=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match=r"model\.cfg_scale=3: '.*abc123' is a step-distilled FLUX\.2 \[klein\]"):
+        load_config(None, ["model.path=org/klein-4B", "model.cfg_scale=3"])
+    # the loader checks again (a hub id the config could not read has been downloaded by then), before any weight
+    local = shutil.copytree(repo / "snapshots" / "abc123", tmp_path / "local")
+    model = load_config(None, [f"model.path={local}"]).model
+    model.cfg_scale = 2.0  # after the config check, as a caller that builds the section itself
+    with pytest.raises(ConfigError, match=r"model\.cfg_scale=2: .* step-distilled"):
+        policy_for(model)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

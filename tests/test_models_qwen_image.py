@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import velocity_on_cpu
-from tiny_models import save_tiny_qwen_image
+from tiny_models import GRID_SHIFT_2, pipeline_sigmas, save_tiny_qwen_image
 
 from flowrl.models import QwenImagePolicy, load_policy, policy_class
 from flowrl.models.flux import pack
@@ -49,18 +49,23 @@ def test_encoding_is_the_pipelines(qwen_dir, pipe):
     torch.testing.assert_close(one.embeds, ref)  # at the transformer
 
 
-def test_schedule_is_the_pipelines(qwen_dir, pipe):
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_schedule_is_what_the_pipeline_sets(qwen_dir, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
 
     policy = QwenImagePolicy(qwen_dir)
-    sigmas = policy.sigmas(6, 32)
-    cfg = pipe.scheduler.config
-    mu = calculate_shift(16, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
-    import numpy as np
-
-    retrieve_timesteps(pipe.scheduler, 6, "cpu", sigmas=np.linspace(1.0, 1 / 6, 6), mu=mu)
-    torch.testing.assert_close(sigmas.float(), pipe.scheduler.sigmas.float(), atol=1e-7, rtol=0)
-    assert sigmas[-2].item() == pytest.approx(0.02)  # shift_terminal: the last level before 0
+    # the folder's own: Qwen-Image's dynamic shift with its exponential time shift and terminal stretch to 0.02
+    config = dict(policy.scheduler.config) if dynamic else {"shift": 2.0}
+    policy.scheduler = FlowMatchEulerDiscreteScheduler.from_config(config)
+    ours = policy.sigmas(4, 32)
+    pipe = QwenImagePipeline.from_pretrained(qwen_dir)  # its own: the shared fixture's scheduler stays as it is
+    call = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 4}
+    theirs = pipeline_sigmas(pipe, FlowMatchEulerDiscreteScheduler.from_config(config), **call)
+    assert torch.equal(ours.float(), theirs)
+    if dynamic:
+        assert ours[-2].item() == pytest.approx(0.02)  # shift_terminal: the last level before 0
+    else:  # the pipeline's linspace(1, 1/T, T), shifted by the fixed shift (issue 30: not 1, .80, .50, .004, 0)
+        assert ours.tolist() == pytest.approx(GRID_SHIFT_2, abs=1e-7)
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_models import save_tiny_sd3
+from tiny_models import DYNAMIC, pipeline_sigmas, save_tiny_sd3
 
 from flowrl.generate import eval_noise_seeds, generate
 from flowrl.models import SD3Policy, load_policy
@@ -39,3 +39,31 @@ def test_t5_sequence_length_follows_the_pipeline(sd3_dir):
     policy = SD3Policy(sd3_dir)
     assert policy.encode(["a cat"]).embeds.shape == (1, 77 + 256, 64)  # CLIP tokens, then T5's 256
     assert SD3Policy(sd3_dir, max_sequence_length=32).encode(["a cat"]).embeds.shape == (1, 77 + 32, 64)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_schedule_is_what_the_pipeline_sets(sd3_dir, dynamic):
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+    config = DYNAMIC if dynamic else {"shift": 2.0}
+    policy = SD3Policy(sd3_dir)
+    policy.scheduler = FlowMatchEulerDiscreteScheduler(**config)
+    ours = policy.sigmas(4, 32)
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    call = {"prompt": "a cat", "height": 32, "width": 32, "num_inference_steps": 4, "guidance_scale": 1.0}
+    theirs = pipeline_sigmas(pipe, FlowMatchEulerDiscreteScheduler(**config), **call)
+    assert torch.equal(ours.float(), theirs)
+    if not dynamic:
+        # SD3's pipeline passes no grid: the scheduler spaces its shifted training range [σ_min, 1] evenly
+        # (σ_min = 2·0.001 / 1.001) and shifts again, so the last level is not 0.4 as on the linspace(1, 1/T, T) grid
+        low = 0.002 / 1.001
+        unshifted = [1 - k * (1 - low) / 3 for k in range(4)]
+        expected = [2 * s / (1 + s) for s in unshifted] + [0.0]
+        assert ours.tolist() == pytest.approx(expected, abs=1e-6)
+        assert [round(v, 3) for v in ours.tolist()] == [
+            1.0,
+            0.8,
+            0.501,
+            0.004,
+            0.0,
+        ]  # what issue 30 saw on Qwen-Image and FLUX.2

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from flowrl.samplers import linear_sigmas, scheduler_sigmas, shift_sigmas, subsample_sigmas
+from flowrl.samplers import linear_sigmas, pipeline_grid, scheduler_sigmas, shift_sigmas, subsample_sigmas
 from flowrl.samplers.schedules import dynamic_shift_mu
 
 
@@ -40,13 +40,26 @@ def test_flux_scheduler_sigmas_use_dynamic_shift():
     sched = FlowMatchEulerDiscreteScheduler(**cfg)
     with pytest.raises(ValueError, match="image_seq_len"):
         scheduler_sigmas(sched, 8)
-    s = scheduler_sigmas(sched, 8, image_seq_len=4096)
+    s = scheduler_sigmas(sched, 8, image_seq_len=4096, grid=pipeline_grid(8))
     mu = dynamic_shift_mu(4096, sched.config)
     assert mu == pytest.approx(1.15)
-    # FLUX: exponential time shift exp(mu) / (exp(mu) + (1/t - 1)) on linspace(1, 1/T, T)
+    # FLUX: exponential time shift exp(mu) / (exp(mu) + (1/t - 1)) on the pipeline's linspace(1, 1/T, T)
     grid = torch.linspace(1.0, 1 / 8, 8, dtype=torch.float64)
     expected = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + (1 / grid - 1))
     assert torch.allclose(s[:-1], expected, atol=1e-6) and s[-1] == 0
+    # without a grid (SD3's pipeline): the scheduler's own spacing, linspace(1, 1/1000, T) before the shift
+    own = scheduler_sigmas(sched, 8, image_seq_len=4096)
+    unshifted = torch.linspace(1.0, 1 / 1000, 8, dtype=torch.float64)
+    expected = torch.exp(torch.tensor(mu)) / (torch.exp(torch.tensor(mu)) + (1 / unshifted - 1))
+    assert torch.allclose(own[:-1], expected, atol=1e-6) and own[-1] == 0
+
+
+def test_a_pipeline_grid_is_shifted_by_a_fixed_shift_too():
+    # shift 2, 4 steps: linspace(1, 1/4, 4) = 1, .75, .5, .25 -> 2σ / (1 + σ); the scheduler's own spacing differs
+    sched = FlowMatchEulerDiscreteScheduler(shift=2.0)
+    got = scheduler_sigmas(sched, 4, grid=pipeline_grid(4))
+    torch.testing.assert_close(got, torch.tensor([1.0, 6 / 7, 2 / 3, 0.4, 0.0], dtype=torch.float64))
+    assert scheduler_sigmas(sched, 4)[3].item() == pytest.approx(0.004, abs=1e-4)
 
 
 def test_subsample_keeps_ends_and_shift():

@@ -265,3 +265,20 @@ def save_tiny_z_image(path: str, seed: int = 0) -> str:
         text_encoder=_tiny_qwen3(tokenizer, 2, causal=False), tokenizer=tokenizer, transformer=transformer,
     ).save_pretrained(path, safe_serialization=True)  # fmt: skip
     return path
+
+
+#: the unshifted grid linspace(1, 1/4, 4) = 1, .75, .5, .25 under a fixed shift 2 (σ' = 2σ / (1 + σ)), then 0: the
+#: schedule of every pipeline that passes that grid (FLUX.1, Qwen-Image, FLUX.2, Z-Image) for 4 steps
+GRID_SHIFT_2 = [1.0, 1.5 / 1.75, 1.0 / 1.5, 0.5 / 1.25, 0.0]
+#: a dynamically shifting scheduler with FLUX.1-dev's settings (for families whose tiny folder shifts by a constant)
+DYNAMIC = dict(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+               max_image_seq_len=4096)  # fmt: skip
+
+
+def pipeline_sigmas(pipe, scheduler, **call) -> torch.Tensor:
+    """The ``[T + 1]`` sigmas a diffusers pipeline call sets on ``scheduler`` (its own ``set_timesteps`` call, with
+    the grid and μ the pipeline computes), read back after the call; ``call``: the pipeline's arguments."""
+    pipe.scheduler = scheduler
+    pipe.set_progress_bar_config(disable=True)
+    pipe(**call, output_type="latent")
+    return pipe.scheduler.sigmas.clone()

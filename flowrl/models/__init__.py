@@ -57,6 +57,31 @@ def policy_class(path: str) -> type[FlowModel]:
     return FAMILIES.get(name)
 
 
+def local_folder(path: str) -> str | None:
+    """The local pipeline folder of ``path``: the folder itself, or a hub id's snapshot already in the local Hugging
+    Face cache (looked up without the network); None when neither holds a ``model_index.json``."""
+    if os.path.isdir(path):
+        return path if os.path.isfile(os.path.join(path, "model_index.json")) else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        index = try_to_load_from_cache(path, "model_index.json")
+    except ValueError:  # not a valid repo id
+        return None
+    return os.path.dirname(index) if isinstance(index, str) else None
+
+
+def check_model_options(model: Any) -> None:
+    """Run the family's ``check_options`` on a config's ``model`` section (``ModelConfig``) when its folder is at hand
+    (local, or a cached hub snapshot): options the checkpoint cannot run are refused before any weight loads."""
+    folder = local_folder(model.path)
+    if folder is None:
+        return
+    name = pipeline_name(folder)
+    if name in FAMILIES:
+        FAMILIES.get(name).check_options(folder, model)
+
+
 def load_policy(path: str, **options: Any) -> FlowModel:
     """The right adapter for ``path`` (folder or hub id); ``options`` go to its constructor (dtype, device)."""
     path = resolve_model_path(path)
@@ -73,7 +98,10 @@ def policy_for(model: Any, shift: float = 0.0, device: str | Any = "cpu") -> Flo
 
     options: dict[str, Any] = {"max_sequence_length": model.max_sequence_length} if model.max_sequence_length else {}
     dtype = getattr(torch, WEIGHT_DTYPES[model.weights_dtype])
-    policy = load_policy(model.path, device=device, dtype=dtype, **options)
+    path = resolve_model_path(model.path)
+    cls = policy_class(path)
+    cls.check_options(path, model)  # again: a hub id the config check could not read is local now
+    policy = cls(path, device=device, dtype=dtype, **options)
     policy.cfg_scale, policy.negative_prompt = model.cfg_scale, model.negative_prompt
     policy.schedule_shift = shift
     if FAMILIES.facts(policy.pipeline_class).guidance_embedding:
@@ -98,7 +126,9 @@ __all__ = [
     "QwenImagePolicy",
     "SD3Policy",
     "ZImagePolicy",
+    "check_model_options",
     "load_policy",
+    "local_folder",
     "lora_targets",
     "pipeline_name",
     "policy_class",

@@ -12,7 +12,10 @@ The class implements the family's part of the interface:
 - ``velocity(x, sigma, cond) -> v``: the flow-matching velocity v = ε − x0 at states ``x [B, C, h, w]``, with
   the family's packing, timestep convention and guidance inside;
 - ``pipeline_class``: the diffusers pipeline whose ``save_lora_weights`` / ``load_lora_weights`` format the trained
-  LoRA is written in.
+  LoRA is written in;
+- optionally ``check_options(path, model)``: a classmethod that checks the config's ``model`` section against the
+  folder's own files (``model_index.json``, component configs) before any weight loads, raising ``ConfigError``
+  naming the keys (FLUX.2 [klein]: guidance on a step-distilled checkpoint).
 
 ``FlowModel`` supplies the rest (noise, decoding through the family's ``codec``, the untrained copy, train mode).
 The facts say what the trainer and the config checks need without loading the model: the family's default LoRA
@@ -92,6 +95,13 @@ class FlowModel(ABC):
     @abstractmethod
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
         """Velocity ``[B, C, h, w]`` at states ``x`` and noise levels ``sigma`` ``[B]``."""
+
+    @classmethod
+    def check_options(cls, path: str, model: Any) -> None:
+        """Refuse, with a ``ConfigError`` naming the keys, options of ``model`` (a ``ModelConfig``) that the local
+        folder ``path`` cannot run; reads files only, never weights (run at config time and again before loading).
+        The default accepts everything."""
+        return None
 
     # ----------------------------------------------------------------- shared
     def _load_base(

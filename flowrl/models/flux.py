@@ -10,6 +10,8 @@ The samplers see unpacked latents ``[B, C, h, w]``; packing into 2×2 patches (`
 and the position ids happen inside ``velocity``, as in the pipeline. FLUX.1-dev is guidance-distilled:
 the guidance scale enters as an embedding (``guidance_scale``, 3.5 by default), not as a second
 forward pass. True classifier-free guidance (``cfg_scale > 1``) is available for undistilled models.
+The schedule is the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the scheduler (dynamically by the packed
+token count, or by its fixed shift).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from flowrl.errors import ConfigError
-from flowrl.samplers import scheduler_sigmas
+from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
 from .common import (
     Codec,
@@ -81,10 +83,13 @@ class PackedLatents:
         return (self.codec.channels, side, side)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
-        """The scheduler's ``[T + 1]`` sigmas, shifted (dynamic shifting) by the packed token count."""
+        """The scheduler's ``[T + 1]`` sigmas on the pipelines' grid ``linspace(1, 1/T, T)``, shifted by the
+        scheduler: dynamically by the packed token count, or by its fixed shift (FLUX.1 and Qwen-Image pass the grid
+        either way)."""
         _c, h, w = self.latent_shape(resolution)
         seq_len = (h // 2) * (w // 2)
-        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
+        grid = pipeline_grid(num_steps)
+        return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift, grid=grid)
 
 
 @FAMILIES.register("FluxPipeline", lora_targets=ATTENTION_TARGETS, half_precision=("bf16",), guidance_embedding=True)

@@ -13,21 +13,26 @@ Layout (what ``Flux2KleinPipeline.save_pretrained`` writes): ``transformer/`` (`
 - **State.** The VAE latent's 2×2 patches as channels, ``[B, 4·C, H/16, W/16]``, normalised by the VAE's batch-norm
   statistics (the pipeline's own latent layout); ``velocity`` flattens it into tokens with position ids
   (0, row, column, 0) and text ids (0, 0, 0, l), and passes the timestep as σ·1000 in the weights' dtype / 1000.
-- **Schedule.** ``linspace(1, 1/T, T)`` shifted with the pipeline's empirical μ(tokens, T), which depends on the
-  step count as well as the image size.
-- **Guidance.** Classifier-free with the empty prompt (two passes), only for undistilled models (``cfg_scale > 1``
-  is refused for a distilled one, which the pipeline would silently ignore).
+- **Schedule.** The pipeline's grid ``linspace(1, 1/T, T)`` shifted with its empirical μ(tokens, T), which depends on
+  the step count as well as the image size (a scheduler without ``use_dynamic_shifting``: its fixed shift, on the
+  same grid).
+- **Guidance.** Classifier-free with the empty prompt (two passes), only for undistilled models: ``model.cfg_scale``
+  above 1 on a step-distilled folder (``is_distilled``: FLUX.2-klein-4B / -9B; the ``-base`` models are not) is
+  refused when the config is read, from ``model_index.json`` alone (the pipeline would ignore the scale with a logged
+  warning, so the run would not do what its record says).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from flowrl.samplers import scheduler_sigmas
+from flowrl.options import ConfigError
+from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
 from .common import PromptCond, encode_prompts, freeze, guided, warn_truncation
 from .family import FAMILIES, FlowModel
@@ -45,6 +50,13 @@ def empirical_mu(tokens: int, num_steps: int) -> float:
         return float(at_200)
     slope = (at_200 - (a1 * tokens + b1)) / 190.0
     return float(slope * num_steps + at_200 - 200.0 * slope)
+
+
+def is_distilled(path: str) -> bool:
+    """Whether the FLUX.2 [klein] folder ``path`` holds a step-distilled model (``is_distilled`` in its
+    ``model_index.json``, as ``Flux2KleinPipeline`` registers it; absent means undistilled)."""
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        return bool(json.load(f).get("is_distilled", False))
 
 
 def patchify(z: Tensor) -> Tensor:
@@ -127,8 +139,7 @@ class Flux2KleinPolicy(FlowModel):
         self.vae = self.codec.vae
         freeze(self.transformer, self.vae, self.text_encoder, device=self.device)
         self.max_sequence_length = max_sequence_length
-        with open(os.path.join(path, "model_index.json")) as f:
-            self.distilled = bool(json.load(f).get("is_distilled", False))
+        self.distilled = is_distilled(path)
         if self.transformer.config.in_channels != 4 * self.codec.channels:
             raise ValueError(
                 f"FLUX.2 transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
@@ -137,6 +148,17 @@ class Flux2KleinPolicy(FlowModel):
         if self.text_encoder.config.num_hidden_layers < max(TEXT_LAYERS):
             raise ValueError(f"FLUX.2 reads text encoder layers {TEXT_LAYERS}; this one has "
                              f"{self.text_encoder.config.num_hidden_layers}")  # fmt: skip
+
+    @classmethod
+    def check_options(cls, path: str, model: Any) -> None:
+        """Refuse guidance (``model.cfg_scale > 1``) on a step-distilled folder (``is_distilled`` in its
+        ``model_index.json``): it was distilled to sample without it, and its pipeline ignores the scale."""
+        if model.cfg_scale > 1 and is_distilled(path):
+            raise ConfigError(
+                f"model.cfg_scale={model.cfg_scale:g}: {path!r} is a step-distilled FLUX.2 [klein] (is_distilled in "
+                "its model_index.json), which samples without guidance; set model.cfg_scale=1 (it is made for 4 "
+                "steps: sampler.num_steps=4 eval.num_steps=4), or use an undistilled -base checkpoint"
+            )
 
     # ----------------------------------------------------------------- shapes and schedule
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
@@ -147,10 +169,12 @@ class Flux2KleinPolicy(FlowModel):
         return (self.transformer.config.in_channels, resolution // step, resolution // step)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
-        """The scheduler's ``[T + 1]`` sigmas with the pipeline's empirical shift."""
+        """The scheduler's ``[T + 1]`` sigmas on the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the
+        scheduler: with the pipeline's empirical μ under dynamic shifting, else by its fixed shift."""
         _c, h, w = self.latent_shape(resolution)
         mu = empirical_mu(h * w, num_steps)
-        return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, mu=mu)
+        grid = pipeline_grid(num_steps)
+        return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, grid=grid, mu=mu)
 
     # ----------------------------------------------------------------- prompts
     @torch.no_grad()
@@ -201,4 +225,4 @@ class Flux2KleinPolicy(FlowModel):
         return out.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
 
 
-__all__ = ["Flux2Codec", "Flux2KleinPolicy", "empirical_mu", "patchify", "unpatchify"]
+__all__ = ["Flux2Codec", "Flux2KleinPolicy", "empirical_mu", "is_distilled", "patchify", "unpatchify"]

@@ -12,8 +12,8 @@ Layout (what ``QwenImagePipeline.save_pretrained`` writes): ``transformer/`` (``
 - **State.** The samplers see unpacked latents ``[B, 16, h, w]`` (h = H/8); ``velocity`` packs them into 2×2
   patches ``[B, h·w/4, 64]`` (FLUX.1's packing) with ``img_shapes`` (1, h/2, w/2), and passes the timestep as the
   pipeline does, σ·1000 in the weights' dtype divided by 1000.
-- **Schedule.** ``linspace(1, 1/T, T)`` shifted by the scheduler with μ from the packed token count and its
-  terminal stretch (``use_dynamic_shifting``, ``shift_terminal`` in the scheduler's config).
+- **Schedule.** The pipeline's grid ``linspace(1, 1/T, T)`` shifted by the scheduler with μ from the packed token
+  count (or its fixed shift without ``use_dynamic_shifting``) and its terminal stretch (``shift_terminal``).
 - **Guidance.** True classifier-free guidance with a negative prompt (``model.negative_prompt``; the model card
   uses " "), two forward passes, and the pipeline's rescaling: ĉ = u + s·(c − u), then ĉ·‖c‖/‖ĉ‖ per packed token.
 - **Decoding.** z·std + mean with the VAE's per-channel ``latents_mean`` / ``latents_std``, one frame.
