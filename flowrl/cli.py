@@ -87,6 +87,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     train.add_argument("--config", help="YAML preset (default: built-in defaults)")
     train.add_argument("--debug", action="store_true", help="show tracebacks for input errors (config, data, rewards)")
+    train.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and overrides in this one process and exit (no model loads); the launchers in "
+        "scripts/ run it before `accelerate launch`, so that an error is one line, not one per process",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
     bench = sub.add_parser(
         "bench",
@@ -285,6 +291,9 @@ def _train_run(args: argparse.Namespace) -> int:
     run_dir = cfg.output.run_dir
     if run_dir and os.path.exists(os.path.join(run_dir, "summary.json")):
         raise ConfigError(f"output.run_dir {run_dir!r} already holds a finished run; choose another folder")
+    if args.check:
+        print(f"flowrl: config ok: {args.config or 'the defaults'}{' with overrides' * bool(args.overrides)}")
+        return 0
     name = os.path.splitext(os.path.basename(args.config))[0] if args.config else "run"
     run_dir = train(cfg, name)
     from accelerate import PartialState

@@ -7,9 +7,11 @@ range and combination before anything heavy is imported, raising ``ConfigError``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from flowrl.models import check_model_options
 from flowrl.models.family import FAMILIES
 from flowrl.options import load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
-from flowrl.samplers.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES, switch_mode
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 
@@ -536,6 +538,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+log = logging.getLogger("flowrl")
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a source checkout's root
 
 
@@ -572,9 +575,14 @@ def read_config_data(path: str | None = None, overrides: list[str] = ()) -> dict
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path!r} must hold a mapping of sections")
+    written = copy.deepcopy(data.get("sampler")) if isinstance(data.get("sampler"), dict) else {}
+    keys = []
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
+        keys.append(key)
+    if notice := switch_mode(data.get("sampler"), written, keys, SamplerConfig().mode, str(path)):
+        log.warning(notice)  # window settings the overrides' mode does not share (flowrl.samplers.modes)
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("path"), str):
         model["path"] = resolve_relative_path(model["path"], path)

@@ -20,11 +20,12 @@ advanced by the trainer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import yaml
 from torch import Tensor
 
 from flowrl.registry import Registry
@@ -153,6 +154,68 @@ def ode(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     )
 
 
+WINDOW_KEYS = ("window", "window_size", "window_options")  # the sampler section's window settings
+
+
+def stale_window_keys(written: Mapping[str, Any], now: Mapping[str, Any], pinned: Collection[str]) -> list[str]:
+    """The window settings of a sampler section written for one mode that stop meaning what they meant once the
+    mode is switched (by a command-line override), in ``WINDOW_KEYS`` order.
+
+    ``written`` is the section as the config file has it, ``now`` the section after the overrides (both hold a
+    registered ``mode``); ``pinned`` are the window keys the overrides set themselves, which always stay. A window
+    setting belongs to the window it was written for: ``window`` and ``window_size`` refine the written mode's
+    default window and are stale when the new mode's default differs (its schedule for ``window``; its schedule or
+    size for ``window_size``); ``window_options`` are options of one schedule and are stale when the schedule in
+    use changes. So MixGRPO's tuned window carries over to MixGRPO-Flash (same default window), and the demo's
+    random-window options (``max_start``) to singular branching (also a random window), but not to BranchGRPO's
+    fixed window of every step.
+    """
+    if written["mode"] == now["mode"]:
+        return []
+    old_kind, old_size = ROLLOUT_MODES.facts(written["mode"]).window
+    new_kind, new_size = ROLLOUT_MODES.facts(now["mode"]).window
+    movable = [k for k in WINDOW_KEYS if k in written and k not in pinned]
+    stale = []
+    if "window" in movable and new_kind != old_kind:
+        stale.append("window")
+    if "window_size" in movable and (new_kind, new_size) != (old_kind, old_size):
+        stale.append("window_size")
+    kind = ("" if "window" in stale else now.get("window")) or new_kind
+    if "window_options" in movable and kind != (written.get("window") or old_kind):
+        stale.append("window_options")
+    return stale
+
+
+def switch_mode(now: Any, written: Mapping[str, Any], keys: Collection[str], default: str, source: str) -> str:
+    """Drop from the sampler section ``now`` (a config's, after its overrides) the window settings of the section as
+    the file ``source`` wrote it (``written``) that an override's mode switch left stale (``stale_window_keys``);
+    ``keys`` are the overridden dotted keys, ``default`` the mode of a section without one. Returns the one-line
+    notice naming what was dropped ("" when nothing was)."""
+    if not written or not isinstance(now, dict) or "sampler" in keys:
+        return ""
+    old, new = written.get("mode", default), now.get("mode", default)
+    if not all(isinstance(m, str) and m in ROLLOUT_MODES for m in (old, new)):
+        return ""  # loading the config names the bad mode
+    pinned = {k.split(".")[1] for k in keys if k.startswith("sampler.")}
+    stale = stale_window_keys({**written, "mode": old}, {**now, "mode": new}, pinned)
+    if not stale:
+        return ""
+    for key in stale:
+        del now[key]
+    kind, size = ROLLOUT_MODES.facts(new).window
+    steps = f"{size} step{'s' * (size > 1)}" if size else "every step"
+    dropped = ", ".join(f"sampler.{k}={_as_override(written[k])}" for k in stale)
+    return (
+        f"sampler.mode={new} ({source} says {old}): dropped {dropped}, written for {old}'s window; {new} uses its own "
+        f"({kind} window of {steps}); set them as overrides to keep them"
+    )
+
+
+def _as_override(value: Any) -> str:
+    """``value`` as an override writes it (YAML flow style: ``{max_start: 2}``)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("...\n").strip()
+
+
 def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
     """Train a random ``max(1, int(n × fraction))`` of each sample's ``n`` trainable steps (DanceGRPO and
     Pref-GRPO's ``--timestep_fraction``: a permutation of each sample's steps, the first part trained).
@@ -170,4 +233,12 @@ def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.G
     return out
 
 
-__all__ = ["ROLLOUT_MODES", "ModeFacts", "RolloutPlan", "step_subset"]
+__all__ = [
+    "ROLLOUT_MODES",
+    "WINDOW_KEYS",
+    "ModeFacts",
+    "RolloutPlan",
+    "stale_window_keys",
+    "step_subset",
+    "switch_mode",
+]

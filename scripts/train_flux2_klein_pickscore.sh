@@ -8,6 +8,6 @@
 #
 # Usage: [NUM_GPUS=8] scripts/train_flux2_klein_pickscore.sh [key=value ...]
 #   e.g. NUM_GPUS=4 scripts/train_flux2_klein_pickscore.sh model.path=/models/flux2_klein train.iterations=100
-# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE).
+# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON).
 set -euo pipefail
 exec "$(dirname "$0")/launch.sh" configs/flux2_klein_pickscore.yaml "$@"

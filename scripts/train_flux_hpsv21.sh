@@ -10,18 +10,9 @@
 #   full fine-tuning as MixGRPO (FSDP: weights, gradients and AdamW state sharded):
 #   ACCELERATE_CONFIG=configs/accelerate/fsdp.yaml scripts/train_flux_hpsv21.sh model.finetune=full \
 #     model.weights_dtype=fp32 train.lr=1e-5
-# Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
+# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON); under an FSDP accelerate config
+# FSDP wraps FLUX's two block classes (FSDP_LAYERS).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-NUM_GPUS="${NUM_GPUS:-8}"
-ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
-ACCELERATE="${ACCELERATE:-accelerate}"
-wrap=()
-if [[ "$(basename "$ACCELERATE_CONFIG")" == *fsdp* ]]; then  # FSDP units = FLUX's two block classes
-    wrap=(--fsdp_transformer_layer_cls_to_wrap FluxTransformerBlock,FluxSingleTransformerBlock)
-fi
-
-exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" ${wrap[@]+"${wrap[@]}"} \
-    -m flowrl train --config configs/flux_hpsv21.yaml "$@"
+export FSDP_LAYERS="${FSDP_LAYERS:-FluxTransformerBlock,FluxSingleTransformerBlock}"
+exec "$(dirname "$0")/launch.sh" configs/flux_hpsv21.yaml "$@"

@@ -18,17 +18,14 @@
 #      CUDA_VISIBLE_DEVICES=0,1,2,3 NUM_GPUS=4 JUDGE_URL=http://127.0.0.1:8080/v1 scripts/train_flux_pref_grpo.sh
 #
 # Usage: [NUM_GPUS=8] [JUDGE_URL=...] scripts/train_flux_pref_grpo.sh [key=value ...]
-# Environment: NUM_GPUS (8), JUDGE_URL (http://127.0.0.1:8080/v1: the API base, without /chat/completions),
-# ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate), PYTHON (.venv/bin/python if present,
-# else python3).
+# Environment: JUDGE_URL (http://127.0.0.1:8080/v1: the API base, without /chat/completions), PYTHON
+# (.venv/bin/python if present, else python3), and as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE);
+# under an FSDP accelerate config FSDP wraps FLUX's two block classes (FSDP_LAYERS).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONFIG=configs/flux_pref_grpo.yaml
-NUM_GPUS="${NUM_GPUS:-8}"
-ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
-ACCELERATE="${ACCELERATE:-accelerate}"
 JUDGE_URL="${JUDGE_URL:-http://127.0.0.1:8080/v1}"
 if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
@@ -49,10 +46,5 @@ print(json.dumps(rewards))
 PY
 )"
 
-wrap=()
-if [[ "$(basename "$ACCELERATE_CONFIG")" == *fsdp* ]]; then  # FSDP units = FLUX's two block classes
-    wrap=(--fsdp_transformer_layer_cls_to_wrap FluxTransformerBlock,FluxSingleTransformerBlock)
-fi
-
-exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" ${wrap[@]+"${wrap[@]}"} \
-    -m flowrl train --config "$CONFIG" "rewards=$rewards" "$@"
+export FSDP_LAYERS="${FSDP_LAYERS:-FluxTransformerBlock,FluxSingleTransformerBlock}"
+exec scripts/launch.sh "$CONFIG" "rewards=$rewards" "$@"

@@ -21,16 +21,13 @@
 #          REWARD_URL=http://127.0.0.1:8101 scripts/train_sd35_geneval.sh   # uses the `remote` reward
 #
 # Usage: [NUM_GPUS=8] [DETECTOR_URL=...|REWARD_URL=...] scripts/train_sd35_geneval.sh [key=value ...]
-# Environment: NUM_GPUS (8), DETECTOR_URL (http://127.0.0.1:8100), REWARD_URL (unset), ACCELERATE_CONFIG
-# (configs/accelerate/ddp.yaml), ACCELERATE (accelerate), PYTHON (.venv/bin/python if present, else python3).
+# Environment: DETECTOR_URL (http://127.0.0.1:8100), REWARD_URL (unset), PYTHON (.venv/bin/python if present, else
+# python3), and as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONFIG=configs/sd35_geneval.yaml
-NUM_GPUS="${NUM_GPUS:-8}"
-ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
-ACCELERATE="${ACCELERATE:-accelerate}"
 DETECTOR_URL="${DETECTOR_URL:-http://127.0.0.1:8100}"
 REWARD_URL="${REWARD_URL:-}"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -52,5 +49,4 @@ PY
 )"
 fi
 
-exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
-    -m flowrl train --config "$CONFIG" "rewards=$rewards" "$@"
+exec scripts/launch.sh "$CONFIG" "rewards=$rewards" "$@"

@@ -10,6 +10,6 @@
 # Usage: [NUM_GPUS=8] scripts/train_sd35_nft_pickscore.sh [key=value ...]
 #   e.g. NUM_GPUS=4 scripts/train_sd35_nft_pickscore.sh output.run_dir=runs/sd35-nft-pickscore train.iterations=500
 #   (a list such as `rewards` is replaced as a whole: rewards='[{name: pickscore, options: {...}}]')
-# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE).
+# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON).
 set -euo pipefail
 exec "$(dirname "$0")/launch.sh" configs/sd35_nft_pickscore.yaml "$@"

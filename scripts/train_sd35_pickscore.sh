@@ -10,14 +10,7 @@
 # Usage: [NUM_GPUS=8] scripts/train_sd35_pickscore.sh [key=value ...]
 #   e.g. NUM_GPUS=4 scripts/train_sd35_pickscore.sh output.run_dir=runs/sd35-pickscore train.iterations=500
 #   (a list such as `rewards` is replaced as a whole: rewards='[{name: pickscore, options: {...}}]')
-# Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate).
+# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-NUM_GPUS="${NUM_GPUS:-8}"
-ACCELERATE_CONFIG="${ACCELERATE_CONFIG:-configs/accelerate/ddp.yaml}"
-ACCELERATE="${ACCELERATE:-accelerate}"
-
-exec "$ACCELERATE" launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_GPUS" \
-    -m flowrl train --config configs/sd35_pickscore.yaml "$@"
+exec "$(dirname "$0")/launch.sh" configs/sd35_pickscore.yaml "$@"

@@ -467,6 +467,150 @@ def test_window_of_through_load_config(mp: str) -> None:
     assert window_of(cfg.sampler) == ("random", 3)
 
 
+# --------------------------------------------------------------------------- switching the mode on the command line
+
+DEMO = str(REPO / "configs" / "demo.yaml")
+BRANCH = ["sampler.mode=branchgrpo", "sampler.split_steps=[2,5]", "train.group_size=4"]  # the README's quick start
+
+
+def test_the_demo_samples_on_the_window_it_always_had() -> None:
+    """configs/demo.yaml (make demo) resolves to the sampler section written in it, nothing dropped: a 3-step
+    random window starting at step 0, 1 or 2, the same starts as a schedule built by hand from those values."""
+    from flowrl.samplers import RandomWindow
+
+    cfg = load_config(DEMO)
+    assert to_dict(cfg.sampler) == {
+        "mode": "flow-grpo-fast", "num_steps": 10, "kind": "flow_sde", "noise_level": 0.7, "window": "",
+        "window_size": 3, "window_options": {"max_start": 2}, "split_steps": [], "branch_factor": 2,
+        "tail_solver": "euler", "tail_steps": 0, "tail_grid": "subsample", "extra_tail_steps": [],
+        "same_noise": False, "shift": 0.0,
+    }  # fmt: skip
+    assert window_of(cfg.sampler) == ("random", 3)
+    by_hand = RandomWindow(10, 3, max_start=2, seed=0)
+    starts = []
+    for _ in range(40):
+        starts.append(by_hand.start)
+        by_hand.advance()
+    assert set(starts) == {0, 1, 2}
+
+
+#: every bench method's resolved (mode, window, size, window options), as the code before the mode switch gave them
+#: (their overrides set what they mean: no setting of the demo's is dropped from them)
+BENCH_WINDOWS = {
+    ("full", "flow-grpo"): ("flow-grpo", "fixed", 10, {}),
+    ("full", "flow-grpo-fast"): ("flow-grpo-fast", "random", 3, {"max_start": 2}),
+    ("full", "mixgrpo"): ("mixgrpo", "progressive", 3, {"stride": 1, "shift_interval": 10}),
+    ("full", "mixgrpo-flash"): ("mixgrpo-flash", "progressive", 3, {"stride": 1, "shift_interval": 10}),
+    ("full", "branchgrpo"): ("branchgrpo", "fixed", 10, {}),
+    ("full", "branchgrpo-pruned"): ("branchgrpo", "fixed", 10, {}),
+    ("full", "branchgrpo-mix"): ("branchgrpo-mix", "fixed", 10, {}),
+    ("full", "tempflow"): ("singular", "random", 1, {"max_start": 2}),
+    ("full", "g2rpo"): ("singular", "random", 1, {"max_start": 2}),
+    ("full", "grpo-guard"): ("flow-grpo-fast", "random", 3, {"max_start": 2}),
+    ("full", "nft"): ("ode", "fixed", 10, {}),
+    ("full", "awm"): ("ode", "fixed", 10, {}),
+    ("short", "flow-grpo"): ("flow-grpo", "fixed", 6, {}),
+    ("short", "flow-grpo-fast"): ("flow-grpo-fast", "random", 3, {"max_start": 2}),
+}
+
+
+def test_bench_methods_keep_their_windows(caplog) -> None:
+    from flowrl.bench import load_preset
+
+    seen = {}
+    for name in ("full", "short"):
+        preset = load_preset(str(REPO / "configs" / "bench" / f"{name}.yaml"))
+        for method in preset.methods:
+            cfg = load_config(preset.base, [*preset.overrides, *method.overrides])
+            s = cfg.sampler
+            seen[name, method.name] = (s.mode, *window_of(s), s.window_options)
+    assert seen == BENCH_WINDOWS
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+
+def test_the_readme_branchgrpo_quick_start_runs_branchgrpo(caplog) -> None:
+    """Switching the demo to BranchGRPO drops the demo's random-window settings (size 3, max_start 2), with one
+    warning naming them and the new mode: the tree samples with SDE on every step, as BranchGRPO does."""
+    cfg = load_config(DEMO, BRANCH)
+    assert (cfg.sampler.mode, window_of(cfg.sampler), cfg.sampler.window_options) == ("branchgrpo", ("fixed", 10), {})
+    assert cfg.sampler.split_steps == [2, 5] and cfg.train.group_size == 4
+    (record,) = [r for r in caplog.records if r.name == "flowrl"]
+    assert record.levelname == "WARNING" and "\n" not in record.getMessage()
+    assert record.getMessage().startswith(
+        f"sampler.mode=branchgrpo ({DEMO} says flow-grpo-fast): dropped sampler.window_size=3, "
+        "sampler.window_options={max_start: 2}, written for flow-grpo-fast's window; branchgrpo uses its own (fixed "
+        "window of every step)"
+    )
+
+
+def test_sample_losses_on_the_demo() -> None:
+    """`sampler.mode=ode loss.name=nft` on the demo: ODE rollouts with no window options left over."""
+    cfg = load_config(DEMO, ["sampler.mode=ode", "loss.name=nft"])
+    assert (cfg.sampler.mode, window_of(cfg.sampler), cfg.sampler.window_options) == ("ode", ("fixed", 10), {})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected", "dropped"),
+    [
+        # singular branching also draws a random step: the demo's first-half range (max_start 2) carries over
+        (["sampler.mode=singular"], ("random", 1, {"max_start": 2}), ["sampler.window_size=3"]),
+        # settings given as overrides stay; the fixed window takes no max_start
+        ([*BRANCH, "sampler.mode=branchgrpo-mix", "sampler.window_size=3"], ("fixed", 3, {}),
+         ["sampler.window_options={max_start: 2}"]),
+        (["sampler.mode=mixgrpo"], ("progressive", 4, {}),
+         ["sampler.window_size=3", "sampler.window_options={max_start: 2}"]),
+        (["sampler.mode=flow-grpo-fast"], ("random", 3, {"max_start": 2}), []),  # the file's own mode: no switch
+        (["sampler.mode=mixgrpo", "sampler.window_options={stride: 2}"], ("progressive", 4, {"stride": 2}),
+         ["sampler.window_size=3"]),
+    ],
+)  # fmt: skip
+def test_a_mode_switch_drops_what_the_new_mode_does_not_mean(overrides, expected, dropped, caplog) -> None:
+    cfg = load_config(DEMO, overrides)
+    assert (*window_of(cfg.sampler), cfg.sampler.window_options) == expected
+    messages = [r.getMessage() for r in caplog.records if r.name == "flowrl"]
+    assert len(messages) == (1 if dropped else 0)
+    if dropped:
+        assert f"dropped {', '.join(dropped)}, written for flow-grpo-fast's window" in messages[0]
+
+
+def test_a_mode_with_the_same_window_keeps_the_files_window(tmp_path: Path, mp: str, caplog) -> None:
+    """MixGRPO-Flash has MixGRPO's default window: a MixGRPO file's tuned window is kept as written."""
+    path = write(tmp_path, "mix.yaml", "sampler:\n  mode: mixgrpo\n  window_size: 3\n"
+                                       "  window_options: {stride: 1, shift_interval: 10}\n")  # fmt: skip
+    cfg = load_config(str(path), [mp, "sampler.mode=mixgrpo-flash"])
+    assert (*window_of(cfg.sampler), cfg.sampler.window_options) == (
+        "progressive",
+        3,
+        {"stride": 1, "shift_interval": 10},
+    )
+    assert not caplog.records
+    # a file without a mode is written for the default mode (flow-grpo, every step)
+    path = write(tmp_path, "plain.yaml", "sampler:\n  window: fixed\n  window_size: 9\n")
+    cfg = load_config(str(path), [mp, "sampler.mode=flow-grpo-fast"])
+    assert window_of(cfg.sampler) == ("random", 2)
+    assert (
+        "dropped sampler.window=fixed, sampler.window_size=9, written for flow-grpo's"
+        in caplog.records[0].getMessage()
+    )
+    assert window_of(load_config(str(path), [mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1]",
+                                             "train.group_size=2"]).sampler) == ("fixed", 9)  # fmt: skip
+
+
+def test_stale_window_keys_by_hand() -> None:
+    from flowrl.samplers.modes import stale_window_keys
+
+    demo = {"mode": "flow-grpo-fast", "window_size": 3, "window_options": {"max_start": 2}}
+    assert stale_window_keys(demo, {**demo, "mode": "branchgrpo"}, ()) == ["window_size", "window_options"]
+    assert stale_window_keys(demo, {**demo, "mode": "branchgrpo"}, {"window_size"}) == ["window_options"]
+    assert stale_window_keys(demo, {**demo, "mode": "singular"}, ()) == ["window_size"]
+    assert stale_window_keys(demo, {**demo, "mode": "singular", "window": "fixed"}, {"window"}) == [
+        "window_size", "window_options"
+    ]  # fmt: skip
+    assert stale_window_keys(demo, demo, ()) == []
+    written = {"mode": "flow-grpo-fast", "window": "progressive", "window_options": {"stride": 2}}
+    assert stale_window_keys(written, {**written, "mode": "mixgrpo"}, ()) == ["window"]  # options fit progressive
+
+
 # --------------------------------------------------------------------------- overrides and files
 
 

@@ -41,7 +41,8 @@ SCRIPTS = {
     "train_z_image_turbo_pickscore.sh": "z_image_turbo_pickscore.yaml",
 }
 FLUX_BLOCKS = "FluxTransformerBlock,FluxSingleTransformerBlock"
-SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL")  # the scripts' own variables
+SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL", "FSDP_LAYERS", "PYTHON",
+              "ACCELERATE")  # the scripts' own variables  # fmt: skip
 
 # Published values each preset must keep (sources in the YAML comments).
 SD35 = {
@@ -368,16 +369,34 @@ def test_script_is_executable_and_parses(script: str):
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
-def launched(tmp_path: Path, script: str, env: dict[str, str], *extra: str) -> list[str]:
-    """The argument list a script hands to ``accelerate`` (a stub records it)."""
-    record = tmp_path / "args"
-    stub = tmp_path / "accelerate"
-    stub.write_text(f'#!/usr/bin/env bash\nprintf "%s\\0" "$@" > "{record}"\n')
-    stub.chmod(0o755)
-    full = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
-    full.update({"ACCELERATE": str(stub), "PYTHON": sys.executable, **env})
-    subprocess.run(["bash", str(REPO / "scripts" / script), *extra], check=True, env=full, capture_output=True)
+def stub(path: Path, body: str) -> Path:
+    path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def recorder(path: Path, record: Path) -> Path:
+    """An executable that writes its arguments (NUL-separated) to ``record``."""
+    return stub(path, f'printf "%s\\0" "$@" > "{record}"')
+
+
+def recorded(record: Path) -> list[str]:
     return record.read_bytes().decode().split("\0")[:-1]
+
+
+def launched(tmp_path: Path, script: str, env: dict[str, str], *extra: str) -> list[str]:
+    """The argument list a script hands to ``accelerate`` (a stub records it). The script's config check before
+    the launch goes to a python stub that records it too: it must check exactly what is launched."""
+    record, checked = tmp_path / "args", tmp_path / "checked"
+    check = f'if [[ "$1 $2 $3 $4" == "-m flowrl train --check" ]]; then printf "%s\\0" "$@" > "{checked}"; exit 0; fi'
+    python = stub(tmp_path / "python", f'{check}\nexec {sys.executable} "$@"')  # the rewards scripts' python runs
+    full = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    full.update({"ACCELERATE": str(recorder(tmp_path / "accelerate", record)), "PYTHON": str(python), **env})
+    subprocess.run(["bash", str(REPO / "scripts" / script), *extra], check=True, env=full, capture_output=True)
+    args = recorded(record)
+    i = args.index("-m")
+    assert recorded(checked) == ["-m", "flowrl", "train", "--check", *args[i + 3 :]]
+    return args
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -442,3 +461,74 @@ def test_no_preset_says_the_batch_statistics_are_per_process():
     """Rewards are gathered before advantages (flowrl.trainer.share): a preset comment saying otherwise misleads."""
     for preset in ALL_PRESETS:
         assert "each process's own samples" not in preset.read_text(), preset.name
+
+
+def test_a_bad_override_through_a_launcher_is_one_line_and_exit_2(tmp_path: Path, stand_ins: list[str]):
+    """The launcher checks the config in one process before `accelerate launch`: a bad override is one
+    `flowrl: config error:` line and exit 2 from the script, and nothing is launched."""
+    record = tmp_path / "launched"
+    env = {k: v for k, v in os.environ.items() if k not in SCRIPT_ENV}
+    env.update({"ACCELERATE": str(recorder(tmp_path / "accelerate", record)), "PYTHON": sys.executable})
+    out = subprocess.run(["bash", str(REPO / "scripts" / "train_sd35_pickscore.sh"), *stand_ins, "train.grup_size=4"],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        "flowrl: config error: unknown config key train.grup_size; did you mean train.group_size?"
+    ]
+    assert not record.exists()
+
+
+def test_train_check_validates_without_training(tmp_path: Path, monkeypatch, capsys):
+    from flowrl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    demo = str(REPO / "configs" / "demo.yaml")
+    assert main(["train", "--check", "--config", demo, "train.iterations=1"]) == 0
+    assert capsys.readouterr().out == f"flowrl: config ok: {demo} with overrides\n"
+    assert not list(tmp_path.iterdir())  # no run folder
+    assert main(["train", "--check", "--config", demo, "sampler.num_steps=0"]) == 2
+    assert capsys.readouterr().err.startswith("flowrl: config error: sampler.num_steps")
+
+
+def launcher_tree(tmp_path: Path) -> Path:
+    """A copy of the project's launcher in a folder of its own (``root/scripts/launch.sh``)."""
+    root = tmp_path / "project"
+    (root / "scripts").mkdir(parents=True)
+    (root / "scripts" / "launch.sh").write_text((REPO / "scripts" / "launch.sh").read_text())
+    return root
+
+
+BARE_PATH = "/usr/bin:/bin"  # no virtualenv on it
+
+
+def test_the_launcher_finds_the_projects_venv(tmp_path: Path):
+    """Run from a shell with no environment active, the launcher takes accelerate and python from the project's
+    .venv (as `make venv` makes it) for the check and the launch."""
+    root = launcher_tree(tmp_path)
+    venv = root / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    recorder(venv / "python", tmp_path / "checked")
+    recorder(venv / "accelerate", tmp_path / "launched")
+    env = {"PATH": BARE_PATH, "HOME": str(tmp_path), "NUM_GPUS": "2"}
+    subprocess.run(["bash", str(root / "scripts" / "launch.sh"), "configs/demo.yaml", "train.iterations=2"], env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    assert recorded(tmp_path / "checked") == ["-m", "flowrl", "train", "--check", "--config", "configs/demo.yaml",
+                                              "train.iterations=2"]  # fmt: skip
+    assert recorded(tmp_path / "launched")[:5] == ["launch", "--config_file", "configs/accelerate/ddp.yaml",
+                                                   "--num_processes", "2"]  # fmt: skip
+
+
+def test_the_launcher_without_accelerate_says_what_to_do(tmp_path: Path):
+    import shutil
+
+    if shutil.which("accelerate", path=BARE_PATH):
+        pytest.skip(f"accelerate is installed system-wide in {BARE_PATH}")
+    root = launcher_tree(tmp_path)
+    env = {"PATH": BARE_PATH, "HOME": str(tmp_path)}
+    out = subprocess.run(["bash", str(root / "scripts" / "launch.sh"), "configs/demo.yaml"], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"flowrl: launch error: 'accelerate' not found: run `make venv` in {root} (the launchers use its .venv) or "
+        "activate the environment flowrl is installed in"
+    ]
