@@ -23,17 +23,19 @@ QUIET = ["train.iterations=2", "eval.enabled=false", "output.progress=false", "o
 LORA = ["model.finetune=lora", "model.lora_rank=8", "model.lora_alpha=8",
         "model.lora_targets=[attn.to_q, attn.to_k, attn.to_v, attn.to_out.0]"]  # fmt: skip
 ODE = ["sampler.mode=ode", "sampler.window_size=0", "sampler.window_options={}"]
+SMALL = ["train.prompts_per_step=2", "train.group_size=4"]  # the method cases on a smaller batch (2 CPU cores)
 CASES = {
     "demo": ("configs/demo.yaml", []),
-    "awm-lora-reference": ("configs/demo.yaml", [*LORA, *ODE, "loss.name=awm", "loss.awm_weighting=ghuber",
+    "awm-lora-reference": ("configs/demo.yaml", [*SMALL, *LORA, *ODE, "loss.name=awm", "loss.awm_weighting=ghuber",
                            "loss.renoise=stratified", "loss.renoise_count=6", "train.timestep_fraction=0.9",
                            "loss.awm_ratio=true", "loss.velocity_kl_coef=1.0e-3", "loss.awm_ema_coef=1",
                            "loss.awm_ema_decay=0.3", "train.minibatches=1"]),
-    "branchgrpo-tree-kl": ("configs/demo.yaml", [*LORA, "sampler.mode=branchgrpo", "sampler.window_size=0",
-                           "sampler.window_options={}", "sampler.split_steps=[0,2,4]", "sampler.branch_factor=2",
-                           "advantage.name=tree", "train.group_size=8", "loss.kl_coef=0.04"]),
-    "nft": ("configs/demo.yaml", [*ODE, "loss.name=nft", "sampler.tail_solver=dpm2m", "train.timestep_fraction=0.99",
-                                  "loss.velocity_kl_coef=1.0e-4", "train.minibatches=1"]),
+    "branchgrpo-tree-kl": ("configs/demo.yaml", [*SMALL, *LORA, "sampler.mode=branchgrpo", "sampler.window_size=0",
+                           "sampler.window_options={}", "sampler.split_steps=[0,2]", "sampler.branch_factor=2",
+                           "advantage.name=tree", "loss.kl_coef=0.04"]),
+    "nft": ("configs/demo.yaml", [*SMALL, *ODE, "loss.name=nft", "sampler.tail_solver=dpm2m",
+                                  "train.timestep_fraction=0.99", "loss.velocity_kl_coef=1.0e-4",
+                                  "train.minibatches=1"]),
     "text-demo": ("configs/text_demo.yaml", []),
 }  # fmt: skip
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from test_trainer import TINY_ARGS
 
 from flowrl.cli import main
+from flowrl.recipes import load_config
 from flowrl.trainer.checkpoint import latest, load_state, periodic, prune
 from flowrl.trainer.image_recipe import ImageRecipe
 
@@ -143,8 +144,12 @@ def test_a_resume_that_changes_the_trained_state_is_refused_and_touches_nothing(
     assert main([*base, *changed]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("flowrl: config error: cannot resume ") and "Traceback" not in line
-    for key, old, new in (("sampler.mode", "'flow-grpo-fast'", "'mixgrpo'"), ("train.group_size", "4", "8"),
-                          ("seed", "0", "7")):  # fmt: skip
+    mode = load_config(None, [f"model.path={tiny_model}", *TINY_ARGS]).sampler.mode  # what the run trained with
+    for key, old, new in (
+        ("sampler.mode", repr(mode), "'mixgrpo'"),
+        ("train.group_size", "4", "8"),
+        ("seed", "0", "7"),
+    ):
         assert f"{key}: {old} -> {new}" in line, (key, line)
     assert "train.iterations" not in line.split("(")[0]  # may change: not among the refused keys
     assert _folder_state(run_dir) == before  # config.yaml, checkpoints: nothing rewritten
@@ -167,7 +172,7 @@ def test_a_resume_records_what_changed_and_the_new_learning_rate_is_what_trains(
     assert [m["train/lr"] for m in rest] == [5e-3, 5e-3]  # the recorded rate is the one that trained
     assert (run_dir / "config.yaml").read_text() == original  # the original record, never replaced
     (entry,) = yaml.safe_load((run_dir / "resumed.yaml").read_text())
-    assert entry["checkpoint"] == str(run_dir / "checkpoints" / "final") and entry["at"]
+    assert entry["checkpoint"] == str(run_dir / "checkpoints" / "iter-000001") and entry["at"]  # the newest
     assert entry["changed"]["train.lr"] == {"old": 1e-2, "new": 5e-3}
     assert entry["changed"]["train.iterations"] == {"old": 1, "new": 3}
     assert set(entry["changed"]) == {"train.lr", "train.iterations", "train.resume"}
