@@ -255,6 +255,12 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
     printed = out.out.splitlines()
     assert printed[-1] == str(run_dir) and any(line.startswith("trained 1 iteration in ") for line in printed)
     assert "Loading weights" not in out.err and "Setting accelerator to CPU" not in out.out + out.err  # no noise
+    # which weights evaluated: a LoRA run's copy is bf16 only where the CPU multiplies bf16 natively
+    from flowrl.models.untrained import fast_bf16
+
+    dtype, why = ("bf16", "fast") if fast_bf16(torch.device("cpu")) else ("fp32", "no fast")
+    path = f"a {dtype} copy of the transformer (model.untrained_copy=auto: {why} bf16 matmul on cpu)"
+    assert summary["untrained_passes"] == path and f"evaluation and ODE-only steps ran on {path}" in printed
     assert any(line.startswith("evaluation (6 samples): reward ") and "SE over prompts" in line for line in printed)
     page = (run_dir / "gallery" / "index.html").read_text()
     assert "flowrl: base vs trained (flow-grpo, 1 iteration of the 2 configured)" in page
@@ -308,3 +314,24 @@ def test_the_progress_bars_time_left_is_whichever_end_comes_first():
     assert _time_left(300, 20.0, 10, 100) == {"left": "3:20"}  # 100 more at 2 s each end before the limit (4:40)
     assert _time_left(300, 120.0, 10, 1000) == {"left": "3:00"}  # the limit comes first
     assert _time_left(300, 1.0, 0, 50) == {"left": "4:59"}  # no iteration done yet: the limit
+
+
+def test_the_untrained_path_is_described_as_the_hardware_decides(monkeypatch):
+    from flowrl.models import untrained
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(untrained, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert untrained.copy_dtype("auto", cpu, lora=False) == torch.bfloat16
+    copy = untrained.UntrainedCopy(torch.nn.Linear(2, 2), torch.bfloat16)
+    assert untrained.describe_path("auto", copy, torch.float32, cpu) == (
+        "a bf16 copy of the transformer (model.untrained_copy=auto: fast bf16 matmul on cpu)"
+    )
+    monkeypatch.setattr(untrained, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert untrained.copy_dtype("auto", cpu, lora=False) is None  # the demo (full fine-tuning) on such a CPU
+    assert untrained.describe_path("auto", None, torch.float32, cpu) == (
+        "the live module in fp32 (model.untrained_copy=auto: no fast bf16 matmul on cpu)"
+    )
+    assert (
+        untrained.describe_path("none", None, torch.float32, cpu)
+        == "the live module in fp32 (model.untrained_copy=none)"
+    )

@@ -276,6 +276,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if "eval_strict_gain" in summary:
         lines.append(f"strict: {summary['eval_strict_before']:.4f} → {summary['eval_strict_after']:.4f}, gain "
                      f"{summary['eval_strict_gain']:+.4f} ± {summary['eval_strict_gain_se']:.4f}")  # fmt: skip
+    if "untrained_passes" in summary:  # flow runs: under model.untrained_copy=auto it depends on the hardware
+        lines.append(f"evaluation and ODE-only steps ran on {summary['untrained_passes']}")
     during = summary.get("training_warnings", [])
     lines += [f"warning (training, iteration {w['iteration']}): {w['warning']}" for w in during]
     return lines + [f"warning: {w}" for w in summary.get("monitor_warnings", [])]
