@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flowrl.options import ConfigError, set_dotted
+from flowrl.options import ConfigError, closest, set_dotted
 
 LOSS_TYPES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr-grpo", "dapo": "dapo", "cispo": "cispo", "sapo": "sapo"}
 SCALE_REWARDS = {"group": "grpo", True: "grpo", "batch": "global-std", "none": "dr-grpo", False: "dr-grpo"}
@@ -104,8 +104,9 @@ def apply_trl_section(data: dict[str, Any]) -> dict[str, Any]:
         if field in DIRECT:
             out[DIRECT[field]] = value
         elif field not in (*BATCH, *OTHERS, *STEPS, *REFUSED):
-            known = ", ".join(read_fields())
-            raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; it reads: {known}")
+            hint = closest(str(field), [*read_fields(), *REFUSED])
+            extra = f"did you mean trl.{hint}?" if hint else f"it reads: {', '.join(read_fields())}"
+            raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; {extra}")
     out.update(_translated(trl, data))
     for dotted, value in out.items():
         if _has(data, dotted):

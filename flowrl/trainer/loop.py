@@ -147,6 +147,17 @@ def write_config(cfg: Config | TextConfig, run_dir: str, main: bool) -> None:
             yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
 
+def time_limit_line(cfg: Config | TextConfig) -> str | None:
+    """The start-up line of a run with ``train.max_minutes``: what the limit bounds (training) and what it does not
+    (the evaluations), so that a one-minute run that takes five is not a surprise. None without a limit."""
+    minutes = cfg.train.max_minutes
+    if not minutes:
+        return None
+    extra = "model loading and the evaluations before and after come" if cfg.eval.enabled else "model loading comes"
+    return (f"train.max_minutes={minutes:g} bounds training only ({cfg.train.iterations} iterations or "
+            f"{minutes:g} minute{'s' * (minutes != 1)}, whichever ends first); {extra} on top")  # fmt: skip
+
+
 def base_evaluation(run: LoopRun, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None) -> Any:
     """The evaluation before training: computed and kept in ``eval_before.pt`` at the start, read back when the
     run resumes (the policy has moved by then). None when evaluation is off, or when resuming from another
@@ -185,17 +196,18 @@ def training_loop(
     from tqdm.auto import tqdm
 
     cfg, main = run.cfg, run.accelerator.is_main_process
-    bar = tqdm(range(run.iteration, cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main),
-               dynamic_ncols=True, initial=run.iteration, total=cfg.train.iterations)  # fmt: skip
+    # counted by hand after each iteration: a bar that wraps the range counts an iteration only when the next one
+    # starts, so a run stopped by its time limit (or a SIGTERM) ended on a stale count
+    bar = tqdm(desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True, initial=run.iteration,
+               total=cfg.train.iterations)  # fmt: skip
     start, limit, first = time.time(), 60 * cfg.train.max_minutes, run.iteration
     with _sigterm_flag() as terminated:
         try:
-            for _ in bar:
-                if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
-                    break
+            while run.iteration < cfg.train.iterations:  # a resumed run starts further on
                 began = time.time()
                 metrics = step(run)
                 run.train_seconds += time.time() - began
+                bar.update(run.iteration - bar.n)
                 if writer is not None:
                     writer.log(metrics, run.iteration)
                 if media is not None and cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
@@ -338,6 +350,7 @@ __all__ = [
     "require_finite",
     "shared_run_dir",
     "summary_lines",
+    "time_limit_line",
     "training_loop",
     "write_config",
 ]

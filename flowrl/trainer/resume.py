@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from flowrl.trainer.loop import (
     process_state,
     require_finite,
     shared_run_dir,
+    time_limit_line,
     training_loop,
     write_config,
 )
@@ -164,6 +166,8 @@ def train_end_to_end(
     with run_folder(run_dir, created, state.is_main_process):
         resume_from = resume_point(cfg, run_dir)
         write_config(cfg, run_dir, state.is_main_process)
+        if state.is_main_process and (line := time_limit_line(cfg)):
+            print(line, file=sys.stderr, flush=True)
         run = setup()
         if resume_from:
             restore(run, resume_from)
