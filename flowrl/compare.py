@@ -140,7 +140,7 @@ def describe_source(spec: ColumnSpec) -> str:
                 iteration = int(json.load(f)["train_steps"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    return spec.source + (f" (after {iteration} iterations)" if iteration is not None else "")
+    return spec.source + (f" (after {iteration} iteration{'s' * (iteration != 1)})" if iteration is not None else "")
 
 
 def base_index(specs: list[ColumnSpec]) -> int:

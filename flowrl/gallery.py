@@ -2,8 +2,9 @@
 gives each column's mean scores and the last column's paired gain over the first, ± SE over prompts.
 
 ``write_gallery`` writes ``<out_dir>/gallery/`` with a self-contained ``index.html`` (sortable and filterable by
-score, no external URLs), the upscaled images under ``images/`` and a single ``contact_sheet.png``. The directory is
-built next to its destination and renamed into place, so a failed call never leaves a partial gallery behind.
+score, no external URLs), the upscaled images under ``images/`` and a single ``contact_sheet.png`` (the rows as a
+grid of blocks, about square). The directory is built next to its destination and renamed into place, so a failed
+call never leaves a partial gallery behind.
 """
 
 from __future__ import annotations
@@ -111,11 +112,18 @@ def _wrap(draw: ImageDraw.ImageDraw, font, text: str, width: float, max_lines: i
     return [_clip(draw, font, line, width, ellipsis=cut and k == len(lines) - 1) for k, line in enumerate(lines)]
 
 
+def _grid_columns(rows: int, block_w: int, row_h: int) -> int:
+    """How many (prompt, images) blocks side by side: the count that makes the sheet closest to square, so that 32
+    rows of two 128-pixel columns are a 3 × 11 grid, not a strip 494 pixels wide and 4844 tall."""
+    return max(1, min(rows, round(math.sqrt(rows * row_h / block_w))))
+
+
 def _contact_sheet(
     path: str, title: str, prompts: list[str], seeds: list[int], columns: list[GalleryColumn],
     arrays: list[np.ndarray], sort_key: str | None,
 ) -> None:  # fmt: skip
-    """One PNG grid: header row of labels, then per row the prompt and each column's (upscaled) image + score."""
+    """One PNG grid of blocks, row by row: each block is one gallery row, its prompt then each column's (upscaled)
+    image with its score; every column of blocks has a header with the columns' labels."""
     font = ImageFont.load_default()
     bitmap = not isinstance(font, ImageFont.FreeTypeFont)  # the pillow<10.1 bitmap font only handles latin-1
 
@@ -129,25 +137,30 @@ def _contact_sheet(
     img_h = max(a.shape[1] for a in arrays)
     row_h = img_h + lh + _PAD
     head_h = _PAD + 2 * lh
-    width = _PROMPT_W + sum(w + _PAD for w in col_w) + _PAD
-    sheet = Image.new("RGB", (width, head_h + len(prompts) * row_h + _PAD), "white")
+    block_w = _PROMPT_W + sum(w + _PAD for w in col_w)
+    across = _grid_columns(len(prompts), block_w, row_h)
+    width = across * block_w + _PAD
+    sheet = Image.new("RGB", (width, head_h + math.ceil(len(prompts) / across) * row_h + _PAD), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((_PAD, _PAD), _clip(draw, font, safe(title), width - 2 * _PAD), fill="black", font=font)
     xs = [_PROMPT_W + sum(w + _PAD for w in col_w[:j]) for j in range(len(columns))]
-    for x, w, col in zip(xs, col_w, columns, strict=True):
-        draw.text((x, _PAD + lh), _clip(draw, font, safe(col.label), w), fill="black", font=font)
+    for b in range(across):
+        if b:
+            draw.line([(b * block_w - _PAD // 2, head_h), (b * block_w - _PAD // 2, sheet.height)], fill=(160,) * 3)
+        for x, w, col in zip(xs, col_w, columns, strict=True):
+            draw.text((b * block_w + x, _PAD + lh), _clip(draw, font, safe(col.label), w), fill="black", font=font)
     for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-        y = head_h + i * row_h
-        draw.line([(0, y - 2), (width, y - 2)], fill=(210, 210, 210))
+        x0, y = (i % across) * block_w, head_h + (i // across) * row_h
+        draw.line([(x0, y - 2), (x0 + block_w - _PAD, y - 2)], fill=(210, 210, 210))
         text = [f"#{i}  seed {seed}", *_wrap(draw, font, safe(prompt), _PROMPT_W - 2 * _PAD, max(1, img_h // lh))]
         for k, line in enumerate(text):
-            draw.text((_PAD, y + k * lh), line, fill=(40, 40, 40), font=font)
+            draw.text((x0 + _PAD, y + k * lh), line, fill=(40, 40, 40), font=font)
         for x, w, col, arr in zip(xs, col_w, columns, arrays, strict=True):
-            sheet.paste(Image.fromarray(arr[i]), (x, y))
+            sheet.paste(Image.fromarray(arr[i]), (x0 + x, y))
             d = col.scores[i]
             key = sort_key if sort_key is not None else next(iter(d), "")
             label = _clip(draw, font, safe(f"{key} {_fmt(_score(d, sort_key))}"), w)
-            draw.text((x, y + arr.shape[1] + 2), label, fill=(0, 70, 160), font=font)
+            draw.text((x0 + x, y + arr.shape[1] + 2), label, fill=(0, 70, 160), font=font)
     sheet.save(path)
 
 

@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from flowrl.errors import ConfigError
@@ -91,6 +91,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def closest(word: str, valid: Iterable[str]) -> str | None:
+    """The valid name most like a misspelt ``word`` (difflib's ratio of at least 0.6), or None: the "did you mean"
+    of every unknown key or name."""
+    hint = difflib.get_close_matches(word, list(valid), 1)
+    return hint[0] if hint else None
+
+
 def _check(f: dataclasses.Field, value: Any, key: str) -> None:
     meta = f.metadata
     low, high, choices = meta.get("low"), meta.get("high"), meta.get("choices")
@@ -105,8 +112,8 @@ def _check(f: dataclasses.Field, value: Any, key: str) -> None:
         if choices is not None and isinstance(v, str):
             valid = tuple(choices() if callable(choices) else choices)
             if v not in valid:
-                hint = difflib.get_close_matches(v, valid, 1)
-                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                hint = closest(v, valid)
+                extra = f" (did you mean {hint!r}?)" if hint else ""
                 raise ConfigError(f"{key}: {v!r} is not one of {', '.join(valid)}{extra}")
 
 
@@ -120,8 +127,8 @@ def load(cls: type[T], data: Any, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in known:
-            hint = difflib.get_close_matches(str(key), known, 1)
-            extra = f"; did you mean {prefix}{hint[0]}?" if hint else f"; valid keys: {', '.join(known)}"
+            hint = closest(str(key), known)
+            extra = f"; did you mean {prefix}{hint}?" if hint else f"; valid keys: {', '.join(known)}"
             raise ConfigError(f"unknown config key {prefix}{key}{extra}")
     kwargs = {}
     for name, f in known.items():
@@ -209,4 +216,4 @@ def seed_indices(text: str | None, count: int) -> list[int]:
     return seeds
 
 
-__all__ = ["describe", "load", "option", "rename_keys", "seed_indices", "set_dotted", "to_dict"]
+__all__ = ["closest", "describe", "load", "option", "rename_keys", "seed_indices", "set_dotted", "to_dict"]

@@ -17,7 +17,12 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name
 class RunControl:
     """Options of the training loop that the flow and text trainers share: schedule, checkpoints, faults."""
 
-    max_minutes: float = option(0.0, "stop early after this many minutes of training (0 = no limit)", low=0.0)
+    max_minutes: float = option(
+        0.0,
+        "stop early after this many minutes of training (0 = no limit); it bounds training only: model loading and "
+        "the evaluations before and after come on top",
+        low=0.0,
+    )
     lr_schedule: str = option(
         "constant",
         "constant, or cosine: decay to 10% of train.lr at the last iteration",

@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from flowrl.errors import ConfigError
-from flowrl.options import set_dotted
+from flowrl.options import closest, set_dotted
 
 LOSS_TYPES = {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr-grpo", "dapo": "dapo", "cispo": "cispo", "sapo": "sapo"}
 SCALE_REWARDS = {"group": "grpo", True: "grpo", "batch": "global-std", "none": "dr-grpo", False: "dr-grpo"}
@@ -123,8 +123,9 @@ def apply_trl_section(data: dict[str, Any]) -> dict[str, Any]:
         if field in DIRECT:
             out[DIRECT[field]] = value
         elif field not in (*BATCH, *OTHERS, *STEPS, *REFUSED):
-            known = ", ".join(read_fields())
-            raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; it reads: {known}")
+            hint = closest(str(field), [*read_fields(), *REFUSED])
+            extra = f"did you mean trl.{hint}?" if hint else f"it reads: {', '.join(read_fields())}"
+            raise ConfigError(f"trl.{field} is not a GRPOConfig field flowrl reads; {extra}")
     out.update(_translated(trl, data))
     if not _has(data, "output.metric_names"):  # a TRL user reads TRL's metric names
         out["output.metric_names"] = "trl"

@@ -1,9 +1,11 @@
 """A tiny verifiable text task: two-digit addition, with noisy pretraining labels.
 
 Problems are ``a+b`` for a, b in 0..99, as a prompt ``"37+48="`` and an answer ``"85"``; the 10 000
-pairs are split once (seeded) into train and held-out sets. A language model sees exactly the
-prompt characters, with no BOS (``ADD_SPECIAL_TOKENS = False``; the tokenizer built here adds
-nothing anyway), and completes them with the answer digits followed by the EOS token.
+problems are split once (seeded) into train and held-out sets by *unordered* pair: ``a+b`` and ``b+a`` are always
+on the same side, so a held-out problem's swapped twin is never trained on (``split_pairs``). What a held-out
+problem shares with training is its digits: every ones-digit and tens-digit pair occurs in training problems. A
+language model sees exactly the prompt characters, with no BOS (``ADD_SPECIAL_TOKENS = False``; the tokenizer built
+here adds nothing anyway), and completes them with the answer digits followed by the EOS token.
 
 Pretraining labels are noisy on purpose: ``mislabel`` drops the carry out of the ones digit
 (37+48 -> "75"), and the pretraining script applies it to a fraction of the carry problems. The
@@ -47,13 +49,27 @@ CHAT_TEMPLATE = (
 _NUMBER = re.compile(r"0|[1-9][0-9]{0,2}")
 
 
-def split_pairs(held_out_fraction: float = 0.1, seed: int = 0) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """All (a, b) with a, b in 0..99, split into disjoint (train, held-out) lists, each in (a, b) order."""
-    pairs = [(a, b) for a in range(100) for b in range(100)]
-    order = list(range(len(pairs)))
-    random.Random(seed).shuffle(order)
-    cut = round(len(pairs) * held_out_fraction)
-    return [pairs[i] for i in sorted(order[cut:])], [pairs[i] for i in sorted(order[:cut])]
+def split_pairs(
+    held_out_fraction: float = 0.1, seed: int = 0, numbers: int = 100
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """All (a, b) with a, b in 0..``numbers``−1, split into disjoint (train, held-out) lists, each in (a, b) order.
+
+    The unit is the unordered pair {a, b}: the held-out set takes pairs in a seeded random order, both orders of each
+    (a single problem for a = b), until it holds round(numbers² · ``held_out_fraction``) problems; a pair of two that
+    would overshoot is passed over, so the count is exact whenever a pair a = b is left to fill the last place (the
+    default split: 9000 train, 1000 held-out). The same arguments give the same split on every run."""
+    unordered = [(a, b) for a in range(numbers) for b in range(a, numbers)]
+    random.Random(seed).shuffle(unordered)
+    target, count, held = round(numbers * numbers * held_out_fraction), 0, set()
+    for a, b in unordered:
+        if count == target:
+            break
+        size = 1 if a == b else 2
+        if count + size <= target:
+            held.update({(a, b), (b, a)})
+            count += size
+    pairs = [(a, b) for a in range(numbers) for b in range(numbers)]
+    return [p for p in pairs if p not in held], [p for p in pairs if p in held]
 
 
 def prompt_of(a: int, b: int) -> str:

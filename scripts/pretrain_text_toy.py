@@ -1,7 +1,8 @@
 """Pretrain the toy causal language model for text GRPO from scratch on CPU (offline, seeded).
 
 A tiny Llama (``text_world.build_model``) with a character-level tokenizer (``build_tokenizer``) learns
-two-digit addition on the *train* problems by teacher forcing: the input is the prompt characters
+two-digit addition on the *train* problems only (never a held-out problem nor its swapped twin: the split is by
+unordered pair, ``text_world.split_pairs``) by teacher forcing: the input is the prompt characters
 (no BOS) followed by the answer digits and EOS, and the cross-entropy covers only the answer digits
 and EOS, since the prompt digits are random and predicting them teaches nothing. Labels are noisy on
 purpose: each time a carry problem is drawn, with probability ``--mislabel`` its answer drops the
@@ -9,7 +10,8 @@ carry (``text_world.mislabel``: 37+48 -> "75"). The base then puts roughly that 
 wrong answer of every carry problem, so greedy decoding gets them wrong while temperature-1 sampling
 is still right often enough for RL on the ``correct`` reward to reinforce.
 The model is saved with its tokenizer, loaded back as a user would, and scored on the held-out
-problems, greedy and sampled; the report lands in ``<out>/pretrain_report.json``.
+problems, greedy and sampled; the report lands in ``<out>/pretrain_report.json``, with the split it was trained
+on (sizes and the SHA-256 of the held-out prompts, which ``tests/test_text_world.py`` compares with the split now).
 
     python scripts/pretrain_text_toy.py --out assets/toy-lm   # the committed base: defaults below
 """
@@ -17,6 +19,7 @@ problems, greedy and sampled; the report lands in ``<out>/pretrain_report.json``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         report = evaluate_folder(tmp, held_out, args)
         report.update(
             {
+                "split": split_record(train, held_out),
                 **{k: getattr(args, k) for k in ("steps", "batch_size", "lr", "weight_decay", "mislabel", "seed")},
                 **sizes,
                 "threads": args.threads,
@@ -135,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"model folder is {size / 2**20:.1f} MB, over the 10 MB budget")
     print(json.dumps(report, indent=2))
     print(f"wrote {args.out} ({size / 2**20:.2f} MB)")
+
+
+def split_record(train: list[dict[str, str]], held_out: list[dict[str, str]]) -> dict[str, object]:
+    """What the model was trained on: the split's unit and sizes, and the SHA-256 of the held-out prompts joined by
+    newlines (in the split's order)."""
+    digest = hashlib.sha256("\n".join(r["prompt"] for r in held_out).encode()).hexdigest()
+    return {"unit": "unordered pair", "train": len(train), "held_out": len(held_out), "held_out_sha256": digest}
 
 
 def evaluate_folder(path: str, rows: list[dict[str, str]], args: argparse.Namespace) -> dict:

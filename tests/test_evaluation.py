@@ -280,7 +280,18 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
     out = capsys.readouterr()
     printed = out.out.splitlines()
     assert printed[-1] == str(run_dir) and any(line.startswith("trained 1 iteration in ") for line in printed)
+    # the start-up line says that the limit does not bound the evaluations
+    assert (
+        "train.max_minutes=1e-05 bounds training only (2 iterations or 1e-05 minutes, whichever ends "
+        "first); model loading and the evaluations before and after come on top" in out.err.splitlines()
+    )
     assert "Loading weights" not in out.err and "Setting accelerator to CPU" not in out.out + out.err  # no noise
+    # which weights evaluated: a LoRA run's copy is bf16 only where the CPU multiplies bf16 natively
+    from flowrl.models.untrained import fast_bf16
+
+    dtype, why = ("bf16", "fast") if fast_bf16(torch.device("cpu")) else ("fp32", "no fast")
+    path = f"a {dtype} copy of the transformer (model.untrained_copy=auto: {why} bf16 matmul on cpu)"
+    assert summary["untrained_passes"] == path and f"evaluation and ODE-only steps ran on {path}" in printed
     assert any(line.startswith("evaluation (6 samples): reward ") and "SE over prompts" in line for line in printed)
     page = (run_dir / "gallery" / "index.html").read_text()
     assert "flowrl: base vs trained (flow-grpo, 1 iteration of the 2 configured)" in page
@@ -302,6 +313,8 @@ def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
     assert describe_source(ColumnSpec("t", str(final / "lora"), None)).endswith("(after 26 iterations)")
     middle = tmp_path / "run" / "checkpoints" / "iter-000012"
     assert describe_source(ColumnSpec("m", str(middle), None)) == f"{middle} (after 12 iterations)"
+    first = tmp_path / "run" / "checkpoints" / "iter-000001"
+    assert describe_source(ColumnSpec("f", str(first), None)) == f"{first} (after 1 iteration)"
     assert describe_source(ColumnSpec("b", "base", "configs/demo.yaml")) == "the base model of configs/demo.yaml"
 
 
@@ -378,3 +391,65 @@ def test_the_progress_bars_time_left_is_whichever_end_comes_first():
     assert _time_left(300, 20.0, 10, 100) == {"left": "3:20"}  # 100 more at 2 s each end before the limit (4:40)
     assert _time_left(300, 120.0, 10, 1000) == {"left": "3:00"}  # the limit comes first
     assert _time_left(300, 1.0, 0, 50) == {"left": "4:59"}  # no iteration done yet: the limit
+
+
+def test_the_progress_bar_ends_on_the_iterations_done_when_the_time_limit_stops_training(tmp_path, capsys):
+    import time
+    from types import SimpleNamespace
+
+    from flowrl.trainer.loop import training_loop
+
+    train = SimpleNamespace(iterations=45, max_minutes=0.1 / 60, save_every=0)  # a 0.1 s limit
+    cfg = SimpleNamespace(train=train, output=SimpleNamespace(progress=True, images_every=0))
+    run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(is_main_process=True, num_processes=1), iteration=0,
+                          train_seconds=0.0)  # fmt: skip
+
+    def step(run) -> dict[str, float]:
+        time.sleep(0.06)  # the limit ends training after the second iteration on a quiet machine
+        run.iteration += 1
+        return {}
+
+    training_loop(run, str(tmp_path), None, step, lambda run, path: None, lambda metrics: {})
+    assert 1 <= run.iteration < 45
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    # it showed one iteration fewer than were done before (0/45 after a one-iteration run)
+    assert final.startswith("train:") and f" {run.iteration}/45 " in final, final
+
+
+def test_the_time_limit_line_says_what_the_limit_bounds():
+    from pathlib import Path
+
+    from flowrl.config import load_config
+    from flowrl.trainer.loop import time_limit_line
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    assert time_limit_line(load_config(str(configs / "demo.yaml"), [])) == (
+        "train.max_minutes=6 bounds training only (45 iterations or 6 minutes, whichever ends first); model "
+        "loading and the evaluations before and after come on top"
+    )
+    one = load_config(str(configs / "text_demo.yaml"), ["train.max_minutes=1", "eval.enabled=false"])
+    assert time_limit_line(one).endswith(
+        "(200 iterations or 1 minute, whichever ends first); model loading comes on top"
+    )
+    assert time_limit_line(load_config(str(configs / "text_demo.yaml"), ["train.max_minutes=0"])) is None
+
+
+def test_the_untrained_path_is_described_as_the_hardware_decides(monkeypatch):
+    from flowrl.models import untrained
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(untrained, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert untrained.copy_dtype("auto", cpu, lora=False) == torch.bfloat16
+    copy = untrained.UntrainedCopy(torch.nn.Linear(2, 2), torch.bfloat16)
+    assert untrained.describe_path("auto", copy, torch.float32, cpu) == (
+        "a bf16 copy of the transformer (model.untrained_copy=auto: fast bf16 matmul on cpu)"
+    )
+    monkeypatch.setattr(untrained, "_cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert untrained.copy_dtype("auto", cpu, lora=False) is None  # the demo (full fine-tuning) on such a CPU
+    assert untrained.describe_path("auto", None, torch.float32, cpu) == (
+        "the live module in fp32 (model.untrained_copy=auto: no fast bf16 matmul on cpu)"
+    )
+    assert (
+        untrained.describe_path("none", None, torch.float32, cpu)
+        == "the live module in fp32 (model.untrained_copy=none)"
+    )

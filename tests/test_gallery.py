@@ -202,3 +202,30 @@ def test_header_gives_means_and_the_paired_gain_with_se_over_prompts():
     # base: mean 0.4333, sd of (0.1, 0.4, 0.8) = 0.3512, SE 0.2028; trained: prompt means 0.2, 0.7, 0.9, SE 0.2082;
     # gain: mean 0.1667, sd of (0.1, 0.3, 0.1) = 0.1155, SE 0.0667
     assert lines == ["base: mean r 0.433 ± 0.203", "rl: mean r 0.600 ± 0.208", "gain rl − base: r 0.167 ± 0.067"]
+
+
+def test_contact_sheet_lays_many_rows_out_as_a_grid(tmp_path):
+    # 32 rows of two 128-pixel columns (the demo's gallery): a block is the 220-pixel prompt column and two images
+    # of 128 + 6 pixels, 488 wide; three blocks side by side (sqrt(32 rows x ~150 px / 488 px) = 3.1) and 11 rows of
+    # blocks, where one column of blocks made a sheet 494 x 4844
+    n = 32
+    colours = torch.stack([torch.linspace(0.02, 0.98, n), torch.linspace(0.98, 0.02, n), torch.full((n,), 0.3)], 1)
+    cols = [  # one flat colour per row, none grey like the sheet's lines and text
+        GalleryColumn(label, colours[:, :, None, None].expand(n, 3, 32, 32) * k, [{"reward": 0.5}] * n)
+        for k, label in ((1.0, "base"), (0.5, "trained"))
+    ]
+    paths = write_gallery(str(tmp_path), [f"prompt {i}" for i in range(n)], list(range(n)), cols, upscale=4)
+    with Image.open(paths["contact_sheet"]) as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert pixels.shape[1] == 3 * 488 + 6 and pixels.shape[0] < pixels.shape[1] * 1.5
+    tops = []
+    for i in range(n):  # row i's base image sits in block (i // 3, i % 3), 220 pixels into its block
+        x = (i % 3) * 488 + 220 + 64
+        base = (colours[i] * 255).round().to(torch.uint8).numpy()
+        ys = np.flatnonzero((pixels[:, x] == base).all(axis=1))
+        assert len(ys) == 128 and ys[-1] - ys[0] == 127, i  # the whole upscaled image, once
+        tops.append(int(ys[0]))
+        trained = (colours[i] * 0.5 * 255).round().to(torch.uint8).numpy()
+        assert (pixels[ys[0], x + 134] == trained).all()  # the trained image 128 + 6 pixels to the right
+    assert all(tops[i] == tops[i - i % 3] for i in range(n))  # blocks of one grid row are level
+    assert len(set(tops)) == 11 and tops == sorted(tops)

@@ -258,7 +258,11 @@ def test_trl_config_names_translate_and_are_checked(lm_dir, monkeypatch):
     for trl, message in [
         ("{loss_type: vespo}", "trl.loss_type='vespo' is not supported: not implemented in flowrl"),
         ("{use_vllm: true}", "trl.use_vllm=True is not supported: flowrl generates with transformers"),
-        ("{epsilon_hi: 0.3}", "trl.epsilon_hi is not a GRPOConfig field flowrl reads"),
+        ("{epsilon_hi: 0.3}", "trl.epsilon_hi is not a GRPOConfig field flowrl reads; did you mean trl.epsilon_high?"),
+        ("{num_generation: 4}", "trl.num_generation is not a GRPOConfig field flowrl reads; did you mean trl.num_"),
+        ("{use_vlm: true}", "did you mean trl.use_vllm?"),  # a field flowrl refuses is still the likely one meant
+        ("{zzz: 1}", "trl.zzz is not a GRPOConfig field flowrl reads; it reads: beta, cache_implementation, "),
+        ("{num_generation: 4}", "did you mean trl.num_generations?"),
         ("{scale_rewards: sometimes}", "trl.scale_rewards='sometimes' is not one of"),
         ("{reward_weights: [1.0]}", "one weight per reward function (2 in rewards)"),
         ("{generation_batch_size: 10, per_device_train_batch_size: 5}", "multiple of num_generations 8"),

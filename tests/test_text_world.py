@@ -38,11 +38,58 @@ def test_split_is_fixed_disjoint_and_complete():
     assert not set(train) & set(held_out)
     assert set(train) | set(held_out) == {(a, b) for a in range(100) for b in range(100)}
     assert split_pairs() == (train, held_out) and split_pairs(seed=1) != (train, held_out)
+    # pinned: the shipped toy LM was pretrained on exactly this train split (its pretrain_report.json says so too)
+    assert held_out[:4] == [(0, 13), (0, 22), (0, 25), (0, 32)] and sum(has_carry(a, b) for a, b in held_out) == 443
     rows = problems("held-out")
     assert rows == problems("held-out") and len(rows) == 1000
     assert all(r["answer"] == str(sum(parse_prompt(r["prompt"]))) for r in rows + problems("train"))
     with pytest.raises(ValueError, match="unknown toy-text split 'test'"):
         problems("test")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_split_keeps_both_orders_of_a_pair_on_one_side(seed):
+    train, held_out = split_pairs(seed=seed)
+    train_set, held_set = set(train), set(held_out)
+    assert all((b, a) in held_set for a, b in held_out)  # no a+b held out while b+a is trained on
+    assert all((b, a) in train_set for a, b in train)
+    assert len(held_out) == 1000 and len(train) == 9000
+    unordered = {frozenset(p) for p in held_out}
+    assert len(unordered) == sum(1 if a == b else 0.5 for a, b in held_out)  # each pair whole: 2 orders, or a = b
+    assert split_pairs(seed=seed) == (train, held_out)
+
+
+def test_split_on_small_cases_by_hand():
+    # numbers 0..1: the problems 0+0, 0+1, 1+0, 1+1; half held out is either both orders of {0, 1} or both doubles
+    seen = set()
+    for seed in range(20):
+        train, held_out = split_pairs(0.5, seed, numbers=2)
+        assert held_out in ([(0, 1), (1, 0)], [(0, 0), (1, 1)]) and len(train) == 2
+        seen.add(tuple(held_out))
+    assert len(seen) == 2  # the seed picks between them
+    # numbers 0..2, a third held out (3 of 9 problems): a pair in both orders and a double, or three doubles (a
+    # pair that would make 4 is passed over); never a lone order
+    for seed in range(20):
+        train, held_out = split_pairs(1 / 3, seed, numbers=3)
+        doubles = [p for p in held_out if p[0] == p[1]]
+        assert len(held_out) == 3 and len(train) == 6
+        assert len(doubles) == 1 or len(doubles) == 3
+        assert all((b, a) in held_out for a, b in held_out)
+    train, held_out = split_pairs(1 / 3, 0, numbers=3)
+    assert held_out == [(0, 0), (1, 2), (2, 1)] and train == [(0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 2)]
+    assert split_pairs(0.0, 0, numbers=3)[1] == [] and split_pairs(1.0, 0, numbers=3)[0] == []
+    # one problem held out of 4: only a double fits, so the walk passes over {0, 1}
+    assert [a == b for a, b in split_pairs(0.25, 0, numbers=2)[1]] == [True]
+
+
+def test_the_shipped_toy_lm_was_pretrained_on_this_split():
+    import hashlib
+
+    report = json.loads((SCRIPT.parents[1] / "assets" / "toy-lm" / "pretrain_report.json").read_text())
+    digest = hashlib.sha256("\n".join(r["prompt"] for r in problems("held-out")).encode()).hexdigest()
+    # a change of the split must come with a base pretrained again (on the new train split only)
+    assert report["split"] == {"unit": "unordered pair", "train": 9000, "held_out": 1000, "held_out_sha256": digest}
+    assert _script().split_record(problems("train"), problems("held-out")) == report["split"]
 
 
 def test_prompt_format_and_carry():

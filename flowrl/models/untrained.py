@@ -63,6 +63,20 @@ def copy_dtype(setting: str, device: torch.device, lora: bool) -> torch.dtype | 
     return torch.bfloat16 if setting == "bf16" else torch.float32
 
 
+_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def describe_path(setting: str, copy: UntrainedCopy | None, live_dtype: torch.dtype, device: torch.device) -> str:
+    """Which weights the untrained passes (evaluation, ODE steps) ran on, and why: the run prints it, since under
+    ``auto`` it depends on the hardware (a CPU with or without ``avx512_bf16`` / ``amx_bf16``)."""
+    why = f"model.untrained_copy={setting}"
+    if setting == "auto":
+        why += f": {'fast' if fast_bf16(device) else 'no fast'} bf16 matmul on {device.type}"
+    if copy is None:
+        return f"the live module in {_NAMES.get(live_dtype, str(live_dtype))} ({why})"
+    return f"a {_NAMES.get(copy.dtype, str(copy.dtype))} copy of the transformer ({why})"
+
+
 class UntrainedCopy:
     """A frozen copy of the transformer in ``dtype`` with its LoRA adapter merged. Make it before the live module is
     wrapped for distributed training (the copy must be a plain module)."""
@@ -130,4 +144,12 @@ def compile_policy(policy: Any, sharded: bool) -> None:
         policy.untrained.module.compile()
 
 
-__all__ = ["PRECISIONS", "UntrainedCopy", "compile_policy", "copy_dtype", "fast_bf16", "untrained_copy"]
+__all__ = [
+    "PRECISIONS",
+    "UntrainedCopy",
+    "compile_policy",
+    "copy_dtype",
+    "describe_path",
+    "fast_bf16",
+    "untrained_copy",
+]

@@ -131,6 +131,17 @@ def process_state() -> Any:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def time_limit_line(cfg: Config | TextConfig) -> str | None:
+    """The start-up line of a run with ``train.max_minutes``: what the limit bounds (training) and what it does not
+    (the evaluations), so that a one-minute run that takes five is not a surprise. None without a limit."""
+    minutes = cfg.train.max_minutes
+    if not minutes:
+        return None
+    extra = "model loading and the evaluations before and after come" if cfg.eval.enabled else "model loading comes"
+    return (f"train.max_minutes={minutes:g} bounds training only ({cfg.train.iterations} iterations or "
+            f"{minutes:g} minute{'s' * (minutes != 1)}, whichever ends first); {extra} on top")  # fmt: skip
+
+
 def base_evaluation(
     run: RunState, run_dir: str, evaluate_now: Callable[[], Any], resumed: str | None, kept: str | None
 ) -> Any:
@@ -163,20 +174,21 @@ def training_loop(run: RunState, run_dir: str, writer: Any, recipe: Recipe) -> f
     from tqdm.auto import tqdm
 
     cfg, main = run.cfg, run.accelerator.is_main_process
-    bar = tqdm(range(run.iteration, cfg.train.iterations), desc="train", disable=not (cfg.output.progress and main),
-               dynamic_ncols=True, initial=run.iteration, total=cfg.train.iterations)  # fmt: skip
+    # counted by hand after each iteration: a bar that wraps the range counts an iteration only when the next one
+    # starts, so a run stopped by its time limit (or a SIGTERM) ended on a stale count
+    bar = tqdm(desc="train", disable=not (cfg.output.progress and main), dynamic_ncols=True, initial=run.iteration,
+               total=cfg.train.iterations)  # fmt: skip
     start, limit, first = time.time(), 60 * cfg.train.max_minutes, run.iteration
     with _sigterm_flag() as terminated:
         try:
-            for _ in bar:
-                if run.iteration >= cfg.train.iterations:  # a resumed run starts further on
-                    break
+            while run.iteration < cfg.train.iterations:  # a resumed run starts further on
                 began = time.time()
                 metrics = recipe.train_step(run)
                 run.train_seconds += time.time() - began
                 if run.monitor is not None and main:  # the reward-hacking signals, under the recipe-common names
                     for line in run.monitor.update(metrics, run.iteration - 1):
                         log.warning("iteration %d: %s", run.iteration - 1, line)
+                bar.update(run.iteration - bar.n)
                 if writer is not None:
                     writer.log(recipe.logged(run, metrics), run.iteration)
                 if cfg.output.images_every and run.iteration % cfg.output.images_every == 0:
@@ -264,6 +276,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     if "eval_strict_gain" in summary:
         lines.append(f"strict: {summary['eval_strict_before']:.4f} → {summary['eval_strict_after']:.4f}, gain "
                      f"{summary['eval_strict_gain']:+.4f} ± {summary['eval_strict_gain_se']:.4f}")  # fmt: skip
+    if "untrained_passes" in summary:  # flow runs: under model.untrained_copy=auto it depends on the hardware
+        lines.append(f"evaluation and ODE-only steps ran on {summary['untrained_passes']}")
     during = summary.get("training_warnings", [])
     lines += [f"warning (training, iteration {w['iteration']}): {w['warning']}" for w in during]
     return lines + [f"warning: {w}" for w in summary.get("monitor_warnings", [])]
@@ -323,5 +337,6 @@ __all__ = [
     "require_finite",
     "shared_run_dir",
     "summary_lines",
+    "time_limit_line",
     "training_loop",
 ]

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from flowrl.trainer.loop import (
     process_state,
     require_finite,
     shared_run_dir,
+    time_limit_line,
     training_loop,
 )
 from flowrl.trainer.record import CONFIG_FILE, changes_evaluation, dump, record_resume, resume_changes, write_config
@@ -169,6 +171,8 @@ def train_end_to_end(recipe: Recipe, cfg: Config | TextConfig, name: str) -> Fin
         resume_from = resume_point(cfg, run_dir)
         changes = resume_changes(cfg, resume_from) if resume_from else {}  # refused before anything is written
         write_config(cfg, run_dir, state.is_main_process)
+        if state.is_main_process and (line := time_limit_line(cfg)):
+            print(line, file=sys.stderr, flush=True)
         run = recipe.setup(cfg)
         if resume_from:
             recipe.restore(run, resume_from)

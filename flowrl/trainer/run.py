@@ -106,6 +106,7 @@ def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
         "eval_noise": "independent per (prompt, seed index)",
         "se_unit": "prompt",
         "checkpoint": os.path.join(run_dir, "checkpoints", "final"),
+        "untrained_passes": _untrained_passes(run),
     }
     if run.monitor is not None:
         summary["training_warnings"] = run.monitor.history  # since the run (or its last resume) started
@@ -119,6 +120,15 @@ def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
             writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
             _log_evaluations(run, writer, prompts, seeds, before, after)
     finish_summary(run_dir, summary, cfg, writer, done.start)
+
+
+def _untrained_passes(run: Run) -> str:
+    """What the evaluation and the ODE-only steps ran on (``flowrl.models.untrained.describe_path``)."""
+    from flowrl.models.untrained import describe_path
+
+    policy = run.policy
+    live = next(policy.transformer.parameters()).dtype
+    return describe_path(run.cfg.model.untrained_copy, policy.untrained, live, policy.device)
 
 
 def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: torch.Tensor) -> dict[str, Any]:
