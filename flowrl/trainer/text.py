@@ -25,7 +25,7 @@ from torch import Tensor
 
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.errors import ConfigError, DataError, LaunchError
-from flowrl.losses import LossInputs, compute_loss, normalizes_by
+from flowrl.losses import LossInputs, NormalizesBy, compute_loss, normalizes_by
 from flowrl.models.causal_lm import (
     Completions,
     quiet_peft,
@@ -445,8 +445,11 @@ def _step(
             policy_weights=high_entropy_mask(entropy, m, cfg.loss.top_entropy_quantile, acc),
         )
         out = compute_loss(cfg.loss.name, inputs, cfg.loss)
-        share = {"sequences": len(mb) / len(rows), "tokens": float(m.sum()) / max(step_tokens, 1.0)}
-        weight = share.get(kind, 1.0)  # "global-tokens": token_count already spans the whole step
+        share = {
+            NormalizesBy.SEQUENCES: len(mb) / len(rows),
+            NormalizesBy.TOKENS: float(m.sum()) / max(step_tokens, 1.0),
+        }
+        weight = share.get(kind, 1.0)  # GLOBAL_TOKENS: token_count already spans the whole step
         run.parallel.backward(out.loss * weight, last=k == len(pieces) - 1)
         metrics = {
             **out.metrics,
