@@ -31,6 +31,7 @@ from typing import Any
 
 from flowrl.atomic import write_json
 from flowrl.errors import ConfigError
+from flowrl.method_options import upgrade
 from flowrl.options import load, option
 
 
@@ -244,7 +245,10 @@ def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dic
     if os.path.isfile(result_path):
         with open(result_path, encoding="utf-8") as f:
             done = json.load(f)
-        if not _same_settings(done.get("settings"), settings, _settings(preset, spec, base_only=True)):
+        recorded = done.get("settings")
+        if isinstance(recorded, dict):  # a run recorded before method options were nested under their method
+            recorded = {**recorded, "config": upgrade(type(method_config(preset, spec)), recorded.get("config"))}
+        if not _same_settings(recorded, settings, _settings(preset, spec, base_only=True)):
             raise ConfigError(
                 f"{result_path} holds a finished run with other settings than this preset's; use another --out"
             )

@@ -1,7 +1,7 @@
 """The flow trainer's configuration: typed sections with help text, YAML presets, dotted overrides.
 
 ``load_config(path, overrides)`` reads a YAML preset, applies ``key=value`` overrides (values are
-parsed as YAML: ``train.lr=1e-4``, ``sampler.split_steps=[1,3]``), and validates every key, type,
+parsed as YAML: ``train.lr=1e-4``, ``sampler.branchgrpo.split_steps=[1,3]``), and validates every key, type,
 range and combination before anything heavy is imported, raising ``ConfigError`` with the key.
 """
 
@@ -21,13 +21,13 @@ import yaml
 
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.errors import ConfigError
-from flowrl.losses import LOSSES, LossConfig, trains_on
-from flowrl.losses.renoise import scheme_of
+from flowrl.losses import LOSSES, LossConfig, TrainsOn, trains_on
+from flowrl.method_options import NESTED, Backend, MethodSection, refuse_unread_options, section_option
 from flowrl.models import check_model_options
 from flowrl.models.family import FAMILIES
 from flowrl.options import load, option, set_dotted, to_dict
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
-from flowrl.samplers.modes import ROLLOUT_MODES, switch_mode
+from flowrl.samplers.modes import ROLLOUT_MODES, Branching, ModeFacts, switch_mode
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
 
@@ -83,19 +83,30 @@ class ModelConfig:
     )
 
 
+def _stochastic(facts: ModeFacts) -> bool:
+    return facts.stochastic
+
+
 @dataclass
-class SamplerConfig:
+class SamplerConfig(MethodSection):
+    REGISTRY, SELECTOR, BACKEND = ROLLOUT_MODES, "mode", Backend.FLOW
+
     mode: str = option("flow-grpo", "rollout layout (see the README's sampler modes)", choices=ROLLOUT_MODES.names)
     num_steps: int = option(10, "denoising steps of the sampling schedule", low=1)
-    kind: str = option("flow_sde", "stochastic step kind", choices=lambda: STEP_KINDS.names(lambda f: f.stochastic))
-    noise_level: float = option(0.7, "a (flow_sde, cps) or eta (dance_sde)", low=0.0)
-    window: str = option(
+    kind: str = section_option(option(
+        "flow_sde", "stochastic step kind", choices=lambda: STEP_KINDS.names(lambda f: f.stochastic)
+    ), read_by=_stochastic)  # fmt: skip
+    noise_level: float = section_option(option(0.7, "a (flow_sde, cps) or eta (dance_sde)", low=0.0),
+                                        read_by=_stochastic)  # fmt: skip
+    window: str = section_option(option(
         "", "window schedule of stochastic steps; empty = the mode's default", choices=lambda: ("", *WINDOW_SCHEDULES)
-    )
-    window_size: int = option(0, "steps in the window; 0 = the mode's default (0 there = every step)", low=0)
-    window_options: dict[str, Any] = option({}, "extra window options (stride, shift_interval, decay, min_start, ...)")
-    split_steps: list[int] = option([], "tree modes: steps at which each state branches", low=0)
-    branch_factor: int = option(2, "tree modes: children per split", low=2)
+    ), read_by=_stochastic)  # fmt: skip
+    window_size: int = section_option(option(
+        0, "steps in the window; 0 = the mode's default (0 there = every step)", low=0
+    ), read_by=_stochastic)  # fmt: skip
+    window_options: dict[str, Any] = section_option(option(
+        {}, "extra window options (stride, shift_interval, decay, min_start, ...)"
+    ), read_by=_stochastic)  # fmt: skip
     tail_solver: str = option("euler", "ODE solver after the last stochastic step", choices=ODE_SOLVERS.names)
     tail_steps: int = option(0, "steps of the tail solver (0 = as scheduled)", low=0)
     tail_grid: str = option(
@@ -114,18 +125,25 @@ class SamplerConfig:
         "own schedule (DanceGRPO/MixGRPO/Pref-GRPO FLUX: 3)",
         low=0.0,
     )
+    options: Any = dataclasses.field(default=None, metadata=NESTED)
 
 
 @dataclass
-class AdvantageSection(AdvantageConfig):
+class AdvantageSection(AdvantageConfig, MethodSection):
+    REGISTRY, BACKEND = ADVANTAGES, Backend.FLOW
+
     name: str = option("grpo", "advantage estimator (registry name)", choices=ADVANTAGES.names)
+    options: Any = dataclasses.field(default=None, metadata=NESTED)
 
 
 @dataclass
-class LossSection(LossConfig):
+class LossSection(LossConfig, MethodSection):
+    REGISTRY, BACKEND = LOSSES, Backend.FLOW
+
     name: str = option(
-        "ppo-clip", "policy loss (registry name)", choices=lambda: LOSSES.names(lambda f: "flow" in f.trainers)
+        "ppo-clip", "policy loss (registry name)", choices=lambda: LOSSES.names(lambda f: Backend.FLOW in f.trainers)
     )
+    options: Any = dataclasses.field(default=None, metadata=NESTED)
 
 
 @dataclass
@@ -304,12 +322,12 @@ def _window_options(kind: str) -> list[str]:
     return [p for p in params if p not in ("self", "num_steps", "size")] or ["none"]
 
 
-def flow_inputs(cfg: Config, branching: str) -> set[str]:
+def flow_inputs(cfg: Config, branching: Branching) -> set[str]:
     """The optional advantage inputs the flow trainer feeds under ``cfg``."""
     from flowrl.rewards import gives_preferences
 
     feeds = {"prompt_keys"}
-    if branching != "none":
+    if branching is not Branching.NONE:
         feeds.add("tree")
     if cfg.sampler.extra_tail_steps:
         feeds.add("granular_rewards")
@@ -324,7 +342,7 @@ def flow_input_hints() -> dict[str, str]:
     """How a flow run gets each input it can feed, for refusal messages."""
     from flowrl.rewards import REWARDS
 
-    branching = ROLLOUT_MODES.names(lambda f: f.branching != "none")
+    branching = ROLLOUT_MODES.names(lambda f: f.branching is not Branching.NONE)
     judges = REWARDS.names(lambda f: f.preferences_when is not None)
     return {
         "tree": f"use a branching sampler.mode ({', '.join(branching)})",
@@ -348,7 +366,7 @@ def check_strata(cfg: Config) -> None:
         )
 
 
-def check_method(cfg: Config, branching: str) -> None:
+def check_method(cfg: Config, branching: Branching) -> None:
     """The estimator gets every input it needs from the flow trainer (the loss's trainers are its choices)."""
     why = refusal(cfg.advantage.name, cfg.train.group_size, flow_inputs(cfg, branching), flow_input_hints())
     if why:
@@ -356,17 +374,36 @@ def check_method(cfg: Config, branching: str) -> None:
 
 
 def check_renoise(cfg: Config) -> None:
-    """The re-noising scheme of a sample loss reads train.timestep_fraction only where it uses it."""
-    scheme, top = scheme_of(cfg.loss.name, cfg.loss.renoise), int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
+    """The re-noising scheme of a sample loss (its options' ``renoise``) reads train.timestep_fraction only where it
+    uses it."""
+    name = cfg.loss.name
+    scheme, top = cfg.loss.options.renoise, int(cfg.sampler.num_steps * cfg.train.timestep_fraction)
     if cfg.train.timestep_fraction < 1 and scheme in ("uniform", "logit-normal"):
         raise ConfigError(
-            f"train.timestep_fraction < 1 picks trained steps; loss.name={cfg.loss.name} with loss.renoise={scheme} "
+            f"train.timestep_fraction < 1 picks trained steps; loss.name={name} with loss.{name}.renoise={scheme} "
             "has none (the subset and stratified schemes use it)"
         )
     if scheme == "stratified" and top < 2:
         raise ConfigError(
-            f"loss.renoise=stratified draws from schedule indices 1..int(sampler.num_steps * train.timestep_fraction)"
-            f" = 1..{top}: needs at least 2"
+            f"loss.{name}.renoise=stratified draws from schedule indices 1..int(sampler.num_steps * "
+            f"train.timestep_fraction) = 1..{top}: needs at least 2"
+        )
+
+
+def check_tree(s: SamplerConfig, group_size: int) -> None:
+    """A tree mode's split steps: distinct, inside the schedule, and as many leaves per prompt as the group."""
+    key, splits, factor = f"sampler.{s.mode}", s.options.split_steps, s.options.branch_factor
+    if not splits:
+        raise ConfigError(f"sampler.mode={s.mode} needs {key}.split_steps (steps at which to branch)")
+    if len(set(splits)) != len(splits):
+        raise ConfigError(f"{key}.split_steps {splits} lists a step twice")
+    if any(k >= s.num_steps for k in splits):
+        raise ConfigError(f"{key}.split_steps {splits} must all be < sampler.num_steps={s.num_steps}")
+    leaves = factor ** len(splits)
+    if leaves != group_size:
+        raise ConfigError(
+            f"{key}.branch_factor={factor} ** len({key}.split_steps)={len(splits)} = {leaves} leaves per prompt, but "
+            f"train.group_size={group_size}; make them equal"
         )
 
 
@@ -386,23 +423,10 @@ def check_combinations(cfg: Config) -> None:
     kind, size = window_of(s)
     if size > s.num_steps:
         raise ConfigError(f"sampler.window_size={size} is longer than sampler.num_steps={s.num_steps}")
-    if len(set(s.split_steps)) != len(s.split_steps):
-        raise ConfigError(f"sampler.split_steps {s.split_steps} lists a step twice")
-    if any(k >= s.num_steps for k in s.split_steps):
-        raise ConfigError(f"sampler.split_steps {s.split_steps} must all be < sampler.num_steps={s.num_steps}")
     branching = ROLLOUT_MODES.facts(s.mode).branching
-    if branching == "tree":
-        if not s.split_steps:
-            raise ConfigError(f"sampler.mode={s.mode} needs sampler.split_steps (steps at which to branch)")
-        leaves = s.branch_factor ** len(s.split_steps)
-        if leaves != t.group_size:
-            raise ConfigError(
-                f"sampler.branch_factor={s.branch_factor} ** len(sampler.split_steps)={len(s.split_steps)} "
-                f"= {leaves} leaves per prompt, but train.group_size={t.group_size}; make them equal"
-            )
-    elif s.split_steps:
-        raise ConfigError(f"sampler.split_steps is only used by the tree modes, not sampler.mode={s.mode}")
-    if branching == "singular" and size != 1:
+    if branching is Branching.TREE:
+        check_tree(s, t.group_size)
+    if branching is Branching.SINGULAR and size != 1:
         raise ConfigError(f"sampler.mode=singular branches at one step; sampler.window_size must be 1, got {size}")
     check_window(s, kind, size)
     if s.tail_grid == "mixgrpo" and (s.shift <= 0 or not s.tail_steps):
@@ -414,17 +438,12 @@ def check_combinations(cfg: Config) -> None:
     check_strata(cfg)
     if cfg.train.timestep_fraction <= 0:
         raise ConfigError("train.timestep_fraction must be > 0 (1 trains every step)")
-    if cfg.loss.renoise != "auto" and trains_on(cfg.loss.name) == "transitions":
-        raise ConfigError(f"loss.renoise re-noises final samples; loss.name={cfg.loss.name} trains on transitions")
-    if cfg.loss.importance_sampling_level != "token" or cfg.loss.top_entropy_quantile < 1:
-        raise ConfigError("loss.importance_sampling_level and loss.top_entropy_quantile are options of the text "
-                          "trainer's token losses; a flow run leaves them at token and 1")  # fmt: skip
-    if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) == "transitions":
+    if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
         raise ConfigError(
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
             "trains on final samples: awm, nft)"
         )
-    if trains_on(cfg.loss.name) == "samples":
+    if trains_on(cfg.loss.name) is TrainsOn.SAMPLES:
         check_renoise(cfg)
         if ADVANTAGES.facts(cfg.advantage.name).per_transition:
             raise ConfigError(
@@ -592,6 +611,7 @@ def read_config_data(path: str | None = None, overrides: list[str] = ()) -> dict
 def load_flow_config(data: dict[str, Any]) -> Config:
     """Build and check the image recipe's ``Config`` from a preset's mapping (overrides applied, no ``backend``)."""
     cfg = load(Config, data)
+    refuse_unread_options(cfg)
     check_combinations(cfg)
     return cfg
 

@@ -123,6 +123,8 @@ def load(cls: type[T], data: Any, prefix: str = "") -> T:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    if hasattr(cls, "read_nested"):  # a method's own options, nested under its name (flowrl.method_options)
+        data = cls.read_nested(data, prefix)
     known = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key in data:
@@ -141,7 +143,8 @@ def load(cls: type[T], data: Any, prefix: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """A dataclass tree as plain dicts and lists (what ``load`` reads back)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        data = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return obj.write_nested(data) if hasattr(obj, "write_nested") else data
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -169,6 +172,9 @@ def describe(cls: type, prefix: str = "") -> Iterator[tuple[str, str, Any, str]]
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        if f.metadata.get("nested"):  # the chosen method's options, listed under each method's name
+            yield from cls.describe_nested(prefix)
+            continue
         if dataclasses.is_dataclass(tp):
             yield from describe(tp, prefix + f.name + ".")
             continue

@@ -2,13 +2,19 @@
 
 A registry may carry *facts*: a frozen dataclass of what each entry needs or declares (what a loss trains on, which
 inputs an estimator needs, a sampler mode's default window), given where the entry is registered
-(``@LOSSES.register("awm", trains_on="samples")``) and read with ``registry.facts(name)``. Validation and the
+(``@LOSSES.register("awm", trains_on=TrainsOn.SAMPLES)``) and read with ``registry.facts(name)``. Validation and the
 recipes ask the facts, never the name.
+
+An entry may also declare its own *options*, a dataclass of typed ``option`` fields
+(``@LOSSES.register("awm", options=AwmOptions)``): the config nests them under the entry's name
+(``loss.awm.weighting``, ``flowrl.method_options``) and hands the loaded instance to the entry;
+``registry.options(name)`` returns the class.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +22,17 @@ from flowrl.errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
 T = TypeVar("T")
+
+
+class Fact(str, enum.Enum):
+    """A fact's value from a closed set (``TrainsOn.SAMPLES``, ``Branching.TREE``): compared by identity, never as a
+    string by hand; it still reads and prints as its value (``"samples"``), as config messages and keys need."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +43,10 @@ class NoFacts:
 class Registry(Generic[F, T]):
     """A named table of functions of one signature, each with its facts (a ``facts`` dataclass instance).
 
-    ``@registry.register("name", **facts)`` adds a function (an unknown fact is a ``TypeError`` at import);
-    ``registry.get("name")`` returns it and names the valid choices when the name is unknown; ``registry.facts``
-    returns its facts; registering a name twice raises.
+    ``@registry.register("name", options=None, **facts)`` adds a function (an unknown fact, or options that are not
+    a dataclass, is a ``TypeError`` at import); ``registry.get("name")`` returns it and names the valid choices when
+    the name is unknown; ``registry.facts`` returns its facts, ``registry.options`` its options class (None: it
+    declares none); registering a name twice raises.
     """
 
     def __init__(self, what: str, facts: type[T] = NoFacts) -> None:
@@ -36,15 +54,19 @@ class Registry(Generic[F, T]):
         self.facts_type = facts
         self._table: dict[str, F] = {}
         self._facts: dict[str, T] = {}
+        self._options: dict[str, type | None] = {}
 
-    def register(self, name: str, **facts: Any) -> Callable[[F], F]:
+    def register(self, name: str, options: type | None = None, **facts: Any) -> Callable[[F], F]:
         declared = self.facts_type(**facts)
+        if options is not None and not (isinstance(options, type) and dataclasses.is_dataclass(options)):
+            raise TypeError(f"{self.what} {name!r}: options must be a dataclass, got {options!r}")
 
         def add(fn: F) -> F:
             if name in self._table:
                 raise ValueError(f"{self.what} {name!r} is already registered")
             self._table[name] = fn
             self._facts[name] = declared
+            self._options[name] = options
             return fn
 
         return add
@@ -58,6 +80,11 @@ class Registry(Generic[F, T]):
         """What ``name`` declared at registration (``ValueError`` naming the valid choices if unknown)."""
         self.get(name)
         return self._facts[name]
+
+    def options(self, name: str) -> type | None:
+        """The options dataclass ``name`` declared at registration, or None (``ConfigError`` if unknown)."""
+        self.get(name)
+        return self._options[name]
 
     def names(self, where: Callable[[T], bool] | None = None) -> list[str]:
         """The registered names, sorted; with ``where``, only those whose facts satisfy it."""

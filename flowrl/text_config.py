@@ -17,6 +17,7 @@ from typing import Any
 from flowrl.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.errors import ConfigError
 from flowrl.losses import LOSSES, LossConfig
+from flowrl.method_options import NESTED, Backend, MethodSection, refuse_unread_options
 from flowrl.options import load, option, rename_keys
 from flowrl.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 
@@ -133,22 +134,28 @@ class TextEvalConfig:
 
 
 @dataclass
-class TextAdvantageSection(AdvantageConfig):
+class TextAdvantageSection(AdvantageConfig, MethodSection):
+    REGISTRY, BACKEND = ADVANTAGES, Backend.TEXT
+
     name: str = option("grpo", "advantage estimator (registry name)", choices=ADVANTAGES.names)
     std_unbiased: bool = option(True, "the std with Bessel's correction (TRL's nanstd) instead of the population std")
     clip_max: float | None = option(None, "clamp advantages to ±clip_max; None (TRL) disables", low=0.0)
+    options: Any = dataclasses.field(default=None, metadata=NESTED)
 
 
 @dataclass
-class TextLossSection(LossConfig):
+class TextLossSection(LossConfig, MethodSection):
+    REGISTRY, BACKEND = LOSSES, Backend.TEXT
+
     name: str = option(
         "dapo",
         "policy loss (registry name; TRL's default, dapo: token sum over the whole batch's tokens)",
-        choices=lambda: LOSSES.names(lambda f: "text" in f.trainers),
+        choices=lambda: LOSSES.names(lambda f: Backend.TEXT in f.trainers),
     )
     kl_importance: bool = option(
         True, "weight the k3 KL by the ratio π/π_old (the tokens came from π_old; TRL use_bias_correction_kl)"
     )
+    options: Any = dataclasses.field(default=None, metadata=NESTED)
 
 
 @dataclass
@@ -190,6 +197,7 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
 
     data = rename_keys(copy.deepcopy(data), RENAMED)
     cfg = load(TextConfig, apply_trl_section(data))  # TRL's GRPOConfig names, translated
+    refuse_unread_options(cfg)  # before defaults are filled in below
     if cfg.model.finetune == "full" and cfg.model.weights_dtype != "fp32":
         raise ConfigError("model.finetune=full trains the weights themselves: model.weights_dtype must be fp32")
     if not cfg.rewards or any(not r.name for r in cfg.rewards):
@@ -209,7 +217,6 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
         raise ConfigError(f"data.train's prompts are {kinds[train]} but data.eval's are {kinds[evaluation]}: give "
                           "an evaluation set of the same format (e.g. another split of the same dataset)")  # fmt: skip
     _check_model(cfg, train)
-    _check_loss_options(cfg)
     check_trackers(cfg.output.trackers)
     _check_engine(cfg)
     if cfg.loss.max_length is None:  # dr-grpo divides by completions × the length limit (TRL max_completion_length)
@@ -262,15 +269,6 @@ def check_data_source(key: str, source: str, split: str) -> bool:
                           "file (a list of objects) or a dataset folder")  # fmt: skip
     rows = text_data.load_rows(source, split)  # DataError naming the file (and line) or folder
     return text_data.is_conversational(rows[0]["prompt"])
-
-
-def _check_loss_options(cfg: TextConfig) -> None:
-    """No option the chosen loss does not read (its registered ``ignores``) is set."""
-    defaults = TextLossSection()
-    for key in LOSSES.facts(cfg.loss.name).ignores:
-        if getattr(cfg.loss, key) != getattr(defaults, key):
-            raise ConfigError(f"loss.{key} is not read by loss.name={cfg.loss.name}; leave it at its default "
-                              f"({getattr(defaults, key)!r})")  # fmt: skip
 
 
 def _check_engine(cfg: TextConfig) -> None:

@@ -3,8 +3,9 @@
 Every mode is a registered pure function with ONE signature, ``plan(cfg, window, group_size)
 -> RolloutPlan``, and every plan is executed by the same call to ``flowrl.samplers.tree_rollout``
 (chains and singular branches are trees with no split or one split), so the trainer never looks
-at the mode's name. ``window`` is the iteration's window schedule (``cfg.window``), already
-advanced by the trainer.
+at the mode's name. ``cfg`` is the sampler section; a mode that declares its own options at registration reads
+them as ``cfg.options`` (the tree modes' ``TreeModeOptions``: ``sampler.branchgrpo.split_steps`` in a config).
+``window`` is the iteration's window schedule (``cfg.window``), already advanced by the trainer.
 
 | mode | rollout | stochastic (trained) steps |
 |---|---|---|
@@ -12,7 +13,7 @@ advanced by the trainer.
 | flow-grpo-fast | G chains | the window (``window: random`` by default in presets) |
 | mixgrpo | G chains | the window; ODE elsewhere |
 | mixgrpo-flash | G chains | the window; DPM-Solver++(2M) tail on ``tail_steps`` steps |
-| branchgrpo | one tree per prompt, ``branch_factor`` children at ``split_steps`` | all steps |
+| branchgrpo | one tree per prompt, ``branch_factor`` children at ``split_steps`` (its options) | all steps |
 | branchgrpo-mix | one tree per prompt | split steps and the window; ODE elsewhere |
 | singular | ODE to the window's first step, G children there, ODE after | that one step |
 | ode | G deterministic chains (``tail_solver`` on ``tail_steps`` steps) | none: for sample losses (NFT, AWM) |
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import yaml
 from torch import Tensor
 
-from flowrl.registry import Registry
+from flowrl.options import option
+from flowrl.registry import Fact, Registry
 
 from .schedules import respaced_tail, subsample_sigmas
 from .windows import WindowSchedule
@@ -53,19 +55,44 @@ def tail_grid(cfg) -> Callable[[Tensor, int], Tensor]:
     return respaced_tail(cfg.shift) if cfg.tail_grid == "mixgrpo" else subsample_sigmas
 
 
+class Branching(Fact):
+    """How a mode's rollout branches."""
+
+    NONE = "none"  # independent chains
+    TREE = "tree"  # one tree per prompt from its split steps; its leaves per prompt are the group size
+    SINGULAR = "singular"  # one stochastic step, the window's, with G children
+
+
 @dataclass(frozen=True)
 class ModeFacts:
-    """What a sampler mode declares at registration.
+    """What a sampler mode declares at registration (its own options are the registration's ``options``).
 
     window: the window used when the config leaves ``sampler.window`` empty: (schedule, size; 0 = every step).
-    branching: ``"none"`` (independent chains), ``"tree"`` (one tree per prompt from ``sampler.split_steps``; its
-    leaves per prompt are the group size) or ``"singular"`` (one stochastic step, the window's, with G children).
-    stochastic: the rollout records transitions (False: final samples only, for losses that train on samples).
+    branching: ``Branching``. stochastic: the rollout records transitions (False: final samples only, for losses that
+    train on samples). ignores: options of the sampler section the mode does not read (a config that sets one is
+    refused).
     """
 
     window: tuple[str, int]
-    branching: str = "none"
+    branching: Branching = Branching.NONE
     stochastic: bool = True
+    ignores: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.branching, Branching):
+            raise TypeError(f"branching must be a Branching, got {self.branching!r}")
+
+
+@dataclass
+class TreeModeOptions:
+    """The tree modes' own options (BranchGRPO)."""
+
+    FLAT: ClassVar[dict[str, str]] = {"split_steps": "split_steps", "branch_factor": "branch_factor"}
+
+    split_steps: list[int] = option(
+        [], "steps at which each state branches (branch_factor ** len = group size)", low=0
+    )
+    branch_factor: int = option(2, "children per split", low=2)
 
 
 ModePlanner = Callable[[Any, WindowSchedule, int], RolloutPlan]  # (sampler config, window, group size) -> plan
@@ -83,27 +110,31 @@ def _chain(cfg, window: WindowSchedule, group_size: int, tail_solver: str = "eul
     )
 
 
-@ROLLOUT_MODES.register("flow-grpo", window=("fixed", 0))
-@ROLLOUT_MODES.register("flow-grpo-fast", window=("random", 2))
-@ROLLOUT_MODES.register("mixgrpo", window=("progressive", 4))
+CHAIN = ("tail_solver",)  # chains end with Euler (mixgrpo-flash: DPM-Solver++ 2M) whatever sampler.tail_solver says
+
+
+@ROLLOUT_MODES.register("flow-grpo", window=("fixed", 0), ignores=CHAIN)
+@ROLLOUT_MODES.register("flow-grpo-fast", window=("random", 2), ignores=CHAIN)
+@ROLLOUT_MODES.register("mixgrpo", window=("progressive", 4), ignores=CHAIN)
 def chains(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """G independent chains per prompt, SDE inside the window and ODE elsewhere. Flow-GRPO, Flow-GRPO-Fast
     and MixGRPO differ only in their window (whole schedule, short random, progressive)."""
     return _chain(cfg, window, group_size)
 
 
-@ROLLOUT_MODES.register("mixgrpo-flash", window=("progressive", 4))
+@ROLLOUT_MODES.register("mixgrpo-flash", window=("progressive", 4), ignores=CHAIN)
 def mixgrpo_flash(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """MixGRPO-Flash: as MixGRPO, with a second-order ODE solver (DPM-Solver++ 2M) after the window."""
     return _chain(cfg, window, group_size, tail_solver="dpm2m")
 
 
 def _tree(cfg, group_size: int, sde_mask: Tensor) -> RolloutPlan:
+    options: TreeModeOptions = cfg.options
     return RolloutPlan(
         roots_per_prompt=1,
         sde_mask=sde_mask,
-        split_steps=tuple(cfg.split_steps),
-        branch_factor=cfg.branch_factor,
+        split_steps=tuple(options.split_steps),
+        branch_factor=options.branch_factor,
         tail_solver=cfg.tail_solver,
         tail_steps=cfg.tail_steps or None,
         extra_tail_steps=tuple(cfg.extra_tail_steps),
@@ -111,20 +142,20 @@ def _tree(cfg, group_size: int, sde_mask: Tensor) -> RolloutPlan:
     )
 
 
-@ROLLOUT_MODES.register("branchgrpo", window=("fixed", 0), branching="tree")
+@ROLLOUT_MODES.register("branchgrpo", options=TreeModeOptions, window=("fixed", 0), branching=Branching.TREE)
 def branchgrpo(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """BranchGRPO: a tree per prompt; SDE on all steps of the window, branching at ``split_steps``."""
     return _tree(cfg, group_size, window.sde_mask())
 
 
-@ROLLOUT_MODES.register("branchgrpo-mix", window=("fixed", 0), branching="tree")
+@ROLLOUT_MODES.register("branchgrpo-mix", options=TreeModeOptions, window=("fixed", 0), branching=Branching.TREE)
 def branchgrpo_mix(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """BranchGRPO-Mix: the tree with ODE steps off the split steps (and off the window if one is set)."""
     mask = window.sde_mask() if window.size < window.num_steps else torch.zeros(window.num_steps, dtype=torch.bool)
     return _tree(cfg, group_size, mask)
 
 
-@ROLLOUT_MODES.register("singular", window=("random", 1), branching="singular")
+@ROLLOUT_MODES.register("singular", window=("random", 1), branching=Branching.SINGULAR)
 def singular(cfg, window: WindowSchedule, group_size: int) -> RolloutPlan:
     """TempFlow / G2RPO singular branching: one stochastic step, the window's first, with G children."""
     return RolloutPlan(
@@ -236,8 +267,10 @@ def step_subset(mask: Tensor, owner: Tensor, fraction: float, generator: torch.G
 __all__ = [
     "ROLLOUT_MODES",
     "WINDOW_KEYS",
+    "Branching",
     "ModeFacts",
     "RolloutPlan",
+    "TreeModeOptions",
     "stale_window_keys",
     "step_subset",
     "switch_mode",

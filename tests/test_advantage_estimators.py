@@ -7,7 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowrl.advantages import ADVANTAGES, AdvantageBatch, AdvantageConfig, TreeStructure, compute_advantages
+from flowrl.advantages import (
+    ADVANTAGES,
+    AdvantageBatch,
+    AdvantageConfig,
+    StratifiedOptions,
+    TrackerOptions,
+    TreeOptions,
+    TreeStructure,
+    compute_advantages,
+)
 from flowrl.registry import Registry
 
 CFG = AdvantageConfig(eps=0.0, clip_max=None)
@@ -18,8 +27,8 @@ def batch(rewards, groups, **extra):
     return AdvantageBatch(r[:, None] if r.ndim == 1 else r, torch.tensor(groups), **extra)
 
 
-def adv(name, b, cfg=CFG, state=None):
-    return compute_advantages(name, b, cfg, state).advantages.tolist()
+def adv(name, b, cfg=CFG, state=None, options=None):
+    return compute_advantages(name, b, cfg, state, options).advantages.tolist()
 
 
 def z(values):
@@ -73,9 +82,8 @@ def test_pairwise_win_rates_with_ties():
 
 def test_stratified_blend_and_ngrpo():
     b = batch([1.0, 3.0, 10.0, 14.0], [0, 0, 0, 0], strata=torch.tensor([0, 0, 1, 1]))
-    cfg = AdvantageConfig(eps=0.0, clip_max=None, stratified_alpha=0.75)
     g = z([1, 3, 10, 14])
-    assert adv("stratified", b, cfg) == pytest.approx(
+    assert adv("stratified", b, CFG, options=StratifiedOptions(alpha=0.75)) == pytest.approx(
         [0.75 * c + 0.25 * d for c, d in zip([-1, 1, -1, 1], g, strict=True)]
     )
     # ngrpo: an all-zero group with a virtual reward of 1 gets negative advantages
@@ -93,18 +101,18 @@ def test_multi_granularity_sums_group_zscores():
 
 
 def test_per_prompt_tracker_uses_history_and_round_trips():
-    cfg = AdvantageConfig(eps=0.0, clip_max=None, tracker_buffer=4, tracker_min_count=3)
+    cfg, own = CFG, TrackerOptions(buffer=4, min_count=3)
     state: dict = {}
     first = batch([1.0, 3.0], [0, 1], prompt_keys=["a", "b"])
     # fewer than 3 rewards per prompt: batch mean 2, batch std 1
-    assert adv("per-prompt", first, cfg, state) == pytest.approx([-1.0, 1.0])
-    adv("per-prompt", batch([2.0, 5.0], [0, 1], prompt_keys=["a", "b"]), cfg, state)
+    assert adv("per-prompt", first, cfg, state, own) == pytest.approx([-1.0, 1.0])
+    adv("per-prompt", batch([2.0, 5.0], [0, 1], prompt_keys=["a", "b"]), cfg, state, own)
     saved = copy.deepcopy(state)
     third = batch([6.0, 7.0], [0, 1], prompt_keys=["a", "a"])  # "a" history: 1, 2, 6, 7 (buffer of 4)
     hist = [1.0, 2.0, 6.0, 7.0]
     expected = [(v - statistics.fmean(hist)) / statistics.pstdev(hist) for v in (6.0, 7.0)]
-    assert adv("per-prompt", third, cfg, state) == pytest.approx(expected)
-    assert adv("per-prompt", third, cfg, saved) == pytest.approx(expected)  # restored state continues alike
+    assert adv("per-prompt", third, cfg, state, own) == pytest.approx(expected)
+    assert adv("per-prompt", third, cfg, saved, own) == pytest.approx(expected)  # restored state continues alike
     assert state["per_prompt"]["a"] == hist and state["per_prompt"]["b"] == [3.0, 5.0]
 
 
@@ -127,12 +135,12 @@ def test_tree_fusion_zscores_and_pruning():
     assert out.advantages.tolist() == pytest.approx([0.0, -1.0, 1.0, *z([1, 3, 8])])
     assert out.metrics["adv/zero_std_frac"] == pytest.approx(1 / 3)
     # log-prob fusion: under b, leaf 4 has path prob 3 vs 1 → weights 3/4, 1/4
-    lp = compute_advantages("tree", b, AdvantageConfig(eps=0.0, clip_max=None, tree_fusion="logprob"))
+    lp = compute_advantages("tree", b, CFG, options=TreeOptions(fusion="logprob"))
     bw = 0.75 * 1 + 0.25 * 3
     assert lp.advantages[1:3].tolist() == pytest.approx(z([bw, 8.0]))
-    skip = compute_advantages("tree", b, AdvantageConfig(tree_skip_depths=(1,)))
+    skip = compute_advantages("tree", b, options=TreeOptions(skip_depths=(1,)))
     assert skip.mask.tolist() == [True, False, False, True, True, False]
-    width = compute_advantages("tree", b, AdvantageConfig(tree_keep_fraction=0.5))
+    width = compute_advantages("tree", b, options=TreeOptions(keep_fraction=0.5))
     assert width.mask.tolist() == [True, True, True, True, False, True]  # keeps best and worst leaf only
 
 
@@ -193,7 +201,7 @@ def test_registry_and_bad_inputs():
     with pytest.raises(ValueError, match=r"unknown advantage estimator 'grpo2'; valid: dr-grpo, gdpo"):
         compute_advantages("grpo2", batch([1.0], [0]))
     with pytest.raises(ValueError, match="already registered"):
-        ADVANTAGES.register("grpo")(lambda b, c, s: None)
+        ADVANTAGES.register("grpo")(lambda b, c, o, s: None)
     reg: Registry = Registry("thing")
     reg.register("x")(len)
     with pytest.raises(ValueError, match="thing 'x' is already registered"):

@@ -235,3 +235,67 @@ def test_one_update_loop_makes_every_backward_and_optimizer_step():
                 if isinstance(owner, ast.Attribute) and owner.attr == "parallel":
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
     assert not found, found
+
+
+# --------------------------------------------------------------------------- facts are typed, never strings
+
+
+def _enum_facts() -> set[str]:
+    """The facts whose values are enums (``flowrl.registry.Fact``), and the helpers that return them
+    (``trains_on(name)``, ``normalizes_by(name)``): what the code must compare by identity, never with a string."""
+    import dataclasses
+    import typing
+
+    from flowrl.advantages import ADVANTAGES
+    from flowrl.losses import LOSSES
+    from flowrl.registry import Fact
+    from flowrl.samplers.modes import ROLLOUT_MODES
+
+    names = set()
+    for registry in (LOSSES, ADVANTAGES, ROLLOUT_MODES):
+        hints = typing.get_type_hints(registry.facts_type)
+        for f in dataclasses.fields(registry.facts_type):
+            kinds = [hints[f.name], *typing.get_args(hints[f.name])]
+            if any(isinstance(k, type) and issubclass(k, Fact) for k in kinds):
+                names.add(f.name)
+    return names
+
+
+def _fact_string_comparisons(tree: ast.AST, facts: set[str]) -> list[ast.Compare]:
+    """``x.trains_on == "samples"``, ``trains_on(name) != "transitions"``, ``"flow" in f.trainers``."""
+
+    def is_fact(node: ast.AST) -> bool:
+        if isinstance(node, ast.Call):
+            node = node.func
+        return (isinstance(node, ast.Attribute) and node.attr in facts) or (
+            isinstance(node, ast.Name) and node.id in facts
+        )
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(is_fact(s) for s in sides) and any(_is_literal(s) for s in sides):
+                found.append(node)
+    return found
+
+
+def test_facts_are_enums_and_never_compared_with_a_string():
+    facts = _enum_facts()
+    assert {"trains_on", "normalizes_by", "trainers", "branching"} <= facts
+    found = []
+    for path in _modules().values():
+        for node in _fact_string_comparisons(ast.parse(path.read_text(encoding="utf-8")), facts):
+            found.append(f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "compare a fact with its enum member (TrainsOn.SAMPLES), not a string:\n" + "\n".join(found)
+
+
+def test_the_fact_rule_catches_each_idiom():
+    code = (
+        "a = LOSSES.facts(n).trains_on == 'samples'\nb = trains_on(cfg.loss.name) != 'transitions'\n"
+        "c = 'flow' in f.trainers\nd = f.branching in ('tree', 'singular')\n"
+    )
+    facts = _enum_facts()
+    assert len(_fact_string_comparisons(ast.parse(code), facts)) == 4
+    fine = "a = f.trains_on is TrainsOn.SAMPLES\nb = Backend.FLOW in f.trainers\nc = f.window == ('fixed', 0)\n"
+    assert _fact_string_comparisons(ast.parse(fine), facts) == []

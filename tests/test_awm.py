@@ -9,16 +9,15 @@ import math
 import pytest
 import torch
 
-from flowrl.losses import LOSSES, LossConfig, LossInputs, compute_loss
+from flowrl.losses import LOSSES, AwmOptions, LossConfig, LossInputs, NftOptions, compute_loss
 from flowrl.losses.renoise import RENOISE, levels_of
 
 SIGMAS = torch.linspace(1.0, 0.0, 15)  # a 14-step schedule: σ_0 = 1 ... σ_14 = 0
 
 
-def _cfg(**loss):
-    """The levels of an AWM-like config: 14 steps, timestep fraction 0.9, 6 levels, shift 3."""
-    opts = {"renoise": "auto", "renoise_count": 6, "renoise_shift": 3.0, "name": "awm", **loss}
-    return levels_of(opts["name"], opts["renoise"], opts["renoise_count"], opts["renoise_shift"], 14, 0.9)
+def _cfg(options: type = AwmOptions):
+    """The levels of an AWM-like config: 14 steps, timestep fraction 0.9, 6 levels, shift 3 (the defaults)."""
+    return levels_of(options(), 14, 0.9)
 
 
 def test_stratified_levels_are_discrete_wo_init():
@@ -45,7 +44,7 @@ def test_logit_normal_levels_fill_one_normal_quantile_stratum_each():
 
 def test_subset_and_uniform_levels():
     gen = torch.Generator().manual_seed(2)
-    sub = RENOISE.get("subset")(_cfg(name="nft"), SIGMAS, 20, gen)
+    sub = RENOISE.get("subset")(_cfg(NftOptions), SIGMAS, 20, gen)
     assert sub.shape == (20, 12) and all(len(set(r.tolist())) == 12 for r in sub)  # distinct levels, none σ = 0
     one = RENOISE.get("uniform")(_cfg(), SIGMAS, 20, gen)
     assert one.shape == (20, 1) and (one > 0).all() and torch.isin(one, SIGMAS[:-1]).all()
@@ -57,11 +56,11 @@ def _awm_inputs(v: torch.Tensor, adv: list[float], sigma: list[float]) -> LossIn
 
 def test_ratio_is_clipped_on_the_weighted_error():
     # e = mean(v²) = 1 for both rows, uniform weighting: log_prob = −1. Old values give ratios 3 and 3.
-    cfg = LossConfig(awm_ratio=True, clip_low=1.0, clip_high=1.0)
+    cfg = LossConfig(clip_low=1.0, clip_high=1.0)
     v = torch.ones(2, 4, requires_grad=True)
     inputs = _awm_inputs(v, [1.0, -1.0], [0.5, 0.5])
     inputs.old_log_prob = torch.full((2,), -1.0 - math.log(3.0))
-    out = compute_loss("awm", inputs, cfg)
+    out = compute_loss("awm", inputs, cfg, AwmOptions(ratio=True))
     # row 0 (A = 1): max(−3, −clip(3, 0, 2)) = −2, clipped: no gradient; row 1 (A = −1): max(3, 2) = 3
     assert out.loss.item() == pytest.approx((-2 + 3) / 2)
     out.loss.backward()
@@ -74,15 +73,15 @@ def test_ratio_is_clipped_on_the_weighted_error():
 def test_at_ratio_one_the_gradient_is_the_weighted_regression():
     v1 = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     v2 = v1.detach().clone().requires_grad_(True)
-    cfg = LossConfig(awm_ratio=True, awm_weighting="ghuber")
+    own = AwmOptions(ratio=True, weighting="ghuber")
     ratio = _awm_inputs(v1, [1.0, -0.5, 2.0], [0.9, 0.5, 0.2])
-    ratio.old_log_prob = LOSSES.facts("awm").old_value(cfg)(ratio, cfg).detach()
-    compute_loss("awm", ratio, cfg).loss.backward()
+    ratio.old_log_prob = LOSSES.facts("awm").old_value(own)(ratio, own).detach()
+    compute_loss("awm", ratio, LossConfig(), own).loss.backward()
     compute_loss(
-        "awm", _awm_inputs(v2, [1.0, -0.5, 2.0], [0.9, 0.5, 0.2]), LossConfig(awm_weighting="ghuber")
+        "awm", _awm_inputs(v2, [1.0, -0.5, 2.0], [0.9, 0.5, 0.2]), LossConfig(), AwmOptions(weighting="ghuber")
     ).loss.backward()
     torch.testing.assert_close(v1.grad, v2.grad)
-    assert LOSSES.facts("awm").old_value(LossConfig()) is None  # no ratio unless asked
+    assert LOSSES.facts("awm").old_value(AwmOptions()) is None  # no ratio unless asked
 
 
 def test_kl_variants_ema_term_and_advantage_scale():
@@ -92,17 +91,17 @@ def test_kl_variants_ema_term_and_advantage_scale():
     uniform = compute_loss("awm", inputs, LossConfig(velocity_kl_coef=0.1))
     assert uniform.metrics["ref_reg"] == pytest.approx(2.5)  # mean((1, 2)²)
     # ELBO: divided by 2·std², std = 0.7·√(0.5 / 0.5) = 0.7
-    elbo = compute_loss("awm", inputs, LossConfig(velocity_kl_coef=0.1, awm_kl_weight="elbo"))
+    elbo = compute_loss("awm", inputs, LossConfig(velocity_kl_coef=0.1), AwmOptions(kl_weight="elbo"))
     assert elbo.metrics["ref_reg"] == pytest.approx(2.5 / (2 * 0.49))
-    ema = compute_loss("awm", inputs, LossConfig(awm_ema_coef=1.0))
+    ema = compute_loss("awm", inputs, LossConfig(), AwmOptions(ema_coef=1.0))
     assert ema.metrics["ema_reg"] == pytest.approx(2.0) and ema.loss.item() == pytest.approx(2.0)  # mean((0, 2)²)
     scaled = _awm_inputs(torch.ones(1, 2), [5.0], [0.5])
-    assert compute_loss("awm", scaled, LossConfig(awm_adv_scale=0.2)).loss.item() == pytest.approx(1.0)  # 5·0.2·e
-    spec = LOSSES.facts("awm").old_policy(LossConfig(awm_ema_coef=1.0, awm_ema_decay=0.3))
+    assert compute_loss("awm", scaled, None, AwmOptions(adv_scale=0.2)).loss.item() == pytest.approx(1.0)  # 5·0.2·e
+    spec = LOSSES.facts("awm").old_policy(AwmOptions(ema_coef=1.0, ema_decay=0.3))
     assert not spec.samples and [spec.decay(s) for s in (0, 100, 299, 300, 5000)] == pytest.approx(
         [0.0, 0.1, 0.299, 0.3, 0.3]
     )
-    assert LOSSES.facts("awm").old_policy(LossConfig()) is None
+    assert LOSSES.facts("awm").old_policy(AwmOptions()) is None
 
 
 def test_trainer_clips_across_optimizer_steps_and_keeps_an_ema(tiny_model):
@@ -110,9 +109,10 @@ def test_trainer_clips_across_optimizer_steps_and_keeps_an_ema(tiny_model):
 
     from flowrl.trainer.flow import advantages, sample, setup, train_step
 
-    args = ["loss.name=awm", "sampler.mode=ode", "loss.awm_ratio=true", "loss.clip_low=1", "loss.clip_high=1",
-            "loss.renoise=stratified", "loss.renoise_count=2", "train.timestep_fraction=0.9", "loss.awm_ema_coef=1",
-            "loss.velocity_kl_coef=1e-3", "loss.awm_kl_weight=elbo", "loss.awm_weighting=ghuber"]  # fmt: skip
+    args = ["loss.name=awm", "sampler.mode=ode", "loss.awm.ratio=true", "loss.clip_low=1", "loss.clip_high=1",
+            "loss.awm.renoise=stratified", "loss.awm.renoise_count=2", "train.timestep_fraction=0.9",
+            "loss.awm.ema_coef=1", "loss.velocity_kl_coef=1e-3", "loss.awm.kl_weight=elbo",
+            "loss.awm.weighting=ghuber"]  # fmt: skip
     run = setup(tiny_config(tiny_model, *args))
     assert run.old is not None and not run.old_policy.samples
     batch = sample(run, run.train_prompts[:2])

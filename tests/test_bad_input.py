@@ -114,15 +114,15 @@ CONFIG_CASES = {
     ),
     "tree leaves differ from group": Case(
         FLOW,
-        lambda c: ["sampler.mode=branchgrpo", "sampler.split_steps=[0,2]", "train.group_size=6"],
+        lambda c: ["sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[0,2]", "train.group_size=6"],
         "config",
         same("4 leaves per prompt", "train.group_size=6"),
     ),
     "split step twice": Case(
         FLOW,
-        lambda c: ["sampler.mode=branchgrpo", "sampler.split_steps=[1,1]", "train.group_size=4"],
+        lambda c: ["sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[1,1]", "train.group_size=4"],
         "config",
-        same("sampler.split_steps [1, 1] lists a step twice"),
+        same("sampler.branchgrpo.split_steps [1, 1] lists a step twice"),
     ),
     "strata naming no reward": Case(
         FLOW,

@@ -13,9 +13,10 @@ from test_text_trainer import text_config
 
 from flowrl.advantages import ADVANTAGES
 from flowrl.errors import ConfigError
-from flowrl.losses import LOSSES
+from flowrl.losses import LOSSES, TrainsOn
+from flowrl.method_options import Backend
 from flowrl.recipes import load_config
-from flowrl.samplers.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES, Branching
 
 #: what each mode needs beyond the defaults to be a valid rollout (branching modes: 4 leaves = the group size)
 MODE_OPTIONS = {
@@ -28,8 +29,8 @@ MODE_OPTIONS = {
     ],
     "mixgrpo": ["train.group_size=5", "sampler.window_size=2"],
     "mixgrpo-flash": ["train.group_size=5", "sampler.window_size=2", "sampler.tail_steps=2"],
-    "branchgrpo": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "branchgrpo-mix": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
+    "branchgrpo": ["train.group_size=4", "sampler.branchgrpo.split_steps=[0,2]", "sampler.branchgrpo.branch_factor=2"],
+    "branchgrpo-mix": ["train.group_size=4", "sampler.branchgrpo-mix.split_steps=[0,2]"],
     "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
     "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
 }
@@ -37,8 +38,12 @@ TINY = [
     "model.lora_rank=2", "model.lora_alpha=2", "sampler.num_steps=4", "train.iterations=1",
     "train.prompts_per_step=2", "train.micro_batch=64", "eval.enabled=false", "output.progress=false",
     "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
-    "advantage.strata=toy-geneval/objects",  # stratified: the number of objects found in each image
 ]  # fmt: skip
+
+
+def strata(estimator: str, source: str) -> list[str]:
+    """``advantage.strata`` for an estimator that needs strata (stratified); any other refuses it."""
+    return [f"advantage.strata={source}"] if "strata" in ADVANTAGES.facts(estimator).needs else []
 
 
 def test_every_mode_is_covered():
@@ -54,6 +59,7 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
         for loss in LOSSES.names():
             args = [f"model.path={tiny_model}", *TINY, f"sampler.mode={mode}", *MODE_OPTIONS[mode]]
             args += [f"advantage.name={estimator}", f"loss.name={loss}"]
+            args += strata(estimator, "toy-geneval/objects")  # stratified: the number of objects in each image
             try:
                 cfg = load_config(None, args)
             except ConfigError as e:
@@ -70,10 +76,12 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     # the paper methods of each mode are among those that run; a mode without transitions trains sample losses only
     assert ("grpo", "awm") in ran and ("grpo", "nft") in ran
     if not ROLLOUT_MODES.facts(mode).stochastic:
-        assert {loss for _, loss in ran} == {n for n in LOSSES.names() if LOSSES.facts(n).trains_on == "samples"}
+        assert {loss for _, loss in ran} == {
+            n for n in LOSSES.names() if LOSSES.facts(n).trains_on is TrainsOn.SAMPLES
+        }
         return
     assert ("grpo", "ppo-clip") in ran
-    assert (("tree", "ppo-clip") in ran) == (ROLLOUT_MODES.facts(mode).branching != "none")
+    assert (("tree", "ppo-clip") in ran) == (ROLLOUT_MODES.facts(mode).branching is not Branching.NONE)
     assert ("multi-granularity", "ppo-clip") in ran or "extra_tail_steps" not in str(MODE_OPTIONS[mode])
     odd = "train.group_size=5" in MODE_OPTIONS[mode]
     assert (("median", "ppo-clip") in ran) == odd and ("rloo", "ppo-clip") in ran
@@ -89,8 +97,8 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
         for loss in LOSSES.names():
             group = "train.group_size=5" if ADVANTAGES.facts(estimator).odd_groups else "train.group_size=4"
             try:
-                strata = "advantage.strata=toy-text:answer-digits"  # stratified: the answer's length
-                cfg = text_config(lm_dir, f"advantage.name={estimator}", f"loss.name={loss}", group, strata)
+                answer = strata(estimator, "toy-text:answer-digits")  # stratified: the answer's length
+                cfg = text_config(lm_dir, f"advantage.name={estimator}", f"loss.name={loss}", group, *answer)
             except ConfigError as e:
                 assert any(k in str(e) for k in ("advantage.name", "loss.name")), str(e)
                 refused.append((estimator, loss))
@@ -113,9 +121,9 @@ def test_every_loss_names_a_registered_objective_of_its_trainers():
     for loss in LOSSES.names():
         facts = LOSSES.facts(loss)
         assert facts.trains_on in OBJECTIVES, loss
-        assert set(facts.trainers) <= {"flow", "text"} and facts.trainers, loss
-        if facts.trains_on != "transitions":  # the text trainer's rows are tokens: it trains transitions only
-            assert facts.trainers == ("flow",), loss
+        assert set(facts.trainers) <= set(Backend) and facts.trainers, loss
+        if facts.trains_on is not TrainsOn.TRANSITIONS:  # the text trainer's rows are tokens: transitions only
+            assert facts.trainers == (Backend.FLOW,), loss
 
 
 def test_pairwise_trains_on_the_judges_preferences(tiny_model):
@@ -167,7 +175,8 @@ def test_strata_come_from_a_scored_component_or_a_text_function(tiny_model, lm_d
     from flowrl.trainer.text import generate
     from flowrl.trainer.text import strata as text_strata
 
-    common = [f"model.path={tiny_model}", *TINY, "train.group_size=4", "advantage.name=stratified"]
+    common = [f"model.path={tiny_model}", *TINY, "train.group_size=4", "advantage.name=stratified",
+              "advantage.strata=toy-geneval/objects"]  # fmt: skip
     run = setup(load_config(None, common))
     batch = sample(run, run.train_prompts[:2])
     found = advantage_batch(run, batch).strata
@@ -183,7 +192,7 @@ def test_strata_come_from_a_scored_component_or_a_text_function(tiny_model, lm_d
     with pytest.raises(ConfigError, match=r"advantage.strata='clip/objects' names no configured reward"):
         load_config(None, [*common[:-1], "advantage.strata=clip/objects"])
     with pytest.raises(ConfigError, match=r"advantage.name=stratified needs strata .*set advantage.strata"):
-        load_config(None, [f"model.path={tiny_model}", *TINY[:-1], "advantage.name=stratified"])
+        load_config(None, [f"model.path={tiny_model}", *TINY, "advantage.name=stratified"])
 
     text = text_config(lm_dir, "advantage.name=stratified", "advantage.strata=toy-text:answer-digits")
     from flowrl.trainer.text import setup as text_setup

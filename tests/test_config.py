@@ -5,12 +5,14 @@ No test here reaches training: the CLI is only driven with invalid configs or ``
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 
 from flowrl import cli
-from flowrl.advantages import ADVANTAGES
+from flowrl.advantages import ADVANTAGES, StratifiedOptions, TrackerOptions
 from flowrl.config import (
     Config,
     SamplerConfig,
@@ -20,11 +22,13 @@ from flowrl.config import (
 )
 from flowrl.data import load_prompts
 from flowrl.errors import ConfigError, DataError
-from flowrl.losses import LOSSES
+from flowrl.losses import LOSSES, AwmOptions, NftOptions, NormalizesBy, SapoOptions, TrainsOn
+from flowrl.method_options import Backend, upgrade
 from flowrl.options import describe, load, set_dotted, to_dict
 from flowrl.recipes import load_config
+from flowrl.registry import Fact
 from flowrl.samplers import WINDOW_SCHEDULES
-from flowrl.samplers.modes import ROLLOUT_MODES
+from flowrl.samplers.modes import ROLLOUT_MODES, Branching, TreeModeOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,10 +108,10 @@ def test_yaml_preset_loads(tmp_path: Path, mp: str) -> None:
 
 def test_overrides_override_the_file(tmp_path: Path, mp: str) -> None:
     preset = write(tmp_path, "preset.yaml", "train:\n  lr: 0.001\n  group_size: 4\nsampler:\n  mode: branchgrpo\n")
-    cfg = load_config(str(preset), [mp, "train.lr=2.0e-4", "sampler.split_steps=[1,3]"])
+    cfg = load_config(str(preset), [mp, "train.lr=2.0e-4", "sampler.branchgrpo.split_steps=[1,3]"])
     assert cfg.train.lr == 2e-4 and isinstance(cfg.train.lr, float)
-    assert cfg.sampler.split_steps == [1, 3]
-    assert isinstance(cfg.sampler.split_steps, list)
+    assert cfg.sampler.options.split_steps == [1, 3]
+    assert isinstance(cfg.sampler.options.split_steps, list)
     assert cfg.train.group_size == 4  # from the file, not overridden
 
 
@@ -166,8 +170,9 @@ def test_optional_float_accepts_null(mp: str) -> None:
 
 
 def test_tuple_option_is_loaded_as_tuple(mp: str) -> None:
-    cfg = load_config(None, [mp, "advantage.tree_skip_depths=[0,2]"])
-    assert cfg.advantage.tree_skip_depths == (0, 2)
+    tree = ["advantage.name=tree", "sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[0,2,4]"]
+    cfg = load_config(None, [mp, *tree, "advantage.tree.skip_depths=[0,2]"])
+    assert cfg.advantage.options.skip_depths == (0, 2)
 
 
 def test_override_into_empty_yaml_section(tmp_path: Path, mp: str) -> None:
@@ -216,7 +221,7 @@ def test_unknown_key_inside_reward_entry(tmp_path: Path, mp: str) -> None:
         ("eval.enabled=1", "eval.enabled: expected true or false, got 1"),
         ("model.path=3", "model.path: expected str, got 3 (int)"),
         ("model.lora_targets=attn", "model.lora_targets: expected a list, got 'attn'"),
-        ("sampler.split_steps=[1,x]", "sampler.split_steps[1]: expected int, got 'x' (str)"),
+        ("sampler.branchgrpo.split_steps=[1,x]", "sampler.branchgrpo.split_steps[1]: expected int, got 'x' (str)"),
         ("sampler.window_options=3", "sampler.window_options: expected a mapping, got 3"),
         ("train=5", "train: expected a mapping, got 5"),
         ("advantage.clip_max=abc", "advantage.clip_max: expected float, got 'abc' (str)"),
@@ -237,10 +242,10 @@ def test_int_is_accepted_for_float(mp: str) -> None:
     [
         ("train.group_size=1", "train.group_size: must be >= 2, got 1"),
         ("loss.clip_low=-1", "loss.clip_low: must be >= 0.0, got -1.0"),
-        ("advantage.stratified_alpha=2", "advantage.stratified_alpha: must be <= 1.0, got 2.0"),
+        ("advantage.stratified.alpha=2", "advantage.stratified.alpha: must be <= 1.0, got 2.0"),
         ("train.ema_decay=1", "train.ema_decay: must be <= 0.99999, got 1.0"),
         ("loss.dual_clip=0.5", "loss.dual_clip: must be >= 1.0, got 0.5"),
-        ("sampler.split_steps=[1,-1]", "sampler.split_steps: must be >= 0, got -1"),
+        ("sampler.branchgrpo.split_steps=[1,-1]", "sampler.branchgrpo.split_steps: must be >= 0, got -1"),
         ("sampler.extra_tail_steps=[0]", "sampler.extra_tail_steps: must be >= 1, got 0"),
         ("seed=-3", "seed: must be >= 0, got -3"),
     ],
@@ -250,8 +255,11 @@ def test_out_of_range(mp: str, override: str, message: str) -> None:
 
 
 def test_range_bounds_are_inclusive(mp: str) -> None:
-    cfg = load_config(None, [mp, "train.group_size=2", "advantage.stratified_alpha=1", "loss.clip_low=0"])
-    assert (cfg.train.group_size, cfg.advantage.stratified_alpha, cfg.loss.clip_low) == (2, 1.0, 0.0)
+    cfg = load_config(None, [mp, "train.group_size=2", "advantage.name=ngrpo", "loss.clip_low=0",
+                             "sampler.noise_level=0"])  # fmt: skip
+    assert (cfg.train.group_size, cfg.sampler.noise_level, cfg.loss.clip_low) == (2, 0.0, 0.0)
+    own = load(StratifiedOptions, {"alpha": 1}, "advantage.stratified.")
+    assert own.alpha == 1.0 and load(StratifiedOptions, {"alpha": 0}).alpha == 0.0
 
 
 def test_unknown_advantage_name_suggests(mp: str) -> None:
@@ -261,7 +269,7 @@ def test_unknown_advantage_name_suggests(mp: str) -> None:
 
 
 def test_unknown_loss_name_suggests(mp: str) -> None:
-    flow_losses = ", ".join(LOSSES.names(lambda f: "flow" in f.trainers))
+    flow_losses = ", ".join(LOSSES.names(lambda f: Backend.FLOW in f.trainers))
     assert config_error([mp, "loss.name=ppo-clp"]) == (
         f"loss.name: 'ppo-clp' is not one of {flow_losses} (did you mean 'ppo-clip'?)"
     )
@@ -322,34 +330,35 @@ def test_window_longer_than_schedule(mp: str) -> None:
 
 def test_branchgrpo_needs_split_steps(mp: str) -> None:
     assert config_error([mp, "sampler.mode=branchgrpo"]) == (
-        "sampler.mode=branchgrpo needs sampler.split_steps (steps at which to branch)"
+        "sampler.mode=branchgrpo needs sampler.branchgrpo.split_steps (steps at which to branch)"
     )
     assert config_error([mp, "sampler.mode=branchgrpo-mix"]) == (
-        "sampler.mode=branchgrpo-mix needs sampler.split_steps (steps at which to branch)"
+        "sampler.mode=branchgrpo-mix needs sampler.branchgrpo-mix.split_steps (steps at which to branch)"
     )
 
 
 def test_branchgrpo_leaves_must_equal_group_size(mp: str) -> None:
-    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3]"]) == (
-        "sampler.branch_factor=2 ** len(sampler.split_steps)=2 = 4 leaves per prompt, but train.group_size=8; "
-        "make them equal"
+    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[1,3]"]) == (
+        "sampler.branchgrpo.branch_factor=2 ** len(sampler.branchgrpo.split_steps)=2 = 4 leaves per prompt, but "
+        "train.group_size=8; make them equal"
     )
-    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3,5]"])  # 2**3 == 8
-    assert cfg.sampler.split_steps == [1, 3, 5]
-    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.split_steps=[2]", "sampler.branch_factor=8"])
-    assert cfg.sampler.branch_factor == 8
+    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[1,3,5]"])  # 2**3 == 8
+    assert cfg.sampler.options.split_steps == [1, 3, 5]
+    cfg = load_config(None, [mp, "sampler.mode=branchgrpo", "sampler.branchgrpo={split_steps: [2], branch_factor: 8}"])
+    assert cfg.sampler.options.branch_factor == 8
 
 
 def test_split_steps_with_chain_mode(mp: str) -> None:
     for mode in ("flow-grpo", "mixgrpo"):
-        assert config_error([mp, f"sampler.mode={mode}", "sampler.split_steps=[1,3]"]) == (
-            f"sampler.split_steps is only used by the tree modes, not sampler.mode={mode}"
+        assert config_error([mp, f"sampler.mode={mode}", "sampler.branchgrpo.split_steps=[1,3]"]) == (
+            f"sampler.branchgrpo.split_steps is an option of sampler.mode=branchgrpo; sampler.mode={mode} does not "
+            "read it (remove it)"
         )
 
 
 def test_split_step_outside_schedule(mp: str) -> None:
-    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.split_steps=[1,3,10]"]) == (
-        "sampler.split_steps [1, 3, 10] must all be < sampler.num_steps=10"
+    assert config_error([mp, "sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[1,3,10]"]) == (
+        "sampler.branchgrpo.split_steps [1, 3, 10] must all be < sampler.num_steps=10"
     )
 
 
@@ -437,8 +446,8 @@ def test_check_combinations_on_a_built_config(model_dir: Path) -> None:
 def test_every_mode_declares_a_default_window_and_its_branching() -> None:
     for mode in ROLLOUT_MODES.names():
         facts = ROLLOUT_MODES.facts(mode)
-        assert facts.window[0] in WINDOW_SCHEDULES and facts.branching in ("none", "tree", "singular")
-    assert ROLLOUT_MODES.names(lambda f: f.branching == "tree") == ["branchgrpo", "branchgrpo-mix"]
+        assert facts.window[0] in WINDOW_SCHEDULES and isinstance(facts.branching, Branching)
+    assert ROLLOUT_MODES.names(lambda f: f.branching is Branching.TREE) == ["branchgrpo", "branchgrpo-mix"]
 
 
 @pytest.mark.parametrize("mode", ROLLOUT_MODES.names())
@@ -726,21 +735,23 @@ def test_to_dict_round_trips_non_defaults(tmp_path: Path, mp: str) -> None:
         [
             mp,
             "sampler.mode=branchgrpo",
-            "sampler.split_steps=[1,3,5]",
+            "sampler.branchgrpo.split_steps=[1,3,5]",
             "sampler.window=progressive",
             "sampler.window_size=4",
             "sampler.window_options={stride: 2}",
-            "advantage.tree_skip_depths=[0,2]",
+            "advantage.name=tree",
+            "advantage.tree.skip_depths=[0,2]",
             "advantage.clip_max=null",
             "loss.dual_clip=3",
             "train.lr=0.01",
         ],
     )
     data = to_dict(cfg)
-    assert data["advantage"]["tree_skip_depths"] == [0, 2]
+    assert data["advantage"]["tree"]["skip_depths"] == [0, 2] and "options" not in data["advantage"]
+    assert data["sampler"]["branchgrpo"] == {"split_steps": [1, 3, 5], "branch_factor": 2}
     back = load(Config, data)
     assert back == cfg
-    assert back.advantage.tree_skip_depths == (0, 2)
+    assert back.advantage.options.skip_depths == (0, 2)
     assert back.rewards[0].options == {"quality": 80}
 
 
@@ -774,7 +785,13 @@ def test_describe_covers_every_loadable_leaf(mp: str) -> None:
         return out
 
     data = to_dict(load_config(None, [mp]))
-    assert leaves(data) == set(_describe())
+    nested = {key for key in _describe() if key.count(".") == 2}  # every method's own options, under its name
+    assert leaves(data) == set(_describe()) - nested
+    for loss in LOSSES.names(lambda f: Backend.FLOW in f.trainers):
+        own = LOSSES.options(loss)
+        if own is not None:
+            assert {f"loss.{loss}.{f.name}" for f in dataclasses.fields(own)} <= nested
+    assert "sampler.branchgrpo-mix.split_steps" in nested and "advantage.tree.fusion" in nested
 
 
 def test_describe_every_help_is_non_empty() -> None:
@@ -918,3 +935,198 @@ def test_resolution_must_fit_the_vae_and_the_patches_before_anything_loads(tmp_p
         with pytest.raises(ConfigError, match=r"multiple of 16 .* VAE downsamples 8× .* 2×2 latent patches"):
             load_config(None, [f"model.path={folder}", "model.resolution=520"])
         assert load_config(None, [f"model.path={folder}", "model.resolution=512"]).model.resolution == 512
+
+
+# --------------------------------------------------------------------------- method options
+
+AWM = ["loss.name=awm", "sampler.mode=ode"]
+TEXT = "configs/text_demo.yaml"
+
+
+def test_method_options_nest_under_the_method(tmp_path: Path, mp: str) -> None:
+    cfg = load_config(None, [mp, *AWM, "loss.awm.weighting=ghuber", "loss.awm.ghuber_power=0.5"])
+    assert cfg.loss.options == AwmOptions(weighting="ghuber", ghuber_power=0.5)
+    preset = write(tmp_path, "awm.yaml", "loss:\n  name: awm\n  clip_low: 1.0\n  awm: {weighting: t, ratio: true}\n")
+    cfg = load_config(str(preset), [mp, "sampler.mode=ode"])
+    assert cfg.loss.options == AwmOptions(weighting="t", ratio=True) and cfg.loss.clip_low == 1.0
+    data = to_dict(cfg)
+    assert data["loss"]["awm"]["weighting"] == "t" and "nft" not in data["loss"] and "options" not in data["loss"]
+    assert load(Config, data) == cfg
+    # a method without options of its own holds none; each estimator and mode with options gets its defaults
+    assert load_config(None, [mp]).loss.options is None and "ppo-clip" not in to_dict(load_config(None, [mp]))["loss"]
+    cfg = load_config(None, [mp, "advantage.name=per-prompt", "advantage.per-prompt.buffer=4"])
+    assert cfg.advantage.options == TrackerOptions(buffer=4)
+    nft = load_config(None, [mp, "loss.name=nft", "sampler.mode=ode"])
+    assert nft.loss.options == NftOptions() and nft.loss.options.renoise == "subset"  # NFT's own default scheme
+
+
+def test_a_loaded_section_carries_the_options_its_method_declares() -> None:
+    assert Config().sampler.options is None and SamplerConfig(mode="branchgrpo").options == TreeModeOptions()
+    with pytest.raises(TypeError, match="NftOptions are not the options of policy loss 'awm'"):
+        dataclasses.replace(Config().loss, name="awm", options=NftOptions())
+
+
+FLAT = [  # (old flat override, the method's selection, the new key, the value read)
+    ("loss.awm_weighting=ghuber", AWM, "loss.awm.weighting", "ghuber"),
+    ("loss.awm_ratio=true", AWM, "loss.awm.ratio", True),
+    ("loss.awm_ema_decay=0.5", AWM, "loss.awm.ema_decay", 0.5),
+    ("loss.renoise=logit-normal", AWM, "loss.awm.renoise", "logit-normal"),
+    ("loss.renoise_count=3", ["loss.name=nft", "sampler.mode=ode"], "loss.nft.renoise_count", 3),
+    ("loss.nft_beta=0.5", ["loss.name=nft", "sampler.mode=ode"], "loss.nft.beta", 0.5),
+    ("advantage.tracker_min_count=2", ["advantage.name=per-prompt"], "advantage.per-prompt.min_count", 2),
+    ("advantage.ngrpo_max_reward=2", ["advantage.name=ngrpo"], "advantage.ngrpo.max_reward", 2.0),
+    ("advantage.tree_fusion=logprob", ["advantage.name=tree", "sampler.mode=branchgrpo",
+                                       "sampler.branchgrpo.split_steps=[0,2,4]"], "advantage.tree.fusion", "logprob"),
+    ("sampler.split_steps=[1,3,5]", ["sampler.mode=branchgrpo-mix"], "sampler.branchgrpo-mix.split_steps", [1, 3, 5]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("flat", "method", "key", "value"), FLAT)
+def test_old_flat_names_still_work_with_a_notice(mp, caplog, flat, method, key, value) -> None:
+    with caplog.at_level(logging.WARNING, logger="flowrl"):
+        old = load_config(None, [mp, *method, flat])
+    notices = [r.getMessage() for r in caplog.records]
+    assert notices == [f"{flat.split('=')[0]} is now {key} (the old name still works)"]
+    section, _, field = key.split(".")
+    assert getattr(getattr(old, section).options, field) == value
+    assert old == load_config(None, [mp, *method, f"{key}={flat.split('=', 1)[1]}"])  # the same config as nested
+
+
+def test_old_flat_names_in_a_preset_and_their_edge_cases(tmp_path: Path, mp: str) -> None:
+    preset = write(tmp_path, "old.yaml", "loss:\n  name: nft\n  nft_beta: 0.5\n  renoise: auto\n")
+    cfg = load_config(str(preset), [mp, "sampler.mode=ode"])
+    assert cfg.loss.options == NftOptions(beta=0.5)  # renoise: auto meant the loss's own scheme, subset
+    assert config_error([mp, *AWM, "loss.awm_ratio=true", "loss.awm.ratio=false"]) == (
+        "loss.awm.ratio is set twice: also as loss.awm_ratio (its old name)"
+    )
+    assert config_error([mp, *AWM, "loss.options={weighting: t}"]).startswith("unknown config key loss.options; ")
+
+
+def test_an_option_of_another_method_is_refused_in_one_line(mp: str) -> None:
+    assert config_error([mp, "loss.awm.weighting=t"]) == (
+        "loss.awm.weighting is an option of loss.name=awm; loss.name=ppo-clip does not read it (remove it)"
+    )
+    assert config_error([mp, *AWM, "loss.nft_beta=0.5"]) == (  # an old flat name: its method is still named
+        "loss.nft.beta is an option of loss.name=nft; loss.name=awm does not read it (remove it)"
+    )
+    assert config_error([mp, "advantage.tree.keep_fraction=0.5"]) == (
+        "advantage.tree.keep_fraction is an option of advantage.name=tree; advantage.name=grpo does not read it "
+        "(remove it)"
+    )
+    assert config_error([mp, "loss.ppo-clip.x=1"]) == "loss.ppo-clip: policy loss ppo-clip has no options of its own"
+    assert config_error([mp, "loss.awm.weightin=t"]).startswith("unknown config key loss.awm.weightin; did you mean")
+    # another method's block left at its defaults reads nothing and is dropped (TRL configs list every field)
+    assert load_config(None, [mp, "loss.awm.weighting=uniform"]) == load_config(None, [mp])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.top_entropy_quantile=0.5"], "loss.top_entropy_quantile is read by the text backend only; "
+         "loss.name=ppo-clip on the flow backend does not read it (leave it at 1.0)"),
+        (["loss.name=gspo", "loss.step_weighting=noise-aware"], "loss.step_weighting is not read by loss.name=gspo; "
+         "leave it at its default ('uniform')"),
+        (["loss.name=nft", "sampler.mode=ode", "loss.kl_coef=0.1"], "loss.kl_coef is not read by loss.name=nft; "
+         "leave it at its default (0.0)"),
+        (["loss.velocity_kl_coef=0.1"], "loss.velocity_kl_coef is not read by loss.name=ppo-clip; leave it at its "
+         "default (0.0)"),
+        (["advantage.strata=toy-geneval/objects"], "advantage.strata is not read by advantage.name=grpo; leave it at "
+         "its default ('')"),
+        (["advantage.name=dr-grpo", "advantage.eps=0.01"], "advantage.eps is not read by advantage.name=dr-grpo; "
+         "leave it at its default (0.0001)"),
+        (["sampler.tail_solver=dpm2m"], "sampler.tail_solver is not read by sampler.mode=flow-grpo; leave it at its "
+         "default ('euler')"),
+        ([*AWM, "sampler.noise_level=0.5"], "sampler.noise_level is not read by sampler.mode=ode; leave it at its "
+         "default (0.7)"),
+    ],
+)  # fmt: skip
+def test_a_section_option_the_method_or_backend_does_not_read_is_refused(mp, overrides, message) -> None:
+    assert config_error([mp, *overrides]) == message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.nft.beta=0.5"], "loss.nft.beta is an option of loss.name=nft; loss.name=grpo does not read it "
+         "(remove it)"),
+        (["loss.nft_beta=0.5"], "loss.nft.beta is an option of loss.name=nft; loss.name=grpo does not read it "
+         "(remove it)"),
+        (["loss.sapo.temperature_neg=2"], "loss.sapo.temperature_neg is an option of loss.name=sapo; "
+         "loss.name=grpo does not read it (remove it)"),
+        (["loss.step_weighting=noise-aware"], "loss.step_weighting is read by the flow backend only; loss.name=grpo "
+         "on the text backend does not read it (leave it at 'uniform')"),
+        (["loss.velocity_kl_coef=0.1"], "loss.velocity_kl_coef is read by the flow backend only; loss.name=grpo on "
+         "the text backend does not read it (leave it at 0.0)"),
+        (["loss.name=cispo", "loss.delta=2"], "loss.delta is not read by loss.name=cispo; leave it at its default "
+         "(None)"),
+        (["advantage.tree_fusion=logprob"], "advantage.tree.fusion is an option of advantage.name=tree; "
+         "advantage.name=grpo does not read it (remove it)"),
+    ],
+)  # fmt: skip
+def test_the_text_backend_refuses_what_its_method_does_not_read(overrides, message) -> None:
+    assert config_error(overrides, TEXT) == message
+
+
+def test_the_text_backend_reads_its_methods_options(tmp_path: Path, caplog) -> None:
+    cfg = load_config(TEXT, ["loss.name=sapo", "loss.sapo.temperature_neg=2"])
+    assert cfg.loss.options == SapoOptions(temperature_neg=2.0)
+    with caplog.at_level(logging.WARNING, logger="flowrl"):
+        assert load_config(TEXT, ["loss.name=sapo", "loss.sapo_temperature_neg=2"]) == cfg
+    assert [r.getMessage() for r in caplog.records] == [
+        "loss.sapo_temperature_neg is now loss.sapo.temperature_neg (the old name still works)"
+    ]
+    text = (REPO / TEXT).read_text()
+    preset = write(tmp_path, "trl.yaml", text.replace("  name: grpo\n  clip_low", "  clip_low") + "trl: {loss_type: "
+                   "sapo, sapo_temperature_neg: 2.0}\n")  # fmt: skip
+    assert load_config(str(preset)).loss == cfg.loss  # TRL's field lands on the nested key
+
+
+def test_train_help_lists_each_methods_options_with_their_help(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "loss.awm.weighting (str, default 'uniform') the time weighting of the per-sample matching error" in text
+    assert "(one of: uniform, t, t2, huber, ghuber) (loss.name=awm)" in text
+    assert "loss.nft.beta (float, default 1.0)" in text and "advantage.tree.fusion (str, default 'mean')" in text
+    assert "sampler.branchgrpo-mix.split_steps (list, default []) steps at which each state branches" in text
+    assert "loss.sapo.temperature_pos (float, default 1.0)" in text  # the text backend's options follow
+    assert "loss.awm_weighting" not in text and "sampler.split_steps" not in text and "loss.options" not in text
+
+
+def test_facts_are_enums_checked_at_registration() -> None:
+    for name in LOSSES.names():
+        facts = LOSSES.facts(name)
+        assert isinstance(facts.trains_on, TrainsOn) and isinstance(facts.normalizes_by, NormalizesBy)
+        assert all(isinstance(t, Backend) for t in facts.trainers)
+    assert LOSSES.names(lambda f: f.trains_on is TrainsOn.SAMPLES) == ["awm", "nft"]
+    assert all(isinstance(ROLLOUT_MODES.facts(m).branching, Branching) for m in ROLLOUT_MODES.names())
+    assert str(TrainsOn.SAMPLES) == f"{TrainsOn.SAMPLES}" == "samples" and isinstance(Branching.TREE, Fact)
+    with pytest.raises(TypeError, match="trains_on must be a TrainsOn, got 'samples'"):
+        LOSSES.register("loss-with-a-string-fact", trains_on="samples")
+    with pytest.raises(TypeError, match="branching must be a Branching"):
+        ROLLOUT_MODES.register("mode-with-a-string-fact", window=("fixed", 0), branching="tree")
+    with pytest.raises(TypeError, match="ignores names no LossConfig option: clip"):
+        LOSSES.register("loss-ignoring-a-typo", ignores=("clip",))
+    with pytest.raises(TypeError, match="options must be a dataclass"):
+        LOSSES.register("loss-with-a-dict", options=dict)
+    assert "loss-with-a-string-fact" not in LOSSES and "loss-with-a-dict" not in LOSSES
+
+
+def test_a_stored_config_written_before_options_nested_is_read_in_todays_layout(mp: str) -> None:
+    """A checkpoint's or benchmark run's config.yaml written with the flat names (every method's options present,
+    as to_dict wrote them) reads as today's to_dict: the chosen method's options under its name, the others
+    dropped, ``renoise: auto`` as the loss's own scheme."""
+    cfg = load_config(None, [mp, *AWM, "loss.awm.weighting=ghuber", "loss.awm.renoise=stratified",
+                             "train.timestep_fraction=0.9"])  # fmt: skip
+    now = to_dict(cfg)
+    old = {**now, "loss": {k: v for k, v in now["loss"].items() if k != "awm"}}
+    old["loss"].update({"awm_weighting": "ghuber", "awm_ghuber_power": 0.25, "awm_ratio": False, "awm_adv_scale": 1.0,
+                        "awm_kl_weight": "uniform", "awm_ema_coef": 0.0, "awm_ema_decay": 0.3,
+                        "renoise": "stratified", "renoise_count": 6, "renoise_shift": 3.0, "nft_beta": 1.0,
+                        "nft_adv_clip": 5.0, "nft_decay_type": 1, "sapo_temperature_pos": 1.0,
+                        "sapo_temperature_neg": 1.05})  # fmt: skip
+    old["advantage"] = {**now["advantage"], "tracker_buffer": 32, "tree_fusion": "mean", "stratified_alpha": 0.8}
+    old["sampler"] = {**now["sampler"], "split_steps": [], "branch_factor": 2}
+    assert upgrade(Config, old) == now
+    old["loss"]["renoise"] = "auto"
+    assert upgrade(Config, old)["loss"]["awm"]["renoise"] == "uniform"

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from flowrl.config import window_of
+from flowrl.options import to_dict
 from flowrl.recipes import load_config
 from flowrl.rewards import REWARDS
 from flowrl.samplers import make_window
@@ -91,9 +92,9 @@ EXPECTED = {
         "train.timestep_fraction": 0.99,
         "train.ema_decay": 0.9,
         "loss.name": "nft",
-        "loss.nft_beta": 1.0,
-        "loss.nft_adv_clip": 5.0,
-        "loss.nft_decay_type": 1,
+        "loss.nft.beta": 1.0,
+        "loss.nft.adv_clip": 5.0,
+        "loss.nft.decay_type": 1,
         "loss.velocity_kl_coef": 1e-4,
         "loss.kl_coef": 0.0,
         "rewards": ["pickscore"],
@@ -172,9 +173,10 @@ def stand_ins(tmp_path: Path) -> list[str]:
 
 
 def value(cfg, dotted: str):
-    node = cfg
+    """The value of a dotted key as a config file spells it (a method's own options under its name)."""
+    node = to_dict(cfg)
     for part in dotted.split("."):
-        node = getattr(node, part)
+        node = node[part]
     return node
 
 
@@ -532,3 +534,20 @@ def test_the_launcher_without_accelerate_says_what_to_do(tmp_path: Path):
         f"flowrl: launch error: 'accelerate' not found: run `make venv` in {root} (the launchers use its .venv) or "
         "activate the environment flowrl is installed in"
     ]
+
+
+def test_presets_and_bench_presets_use_the_nested_option_names(stand_ins: list[str], caplog):
+    """No preset (nor a bench method's overrides) spells a method's option by its old flat name: loading them logs
+    no 'is now' notice (flowrl.method_options)."""
+    import logging
+
+    from flowrl.bench import load_preset
+
+    with caplog.at_level(logging.WARNING, logger="flowrl"):
+        for path in PRESETS:
+            load_config(str(path), stand_ins)
+        for path in TEXT_PRESETS:
+            load_config(str(path))
+        for path in sorted((REPO / "configs" / "bench").glob("*.yaml")):
+            load_preset(str(path))
+    assert [r.getMessage() for r in caplog.records if "is now" in r.getMessage()] == []

@@ -50,3 +50,36 @@ def test_the_methods_page_covers_every_registered_method():
 def test_the_readme_is_a_five_minute_read():
     readme = (REPO / "README.md").read_text()
     assert len(readme.split()) < 1200 and "make demo" in readme and "make test" in readme
+
+
+def test_the_docs_spell_each_methods_options_by_their_nested_keys():
+    """The methods page lists every method's own options under ``<section>.<method>.``, and no page or preset
+    comment uses an old flat name (``loss.awm_weighting``) except where it says the name is old."""
+    import dataclasses
+
+    from flowrl.advantages import ADVANTAGES
+    from flowrl.losses import LOSSES
+    from flowrl.method_options import flat_names
+    from flowrl.samplers.modes import ROLLOUT_MODES
+
+    text = (REPO / "docs" / "methods.md").read_text()
+    old = set()
+    for registry, section in ((LOSSES, "loss"), (ADVANTAGES, "advantage"), (ROLLOUT_MODES, "sampler")):
+        for name in registry.names():
+            options = registry.options(name)
+            if options is None:
+                continue
+            prefix = f"{section}.{name}."
+            assert prefix in text, prefix
+            for f in dataclasses.fields(options):
+                assert f"`{f.name}`" in text or f"{prefix}{f.name}`" in text, prefix + f.name
+            old |= {f"{section}.{flat}" for flat, field in flat_names(options).items() if flat != field}
+            old |= {f"{section}.{flat}=" for flat, field in flat_names(options).items() if flat == field}
+    pages = [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "configs").rglob("*.yaml")]
+    found = [
+        f"{page.name}: {line.strip()}"
+        for page in pages
+        for line in page.read_text().splitlines()
+        if any(name in line for name in old) and not re.search(r"old (flat )?name|is now", line)
+    ]
+    assert not found, "\n".join(found)

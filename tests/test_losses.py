@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from flowrl.losses import (
     LOSSES,
+    AwmOptions,
     LossConfig,
     LossInputs,
     compute_loss,
@@ -214,8 +215,8 @@ def test_awm_time_weightings_match_its_code_at_ratio_one(weighting):
         "huber": (torch.sqrt(e + 1e-10) - 1e-5) * t,
         "ghuber": ((e + 1e-10) ** 0.25 - 1e-10**0.25) * t / 0.25,
     }[weighting]
-    cfg = LossConfig(awm_weighting=weighting, awm_ghuber_power=0.25)
-    out = compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv, sigma=t), cfg)
+    cfg, own = LossConfig(), AwmOptions(weighting=weighting, ghuber_power=0.25)
+    out = compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv, sigma=t), cfg, own)
     assert out.loss.item() == pytest.approx((adv * by_hand).mean().item(), rel=1e-6)
     (grad,) = torch.autograd.grad(out.loss, v_pred)
     official = v_pred.detach().clone().requires_grad_(True)
@@ -229,14 +230,14 @@ def test_awm_time_weightings_match_its_code_at_ratio_one(weighting):
     torch.testing.assert_close(grad, expected)
     if weighting != "uniform":
         with pytest.raises(ValueError, match="needs inputs: sigma"):
-            compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv), cfg)
+            compute_loss("awm", LossInputs(v_pred=v_pred, v_target=v_target, advantages=adv), cfg, own)
 
 
 def test_registry_errors():
     with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'; valid: awm, bnpo"):
         compute_loss("ppo", LossInputs())
     with pytest.raises(ValueError, match=r"already registered"):
-        LOSSES.register("grpo")(lambda inputs, cfg: None)
+        LOSSES.register("grpo")(lambda inputs, cfg, options: None)
     with pytest.raises(ValueError, match=r"'bnpo' needs inputs: log_prob, old_log_prob"):
         compute_loss("bnpo", LossInputs(advantages=torch.zeros(1), mask=torch.ones(1, 1)))
 

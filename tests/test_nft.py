@@ -11,7 +11,7 @@ import torch
 from devices import velocity_on_cpu
 
 from flowrl.errors import ConfigError
-from flowrl.losses import LossConfig, LossInputs, compute_loss
+from flowrl.losses import LossConfig, LossInputs, NftOptions, compute_loss
 from flowrl.losses.nft import nft_decay, nft_weight
 from flowrl.recipes import load_config
 
@@ -33,11 +33,11 @@ def test_loss_by_hand_on_two_rows():
     #   row loss = c/β·(0.75·0.25 + 0.25·0.75) = 4·0.375 = 1.5
     # row 1: A = −4 clipped to −2 -> r = 0; x_t = (0, 0), x0 = (1, 1), vθ = (0, 0), v_old = (0, 0), t = 1
     #   x̂0- = (0, 0), err (−1, −1) -> 1 / 1 = 1 -> row loss 4·1 = 4
-    cfg = LossConfig(nft_beta=0.5, nft_adv_clip=2.0)
+    cfg, own = LossConfig(), NftOptions(beta=0.5, adv_clip=2.0)
     v = torch.tensor([[2.0, 2.0], [0.0, 0.0]], requires_grad=True)
     inputs = _inputs([1.0, -4.0], v, torch.tensor([[1.0, 3.0], [0.0, 0.0]]), torch.tensor([[1.0, 2.0], [0.0, 0.0]]),
                      torch.tensor([[0.0, 1.0], [1.0, 1.0]]), [0.5, 1.0])  # fmt: skip
-    out = compute_loss("nft", inputs, cfg)
+    out = compute_loss("nft", inputs, cfg, own)
     assert out.loss.item() == pytest.approx((1.5 + 4.0) / 2)
     assert out.metrics["nft/positive"] == pytest.approx((0.25 + 1.0) / 2)  # row 1: x̂0+ = x_t too
     # the weight carries no gradient: d/dvθ of row 1's 4·mean((x_t − t·(1.5·v_old − 0.5·vθ) − x0)²)/1 at vθ = 0 is
@@ -93,8 +93,8 @@ def test_config_refusals():
         load_config(None, ["model.path=assets/toy-sd3", "sampler.mode=ode"])
     with pytest.raises(ConfigError, match="cfg_scale=1"):
         load_config(None, [*base, "model.cfg_scale=4.5"])
-    with pytest.raises(ConfigError, match="nft_decay_type"):
-        load_config(None, [*base, "loss.nft_decay_type=3"])
+    with pytest.raises(ConfigError, match=r"^loss\.nft\.decay_type: must be <= 2, got 3$"):
+        load_config(None, [*base, "loss.nft.decay_type=3"])
 
 
 def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path):

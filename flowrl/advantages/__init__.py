@@ -1,7 +1,8 @@
-"""Advantage estimators: one registry, one signature ``fn(batch, cfg, state) -> AdvantageResult``.
+"""Advantage estimators: one registry, one signature ``fn(batch, cfg, options, state) -> AdvantageResult``.
 
 Registered names: grpo, global-std, dr-grpo, rloo, median, gdpo, pairwise, stratified, ngrpo,
-multi-granularity, per-prompt, tree. See the README's table for formulas and when to use each.
+multi-granularity, per-prompt, tree. stratified, ngrpo, per-prompt and tree declare their own options
+(``advantage.tree.fusion`` in a config). See docs/methods.md for formulas and when to use each.
 """
 
 from . import group, tracker, tree  # noqa: F401  (importing registers the estimators)
@@ -21,7 +22,9 @@ from .core import (
     refusal,
     zscore,
 )
-from .tree import node_rewards
+from .group import NgrpoOptions, StratifiedOptions
+from .tracker import TrackerOptions
+from .tree import TreeOptions, node_rewards
 
 __all__ = [
     "ADVANTAGES",
@@ -32,6 +35,10 @@ __all__ = [
     "Estimator",
     "EstimatorFacts",
     "Groups",
+    "NgrpoOptions",
+    "StratifiedOptions",
+    "TrackerOptions",
+    "TreeOptions",
     "TreeStructure",
     "broadcast_to_transitions",
     "combine",

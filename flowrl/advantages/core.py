@@ -1,20 +1,23 @@
 """Types, group statistics and the registry shared by every advantage estimator.
 
-Every estimator has ONE signature, ``fn(batch, cfg, state) -> AdvantageResult``:
+Every estimator has ONE signature, ``fn(batch, cfg, options, state) -> AdvantageResult``:
 ``batch`` carries rewards ``[N, K]`` (K weighted components), group ids ``[N]`` and the extras
-some estimators need; ``cfg`` is the common option set; ``state`` is a dict the estimator may
-read and update across calls (the per-prompt tracker's buffers), saved with the trainer state.
+some estimators need; ``cfg`` is the option set several estimators read (``AdvantageConfig``);
+``options`` the estimator's own, the dataclass it declared at registration (or None: ``advantage.<name>.<option>``
+in a config); ``state`` is a dict the estimator may read and update across calls (the per-prompt tracker's
+buffers), saved with the trainer state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from flowrl.method_options import options_for, section_option
 from flowrl.options import option
 from flowrl.registry import Registry
 
@@ -78,32 +81,25 @@ def combine(rewards: Tensor, weights: Tensor | None) -> Tensor:
     return (rewards * weights.to(rewards)).sum(-1)
 
 
+def _needs_strata(facts: EstimatorFacts) -> bool:
+    return "strata" in facts.needs
+
+
 @dataclass
 class AdvantageConfig:
-    """Options common to the estimators (each documents which it reads)."""
+    """Options read by several estimators (each documents which it reads); an estimator's own options are its
+    registered options dataclass. Who reads each option is declared: the estimator's ``ignores`` and the field's
+    ``read_by`` (``flowrl.method_options``)."""
 
     eps: float = option(1e-4, "added to a std before dividing (Flow-GRPO and TRL use 1e-4)", low=0.0)
     clip_max: float | None = option(5.0, "clamp advantages to ±clip_max; None disables", low=0.0)
     std_unbiased: bool = option(False, "group std with Bessel's correction (TRL) instead of the population std")
-    tracker_buffer: int = option(32, "per-prompt tracker: rewards kept per prompt", low=1)
-    tracker_min_count: int = option(16, "per-prompt tracker: below this, use batch statistics", low=1)
-    ngrpo_max_reward: float = option(1.0, "ngrpo: reward of the virtual sample added to each group")
-    stratified_alpha: float = option(
-        0.8, "stratified: weight of the within-stratum estimate in the blend", low=0.0, high=1.0
-    )
-    strata: str = option(
+    strata: str = section_option(option(
         "",
-        "stratified: where each sample's stratum comes from; flows: a scored component '<reward>/<key>' "
-        "(rounded to integers, e.g. toy-geneval/objects); text: a function 'module:function' or "
+        "estimators that need strata (stratified): where each sample's stratum comes from; flows: a scored component "
+        "'<reward>/<key>' (rounded to integers, e.g. toy-geneval/objects); text: a function 'module:function' or "
         "'toy-text:<name>' with a reward's signature that returns one integer per completion",
-    )
-    tree_fusion: str = option(
-        "mean", "tree: internal node reward = 'mean' of leaves or 'logprob'-weighted", choices=("mean", "logprob")
-    )
-    tree_keep_fraction: float = option(
-        1.0, "tree width pruning: keep this fraction (best and worst halves)", low=0.0, high=1.0
-    )
-    tree_skip_depths: tuple[int, ...] = option((), "tree depth pruning: depths left out of the backward pass")
+    ), read_by=_needs_strata)  # fmt: skip
 
 
 @dataclass
@@ -134,19 +130,25 @@ class EstimatorFacts:
     needs: the optional ``AdvantageBatch`` inputs it cannot run without (keys of ``EXTRA_INPUTS``); a trainer
     refuses it at config time unless it feeds all of them. odd_groups: groups must have an odd size (the median
     is one sample). per_transition: the advantages are per tree transition ``[M]``, not per sample ``[N]``.
+    ignores: options of ``AdvantageConfig`` it does not read (a config that sets one is refused).
     """
 
     needs: tuple[str, ...] = ()
     odd_groups: bool = False
     per_transition: bool = False
+    ignores: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.needs if n not in EXTRA_INPUTS]
         if unknown:
             raise TypeError(f"unknown estimator inputs {unknown}; valid: {', '.join(EXTRA_INPUTS)}")
+        unread = set(self.ignores) - {f.name for f in fields(AdvantageConfig)}
+        if unread:
+            raise TypeError(f"ignores names no AdvantageConfig option: {', '.join(sorted(unread))}")
 
 
-Estimator = Callable[[AdvantageBatch, AdvantageConfig, dict[str, Any]], AdvantageResult]
+#: (batch, common options, its own options or None, state) -> result
+Estimator = Callable[[AdvantageBatch, AdvantageConfig, Any, dict[str, Any]], AdvantageResult]
 ADVANTAGES: Registry[Estimator, EstimatorFacts] = Registry("advantage estimator", EstimatorFacts)
 
 
@@ -254,7 +256,14 @@ def finish(
 
 
 def compute_advantages(
-    name: str, batch: AdvantageBatch, cfg: AdvantageConfig | None = None, state: dict[str, Any] | None = None
+    name: str,
+    batch: AdvantageBatch,
+    cfg: AdvantageConfig | None = None,
+    state: dict[str, Any] | None = None,
+    options: Any = None,
 ) -> AdvantageResult:
-    """Run the estimator registered as ``name``. ``state`` persists across calls (default: a fresh dict)."""
-    return ADVANTAGES.get(name)(batch, cfg or AdvantageConfig(), {} if state is None else state)
+    """Run the estimator registered as ``name`` with the common options ``cfg`` and its own ``options`` (default:
+    those of ``cfg`` when it is a config section holding them, e.g. ``run.cfg.advantage``; else the declared
+    defaults). ``state`` persists across calls (default: a fresh dict)."""
+    fn, options = ADVANTAGES.get(name), options_for(ADVANTAGES, name, cfg, options)
+    return fn(batch, cfg or AdvantageConfig(), options, {} if state is None else state)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+
+from flowrl.options import option
 
 from .core import ADVANTAGES, AdvantageBatch, AdvantageConfig, AdvantageResult, Groups, combine, finish, zscore
 
 
 @ADVANTAGES.register("grpo")
-def grpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def grpo(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """(r − mean_g) / (std_g + eps) on the weighted reward sum (DeepSeekMath; with K > 1 rewards this is
     the weighted-sum-then-normalise scheme). eps and ``std_unbiased`` from cfg."""
     groups = Groups.of(batch.group_id)
@@ -19,7 +22,7 @@ def grpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
 
 
 @ADVANTAGES.register("global-std")
-def global_std(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def global_std(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """(r − mean_g) / (std_batch + eps): group baseline, one batch-wide scale (Flow-GRPO's ``global_std``)."""
     r = batch.combined()
     groups = Groups.of(batch.group_id)
@@ -28,8 +31,8 @@ def global_std(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any
     return finish(torch.where(constant, torch.zeros_like(adv), adv), constant, groups, cfg)
 
 
-@ADVANTAGES.register("dr-grpo")
-def dr_grpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+@ADVANTAGES.register("dr-grpo", ignores=("eps", "std_unbiased"))
+def dr_grpo(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """r − mean_g, no division by the std (Dr. GRPO): advantages scale with the rewards."""
     r = batch.combined()
     groups = Groups.of(batch.group_id)
@@ -38,8 +41,8 @@ def dr_grpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) 
     return finish(adv, constant, groups, cfg)
 
 
-@ADVANTAGES.register("rloo")
-def rloo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+@ADVANTAGES.register("rloo", ignores=("eps", "std_unbiased"))
+def rloo(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """Leave-one-out baseline: r_i − mean_{j≠i} r_j = G/(G−1)·(r − mean_g). Needs groups of >= 2."""
     r = batch.combined()
     groups = Groups.of(batch.group_id)
@@ -52,7 +55,7 @@ def rloo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
 
 
 @ADVANTAGES.register("median", odd_groups=True)
-def median(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def median(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """MC-GRPO: G + 1 samples per group, baseline = the group median, (r − median) / (std_g + eps).
 
     Groups must have an odd size so that the median is one sample, the pivot; it gets advantage 0
@@ -76,7 +79,7 @@ def median(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -
 
 
 @ADVANTAGES.register("gdpo")
-def gdpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def gdpo(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """GDPO: z-score every reward component within its group, take the weighted sum, then z-score that
     over the whole batch. Keeps one reward's scale from drowning the others."""
     groups = Groups.of(batch.group_id)
@@ -89,7 +92,7 @@ def gdpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
 
 
 @ADVANTAGES.register("pairwise", needs=("pairwise",))
-def pairwise(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def pairwise(batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]) -> AdvantageResult:
     """Pref-GRPO: win rate w_i = (wins + 0.5·ties) / (G − 1) from ``batch.pairwise``, then a group z-score.
 
     ``pairwise[i, j]`` is i's score against j (1, 0.5, 0); within a group it must satisfy
@@ -114,10 +117,21 @@ def pairwise(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any])
     return finish(adv, constant, groups, cfg, **{"pairwise/win_rate_mean": float(rate.mean())})
 
 
-@ADVANTAGES.register("stratified", needs=("strata",))
-def stratified(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+@dataclass
+class StratifiedOptions:
+    """The stratified estimator's own options."""
+
+    FLAT: ClassVar[dict[str, str]] = {"stratified_alpha": "alpha"}
+
+    alpha: float = option(0.8, "weight of the within-stratum estimate in the blend", low=0.0, high=1.0)
+
+
+@ADVANTAGES.register("stratified", options=StratifiedOptions, needs=("strata",))
+def stratified(
+    batch: AdvantageBatch, cfg: AdvantageConfig, options: StratifiedOptions, state: dict[str, Any]
+) -> AdvantageResult:
     """Stratified advantage normalisation (Stratified GRPO): z-score within (group, stratum), blended with
-    the group z-score: α·A_stratum + (1 − α)·A_group, α = ``cfg.stratified_alpha``."""
+    the group z-score: α·A_stratum + (1 − α)·A_group, α = ``options.alpha``."""
     if batch.strata is None:
         raise ValueError("the stratified estimator needs batch.strata, an [N] stratum id per sample")
     r = batch.combined()
@@ -125,17 +139,28 @@ def stratified(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any
     cells = Groups.of(groups.index * (int(batch.strata.max()) + 1) + batch.strata.to(groups.index))
     a_cell, _ = zscore(r, cells, cfg)
     a_group, constant = zscore(r, groups, cfg)
-    adv = cfg.stratified_alpha * a_cell + (1 - cfg.stratified_alpha) * a_group
+    adv = options.alpha * a_cell + (1 - options.alpha) * a_group
     return finish(torch.where(constant, torch.zeros_like(adv), adv), constant, groups, cfg)
 
 
-@ADVANTAGES.register("ngrpo")
-def ngrpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
-    """NGRPO: a virtual sample with reward ``cfg.ngrpo_max_reward`` joins each group's mean and std, so
+@dataclass
+class NgrpoOptions:
+    """NGRPO's own options."""
+
+    FLAT: ClassVar[dict[str, str]] = {"ngrpo_max_reward": "max_reward"}
+
+    max_reward: float = option(1.0, "reward of the virtual sample added to each group")
+
+
+@ADVANTAGES.register("ngrpo", options=NgrpoOptions)
+def ngrpo(
+    batch: AdvantageBatch, cfg: AdvantageConfig, options: NgrpoOptions, state: dict[str, Any]
+) -> AdvantageResult:
+    """NGRPO: a virtual sample with reward ``options.max_reward`` joins each group's mean and std, so
     groups that all failed still get (negative) advantages."""
     r = batch.combined()
     groups = Groups.of(batch.group_id)
-    top = cfg.ngrpo_max_reward
+    top = options.max_reward
     size = groups.size.to(r) + 1
     mean = (groups.sum(r) + top) / size
     sq = groups.sum((r - mean[groups.index]) ** 2) + (top - mean) ** 2
@@ -146,7 +171,9 @@ def ngrpo(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) ->
 
 
 @ADVANTAGES.register("multi-granularity", needs=("granular_rewards",))
-def multi_granularity(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+def multi_granularity(
+    batch: AdvantageBatch, cfg: AdvantageConfig, options: None, state: dict[str, Any]
+) -> AdvantageResult:
     """G2RPO: the group z-scores of the main decoding and of every coarser decoding
     (``batch.granular_rewards [J, N, K]``), summed."""
     if batch.granular_rewards is None:

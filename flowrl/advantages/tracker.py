@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+
+from flowrl.options import option
 
 from .core import ADVANTAGES, AdvantageBatch, AdvantageConfig, AdvantageResult, Groups, finish
 
 
-@ADVANTAGES.register("per-prompt", needs=("prompt_keys",))
-def per_prompt(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
-    """(r − mean_p) / (std_p + eps) with mean/std over the last ``cfg.tracker_buffer`` rewards of prompt p
-    (this batch's included). Until a prompt has ``cfg.tracker_min_count`` rewards, the batch-wide
+@dataclass
+class TrackerOptions:
+    """The per-prompt tracker's own options."""
+
+    FLAT: ClassVar[dict[str, str]] = {"tracker_buffer": "buffer", "tracker_min_count": "min_count"}
+
+    buffer: int = option(32, "rewards kept per prompt", low=1)
+    min_count: int = option(16, "below this many rewards of a prompt, use batch statistics", low=1)
+
+
+@ADVANTAGES.register("per-prompt", options=TrackerOptions, needs=("prompt_keys",))
+def per_prompt(
+    batch: AdvantageBatch, cfg: AdvantageConfig, options: TrackerOptions, state: dict[str, Any]
+) -> AdvantageResult:
+    """(r − mean_p) / (std_p + eps) with mean/std over the last ``options.buffer`` rewards of prompt p
+    (this batch's included). Until a prompt has ``options.min_count`` rewards, the batch-wide
     mean/std are used instead. The buffers live in ``state["per_prompt"]`` (prompt → list of floats),
     plain data that saves with the trainer state.
     """
@@ -24,12 +39,12 @@ def per_prompt(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any
     for key, value in zip(batch.prompt_keys, values, strict=True):
         buffers.setdefault(key, []).append(value)
     for key in set(batch.prompt_keys):
-        del buffers[key][: -cfg.tracker_buffer]
+        del buffers[key][: -options.buffer]
     batch_mean, batch_std = r.mean(), r.std(unbiased=cfg.std_unbiased) if r.numel() > 1 else r.new_tensor(0.0)
     mean, std = torch.empty_like(r), torch.empty_like(r)
     for i, key in enumerate(batch.prompt_keys):
         history = buffers[key]
-        if len(history) < cfg.tracker_min_count:
+        if len(history) < options.min_count:
             mean[i], std[i] = batch_mean, batch_std
         else:
             h = torch.tensor(history, dtype=r.dtype)

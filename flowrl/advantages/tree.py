@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from flowrl.options import option
 
 from .core import ADVANTAGES, AdvantageBatch, AdvantageConfig, AdvantageResult, Groups, finish, zscore
 
@@ -58,13 +61,27 @@ def node_rewards(
     return out
 
 
-@ADVANTAGES.register("tree", needs=("tree",), per_transition=True)
-def tree(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> AdvantageResult:
+@dataclass
+class TreeOptions:
+    """BranchGRPO's tree estimator's own options: reward fusion and pruning."""
+
+    FLAT: ClassVar[dict[str, str]] = {"tree_fusion": "fusion", "tree_keep_fraction": "keep_fraction",
+                                      "tree_skip_depths": "skip_depths"}  # fmt: skip
+
+    fusion: str = option(
+        "mean", "internal node reward = 'mean' of leaves or 'logprob'-weighted", choices=("mean", "logprob")
+    )
+    keep_fraction: float = option(1.0, "width pruning: keep this fraction (best and worst halves)", low=0.0, high=1.0)
+    skip_depths: tuple[int, ...] = option((), "depth pruning: depths left out of the backward pass")
+
+
+@ADVANTAGES.register("tree", options=TreeOptions, needs=("tree",), per_transition=True)
+def tree(batch: AdvantageBatch, cfg: AdvantageConfig, options: TreeOptions, state: dict[str, Any]) -> AdvantageResult:
     """Per-transition advantage = z-score of its child node's fused reward among the transitions of the
     same group at the same step (nodes of one depth in the tree).
 
-    Pruning only masks the backward pass: ``cfg.tree_skip_depths`` drops whole depths;
-    ``cfg.tree_keep_fraction`` < 1 keeps, per (group, step), the best and the worst ``fraction / 2``
+    Pruning only masks the backward pass: ``options.skip_depths`` drops whole depths;
+    ``options.keep_fraction`` < 1 keeps, per (group, step), the best and the worst ``fraction / 2``
     of the transitions by child reward. Returns ``[M]`` advantages and mask.
     """
     t = batch.tree
@@ -72,18 +89,18 @@ def tree(batch: AdvantageBatch, cfg: AdvantageConfig, state: dict[str, Any]) -> 
         raise ValueError("the tree estimator needs batch.tree (transitions of a tree rollout)")
     if t.leaf_node_id.shape != (batch.rewards.shape[0],):
         raise ValueError(f"tree.leaf_node_id has shape {tuple(t.leaf_node_id.shape)}; expected one per reward row")
-    if not 0 < cfg.tree_keep_fraction <= 1:
-        raise ValueError(f"tree_keep_fraction must be in (0, 1], got {cfg.tree_keep_fraction}")
-    child = node_rewards(t.node_id, t.parent_id, t.log_prob, t.leaf_node_id, batch.combined(), cfg.tree_fusion)
+    if not 0 < options.keep_fraction <= 1:
+        raise ValueError(f"keep_fraction must be in (0, 1], got {options.keep_fraction}")
+    child = node_rewards(t.node_id, t.parent_id, t.log_prob, t.leaf_node_id, batch.combined(), options.fusion)
     levels = Groups.of(t.group_id.cpu() * (int(t.step.max()) + 1) + t.step.cpu())
     adv, constant = zscore(child, levels, cfg)
-    mask = ~torch.isin(t.depth.cpu(), torch.tensor(cfg.tree_skip_depths, dtype=torch.long))
-    if cfg.tree_keep_fraction < 1:
+    mask = ~torch.isin(t.depth.cpu(), torch.tensor(options.skip_depths, dtype=torch.long))
+    if options.keep_fraction < 1:
         keep = torch.zeros_like(mask)
         for g in range(levels.count):
             members = (levels.index == g).nonzero().squeeze(1)
             order = members[torch.argsort(child[members], stable=True)]
-            k = max(1, round(cfg.tree_keep_fraction * members.numel() / 2))
+            k = max(1, round(options.keep_fraction * members.numel() / 2))
             keep[order[:k]] = True
             keep[order[-k:]] = True
         mask &= keep

@@ -1,8 +1,9 @@
-"""Policy losses: one registry, one signature ``fn(inputs, cfg) -> LossOutput``.
+"""Policy losses: one registry, one signature ``fn(inputs, cfg, options) -> LossOutput``.
 
-Registered names: ppo-clip, grpo-guard, awm, nft (flows); grpo, bnpo, dr-grpo, dapo, gspo (tokens).
-Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every
-clipped loss. See the README's table.
+Registered names: ppo-clip, grpo-guard, awm, nft (flows); grpo, bnpo, dr-grpo, dapo, gspo (both); cispo, sapo
+(tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every clipped
+loss (``LossConfig``); awm, nft and sapo declare their own options (``AwmOptions``, ``NftOptions``, ``SapoOptions``:
+``loss.awm.weighting`` in a config). See docs/methods.md.
 """
 
 from . import nft, policy  # noqa: F401  (importing registers the losses)
@@ -13,11 +14,16 @@ from .core import (
     LossFacts,
     LossInputs,
     LossOutput,
+    NormalizesBy,
     OldPolicy,
+    TrainsOn,
     compute_loss,
     normalizes_by,
     trains_on,
 )
+from .nft import NftOptions
+from .policy import AwmOptions, SapoOptions
+from .renoise import RenoiseOptions
 from .terms import (
     STEP_WEIGHTINGS,
     aggregate,
@@ -32,12 +38,18 @@ from .terms import (
 __all__ = [
     "LOSSES",
     "STEP_WEIGHTINGS",
+    "AwmOptions",
     "Loss",
     "LossConfig",
     "LossFacts",
     "LossInputs",
     "LossOutput",
+    "NftOptions",
+    "NormalizesBy",
     "OldPolicy",
+    "RenoiseOptions",
+    "SapoOptions",
+    "TrainsOn",
     "aggregate",
     "clipped_surrogate",
     "compute_loss",

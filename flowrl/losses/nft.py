@@ -18,12 +18,18 @@ ones push it away (r = 0). Reference: NVlabs/DiffusionNFT scripts/train_nft_sd3.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy
+from flowrl.method_options import Backend
+from flowrl.options import option
+
+from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
+from .renoise import RENOISE, RenoiseOptions
 from .terms import velocity_penalty
 
 # (flat, uprate, uphold) of DiffusionNFT's decay types 0, 1, 2 (its return_decay)
@@ -51,17 +57,45 @@ def _adaptive_error(x0_pred: Tensor, x0: Tensor) -> Tensor:
     return ((x0_pred - x0) ** 2 / scale.to(x0_pred.dtype)).mean(dim=dims)
 
 
-def old_policy(cfg: LossConfig) -> OldPolicy:
-    """NFT's old policy: samples the rollouts, trails θ with its ``return_decay`` of ``loss.nft_decay_type``."""
-    return OldPolicy(decay=partial(nft_decay, decay_type=cfg.nft_decay_type), samples=True)
+@dataclass
+class NftOptions(RenoiseOptions):
+    """DiffusionNFT's own options (NVlabs/DiffusionNFT config/nft.py, config/base.py)."""
+
+    FLAT: ClassVar[dict[str, str]] = {**RenoiseOptions.FLAT, "nft_beta": "beta", "nft_adv_clip": "adv_clip",
+                                      "nft_decay_type": "decay_type"}  # fmt: skip
+
+    renoise: str = option(
+        "subset",
+        "the noise levels each clean sample trains at (flowrl.losses.renoise; subset, DiffusionNFT's: a random "
+        "permutation's first max(1, int(T·train.timestep_fraction)) of the T levels)",
+        choices=lambda: RENOISE.names(),
+    )
+    beta: float = option(
+        1.0, "β: positive velocity β·vθ + (1 − β)·v_old, negative (1 + β)·v_old − β·vθ (its config.beta)", low=1e-6
+    )
+    adv_clip: float = option(5.0, "advantages clipped to ±c, then r = A/(2c) + 1/2 (its adv_clip_max)", low=1e-6)
+    decay_type: int = option(
+        1,
+        "the old policy's decay (its return_decay): after each iteration old ← d·old + (1 − d)·θ, "
+        "d = min(uprate·(step − flat), uphold) after `flat` optimizer steps; 0: d = 0 (old = current), "
+        "1: (flat 0, uprate 0.001, uphold 0.5), 2: (75, 0.0075, 0.999)",
+        low=0,
+        high=2,
+    )
 
 
-@LOSSES.register("nft", trains_on="samples", trainers=("flow",), levels="subset", old_policy=old_policy)
-def nft(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
+def old_policy(options: NftOptions) -> OldPolicy:
+    """NFT's old policy: samples the rollouts, trails θ with its ``return_decay`` of ``decay_type``."""
+    return OldPolicy(decay=partial(nft_decay, decay_type=options.decay_type), samples=True)
+
+
+@LOSSES.register("nft", options=NftOptions, trains_on=TrainsOn.SAMPLES, trainers=(Backend.FLOW,),
+                 old_policy=old_policy, ignores=("dual_clip", "delta"))  # fmt: skip
+def nft(inputs: LossInputs, cfg: LossConfig, options: NftOptions) -> LossOutput:
     """The DiffusionNFT loss (see the module docstring). Needs v_pred, v_old, x_t, x0 ``[N, *S]``, sigma and
-    advantages ``[N]`` (and v_ref with ``velocity_kl_coef``)."""
+    advantages ``[N]`` (and v_ref with ``cfg.velocity_kl_coef``)."""
     inputs.need("v_pred", "v_old", "x_t", "x0", "sigma", "advantages", loss="nft")
-    beta, clip = cfg.nft_beta, cfg.nft_adv_clip
+    beta, clip = options.beta, options.adv_clip
     v, v_old, x0 = inputs.v_pred, inputs.v_old.detach(), inputs.x0
     t = inputs.sigma.to(v).view(-1, *([1] * (v.ndim - 1)))
     r = nft_weight(inputs.advantages.to(v), clip)
@@ -81,4 +115,4 @@ def nft(inputs: LossInputs, cfg: LossConfig) -> LossOutput:
     return LossOutput(loss, metrics)
 
 
-__all__ = ["DECAY_TYPES", "nft", "nft_decay", "nft_weight"]
+__all__ = ["DECAY_TYPES", "NftOptions", "nft", "nft_decay", "nft_weight"]

@@ -36,7 +36,7 @@ from flowrl.data import load_prompts
 from flowrl.errors import ConfigError
 from flowrl.evaluation import prompt_groups, score_images
 from flowrl.generate import generate
-from flowrl.losses import LOSSES, LossOutput, trains_on
+from flowrl.losses import LOSSES, LossOutput, TrainsOn, trains_on
 from flowrl.models import lora_targets, policy_for
 from flowrl.models.common import in_chunks, set_attention_backend
 from flowrl.models.untrained import compile_policy, untrained_copy
@@ -104,7 +104,7 @@ def setup(cfg: Config) -> Run:
     window = make_window(kind, cfg.sampler.num_steps, size, **options)
     train_prompts = load_prompts(cfg.data.train_prompts)
     _check_split(cfg, window, rewards, len(train_prompts), accelerator.num_processes)
-    old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss)
+    old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss.options)
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -443,7 +443,7 @@ def train_step(run: Run) -> dict[str, float]:
         with run.clock.stage("advantages"):
             whole = gather_batch(acc, advantage_batch(run, batch))
             rows, adv_metrics = advantages(run, batch, whole)
-        if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) == "transitions":
+        if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
             gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
             mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
             rows = TrainRows(rows.advantages, mask, rows.position)

@@ -9,8 +9,8 @@ asks which method it runs. Each objective is one registered object with two part
 - ``transitions`` (Flow-GRPO and its family): a row is a stored denoising step, replayed for its log-prob and
   step mean (and the reference's);
 - ``samples`` (AWM, DiffusionNFT): a row is a final clean sample x0 at one noise level of the sampling schedule
-  (``LossFacts.levels`` says how many per sample), re-noised there for its velocity and flow-matching target (and
-  the old policy's velocity when the loss declares ``old_policy``).
+  (its options' ``renoise`` scheme says how many per sample), re-noised there for its velocity and flow-matching
+  target (and the old policy's velocity when the loss declares ``old_policy``).
 
 Adding an objective is one more registered object here plus its loss.
 """
@@ -69,8 +69,7 @@ def _col(t: Tensor | None) -> Tensor | None:
 
 def renoise_levels(cfg: Config) -> Levels:
     """The re-noising levels of ``cfg``'s sample objective (``flowrl.losses.renoise``)."""
-    return levels_of(cfg.loss.name, cfg.loss.renoise, cfg.loss.renoise_count, cfg.loss.renoise_shift,
-                     cfg.sampler.num_steps, cfg.train.timestep_fraction)  # fmt: skip
+    return levels_of(cfg.loss.options, cfg.sampler.num_steps, cfg.train.timestep_fraction)
 
 
 class ReplayTransitions:
@@ -124,10 +123,10 @@ class RenoisedSamples:
         position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
         seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
         train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, sigma, seed)
-        value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss)
+        value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss.options)
         if value is not None:
             with torch.no_grad():
-                parts = [value(self._inputs(run, batch, r, train, old=False), cfg.loss)
+                parts = [value(self._inputs(run, batch, r, train, old=False), cfg.loss.options)
                          for r in torch.arange(len(position)).split(cfg.train.micro_batch)]  # fmt: skip
             train.old_value = torch.cat(parts).cpu() if parts else torch.zeros(0)
         return train

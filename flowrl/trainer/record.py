@@ -23,6 +23,7 @@ import yaml
 
 from flowrl.atomic import write_text
 from flowrl.errors import ConfigError
+from flowrl.method_options import upgrade
 from flowrl.options import to_dict
 
 log = logging.getLogger("flowrl")
@@ -79,7 +80,7 @@ def resume_changes(cfg: Any, checkpoint: str) -> dict[str, tuple[Any, Any]]:
     if old is None:
         log.warning("checkpoint %s holds no configuration: resuming without comparing it", checkpoint)
         return {}
-    before, now = flatten(old), flatten(to_dict(cfg))
+    before, now = flatten(upgrade(type(cfg), old)), flatten(to_dict(cfg))  # old: maybe written before options nested
     changes = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
     refused = [k for k in changes if not resumable(k)]
     if refused:

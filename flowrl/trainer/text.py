@@ -26,7 +26,7 @@ from torch import Tensor
 from flowrl.advantages import AdvantageBatch, compute_advantages
 from flowrl.errors import ConfigError, DataError, LaunchError
 from flowrl.evaluation import WATCH
-from flowrl.losses import LossInputs, LossOutput, compute_loss, normalizes_by
+from flowrl.losses import LossInputs, LossOutput, NormalizesBy, compute_loss, normalizes_by
 from flowrl.models.causal_lm import (
     Completions,
     quiet_peft,
@@ -440,9 +440,12 @@ class SequenceRows:
     def __call__(self, rows: Tensor) -> tuple[LossOutput, float]:
         rows = rows.to(self.mask.device)
         out, m = self._loss(rows)
-        share = {"sequences": len(rows) / self.total, "tokens": float(m.sum()) / max(self.tokens, 1.0)}
+        share = {
+            NormalizesBy.SEQUENCES: len(rows) / self.total,
+            NormalizesBy.TOKENS: float(m.sum()) / max(self.tokens, 1.0),
+        }
         kind = normalizes_by(self.run.cfg.loss.name)
-        weight = share[kind] * self.run.accelerator.num_processes if kind in share else 1.0  # global-tokens: 1
+        weight = share[kind] * self.run.accelerator.num_processes if kind in share else 1.0  # GLOBAL_TOKENS: 1
         return out, weight
 
     def filler(self) -> LossOutput:
