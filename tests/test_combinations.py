@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_text_trainer import text_config
+from tiny_runs import MODE_OPTIONS, text_config
 
 from flowrl.advantages import ADVANTAGES
 from flowrl.config import load_config
@@ -17,22 +17,6 @@ from flowrl.losses import LOSSES
 from flowrl.options import ConfigError
 from flowrl.samplers.modes import ROLLOUT_MODES
 
-#: what each mode needs beyond the defaults to be a valid rollout (branching modes: 4 leaves = the group size)
-MODE_OPTIONS = {
-    "flow-grpo": ["train.group_size=5"],
-    "flow-grpo-fast": [
-        "train.group_size=5",
-        "sampler.window_size=2",
-        "sampler.extra_tail_steps=[1]",
-        "sampler.window_options={max_start: 1}",
-    ],
-    "mixgrpo": ["train.group_size=5", "sampler.window_size=2"],
-    "mixgrpo-flash": ["train.group_size=5", "sampler.window_size=2", "sampler.tail_steps=2"],
-    "branchgrpo": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "branchgrpo-mix": ["train.group_size=4", "sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
-    "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
-}
 TINY = [
     "model.lora_rank=2", "model.lora_alpha=2", "sampler.num_steps=4", "train.iterations=1",
     "train.prompts_per_step=2", "train.micro_batch=64", "eval.enabled=false", "output.progress=false",
@@ -123,7 +107,7 @@ def test_pairwise_trains_on_the_judges_preferences(tiny_model):
     matrix, the pairwise estimator's advantages are the group z-scores of each image's win rate, and the update
     trains. Without a judge, or with the judge in pointwise mode, pairwise is refused naming the fix."""
     import torch
-    from test_reward_vlm_judge import FakeJudge
+    from fake_judge import FakeJudge
 
     from flowrl.advantages import compute_advantages
     from flowrl.trainer.flow import advantage_batch, sample, setup, train_step

@@ -173,7 +173,7 @@ def test_watch_rewards_are_checked_before_anything_loads():
 
 
 def test_flowrl_eval_writes_means_categories_and_monitors(tiny_model, tmp_path, capsys):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict
@@ -240,7 +240,7 @@ def test_flowrl_eval_refuses_bad_input_before_loading(tmp_path, capsys):
 
 
 def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_model, tmp_path, capsys):
-    from test_trainer import TINY_ARGS
+    from tiny_runs import TINY_ARGS
 
     from flowrl.cli import main
 
@@ -281,7 +281,7 @@ def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
 
 def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_path, capsys):
     import yaml
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict

@@ -59,7 +59,7 @@ def _headless(browser: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_gallery_of_base_and_trained_checkpoint_loads_in_chromium(tiny_model, tmp_path, chromium):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.trainer.flow import setup, train_step
@@ -99,7 +99,7 @@ def test_gallery_of_base_and_trained_checkpoint_loads_in_chromium(tiny_model, tm
 def test_a_trained_column_differs_from_base_and_bench_folders_expand(tiny_model, tmp_path):
     """The checkpoint's LoRA is really applied (its images differ from the base's), and a bench output folder
     becomes one column per method."""
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.compare import load_column_policy, parse_columns
     from flowrl.generate import generate

@@ -77,7 +77,7 @@ def test_distilled_flux2_refuses_guidance(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import setup, train_step
     from flowrl.trainer.run import save_checkpoint
@@ -101,7 +101,7 @@ def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_gallery_compares_base_and_trained_columns(folders, name, tmp_path):
     import yaml
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict

@@ -8,8 +8,8 @@ import os
 
 import pytest
 import torch
+from tiny_runs import text_config
 
-from flowrl.config import load_config
 from flowrl.models.causal_lm import completion_mask, token_log_probs
 from flowrl.trainer.text import score, setup, train_step
 
@@ -18,18 +18,6 @@ TRL_METRICS = (
     "reward", "reward_std", "frac_reward_zero_std", "rewards/correct/mean", "rewards/well_formed/std", "kl",
     "entropy", "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean", "num_tokens",
 )  # fmt: skip
-
-
-def text_config(path: str, *overrides: str):
-    return load_config(
-        None,
-        [
-            "backend=text", f"model.path={path}", "model.lora_rank=4", "generation.max_new_tokens=4",
-            "train.prompts_per_step=3", "train.group_size=4", "train.micro_batch=5", "train.lr=1e-2",
-            "eval.num_prompts=4", "output.progress=false",
-            "rewards=[{name: 'toy-text:correct'}, {name: 'toy-text:well_formed', weight: 0.5}]", *overrides,
-        ],
-    )  # fmt: skip
 
 
 def _tiny(kind: str):
