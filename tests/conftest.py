@@ -1,8 +1,15 @@
+import os
+
 import pytest
 import torch
 
 from flowrl.models.toy import build_toy_model, save_sd3_folder
 from flowrl.samplers import GaussianFlow
+
+# One intra-op thread per test process, and for the processes the tests start (the variable is inherited): the tiny
+# models' matrices are too small to gain from a second thread, while on 2 shared cores OpenMP's waiting threads made
+# a tiny train step 5-15x slower in wall time than one thread. An OMP_NUM_THREADS set by the caller is kept.
+torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
 @pytest.fixture
