@@ -33,9 +33,9 @@ def test_every_mode_is_covered():
 def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     from flowrl.trainer.flow import setup, train_step
 
-    ran, refused, run = [], [], None
-    for estimator in ADVANTAGES.names():
-        for loss in LOSSES.names():
+    ran, refused, run, run_loss = [], [], None, None
+    for loss in LOSSES.names():
+        for estimator in ADVANTAGES.names():
             args = [f"model.path={tiny_model}", *TINY, f"sampler.mode={mode}", *MODE_OPTIONS[mode]]
             args += [f"advantage.name={estimator}", f"loss.name={loss}"]
             try:
@@ -44,9 +44,11 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
                 assert any(k in str(e) for k in ("advantage.name", "loss.name")), str(e)
                 refused.append((estimator, loss))
                 continue
-            # setup reads no estimator, and of the loss only whether it keeps an old policy (DiffusionNFT)
-            if run is None or LOSSES.facts(loss).old_policy != (run.old is not None):
-                run = setup(cfg)
+            # setup reads no estimator, and of the loss only the trailing copy it may keep (DiffusionNFT's old policy,
+            # AWM's EMA): one run serves every loss without one, and a loss with one gets a run of its own
+            keeps_old = LOSSES.facts(loss).old_policy(cfg.loss) is not None
+            if run is None or (loss != run_loss and (keeps_old or run.old is not None)):
+                run, run_loss = setup(cfg), loss
             run.cfg, run.adv_state = cfg, {}
             metrics = train_step(run)
             assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped"], (estimator, loss, metrics)
