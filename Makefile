@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian's chromium for tests/test_gallery_browser.py: installed here, once, so that no test installs anything
 BROWSER := $(VENV)/.chromium
+# DeepSpeed's shared-memory collective for CPU processes, compiled on first use into ~/.cache/torch_extensions
+DS_OPS := $(VENV)/.deepspeed-ops
 
 .PHONY: venv demo text-demo test test-slow lint docs bench clean
 
@@ -28,16 +30,22 @@ $(BROWSER): | $(STAMP)
 	    && touch $@ || echo "warning: apt-get could not install chromium: tests/test_gallery_browser.py will skip" >&2; \
 	else echo "warning: no chromium, and installing it needs apt-get as root: tests/test_gallery_browser.py will skip" >&2; fi
 
+# the op DeepSpeed builds when a CPU process group starts (tests/test_distributed.py, tests/test_text_distributed.py):
+# compiled here once, as part of the set-up, instead of inside the first DeepSpeed test (1-2 min on 2 cores)
+$(DS_OPS): $(STAMP)
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	touch $@
+
 demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/demo.yaml
 
 text-demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/text_demo.yaml
 
-test: $(STAMP) $(BROWSER)
+test: $(STAMP) $(BROWSER) $(DS_OPS)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(DS_OPS)
 	$(PY) -m pytest -q -m slow
 
 docs: $(STAMP)
