@@ -1,8 +1,16 @@
+import os
+
 import pytest
 import torch
 
 from flowrl.models.toy import build_toy_model, save_sd3_folder
 from flowrl.samplers import GaussianFlow
+
+# One intra-op thread per test process, and for the processes the tests start (the variable is inherited): the tiny
+# models' matrices are too small to gain from a second thread, while on 2 shared cores OpenMP's waiting threads made
+# a tiny train step 5-15x slower in wall time than one thread. An OMP_NUM_THREADS set by the caller is kept.
+THREADS = int(os.environ.setdefault("OMP_NUM_THREADS", "1"))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture
@@ -40,3 +48,12 @@ def _fresh_accelerator_state():
 
     if "accelerate.state" in sys.modules:
         sys.modules["accelerate.state"].AcceleratorState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored():
+    """A test may change torch's thread count (the pretraining scripts set theirs, 2 by default): the next test
+    starts with ``THREADS`` again (left at 2, every later tiny train step took 10-20x its CPU time here)."""
+    yield
+    if torch.get_num_threads() != THREADS:
+        torch.set_num_threads(THREADS)

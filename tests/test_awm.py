@@ -105,7 +105,7 @@ def test_kl_variants_ema_term_and_advantage_scale():
 
 
 def test_trainer_clips_across_optimizer_steps_and_keeps_an_ema(tiny_model):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import advantages, sample, setup, train_step
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_text_trainer import text_config
+from tiny_runs import MODE_OPTIONS, text_config
 
 from flowrl.advantages import ADVANTAGES
 from flowrl.errors import ConfigError
@@ -18,22 +18,6 @@ from flowrl.method_options import Backend
 from flowrl.recipes import load_config
 from flowrl.samplers.modes import ROLLOUT_MODES, Branching
 
-#: what each mode needs beyond the defaults to be a valid rollout (branching modes: 4 leaves = the group size)
-MODE_OPTIONS = {
-    "flow-grpo": ["train.group_size=5"],
-    "flow-grpo-fast": [
-        "train.group_size=5",
-        "sampler.window_size=2",
-        "sampler.extra_tail_steps=[1]",
-        "sampler.window_options={max_start: 1}",
-    ],
-    "mixgrpo": ["train.group_size=5", "sampler.window_size=2"],
-    "mixgrpo-flash": ["train.group_size=5", "sampler.window_size=2", "sampler.tail_steps=2"],
-    "branchgrpo": ["train.group_size=4", "sampler.branchgrpo.split_steps=[0,2]", "sampler.branchgrpo.branch_factor=2"],
-    "branchgrpo-mix": ["train.group_size=4", "sampler.branchgrpo-mix.split_steps=[0,2]"],
-    "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
-    "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
-}
 TINY = [
     "model.lora_rank=2", "model.lora_alpha=2", "sampler.num_steps=4", "train.iterations=1",
     "train.prompts_per_step=2", "train.micro_batch=64", "eval.enabled=false", "output.progress=false",
@@ -54,9 +38,9 @@ def test_every_mode_is_covered():
 def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     from flowrl.trainer.flow import setup, train_step
 
-    ran, refused, run = [], [], None
-    for estimator in ADVANTAGES.names():
-        for loss in LOSSES.names():
+    ran, refused, run, run_loss = [], [], None, None
+    for loss in LOSSES.names():
+        for estimator in ADVANTAGES.names():
             args = [f"model.path={tiny_model}", *TINY, f"sampler.mode={mode}", *MODE_OPTIONS[mode]]
             args += [f"advantage.name={estimator}", f"loss.name={loss}"]
             args += strata(estimator, "toy-geneval/objects")  # stratified: the number of objects in each image
@@ -66,9 +50,11 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
                 assert any(k in str(e) for k in ("advantage.name", "loss.name")), str(e)
                 refused.append((estimator, loss))
                 continue
-            # setup reads no estimator, and of the loss only whether it keeps an old policy (DiffusionNFT)
-            if run is None or LOSSES.facts(loss).old_policy != (run.old is not None):
-                run = setup(cfg)
+            # setup reads no estimator, and of the loss only the trailing copy it may keep (DiffusionNFT's old policy,
+            # AWM's EMA): one run serves every loss without one, and a loss with one gets a run of its own
+            keeps_old = LOSSES.facts(loss).old_policy(cfg.loss) is not None
+            if run is None or (loss != run_loss and (keeps_old or run.old is not None)):
+                run, run_loss = setup(cfg), loss
             run.cfg, run.adv_state = cfg, {}
             metrics = train_step(run)
             assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped"], (estimator, loss, metrics)
@@ -131,7 +117,7 @@ def test_pairwise_trains_on_the_judges_preferences(tiny_model):
     matrix, the pairwise estimator's advantages are the group z-scores of each image's win rate, and the update
     trains. Without a judge, or with the judge in pointwise mode, pairwise is refused naming the fix."""
     import torch
-    from test_reward_vlm_judge import FakeJudge
+    from fake_judge import FakeJudge
 
     from flowrl.advantages import compute_advantages
     from flowrl.trainer.flow import advantage_batch, sample, setup, train_step

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer import TINY_ARGS
 from tiny_models import save_tiny_flux, save_tiny_qwen_image
+from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
 from flowrl.data import load_prompts
@@ -32,7 +32,7 @@ from flowrl.trainer.flow import _reassemble, eval_share
 from flowrl.trainer.sharding import full
 from flowrl.trainer.share import deal, step_rows
 
-# the tiny run of test_trainer, evaluating 2 prompts × 2 seeds so that both processes get a share; 3 prompts of 4
+# the tiny run of tiny_runs.py, evaluating 2 prompts × 2 seeds so that both processes get a share; 3 prompts of 4
 # images: 12 roots, 6 per process, so a prompt's group spans both processes. The reward is the mean brightness
 # (smooth: the float error of batch size changes it by as little, where a JPEG size jumps by whole bytes)
 TRAIN_ARGS = [
@@ -266,7 +266,7 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
     with what a plain, unsharded copy of the network computes for all rows alone (every process computes that
     reference too, on the same inputs); rank 0 returns the results, the other ``{}``."""
     from accelerate.utils import gather_object
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import TrainRows, advantages, evaluate, sample, setup
     from flowrl.trainer.run import eval_pairs
@@ -463,7 +463,7 @@ def _sharded_full_finetuning(model: str, out: Path) -> None:
     (gathered on rank 0) loads with ``from_pretrained`` into exactly the trained weights."""
     from accelerate.state import AcceleratorState
     from diffusers import SD3Transformer2DModel
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import setup, train_step
     from flowrl.trainer.run import save_checkpoint
@@ -496,7 +496,7 @@ def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch
     import importlib.util
     from types import SimpleNamespace
 
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.errors import ConfigError
     from flowrl.trainer import zero
@@ -558,7 +558,7 @@ def test_fsdp_units_are_the_model_blocks_or_the_launch_classes(monkeypatch):
 
 def test_batches_processes_cannot_share_are_refused_at_start(tiny_model):
     """Checked for a launch of N processes before anything is sampled (here N = 2, 4 without launching them)."""
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.config import window_of
     from flowrl.errors import ConfigError

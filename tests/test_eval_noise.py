@@ -70,7 +70,7 @@ def test_an_image_depends_on_its_pair_only(toy_policy):
 
 
 def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise(tiny_model, tmp_path, monkeypatch):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.models.family import FlowModel
     from flowrl.recipes import train

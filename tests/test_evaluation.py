@@ -173,7 +173,7 @@ def test_watch_rewards_are_checked_before_anything_loads():
 
 
 def test_flowrl_eval_writes_means_categories_and_monitors(tiny_model, tmp_path, capsys):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict
@@ -266,7 +266,7 @@ def test_a_text_column_beside_image_columns_is_refused_in_one_line(tmp_path, cap
 
 
 def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_model, tmp_path, capsys):
-    from test_trainer import TINY_ARGS
+    from tiny_runs import TINY_ARGS
 
     from flowrl.cli import main
 
@@ -320,7 +320,7 @@ def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
 
 def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_path, capsys):
     import yaml
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict
@@ -419,7 +419,7 @@ def test_the_progress_bar_ends_on_the_iterations_done_when_the_time_limit_stops_
 def test_the_time_limit_line_says_what_the_limit_bounds():
     from pathlib import Path
 
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
     from flowrl.trainer.loop import time_limit_line
 
     configs = Path(__file__).resolve().parents[1] / "configs"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import on_device
-from test_trainer import MODES, tiny_config
 from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
+from tiny_runs import MODES, tiny_config
 
 from flowrl.errors import ConfigError
 from flowrl.models.common import PromptCache

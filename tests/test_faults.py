@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from test_trainer import TINY_ARGS, tiny_config
+from tiny_runs import TINY_ARGS, tiny_config
 
 import flowrl.trainer.flow as flow
 from flowrl.cli import main

@@ -108,7 +108,7 @@ def no_weights(monkeypatch):
 
 def test_the_klein_preset_on_a_distilled_checkpoint_is_refused_before_loading(tmp_path, capsys, no_weights):
     from flowrl.cli import main
-    from flowrl.config import load_config
+    from flowrl.recipes import load_config
 
     distilled = save_tiny_flux2_klein(str(tmp_path / "klein-4B"), distilled=True)  # is_distilled: true
     base = save_tiny_flux2_klein(str(tmp_path / "klein-base-4B"))  # no is_distilled, as the published -base
@@ -135,9 +135,9 @@ def test_a_cached_hub_checkpoint_is_checked_at_config_time_and_any_before_loadin
 
     import huggingface_hub
 
-    from flowrl.config import load_config
+    from flowrl.errors import ConfigError
     from flowrl.models import policy_for
-    from flowrl.options import ConfigError
+    from flowrl.recipes import load_config
 
     # the Hugging Face cache's layout: refs/main names the snapshot folder that holds the files
     repo = tmp_path / "hub" / "models--org--klein-4B"
@@ -157,7 +157,7 @@ def test_a_cached_hub_checkpoint_is_checked_at_config_time_and_any_before_loadin
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import setup, train_step
     from flowrl.trainer.run import save_checkpoint
@@ -181,7 +181,7 @@ def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_gallery_compares_base_and_trained_columns(folders, name, tmp_path):
     import yaml
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict

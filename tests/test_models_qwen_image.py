@@ -88,7 +88,7 @@ def test_ode_generation_equals_the_pipeline(qwen_dir, pipe, cfg_scale):
 
 def test_trained_lora_loads_into_the_pipeline(qwen_dir, tmp_path):
     from diffusers import QwenImagePipeline
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import setup, train_step
     from flowrl.trainer.run import save_checkpoint

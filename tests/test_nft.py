@@ -98,7 +98,7 @@ def test_config_refusals():
 
 
 def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.samplers import index_cond
     from flowrl.trainer.flow import advantages, sample, setup, train_step
@@ -148,7 +148,7 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
 
 @pytest.mark.parametrize("copy", ["none", "fp32"])
 def test_rollouts_come_from_the_old_weights(tiny_model, copy):
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.trainer.flow import sample, setup
 
@@ -168,7 +168,7 @@ def test_rollouts_come_from_the_old_weights(tiny_model, copy):
 
 def test_lora_round_trip_through_diffusers(tiny_model, tmp_path):
     from diffusers import StableDiffusion3Pipeline
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.models import SD3Policy
     from flowrl.trainer.flow import setup, train_step

@@ -8,8 +8,7 @@ from dataclasses import fields
 import pytest
 import torch
 from devices import bitwise_on_cpu
-from test_combinations import MODE_OPTIONS
-from test_trainer import tiny_config
+from tiny_runs import MODE_OPTIONS, tiny_config
 
 from flowrl.samplers import Transitions
 from flowrl.trainer.flow import _root_blocks, advantages, sample, setup

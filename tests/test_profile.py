@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_trainer import TINY_ARGS
+from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
 

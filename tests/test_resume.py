@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import TINY_ARGS
+from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
 from flowrl.recipes import load_config

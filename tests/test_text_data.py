@@ -136,7 +136,7 @@ def test_chat_template_as_trl_applies_it(chat_dir):
 
 
 def test_conversational_data_needs_a_chat_template_before_the_model_loads(lm_dir, chat_dir, tmp_path):
-    from test_text_trainer import text_config
+    from tiny_runs import text_config
 
     data = tmp_path / "chat.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _chat_rows(3)))
@@ -183,7 +183,7 @@ def _pair_of_async_rewards():
 
 
 def test_chat_training_calls_rewards_as_trl_does(chat_dir, tmp_path):
-    from test_text_trainer import text_config
+    from tiny_runs import text_config
 
     from flowrl.trainer.text import setup, train_step
 
@@ -208,7 +208,7 @@ def test_chat_training_calls_rewards_as_trl_does(chat_dir, tmp_path):
 
 
 def test_a_failing_async_reward_is_named(lm_dir):
-    from test_text_trainer import text_config
+    from tiny_runs import text_config
 
     from flowrl.errors import RewardError
     from flowrl.trainer.text import setup, train_step
@@ -326,7 +326,7 @@ def test_continuous_batching_samples_the_policy_distribution(lm_dir):
 
 
 def test_a_static_cache_samples_the_same_completions(lm_dir):
-    from test_text_trainer import text_config
+    from tiny_runs import text_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flowrl.models.causal_lm import sample_completions
@@ -377,7 +377,7 @@ def test_the_paged_cache_is_sized_for_the_batch_unless_the_options_size_it(lm_di
 
 
 def test_a_training_step_with_the_continuous_engine(lm_dir):
-    from test_text_trainer import text_config
+    from tiny_runs import text_config
 
     from flowrl.trainer.text import setup, train_step
 

@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
+from tiny_runs import text_config
 
 from flowrl.models.causal_lm import completion_mask, token_log_probs
-from flowrl.recipes import load_config
 from flowrl.trainer.text import score, setup, train_step
 
 LOSSES = ["grpo", "bnpo", "dr-grpo", "dapo", "gspo"]
@@ -26,18 +26,6 @@ TRL_METRICS = (
     "entropy", "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean", "num_tokens",
     "loss", "grad_norm", "lr",
 )  # fmt: skip
-
-
-def text_config(path: str, *overrides: str):
-    return load_config(
-        None,
-        [
-            "backend=text", f"model.path={path}", "model.lora_rank=4", "generation.max_new_tokens=4",
-            "train.prompts_per_step=3", "train.group_size=4", "train.micro_batch=5", "train.lr=1e-2",
-            "eval.num_prompts=4", "output.progress=false",
-            "rewards=[{name: 'toy-text:correct'}, {name: 'toy-text:well_formed', weight: 0.5}]", *overrides,
-        ],
-    )  # fmt: skip
 
 
 def _tiny(kind: str):

@@ -8,8 +8,7 @@ import glob
 import json
 
 import pytest
-from test_text_trainer import text_config
-from test_trainer import TINY_ARGS
+from tiny_runs import TINY_ARGS, text_config
 
 from flowrl.errors import ConfigError
 from flowrl.recipes import load_config

@@ -9,52 +9,12 @@ import os
 import pytest
 import torch
 from devices import on_device, velocity_on_cpu
+from tiny_runs import MODES, tiny_config
 
 from flowrl.models import SD3Policy
 from flowrl.recipes import load_config
 from flowrl.samplers import index_cond
 from flowrl.trainer.flow import advantages, sample, setup, train_step
-
-MODES = {
-    "flow-grpo": [],
-    "flow-grpo-fast": ["sampler.window_size=2"],
-    "mixgrpo": ["sampler.window_size=2", "sampler.window_options={shift_interval: 1}"],
-    "mixgrpo-flash": ["sampler.window_size=2", "sampler.tail_steps=2"],
-    "branchgrpo": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "branchgrpo-mix": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
-    "singular": [
-        "sampler.extra_tail_steps=[1]",
-        "advantage.name=multi-granularity",
-        "sampler.window_options={max_start: 2}",
-    ],
-    "ode": ["loss.name=nft", "train.timestep_fraction=0.5"],  # no transitions: a loss that trains on samples
-}
-
-
-#: a tiny training run: 2 iterations of 2 prompts × 4 images, 4 steps, a short evaluation
-TINY_ARGS = [
-    "model.lora_rank=4",
-    "model.lora_alpha=4",
-    "sampler.num_steps=4",
-    "train.iterations=2",
-    "train.prompts_per_step=2",
-    "train.group_size=4",
-    "train.micro_batch=16",
-    "train.lr=1e-2",
-    "loss.clip_low=0.2",
-    "loss.clip_high=0.2",
-    "eval.num_prompts=3",
-    "eval.seeds_per_prompt=1",
-    "eval.num_steps=3",
-    "eval.gallery_prompts=2",
-    "output.progress=false",
-    # a random tiny model scores 0 on the toy evaluator; JPEG size varies, so advantages are non-zero
-    "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
-]
-
-
-def tiny_config(path: str, *overrides: str):
-    return load_config(None, [f"model.path={path}", *TINY_ARGS, *overrides])
 
 
 def _snapshot(run) -> list[torch.Tensor]:

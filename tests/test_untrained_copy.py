@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from devices import bitwise_on_cpu, on_device
-from test_trainer import tiny_config
+from tiny_runs import tiny_config
 
 from flowrl.errors import ConfigError
 from flowrl.models import untrained

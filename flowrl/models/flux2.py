@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowrl.options import ConfigError
+from flowrl.errors import ConfigError
 from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
 from .common import PromptCond, encode_prompts, freeze, guided, warn_truncation

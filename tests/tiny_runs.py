@@ -1,0 +1,84 @@
+"""Shared configurations of the tiny training runs that many test files build on (not a test module).
+
+The flow runs train the tiny toy-SD3 folder of the ``tiny_model`` fixture (tests/conftest.py), the text runs the
+tiny Llama of ``lm_dir``; every helper returns a validated config, so a test adds only the overrides it is about.
+"""
+
+from __future__ import annotations
+
+from flowrl.recipes import load_config
+
+#: the options each flow sampler mode needs on top of ``TINY_ARGS`` to train (4 sampling steps)
+MODES = {
+    "flow-grpo": [],
+    "flow-grpo-fast": ["sampler.window_size=2"],
+    "mixgrpo": ["sampler.window_size=2", "sampler.window_options={shift_interval: 1}"],
+    "mixgrpo-flash": ["sampler.window_size=2", "sampler.tail_steps=2"],
+    "branchgrpo": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
+    "branchgrpo-mix": ["sampler.split_steps=[0,2]", "sampler.branch_factor=2"],
+    "singular": [
+        "sampler.extra_tail_steps=[1]",
+        "advantage.name=multi-granularity",
+        "sampler.window_options={max_start: 2}",
+    ],
+    "ode": ["loss.name=nft", "train.timestep_fraction=0.5"],  # no transitions: a loss that trains on samples
+}
+
+
+#: a tiny training run: 2 iterations of 2 prompts × 4 images, 4 steps, a short evaluation
+TINY_ARGS = [
+    "model.lora_rank=4",
+    "model.lora_alpha=4",
+    "sampler.num_steps=4",
+    "train.iterations=2",
+    "train.prompts_per_step=2",
+    "train.group_size=4",
+    "train.micro_batch=16",
+    "train.lr=1e-2",
+    "loss.clip_low=0.2",
+    "loss.clip_high=0.2",
+    "eval.num_prompts=3",
+    "eval.seeds_per_prompt=1",
+    "eval.num_steps=3",
+    "eval.gallery_prompts=2",
+    "output.progress=false",
+    # a random tiny model scores 0 on the toy evaluator; JPEG size varies, so advantages are non-zero
+    "rewards=[{name: toy-geneval}, {name: jpeg-compressibility, weight: 0.1}]",
+]
+
+
+def tiny_config(path: str, *overrides: str):
+    """The flow ``Config`` of ``TINY_ARGS`` on the model folder ``path``, with ``overrides`` applied last."""
+    return load_config(None, [f"model.path={path}", *TINY_ARGS, *overrides])
+
+
+def text_config(path: str, *overrides: str):
+    """A tiny text run on the causal LM folder ``path``: 3 prompts × 4 completions of 4 tokens per step."""
+    return load_config(
+        None,
+        [
+            "backend=text", f"model.path={path}", "model.lora_rank=4", "generation.max_new_tokens=4",
+            "train.prompts_per_step=3", "train.group_size=4", "train.micro_batch=5", "train.lr=1e-2",
+            "eval.num_prompts=4", "output.progress=false",
+            "rewards=[{name: 'toy-text:correct'}, {name: 'toy-text:well_formed', weight: 0.5}]", *overrides,
+        ],
+    )  # fmt: skip
+
+
+#: what each mode needs beyond the defaults to be a valid rollout in every (estimator, loss) combination
+#: (branching modes: 4 leaves = the group size; the others an odd group, which the median estimator needs)
+MODE_OPTIONS = {
+    "flow-grpo": ["train.group_size=5"],
+    "flow-grpo-fast": [
+        "train.group_size=5",
+        "sampler.window_size=2",
+        "sampler.extra_tail_steps=[1]",
+        "sampler.window_options={max_start: 1}",
+    ],
+    "mixgrpo": ["train.group_size=5", "sampler.window_size=2"],
+    "mixgrpo-flash": ["train.group_size=5", "sampler.window_size=2", "sampler.tail_steps=2"],
+    "branchgrpo": ["train.group_size=4", "sampler.branchgrpo.split_steps=[0,2]", "sampler.branchgrpo.branch_factor=2"],
+    "branchgrpo-mix": ["train.group_size=4", "sampler.branchgrpo-mix.split_steps=[0,2]"],
+    "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
+    "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
+}
