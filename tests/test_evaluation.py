@@ -344,7 +344,7 @@ def test_gallery_prompts_default_to_the_configs_evaluation_prompts(tiny_model, t
     import html
 
     import yaml
-    from test_trainer import tiny_config
+    from tiny_runs import tiny_config
 
     from flowrl.cli import main
     from flowrl.config import to_dict
