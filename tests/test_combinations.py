@@ -52,7 +52,7 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
                 continue
             # setup reads no estimator, and of the loss only the trailing copy it may keep (DiffusionNFT's old policy,
             # AWM's EMA): one run serves every loss without one, and a loss with one gets a run of its own
-            keeps_old = LOSSES.facts(loss).old_policy(cfg.loss) is not None
+            keeps_old = LOSSES.facts(loss).old_policy(cfg.loss.options) is not None
             if run is None or (loss != run_loss and (keeps_old or run.old is not None)):
                 run, run_loss = setup(cfg), loss
             run.cfg, run.adv_state = cfg, {}

@@ -479,7 +479,7 @@ def test_window_of_through_load_config(mp: str) -> None:
 # --------------------------------------------------------------------------- switching the mode on the command line
 
 DEMO = str(REPO / "configs" / "demo.yaml")
-BRANCH = ["sampler.mode=branchgrpo", "sampler.split_steps=[2,5]", "train.group_size=4"]  # the README's quick start
+BRANCH = ["sampler.mode=branchgrpo", "sampler.branchgrpo.split_steps=[2,5]", "train.group_size=4"]  # README's
 
 
 def test_the_demo_samples_on_the_window_it_always_had() -> None:
@@ -490,7 +490,7 @@ def test_the_demo_samples_on_the_window_it_always_had() -> None:
     cfg = load_config(DEMO)
     assert to_dict(cfg.sampler) == {
         "mode": "flow-grpo-fast", "num_steps": 10, "kind": "flow_sde", "noise_level": 0.7, "window": "",
-        "window_size": 3, "window_options": {"max_start": 2}, "split_steps": [], "branch_factor": 2,
+        "window_size": 3, "window_options": {"max_start": 2},
         "tail_solver": "euler", "tail_steps": 0, "tail_grid": "subsample", "extra_tail_steps": [],
         "same_noise": False, "shift": 0.0,
     }  # fmt: skip
@@ -542,7 +542,7 @@ def test_the_readme_branchgrpo_quick_start_runs_branchgrpo(caplog) -> None:
     warning naming them and the new mode: the tree samples with SDE on every step, as BranchGRPO does."""
     cfg = load_config(DEMO, BRANCH)
     assert (cfg.sampler.mode, window_of(cfg.sampler), cfg.sampler.window_options) == ("branchgrpo", ("fixed", 10), {})
-    assert cfg.sampler.split_steps == [2, 5] and cfg.train.group_size == 4
+    assert cfg.sampler.options.split_steps == [2, 5] and cfg.train.group_size == 4
     (record,) = [r for r in caplog.records if r.name == "flowrl"]
     assert record.levelname == "WARNING" and "\n" not in record.getMessage()
     assert record.getMessage().startswith(
@@ -564,8 +564,8 @@ def test_sample_losses_on_the_demo() -> None:
         # singular branching also draws a random step: the demo's first-half range (max_start 2) carries over
         (["sampler.mode=singular"], ("random", 1, {"max_start": 2}), ["sampler.window_size=3"]),
         # settings given as overrides stay; the fixed window takes no max_start
-        ([*BRANCH, "sampler.mode=branchgrpo-mix", "sampler.window_size=3"], ("fixed", 3, {}),
-         ["sampler.window_options={max_start: 2}"]),
+        (["sampler.mode=branchgrpo-mix", "sampler.branchgrpo-mix.split_steps=[2,5]", "train.group_size=4",
+          "sampler.window_size=3"], ("fixed", 3, {}), ["sampler.window_options={max_start: 2}"]),
         (["sampler.mode=mixgrpo"], ("progressive", 4, {}),
          ["sampler.window_size=3", "sampler.window_options={max_start: 2}"]),
         (["sampler.mode=flow-grpo-fast"], ("random", 3, {"max_start": 2}), []),  # the file's own mode: no switch
