@@ -106,7 +106,8 @@ class Recipe(abc.ABC):
 
     def profile(self, cfg: Any, iterations: int, warmup: int) -> dict[str, Any]:
         """``flowrl profile``: seconds per stage of training iterations."""
-        raise ConfigError(f"flowrl profile has no stage timer for the {self.name} backend")
+        raise ConfigError(f"flowrl profile has no stage timer for the {self.name} backend; its runs log "
+                          "time/sample_s and time/update_s per iteration")  # fmt: skip
 
 
 RECIPES: Registry[type[Recipe], RecipeFacts] = Registry("backend", RecipeFacts)

@@ -85,7 +85,7 @@ def test_text_eval_refuses_bad_input_in_one_line(text_run, tmp_path, capsys):
         (["--checkpoint", "base=base", "--gallery", "2"], "--gallery is for image models"),
         (
             ["--checkpoint", "base=base@configs/demo.yaml"],
-            "its config is for the flow backend, the evaluation's is for text",
+            "is for the flow backend and the command's --config for text",
         ),
         (["--checkpoint", "base=base", "--prompts", str(conversational)], "not of the format of the config's"),
         (["--checkpoint", "base=base", "--prompts", "toy-text:nope"], "--prompts: unknown data source"),

@@ -402,14 +402,16 @@ def test_the_progress_bar_ends_on_the_iterations_done_when_the_time_limit_stops_
     train = SimpleNamespace(iterations=45, max_minutes=0.1 / 60, save_every=0)  # a 0.1 s limit
     cfg = SimpleNamespace(train=train, output=SimpleNamespace(progress=True, images_every=0))
     run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(is_main_process=True, num_processes=1), iteration=0,
-                          train_seconds=0.0)  # fmt: skip
+                          train_seconds=0.0, monitor=None)  # fmt: skip
 
     def step(run) -> dict[str, float]:
         time.sleep(0.06)  # the limit ends training after the second iteration on a quiet machine
         run.iteration += 1
         return {}
 
-    training_loop(run, str(tmp_path), None, step, lambda run, path: None, lambda metrics: {})
+    recipe = SimpleNamespace(train_step=step, save_checkpoint=lambda run, path: None, progress=lambda metrics: {},
+                             logged=lambda run, metrics: metrics, log_media=lambda run, writer: None)  # fmt: skip
+    training_loop(run, str(tmp_path), None, recipe)
     assert 1 <= run.iteration < 45
     final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     # it showed one iteration fewer than were done before (0/45 after a one-iteration run)
