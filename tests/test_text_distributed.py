@@ -5,6 +5,7 @@ weights stay identical, one run folder is written. This file is also the workers
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -53,7 +54,13 @@ def root(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kind", ["ddp", "fsdp", "deepspeed"])
 def test_two_processes_train_the_text_demo_in_step(root, kind):
     ranks, run_dir = _launch(root, kind)
-    assert ranks[0]["hashes"] == ranks[1]["hashes"] and len(set(ranks[0]["hashes"])) == 4  # moved, in step
+    hashes = ranks[0]["hashes"]
+    assert ranks[1]["hashes"] == hashes  # in step
+    # moved every iteration, except a first one whose advantages are all 0 (every group solved: the re-trained toy
+    # LM solves some draws outright), where Adam has no gradient and no momentum yet
+    moved = [a != b for a, b in itertools.pairwise(hashes)]
+    first = any(abs(x) > 0 for r in ranks for x in r["advantages"][0])
+    assert moved == [first, True, True], (moved, first)
     assert ranks[0]["prompts"] == ranks[1]["prompts"] and len(ranks[0]["prompts"][0]) == 3
     assert all(r["parallel"] == PARALLEL_CLASS[kind] for r in ranks)
     for step in range(3):  # 3 prompts x 8 completions: 12 per process, the middle prompt's group split 4 / 4
