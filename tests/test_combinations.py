@@ -93,7 +93,11 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
                 run = setup(cfg)  # setup reads the group size, but neither the estimator nor the loss
             run.cfg, run.adv_state = cfg, {}
             metrics = train_step(run)
-            assert math.isfinite(metrics["loss"]) and not metrics["skipped_steps"], (estimator, loss, metrics)
+            assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped_steps"], (
+                estimator,
+                loss,
+                metrics,
+            )
             ran.append((estimator, loss))
     text_losses = {"grpo", "bnpo", "dr-grpo", "dapo", "gspo", "cispo", "sapo"}
     assert {loss for _, loss in ran} == text_losses  # the flow losses are refused
