@@ -19,8 +19,13 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["train.iterations=2", "train.max_minutes=0", "eval.enabled=false", "output.progress=false",
-         "output.tensorboard=false"]  # max_minutes=0: a loaded machine must not cut the second iteration
+QUIET = [
+    "train.iterations=2",
+    "train.max_minutes=0",
+    "eval.enabled=false",
+    "output.progress=false",
+    "output.tensorboard=false",
+]  # max_minutes=0: a loaded machine must not cut the second iteration
 LORA = ["model.finetune=lora", "model.lora_rank=8", "model.lora_alpha=8",
         "model.lora_targets=[attn.to_q, attn.to_k, attn.to_v, attn.to_out.0]"]  # fmt: skip
 ODE = ["sampler.mode=ode", "sampler.window_size=0", "sampler.window_options={}"]
