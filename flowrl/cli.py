@@ -1,6 +1,6 @@
 """Command line: ``flowrl train --config configs/demo.yaml [key=value ...]``; ``flowrl serve-reward --reward NAME``.
 
-Errors in the user's input (``flowrl.errors.InputError``: a config value, a prompt or data file, a reward's
+Errors in the user's input (``flowrl.core.errors.InputError``: a config value, a prompt or data file, a reward's
 output, a reward server's reply, a run that stopped itself) print one line ``flowrl: <kind> error: <message>``
 and exit with code 2 (``--debug`` shows the traceback); other exceptions are bugs and keep their traceback.
 The last line ``train`` prints is the run folder's path.
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from flowrl.errors import (
+from flowrl.core.errors import (
     ConfigError,
     DataError,
     InputError,
@@ -23,7 +23,7 @@ from flowrl.errors import (
     RewardError,
     TrainingStopped,
 )
-from flowrl.options import seed_indices
+from flowrl.core.options import seed_indices
 
 #: the word after ``flowrl:`` for each kind of input error (checked in order: subclasses first)
 ERROR_KINDS: tuple[tuple[type[InputError], str], ...] = (
@@ -49,7 +49,7 @@ def _help_backend(argv: list[str]) -> str | None:
         return None
     import yaml
 
-    from flowrl.config import yaml_load
+    from flowrl.core.presets import yaml_load
     from flowrl.recipes import backend_of
 
     data: Any = None
@@ -131,7 +131,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     gallery.add_argument("--out", default="gallery-out", help="output folder (the page is <out>/gallery/index.html)")
     gallery.add_argument("--title", default="flowrl gallery")
     gallery.add_argument("--debug", action="store_true", help="show tracebacks for configuration errors")
-    from flowrl.eval_report import add_arguments as add_eval_arguments
+    from flowrl.image.eval_report import add_arguments as add_eval_arguments
 
     evaluate = sub.add_parser(
         "eval",
@@ -222,7 +222,7 @@ def _profile(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--iterations must be >= 1 and --warmup >= 0")
-    from flowrl import profile
+    from flowrl.image import profile
 
     report = recipe_for(cfg).profile(cfg, args.iterations, args.warmup)
     print(profile.table(report))
@@ -233,7 +233,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """``flowrl eval``: the config's recipe evaluates the columns and writes eval.json; a summary and its path."""
-    from flowrl import eval_report
+    from flowrl.image import eval_report
     from flowrl.recipes import column_loader, load_config, recipe_for
 
     cfg = load_config(args.config)
@@ -257,7 +257,7 @@ def _interruption(error: BaseException) -> BaseException | None:
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM outside the training loop (loading, evaluating): stop like Ctrl-C, so that a run folder without a
-    checkpoint is removed. Inside the loop a SIGTERM saves a checkpoint first (``flowrl.trainer.loop``)."""
+    checkpoint is removed. Inside the loop a SIGTERM saves a checkpoint first (``flowrl.core.loop``)."""
     raise Interrupted("terminated (SIGTERM) before training or after it; nothing more was saved", 143)
 
 
@@ -299,7 +299,7 @@ def _train_run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under accelerate launch every process returns here
-        from flowrl.trainer.loop import summary_lines
+        from flowrl.core.loop import summary_lines
 
         with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
             print("\n".join(summary_lines(json.load(f))))
@@ -309,8 +309,9 @@ def _train_run(args: argparse.Namespace) -> int:
 
 def _gallery(args: argparse.Namespace) -> int:
     """``flowrl gallery``: every column on the same prompts and seeds, scored, as a browsable page."""
-    from flowrl.compare import parse_columns, render
-    from flowrl.data import load_prompts
+    from flowrl.core.columns import parse_columns
+    from flowrl.image.compare import render
+    from flowrl.image.data import load_prompts
     from flowrl.recipes import column_loader, load_config, renders_images
 
     cfg = load_config(args.config)
@@ -330,7 +331,7 @@ def _gallery(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import time
 
-    from flowrl.bench import load_preset, run_bench
+    from flowrl.image.bench import load_preset, run_bench
 
     try:
         grid = [float(x) for x in args.lr_grid.split(",")] if args.lr_grid else None

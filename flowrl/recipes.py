@@ -1,7 +1,7 @@
 """Every backend's recipe, registered, and the one place that maps a config (or a YAML mapping) to its recipe.
 
-``backend: flow`` (the default) is the image recipe (``flowrl.trainer.image_recipe.ImageRecipe``: text-to-image on
-every model family); ``backend: text`` is the text GRPO recipe (``flowrl.trainer.text_recipe.TextRecipe``). The
+``backend: flow`` (the default) is the image recipe (``flowrl.image.recipe.ImageRecipe``: text-to-image on
+every model family); ``backend: text`` is the text GRPO recipe (``flowrl.text.recipe.TextRecipe``). The
 commands (``train``, ``eval``, ``profile``, ``bench``, ``--help``) and the Python API call these functions and never
 ask which backend they hold.
 """
@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # importing the recipe modules registers them
-import flowrl.trainer.image_recipe
-import flowrl.trainer.text_recipe  # noqa: F401
-from flowrl.config import read_config_data
-from flowrl.errors import ConfigError
-from flowrl.recipe import RECIPES, Recipe
-from flowrl.trainer import resume
+import flowrl.image.recipe
+import flowrl.text.recipe  # noqa: F401
+from flowrl.core import resume
+from flowrl.core.errors import ConfigError
+from flowrl.core.recipe import RECIPES, Recipe
+from flowrl.image.config import read_config_data
 
 DEFAULT = "flow"  # a config without a ``backend`` key
 
@@ -32,7 +32,8 @@ def backend_of(data: dict[str, Any]) -> str:
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> Any:
     """Read a YAML preset (or the defaults), apply the dotted ``overrides`` and validate everything with the recipe
-    its ``backend`` names (``flowrl.config.Config`` or ``flowrl.text_config.TextConfig``), before any model loads."""
+    its ``backend`` names (``flowrl.image.config.Config``, ``flowrl.text.config.TextConfig``), before any model
+    loads."""
     data = read_config_data(path, overrides)
     recipe = RECIPES.get(backend_of(data))()
     data.pop("backend", None)
@@ -74,7 +75,7 @@ def column_loader(cfg: Any) -> Callable[[str, str | None, Sequence[str]], Any]:
 
 
 def train(cfg: Any, name: str = "run", **options: Any) -> str:
-    """Train ``cfg`` with its recipe end to end (``flowrl.trainer.resume.train``); returns the run folder."""
+    """Train ``cfg`` with its recipe end to end (``flowrl.core.resume.train``); returns the run folder."""
     return resume.train(recipe_for(cfg, **options), cfg, name)
 
 
@@ -82,7 +83,7 @@ def options_help(backend: str | None = None) -> str:
     """``flowrl train --help``'s options: one backend's, or every backend's (``backend`` None)."""
     import textwrap
 
-    from flowrl.options import describe
+    from flowrl.core.options import describe
 
     lines: list[str] = []
     for name in [backend] if backend else RECIPES.names():

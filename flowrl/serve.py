@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from flowrl.errors import ConfigError
+from flowrl.core.errors import ConfigError
 from flowrl.rewards import RewardFn, check_reward_output, make_reward
 from flowrl.rewards.remote import MAX_PIXELS, WireError, decode_request, encode_outputs
 

@@ -1,7 +1,7 @@
 """Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS``.
 
 - ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
-  reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.errors.RewardError`` naming it.
+  reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.core.errors.RewardError`` naming it.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.

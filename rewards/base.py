@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowrl.errors import RewardError
-from flowrl.registry import Registry
-from flowrl.sections import HUB_ID
+from flowrl.core.errors import RewardError
+from flowrl.core.registry import Registry
+from flowrl.core.sections import HUB_ID
 
 RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
 

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from flowrl import toy_world
+from flowrl.image import toy_world
 
 from .base import REWARDS, RewardFn, load_object
 from .http import post_json

@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from flowrl.errors import RewardError
+from flowrl.core.errors import RewardError
 
 # Module-level so tests can replace it without patching ``time.sleep`` for the whole process.
 _sleep = time.sleep

@@ -34,7 +34,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from flowrl.errors import RewardError
+from flowrl.core.errors import RewardError
 
 from .base import REWARDS, RewardFn
 from .http import post_json

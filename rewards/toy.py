@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flowrl.toy_world import evaluate, parse_prompt
+from flowrl.image.toy_world import evaluate, parse_prompt
 
 from .base import REWARDS, RewardFn
 

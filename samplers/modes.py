@@ -29,8 +29,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from flowrl.options import option
-from flowrl.registry import Fact, Registry
+from flowrl.core.options import option
+from flowrl.core.registry import Fact, Registry
 
 from .schedules import respaced_tail, subsample_sigmas
 from .windows import WindowSchedule

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from flowrl.registry import Registry
+from flowrl.core.registry import Registry
 
 from .transitions import Velocity
 

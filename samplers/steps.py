@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from flowrl.registry import Registry
+from flowrl.core.registry import Registry
 
 
 class StepKind(Protocol):

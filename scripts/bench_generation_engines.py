@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 def sample(engine: str, model, tokenizer, prompts: list[str], group: int, seed: int, options: dict) -> float:
     """Completion tokens per second of one call of ``engine``."""
-    from flowrl.models.causal_lm import sample_completions, sample_continuous
+    from flowrl.text.model import sample_completions, sample_continuous
 
     sampling = {"max_new_tokens": 64, "temperature": 1.0, "add_special_tokens": False}
     start = time.perf_counter()

@@ -24,10 +24,10 @@ import time
 
 import torch
 
+from flowrl.core.stats import prompt_mean_se
+from flowrl.image.run import eval_pairs
+from flowrl.image.trainer import evaluate, setup, train_step
 from flowrl.recipes import load_config
-from flowrl.stats import prompt_mean_se
-from flowrl.trainer.flow import evaluate, setup, train_step
-from flowrl.trainer.run import eval_pairs
 
 CONFIG = "configs/demo.yaml"
 OFF = ["model.untrained_copy=none", "train.overlap_rewards=false", "model.prompt_cache=0"]

@@ -80,7 +80,7 @@ def large_tokenizer():
 
 def build_large(folder: str) -> int:
     """The large workload's model, saved in ``folder``; its parameter count."""
-    from flowrl.text_world import build_model
+    from flowrl.text.world import build_model
 
     s = WORKLOADS["large"]
     tokenizer = large_tokenizer()
@@ -96,7 +96,7 @@ def workload_data(workload: str) -> tuple[list[dict], Lengths]:
     import random
 
     if workload == "toy":
-        from flowrl.text_world import correct, problems
+        from flowrl.text.world import correct, problems
 
         return problems("train"), Lengths(correct)
     s, rng = WORKLOADS["large"], random.Random(0)
@@ -107,7 +107,7 @@ def workload_data(workload: str) -> tuple[list[dict], Lengths]:
 def flowrl_steps(workload: str, model: str, steps: int, warmup: int, seed: int, dtype: str) -> tuple[float, float]:
     """Steps per second of flowrl's text trainer and its mean completion length."""
     from flowrl.recipes import load_config
-    from flowrl.trainer.text import setup, train_step
+    from flowrl.text.trainer import setup, train_step
 
     s = WORKLOADS[workload]
     n = s["prompts_per_step"] * s["group_size"]

@@ -58,11 +58,11 @@ def sample(transformer, model_dir: str, embeds, pooled, noise: torch.Tensor, ste
 def main() -> int:
     from diffusers import SD3Transformer2DModel
 
-    from flowrl.data import load_prompts
-    from flowrl.models import SD3Policy
+    from flowrl.core.stats import prompt_mean_se
+    from flowrl.image.data import load_prompts
+    from flowrl.image.models import SD3Policy
     from flowrl.recipes import load_config
     from flowrl.rewards import make_reward
-    from flowrl.stats import prompt_mean_se
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")

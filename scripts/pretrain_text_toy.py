@@ -29,9 +29,9 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from flowrl.atomic import atomic_dir
-from flowrl.lr_schedule import warmup_cosine
-from flowrl.text_world import (
+from flowrl.core.atomic import atomic_dir
+from flowrl.core.lr_schedule import warmup_cosine
+from flowrl.text.world import (
     ADD_SPECIAL_TOKENS,
     build_model,
     build_tokenizer,

@@ -29,13 +29,13 @@ import time
 
 import torch
 
-from flowrl.generate import generate
-from flowrl.lr_schedule import warmup_cosine
-from flowrl.models import SD3Policy
-from flowrl.models.toy import TOY_RESOLUTION, build_toy_model, save_sd3_folder
+from flowrl.core.lr_schedule import warmup_cosine
+from flowrl.core.stats import prompt_mean_se
+from flowrl.image.generate import generate
+from flowrl.image.models import SD3Policy
+from flowrl.image.models.toy import TOY_RESOLUTION, build_toy_model, save_sd3_folder
+from flowrl.image.toy_world import mislabel, render, split_scenes
 from flowrl.rewards import make_reward
-from flowrl.stats import prompt_mean_se
-from flowrl.toy_world import mislabel, render, split_scenes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

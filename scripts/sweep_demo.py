@@ -26,10 +26,10 @@ SPLIT = ["data.train_prompts=toy:train-no-val", "data.eval_prompts=toy:validatio
 def run_one(base: str, name: str, iterations: int, overrides: list[str], seed: int, seeds_per_prompt: int) -> dict:
     import torch
 
+    from flowrl.core.stats import prompt_mean_se
+    from flowrl.image.run import eval_pairs
+    from flowrl.image.trainer import evaluate, setup, train_step
     from flowrl.recipes import load_config
-    from flowrl.stats import prompt_mean_se
-    from flowrl.trainer.flow import evaluate, setup, train_step
-    from flowrl.trainer.run import eval_pairs
 
     torch.set_num_threads(int(os.environ.get("SWEEP_THREADS", "2")))
     args = [*SPLIT, *overrides, f"train.iterations={iterations}", f"seed={seed}", "output.progress=false"]

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from flowrl.models.toy import build_toy_model, save_sd3_folder
+from flowrl.image.models.toy import build_toy_model, save_sd3_folder
 from flowrl.samplers import GaussianFlow
 
 # One intra-op thread per test process, and for the processes the tests start (the variable is inherited): the tiny
@@ -30,7 +30,7 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory) -> str:
     """A tiny random Llama with the toy text task's tokenizer, saved once per test module."""
-    from flowrl.text_world import build_model, build_tokenizer
+    from flowrl.text.world import build_model, build_tokenizer
 
     path = str(tmp_path_factory.mktemp("lm"))
     tokenizer = build_tokenizer()

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowrl.advantages import (
+from flowrl.core.advantages import (
     ADVANTAGES,
     AdvantageBatch,
     AdvantageConfig,
@@ -17,7 +17,7 @@ from flowrl.advantages import (
     TreeStructure,
     compute_advantages,
 )
-from flowrl.registry import Registry
+from flowrl.core.registry import Registry
 
 CFG = AdvantageConfig(eps=0.0, clip_max=None)
 
@@ -148,7 +148,7 @@ def test_logprob_fusion_is_branchgrpos_softmax_over_immediate_children():
     """BranchGRPO's tree_prob_weighted rule, by hand: root chain step to r (9), r splits into a (1, edge log-prob 0)
     and b (2, ln 2); each continues by one chain step (a' = 3 with ln 5, b' = 4 with 0) and splits into two leaves
     (5: ln 3, 6: 0 under a'; 7, 8: 0 under b') with rewards 1, 5, 2, 4."""
-    from flowrl.advantages.tree import node_rewards
+    from flowrl.core.advantages.tree import node_rewards
 
     node = torch.tensor([9, 1, 2, 3, 4, 5, 6, 7, 8])
     parent = torch.tensor([0, 9, 9, 1, 2, 3, 3, 4, 4])
@@ -242,7 +242,7 @@ def test_random_groups_give_finite_advantages_of_the_right_shape(sizes, seed, na
 
 
 def test_broadcast_to_transitions_by_hand():
-    from flowrl.advantages import broadcast_to_transitions
+    from flowrl.core.advantages import broadcast_to_transitions
 
     adv, mask = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([True, False, True])
     sample_id = torch.tensor([-1, 0, 0, 1, 2, -1, 2])  # -1: a step shared by several samples (a tree prefix)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: the code that runs methods: it asks a method's registered facts, never its name
-RECIPES = [*sorted((REPO / "flowrl" / "trainer").glob("*.py")), REPO / "flowrl" / "config.py",
-           REPO / "flowrl" / "text_config.py", REPO / "flowrl" / "bench.py"]  # fmt: skip
+RECIPES = [*sorted((REPO / "flowrl" / "image").glob("*.py")), *sorted((REPO / "flowrl" / "text").glob("*.py")),
+           *sorted((REPO / "flowrl" / "core").glob("*.py"))]  # fmt: skip
 METHOD_KEYS = {("loss", "name"), ("advantage", "name"), ("sampler", "mode")}
 
 
@@ -132,25 +132,31 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycle_lazy_and_type_only_imports_included():
     graph = import_graph()
-    assert len(graph) > 60 and "flowrl.trainer.flow" in graph["flowrl.trainer.run"]
+    assert len(graph) > 60 and "flowrl.image.trainer" in graph["flowrl.image.run"]
     assert _cycles(graph) == []
     # the check bites: a lazy import back from config to a module that imports it would close a cycle
-    assert _cycles({**graph, "flowrl.config": graph["flowrl.config"] | {"flowrl.recipes"}}) != []
+    assert _cycles({**graph, "flowrl.image.config": graph["flowrl.image.config"] | {"flowrl.recipes"}}) != []
     # type-only imports count too (resume types its recipe argument, under TYPE_CHECKING only)
-    assert "flowrl.recipe" in graph["flowrl.trainer.resume"]
-    assert "flowrl.recipe" not in import_graph(typing_too=False)["flowrl.trainer.resume"]
+    assert "flowrl.core.recipe" in graph["flowrl.core.resume"]
+    assert "flowrl.core.recipe" not in import_graph(typing_too=False)["flowrl.core.resume"]
+
+
+TRAINER_MODULES = {"trainer", "run", "recipe", "objectives", "update", "loop", "resume"}
 
 
 def test_configs_do_not_import_the_trainers():
     graph = import_graph()
-    for name in ("flowrl.config", "flowrl.text_config", "flowrl.sections", "flowrl.options", "flowrl.data"):
-        trainers = sorted(d for d in graph[name] if d.startswith("flowrl.trainer"))
+    configs = ("flowrl.image.config", "flowrl.text.config", "flowrl.core.sections", "flowrl.core.options")
+    for name in (*configs, "flowrl.image.data"):
+        trainers = sorted(d for d in graph[name] if d.rpartition(".")[2] in TRAINER_MODULES)
         assert not trainers, f"{name} imports {trainers}"
 
 
 def test_recipe_files_fit_in_one_sitting():
     long = {
-        p.name: n for p in (REPO / "flowrl" / "trainer").glob("*.py") if (n := len(p.read_text().splitlines())) > 600
+        str(p.relative_to(REPO)): n
+        for p in (REPO / "flowrl").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 600
     }
     assert not long, f"recipe files over 600 lines: {long}"
 
@@ -166,15 +172,36 @@ def test_no_function_over_100_lines():
     assert not long, "functions over 100 lines: " + ", ".join(long)
 
 
+def _layer(module: str) -> str:
+    """``core``, ``image`` or ``text`` for a module of those folders; the samplers are the image recipe's."""
+    if module.startswith("flowrl.samplers"):
+        return "image"
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ("core", "image", "text") else ""
+
+
+def test_the_layers_import_only_downwards():
+    """The core imports neither recipe; the image and text recipes never import each other; the rewards
+    (shared by both) import no recipe's trainer."""
+    allowed = {"core": {"core"}, "image": {"core", "image"}, "text": {"core", "text"}}
+    bad = []
+    for name, deps in import_graph().items():
+        layer = _layer(name)
+        for dep in deps:
+            if layer in allowed and _layer(dep) and _layer(dep) not in allowed[layer]:
+                bad.append(f"{name} -> {dep}")
+    assert not bad, "imports across layers:\n" + "\n".join(sorted(bad))
+
+
 def test_the_text_recipe_imports_nothing_of_the_flow_recipe():
     graph = import_graph()
-    seen, todo = set(), ["flowrl.trainer.text_run"]
+    seen, todo = set(), ["flowrl.text.run"]
     while todo:
         for dep in graph[todo.pop()] - seen:
             seen.add(dep)
             todo.append(dep)
-    assert "flowrl.trainer.text" in seen and "flowrl.trainer.loop" in seen
-    flow = sorted(seen & {"flowrl.trainer.flow", "flowrl.trainer.run", "flowrl.trainer.objectives"})
+    assert "flowrl.text.trainer" in seen and "flowrl.core.loop" in seen
+    flow = sorted(seen & {"flowrl.image.trainer", "flowrl.image.run", "flowrl.image.objectives"})
     assert not flow, f"the text recipe reaches {flow}"
 
 
@@ -223,11 +250,11 @@ def test_the_backend_rule_catches_each_idiom():
 
 
 def test_one_update_loop_makes_every_backward_and_optimizer_step():
-    """Both recipes train through ``flowrl.trainer.update``: no other module calls the parallel layer's backward or
+    """Both recipes train through ``flowrl.core.update``: no other module calls the parallel layer's backward or
     optimizer step (the two loops that drifted apart are one)."""
     found = []
     for name, path in _modules().items():
-        if name in ("flowrl.trainer.update", "flowrl.trainer.parallel"):
+        if name in ("flowrl.core.update", "flowrl.core.parallel"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("backward", "step"):
@@ -241,14 +268,14 @@ def test_one_update_loop_makes_every_backward_and_optimizer_step():
 
 
 def _enum_facts() -> set[str]:
-    """The facts whose values are enums (``flowrl.registry.Fact``), and the helpers that return them
+    """The facts whose values are enums (``flowrl.core.registry.Fact``), and the helpers that return them
     (``trains_on(name)``, ``normalizes_by(name)``): what the code must compare by identity, never with a string."""
     import dataclasses
     import typing
 
-    from flowrl.advantages import ADVANTAGES
-    from flowrl.losses import LOSSES
-    from flowrl.registry import Fact
+    from flowrl.core.advantages import ADVANTAGES
+    from flowrl.core.losses import LOSSES
+    from flowrl.core.registry import Fact
     from flowrl.samplers.modes import ROLLOUT_MODES
 
     names = set()

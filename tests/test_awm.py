@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from flowrl.losses import LOSSES, AwmOptions, LossConfig, LossInputs, NftOptions, compute_loss
-from flowrl.losses.renoise import RENOISE, levels_of
+from flowrl.core.losses import LOSSES, AwmOptions, LossConfig, LossInputs, NftOptions, compute_loss
+from flowrl.core.losses.renoise import RENOISE, levels_of
 
 SIGMAS = torch.linspace(1.0, 0.0, 15)  # a 14-step schedule: σ_0 = 1 ... σ_14 = 0
 
@@ -107,7 +107,7 @@ def test_kl_variants_ema_term_and_advantage_scale():
 def test_trainer_clips_across_optimizer_steps_and_keeps_an_ema(tiny_model):
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import advantages, sample, setup, train_step
+    from flowrl.image.trainer import advantages, sample, setup, train_step
 
     args = ["loss.name=awm", "sampler.mode=ode", "loss.awm.ratio=true", "loss.clip_low=1", "loss.clip_high=1",
             "loss.awm.renoise=stratified", "loss.awm.renoise_count=2", "train.timestep_fraction=0.9",

@@ -23,7 +23,7 @@ import torch
 
 import flowrl.rewards.http as rhttp
 from flowrl.cli import main
-from flowrl.errors import DataError, RewardError, TrainingStopped
+from flowrl.core.errors import DataError, RewardError, TrainingStopped
 from flowrl.rewards import RewardSet, make_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -551,7 +551,7 @@ def test_debug_reraises_with_the_original_chained(tmp_path: Path, capsys) -> Non
 
 
 def test_a_stopped_run_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
-    from flowrl.trainer.image_recipe import ImageRecipe
+    from flowrl.image.recipe import ImageRecipe
 
     def stop(self, cfg):
         raise TrainingStopped("3 iterations in a row skipped: non-finite rewards")
@@ -562,7 +562,7 @@ def test_a_stopped_run_exits_2(tmp_path: Path, capsys, monkeypatch) -> None:
 
 
 def test_bugs_keep_their_traceback(tmp_path: Path, monkeypatch) -> None:
-    from flowrl.trainer.image_recipe import ImageRecipe
+    from flowrl.image.recipe import ImageRecipe
 
     def bug(self, cfg):
         raise KeyError("a bug, not bad input")
@@ -611,7 +611,7 @@ def test_a_launch_the_trainer_cannot_run_is_one_line(tmp_path: Path, capsys, mon
 
 
 def test_no_plain_value_error_is_raised_in_the_trainer() -> None:
-    """Input errors in the trainer are flowrl.errors classes (one line, exit 2); a plain ValueError would reach
+    """Input errors in the trainer are flowrl.core.errors classes (one line, exit 2); a plain ValueError would reach
     the user as a traceback. Library-level argument checks live in samplers/ and advantages/."""
     import ast
 
@@ -646,10 +646,11 @@ def test_user_reward_function_options_and_class() -> None:
 
 
 def test_long_prompts_are_truncated_with_one_warning(caplog, monkeypatch) -> None:
-    from flowrl.models import common
-    from flowrl.models.toy import TOY_MAX_TOKENS, clip_tokenizer
+    from flowrl.core import inputs
+    from flowrl.image.models import common
+    from flowrl.image.models.toy import TOY_MAX_TOKENS, clip_tokenizer
 
-    monkeypatch.setattr(common, "_TRUNCATION_WARNED", set())
+    monkeypatch.setattr(inputs, "_TRUNCATION_WARNED", set())
     tokenizer = clip_tokenizer(TOY_MAX_TOKENS)
     long = "a small red cube to the left of a large blue sphere under a green cone on a wooden table"
     with caplog.at_level(logging.WARNING, logger="flowrl.models"):
@@ -663,11 +664,11 @@ def test_long_prompts_are_truncated_with_one_warning(caplog, monkeypatch) -> Non
 
 
 def test_long_text_prompts_keep_their_end(caplog, monkeypatch) -> None:
-    from flowrl.models import common
-    from flowrl.models.causal_lm import tokenize_prompts
-    from flowrl.text_world import build_tokenizer
+    from flowrl.core import inputs
+    from flowrl.text.model import tokenize_prompts
+    from flowrl.text.world import build_tokenizer
 
-    monkeypatch.setattr(common, "_TRUNCATION_WARNED", set())
+    monkeypatch.setattr(inputs, "_TRUNCATION_WARNED", set())
     tokenizer = build_tokenizer()
     with caplog.at_level(logging.WARNING, logger="flowrl.models"):
         ids, mask = tokenize_prompts(tokenizer, ["12+34=", "1+2="], torch.device("cpu"), max_length=4)
@@ -679,7 +680,7 @@ def test_long_text_prompts_keep_their_end(caplog, monkeypatch) -> None:
 def test_gallery_reward_failure_is_one_line_with_exit_code_2(tiny_model, tmp_path, capsys) -> None:
     import yaml
 
-    from flowrl.config import to_dict
+    from flowrl.image.config import to_dict
     from flowrl.recipes import load_config
 
     cfg = load_config(None, [f"model.path={tiny_model}", "rewards=[{name: 'bad_rewards:raises'}]"])

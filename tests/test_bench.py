@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flowrl.bench import BenchMethod, BenchPreset, choose_lr, load_preset
-from flowrl.bench_report import markdown, summarise
-from flowrl.errors import ConfigError
+from flowrl.core.errors import ConfigError
+from flowrl.image.bench import BenchMethod, BenchPreset, choose_lr, load_preset
+from flowrl.image.bench_report import markdown, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_plot_with_repeats_draws_bands(tmp_path):
     """With repeats the SE band of method a (0.1 wide at 1 min) fills a translucent area that one run lacks."""
     from PIL import Image
 
-    from flowrl.bench_report import plot
+    from flowrl.image.bench_report import plot
 
     def light_blue_pixels(repeats: int) -> int:
         preset = BenchPreset(repeats=repeats, baseline="a", methods=[BenchMethod("a"), BenchMethod("b")])
@@ -162,7 +162,7 @@ def test_full_preset_names_every_method_of_the_issue():
 
 
 def test_finished_runs_survive_options_added_later_at_their_base_value():
-    from flowrl.bench import _same_settings
+    from flowrl.image.bench import _same_settings
 
     done = {"config": {"loss": {"name": "awm", "clip": 0.2}}, "phase": "report"}
     base = {"config": {"loss": {"name": "ppo-clip", "clip": 0.2, "new": 0}}, "phase": "report"}

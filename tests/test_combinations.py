@@ -11,10 +11,10 @@ import math
 import pytest
 from tiny_runs import MODE_OPTIONS, text_config
 
-from flowrl.advantages import ADVANTAGES
-from flowrl.errors import ConfigError
-from flowrl.losses import LOSSES, TrainsOn
-from flowrl.method_options import Backend
+from flowrl.core.advantages import ADVANTAGES
+from flowrl.core.errors import ConfigError
+from flowrl.core.losses import LOSSES, TrainsOn
+from flowrl.core.method_options import Backend
 from flowrl.recipes import load_config
 from flowrl.samplers.modes import ROLLOUT_MODES, Branching
 
@@ -36,7 +36,7 @@ def test_every_mode_is_covered():
 
 @pytest.mark.parametrize("mode", sorted(MODE_OPTIONS))
 def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
-    from flowrl.trainer.flow import setup, train_step
+    from flowrl.image.trainer import setup, train_step
 
     ran, refused, run, run_loss = [], [], None, None
     for loss in LOSSES.names():
@@ -76,7 +76,7 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
 
 
 def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
-    from flowrl.trainer.text import setup, train_step
+    from flowrl.text.trainer import setup, train_step
 
     ran, refused, run = [], [], None
     for estimator in ADVANTAGES.names():
@@ -106,7 +106,7 @@ def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
 
 
 def test_every_loss_names_a_registered_objective_of_its_trainers():
-    from flowrl.trainer.objectives import OBJECTIVES
+    from flowrl.image.objectives import OBJECTIVES
 
     for loss in LOSSES.names():
         facts = LOSSES.facts(loss)
@@ -123,9 +123,9 @@ def test_pairwise_trains_on_the_judges_preferences(tiny_model):
     import torch
     from fake_judge import FakeJudge
 
-    from flowrl.advantages import compute_advantages
-    from flowrl.trainer.flow import advantage_batch, sample, setup, train_step
-    from flowrl.trainer.share import gather_batch
+    from flowrl.core.advantages import compute_advantages
+    from flowrl.core.share import gather_batch
+    from flowrl.image.trainer import advantage_batch, sample, setup, train_step
 
     common = [f"model.path={tiny_model}", *TINY[:-2], "train.group_size=4", "advantage.name=pairwise"]
     judge = FakeJudge()
@@ -160,10 +160,10 @@ def test_strata_come_from_a_scored_component_or_a_text_function(tiny_model, lm_d
     time."""
     import torch
 
-    from flowrl.advantages import compute_advantages
-    from flowrl.trainer.flow import advantage_batch, sample, setup
-    from flowrl.trainer.text import generate
-    from flowrl.trainer.text import strata as text_strata
+    from flowrl.core.advantages import compute_advantages
+    from flowrl.image.trainer import advantage_batch, sample, setup
+    from flowrl.text.trainer import generate
+    from flowrl.text.trainer import strata as text_strata
 
     common = [f"model.path={tiny_model}", *TINY, "train.group_size=4", "advantage.name=stratified",
               "advantage.strata=toy-geneval/objects"]  # fmt: skip
@@ -185,11 +185,11 @@ def test_strata_come_from_a_scored_component_or_a_text_function(tiny_model, lm_d
         load_config(None, [f"model.path={tiny_model}", *TINY, "advantage.name=stratified"])
 
     text = text_config(lm_dir, "advantage.name=stratified", "advantage.strata=toy-text:answer-digits")
-    from flowrl.trainer.text import setup as text_setup
+    from flowrl.text.trainer import setup as text_setup
 
     trun = text_setup(text)
     tbatch = generate(trun, trun.train_rows[:2])
-    from flowrl.text_world import parse_answer
+    from flowrl.text.world import parse_answer
 
     assert text_strata(trun, tbatch).tolist() == [len(parse_answer(t)) for t in tbatch.completions.texts]
     with pytest.raises(ConfigError, match=r"advantage.strata='digits': give a function"):

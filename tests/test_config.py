@@ -12,21 +12,21 @@ from pathlib import Path
 import pytest
 
 from flowrl import cli
-from flowrl.advantages import ADVANTAGES, StratifiedOptions, TrackerOptions
-from flowrl.config import (
+from flowrl.core.advantages import ADVANTAGES, StratifiedOptions, TrackerOptions
+from flowrl.core.errors import ConfigError, DataError
+from flowrl.core.losses import LOSSES, AwmOptions, NftOptions, NormalizesBy, SapoOptions, TrainsOn
+from flowrl.core.method_options import Backend, upgrade
+from flowrl.core.options import describe, load, set_dotted, to_dict
+from flowrl.core.presets import parse_override
+from flowrl.core.registry import Fact
+from flowrl.image.config import (
     Config,
     SamplerConfig,
     check_combinations,
-    parse_override,
     window_of,
 )
-from flowrl.data import load_prompts
-from flowrl.errors import ConfigError, DataError
-from flowrl.losses import LOSSES, AwmOptions, NftOptions, NormalizesBy, SapoOptions, TrainsOn
-from flowrl.method_options import Backend, upgrade
-from flowrl.options import describe, load, set_dotted, to_dict
+from flowrl.image.data import load_prompts
 from flowrl.recipes import load_config
-from flowrl.registry import Fact
 from flowrl.samplers import WINDOW_SCHEDULES
 from flowrl.samplers.modes import ROLLOUT_MODES, Branching, TreeModeOptions
 
@@ -524,7 +524,7 @@ BENCH_WINDOWS = {
 
 
 def test_bench_methods_keep_their_windows(caplog) -> None:
-    from flowrl.bench import load_preset
+    from flowrl.image.bench import load_preset
 
     seen = {}
     for name in ("full", "short"):

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flowrl.config import window_of
-from flowrl.options import to_dict
+from flowrl.core.options import to_dict
+from flowrl.image.config import window_of
 from flowrl.recipes import load_config
 from flowrl.rewards import REWARDS
 from flowrl.samplers import make_window
@@ -216,7 +216,7 @@ def test_preset_kl_means_what_its_source_meant(path: Path, stand_ins: list[str])
 
     import torch
 
-    from flowrl.losses import LossInputs, compute_loss
+    from flowrl.core.losses import LossInputs, compute_loss
 
     cfg = load_config(str(path), stand_ins)
     if cfg.loss.kl_coef == 0:
@@ -308,8 +308,8 @@ def family_of(path: Path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_lora_targets_exist_in_the_architecture(path: Path, stand_ins: list[str], tiny_transformers):
-    from flowrl.models import FAMILIES
-    from flowrl.trainer.weights import make_trainable
+    from flowrl.core.weights import make_trainable
+    from flowrl.image.models import FAMILIES
 
     cfg = load_config(str(path), stand_ins)
     family, pipeline = family_of(path)
@@ -335,7 +335,7 @@ def test_accelerate_configs_load(name: str):
 def test_fsdp_file_names_what_flowrl_shards(tiny_transformers, monkeypatch):
     """The values the FSDP file exports (as ``accelerate launch`` does) are ones flowrl's sharding accepts: the
     SD3 block class by default, FLUX's two classes as the FLUX launchers pass them."""
-    from flowrl.trainer.sharding import _blocks, _refuse_unsupported_launch_options, _reshard_after_forward
+    from flowrl.core.sharding import _blocks, _refuse_unsupported_launch_options, _reshard_after_forward
 
     fsdp = raw(ACCELERATE["fsdp"])["fsdp_config"]
     assert fsdp["fsdp_version"] == 2
@@ -439,7 +439,7 @@ def test_flux_scripts_wrap_flux_blocks_under_fsdp(script: str, tmp_path: Path):
 
 def test_preset_rewards_override_is_json(tmp_path: Path):
     """The scripts pass the rewards list as one JSON override; it survives the override parser unchanged."""
-    from flowrl.config import parse_override
+    from flowrl.core.presets import parse_override
 
     rewards = raw(REPO / "configs" / "flux_pref_grpo.yaml")["rewards"]
     key, parsed = parse_override("rewards=" + json.dumps(rewards))
@@ -450,7 +450,7 @@ def test_preset_rewards_override_is_json(tmp_path: Path):
 def test_text_presets_validate_and_their_lora_targets_exist(preset):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from flowrl.text_config import TextConfig
+    from flowrl.text.config import TextConfig
 
     cfg = load_config(str(preset))
     assert isinstance(cfg, TextConfig)
@@ -460,7 +460,7 @@ def test_text_presets_validate_and_their_lora_targets_exist(preset):
 
 
 def test_no_preset_says_the_batch_statistics_are_per_process():
-    """Rewards are gathered before advantages (flowrl.trainer.share): a preset comment saying otherwise misleads."""
+    """Rewards are gathered before advantages (flowrl.core.share): a preset comment saying otherwise misleads."""
     for preset in ALL_PRESETS:
         assert "each process's own samples" not in preset.read_text(), preset.name
 
@@ -538,10 +538,10 @@ def test_the_launcher_without_accelerate_says_what_to_do(tmp_path: Path):
 
 def test_presets_and_bench_presets_use_the_nested_option_names(stand_ins: list[str], caplog):
     """No preset (nor a bench method's overrides) spells a method's option by its old flat name: loading them logs
-    no 'is now' notice (flowrl.method_options)."""
+    no 'is now' notice (flowrl.core.method_options)."""
     import logging
 
-    from flowrl.bench import load_preset
+    from flowrl.image.bench import load_preset
 
     with caplog.at_level(logging.WARNING, logger="flowrl"):
         for path in PRESETS:

@@ -26,11 +26,11 @@ from tiny_models import save_tiny_flux, save_tiny_qwen_image
 from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
-from flowrl.data import load_prompts
+from flowrl.core.sharding import full
+from flowrl.core.share import deal, step_rows
+from flowrl.image.data import load_prompts
+from flowrl.image.trainer import _reassemble, eval_share
 from flowrl.recipes import load_config
-from flowrl.trainer.flow import _reassemble, eval_share
-from flowrl.trainer.sharding import full
-from flowrl.trainer.share import deal, step_rows
 
 # the tiny run of tiny_runs.py, evaluating 2 prompts × 2 seeds so that both processes get a share; 3 prompts of 4
 # images: 12 roots, 6 per process, so a prompt's group spans both processes. The reward is the mean brightness
@@ -231,7 +231,7 @@ def _assert_lora_checkpoint_loads(folder: Path, model: str) -> None:
     """The final LoRA (the EMA weights) loads into a fresh diffusers pipeline and holds the EMA averages."""
     from diffusers import StableDiffusion3Pipeline
 
-    from flowrl.models import SD3Policy
+    from flowrl.image.models import SD3Policy
 
     state = torch.load(folder / "trainer_state.pt", weights_only=True)
     fresh = SD3Policy(model)
@@ -268,8 +268,8 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
     from accelerate.utils import gather_object
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import TrainRows, advantages, evaluate, sample, setup
-    from flowrl.trainer.run import eval_pairs
+    from flowrl.image.run import eval_pairs
+    from flowrl.image.trainer import TrainRows, advantages, evaluate, sample, setup
 
     cfg = tiny_config(
         model,
@@ -309,7 +309,7 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
 
 def _unsharded_copy(run, cfg):
     """The same network and weights set up without sharding (under FSDP: as for DDP), for reference results."""
-    from flowrl.trainer.flow import setup
+    from flowrl.image.trainer import setup
 
     fsdp = os.environ.pop("ACCELERATE_USE_FSDP", None)
     try:
@@ -328,7 +328,7 @@ def _unsharded_copy(run, cfg):
 
 def _intercepted_gradient(run, batch, rows) -> list[torch.Tensor]:
     """The synchronised gradient of one ``update``: its optimizer step is replaced by a copy of the gradients."""
-    from flowrl.trainer.flow import update
+    from flowrl.image.trainer import update
 
     captured: list[list[torch.Tensor]] = []
     run.optimizer.step = lambda *a, **k: captured.append(_grads(run.params))
@@ -342,7 +342,7 @@ def _intercepted_gradient(run, batch, rows) -> list[torch.Tensor]:
 
 def _compare_evaluation(run, prompts: list[str], seeds: list[int], split) -> dict:
     """Evaluate every pair on this process alone and compare with the split evaluation."""
-    from flowrl.trainer.flow import _evaluate_pairs
+    from flowrl.image.trainer import _evaluate_pairs
 
     images, parts = _evaluate_pairs(run, prompts, seeds)
     return {
@@ -359,7 +359,7 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     """The gradient ``run`` computes on this process for the mean loss over all shares' kept rows (no DDP)."""
-    from flowrl.trainer.objectives import OBJECTIVES, TrainRows
+    from flowrl.image.objectives import OBJECTIVES, TrainRows
 
     replay = OBJECTIVES.get("transitions")
 
@@ -382,8 +382,8 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
 def _record_training(record: dict):
     """Wrap the trainer's ``sample``, ``advantages`` and the image recipe's ``train_step`` to note prompts, noise,
     advantages and weights; returns the function that unwraps them."""
-    import flowrl.trainer.flow as flow
-    from flowrl.trainer.image_recipe import ImageRecipe
+    import flowrl.image.trainer as flow
+    from flowrl.image.recipe import ImageRecipe
 
     sample, step, advantages = flow.sample, ImageRecipe.train_step, flow.advantages
     tensors = record.setdefault("tensors", {"advantages": [], "positions": [], "params": []})
@@ -429,7 +429,7 @@ def _record_training(record: dict):
 
 def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
     from flowrl.cli import main
-    from flowrl.trainer.sharding import sharding_requested
+    from flowrl.core.sharding import sharding_requested
 
     rank = int(os.environ["RANK"])
     record: dict = {"prompts": [], "noise_seeds": [], "hashes": [], "metrics": [], "sharded": sharding_requested()}
@@ -465,8 +465,8 @@ def _sharded_full_finetuning(model: str, out: Path) -> None:
     from diffusers import SD3Transformer2DModel
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     AcceleratorState._reset_state()  # the LoRA run made its accelerator without mixed precision
     run = setup(tiny_config(model, "model.finetune=full", "model.mixed_precision=bf16"))
@@ -498,9 +498,9 @@ def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch
 
     from tiny_runs import tiny_config
 
-    from flowrl.errors import ConfigError
-    from flowrl.trainer import zero
-    from flowrl.trainer.flow import setup
+    from flowrl.core import zero
+    from flowrl.core.errors import ConfigError
+    from flowrl.image.trainer import setup
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     real = importlib.util.find_spec
@@ -532,7 +532,7 @@ def test_unsupported_launches_are_refused_with_their_fix(tiny_model, monkeypatch
 def test_fsdp_units_are_the_model_blocks_or_the_launch_classes(monkeypatch):
     from diffusers import FluxTransformer2DModel
 
-    from flowrl.trainer.sharding import _blocks, _reshard_after_forward, shard
+    from flowrl.core.sharding import _blocks, _reshard_after_forward, shard
 
     flux = FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
@@ -560,11 +560,11 @@ def test_batches_processes_cannot_share_are_refused_at_start(tiny_model):
     """Checked for a launch of N processes before anything is sampled (here N = 2, 4 without launching them)."""
     from tiny_runs import tiny_config
 
-    from flowrl.config import window_of
-    from flowrl.errors import ConfigError
+    from flowrl.core.errors import ConfigError
+    from flowrl.image.config import window_of
+    from flowrl.image.trainer import _check_split
     from flowrl.rewards import RewardSet
     from flowrl.samplers import make_window
-    from flowrl.trainer.flow import _check_split
 
     def check(processes: int, *overrides: str) -> None:
         cfg = tiny_config(tiny_model, *overrides)

@@ -362,10 +362,10 @@ CHECKS = [c for c in COMMANDS if plan(c)[0] == "check"]
 def test_documented_command_validates(c: Command, stand_ins: dict[str, str], tmp_path: Path, monkeypatch):
     words = c.argv
     if words[:2] == ("flowrl", "bench"):
-        import flowrl.bench
+        import flowrl.image.bench
 
         ran = []
-        monkeypatch.setattr(flowrl.bench, "run_bench", lambda preset, out, log: ran.append(preset))
+        monkeypatch.setattr(flowrl.image.bench, "run_bench", lambda preset, out, log: ran.append(preset))
         code, _, err = call(list(words[1:]))
         assert code == 0 and len(ran) == 1, f"{c}\n{err.strip()}"
         preset = yaml.safe_load((REPO / option_of(words, "--preset")).read_text(encoding="utf-8"))

@@ -37,8 +37,8 @@ def test_every_page_is_in_the_navigation_and_every_link_stays_in_the_repository(
 
 
 def test_the_methods_page_covers_every_registered_method():
-    from flowrl.advantages import ADVANTAGES
-    from flowrl.losses import LOSSES
+    from flowrl.core.advantages import ADVANTAGES
+    from flowrl.core.losses import LOSSES
     from flowrl.samplers.modes import ROLLOUT_MODES
 
     text = (REPO / "docs" / "methods.md").read_text()
@@ -57,9 +57,9 @@ def test_the_docs_spell_each_methods_options_by_their_nested_keys():
     comment uses an old flat name (``loss.awm_weighting``) except where it says the name is old."""
     import dataclasses
 
-    from flowrl.advantages import ADVANTAGES
-    from flowrl.losses import LOSSES
-    from flowrl.method_options import flat_names
+    from flowrl.core.advantages import ADVANTAGES
+    from flowrl.core.losses import LOSSES
+    from flowrl.core.method_options import flat_names
     from flowrl.samplers.modes import ROLLOUT_MODES
 
     text = (REPO / "docs" / "methods.md").read_text()

@@ -8,12 +8,13 @@ import random
 import pytest
 import torch
 
-from flowrl.generate import EVAL_STREAM, TRAIN_SEED_LIMIT, eval_noise_seed, eval_noise_seeds, generate
-from flowrl.models import SD3Policy
+from flowrl.core.seeds import EVAL_STREAM, TRAIN_SEED_LIMIT, eval_noise_seed, eval_noise_seeds
+from flowrl.image.generate import generate
+from flowrl.image.models import SD3Policy
+from flowrl.image.run import eval_pairs
+from flowrl.image.toy_world import split_scenes
+from flowrl.image.trainer import eval_share
 from flowrl.recipes import load_config
-from flowrl.toy_world import split_scenes
-from flowrl.trainer.flow import eval_share
-from flowrl.trainer.run import eval_pairs
 
 HELD_OUT = [s.text for s in split_scenes()[1]]
 
@@ -72,7 +73,7 @@ def test_an_image_depends_on_its_pair_only(toy_policy):
 def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise(tiny_model, tmp_path, monkeypatch):
     from tiny_runs import tiny_config
 
-    from flowrl.models.family import FlowModel
+    from flowrl.image.models.family import FlowModel
     from flowrl.recipes import train
 
     calls: list[list[int]] = []
@@ -101,7 +102,7 @@ def test_base_and_trained_evaluation_use_the_same_noise_and_never_training_noise
 def test_text_sampling_with_row_seeds_is_exact_and_batch_independent():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flowrl.models.causal_lm import _GumbelRows, sample_completions
+    from flowrl.text.model import _GumbelRows, sample_completions
 
     # Gumbel-max with a row's own generator draws from softmax(logits): frequencies over 4000 rows
     logits = torch.tensor([[2.0, 0.0, -1.0, 1.0]]).expand(4000, 4)

@@ -1,5 +1,6 @@
-"""``flowrl.evaluation`` and the training monitors: diversity, drift and categories by hand, summaries with prompt-
-clustered SEs, the reward-hacking warnings (raised exactly when they should be), and ``flowrl eval`` end to end."""
+"""``flowrl.image.evaluation`` and the training monitors: diversity, drift and categories by hand, summaries with
+prompt-clustered SEs, the reward-hacking warnings (raised exactly when they should be), and ``flowrl eval`` end to
+end."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import math
 import pytest
 import torch
 
-from flowrl.evaluation import (
+from flowrl.core.monitor import TrainingMonitor
+from flowrl.image.evaluation import (
     categories,
     compare,
     distance,
     diversity,
     hacking_warnings,
+    monitor_metrics,
     score_images,
     summarize,
     thumbnails,
 )
-from flowrl.trainer.monitor import TrainingMonitor, monitor_metrics
 
 
 def _flat(value: float, size: int = 8) -> torch.Tensor:
@@ -133,7 +135,7 @@ def test_training_monitor_reports_a_collapse_without_a_reward_rise():
 
 
 def test_console_summary_lists_training_and_evaluation_warnings():
-    from flowrl.trainer.loop import summary_lines
+    from flowrl.core.loop import summary_lines
 
     summary = {"train_steps": 3, "train_seconds": 12.0, "monitor_warnings": ["possible reward hacking: y"],
                "training_warnings": [{"iteration": 2, "warning": "possible collapse: x"}]}  # fmt: skip
@@ -161,7 +163,7 @@ def test_score_images_keys_watch_rewards_apart():
 
 
 def test_watch_rewards_are_checked_before_anything_loads():
-    from flowrl.errors import ConfigError
+    from flowrl.core.errors import ConfigError
     from flowrl.recipes import load_config
 
     with pytest.raises(ConfigError, match=r"eval\.watch_rewards\[0\]\.name: 'toy-geneval' is trained on"):
@@ -176,9 +178,9 @@ def test_flowrl_eval_writes_means_categories_and_monitors(tiny_model, tmp_path, 
     from tiny_runs import tiny_config
 
     from flowrl.cli import main
-    from flowrl.config import to_dict
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.config import to_dict
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     cfg = tiny_config(tiny_model, "rewards=[{name: jpeg-compressibility}]", "eval.watch_rewards=[{name: toy-geneval}]",
                       "train.lr=3e-2")  # fmt: skip
@@ -287,7 +289,7 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
     )
     assert "Loading weights" not in out.err and "Setting accelerator to CPU" not in out.out + out.err  # no noise
     # which weights evaluated: a LoRA run's copy is bf16 only where the CPU multiplies bf16 natively
-    from flowrl.models.untrained import fast_bf16
+    from flowrl.image.models.untrained import fast_bf16
 
     dtype, why = ("bf16", "fast") if fast_bf16(torch.device("cpu")) else ("fp32", "no fast")
     path = f"a {dtype} copy of the transformer (model.untrained_copy=auto: {why} bf16 matmul on cpu)"
@@ -304,7 +306,8 @@ def test_a_run_stopped_early_reports_its_own_iterations_and_the_monitors(tiny_mo
 
 
 def test_a_gallery_column_says_which_checkpoint_it_is(tmp_path):
-    from flowrl.compare import ColumnSpec, describe_source
+    from flowrl.core.columns import ColumnSpec
+    from flowrl.image.compare import describe_source
 
     final = tmp_path / "run" / "checkpoints" / "final"
     final.mkdir(parents=True)
@@ -323,10 +326,10 @@ def test_gallery_with_a_checkpoint_of_another_model_is_one_line(tiny_model, tmp_
     from tiny_runs import tiny_config
 
     from flowrl.cli import main
-    from flowrl.config import to_dict
-    from flowrl.models.toy import build_toy_model, save_sd3_folder
-    from flowrl.trainer.flow import setup
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.config import to_dict
+    from flowrl.image.models.toy import build_toy_model, save_sd3_folder
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup
 
     save_checkpoint(setup(tiny_config(tiny_model)), str(tmp_path / "ckpt"))  # LoRA of the width-64 model
     other = str(tmp_path / "narrow")
@@ -347,8 +350,8 @@ def test_gallery_prompts_default_to_the_configs_evaluation_prompts(tiny_model, t
     from tiny_runs import tiny_config
 
     from flowrl.cli import main
-    from flowrl.config import to_dict
-    from flowrl.data import load_prompts
+    from flowrl.image.config import to_dict
+    from flowrl.image.data import load_prompts
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a violet kite\na photo of two orange boats\na third prompt left out\n")
@@ -371,9 +374,9 @@ def test_gallery_prompts_default_to_the_configs_evaluation_prompts(tiny_model, t
 
 def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
     from flowrl.cli import build_parser
-    from flowrl.config import Config
-    from flowrl.models import FAMILIES
-    from flowrl.options import describe
+    from flowrl.core.options import describe
+    from flowrl.image.config import Config
+    from flowrl.image.models import FAMILIES
 
     path_help = next(text for key, _, _, text in describe(Config) if key == "model.path")
     names = {"StableDiffusion3Pipeline": "SD3.5", "FluxPipeline": "FLUX.1", "QwenImagePipeline": "Qwen-Image",
@@ -385,7 +388,7 @@ def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
 
 
 def test_the_progress_bars_time_left_is_whichever_end_comes_first():
-    from flowrl.trainer.loop import _time_left
+    from flowrl.core.loop import _time_left
 
     assert _time_left(0, 30.0, 10, 90) == {}  # no time limit: tqdm's own estimate
     assert _time_left(300, 20.0, 10, 100) == {"left": "3:20"}  # 100 more at 2 s each end before the limit (4:40)
@@ -397,7 +400,7 @@ def test_the_progress_bar_ends_on_the_iterations_done_when_the_time_limit_stops_
     import time
     from types import SimpleNamespace
 
-    from flowrl.trainer.loop import training_loop
+    from flowrl.core.loop import training_loop
 
     train = SimpleNamespace(iterations=45, max_minutes=0.1 / 60, save_every=0)  # a 0.1 s limit
     cfg = SimpleNamespace(train=train, output=SimpleNamespace(progress=True, images_every=0))
@@ -421,8 +424,8 @@ def test_the_progress_bar_ends_on_the_iterations_done_when_the_time_limit_stops_
 def test_the_time_limit_line_says_what_the_limit_bounds():
     from pathlib import Path
 
+    from flowrl.core.loop import time_limit_line
     from flowrl.recipes import load_config
-    from flowrl.trainer.loop import time_limit_line
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     assert time_limit_line(load_config(str(configs / "demo.yaml"), [])) == (
@@ -437,7 +440,7 @@ def test_the_time_limit_line_says_what_the_limit_bounds():
 
 
 def test_the_untrained_path_is_described_as_the_hardware_decides(monkeypatch):
-    from flowrl.models import untrained
+    from flowrl.image.models import untrained
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(untrained, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))

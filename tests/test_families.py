@@ -10,10 +10,10 @@ from devices import on_device
 from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
 from tiny_runs import MODES, tiny_config
 
-from flowrl.errors import ConfigError
-from flowrl.models.common import PromptCache
+from flowrl.core.errors import ConfigError
+from flowrl.image.models.common import PromptCache
+from flowrl.image.trainer import setup, train_step
 from flowrl.recipes import load_config
-from flowrl.trainer.flow import setup, train_step
 
 # tiny pipelines: 32 px images are 4×4 latents of 4 channels (VAE factor 8); 2 prompts × 4 images
 BACKEND = ["model.resolution=32", "model.max_sequence_length=16"]
@@ -104,7 +104,7 @@ def test_prompt_cache_returns_the_encoders_rows(pipelines):
 
 
 def test_model_path_accepts_hub_ids_and_rejects_other_paths(tmp_path, monkeypatch):
-    from flowrl.models import resolve_model_path
+    from flowrl.image.models import resolve_model_path
 
     cfg = load_config(None, ["model.path=stabilityai/stable-diffusion-3.5-medium"])
     assert cfg.model.path == "stabilityai/stable-diffusion-3.5-medium"
@@ -123,7 +123,7 @@ def test_dtype_rules_are_checked_before_loading(pipelines):
 
 
 def test_sample_batch_chunks_rollouts_without_changing_them(pipelines):
-    from flowrl.trainer.flow import sample
+    from flowrl.image.trainer import sample
 
     batches = []
     for size in (0, 3):  # 8 images: chunks of 3, 3, 2 rows per forward and per VAE decode

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from tiny_runs import TINY_ARGS, tiny_config
 
-import flowrl.trainer.flow as flow
+import flowrl.image.trainer as flow
 from flowrl.cli import main
-from flowrl.trainer.flow import setup, train_step
-from flowrl.trainer.objectives import OBJECTIVES, ReplayTransitions
+from flowrl.image.objectives import OBJECTIVES, ReplayTransitions
+from flowrl.image.trainer import setup, train_step
 
 NAN_ON_SECOND = "rewards=[{name: 'bad_rewards:NanOnCalls', options: {calls: [2]}}]"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowrl.gallery import GalleryColumn, write_gallery
+from flowrl.image.gallery import GalleryColumn, write_gallery
 
 ROWS, SIZE, UP = 5, 16, 4
 PROMPTS = [
@@ -174,7 +174,7 @@ def test_second_call_replaces_cleanly(tmp_path):
 
 
 def test_failure_midway_keeps_previous_gallery(tmp_path, monkeypatch):
-    import flowrl.gallery as gallery
+    import flowrl.image.gallery as gallery
 
     paths = write_gallery(str(tmp_path), PROMPTS, SEEDS, _columns())
     before = sorted(os.listdir(os.path.join(paths["dir"], "images")))
@@ -191,7 +191,7 @@ def test_failure_midway_keeps_previous_gallery(tmp_path, monkeypatch):
 
 
 def test_header_gives_means_and_the_paired_gain_with_se_over_prompts():
-    from flowrl.gallery import summary_lines
+    from flowrl.image.gallery import summary_lines
 
     prompts = ["a", "a", "b", "b", "c", "c"]  # three prompts, two seed indices each
     base = [0.0, 0.2, 0.4, 0.4, 0.6, 1.0]  # prompt means 0.1, 0.4, 0.8

@@ -51,8 +51,8 @@ def test_gallery_of_base_and_trained_checkpoint_loads_in_chromium(tiny_model, tm
     from tiny_runs import tiny_config
 
     from flowrl.cli import main
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     config = tmp_path / "tiny.yaml"
     cfg = tiny_config(tiny_model)
@@ -61,7 +61,7 @@ def test_gallery_of_base_and_trained_checkpoint_loads_in_chromium(tiny_model, tm
     save_checkpoint(run, str(tmp_path / "ckpt"))
     import yaml
 
-    from flowrl.config import to_dict
+    from flowrl.image.config import to_dict
 
     config.write_text(yaml.safe_dump(to_dict(cfg)))
     out = tmp_path / "out"
@@ -90,10 +90,11 @@ def test_a_trained_column_differs_from_base_and_bench_folders_expand(tiny_model,
     becomes one column per method."""
     from tiny_runs import tiny_config
 
-    from flowrl.compare import load_column_policy, parse_columns
-    from flowrl.generate import generate
-    from flowrl.trainer.flow import setup
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.core.columns import parse_columns
+    from flowrl.image.compare import load_column_policy
+    from flowrl.image.generate import generate
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup
 
     cfg = tiny_config(tiny_model, "model.lora_alpha=8")
     run = setup(cfg)

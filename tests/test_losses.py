@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowrl.losses import (
+from flowrl.core.losses import (
     LOSSES,
     AwmOptions,
     LossConfig,

@@ -5,9 +5,10 @@ import torch
 from devices import velocity_on_cpu
 from tiny_models import GRID_SHIFT_2, pipeline_sigmas, save_tiny_flux
 
-from flowrl.generate import eval_noise_seeds, generate
-from flowrl.models import FluxPolicy
-from flowrl.models.flux import image_ids, pack, unpack
+from flowrl.core.seeds import eval_noise_seeds
+from flowrl.image.generate import generate
+from flowrl.image.models import FluxPolicy
+from flowrl.image.models.flux import image_ids, pack, unpack
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_missing_component_is_named(tmp_path):
 def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
     import json
 
-    from flowrl.models import SD3Policy, load_policy, policy_class
+    from flowrl.image.models import SD3Policy, load_policy, policy_class
 
     assert policy_class(flux_dir) is FluxPolicy
     assert policy_class("assets/toy-sd3") is SD3Policy
@@ -113,9 +114,9 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
 def test_trainer_fine_tunes_flux_and_its_lora_loads_into_flux_pipeline(flux_dir, tmp_path):
     from diffusers import FluxPipeline
 
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
     from flowrl.recipes import load_config
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
 
     cfg = load_config(
         None,

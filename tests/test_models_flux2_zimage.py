@@ -9,8 +9,8 @@ import torch
 from devices import velocity_on_cpu
 from tiny_models import DYNAMIC, GRID_SHIFT_2, pipeline_sigmas, save_tiny_flux2_klein, save_tiny_z_image
 
-from flowrl.models import Flux2KleinPolicy, ZImagePolicy, load_policy, policy_class
-from flowrl.models.flux2 import empirical_mu, unpatchify
+from flowrl.image.models import Flux2KleinPolicy, ZImagePolicy, load_policy, policy_class
+from flowrl.image.models.flux2 import empirical_mu, unpatchify
 from flowrl.samplers import ode_solve
 
 PROMPTS = ["a red circle", "two blue squares left of a yellow triangle"]
@@ -135,8 +135,8 @@ def test_a_cached_hub_checkpoint_is_checked_at_config_time_and_any_before_loadin
 
     import huggingface_hub
 
-    from flowrl.errors import ConfigError
-    from flowrl.models import policy_for
+    from flowrl.core.errors import ConfigError
+    from flowrl.image.models import policy_for
     from flowrl.recipes import load_config
 
     # the Hugging Face cache's layout: refs/main names the snapshot folder that holds the files
@@ -159,8 +159,8 @@ def test_a_cached_hub_checkpoint_is_checked_at_config_time_and_any_before_loadin
 def test_trained_lora_loads_into_the_pipeline(folders, name, tmp_path):
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     run = setup(tiny_config(folders[name], "model.lora_alpha=8"))  # scale 2: the saved LoRA must carry its alpha
     train_step(run)
@@ -184,9 +184,9 @@ def test_gallery_compares_base_and_trained_columns(folders, name, tmp_path):
     from tiny_runs import tiny_config
 
     from flowrl.cli import main
-    from flowrl.config import to_dict
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.config import to_dict
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     cfg = tiny_config(folders[name])
     run = setup(cfg)

@@ -10,8 +10,8 @@ import torch
 from devices import velocity_on_cpu
 from tiny_models import GRID_SHIFT_2, pipeline_sigmas, save_tiny_qwen_image
 
-from flowrl.models import QwenImagePolicy, load_policy, policy_class
-from flowrl.models.flux import pack
+from flowrl.image.models import QwenImagePolicy, load_policy, policy_class
+from flowrl.image.models.flux import pack
 from flowrl.samplers import ode_solve
 
 PROMPTS = ["a red circle", "two blue squares left of a yellow triangle"]
@@ -90,8 +90,8 @@ def test_trained_lora_loads_into_the_pipeline(qwen_dir, tmp_path):
     from diffusers import QwenImagePipeline
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     run = setup(tiny_config(qwen_dir, "model.lora_alpha=8"))  # scale 2: the saved LoRA must carry its alpha
     train_step(run)
@@ -110,7 +110,7 @@ def test_trained_lora_loads_into_the_pipeline(qwen_dir, tmp_path):
 
 
 def test_every_family_is_one_registered_flow_model():
-    from flowrl.models import FAMILIES, FlowModel
+    from flowrl.image.models import FAMILIES, FlowModel
 
     assert FAMILIES.names() == sorted(
         ["StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "Flux2KleinPipeline", "ZImagePipeline"]

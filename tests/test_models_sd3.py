@@ -4,8 +4,9 @@ import pytest
 import torch
 from tiny_models import DYNAMIC, pipeline_sigmas, save_tiny_sd3
 
-from flowrl.generate import eval_noise_seeds, generate
-from flowrl.models import SD3Policy, load_policy
+from flowrl.core.seeds import eval_noise_seeds
+from flowrl.image.generate import generate
+from flowrl.image.models import SD3Policy, load_policy
 
 
 @pytest.fixture(scope="module")

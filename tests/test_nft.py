@@ -10,9 +10,9 @@ import pytest
 import torch
 from devices import velocity_on_cpu
 
-from flowrl.errors import ConfigError
-from flowrl.losses import LossConfig, LossInputs, NftOptions, compute_loss
-from flowrl.losses.nft import nft_decay, nft_weight
+from flowrl.core.errors import ConfigError
+from flowrl.core.losses import LossConfig, LossInputs, NftOptions, compute_loss
+from flowrl.core.losses.nft import nft_decay, nft_weight
 from flowrl.recipes import load_config
 
 NFT_ARGS = ["loss.name=nft", "sampler.mode=ode", "train.timestep_fraction=0.5"]
@@ -100,10 +100,10 @@ def test_config_refusals():
 def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path):
     from tiny_runs import tiny_config
 
+    from flowrl.image.objectives import OBJECTIVES
+    from flowrl.image.run import restore, save_checkpoint
+    from flowrl.image.trainer import advantages, sample, setup, train_step
     from flowrl.samplers import index_cond
-    from flowrl.trainer.flow import advantages, sample, setup, train_step
-    from flowrl.trainer.objectives import OBJECTIVES
-    from flowrl.trainer.run import restore, save_checkpoint
 
     run = setup(tiny_config(tiny_model, *NFT_ARGS, "loss.velocity_kl_coef=1e-4"))
     assert run.old is not None and all(torch.equal(o, p) for o, p in zip(run.old.shadow, run.params, strict=True))
@@ -150,7 +150,7 @@ def test_trainer_samples_with_the_old_policy_and_trails_it(tiny_model, tmp_path)
 def test_rollouts_come_from_the_old_weights(tiny_model, copy):
     from tiny_runs import tiny_config
 
-    from flowrl.trainer.flow import sample, setup
+    from flowrl.image.trainer import sample, setup
 
     run = setup(tiny_config(tiny_model, *NFT_ARGS, f"model.untrained_copy={copy}"))
     prompts = run.train_prompts[:1]
@@ -170,9 +170,9 @@ def test_lora_round_trip_through_diffusers(tiny_model, tmp_path):
     from diffusers import StableDiffusion3Pipeline
     from tiny_runs import tiny_config
 
-    from flowrl.models import SD3Policy
-    from flowrl.trainer.flow import setup, train_step
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.models import SD3Policy
+    from flowrl.image.run import save_checkpoint
+    from flowrl.image.trainer import setup, train_step
 
     run = setup(tiny_config(tiny_model, *NFT_ARGS))
     train_step(run)

@@ -10,8 +10,8 @@ import torch
 from devices import bitwise_on_cpu
 from tiny_runs import MODE_OPTIONS, tiny_config
 
+from flowrl.image.trainer import _root_blocks, advantages, sample, setup
 from flowrl.samplers import Transitions
-from flowrl.trainer.flow import _root_blocks, advantages, sample, setup
 
 
 def _batch(tiny_model, overlap: bool, *args: str):

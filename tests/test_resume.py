@@ -22,9 +22,9 @@ from safetensors.torch import load_file
 from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
+from flowrl.core.checkpoint import latest, load_state, periodic, prune
+from flowrl.image.recipe import ImageRecipe
 from flowrl.recipes import load_config
-from flowrl.trainer.checkpoint import latest, load_state, periodic, prune
-from flowrl.trainer.image_recipe import ImageRecipe
 
 # every piece of state a resumed run must carry over: EMA, a random window (its own generator), the per-prompt
 # tracker's history, a warm-up + cosine learning rate, several optimizer steps and epochs, prompts drawn from a
@@ -182,7 +182,7 @@ def test_a_resume_records_what_changed_and_the_new_learning_rate_is_what_trains(
 
 
 def test_which_keys_may_change_on_resume():
-    from flowrl.trainer.record import changes_evaluation, flatten, resumable
+    from flowrl.core.record import changes_evaluation, flatten, resumable
 
     assert flatten({"train": {"lr": 1e-4, "split": [1, 2]}, "seed": 0, "x": {}}) == {
         "train.lr": 1e-4, "train.split": [1, 2], "seed": 0, "x": {}}  # fmt: skip
@@ -220,7 +220,7 @@ def test_prune_keeps_the_newest_and_clears_leftovers(tmp_path):
 
 SLOW_WRITER = """
 import sys, time
-import flowrl.trainer.resume as resume  # where both recipes write their checkpoints
+import flowrl.core.resume as resume  # where both recipes write their checkpoints
 from flowrl.cli import main
 
 def slow_save(path, state):  # the same bytes, written in small pieces: the kill lands inside the write
@@ -277,7 +277,7 @@ def test_sigkill_during_checkpoint_writes_always_leaves_a_loadable_checkpoint(ti
 
 def _train_text(run_dir: Path, *extra: str, stop_at: int | None = None) -> list[dict[str, float]]:
     """The text demo, shortened, with what a resumed text run must carry over (cosine lr, 2 passes × 2 steps)."""
-    from flowrl.trainer.text_recipe import TextRecipe
+    from flowrl.text.recipe import TextRecipe
 
     args = ["--config", "configs/text_demo.yaml", f"output.run_dir={run_dir}", "train.iterations=4"]
     args += ["train.save_every=1", "train.lr_schedule=cosine", "train.minibatches=2", "train.inner_epochs=2"]

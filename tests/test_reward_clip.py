@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from flowrl.models.toy import clip_tokenizer
+from flowrl.image.models.toy import clip_tokenizer
 from flowrl.rewards import make_reward
 from flowrl.rewards.preprocess import clip_preprocess
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flowrl import toy_world as tw
+from flowrl.image import toy_world as tw
 from flowrl.rewards import make_reward
 from flowrl.rewards.geneval import (
     Detection,

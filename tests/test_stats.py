@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from flowrl.generate import eval_noise_seeds
-from flowrl.models.common import seeded_noise
-from flowrl.stats import mean_se, prompt_mean_se, unit_means
+from flowrl.core.seeds import eval_noise_seeds
+from flowrl.core.stats import mean_se, prompt_mean_se, unit_means
+from flowrl.image.models.common import seeded_noise
 
 
 def test_prompt_mean_se_by_hand():

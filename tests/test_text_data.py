@@ -13,8 +13,8 @@ import re
 import pytest
 import torch
 
-from flowrl.errors import ConfigError, DataError
-from flowrl.text_data import PromptFormat, load_rows, prompt_key, prompt_label
+from flowrl.core.errors import ConfigError, DataError
+from flowrl.text.data import PromptFormat, load_rows, prompt_key, prompt_label
 
 CHAT = [{"role": "user", "content": "12+3="}]
 
@@ -22,7 +22,7 @@ CHAT = [{"role": "user", "content": "12+3="}]
 @pytest.fixture(scope="module")
 def chat_dir(tmp_path_factory) -> str:
     """A tiny random Llama with the toy chat tokenizer (turn markers, ``<|end|>`` as EOS, a chat template)."""
-    from flowrl.text_world import build_model, build_tokenizer
+    from flowrl.text.world import build_model, build_tokenizer
 
     path = str(tmp_path_factory.mktemp("chat-lm"))
     tokenizer = build_tokenizer(chat=True)
@@ -37,7 +37,7 @@ def _chat_rows(n: int) -> list[dict]:
 
 
 def test_jsonl_and_json_rows_and_their_errors(tmp_path):
-    from flowrl.text_world import problems
+    from flowrl.text.world import problems
 
     assert load_rows("toy-text:held-out") == problems("held-out")
     path = tmp_path / "rows.jsonl"
@@ -66,7 +66,7 @@ def test_jsonl_and_json_rows_and_their_errors(tmp_path):
 
 
 def test_a_data_file_is_parsed_once_while_unchanged(tmp_path, monkeypatch):
-    from flowrl import text_data
+    from flowrl.text import data as text_data
 
     parsed = []
     parse = text_data._jsonl_rows
@@ -111,7 +111,7 @@ def test_chat_template_as_trl_applies_it(chat_dir):
     from transformers import AutoTokenizer
     from trl.data_utils import maybe_apply_chat_template
 
-    from flowrl.models.causal_lm import tokenize_prompts
+    from flowrl.text.model import tokenize_prompts
 
     tokenizer = AutoTokenizer.from_pretrained(chat_dir)
     plain = PromptFormat(conversational=True)
@@ -144,7 +144,7 @@ def test_conversational_data_needs_a_chat_template_before_the_model_loads(lm_dir
         text_config(lm_dir, f"data.train={data}", f"data.eval={data}")
     with pytest.raises(ConfigError, match=r"data\.train's prompts are lists of messages but data\.eval's are strings"):
         text_config(chat_dir, f"data.train={data}", "data.eval=toy-text:held-out")
-    from flowrl.trainer.text import setup
+    from flowrl.text.trainer import setup
 
     with pytest.raises(ValueError, match="must both be strings or both lists of messages"):
         setup(text_config(chat_dir), dataset=_chat_rows(3))  # a Python dataset is checked when it arrives
@@ -185,7 +185,7 @@ def _pair_of_async_rewards():
 def test_chat_training_calls_rewards_as_trl_does(chat_dir, tmp_path):
     from tiny_runs import text_config
 
-    from flowrl.trainer.text import setup, train_step
+    from flowrl.text.trainer import setup, train_step
 
     data = tmp_path / "chat.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in _chat_rows(6)))
@@ -210,8 +210,8 @@ def test_chat_training_calls_rewards_as_trl_does(chat_dir, tmp_path):
 def test_a_failing_async_reward_is_named(lm_dir):
     from tiny_runs import text_config
 
-    from flowrl.errors import RewardError
-    from flowrl.trainer.text import setup, train_step
+    from flowrl.core.errors import RewardError
+    from flowrl.text.trainer import setup, train_step
 
     async def judge(prompts, completions, **_):
         raise TimeoutError("the judge did not answer")
@@ -282,8 +282,8 @@ def test_trl_config_names_translate_and_are_checked(lm_dir, monkeypatch):
 def test_truncated_completions_keep_their_rewards_but_train_no_token(lm_dir):
     from types import SimpleNamespace
 
-    from flowrl.models.causal_lm import Completions
-    from flowrl.trainer.text import loss_mask
+    from flowrl.text.model import Completions
+    from flowrl.text.trainer import loss_mask
 
     ids = torch.tensor([[5, 2, 0], [5, 6, 7]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -297,7 +297,7 @@ def test_truncated_completions_keep_their_rewards_but_train_no_token(lm_dir):
 def test_continuous_batching_samples_the_policy_distribution(lm_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flowrl.models.causal_lm import sample_completions, sample_continuous, token_log_probs
+    from flowrl.text.model import sample_completions, sample_continuous, token_log_probs
 
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
@@ -329,7 +329,7 @@ def test_a_static_cache_samples_the_same_completions(lm_dir):
     from tiny_runs import text_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flowrl.models.causal_lm import sample_completions
+    from flowrl.text.model import sample_completions
 
     tokenizer = AutoTokenizer.from_pretrained(lm_dir)
     model = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
@@ -342,8 +342,8 @@ def test_a_static_cache_samples_the_same_completions(lm_dir):
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
     assert len({tuple(r) for r in runs[0].tolist()}) > 2  # sampled, not all alike
     assert text_config(lm_dir, "trl={cache_implementation: static}").generation.cache_implementation == "static"
-    from flowrl.trainer.text import setup, train_step
-    from flowrl.trainer.text_run import evaluate
+    from flowrl.text.run import evaluate
+    from flowrl.text.trainer import setup, train_step
 
     run = setup(text_config(lm_dir, "generation.cache_implementation=static"))
     calls, generate = [], run.model.generate
@@ -363,7 +363,7 @@ def test_a_static_cache_samples_the_same_completions(lm_dir):
 def test_the_paged_cache_is_sized_for_the_batch_unless_the_options_size_it(lm_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flowrl.models.causal_lm import _cache_size, sample_continuous
+    from flowrl.text.model import _cache_size, sample_continuous
 
     requests = [[1] * 10, [1] * 300]
     assert _cache_size(requests, 64, {})["num_blocks"] == 1 + 2  # 74 and 364 tokens in pages of 256
@@ -379,7 +379,7 @@ def test_the_paged_cache_is_sized_for_the_batch_unless_the_options_size_it(lm_di
 def test_a_training_step_with_the_continuous_engine(lm_dir):
     from tiny_runs import text_config
 
-    from flowrl.trainer.text import setup, train_step
+    from flowrl.text.trainer import setup, train_step
 
     cfg = text_config(lm_dir, "generation.engine=continuous",
                       "generation.continuous_options={num_blocks: 64, max_batch_tokens: 256}")  # fmt: skip
@@ -410,7 +410,7 @@ def _trl_advantages(rewards: torch.Tensor, weights: torch.Tensor, group: int, sc
 
 @pytest.mark.parametrize(("scale", "gdpo"), [("group", False), ("batch", False), ("none", False), ("group", True)])
 def test_text_advantages_follow_trls_rules(lm_dir, scale, gdpo):
-    from flowrl.advantages import AdvantageBatch, compute_advantages
+    from flowrl.core.advantages import AdvantageBatch, compute_advantages
 
     g = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 3, (12, 2), generator=g).float()

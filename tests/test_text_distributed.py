@@ -92,10 +92,10 @@ def test_sharded_training_makes_the_updates_of_ddp(root):
 
 
 def _worker(out: str, run_dir: str) -> None:
-    import flowrl.trainer.text as text
+    import flowrl.text.trainer as text
     from flowrl.cli import main
-    from flowrl.trainer.sharding import full
-    from flowrl.trainer.text_recipe import TextRecipe
+    from flowrl.core.sharding import full
+    from flowrl.text.recipe import TextRecipe
 
     record: dict[str, list] = {"hashes": [], "prompts": [], "rewards": [], "advantages": [], "completions": []}
     step, generate, advantages = TextRecipe.train_step, text.generate, text.advantages

@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_runs import text_config
 
-from flowrl.models.causal_lm import completion_mask, token_log_probs
-from flowrl.trainer.text import score, setup, train_step
+from flowrl.text.model import completion_mask, token_log_probs
+from flowrl.text.trainer import score, setup, train_step
 
 LOSSES = ["grpo", "bnpo", "dr-grpo", "dapo", "gspo"]
 #: the text recipe logs the image recipe's names (one namespace) ...
@@ -76,8 +76,8 @@ def test_shared_prefix_forward_has_the_plain_forwards_log_probs_and_gradients(ki
 def test_micro_batches_give_the_gradient_of_the_whole_step(lm_dir, loss):
     """One optimizer step over 12 rows in micro-batches of 5 (5 + 5 + 2) has the gradient of the loss
     computed on all 12 rows at once, whatever the loss divides by (rows, tokens, global tokens)."""
-    from flowrl.losses import LossInputs, compute_loss
-    from flowrl.trainer.text import _log_probs, generate, update
+    from flowrl.core.losses import LossInputs, compute_loss
+    from flowrl.text.trainer import _log_probs, generate, update
 
     run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.1", "train.max_grad_norm=0"))
     with torch.no_grad():
@@ -116,7 +116,7 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
     rows = [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}]
     r = score(run, rows, ["3", "5"])
     assert math.isnan(r[1, 0]) and r[0].tolist() == [1.0, 1.0]
-    from flowrl.trainer.text import weighted_total
+    from flowrl.text.trainer import weighted_total
 
     assert weighted_total(run, r).tolist() == [3.0, 0.0]  # 2·1 + 1·1; the None is skipped: 1·0
     for fn, message in (
@@ -131,7 +131,7 @@ def test_rewards_none_is_left_out_and_bad_outputs_name_the_reward(lm_dir):
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_two_iterations_move_the_lora_with_one_namespace_of_metrics(lm_dir, loss):
-    from flowrl.text_trl import trl_metric_names
+    from flowrl.text.trl import trl_metric_names
 
     run = setup(text_config(lm_dir, f"loss.name={loss}", "loss.kl_coef=0.05", "train.inner_epochs=2"))
     before = [p.detach().clone() for p in run.params]
@@ -156,8 +156,8 @@ def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_d
     from transformers import AutoModelForCausalLM
 
     from flowrl.cli import main
-    from flowrl.trainer.monitor import TrainingMonitor
-    from flowrl.trainer.text import _log_probs, generate
+    from flowrl.core.monitor import TrainingMonitor
+    from flowrl.text.trainer import _log_probs, generate
 
     seen: list[dict[str, float]] = []  # what the training loop fed the reward-hacking monitor
     update = TrainingMonitor.update
@@ -195,8 +195,8 @@ def test_command_line_text_run_writes_the_run_folder_and_a_loadable_adapter(lm_d
 
 
 def test_advantages_and_reward_metrics_by_hand(lm_dir):
-    from flowrl.models.causal_lm import Completions
-    from flowrl.trainer.text import TextBatch, advantages
+    from flowrl.text.model import Completions
+    from flowrl.text.trainer import TextBatch, advantages
 
     run = setup(text_config(lm_dir, "train.group_size=4", "advantage.std_unbiased=true", "advantage.eps=1e-4"))
     run.rewards = [("a", None, 1.0), ("b", None, 2.0)]
@@ -220,8 +220,8 @@ def test_advantages_and_reward_metrics_by_hand(lm_dir):
 
 
 def test_distinct_share_by_hand_and_a_trained_watch_reward_is_refused(lm_dir):
-    from flowrl.errors import ConfigError
-    from flowrl.trainer.monitor import distinct_share
+    from flowrl.core.errors import ConfigError
+    from flowrl.core.monitor import distinct_share
 
     # prompt 0: a, a, b (2 of 3 distinct); prompt 1: c, d (all); prompt 2: one completion (no pair: left out)
     assert distinct_share([0, 0, 0, 1, 1, 2], ["a", "a", "b", "c", "d", "e"]) == pytest.approx((2 / 3 + 1) / 2)
@@ -231,7 +231,7 @@ def test_distinct_share_by_hand_and_a_trained_watch_reward_is_refused(lm_dir):
 
 
 def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_reference(lm_dir, tmp_path):
-    from flowrl.trainer.text_recipe import train_and_report
+    from flowrl.text.recipe import train_and_report
 
     rows = [{"prompt": f"{a}+1=", "target": str(a + 1)} for a in range(10)]
     seen: list[list[str]] = []
@@ -260,15 +260,15 @@ def test_python_dataset_and_reward_functions_with_full_finetuning_and_a_frozen_r
 
 
 def test_a_lora_target_that_matches_nothing_is_named_as_in_the_flow_recipe(lm_dir):
-    from flowrl.trainer.text import setup
+    from flowrl.text.trainer import setup
 
     with pytest.raises(ValueError, match=r"model.lora_targets \['nope_proj'\] match no module of LlamaForCausalLM"):
         setup(text_config(lm_dir, "model.lora_targets=[q_proj, nope_proj]"))
 
 
 def test_non_finite_weights_are_never_saved(lm_dir, tmp_path):
-    from flowrl.trainer.text import setup
-    from flowrl.trainer.text_run import save_checkpoint
+    from flowrl.text.run import save_checkpoint
+    from flowrl.text.trainer import setup
 
     run = setup(text_config(lm_dir))
     with torch.no_grad():
@@ -281,7 +281,7 @@ def test_non_finite_weights_are_never_saved(lm_dir, tmp_path):
 def test_setting_up_lora_shows_no_library_deprecation(lm_dir):
     import warnings
 
-    from flowrl.trainer.text import setup
+    from flowrl.text.trainer import setup
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -291,8 +291,8 @@ def test_setting_up_lora_shows_no_library_deprecation(lm_dir):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 def test_a_prompts_cache_computed_once_samples_the_same_completions(kind, monkeypatch):
-    from flowrl.models import causal_lm
-    from flowrl.text_world import build_tokenizer
+    from flowrl.text import model as causal_lm
+    from flowrl.text.world import build_tokenizer
 
     tokenizer, model = build_tokenizer(), _tiny(kind).eval()
     prompts = ["12+34=", "5=", "7+8=", "9"]  # left padding to 6 tokens; "9" has one: its cached part is all padding
@@ -320,8 +320,8 @@ def test_a_prompts_cache_computed_once_samples_the_same_completions(kind, monkey
 def test_log_probs_are_those_of_the_distribution_generate_sampled_from(kind):
     """Left-padded prompts: the loss's log-probs equal generate's own step scores, for rotary (Llama) and learned
     absolute positions (GPT-2), on both log-prob paths."""
-    from flowrl.models.causal_lm import completion_mask, token_log_probs, tokenize_prompts
-    from flowrl.text_world import build_tokenizer
+    from flowrl.text.model import completion_mask, token_log_probs, tokenize_prompts
+    from flowrl.text.world import build_tokenizer
 
     tokenizer, model = build_tokenizer(), _tiny(kind).eval()
     prompt_ids, prompt_mask = tokenize_prompts(tokenizer, ["12+34=", "5=", "9"], torch.device("cpu"))

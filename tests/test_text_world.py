@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from flowrl.text_world import (
+from flowrl.text.world import (
     EOS_TOKEN,
     MAX_NEW_TOKENS,
     PAD_TOKEN,

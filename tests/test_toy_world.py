@@ -3,7 +3,7 @@ import random
 import pytest
 import torch
 
-from flowrl.toy_world import (
+from flowrl.image.toy_world import (
     Clause,
     Scene,
     all_scenes,

@@ -10,7 +10,7 @@ import json
 import pytest
 from tiny_runs import TINY_ARGS, text_config
 
-from flowrl.errors import ConfigError
+from flowrl.core.errors import ConfigError
 from flowrl.recipes import load_config
 
 
@@ -48,7 +48,7 @@ def test_tensorboard_and_offline_wandb_get_scalars_config_and_captioned_images(t
 
 
 def test_text_runs_log_completions_as_a_table(lm_dir, tmp_path):
-    from flowrl.trainer.text_recipe import train_and_report
+    from flowrl.text.recipe import train_and_report
 
     cfg = text_config(lm_dir, f"output.run_dir={tmp_path / 'run'}", "train.iterations=2", "output.images_every=2",
                       "output.images_count=2", "eval.samples_per_prompt=2")  # fmt: skip

@@ -11,10 +11,10 @@ import torch
 from devices import on_device, velocity_on_cpu
 from tiny_runs import MODES, tiny_config
 
-from flowrl.models import SD3Policy
+from flowrl.image.models import SD3Policy
+from flowrl.image.trainer import advantages, sample, setup, train_step
 from flowrl.recipes import load_config
 from flowrl.samplers import index_cond
-from flowrl.trainer.flow import advantages, sample, setup, train_step
 
 
 def _snapshot(run) -> list[torch.Tensor]:
@@ -144,7 +144,7 @@ def test_cli_run_writes_summary_gallery_tensorboard_and_loadable_lora(tiny_model
 def test_full_finetuning_trains_every_weight_and_saves_a_loadable_transformer(tiny_model, tmp_path):
     from diffusers import SD3Transformer2DModel
 
-    from flowrl.trainer.run import save_checkpoint
+    from flowrl.image.run import save_checkpoint
 
     run = setup(tiny_config(tiny_model, "model.finetune=full"))
     assert len(run.params) == len(list(run.policy.transformer.parameters()))
@@ -162,7 +162,7 @@ def test_full_finetuning_trains_every_weight_and_saves_a_loadable_transformer(ti
 def test_full_finetuning_keeps_a_frozen_reference_for_kl(tiny_model):
     """As the text recipe does: with model.finetune=full a KL (or AWM reference) term is measured against a frozen
     copy of the base, which stays the base while the trained weights move."""
-    from flowrl.trainer.weights import reference_policy
+    from flowrl.core.weights import reference_policy
 
     run = setup(tiny_config(tiny_model, "model.finetune=full", "loss.kl_coef=0.5"))
     assert run.policy.reference is not None and not any(p.requires_grad for p in run.policy.reference.parameters())
@@ -202,7 +202,7 @@ def test_classifier_free_guidance_is_the_policy_in_sampling_and_replay(tiny_mode
 
 
 def test_ema_weights_are_used_for_evaluation_and_restored_after(tiny_model):
-    from flowrl.trainer.flow import evaluate
+    from flowrl.image.trainer import evaluate
 
     run = setup(tiny_config(tiny_model, "train.ema_decay=0.5"))
     init = _snapshot(run)
@@ -219,7 +219,7 @@ def test_ema_weights_are_used_for_evaluation_and_restored_after(tiny_model):
 
 
 def test_awm_trains_on_final_samples(tiny_model):
-    from flowrl.trainer.objectives import OBJECTIVES
+    from flowrl.image.objectives import OBJECTIVES
 
     run = setup(tiny_config(tiny_model, "loss.name=awm", "loss.velocity_kl_coef=0.5", "sampler.window_size=1"))
     before = _snapshot(run)
@@ -251,7 +251,7 @@ def test_awm_trains_on_final_samples(tiny_model):
 def test_groupwise_rewards_are_evaluated_trained_against_base():
     from types import SimpleNamespace
 
-    from flowrl.trainer.run import _head_to_head
+    from flowrl.image.run import _head_to_head
 
     class BrighterWins:
         """Pairwise: 1 to the brighter image of each group of two, 0.5 each on a tie."""
@@ -310,7 +310,7 @@ def test_timestep_fraction_and_shift_reach_the_trainer(tiny_model):
     torch.testing.assert_close(run.policy.sigmas(4, 32), torch.tensor([1.0, 0.9, 0.75, 0.5, 0.0], dtype=torch.float64))
     m = train_step(run)
     assert m["sampler/transitions"] == 2 * 4 * 4 and m["train/rows"] == 2 * 4 * 2
-    from flowrl.errors import ConfigError
+    from flowrl.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"timestep_fraction < 1 picks trained steps; loss\.name=awm"):
         tiny_config(tiny_model, "train.timestep_fraction=0.5", "loss.name=awm", "sampler.window_size=1")

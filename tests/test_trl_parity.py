@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowrl.losses import LossConfig, LossInputs, compute_loss
-from flowrl.models.causal_lm import completion_mask, token_log_probs
+from flowrl.core.losses import LossConfig, LossInputs, compute_loss
+from flowrl.text.model import completion_mask, token_log_probs
 
 trl = pytest.importorskip("trl")
 
@@ -21,7 +21,7 @@ P, G, LP, LC, TEMPERATURE = 2, 3, 5, 4, 0.9
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    from flowrl.text_world import build_model, build_tokenizer
+    from flowrl.text.world import build_model, build_tokenizer
 
     path = str(tmp_path_factory.mktemp("lm"))
     tokenizer = build_tokenizer()
@@ -99,7 +99,7 @@ def test_loss_and_gradients_equal_trl(model_dir, trl_trainer, loss_type, level, 
 
     from transformers import AutoModelForCausalLM
 
-    from flowrl.trainer.text import high_entropy_mask
+    from flowrl.text.trainer import high_entropy_mask
 
     b = _batch()
     ours = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -154,7 +154,7 @@ def test_loss_and_gradients_equal_trl(model_dir, trl_trainer, loss_type, level, 
 def test_entropy_mask_keeps_the_top_share_of_valid_tokens():
     from types import SimpleNamespace
 
-    from flowrl.trainer.text import high_entropy_mask
+    from flowrl.text.trainer import high_entropy_mask
 
     entropy = torch.tensor([[0.1, 0.9, 0.5, 7.0], [0.3, 0.7, 0.2, 0.0]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # the 7.0 is padding: not a candidate, never kept

@@ -1,5 +1,5 @@
-"""The cheaper path for passes whose log-probs are never trained (``flowrl.models.untrained``): which steps use it,
-that it follows the live weights (LoRA merged, refreshed after every write), and that the trained transitions keep
+"""The cheaper path for passes whose log-probs are never trained (``flowrl.image.models.untrained``): which steps use
+it, that it follows the live weights (LoRA merged, refreshed after every write), and that the trained transitions keep
 a bitwise ratio of 1 under every precision setting."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 from devices import bitwise_on_cpu, on_device
 from tiny_runs import tiny_config
 
-from flowrl.errors import ConfigError
-from flowrl.models import untrained
+from flowrl.core.errors import ConfigError
+from flowrl.image.models import untrained
+from flowrl.image.trainer import sample, setup, train_step
 from flowrl.samplers import replay_log_prob
-from flowrl.trainer.flow import sample, setup, train_step
 
 
 @pytest.mark.parametrize("copy", ["none", "fp32", "bf16"])

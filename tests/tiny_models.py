@@ -55,7 +55,7 @@ def save_tiny_flux(path: str, *, vae: bool = True, guidance_embeds: bool = True,
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from flowrl.models.toy import clip_tokenizer
+    from flowrl.image.models.toy import clip_tokenizer
 
     torch.manual_seed(seed)
     channels = 4 if vae else 3
@@ -104,7 +104,7 @@ def save_tiny_sd3(path: str, seed: int = 0) -> str:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from flowrl.models.toy import clip_tokenizer
+    from flowrl.image.models.toy import clip_tokenizer
 
     torch.manual_seed(seed)
 

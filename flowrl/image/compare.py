@@ -1,0 +1,146 @@
+"""``flowrl gallery``: checkpoints or methods side by side on a prompt list with fixed seed indices.
+
+Each column is ``LABEL=SOURCE[@CONFIG]``. SOURCE is ``base`` (the config's model as it is), a checkpoint folder
+written by the trainer (``.../checkpoints/<name>``, holding ``lora/`` or ``full/``; or that ``lora`` / ``full``
+folder itself), or a ``flowrl bench`` output folder, which becomes one column per reported run (its final
+checkpoint, labelled ``LABEL/<method>-r<k>``). CONFIG (default ``--config``) gives the model (toy, SD3.5, FLUX.1,
+Qwen-Image, FLUX.2 [klein] or Z-Image), resolution, sampling steps and rewards; ``--prompts`` defaults to
+``--config``'s ``data.eval_prompts``, as in ``flowrl eval``. Every column generates the same (prompt, seed index)
+pairs with the ODE sampler, each from the pair's own noise (``flowrl.core.seeds.eval_noise_seed``), and is scored with
+the config's rewards; the page is ``flowrl.image.gallery.write_gallery``'s (sortable, filterable, works from disk).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+
+from flowrl.core.columns import ColumnSpec, base_index
+from flowrl.core.errors import ConfigError
+
+
+def load_column_policy(cfg, source: str):
+    """The config's model with ``source``'s trained weights: a LoRA adapter or a full transformer."""
+    from flowrl.image.models import policy_for
+
+    policy = policy_for(cfg.model, cfg.sampler.shift)
+    if source == "base":
+        return _with_untrained_copy(cfg, policy, lora=False)
+    lora = next((p for p in (os.path.join(source, "lora"), source) if _is_lora(p)), None)
+    full = next((p for p in (os.path.join(source, "full"), source) if _is_full(p)), None)
+    if lora is None and full is None:
+        raise ConfigError(f"{source!r} holds no LoRA (pytorch_lora_weights.safetensors) or full transformer")
+    try:
+        if lora is not None:
+            policy.transformer.load_lora_adapter(
+                lora, prefix="transformer", adapter_name="gallery", weight_name="pytorch_lora_weights.safetensors"
+            )
+        else:
+            trained = type(policy.transformer).from_pretrained(full, torch_dtype=policy.transformer.dtype)
+            policy.transformer = trained.to(policy.device).eval().requires_grad_(False)
+    except (RuntimeError, ValueError, KeyError, OSError) as e:  # shapes, names or files of another model
+        raise ConfigError(f"checkpoint {source!r} does not fit the model {cfg.model.path!r}: "
+                          f"{' '.join(str(e).split())[:300]}") from None  # fmt: skip
+    return _with_untrained_copy(cfg, policy, lora=lora is not None)
+
+
+def _with_untrained_copy(cfg: Any, policy: Any, lora: bool) -> Any:
+    """Sample as the trainer evaluates: through the untrained copy that ``model.untrained_copy`` asks for."""
+    from flowrl.image.models.untrained import untrained_copy
+
+    policy.untrained = untrained_copy(policy, cfg.model.untrained_copy, lora, sharded=False)
+    return policy
+
+
+def _is_lora(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "pytorch_lora_weights.safetensors"))
+
+
+def _is_full(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        f.startswith("diffusion_pytorch_model") for f in os.listdir(path)
+    )
+
+
+def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> tuple[torch.Tensor, dict]:
+    """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
+    rewards, ``flowrl.image.evaluation.score_images``), generated as the trainer evaluates."""
+    from flowrl.image.evaluation import score_images
+    from flowrl.image.generate import generate
+    from flowrl.rewards import RewardSet
+
+    cfg = spec.cfg
+    policy = load_column_policy(cfg, spec.source)
+    images = generate(
+        policy, prompts, seeds, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
+        solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
+    )  # fmt: skip
+    rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
+    watch = RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards])
+    return images, score_images(rewards, images, prompts, watch)
+
+
+def describe_source(spec: ColumnSpec) -> str:
+    """What a column shows: the base model of its config, or a checkpoint folder with its iteration (from an
+    ``iter-NNNNNN`` folder name, or for ``final`` from its run's ``summary.json``)."""
+    config = spec.config or "the built-in defaults"
+    if spec.source == "base":
+        return f"the base model of {config}"
+    folder = os.path.normpath(spec.source)
+    if os.path.basename(folder) in ("lora", "full"):
+        folder = os.path.dirname(folder)
+    name, iteration = os.path.basename(folder), None
+    if name.startswith("iter-") and name[5:].isdigit():
+        iteration = int(name[5:])
+    elif name == "final":
+        try:
+            with open(os.path.join(folder, "..", "..", "summary.json"), encoding="utf-8") as f:
+                iteration = int(json.load(f)["train_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return spec.source + (f" (after {iteration} iteration{'s' * (iteration != 1)})" if iteration is not None else "")
+
+
+def render(
+    specs: list[ColumnSpec], prompts: list[str], seeds: list[int], out_dir: str, title: str = "flowrl gallery"
+) -> dict[str, str]:
+    """Generate and score every column (``parse_columns`` with a loader: configs read and checked) on the same
+    (prompt, seed) rows; write the gallery; return its paths."""
+    rows_p = [p for p in prompts for _ in seeds]
+    rows_s = [s for _ in prompts for s in seeds]
+    results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]
+    return write_columns(specs, results, rows_p, rows_s, out_dir, title)
+
+
+def write_columns(
+    specs: list[ColumnSpec], results: list[tuple[torch.Tensor, dict]], prompts: list[str], seeds: list[int],
+    out_dir: str, title: str,
+) -> dict[str, str]:  # fmt: skip
+    """The gallery of evaluated columns (``evaluate_column``'s results on the rows ``prompts``, ``seeds``), with
+    the monitors of each column against the base (``base_index``) in its header."""
+    from flowrl.image.evaluation import compare, hacking_warnings, monitor_lines
+    from flowrl.image.gallery import GalleryColumn, write_gallery
+
+    columns = [
+        GalleryColumn(spec.label, images, [{k: float(v[i]) for k, v in scores.items()} for i in range(len(prompts))])
+        for spec, (images, scores) in zip(specs, results, strict=True)
+    ]
+    b, notes = base_index(specs), ["columns: " + "; ".join(f"{s.label} = {describe_source(s)}" for s in specs)]
+    for spec, (images, scores) in zip(specs, results, strict=True):
+        if spec is not specs[b]:
+            eval_cfg = spec.cfg.eval
+            change = compare(results[b][1], scores, prompts, results[b][0], images)
+            warnings = hacking_warnings(change, eval_cfg.watch_drop, eval_cfg.diversity_drop)
+            notes += monitor_lines(change, warnings, specs[b].label, spec.label)
+    return write_gallery(out_dir, prompts, seeds, columns, title=title, sort_key="reward", notes=notes)
+
+
+__all__ = [
+    "evaluate_column",
+    "load_column_policy",
+    "render",
+    "write_columns",
+]

@@ -1,0 +1,166 @@
+"""The model-adapter interface every family implements, and the registry that picks a family from a diffusers
+folder's ``model_index.json``.
+
+A family is one file under ``flowrl/image/models/`` with one class derived from ``FlowModel``, registered under the
+pipeline class name its folders record (``@FAMILIES.register("StableDiffusion3Pipeline", ...)``) with its facts.
+The class implements the family's part of the interface:
+
+- ``__init__(path, *, dtype, device, **options)``: load the components from the folder, as the pipeline does;
+- ``latent_shape(resolution) -> (C, h, w)``: the state the samplers integrate, and its constraints;
+- ``sigmas(num_steps, resolution) -> [T + 1]``: the scheduler's schedule for that size;
+- ``encode(prompts, with_negative) -> PromptCond``: the text conditioning (and the negative's for guidance);
+- ``velocity(x, sigma, cond) -> v``: the flow-matching velocity v = ε − x0 at states ``x [B, C, h, w]``, with
+  the family's packing, timestep convention and guidance inside;
+- ``pipeline_class``: the diffusers pipeline whose ``save_lora_weights`` / ``load_lora_weights`` format the trained
+  LoRA is written in;
+- optionally ``check_options(path, model)``: a classmethod that checks the config's ``model`` section against the
+  folder's own files (``model_index.json``, component configs) before any weight loads, raising ``ConfigError``
+  naming the keys (FLUX.2 [klein]: guidance on a step-distilled checkpoint).
+
+``FlowModel`` supplies the rest (noise, decoding through the family's ``codec``, the untrained copy, train mode).
+The facts say what the trainer and the config checks need without loading the model: the family's default LoRA
+targets, the half-precision weight types it runs in, whether it reads ``model.guidance_scale``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.core.registry import Registry
+
+from .common import Codec, PromptCache, PromptCond, require_folder, seeded_noise
+
+
+@dataclass(frozen=True)
+class FamilyFacts:
+    """What a model family declares at registration.
+
+    lora_targets: module-name suffixes of the family's default LoRA (``model.lora_targets: []``).
+    half_precision: weight dtypes its activations stay finite in (FLUX.1 overflows in fp16).
+    guidance_embedding: ``model.guidance_scale`` feeds a guidance embedding (guidance-distilled models).
+    """
+
+    lora_targets: tuple[str, ...]
+    half_precision: tuple[str, ...] = ("bf16", "fp16")
+    guidance_embedding: bool = False
+
+
+class FlowModel(ABC):
+    """A flow-matching image model ready for RL: ``velocity(x, sigma, cond)`` is the network the samplers drive;
+    everything else is frozen plumbing. Subclasses (one per family) set ``transformer``, ``codec``, ``device``,
+    ``dtype`` and implement the methods listed in the module docstring.
+
+    ``transformer`` is always the plain module: its attributes (``config``, the LoRA adapters, gradient
+    checkpointing) are read there. The trainer may set ``prepared``, the same network as accelerate prepared
+    it (a ``DistributedDataParallel`` wrapper when several processes train); ``forward_module`` decides which
+    of the two a forward pass goes through.
+    """
+
+    path: str
+    scheduler: Any
+    pipeline_class: str  # whose save_lora_weights / load_lora_weights format the LoRA uses
+    transformer: torch.nn.Module
+    codec: Codec
+    device: torch.device
+    dtype: torch.dtype
+    cfg_scale: float = 1.0  # classifier-free guidance (model.cfg_scale)
+    negative_prompt: str = ""  # the unconditional prompt of that guidance (model.negative_prompt)
+    guidance_scale: float = 0.0  # the guidance embedding of distilled models (model.guidance_scale)
+    schedule_shift: float = 0.0  # > 0: a fixed-shift linear schedule (sampler.shift)
+    prompt_cache: PromptCache | None = None  # set by the trainer (model.prompt_cache)
+    prepared: torch.nn.Module | None = None  # set by the trainer: ``transformer`` after accelerator.prepare
+    reference: torch.nn.Module | None = None  # set by the trainer: a frozen copy of the base (full fine-tuning)
+    untrained: Any = None  # set by the trainer: the cheaper copy for untrained passes (models/untrained.py)
+
+    # ----------------------------------------------------------------- the family's part
+    @abstractmethod
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one state for a square image of ``resolution`` pixels (raises when it does not
+        fit the family's VAE factor and packing)."""
+
+    @abstractmethod
+    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
+        """The scheduler's ``[T + 1]`` sigma schedule for ``num_steps`` steps at this resolution."""
+
+    @abstractmethod
+    def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
+        """The prompts' conditioning rows (and the negative's when guidance needs it)."""
+
+    @abstractmethod
+    def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Velocity ``[B, C, h, w]`` at states ``x`` and noise levels ``sigma`` ``[B]``."""
+
+    @classmethod
+    def check_options(cls, path: str, model: Any) -> None:
+        """Refuse, with a ``ConfigError`` naming the keys, options of ``model`` (a ``ModelConfig``) that the local
+        folder ``path`` cannot run; reads files only, never weights (run at config time and again before loading).
+        The default accepts everything."""
+        return None
+
+    # ----------------------------------------------------------------- shared
+    def _load_base(
+        self, path: str, layout: str, transformer_cls: Any, dtype: torch.dtype, device: str | torch.device
+    ) -> None:
+        """What every Qwen-encoder family loads alike: check the folder has the pipeline's five components, then
+        the transformer (in ``dtype``) and the flow-matching scheduler."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        for sub in ("transformer", "scheduler", "text_encoder", "tokenizer", "vae"):
+            require_folder(path, sub, layout)
+        self.path, self.dtype, self.device = path, dtype, torch.device(device)
+        self.transformer = transformer_cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
+        self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+
+    def forward_module(self) -> torch.nn.Module:
+        """The module a forward pass runs through.
+
+        While autograd records (the trainer's update) it is ``prepared``, so that backward all-reduces the
+        gradients between processes. Otherwise it is the plain ``transformer``: passes without gradients
+        (sampling, evaluation, the reference policy) need no communication, and so processes may make
+        different numbers of them. This assumes every process holds the whole network (DDP); a wrapper
+        that shards the weights (FSDP) would need every pass to go through it.
+        """
+        if self.prepared is not None and torch.is_grad_enabled():
+            return self.prepared
+        return self.transformer
+
+    def ode_velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """``velocity`` for passes whose log-probs are never trained (ODE steps, tails, evaluation): through the
+        cheaper untrained copy when the trainer made one and no gradient is recorded."""
+        if self.untrained is None or torch.is_grad_enabled():
+            return self.velocity(x, sigma, cond)
+        with self.untrained.serving(self):
+            return self.velocity(x, sigma, cond)
+
+    def train_mode(self, mode: bool) -> None:
+        """Training (``True``) or evaluation mode for the transformer and its prepared wrapper."""
+        self.transformer.train(mode)
+        if self.prepared is not None:
+            self.prepared.train(mode)
+
+    def initial_noise(self, seeds: list[int], resolution: int) -> Tensor:
+        """``[B, C, h, w]`` float32 standard normal noise, one generator per seed (reproducible per sample).
+        States stay float32 whatever the weights' dtype: the sampler's steps and log-probs need the precision."""
+        return seeded_noise(self.latent_shape(resolution), seeds, self.device, torch.float32)
+
+    def decode(self, latents: Tensor, batch_size: int = 0) -> Tensor:
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32); ``batch_size`` rows per
+        VAE call (0 = all at once)."""
+        if batch_size <= 0 or latents.shape[0] <= batch_size:
+            return self.codec.decode(latents)
+        return torch.cat([self.codec.decode(z) for z in latents.split(batch_size)])
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] → latents ``[B, C, h, w]`` (the VAE posterior's mode, scaled)."""
+        return self.codec.encode(images, self.device, self.dtype).float()
+
+
+FAMILIES: Registry[Callable[..., FlowModel], FamilyFacts] = Registry("model family", FamilyFacts)
+
+__all__ = ["FAMILIES", "FamilyFacts", "FlowModel"]

@@ -1,0 +1,229 @@
+"""FLUX.2 [klein] (``black-forest-labs/FLUX.2-klein-4B`` / ``-9B`` and their ``-base`` variants) as a policy:
+``Flux2KleinPipeline``'s components from a diffusers folder, and the pipeline's text encoding, packing, schedule and
+guidance.
+
+Layout (what ``Flux2KleinPipeline.save_pretrained`` writes): ``transformer/`` (``Flux2Transformer2DModel``),
+``scheduler/``, ``text_encoder/`` (Qwen3, a causal language model) with ``tokenizer/``, ``vae/``
+(``AutoencoderKLFlux2``); ``model_index.json`` records ``is_distilled`` (the 4-step models, which take no guidance).
+
+- **Prompts.** Each prompt in the tokenizer's chat template (a user turn, generation prompt, thinking off), padded
+  to ``max_sequence_length`` tokens (512); the hidden states after decoder layers 9, 18 and 27, concatenated per
+  token (``[B, L, 3·hidden]``). No mask reaches the transformer: every position attends, padding included, as in
+  the pipeline.
+- **State.** The VAE latent's 2×2 patches as channels, ``[B, 4·C, H/16, W/16]``, normalised by the VAE's batch-norm
+  statistics (the pipeline's own latent layout); ``velocity`` flattens it into tokens with position ids
+  (0, row, column, 0) and text ids (0, 0, 0, l), and passes the timestep as σ·1000 in the weights' dtype / 1000.
+- **Schedule.** The pipeline's grid ``linspace(1, 1/T, T)`` shifted with its empirical μ(tokens, T), which depends on
+  the step count as well as the image size (a scheduler without ``use_dynamic_shifting``: its fixed shift, on the
+  same grid).
+- **Guidance.** Classifier-free with the empty prompt (two passes), only for undistilled models: ``model.cfg_scale``
+  above 1 on a step-distilled folder (``is_distilled``: FLUX.2-klein-4B / -9B; the ``-base`` models are not) is
+  refused when the config is read, from ``model_index.json`` alone (the pipeline would ignore the scale with a logged
+  warning, so the run would not do what its record says).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowrl.core.errors import ConfigError
+from flowrl.core.inputs import warn_truncation
+from flowrl.samplers import pipeline_grid, scheduler_sigmas
+
+from .common import PromptCond, encode_prompts, freeze, guided
+from .family import FAMILIES, FlowModel
+from .sd3 import ATTENTION_TARGETS
+
+TEXT_LAYERS = (9, 18, 27)  # the pipeline's text_encoder_out_layers
+
+
+def empirical_mu(tokens: int, num_steps: int) -> float:
+    """FLUX.2's shift exponent: linear in the token count, fitted at 10 and 200 steps and interpolated in the step
+    count below 4300 tokens (its ``compute_empirical_mu``)."""
+    a1, b1, a2, b2 = 8.73809524e-05, 1.89833333, 0.00016927, 0.45666666
+    at_200 = a2 * tokens + b2
+    if tokens > 4300:
+        return float(at_200)
+    slope = (at_200 - (a1 * tokens + b1)) / 190.0
+    return float(slope * num_steps + at_200 - 200.0 * slope)
+
+
+def is_distilled(path: str) -> bool:
+    """Whether the FLUX.2 [klein] folder ``path`` holds a step-distilled model (``is_distilled`` in its
+    ``model_index.json``, as ``Flux2KleinPipeline`` registers it; absent means undistilled)."""
+    with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
+        return bool(json.load(f).get("is_distilled", False))
+
+
+def patchify(z: Tensor) -> Tensor:
+    """``[B, C, h, w]`` → ``[B, 4C, h/2, w/2]``: each 2×2 patch's values as channels (C major, then row, column)."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+
+
+def unpatchify(z: Tensor) -> Tensor:
+    """Inverse of ``patchify``."""
+    b, c4, h, w = z.shape
+    return z.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, h * 2, w * 2)
+
+
+class Flux2Codec:
+    """Patchified, batch-norm-normalised latents ↔ images through ``AutoencoderKLFlux2``."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        self.vae = vae
+
+    @property
+    def factor(self) -> int:
+        """Pixels per (unpatchified) latent cell along each side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def _stats(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        bn = self.vae.bn
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps)
+        return bn.running_mean.view(1, -1, 1, 1).to(like), std.to(like)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """State ``[B, 4C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
+        z = latents.to(self.vae.dtype)
+        mean, std = self._stats(z)
+        image = self.vae.decode(unpatchify(z * std + mean), return_dict=False)[0]
+        return (image.float() * 0.5 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] → states ``[B, 4C, h, w]`` (the posterior's mode, normalised)."""
+        z = patchify(self.vae.encode(images.to(device, dtype) * 2 - 1).latent_dist.mode())
+        mean, std = self._stats(z)
+        return (z - mean) / std
+
+
+def _ids(rows: int, columns: int, tokens: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Image ids ``[B, rows·columns, 4]`` = (0, row, column, 0) and text ids ``[B, tokens, 4]`` = (0, 0, 0, l)."""
+    zero = torch.arange(1)
+    image = torch.cartesian_prod(zero, torch.arange(rows), torch.arange(columns), zero)
+    text = torch.cartesian_prod(zero, zero, zero, torch.arange(tokens))
+    return image.expand(batch, -1, -1).to(device), text.expand(batch, -1, -1).to(device)
+
+
+@FAMILIES.register("Flux2KleinPipeline", lora_targets=(*ATTENTION_TARGETS, "attn.to_qkv_mlp_proj"))
+class Flux2KleinPolicy(FlowModel):
+    """A FLUX.2 [klein] model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
+
+    pipeline_class = "Flux2KleinPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        max_sequence_length: int = 512,
+    ):
+        from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+        from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+        self._load_base(path, "FLUX.2 [klein]", Flux2Transformer2DModel, dtype, device)
+        self.text_encoder = Qwen3ForCausalLM.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
+        self.codec = Flux2Codec(AutoencoderKLFlux2.from_pretrained(path, subfolder="vae", torch_dtype=dtype))
+        self.vae = self.codec.vae
+        freeze(self.transformer, self.vae, self.text_encoder, device=self.device)
+        self.max_sequence_length = max_sequence_length
+        self.distilled = is_distilled(path)
+        if self.transformer.config.in_channels != 4 * self.codec.channels:
+            raise ValueError(
+                f"FLUX.2 transformer in_channels={self.transformer.config.in_channels} must be 4 × the latent "
+                f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
+            )
+        if self.text_encoder.config.num_hidden_layers < max(TEXT_LAYERS):
+            raise ValueError(f"FLUX.2 reads text encoder layers {TEXT_LAYERS}; this one has "
+                             f"{self.text_encoder.config.num_hidden_layers}")  # fmt: skip
+
+    @classmethod
+    def check_options(cls, path: str, model: Any) -> None:
+        """Refuse guidance (``model.cfg_scale > 1``) on a step-distilled folder (``is_distilled`` in its
+        ``model_index.json``): it was distilled to sample without it, and its pipeline ignores the scale."""
+        if model.cfg_scale > 1 and is_distilled(path):
+            raise ConfigError(
+                f"model.cfg_scale={model.cfg_scale:g}: {path!r} is a step-distilled FLUX.2 [klein] (is_distilled in "
+                "its model_index.json), which samples without guidance; set model.cfg_scale=1 (it is made for 4 "
+                "steps: sampler.num_steps=4 eval.num_steps=4), or use an undistilled -base checkpoint"
+            )
+
+    # ----------------------------------------------------------------- shapes and schedule
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """Shape ``(4C, h/2, w/2)`` of one patchified latent for a square image of ``resolution`` pixels."""
+        step = 2 * self.codec.factor
+        if resolution % step:
+            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 patches)")
+        return (self.transformer.config.in_channels, resolution // step, resolution // step)
+
+    def sigmas(self, num_steps: int, resolution: int) -> Tensor:
+        """The scheduler's ``[T + 1]`` sigmas on the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the
+        scheduler: with the pipeline's empirical μ under dynamic shifting, else by its fixed shift."""
+        _c, h, w = self.latent_shape(resolution)
+        mu = empirical_mu(h * w, num_steps)
+        grid = pipeline_grid(num_steps)
+        return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, grid=grid, mu=mu)
+
+    # ----------------------------------------------------------------- prompts
+    @torch.no_grad()
+    def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
+        """``embeds [B, L, 3·hidden]``; the negative prompt's rows as ``neg_embeds`` when guiding."""
+        negative = self.cfg_scale > 1 if with_negative is None else with_negative
+        return encode_prompts(self._encode, prompts, negative, self.prompt_cache, self.negative_prompt)
+
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
+        chat = [[{"role": "user", "content": p}] for p in prompts]
+        text = [self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True,
+                                                   enable_thinking=False) for m in chat]  # fmt: skip
+        limit = self.max_sequence_length
+        warn_truncation(self.tokenizer, text, limit)
+        tokens = self.tokenizer(text, return_tensors="pt", padding="max_length", truncation=True, max_length=limit)
+        out = self.text_encoder(
+            input_ids=tokens.input_ids.to(self.device),
+            attention_mask=tokens.attention_mask.to(self.device),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        layers = torch.stack([out.hidden_states[k] for k in TEXT_LAYERS], dim=2)  # [B, L, 3, hidden]
+        return {"embeds": layers.flatten(2).to(self.dtype)}
+
+    # ----------------------------------------------------------------- network
+    def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """Velocity ``[B, 4C, h, w]`` at patchified states ``x`` and noise levels ``sigma`` (``[B]``)."""
+        if self.distilled and self.cfg_scale > 1:
+            raise ValueError("this FLUX.2 [klein] model is step-distilled (is_distilled): it takes no guidance; "
+                             "set model.cfg_scale=1")  # fmt: skip
+        b, c, h, w = x.shape
+        t = (sigma.float() * 1000).to(self.dtype) / 1000
+
+        def forward(tokens: Tensor, t: Tensor, parts: dict[str, Tensor]) -> Tensor:
+            embeds = parts["embeds"]
+            image_ids, text_ids = _ids(h, w, embeds.shape[1], tokens.shape[0], tokens.device)
+            return self.forward_module()(
+                hidden_states=tokens.to(self.dtype),
+                timestep=t,
+                guidance=None,
+                encoder_hidden_states=embeds.to(self.dtype),
+                txt_ids=text_ids,
+                img_ids=image_ids,
+                return_dict=False,
+            )[0]
+
+        out = guided(forward, x.reshape(b, c, h * w).transpose(1, 2), t, cond, self.cfg_scale)
+        return out.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
+
+
+__all__ = ["Flux2Codec", "Flux2KleinPolicy", "empirical_mu", "is_distilled", "patchify", "unpatchify"]

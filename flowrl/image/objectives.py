@@ -1,0 +1,170 @@
+"""Training objectives of the flow recipe: what one trained row is, and how its loss inputs are built.
+
+A loss declares the objective it trains with (``LossFacts.trains_on``); the recipe looks the objective up and never
+asks which method it runs. Each objective is one registered object with two parts:
+
+- ``rows``: this process's rows and their advantages, from the estimator's per-sample advantages ``[N]``;
+- ``__call__``: the loss of some of those rows under the current policy.
+
+- ``transitions`` (Flow-GRPO and its family): a row is a stored denoising step, replayed for its log-prob and
+  step mean (and the reference's);
+- ``samples`` (AWM, DiffusionNFT): a row is a final clean sample x0 at one noise level of the sampling schedule
+  (its options' ``renoise`` scheme says how many per sample), re-noised there for its velocity and flow-matching
+  target (and the old policy's velocity when the loss declares ``old_policy``).
+
+Adding an objective is one more registered object here plus its loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+from flowrl.core.advantages import broadcast_to_transitions
+from flowrl.core.losses import LOSSES, LossInputs, LossOutput, compute_loss
+from flowrl.core.losses.renoise import Levels, draw_levels, levels_of
+from flowrl.core.registry import Registry
+from flowrl.core.share import Whole
+from flowrl.core.weights import reference_policy
+from flowrl.samplers import index_cond, replay_log_prob
+
+if TYPE_CHECKING:
+    from flowrl.image.config import Config
+    from flowrl.image.state import Batch, Run
+
+
+@dataclass
+class TrainRows:
+    """What the update trains on: this process's rows (transitions ``[M]`` or final samples ``[N]``)."""
+
+    advantages: Tensor
+    mask: Tensor  # bool: rows with a gradient
+    position: Tensor  # each row's position in the whole batch, in single-process order
+    # sample objectives: each row's noise level, the seed of its noise ε, and (ratio losses) its old value
+    sigma: Tensor | None = None  # [M]
+    noise_seed: Tensor | None = None  # [M] int64
+    old_value: Tensor | None = None  # [M]
+
+
+class Objective(Protocol):
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        """This process's rows from per-sample advantages and mask ``[N_local]``."""
+        ...
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        """The loss of ``rows`` (indices into this process's ``train`` rows)."""
+        ...
+
+
+OBJECTIVES: Registry[Objective] = Registry("training objective")
+
+
+def _col(t: Tensor | None) -> Tensor | None:
+    """One trained step per row: ``[M, ...]`` -> ``[M, 1, ...]`` (the losses' ``[N, T]`` layout)."""
+    return None if t is None else t.unsqueeze(1)
+
+
+def renoise_levels(cfg: Config) -> Levels:
+    """The re-noising levels of ``cfg``'s sample objective (``flowrl.core.losses.renoise``)."""
+    return levels_of(cfg.loss.options, cfg.sampler.num_steps, cfg.train.timestep_fraction)
+
+
+class ReplayTransitions:
+    """Log-prob losses: each row is a stored transition, replayed under the current (and reference) policy."""
+
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
+        return TrainRows(adv_t, mask_t, whole.transition_pos)
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        cfg, policy, cond = run.cfg, run.policy, batch.cond
+        adv = train.advantages[rows].to(run.accelerator.device)
+        tr = batch.rollout.transitions.select(rows)
+        log_prob, mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+        ref_mean = None
+        if cfg.loss.kl_coef > 0:
+            with reference_policy(policy):
+                _, ref_mean = replay_log_prob(policy.velocity, tr, cond, cfg.sampler.kind)
+        inputs = LossInputs(
+            log_prob=_col(log_prob),
+            old_log_prob=_col(tr.log_prob),
+            advantages=adv,
+            mask=torch.ones_like(_col(log_prob), dtype=torch.bool),
+            x_next=_col(tr.x_next),
+            mean=_col(mean),
+            old_mean=_col(tr.mean),
+            ref_mean=_col(ref_mean),
+            std=_col(tr.std),
+            dt=_col(tr.sigma_next - tr.sigma),
+        )
+        return compute_loss(cfg.loss.name, inputs, cfg.loss)
+
+
+class RenoisedSamples:
+    """Sample losses (AWM, DiffusionNFT): each row is a clean final sample x0 at a noise level σ, re-noised as
+    x_σ = (1 − σ)·x0 + σ·ε; the velocity is compared with the flow-matching target ε − x0 (and with the base's
+    velocity under ``loss.velocity_kl_coef``, and the trailing copy's when the loss keeps one).
+
+    Rows are (sample, slot) pairs, K per sample, their σ drawn by the configured scheme
+    (``flowrl.core.losses.renoise``) for the whole batch at once and their ε from a per-row seed, both by the row's
+    position in the whole batch: the same rows whatever the number of processes, and the same ε in every pass over
+    a row. A loss that clips a ratio
+    (``LossFacts.old_value``) gets each row's value under the policy before the update, computed here."""
+
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        cfg = run.cfg
+        levels = renoise_levels(cfg)
+        k, total = levels.per_sample, whole.batch.rewards.shape[0]
+        gen = torch.Generator().manual_seed(cfg.seed * 6_700_417 + run.iteration)  # the same on every process
+        sigmas = run.policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)
+        sigma = draw_levels(levels, sigmas, total, gen)[whole.sample_pos].flatten()
+        position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
+        seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
+        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, sigma, seed)
+        value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss.options)
+        if value is not None:
+            with torch.no_grad():
+                parts = [value(self._inputs(run, batch, r, train, old=False), cfg.loss.options)
+                         for r in torch.arange(len(position)).split(cfg.train.micro_batch)]  # fmt: skip
+            train.old_value = torch.cat(parts).cpu() if parts else torch.zeros(0)
+        return train
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        inputs = self._inputs(run, batch, rows, train, old=True)
+        inputs.advantages = train.advantages[rows].to(run.accelerator.device)
+        if train.old_value is not None:
+            inputs.old_log_prob = train.old_value[rows].to(inputs.v_pred)
+        return compute_loss(run.cfg.loss.name, inputs, run.cfg.loss)
+
+    @staticmethod
+    def _inputs(run: Run, batch: Batch, rows: Tensor, train: TrainRows, old: bool) -> LossInputs:
+        """The velocities of ``rows`` at their noised samples (with ``old``: the reference's and the trailing
+        copy's too, as configured)."""
+        cfg, policy = run.cfg, run.policy
+        sample = rows // renoise_levels(cfg).per_sample
+        x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]  # on the accelerator
+        cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
+        sigma = train.sigma[rows].to(x0)
+        seeds = train.noise_seed[rows].tolist()
+        eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+        eps = eps.to(x0)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        x_t = (1 - s) * x0 + s * eps
+        v_ref = v_old = None
+        if old and cfg.loss.velocity_kl_coef > 0:
+            with reference_policy(policy):
+                v_ref = policy.velocity(x_t, sigma, cond)
+        if old and run.old is not None:
+            with torch.no_grad(), run.old.applied():
+                v_old = policy.velocity(x_t, sigma, cond)
+        v_pred = policy.velocity(x_t, sigma, cond)
+        return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
+
+
+OBJECTIVES.register("transitions")(ReplayTransitions())
+OBJECTIVES.register("samples")(RenoisedSamples())
+
+__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows"]
