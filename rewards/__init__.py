@@ -1,4 +1,5 @@
-"""Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS``.
+"""Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS`` (one
+registry for both recipes: each reward declares whether it scores images or text completions, ``Scores``).
 
 - ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
   reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.core.errors.RewardError`` naming it.
@@ -11,15 +12,19 @@
 - ``geneval``: GenEval-style rules (counts, colours, positions) over a detector (toy world or HTTP server).
 - ``vlm_judge``: pairwise (win rate in the group) or pointwise VLM judge over an OpenAI-compatible API.
 - ``imagereward``: ImageReward (BLIP ViT + cross-attending BERT + MLP, mapped onto transformers' BLIP).
+- ``text``: the text recipe's rewards, called as TRL calls them, and the toy text world's (``toy-text:correct``,
+  ``toy-text:well_formed``, ``toy-text:answer_digits``).
 - ``remote``: a reward served by ``flowrl serve-reward`` (wire format in its docstring); ``http``: JSON client.
 """
 
-from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, toy, vlm_judge  # noqa: F401  (register their rewards)
+from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, text, toy, vlm_judge  # noqa: F401  (register their rewards)
 from .base import (
     REWARDS,
     RewardFacts,
     RewardFn,
     RewardSet,
+    Scores,
+    check_reward_name,
     check_reward_options,
     check_reward_output,
     gives_preferences,
@@ -33,6 +38,8 @@ __all__ = [
     "RewardFacts",
     "RewardFn",
     "RewardSet",
+    "Scores",
+    "check_reward_name",
     "check_reward_options",
     "check_reward_output",
     "gives_preferences",

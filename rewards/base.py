@@ -1,6 +1,10 @@
 """The reward interface, its registry, and the weighted combination the trainer calls.
 
-A reward is a callable ``reward(images [B, 3, H, W] in [0, 1], prompts: list[str]) -> dict[str, Tensor]``
+One registry, ``REWARDS``, holds the rewards of both backends; each declares what it scores (``RewardFacts.scores``):
+``Scores.IMAGES`` (this module's interface, the image recipe's) or ``Scores.TEXT`` (TRL's reward-function signature,
+``flowrl.rewards.text``, the text recipe's). A config refuses a reward of the other kind by its declaration.
+
+An image reward is a callable ``reward(images [B, 3, H, W] in [0, 1], prompts: list[str]) -> dict[str, Tensor]``
 whose ``"score"`` entry (``[B]``, higher is better) is what RL maximises; any other ``[B]`` entries
 are diagnostics that get logged (e.g. the toy evaluator's strict accuracy). Rewards are built by
 name from ``REWARDS`` with keyword options: ``make_reward("toy-geneval")``, or from a ``"module:callable"``
@@ -19,6 +23,8 @@ to them and to no other reward.
 
 from __future__ import annotations
 
+import difflib
+import enum
 import functools
 import importlib
 import inspect
@@ -38,15 +44,28 @@ from flowrl.core.sections import HUB_ID
 RewardFn = Callable[[Tensor, list[str]], dict[str, Tensor]]
 
 
+class Scores(enum.Enum):
+    """What a reward scores: which recipe can train on it."""
+
+    IMAGES = "images"  # reward(images, prompts) -> {"score": [B], ...}
+    TEXT = "text"  # TRL's f(prompts, completions, **columns) -> one float (or None) per completion
+
+    def describe(self) -> str:
+        return {Scores.IMAGES: "images", Scores.TEXT: "text completions"}[self]
+
+
 @dataclass(frozen=True)
 class RewardFacts:
     """What a registered reward declares.
+
+    scores: what it scores (``Scores``); the image recipe takes ``IMAGES`` rewards, the text recipe ``TEXT`` ones.
 
     preferences_when: ``(option, value)``: with that option value (or its default) the reward is groupwise and also
     returns ``"preferences"``, a ``[B, B]`` matrix with entry ``[i, j]`` = 1 if image i beat image j, 0.5 for a tie,
     0 for a loss, within a group (Pref-GRPO's pairwise estimator trains on it)."""
 
     preferences_when: tuple[str, str] | None = None
+    scores: Scores = Scores.IMAGES
 
 
 #: name -> factory(**options) -> RewardFn
@@ -67,7 +86,31 @@ def gives_preferences(name: str, options: Mapping[str, Any]) -> bool:
 
 def is_user_reward(name: str) -> bool:
     """Whether ``name`` is a ``"module:callable"`` path rather than a registered reward's name."""
-    return ":" in name
+    return ":" in name and name not in REWARDS
+
+
+def check_reward_name(name: str, scores: Scores) -> None:
+    """``ValueError`` unless ``name`` is a registered reward that scores ``scores`` or an importable
+    ``"module:callable"`` (imported now; what it scores shows only when it is called)."""
+    valid = REWARDS.names(lambda f: f.scores is scores)
+    hint = difflib.get_close_matches(name, valid, 1)
+    if is_user_reward(name):
+        try:
+            load_user_reward(name)
+        except ValueError:
+            if not hint:  # a real module path that fails: say why
+                raise
+            raise ValueError(f"{name!r} is not one of {', '.join(valid)} (did you mean {hint[0]!r}?)") from None
+        return
+    if name not in REWARDS:
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ValueError(f"{name!r} is not one of {', '.join(valid)}{extra}")
+    kind = REWARDS.facts(name).scores
+    if kind is not scores:
+        raise ValueError(
+            f"{name!r} scores {kind.describe()}, and this recipe trains on {scores.describe()} (its rewards: "
+            f"{', '.join(valid)})"
+        )
 
 
 def make_reward(name: str, **options: Any) -> RewardFn:
@@ -289,6 +332,8 @@ __all__ = [
     "RewardFacts",
     "RewardFn",
     "RewardSet",
+    "Scores",
+    "check_reward_name",
     "check_reward_options",
     "check_reward_output",
     "gives_preferences",

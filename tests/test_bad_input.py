@@ -231,6 +231,12 @@ CONFIG_CASES = {
         "config",
         same("rewards[0].name: 'toy-text:corect'", "correct"),
     ),
+    "text config with an image reward": Case(
+        TEXT,
+        lambda c: [text_rewards("toy-geneval")],
+        "config",
+        same("rewards[0].name: 'toy-geneval' scores images, and this recipe trains on text completions"),
+    ),
     "text reward module missing": Case(
         TEXT, lambda c: [text_rewards("no_such_module:f")], "config", same("rewards[0].name", "cannot import")
     ),

@@ -296,14 +296,20 @@ def test_unknown_choice_of_fixed_sets(mp: str, override: str, prefix: str) -> No
 
 
 def test_unknown_reward_name_in_yaml(tmp_path: Path, mp: str) -> None:
-    from flowrl.rewards import REWARDS
+    from flowrl.rewards import REWARDS, Scores
 
-    valid = ", ".join(REWARDS.names())
+    valid = ", ".join(REWARDS.names(lambda f: f.scores is Scores.IMAGES))  # the text rewards are not offered
     preset = write(tmp_path, "preset.yaml", "rewards: [{name: nope}]\n")
     assert config_error([mp], preset) == f"rewards[0].name: 'nope' is not one of {valid}"
     preset = write(tmp_path, "close.yaml", "rewards: [{name: toy-genevl}]\n")
     assert config_error([mp], preset) == (
         f"rewards[0].name: 'toy-genevl' is not one of {valid} (did you mean 'toy-geneval'?)"
+    )
+    # one registry holds both recipes' rewards; each declares what it scores, and a config refuses the other kind
+    preset = write(tmp_path, "text.yaml", "rewards: [{name: 'toy-text:correct'}]\n")
+    assert config_error([mp], preset) == (
+        f"rewards[0].name: 'toy-text:correct' scores text completions, and this recipe trains on images (its "
+        f"rewards: {valid})"
     )
 
 

@@ -4,7 +4,7 @@ accumulated over micro-batches and applied.
 
     for each of train.inner_epochs passes:
         deal the whole batch's rows into train.minibatches steps (``step_rows``: one shuffle, the same on every
-        process; rows of one unit, e.g. a prompt's completions, stay together when the objective says so)
+        process; a prompt group's rows stay together when the objective or the loss declares it)
         for each step:
             row_loss.start(step)                      every process, even one without rows in this step
             backward(loss(micro-batch) · weight)      this process's rows of the step, then zero-weight passes
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 from torch import Tensor
 
+from flowrl.core.losses import LOSSES, Together, together
 from flowrl.core.share import UpdateStep, gather_all, step_rows
 
 if TYPE_CHECKING:
@@ -32,7 +33,11 @@ if TYPE_CHECKING:
 
 
 class RowLoss(Protocol):
-    """What the update loop trains: a recipe's objective over this process's rows (local indices ``[M]``)."""
+    """What the update loop trains: a recipe's objective over this process's rows (local indices ``[M]``).
+    ``keeps`` is what its rows need in one step (the objective's declaration); the configured loss's own
+    (``LossFacts.keeps``) is added by the loop."""
+
+    keeps: Together
 
     def start(self, step: UpdateStep) -> None:
         """Before a step's passes, on every process (a collective is allowed, e.g. the step's token count)."""
@@ -48,16 +53,18 @@ def update(
     run: RunState,
     positions: Tensor,
     row_loss: RowLoss,
-    units: Tensor | None = None,
+    groups: Tensor,
     after_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train on this process's rows: ``positions`` ``[R]`` are their places in the whole batch (local order;
-    row ``i`` of ``row_loss`` is ``positions[i]``), ``units`` ``[R]`` (whole-batch ids) keeps rows of one unit
-    together. Returns the row-weighted means of the loss metrics over the applied steps, ``train/loss``,
-    ``train/grad_norm``, ``train/skipped_steps`` and ``train/rows`` (this process's)."""
+    row ``i`` of ``row_loss`` is ``positions[i]``), ``groups`` ``[R]`` their prompt groups (whole-batch ids), kept
+    in one step when the objective or the loss declares ``Together.GROUPS``. Returns the row-weighted means of the
+    loss metrics over the applied steps, ``train/loss``, ``train/grad_norm``, ``train/skipped_steps`` and
+    ``train/rows`` (this process's)."""
     t, acc = run.cfg.train, run.accelerator
     kept = gather_all(acc, positions.cpu())
-    kept_units = gather_all(acc, units.cpu()) if units is not None else None
+    keeps = together(row_loss.keeps, LOSSES.facts(run.cfg.loss.name).keeps)
+    kept_units = gather_all(acc, groups.cpu()) if keeps is Together.GROUPS else None
     if not any(k.numel() for k in kept):  # no process has a row
         return {"train/rows": 0.0, "train/skipped_steps": 0.0}
     order = torch.Generator().manual_seed(run.cfg.seed * 7919 + run.iteration)  # the same on every process

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -253,24 +252,17 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
 def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
     """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
     reward is listed twice. Reads signatures only: no reward model loads. ``key`` names the list in messages."""
-    from flowrl.rewards import REWARDS, check_reward_options, is_user_reward
-    from flowrl.rewards.base import load_user_reward
+    from flowrl.rewards import Scores, check_reward_name, check_reward_options
 
-    valid = REWARDS.names()
     seen = set()
     for i, spec in enumerate(specs):
         if spec.name in seen:
             raise ConfigError(f"{key}[{i}].name: {spec.name!r} is listed twice (give it one weight)")
         seen.add(spec.name)
-        if is_user_reward(spec.name):
-            try:
-                load_user_reward(spec.name)
-            except ValueError as e:
-                raise ConfigError(f"{key}[{i}].name: {e}") from None
-        elif spec.name not in valid:
-            hint = difflib.get_close_matches(spec.name, valid, 1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"{key}[{i}].name: {spec.name!r} is not one of {', '.join(valid)}{extra}")
+        try:
+            check_reward_name(spec.name, Scores.IMAGES)
+        except ValueError as e:
+            raise ConfigError(f"{key}[{i}].name: {e}") from None
         try:
             check_reward_options(spec.name, spec.options)
         except ValueError as e:

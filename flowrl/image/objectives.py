@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from flowrl.core.advantages import broadcast_to_transitions
-from flowrl.core.losses import LOSSES, LossInputs, LossOutput, compute_loss
+from flowrl.core.losses import LOSSES, LossInputs, LossOutput, Together, compute_loss
 from flowrl.core.losses.renoise import Levels, draw_levels, levels_of
 from flowrl.core.registry import Registry
 from flowrl.core.share import Whole
@@ -43,6 +43,7 @@ class TrainRows:
     advantages: Tensor
     mask: Tensor  # bool: rows with a gradient
     position: Tensor  # each row's position in the whole batch, in single-process order
+    group: Tensor  # each row's prompt group (a whole-batch id), for objectives that keep groups together
     # sample objectives: each row's noise level, the seed of its noise ε, and (ratio losses) its old value
     sigma: Tensor | None = None  # [M]
     noise_seed: Tensor | None = None  # [M] int64
@@ -59,7 +60,14 @@ class Objective(Protocol):
         ...
 
 
-OBJECTIVES: Registry[Objective] = Registry("training objective")
+@dataclass(frozen=True)
+class ObjectiveFacts:
+    """What an objective declares: ``keeps``, the rows it needs in one optimizer step (``Together``)."""
+
+    keeps: Together = Together.ROWS
+
+
+OBJECTIVES: Registry[Objective, ObjectiveFacts] = Registry("training objective", ObjectiveFacts)
 
 
 def _col(t: Tensor | None) -> Tensor | None:
@@ -77,7 +85,8 @@ class ReplayTransitions:
 
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
-        return TrainRows(adv_t, mask_t, whole.transition_pos)
+        pos = whole.transition_pos
+        return TrainRows(adv_t, mask_t, pos, whole.batch.tree.group_id[pos])
 
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         cfg, policy, cond = run.cfg, run.policy, batch.cond
@@ -123,7 +132,8 @@ class RenoisedSamples:
         sigma = draw_levels(levels, sigmas, total, gen)[whole.sample_pos].flatten()
         position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
         seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
-        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, sigma, seed)
+        group = batch.rollout.group_id.cpu().repeat_interleave(k)
+        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, group, sigma, seed)
         value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss.options)
         if value is not None:
             with torch.no_grad():
@@ -164,7 +174,7 @@ class RenoisedSamples:
         return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
 
 
-OBJECTIVES.register("transitions")(ReplayTransitions())
-OBJECTIVES.register("samples")(RenoisedSamples())
+OBJECTIVES.register("transitions", keeps=Together.ROWS)(ReplayTransitions())
+OBJECTIVES.register("samples", keeps=Together.ROWS)(RenoisedSamples())
 
-__all__ = ["OBJECTIVES", "Objective", "RenoisedSamples", "ReplayTransitions", "TrainRows"]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveFacts", "RenoisedSamples", "ReplayTransitions", "TrainRows"]

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,7 +33,7 @@ from flowrl.core.advantages import AdvantageBatch, TreeStructure, compute_advant
 from flowrl.core.advantages.core import combine
 from flowrl.core.errors import ConfigError
 from flowrl.core.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
-from flowrl.core.losses import LOSSES, LossOutput, TrainsOn, trains_on
+from flowrl.core.losses import LOSSES, LossOutput, Together, TrainsOn, trains_on
 from flowrl.core.monitor import TrainingMonitor
 from flowrl.core.parallel import launch
 from flowrl.core.share import UpdateStep, Whole, deal, gather_all, gather_batch
@@ -307,14 +307,19 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
     result = compute_advantages(run.cfg.advantage.name, whole.batch, run.cfg.advantage, run.adv_state)
     if result.per_transition:
         pos = whole.transition_pos
-        return TrainRows(result.advantages[pos], result.mask[pos], pos), result.metrics
+        group = whole.batch.tree.group_id[pos]
+        return TrainRows(result.advantages[pos], result.mask[pos], pos, group), result.metrics
     adv, mask = result.advantages[whole.sample_pos], result.mask[whole.sample_pos]
     return objective(run).rows(run, batch, whole, adv, mask), result.metrics
 
 
 def objective(run: Run) -> Objective:
     """The objective the configured loss trains with (``LossFacts.trains_on``)."""
-    return OBJECTIVES.get(LOSSES.facts(run.cfg.loss.name).trains_on)
+    return OBJECTIVES.get(_objective_name(run))
+
+
+def _objective_name(run: Run) -> str:
+    return LOSSES.facts(run.cfg.loss.name).trains_on
 
 
 def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
@@ -324,7 +329,9 @@ def update(run: Run, batch: Batch, rows: TrainRows) -> dict[str, float]:
     keep = rows.mask.nonzero().squeeze(1)
     run.policy.train_mode(True)
     after = run.ema.update if run.ema is not None else None
-    return shared_update(run, rows.position[keep], ObjectiveRows(run, batch, rows, keep, objective(run)), None, after)
+    keeps = OBJECTIVES.facts(_objective_name(run)).keeps
+    row_loss = ObjectiveRows(run, batch, rows, keep, objective(run), keeps)
+    return shared_update(run, rows.position[keep], row_loss, rows.group[keep], after)
 
 
 @dataclass
@@ -337,6 +344,7 @@ class ObjectiveRows:
     train: TrainRows
     keep: Tensor  # [R] indices of the kept (masked-in) rows of ``train``
     objective: Objective
+    keeps: Together  # what the objective declared (``ObjectiveFacts.keeps``)
     total: int = 0  # the current step's rows over all processes
 
     def start(self, step: UpdateStep) -> None:
@@ -446,7 +454,7 @@ def train_step(run: Run) -> dict[str, float]:
         if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
             gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
             mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
-            rows = TrainRows(rows.advantages, mask, rows.position)
+            rows = replace(rows, mask=mask)
         metrics = {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
         reason = "non-finite loss or gradient"
         trail_old_policy(run, metrics)

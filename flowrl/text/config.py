@@ -233,21 +233,12 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
 
 
 def _check_reward(key: str, name: str) -> None:
-    """``toy-text:<function>`` of ``flowrl.text.world`` or an importable ``package.module:function``."""
-    from flowrl.text import world as text_world
-
-    if name.startswith("toy-text:"):
-        fn = name.split(":", 1)[1].replace("-", "_")
-        if fn not in text_world.REWARDS:
-            valid = ", ".join(f"toy-text:{n}" for n in text_world.REWARDS)
-            raise ConfigError(f"{key}: {name!r} is not one of {valid} (or give package.module:function)")
-        return
-    if ":" not in name:
-        raise ConfigError(f"{key}: {name!r} must be toy-text:<function> or package.module:function")
-    from flowrl.rewards.base import load_user_reward
+    """A registered text reward (``flowrl.rewards.REWARDS``, ``Scores.TEXT``) or an importable
+    ``package.module:function``."""
+    from flowrl.rewards import Scores, check_reward_name
 
     try:
-        load_user_reward(name)
+        check_reward_name(name, Scores.TEXT)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
 

@@ -20,9 +20,9 @@ from flowrl.core.resume import Finished, read_checkpoint, write_checkpoint
 from flowrl.core.seeds import eval_noise_seeds
 from flowrl.core.stats import prompt_mean_se
 from flowrl.core.weights import weight_state
+from flowrl.rewards.text import RewardLog
 from flowrl.text.data import prompt_key, prompt_label
 from flowrl.text.model import sample_completions
-from flowrl.text.rewards import RewardLog
 from flowrl.text.trainer import TextRun, completion_id_lists, score, weighted_total
 
 EvalResult = tuple[list[str], torch.Tensor]  # completions (rows × samples) and rewards [rows × samples, K]

@@ -32,7 +32,7 @@ from flowrl.core.loop import (
     mean_over_processes,
     process_seed,
 )
-from flowrl.core.losses import LossInputs, LossOutput, NormalizesBy, compute_loss, normalizes_by
+from flowrl.core.losses import LossInputs, LossOutput, NormalizesBy, Together, compute_loss, normalizes_by
 from flowrl.core.monitor import WATCH, TrainingMonitor, distinct_share
 from flowrl.core.parallel import launch
 from flowrl.core.sections import WEIGHT_DTYPES
@@ -40,16 +40,7 @@ from flowrl.core.share import UpdateStep, deal, gather_all
 from flowrl.core.state import RunState
 from flowrl.core.update import update as shared_update
 from flowrl.core.weights import check_lora_targets, frozen_copy
-from flowrl.text.config import TextConfig
-from flowrl.text.data import PromptFormat, as_rows, is_conversational, load_rows, prompt_key
-from flowrl.text.model import (
-    Completions,
-    quiet_peft,
-    sample_completions,
-    sample_continuous,
-    token_log_probs,
-)
-from flowrl.text.rewards import (
+from flowrl.rewards.text import (
     RewardFunc,
     RewardLog,
     TrainerState,
@@ -58,6 +49,15 @@ from flowrl.text.rewards import (
     resolve_reward,
     reward_kwargs,
     reward_names,
+)
+from flowrl.text.config import TextConfig
+from flowrl.text.data import PromptFormat, as_rows, is_conversational, load_rows, prompt_key
+from flowrl.text.model import (
+    Completions,
+    quiet_peft,
+    sample_completions,
+    sample_continuous,
+    token_log_probs,
 )
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def score(
     funcs: list[tuple[str, RewardFunc]] | None = None,
 ) -> Tensor:
     """Rewards ``[N, K]`` of completions ``texts`` (token ids ``ids``) of ``rows``' prompts: one column per reward
-    function, NaN where a function returned None (``flowrl.text.rewards`` says what they receive). A
+    function, NaN where a function returned None (``flowrl.rewards.text`` says what they receive). A
     function that raises or returns anything but one real number (or None) per completion is a ``RewardError``."""
     if ids is None:
         ids = [run.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -413,7 +413,7 @@ def update(run: TextRun, batch: TextBatch, adv: Tensor) -> dict[str, float]:
     if cfg.loss.kl_coef > 0:
         ref = torch.cat([reference_log_probs(run, c, r) for r in _micro_batches(all_rows, t.micro_batch)])
     rows = SequenceRows(run, c, adv, loss_mask(run, c), old, ref)
-    return shared_update(run, batch.first + torch.arange(n), rows, units=_group_id(batch))
+    return shared_update(run, batch.first + torch.arange(n), rows, _group_id(batch))
 
 
 @dataclass
@@ -428,6 +428,8 @@ class SequenceRows:
     mask: Tensor  # [N, T] the loss's tokens
     old: Tensor | None  # [N, T] log-probs before the update (off-policy steps)
     ref: Tensor | None  # [N, T] the reference's log-probs (KL)
+    #: a prompt's completions share one optimizer step (its prompt's rows are dealt as one unit)
+    keeps: Together = Together.GROUPS
     total: int = 0  # the step's sequences over all processes
     tokens: float = 0.0  # the step's loss tokens over all processes
 

@@ -127,9 +127,6 @@ def well_formed(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) ->
     return [float(_NUMBER.fullmatch(parse_answer(c)) is not None) for c in completions]
 
 
-REWARDS = {"correct": correct, "well_formed": well_formed}
-
-
 def build_tokenizer(chat: bool = False) -> PreTrainedTokenizerFast:
     """A character-level tokenizer over ``CHARACTERS`` that adds no special tokens (ids: pad 0, bos 1,
     eos 2, unk 3, then the characters); decoding concatenates characters without spaces.
@@ -263,7 +260,6 @@ __all__ = [
     "EOS_TOKEN",
     "MAX_NEW_TOKENS",
     "PAD_TOKEN",
-    "REWARDS",
     "answer_digits",
     "build_model",
     "build_tokenizer",

@@ -16,9 +16,11 @@ from .core import (
     LossOutput,
     NormalizesBy,
     OldPolicy,
+    Together,
     TrainsOn,
     compute_loss,
     normalizes_by,
+    together,
     trains_on,
 )
 from .nft import NftOptions
@@ -49,6 +51,7 @@ __all__ = [
     "OldPolicy",
     "RenoiseOptions",
     "SapoOptions",
+    "Together",
     "TrainsOn",
     "aggregate",
     "clipped_surrogate",
@@ -58,6 +61,7 @@ __all__ = [
     "k3_kl",
     "normalizes_by",
     "step_weights",
+    "together",
     "trains_on",
     "velocity_penalty",
 ]

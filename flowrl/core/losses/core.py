@@ -163,6 +163,19 @@ class NormalizesBy(Fact):
     GLOBAL_TOKENS = "global-tokens"  # divided by inputs.token_count, the global batch's valid tokens: weight 1
 
 
+class Together(Fact):
+    """Which rows an objective or a loss needs in one optimizer step; the update loop deals them so
+    (``flowrl.core.share.step_rows``)."""
+
+    ROWS = "rows"  # any row on its own: the rows are shuffled one by one
+    GROUPS = "groups"  # a prompt group's rows in one step (pairwise or groupwise objectives)
+
+
+def together(*declared: Together) -> Together:
+    """What several declarations (the objective's, the loss's) need together: ``GROUPS`` if any needs it."""
+    return Together.GROUPS if Together.GROUPS in declared else Together.ROWS
+
+
 @dataclass(frozen=True)
 class LossFacts:
     """What a loss declares at registration (its own options are the registration's ``options``).
@@ -175,6 +188,8 @@ class LossFacts:
     ``(inputs, options) -> [N]`` computed on no-grad inputs before the iteration's update and passed back as
     ``old_log_prob``; or None.
     ignores: options of ``LossConfig`` the loss does not read (a config that sets one is refused).
+    keeps: which rows the loss needs in one optimizer step (``Together.GROUPS``: a prompt group's, e.g. a loss that
+    pairs a group's winners with its losers); the update loop deals the rows so.
     """
 
     trains_on: TrainsOn = TrainsOn.TRANSITIONS
@@ -183,9 +198,10 @@ class LossFacts:
     old_policy: Callable[[Any], OldPolicy | None] = _never
     old_value: Callable[[Any], Callable[[LossInputs, Any], Tensor] | None] = _never
     ignores: tuple[str, ...] = ()
+    keeps: Together = Together.ROWS
 
     def __post_init__(self) -> None:
-        for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy)):
+        for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy), ("keeps", Together)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
         if not all(isinstance(t, Backend) for t in self.trainers):

@@ -1,4 +1,6 @@
-"""Reward functions of the text trainer, called as TRL's GRPOTrainer calls them.
+"""Reward functions of the text trainer, called as TRL's GRPOTrainer calls them, and the toy text world's rewards,
+registered in ``REWARDS`` with ``scores=Scores.TEXT`` (``toy-text:correct``, ``toy-text:well_formed`` and
+``toy-text:answer_digits``, a per-completion stratum for ``advantage.strata``).
 
 A reward function is ``f(prompts, completions, completion_ids, trainer_state, log_metric, **columns)`` returning
 one float per completion, or None where it does not apply (left out of the weighted sum, TRL's nansum). It receives
@@ -29,6 +31,8 @@ from torch import Tensor
 
 from flowrl.core.errors import ConfigError
 
+from .base import REWARDS, Scores, load_object
+
 RewardFunc = Callable[..., Sequence[float | None]]
 
 
@@ -53,17 +57,25 @@ class RewardLog:
         return {k: sum(v) / len(v) for k, v in self.values.items()}
 
 
+def _toy_text(function: str) -> Callable[[], RewardFunc]:
+    """The factory of a toy text world reward (``flowrl.text.world``, imported when the reward is built)."""
+
+    def build() -> RewardFunc:
+        from flowrl.text import world
+
+        return getattr(world, function)
+
+    return build
+
+
+for _function in ("correct", "well_formed", "answer_digits"):
+    REWARDS.register(f"toy-text:{_function}", scores=Scores.TEXT)(_toy_text(_function))
+
+
 def resolve_reward(name: str) -> RewardFunc:
-    """``toy-text:<function>`` (``flowrl.text.world``) or ``package.module:function``."""
-    from flowrl.rewards.base import load_object
-
-    if name.startswith("toy-text:"):
-        from flowrl.text import world as text_world
-
-        fn = getattr(text_world, name.split(":", 1)[1].replace("-", "_"), None)
-        if not callable(fn):
-            raise ConfigError(f"reward {name!r}: flowrl.text.world has no such reward function")
-        return fn
+    """A registered text reward (``toy-text:correct``) or a ``package.module:function``."""
+    if name in REWARDS:
+        return REWARDS.get(name)()
     fn = load_object(name)
     if not callable(fn):
         raise ConfigError(f"reward {name!r} is not callable")
