@@ -23,6 +23,7 @@ from flowrl.core.losses import LOSSES, LossConfig, TrainsOn, trains_on
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options, section_option
 from flowrl.core.options import load, option, set_dotted, to_dict
 from flowrl.core.presets import PROJECT, one_line, parse_override, resolve_relative_path, yaml_load
+from flowrl.core.rollout import RolloutConfig, check_filters
 from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
 from flowrl.image.models import check_model_options
 from flowrl.image.models.family import FAMILIES
@@ -232,6 +233,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     advantage: AdvantageSection = dataclasses.field(default_factory=AdvantageSection)
     loss: LossSection = dataclasses.field(default_factory=LossSection)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     rewards: list[RewardSpec] = dataclasses.field(
         default_factory=lambda: [RewardSpec()],
         metadata={"help": "rewards to maximise: a list of {name, weight, options} (rewards[i].name etc.)"},
@@ -404,6 +406,7 @@ def check_combinations(cfg: Config) -> None:
     check_rewards(cfg.rewards)
     check_trackers(cfg.output.trackers)
     check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards")
+    check_filters(cfg.rollout.filter, Backend.FLOW, ADVANTAGES.facts(cfg.advantage.name).per_transition)
     trained = {r.name for r in cfg.rewards}
     for i, spec in enumerate(cfg.eval.watch_rewards):
         if spec.name in trained:

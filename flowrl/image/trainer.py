@@ -36,6 +36,7 @@ from flowrl.core.loop import count_skip, draw_prompts, lr_scheduler, mean_over_p
 from flowrl.core.losses import LOSSES, LossOutput, Together, TrainsOn, trains_on
 from flowrl.core.monitor import TrainingMonitor
 from flowrl.core.parallel import launch
+from flowrl.core.rollout import filter_rollouts
 from flowrl.core.share import UpdateStep, Whole, deal, gather_all, gather_batch
 from flowrl.core.update import update as shared_update
 from flowrl.core.weights import EMA, frozen_copy, make_trainable
@@ -309,8 +310,9 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
         pos = whole.transition_pos
         group = whole.batch.tree.group_id[pos]
         return TrainRows(result.advantages[pos], result.mask[pos], pos, group), result.metrics
-    adv, mask = result.advantages[whole.sample_pos], result.mask[whole.sample_pos]
-    return objective(run).rows(run, batch, whole, adv, mask), result.metrics
+    keep, kept = filter_rollouts(run.cfg.rollout.filter, whole.batch)  # per-transition estimators take none
+    adv, mask = result.advantages[whole.sample_pos], (result.mask & keep)[whole.sample_pos]
+    return objective(run).rows(run, batch, whole, adv, mask), {**result.metrics, **kept}
 
 
 def objective(run: Run) -> Objective:

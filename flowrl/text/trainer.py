@@ -35,6 +35,7 @@ from flowrl.core.loop import (
 from flowrl.core.losses import LossInputs, LossOutput, NormalizesBy, Together, compute_loss, normalizes_by
 from flowrl.core.monitor import WATCH, TrainingMonitor, distinct_share
 from flowrl.core.parallel import launch
+from flowrl.core.rollout import filter_rollouts
 from flowrl.core.sections import WEIGHT_DTYPES
 from flowrl.core.share import UpdateStep, deal, gather_all
 from flowrl.core.state import RunState
@@ -294,6 +295,7 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
         rewards=rewards, group_id=group_id, weights=weights, prompt_keys=keys, strata=strata_ids
     )
     result = compute_advantages(run.cfg.advantage.name, adv_batch, run.cfg.advantage, run.adv_state)
+    keep, kept = filter_rollouts(run.cfg.rollout.filter, adv_batch)
     total = weighted_total(run, all_rewards).masked_fill(unscored, math.nan)
     group_std = _nanstd(total.view(-1, g), dim=1)
     metrics = {
@@ -306,7 +308,7 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
         metrics[f"reward/{name}"] = col.nanmean().item()
         metrics[f"reward/{name}/std"] = _nanstd(col).item()
     mine = slice(batch.first, batch.first + batch.rewards.shape[0])
-    return (result.advantages * result.mask * ~unscored)[mine], {**metrics, **result.metrics}
+    return (result.advantages * result.mask * keep * ~unscored)[mine], {**metrics, **result.metrics, **kept}
 
 
 def strata(run: TextRun, batch: TextBatch) -> Tensor | None:
