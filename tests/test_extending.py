@@ -117,7 +117,9 @@ def _train_one_iteration(cfg, monkeypatch) -> tuple[dict[str, float], list]:
     return metrics, dealt
 
 
-def test_a_user_module_adds_a_loss_an_estimator_and_a_filter_to_the_image_recipe(user_methods, tiny_model, monkeypatch):
+def test_a_user_module_adds_a_loss_an_estimator_and_a_filter_to_the_image_recipe(
+    user_methods, tiny_model, monkeypatch
+):
     cfg = tiny_config(tiny_model, *METHODS, "train.iterations=1", "train.group_size=4")
     metrics, dealt = _train_one_iteration(cfg, monkeypatch)
     assert user_methods.SEEN == {"scale": 0.25, "gain": 2.0, "k": 3}  # each got its own options from the config
@@ -146,5 +148,5 @@ def test_the_user_methods_options_are_checked_like_the_built_in_ones(user_method
 
 
 def test_without_the_module_the_names_are_unknown(tiny_model):
-    with pytest.raises(ConfigError, match="loss.name: 'scaled-grpo' is not one of"):
+    with pytest.raises(ConfigError, match=r"loss\.name: 'scaled-grpo' is not one of"):
         tiny_config(tiny_model, "loss.name=scaled-grpo")
