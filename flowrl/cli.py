@@ -311,7 +311,7 @@ def _gallery(args: argparse.Namespace) -> int:
     """``flowrl gallery``: every column on the same prompts and seeds, scored, as a browsable page."""
     from flowrl.core.columns import parse_columns
     from flowrl.image.compare import render
-    from flowrl.image.data import load_prompts
+    from flowrl.image.data import inputs_by_prompt, load_prompt_set
     from flowrl.recipes import column_loader, load_config, renders_images
 
     cfg = load_config(args.config)
@@ -320,10 +320,11 @@ def _gallery(args: argparse.Namespace) -> int:
             f"--config {args.config!r}: flowrl gallery shows images; evaluate this config with flowrl eval"
         )
     specs = parse_columns(args.column, args.config, "--column", column_loader(cfg))
-    prompts = load_prompts(args.prompts or cfg.data.eval_prompts)
-    prompts = prompts[: args.num_prompts] if args.num_prompts else prompts
+    source = args.prompts or cfg.data.eval_prompts
+    prompt_set = load_prompt_set(source)
+    prompts = prompt_set.prompts[: args.num_prompts] if args.num_prompts else prompt_set.prompts
     seeds = seed_indices(args.seeds, 1)
-    paths = render(specs, prompts, seeds, args.out, title=args.title)
+    paths = render(specs, prompts, seeds, args.out, title=args.title, inputs=inputs_by_prompt((source, prompt_set)))
     print(paths["html"])
     return 0
 

@@ -65,9 +65,12 @@ def _is_full(path: str) -> bool:
     )
 
 
-def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> tuple[torch.Tensor, dict]:
+def evaluate_column(
+    spec: ColumnSpec, prompts: list[str], seeds: list[int], inputs: dict[str, dict[str, Any]] | None = None
+) -> tuple[torch.Tensor, dict]:
     """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
-    rewards, ``flowrl.image.evaluation.score_images``), generated as the trainer evaluates."""
+    rewards, ``flowrl.image.evaluation.score_images``), generated as the trainer evaluates; ``inputs``: each
+    prompt's conditioning inputs by text (``flowrl.image.data.inputs_by_prompt``)."""
     from flowrl.image.evaluation import score_images
     from flowrl.image.generate import generate
     from flowrl.rewards import RewardSet
@@ -75,8 +78,8 @@ def evaluate_column(spec: ColumnSpec, prompts: list[str], seeds: list[int]) -> t
     cfg = spec.cfg
     policy = load_column_policy(cfg, spec.source)
     images = generate(
-        policy, prompts, seeds, resolution=cfg.model.resolution, num_steps=cfg.eval.num_steps,
-        solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
+        policy, prompts, seeds, inputs=[(inputs or {}).get(p, {}) for p in prompts], resolution=cfg.model.resolution,
+        num_steps=cfg.eval.num_steps, solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
     )  # fmt: skip
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
     watch = RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards])
@@ -105,13 +108,18 @@ def describe_source(spec: ColumnSpec) -> str:
 
 
 def render(
-    specs: list[ColumnSpec], prompts: list[str], seeds: list[int], out_dir: str, title: str = "flowrl gallery"
+    specs: list[ColumnSpec],
+    prompts: list[str],
+    seeds: list[int],
+    out_dir: str,
+    title: str = "flowrl gallery",
+    inputs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Generate and score every column (``parse_columns`` with a loader: configs read and checked) on the same
     (prompt, seed) rows; write the gallery; return its paths."""
     rows_p = [p for p in prompts for _ in seeds]
     rows_s = [s for _ in prompts for s in seeds]
-    results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]
+    results = [evaluate_column(spec, rows_p, rows_s, inputs) for spec in specs]
     return write_columns(specs, results, rows_p, rows_s, out_dir, title)
 
 

@@ -472,6 +472,24 @@ def check_combinations(cfg: Config) -> None:
                 f"{' or '.join(allowed)}"
             )
     check_model_options(m)  # the family's checks of its folder's files (FLUX.2 klein: guidance when distilled)
+    check_inputs(cfg, family)
+
+
+def check_inputs(cfg: Config, family: str) -> None:
+    """Both prompt sources give every row the conditioning inputs the model family reads (``FamilyFacts.inputs``),
+    and no prompt text names two different sets of inputs."""
+    from flowrl.image.data import inputs_by_prompt, load_prompt_set
+
+    sources = {key: getattr(cfg.data, key) for key in ("train_prompts", "eval_prompts")}
+    sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
+    inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
+    needed = FAMILIES.facts(family).inputs if family in FAMILIES else ()
+    for key, source in sources.items() if needed else ():
+        missing = [n for n in needed if n not in (sets[key].columns() if key in sets else set())]
+        if missing:
+            raise ConfigError(f"data.{key}: the {family} family reads {', '.join(needed)} with each prompt, and "
+                              f"{source!r} gives no {missing[0]!r}; use a .jsonl file of rows "
+                              f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
 
 
 def _read_json(path: str) -> dict | None:

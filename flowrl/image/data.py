@@ -1,5 +1,7 @@
-"""Prompt sources: the toy world's splits or a UTF-8 text file with one prompt per line (blank lines and lines
-starting with ``#`` are skipped; a byte-order mark is dropped).
+"""Prompt sources: the toy world's splits, a UTF-8 text file with one prompt per line (blank lines and lines
+starting with ``#`` are skipped; a byte-order mark is dropped), or a ``.jsonl`` file of rows ``{"prompt": ...,
+<input>: ...}`` whose other keys are the row's conditioning inputs: what a model family that declares them
+(``FamilyFacts.inputs``, e.g. an editing family's reference images) receives with the prompt.
 
 Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
 hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
@@ -10,7 +12,10 @@ prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the fil
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import read_utf8
@@ -27,9 +32,65 @@ def check_prompt_source(source: str) -> None:
         raise ConfigError(f"prompt file {source!r} does not exist")
 
 
+@dataclass
+class PromptSet:
+    """Prompts and each one's conditioning inputs (``inputs[i]``: prompt ``i``'s, empty for a plain prompt)."""
+
+    prompts: list[str]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inputs = self.inputs or [{} for _ in self.prompts]
+        if len(self.inputs) != len(self.prompts):
+            raise ValueError(f"{len(self.prompts)} prompts but {len(self.inputs)} rows of inputs")
+
+    def columns(self) -> set[str]:
+        """The inputs every row has."""
+        return set.intersection(*(set(r) for r in self.inputs)) if self.inputs else set()
+
+
+def load_prompt_set(source: str) -> PromptSet:
+    """The prompts of ``source`` with their inputs (a ``.jsonl`` file's other keys; none for the other sources)."""
+    if not source.endswith(".jsonl"):
+        return PromptSet(load_prompts(source))
+    check_prompt_source(source)
+    prompts, inputs = [], []
+    for n, line in enumerate(read_utf8(source, f"prompt file {source!r}").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"prompt file {source!r} line {n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise DataError(f'prompt file {source!r} line {n}: expected an object with a non-empty "prompt" string')
+        prompts.append(row.pop("prompt").strip())
+        inputs.append(row)
+    if not prompts:
+        raise DataError(f"prompt file {source!r} has no rows")
+    return PromptSet(prompts, inputs)
+
+
+def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:
+    """Each prompt text's inputs over the named sets (``(source, set)`` pairs). The text is the key of a prompt's
+    group, its noise and its evaluation pairs, so one text with two different sets of inputs is a ``DataError``."""
+    out: dict[str, dict[str, Any]] = {}
+    first: dict[str, str] = {}
+    for source, prompt_set in sets:
+        for prompt, inputs in zip(prompt_set.prompts, prompt_set.inputs, strict=True):
+            if prompt in out and out[prompt] != inputs:
+                raise DataError(f"prompt {prompt!r} has different inputs in {first[prompt]!r} and {source!r}; a "
+                                "prompt text names one set of inputs")  # fmt: skip
+            out.setdefault(prompt, inputs)
+            first.setdefault(prompt, source)
+    return {p: i for p, i in out.items() if i}
+
+
 def load_prompts(source: str) -> list[str]:
     """The prompts of ``source``: ``ConfigError`` for an unknown toy split or a missing file, ``DataError`` for
-    an empty or non-UTF-8 file."""
+    an empty or non-UTF-8 file (a ``.jsonl`` file's prompts without their inputs)."""
+    if source.endswith(".jsonl"):
+        return load_prompt_set(source).prompts
     check_prompt_source(source)
     if source.startswith("toy:"):
         from flowrl.image.toy_world import all_scenes, split_scenes, validation_split

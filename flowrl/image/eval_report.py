@@ -45,18 +45,21 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
 
 
-def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str]]:
-    """The (prompt, seed index) rows, each prompt with every seed, and the distinct prompts; refuses bad input
-    before any model loads."""
-    from flowrl.image.data import load_prompts
+def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str], dict[str, dict[str, Any]]]:
+    """The (prompt, seed index) rows, each prompt with every seed, the distinct prompts and their conditioning
+    inputs by text; refuses bad input before any model loads."""
+    from flowrl.image.data import inputs_by_prompt, load_prompt_set
 
-    prompts = load_prompts(args.prompts or cfg.data.eval_prompts)
+    source = args.prompts or cfg.data.eval_prompts
+    prompt_set = load_prompt_set(source)
+    prompts = prompt_set.prompts
     n = cfg.eval.num_prompts if args.num_prompts is None else args.num_prompts
     if n < 0:
         raise ConfigError(f"--num-prompts must be >= 0, got {n}")
     prompts = prompts[:n] if n else prompts
     seeds = seed_indices(args.seeds, cfg.eval.seeds_per_prompt)
-    return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], prompts
+    inputs = inputs_by_prompt((source, prompt_set))
+    return [p for p in prompts for _ in seeds], [s for _ in prompts for s in seeds], prompts, inputs
 
 
 def evaluate_images(args: Any, cfg: Any, load: ColumnLoader) -> dict[str, Any]:
@@ -67,12 +70,12 @@ def evaluate_images(args: Any, cfg: Any, load: ColumnLoader) -> dict[str, Any]:
     from flowrl.image.evaluation import compare, hacking_warnings, load_categories_metadata, summarize
 
     specs = parse_columns(args.checkpoint, args.config, "--checkpoint", load)  # every config checked: none loaded yet
-    rows_p, rows_s, prompts = pairs(args, cfg)
+    rows_p, rows_s, prompts, inputs = pairs(args, cfg)
     metadata_path = cfg.eval.metadata if args.metadata is None else args.metadata
     if metadata_path and not os.path.isfile(metadata_path):
         raise ConfigError(f"--metadata {metadata_path!r} does not exist")
     metadata = load_categories_metadata(metadata_path)
-    results = [evaluate_column(spec, rows_p, rows_s) for spec in specs]
+    results = [evaluate_column(spec, rows_p, rows_s, inputs) for spec in specs]
     b = base_index(specs)
     report: dict[str, Any] = {
         "command": " ".join(["flowrl", "eval", *sys.argv[2:]]) if sys.argv[1:2] == ["eval"] else "flowrl eval",

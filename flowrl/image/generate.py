@@ -12,7 +12,8 @@ One noise tensor shared by every prompt of a seed index, as before, made a held-
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ from flowrl.samplers import ode_solve
 class ImagePolicy(Protocol):
     """What generation needs from a model adapter (``flowrl.image.models.SD3Policy`` is one)."""
 
-    def encode(self, prompts: list[str], with_negative: bool | None = None): ...
+    def condition(self, prompts: list[str], inputs: Sequence[Mapping[str, Any]] | None = None): ...
     def initial_noise(self, seeds: list[int], resolution: int) -> Tensor: ...
     def sigmas(self, num_steps: int, resolution: int) -> Tensor: ...
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor: ...
@@ -38,18 +39,21 @@ def generate(
     prompts: list[str],
     seed_indices: list[int],
     *,
+    inputs: Sequence[Mapping[str, Any]] | None = None,
     resolution: int,
     num_steps: int,
     solver: str = "euler",
     batch_size: int = 64,
 ) -> Tensor:
     """ODE-sample one image per (prompt, seed index) pair from that pair's own evaluation noise
-    (``eval_noise_seed``). Returns ``[B, 3, H, W]`` float32 in [0, 1] on CPU."""
+    (``eval_noise_seed``), conditioned on each prompt's ``inputs`` (none: the prompt only). Returns
+    ``[B, 3, H, W]`` float32 in [0, 1] on CPU."""
     noise_seeds = eval_noise_seeds(prompts, seed_indices)
     sigmas = policy.sigmas(num_steps, resolution)
     images = []
     for i in range(0, len(prompts), batch_size):
-        cond = policy.encode(prompts[i : i + batch_size]).as_dict()
+        rows = None if inputs is None else inputs[i : i + batch_size]
+        cond = policy.condition(prompts[i : i + batch_size], rows).as_dict()
         x = policy.initial_noise(noise_seeds[i : i + batch_size], resolution)
         x, _ = ode_solve(solver, policy.ode_velocity, x, sigmas, cond)  # untrained: the cheaper copy if made
         images.append(policy.decode(x).cpu())

@@ -45,7 +45,8 @@ def forward_flops(run: Any) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     policy = run.policy
-    cond = policy.encode([run.train_prompts[0]]).as_dict()
+    prompt = run.train_prompts[0]
+    cond = policy.condition([prompt], [run.inputs.get(prompt, {})]).as_dict()
     x = policy.initial_noise([0], run.cfg.model.resolution)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy.velocity(x, torch.tensor([0.5], device=x.device), cond)

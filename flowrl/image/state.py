@@ -4,7 +4,7 @@ state that ``flowrl.image.trainer`` (the steps) and ``flowrl.image.objectives`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -33,6 +33,8 @@ class Run(RunState):
     window: WindowSchedule
     train_prompts: list[str]
     eval_prompts: list[str]
+    #: each prompt's conditioning inputs (a ``.jsonl`` prompt file's other keys), by prompt text; none: text only
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
 
 

@@ -41,7 +41,7 @@ from flowrl.core.share import UpdateStep, Whole, deal, gather_all, gather_batch
 from flowrl.core.update import update as shared_update
 from flowrl.core.weights import EMA, frozen_copy, make_trainable
 from flowrl.image.config import Config, window_of
-from flowrl.image.data import load_prompts
+from flowrl.image.data import inputs_by_prompt, load_prompt_set
 from flowrl.image.evaluation import block_monitors, monitor_metrics, prompt_groups, score_images
 from flowrl.image.generate import generate
 from flowrl.image.models import lora_targets, policy_for
@@ -103,8 +103,8 @@ def setup(cfg: Config) -> Run:
     if WINDOW_SCHEDULES.facts(kind).seeded:
         options.setdefault("seed", cfg.seed)
     window = make_window(kind, cfg.sampler.num_steps, size, **options)
-    train_prompts = load_prompts(cfg.data.train_prompts)
-    _check_split(cfg, window, rewards, len(train_prompts), accelerator.num_processes)
+    train_set, eval_set = load_prompt_set(cfg.data.train_prompts), load_prompt_set(cfg.data.eval_prompts)
+    _check_split(cfg, window, rewards, len(train_set.prompts), accelerator.num_processes)
     old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss.options)
     return Run(
         cfg=cfg,
@@ -119,8 +119,9 @@ def setup(cfg: Config) -> Run:
         scheduler=lr_scheduler(optimizer, t.lr_schedule, t.warmup_iterations, t.iterations),
         rewards=rewards,
         window=window,
-        train_prompts=train_prompts,
-        eval_prompts=load_prompts(cfg.data.eval_prompts),
+        train_prompts=train_set.prompts,
+        eval_prompts=eval_set.prompts,
+        inputs=inputs_by_prompt((cfg.data.train_prompts, train_set), (cfg.data.eval_prompts, eval_set)),
         rng=random.Random(cfg.seed),
         watch=RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards]) if cfg.eval.watch_rewards else None,
         monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
@@ -167,8 +168,9 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     first, count = deal(every_root.numel(), acc.num_processes, acc.process_index)
     prompt_of_root = every_root[first : first + count]
     low = int(prompt_of_root[0])  # encode only this share's prompts
+    mine = prompts[low : int(prompt_of_root[-1]) + 1]
     with run.clock.stage("encode"):
-        cond = policy.encode(prompts[low : int(prompt_of_root[-1]) + 1]).as_dict()
+        cond = policy.condition(mine, [run.inputs.get(p, {}) for p in mine]).as_dict()
     cond = index_cond(cond, prompt_of_root - low)
     seed = cfg.seed * 1_000_003 + run.iteration
     rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
@@ -407,6 +409,7 @@ def _evaluate_pairs(
             policy,
             prompts,
             seeds,
+            inputs=[run.inputs.get(p, {}) for p in prompts],
             resolution=cfg.model.resolution,
             num_steps=cfg.eval.num_steps,
             solver=cfg.eval.solver,

@@ -6,9 +6,16 @@ pipeline class name its folders record (``@FAMILIES.register("StableDiffusion3Pi
 The class implements the family's part of the interface:
 
 - ``__init__(path, *, dtype, device, **options)``: load the components from the folder, as the pipeline does;
-- ``latent_shape(resolution) -> (C, h, w)``: the state the samplers integrate, and its constraints;
+- ``latent_shape(resolution) -> (C, h, w)``: the state the samplers integrate, and its constraints (any rank: the
+  samplers, objectives and update never assume one; a video family's is ``(C, F, h, w)``);
 - ``sigmas(num_steps, resolution) -> [T + 1]``: the scheduler's schedule for that size;
 - ``encode(prompts, with_negative) -> PromptCond``: the text conditioning (and the negative's for guidance);
+- ``condition(prompts, inputs, with_negative) -> PromptCond``: what the recipe calls, with each prompt's
+  conditioning inputs (a ``.jsonl`` prompt file's other keys, ``flowrl.image.data``). The default is ``encode``,
+  for a family that reads the prompt only; a family that reads more (an editing family's reference images)
+  declares the inputs' names in its facts (``inputs=("images",)``: the config refuses prompt data without them) and
+  overrides ``condition``, adding their encoding to the conditioning rows (the samplers index every row tensor by
+  prompt, so a reference's latents are made once per prompt and reused by its whole group and every step);
 - ``velocity(x, sigma, cond) -> v``: the flow-matching velocity v = ε − x0 at states ``x [B, C, h, w]``, with
   the family's packing, timestep convention and guidance inside;
 - ``pipeline_class``: the diffusers pipeline whose ``save_lora_weights`` / ``load_lora_weights`` format the trained
@@ -25,7 +32,7 @@ targets, the half-precision weight types it runs in, whether it reads ``model.gu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +51,14 @@ class FamilyFacts:
     lora_targets: module-name suffixes of the family's default LoRA (``model.lora_targets: []``).
     half_precision: weight dtypes its activations stay finite in (FLUX.1 overflows in fp16).
     guidance_embedding: ``model.guidance_scale`` feeds a guidance embedding (guidance-distilled models).
+    inputs: the per-prompt conditioning inputs it reads besides the prompt (names of a ``.jsonl`` prompt file's
+    keys); the recipe hands them to ``condition``.
     """
 
     lora_targets: tuple[str, ...]
     half_precision: tuple[str, ...] = ("bf16", "fp16")
     guidance_embedding: bool = False
+    inputs: tuple[str, ...] = ()
 
 
 class FlowModel(ABC):
@@ -80,9 +90,9 @@ class FlowModel(ABC):
 
     # ----------------------------------------------------------------- the family's part
     @abstractmethod
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one state for a square image of ``resolution`` pixels (raises when it does not
-        fit the family's VAE factor and packing)."""
+    def latent_shape(self, resolution: int) -> tuple[int, ...]:
+        """Shape of one state for a square output of ``resolution`` pixels: ``(C, h, w)`` for an image family (any
+        rank is allowed, e.g. ``(C, F, h, w)``); raises when it does not fit the family's VAE factor and packing."""
 
     @abstractmethod
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
@@ -91,6 +101,13 @@ class FlowModel(ABC):
     @abstractmethod
     def encode(self, prompts: list[str], with_negative: bool | None = None) -> PromptCond:
         """The prompts' conditioning rows (and the negative's when guidance needs it)."""
+
+    def condition(
+        self, prompts: list[str], inputs: Sequence[Mapping[str, Any]] | None = None, with_negative: bool | None = None
+    ) -> PromptCond:
+        """The conditioning rows of ``prompts`` with their inputs (``inputs[i]``: prompt ``i``'s); the default reads
+        the prompts only (a family declaring ``FamilyFacts.inputs`` overrides it)."""
+        return self.encode(prompts, with_negative)
 
     @abstractmethod
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:

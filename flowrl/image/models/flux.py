@@ -86,7 +86,7 @@ class PackedLatents:
         """The scheduler's ``[T + 1]`` sigmas on the pipelines' grid ``linspace(1, 1/T, T)``, shifted by the
         scheduler: dynamically by the packed token count, or by its fixed shift (FLUX.1 and Qwen-Image pass the grid
         either way)."""
-        _c, h, w = self.latent_shape(resolution)
+        *_, h, w = self.latent_shape(resolution)
         seq_len = (h // 2) * (w // 2)
         grid = pipeline_grid(num_steps)
         return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift, grid=grid)

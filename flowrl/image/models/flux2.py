@@ -172,7 +172,7 @@ class Flux2KleinPolicy(FlowModel):
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas on the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the
         scheduler: with the pipeline's empirical μ under dynamic shifting, else by its fixed shift."""
-        _c, h, w = self.latent_shape(resolution)
+        *_, h, w = self.latent_shape(resolution)
         mu = empirical_mu(h * w, num_steps)
         grid = pipeline_grid(num_steps)
         return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, grid=grid, mu=mu)

@@ -96,7 +96,7 @@ class SD3Policy(FlowModel):
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigma schedule for ``num_steps`` steps (float64): its own spacing, as the SD3
         pipeline passes no sigma grid (with dynamic shifting, μ from the patch count, as the pipeline)."""
-        _c, h, w = self.latent_shape(resolution)
+        *_, h, w = self.latent_shape(resolution)
         seq_len = (h // self.transformer.config.patch_size) * (w // self.transformer.config.patch_size)
         return scheduler_sigmas(self.scheduler, num_steps, image_seq_len=seq_len, shift=self.schedule_shift)
 

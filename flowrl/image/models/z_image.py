@@ -84,7 +84,7 @@ class ZImagePolicy(FlowModel):
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas on the pipeline's float32 grid."""
-        _c, h, w = self.latent_shape(resolution)
+        *_, h, w = self.latent_shape(resolution)
         grid = torch.linspace(1.0, 1.0 / num_steps, num_steps).tolist()
         mu = dynamic_shift_mu((h // 2) * (w // 2), self.scheduler.config)
         return scheduler_sigmas(self.scheduler, num_steps, shift=self.schedule_shift, grid=grid, mu=mu)
