@@ -16,6 +16,7 @@ import flowrl.image.recipe
 import flowrl.text.recipe  # noqa: F401
 from flowrl.core import resume
 from flowrl.core.errors import ConfigError
+from flowrl.core.presets import import_modules
 from flowrl.core.recipe import RECIPES, Recipe
 from flowrl.image.config import read_config_data
 
@@ -35,6 +36,7 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Any:
     its ``backend`` names (``flowrl.image.config.Config``, ``flowrl.text.config.TextConfig``), before any model
     loads."""
     data = read_config_data(path, overrides)
+    import_modules(data.get("imports"), path)  # a user's own methods register before the config is checked
     recipe = RECIPES.get(backend_of(data))()
     data.pop("backend", None)
     return recipe.load(data)

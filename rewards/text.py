@@ -72,8 +72,16 @@ for _function in ("correct", "well_formed", "answer_digits"):
     REWARDS.register(f"toy-text:{_function}", scores=Scores.TEXT)(_toy_text(_function))
 
 
+def registered_name(name: str) -> str:
+    """A toy text reward's registered name, which may also be spelt with hyphens (``toy-text:well-formed``)."""
+    if name.startswith("toy-text:") and (alias := "toy-text:" + name.split(":", 1)[1].replace("-", "_")) in REWARDS:
+        return alias
+    return name
+
+
 def resolve_reward(name: str) -> RewardFunc:
     """A registered text reward (``toy-text:correct``) or a ``package.module:function``."""
+    name = registered_name(name)
     if name in REWARDS:
         return REWARDS.get(name)()
     fn = load_object(name)
@@ -179,6 +187,7 @@ __all__ = [
     "call_all",
     "check_values",
     "is_async",
+    "registered_name",
     "resolve_reward",
     "reward_kwargs",
     "reward_names",

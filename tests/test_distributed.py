@@ -293,10 +293,11 @@ def _checks(model: str, *overrides: str) -> dict[str, dict]:
     batch = sample(run, run.train_prompts[:2])  # 2 prompts × 4 images, 4 per process × 4 steps = 16 transitions
     m = len(batch.rollout.transitions)
     adv = torch.linspace(-1, 1, m) * (rank + 1)
-    position = advantages(run, batch)[0].position
+    rows = advantages(run, batch)[0]
+    position, group = rows.position, rows.group
     for case, kept in (("equal_rows", m), ("unequal_rows", m if rank == 0 else 10)):
         mask = torch.arange(m) < kept
-        synced = [full(g) for g in _intercepted_gradient(run, batch, TrainRows(adv, mask, position))]
+        synced = [full(g) for g in _intercepted_gradient(run, batch, TrainRows(adv, mask, position, group))]
         shares = gather_object([(batch, adv, mask, synced)])
         ref = _union_gradient(plain, [s[:3] for s in shares])
         results[case] = {
@@ -369,7 +370,7 @@ def _union_gradient(run, shares: list) -> list[torch.Tensor]:
     try:
         for batch, adv, mask in shares:
             rows = mask.nonzero().squeeze(1)
-            train = TrainRows(adv, mask, torch.arange(adv.numel()))
+            train = TrainRows(adv, mask, torch.arange(adv.numel()), batch.rollout.transitions.group_id)
             out = replay(run, batch, rows, train)
             (out.loss * rows.numel() / total).backward()
     finally:

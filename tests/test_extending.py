@@ -150,3 +150,29 @@ def test_the_user_methods_options_are_checked_like_the_built_in_ones(user_method
 def test_without_the_module_the_names_are_unknown(tiny_model):
     with pytest.raises(ConfigError, match=r"loss\.name: 'scaled-grpo' is not one of"):
         tiny_config(tiny_model, "loss.name=scaled-grpo")
+
+
+def test_the_command_line_imports_the_users_module_named_in_the_config(
+    user_methods, tiny_model, tmp_path, monkeypatch, capsys
+):
+    from flowrl.cli import main
+
+    sys.modules.pop("my_methods", None)  # the config's imports bring it back
+    for registry in (LOSSES, ADVANTAGES, FILTERS):  # as a fresh process: only the built-in methods registered
+        for name in ("scaled-grpo", "centred", "first-k"):
+            for table in (registry._table, registry._facts, registry._options):
+                table.pop(name, None)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    monkeypatch.chdir(tmp_path)  # where my_methods.py is
+    preset = tmp_path / "mine.yaml"
+    preset.write_text(f"imports: [my_methods]\nmodel: {{path: {tiny_model}}}\n")
+    args = ["train", "--config", str(preset), *METHODS, "train.iterations=1", "eval.enabled=false",
+            "output.progress=false", "output.tensorboard=false", f"output.run_dir={tmp_path / 'run'}"]  # fmt: skip
+    assert main(args) == 0
+    assert sys.modules["my_methods"].SEEN == {"scale": 0.25, "gain": 2.0, "k": 3}
+    assert (tmp_path / "run" / "checkpoints" / "final").is_dir()
+    preset.write_text(f"imports: [not_my_methods]\nmodel: {{path: {tiny_model}}}\n")
+    capsys.readouterr()
+    assert main(["train", "--check", "--config", str(preset)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flowrl: config error: imports[0]: cannot import 'not_my_methods'")

@@ -1,11 +1,14 @@
 """YAML presets as every recipe reads them: the YAML dialect of a config (``ConfigLoader``), dotted ``key=value``
-overrides, and where a relative path in a preset is looked for.
+overrides, where a relative path in a preset is looked for, and the ``imports`` that register a user's own methods
+before the config is checked.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import sys
 from typing import Any
 
 import yaml
@@ -69,6 +72,27 @@ def search_folders(preset: str | None) -> list[str]:
     """Where a relative path is looked for besides the working directory."""
     folders = [os.path.dirname(os.path.abspath(preset))] if preset is not None else []
     return list(dict.fromkeys([*folders, PROJECT]))
+
+
+def import_modules(names: Any, preset: str | None) -> None:
+    """Import the config's ``imports``: modules that register a user's own losses, estimators, rollout filters,
+    sampler modes, rewards or model families (registration happens at import), so that the config that names them
+    checks. A module is looked for on ``sys.path``, then in the working directory and the preset's folder."""
+    if not names:
+        return
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"imports: expected a list of module names, got {names!r}")
+    for folder in [os.getcwd()] + ([os.path.dirname(os.path.abspath(preset))] if preset else []):
+        if folder not in sys.path:
+            sys.path.append(folder)
+    for i, name in enumerate(names):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # ImportError, or whatever the user's module raised while importing
+            where = "the Python path, the working directory and the preset's folder"
+            raise ConfigError(
+                f"imports[{i}]: cannot import {name!r} ({type(e).__name__}: {e}); looked for on {where}"
+            ) from e
 
 
 __all__ = [

@@ -228,6 +228,12 @@ class EvalConfig:
 @dataclass
 class Config:
     seed: int = option(0, "seed of prompts, noise and initialisation", low=0, high=999_999_999)
+    imports: list[str] = option(
+        [],
+        "modules to import before the config is checked: your own losses, estimators, rollout filters, sampler "
+        "modes, rewards or model families, registered at import (looked for on the Python path, in the working "
+        "directory and in the preset's folder)",
+    )
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

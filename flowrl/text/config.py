@@ -174,6 +174,12 @@ class TextOutputConfig(OutputConfig):
 class TextConfig:
     backend: str = option("text", "which trainer reads this file", choices=("text",))
     seed: int = option(0, "seed of prompts, sampling and initialisation", low=0)
+    imports: list[str] = option(
+        [],
+        "modules to import before the config is checked: your own losses, estimators, rollout filters, sampler "
+        "modes, rewards or model families, registered at import (looked for on the Python path, in the working "
+        "directory and in the preset's folder)",
+    )
     model: TextModelConfig = dataclasses.field(default_factory=TextModelConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     train: TextTrainConfig = dataclasses.field(default_factory=TextTrainConfig)
@@ -239,9 +245,10 @@ def _check_reward(key: str, name: str) -> None:
     """A registered text reward (``flowrl.rewards.REWARDS``, ``Scores.TEXT``) or an importable
     ``package.module:function``."""
     from flowrl.rewards import Scores, check_reward_name
+    from flowrl.rewards.text import registered_name
 
     try:
-        check_reward_name(name, Scores.TEXT)
+        check_reward_name(registered_name(name), Scores.TEXT)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
 

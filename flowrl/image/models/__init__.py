@@ -1,6 +1,7 @@
-"""Model adapters: one ``FlowModel`` per model family (``SD3Policy``, ``FluxPolicy``; the interface and the
-``FAMILIES`` registry are in ``flowrl.image.models.family``), chosen from a diffusers folder's ``model_index.json`` by
-``load_policy``, and the toy base's architecture (``flowrl.image.models.toy``)."""
+"""Model adapters: one ``FlowModel`` per model family (``SD3Policy``, ``FluxPolicy``, ``QwenImagePolicy``,
+``Flux2KleinPolicy``, ``ZImagePolicy``; the interface and the ``FAMILIES`` registry are in
+``flowrl.image.models.family``), chosen from a diffusers folder's ``model_index.json`` by ``policy_class``, and the
+toy base's architecture (``flowrl.image.models.toy``)."""
 
 from __future__ import annotations
 
