@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.chromium
 # DeepSpeed's shared-memory collective for CPU processes, compiled on first use into ~/.cache/torch_extensions
 DS_OPS := $(VENV)/.deepspeed-ops
+# pytest workers of `make test` (pytest-xdist; each test file runs whole in one worker): 2 halves the suite's time on
+# this project's 2-core machine; more cores can take more (`make test TEST_WORKERS=4`), 0 runs it in one process
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo text-demo test test-slow lint docs bench clean
 
@@ -43,7 +46,7 @@ text-demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/text_demo.yaml
 
 test: $(STAMP) $(BROWSER) $(DS_OPS)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP) $(DS_OPS)
 	$(PY) -m pytest -q -m slow

@@ -196,7 +196,8 @@ def test_unknown_top_level_key_suggests(mp: str) -> None:
 
 def test_unknown_key_without_close_match_lists_valid_keys(mp: str) -> None:
     assert config_error([mp, "zzz=1"]) == (
-        "unknown config key zzz; valid keys: seed, model, sampler, train, advantage, loss, rewards, data, eval, output"
+        "unknown config key zzz; valid keys: seed, imports, model, sampler, train, advantage, loss, rollout, rewards, "
+        "data, eval, output"
     )
 
 

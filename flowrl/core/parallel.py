@@ -16,6 +16,7 @@ which one it is.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from collections.abc import Callable
@@ -148,7 +149,19 @@ def launch(mixed_precision: str = "no", **kwargs: Any) -> tuple[Accelerator, Par
 
     zero.require_deepspeed()
     accelerator = Accelerator(mixed_precision=mixed_precision, **kwargs)
+    if accelerator.num_processes > 1:
+        atexit.register(_destroy_process_group)
     return accelerator, parallel_for(accelerator)
+
+
+def _destroy_process_group() -> None:
+    """At exit: left to the interpreter, a communication thread of gloo or DeepSpeed may still be joinable when C++
+    destroys it, which aborts a finished process (exit code -6, "terminate called without an active exception") and
+    makes its launcher report a failure."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def parallel_for(accelerator: Accelerator) -> Parallel:
