@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from flowrl.core.errors import ConfigError
 from flowrl.core.options import option
@@ -42,6 +43,16 @@ class RunControl:
         3,
         "stop after this many iterations in a row whose update was skipped (non-finite reward, loss or gradient)",
         low=1,
+    )
+
+
+def imports_option() -> Any:
+    """Both configs' ``imports``: the modules ``flowrl.core.presets.import_modules`` imports before the check."""
+    return option(
+        [],
+        "modules to import before the config is checked: your own losses, estimators, rollout filters, sampler "
+        "modes, rewards or model families, registered at import (looked for on the Python path, in the working "
+        "directory and in the preset's folder)",
     )
 
 

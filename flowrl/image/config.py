@@ -24,7 +24,7 @@ from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_un
 from flowrl.core.options import load, option, set_dotted, to_dict
 from flowrl.core.presets import PROJECT, one_line, parse_override, resolve_relative_path, yaml_load
 from flowrl.core.rollout import RolloutConfig, check_filters
-from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
+from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers, imports_option
 from flowrl.image.models import check_model_options
 from flowrl.image.models.family import FAMILIES
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
@@ -228,12 +228,7 @@ class EvalConfig:
 @dataclass
 class Config:
     seed: int = option(0, "seed of prompts, noise and initialisation", low=0, high=999_999_999)
-    imports: list[str] = option(
-        [],
-        "modules to import before the config is checked: your own losses, estimators, rollout filters, sampler "
-        "modes, rewards or model families, registered at import (looked for on the Python path, in the working "
-        "directory and in the preset's folder)",
-    )
+    imports: list[str] = imports_option()
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -20,7 +20,7 @@ from flowrl.core.losses import LOSSES, LossConfig
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options
 from flowrl.core.options import load, option, rename_keys
 from flowrl.core.rollout import RolloutConfig, check_filters
-from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers
+from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers, imports_option
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups
 #: (``flowrl.core.advantages.EXTRA_INPUTS``)
@@ -174,12 +174,7 @@ class TextOutputConfig(OutputConfig):
 class TextConfig:
     backend: str = option("text", "which trainer reads this file", choices=("text",))
     seed: int = option(0, "seed of prompts, sampling and initialisation", low=0)
-    imports: list[str] = option(
-        [],
-        "modules to import before the config is checked: your own losses, estimators, rollout filters, sampler "
-        "modes, rewards or model families, registered at import (looked for on the Python path, in the working "
-        "directory and in the preset's folder)",
-    )
+    imports: list[str] = imports_option()  # noqa: RUF009 (a dataclasses.field, as option() returns)
     model: TextModelConfig = dataclasses.field(default_factory=TextModelConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
     train: TextTrainConfig = dataclasses.field(default_factory=TextTrainConfig)
