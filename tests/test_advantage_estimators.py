@@ -249,3 +249,28 @@ def test_broadcast_to_transitions_by_hand():
     a, m = broadcast_to_transitions(adv, mask, sample_id)
     assert a.tolist() == [0.0, 0.5, 0.5, -1.0, 2.0, 0.0, 2.0]
     assert m.tolist() == [False, True, True, False, True, False, True]
+
+
+def test_the_zero_variance_filter_drops_exactly_the_groups_of_equal_totals():
+    from flowrl.core.rollout import FilterSpec, ZeroVarianceOptions, filter_rollouts, zero_variance
+
+    # totals with weights (1, 0.5): group 0: 1.5, 1.5 (equal) | group 1: 0, 0.5 | group 2: 2, 2.25 (span 0.25)
+    rewards = torch.tensor([[1.0, 1.0], [1.5, 0.0], [0.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 0.5]])
+    batch = AdvantageBatch(
+        rewards=rewards, group_id=torch.tensor([7, 7, 3, 3, 5, 5]), weights=torch.tensor([1.0, 0.5])
+    )
+    assert zero_variance(batch, ZeroVarianceOptions()).tolist() == [False, False, True, True, True, True]
+    # a group whose span is within the tolerance counts as equal
+    assert zero_variance(batch, ZeroVarianceOptions(tolerance=0.3)).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    keep, metrics = filter_rollouts([FilterSpec(name="zero-variance")], batch)
+    assert keep.tolist() == [False, False, True, True, True, True]
+    assert metrics == {"rollout/kept_share": pytest.approx(4 / 6)}
+    keep, metrics = filter_rollouts([], batch)  # none configured: everything kept, nothing logged
+    assert keep.all() and metrics == {}

@@ -147,6 +147,17 @@ def test_the_user_methods_options_are_checked_like_the_built_in_ones(user_method
         tiny_config(tiny_model, "rollout.filter=[{name: first-k, first-k: {k: 0}}]")
 
 
+def test_a_filter_that_returns_no_mask_is_one_line(user_methods):
+    from flowrl.core.advantages import AdvantageBatch
+    from flowrl.core.rollout import FilterSpec, filter_rollouts
+
+    FILTERS.register("scores")(lambda batch, options: batch.combined())  # a float tensor, not a bool mask
+    batch = AdvantageBatch(rewards=torch.tensor([[0.0], [1.0]]), group_id=torch.tensor([0, 0]))
+    with pytest.raises(ConfigError, match=r"rollout\.filter\[1\]: 'scores' must return a \[2\] bool tensor, got a "):
+        filter_rollouts([FilterSpec(name="zero-variance"), FilterSpec(name="scores")], batch)
+    assert filter_rollouts([FilterSpec(name="zero-variance")], batch)[0].tolist() == [True, True]
+
+
 def test_without_the_module_the_names_are_unknown(tiny_model):
     with pytest.raises(ConfigError, match=r"loss\.name: 'scaled-grpo' is not one of"):
         tiny_config(tiny_model, "loss.name=scaled-grpo")

@@ -100,10 +100,11 @@ def filter_rollouts(specs: list[FilterSpec], batch: AdvantageBatch) -> tuple[Ten
     keep = torch.ones(n, dtype=torch.bool)
     if not specs:
         return keep, {}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         mask = FILTERS.get(spec.name)(batch, spec.options)
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != (n,):
-            raise TypeError(f"rollout filter {spec.name!r} must return a [{n}] bool tensor, got {mask!r}")
+            got = f"a {mask.dtype} tensor of shape {list(mask.shape)}" if isinstance(mask, Tensor) else repr(mask)
+            raise ConfigError(f"rollout.filter[{i}]: {spec.name!r} must return a [{n}] bool tensor, got {got}")
         keep &= mask.cpu()
     return keep, {"rollout/kept_share": keep.float().mean().item()}
 
