@@ -159,6 +159,12 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, payload: dict[str, Any], batch: int, start: float, headers: dict[str, str] | None = None
     ) -> None:
         data = json.dumps(payload).encode("utf-8")
+        error = f" error: {payload['error']}" if "error" in payload else ""
+        elapsed = (time.perf_counter() - start) * 1000
+        # logged before the reply goes out: a client that has its answer finds the request in the log, even when
+        # the server is stopped right after
+        log.info("%s %s %s %d batch=%d %.0f ms%s", self.address_string(), self.command, self.path, status, batch,
+                 elapsed, error)  # fmt: skip
         try:
             self.send_response(status)
             for key, value in (headers or {}).items():
@@ -169,10 +175,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (e.g. its timeout)
             log.warning("%s: client went away before the reply", self.address_string())
-        error = f" error: {payload['error']}" if "error" in payload else ""
-        elapsed = (time.perf_counter() - start) * 1000
-        log.info("%s %s %s %d batch=%d %.0f ms%s", self.address_string(), self.command, self.path, status, batch,
-                 elapsed, error)  # fmt: skip
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         pass  # _reply logs one richer line per request
