@@ -102,7 +102,7 @@ def test_jsonl_prompt_rows_are_checked_line_by_line(tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": " a cat ", "images": ["a.png"], "score": 1}\n\n{"prompt": "a dog", "images": []}\n')
     prompt_set = load_prompt_set(str(good))
-    assert prompt_set == PromptSet(["a cat", "a dog"], [{"images": ["a.png"], "score": 1}, {"images": []}])
+    assert prompt_set == PromptSet(["a cat", "a dog"], [{"images": ["a.png"], "score": 1}, {"images": []}], [1, 3])
     assert prompt_set.columns() == {"images"}
     assert inputs_by_prompt(("good", prompt_set)) == {
         "a cat": {"images": ["a.png"], "score": 1},

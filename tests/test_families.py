@@ -1,13 +1,22 @@
-"""The trainer on tiny SD3.5-, FLUX.1-, Qwen-Image-, FLUX.2 [klein]- and Z-Image-layout pipelines (VAE, text
-encoders) saved to disk: every sampler mode, half-precision frozen weights, gradient checkpointing, the prompt cache,
-hub-id paths."""
+"""The trainer on tiny SD3.5-, FLUX.1-, Qwen-Image-, FLUX.2 [klein]-, Z-Image- and FLUX.1-Kontext-layout pipelines
+(VAE, text encoders) saved to disk (Kontext trains on prompt rows with a reference image each): every sampler mode,
+half-precision frozen weights, gradient checkpointing, the prompt cache, hub-id paths."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from devices import on_device
-from tiny_models import save_tiny_flux, save_tiny_flux2_klein, save_tiny_qwen_image, save_tiny_sd3, save_tiny_z_image
+from tiny_models import (
+    save_tiny_flux,
+    save_tiny_flux2_klein,
+    save_tiny_flux_kontext,
+    save_tiny_qwen_image,
+    save_tiny_sd3,
+    save_tiny_z_image,
+)
 from tiny_runs import MODES, tiny_config
 
 from flowrl.core.errors import ConfigError
@@ -28,18 +37,38 @@ def pipelines(tmp_path_factory) -> dict[str, str]:
         "qwen": save_tiny_qwen_image(str(root / "qwen")),
         "flux2": save_tiny_flux2_klein(str(root / "flux2")),
         "zimage": save_tiny_z_image(str(root / "zimage")),
+        "kontext": save_tiny_flux_kontext(str(root / "kontext")),
     }
 
 
+def _edit_rows(folder) -> list[str]:
+    """Data overrides of an editing family: prompt rows with a 32×32 reference image each."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for k, prompt in enumerate(["a red circle", "a red square", "a green circle"]):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"{k}.png"
+        )
+        rows.append(json.dumps({"prompt": prompt, "image": f"{k}.png"}))
+    (folder / "train.jsonl").write_text("\n".join(rows[:2]) + "\n")
+    (folder / "test.jsonl").write_text(rows[2] + "\n")
+    return [f"data.train_prompts={folder / 'train.jsonl'}", f"data.eval_prompts={folder / 'test.jsonl'}"]
+
+
 def _run(path: str, *overrides: str):
-    return setup(tiny_config(path, *BACKEND, *overrides))
+    data = _edit_rows(Path(path)) if Path(path).name == "kontext" else []
+    return setup(tiny_config(path, *BACKEND, *data, *overrides))
 
 
 def _moved(before: list[torch.Tensor], run) -> bool:
     return any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", "kontext"])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     run = _run(pipelines[family], f"sampler.mode={mode}", *MODES[mode])
@@ -51,7 +80,7 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     assert _moved(before, run)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", "kontext"])
 def test_bf16_frozen_weights_with_fp32_lora(pipelines, family):
     # on an H100 (torch 2.11) the fused attention kernels' bf16 backward gave this tiny FLUX.1 non-finite gradients
     # in its text-stream LoRA (the trainer skips such updates); PyTorch's math kernel is finite

@@ -113,7 +113,14 @@ def test_every_family_is_one_registered_flow_model():
     from flowrl.image.models import FAMILIES, FlowModel
 
     assert FAMILIES.names() == sorted(
-        ["StableDiffusion3Pipeline", "FluxPipeline", "QwenImagePipeline", "Flux2KleinPipeline", "ZImagePipeline"]
+        [
+            "StableDiffusion3Pipeline",
+            "FluxPipeline",
+            "QwenImagePipeline",
+            "Flux2KleinPipeline",
+            "ZImagePipeline",
+            "FluxKontextPipeline",
+        ]
     )
     for name in FAMILIES.names():
         cls = FAMILIES.get(name)

@@ -4,6 +4,7 @@ tests that must go through the same ``from_pretrained`` paths a user takes (no h
 from __future__ import annotations
 
 import os
+import shutil
 
 import torch
 
@@ -96,6 +97,17 @@ def save_tiny_flux(path: str, *, vae: bool = True, guidance_embeds: bool = True,
     pipe.save_pretrained(path, safe_serialization=True)
     if not vae:  # a pipeline without a VAE still records the slot; a pixel-space folder has none
         assert not os.path.isdir(os.path.join(path, "vae"))
+    return path
+
+
+def save_tiny_flux_kontext(path: str, seed: int = 0) -> str:
+    """A FLUX.1-Kontext-layout folder (``FluxKontextPipeline.save_pretrained``): the tiny FLUX components of
+    ``save_tiny_flux`` (with a VAE and the guidance embedding), saved by the editing pipeline; returns ``path``."""
+    from diffusers import FluxKontextPipeline, FluxPipeline
+
+    flux = save_tiny_flux(os.path.join(path, "_flux"), seed=seed)
+    FluxKontextPipeline(**FluxPipeline.from_pretrained(flux).components).save_pretrained(path, safe_serialization=True)
+    shutil.rmtree(flux)
     return path
 
 

@@ -4,7 +4,8 @@ Each column is ``LABEL=SOURCE[@CONFIG]``. SOURCE is ``base`` (the config's model
 written by the trainer (``.../checkpoints/<name>``, holding ``lora/`` or ``full/``; or that ``lora`` / ``full``
 folder itself), or a ``flowrl bench`` output folder, which becomes one column per reported run (its final
 checkpoint, labelled ``LABEL/<method>-r<k>``). CONFIG (default ``--config``) gives the model (toy, SD3.5, FLUX.1,
-Qwen-Image, FLUX.2 [klein] or Z-Image), resolution, sampling steps and rewards; ``--prompts`` defaults to
+Qwen-Image, FLUX.2 [klein], Z-Image or FLUX.1-Kontext), resolution, sampling steps and rewards; ``--prompts``
+defaults to
 ``--config``'s ``data.eval_prompts``, as in ``flowrl eval``. Every column generates the same (prompt, seed index)
 pairs with the ODE sampler, each from the pair's own noise (``flowrl.core.seeds.eval_noise_seed``), and is scored with
 the config's rewards; the page is ``flowrl.image.gallery.write_gallery``'s (sortable, filterable, works from disk).

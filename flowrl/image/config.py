@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from flowrl.core.advantages import ADVANTAGES, AdvantageConfig, refusal
-from flowrl.core.errors import ConfigError
+from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.losses import LOSSES, LossConfig, TrainsOn, trains_on
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options, section_option
 from flowrl.core.options import load, option, set_dotted, to_dict
@@ -35,8 +35,8 @@ from flowrl.samplers.modes import ROLLOUT_MODES, Branching, ModeFacts, switch_mo
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein] or Z-Image "
-        "(model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image or "
+        "FLUX.1-Kontext (editing: prompt rows with an image) (model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
@@ -485,12 +485,18 @@ def check_inputs(cfg: Config, family: str) -> None:
     sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
     inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
     needed = FAMILIES.facts(family).inputs if family in FAMILIES else ()
+    low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
     for key, source in sources.items() if needed else ():
         missing = [n for n in needed if n not in (sets[key].columns() if key in sets else set())]
         if missing:
             raise ConfigError(f"data.{key}: the {family} family reads {', '.join(needed)} with each prompt, and "
                               f"{source!r} gives no {missing[0]!r}; use a .jsonl file of rows "
                               f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
+        for line, row in zip(sets[key].lines, sets[key].inputs, strict=True) if "image" in needed else ():
+            if not low <= len(row["image"]) <= high:
+                count = f"{low}" if low == high else f"{low} to {high}"
+                raise DataError(f"data.{key}: {source!r} line {line} has {len(row['image'])} images; the {family} "
+                                f"family takes {count} per prompt")  # fmt: skip
 
 
 def _read_json(path: str) -> dict | None:

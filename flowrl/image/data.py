@@ -1,7 +1,10 @@
 """Prompt sources: the toy world's splits, a UTF-8 text file with one prompt per line (blank lines and lines
 starting with ``#`` are skipped; a byte-order mark is dropped), or a ``.jsonl`` file of rows ``{"prompt": ...,
 <input>: ...}`` whose other keys are the row's conditioning inputs: what a model family that declares them
-(``FamilyFacts.inputs``, e.g. an editing family's reference images) receives with the prompt.
+(``FamilyFacts.inputs``, e.g. an editing family's reference images) receives with the prompt. The key ``image``
+holds one image path or a list of them (relative to the file's folder); every row's images are checked to exist and
+to open as images when the file is read, so a bad row is refused with its line before any model loads, and the
+family receives them as a list of absolute paths.
 
 Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
 hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
@@ -38,6 +41,7 @@ class PromptSet:
 
     prompts: list[str]
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # each row's line in its file (empty: not from a file of rows)
 
     def __post_init__(self) -> None:
         self.inputs = self.inputs or [{} for _ in self.prompts]
@@ -54,7 +58,7 @@ def load_prompt_set(source: str) -> PromptSet:
     if not source.endswith(".jsonl"):
         return PromptSet(load_prompts(source))
     check_prompt_source(source)
-    prompts, inputs = [], []
+    prompts, inputs, lines = [], [], []
     for n, line in enumerate(read_utf8(source, f"prompt file {source!r}").splitlines(), 1):
         if not line.strip():
             continue
@@ -65,10 +69,36 @@ def load_prompt_set(source: str) -> PromptSet:
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise DataError(f'prompt file {source!r} line {n}: expected an object with a non-empty "prompt" string')
         prompts.append(row.pop("prompt").strip())
+        if "image" in row:
+            row["image"] = _image_paths(row["image"], source, n)
         inputs.append(row)
+        lines.append(n)
     if not prompts:
         raise DataError(f"prompt file {source!r} has no rows")
-    return PromptSet(prompts, inputs)
+    return PromptSet(prompts, inputs, lines)
+
+
+def _image_paths(value: Any, source: str, line: int) -> list[str]:
+    """A row's ``image`` (a path or a list of paths, relative to the file's folder) as absolute paths of images that
+    exist and open; a ``DataError`` naming the file, the line and the path otherwise."""
+    paths = [value] if isinstance(value, str) else value
+    where = f"prompt file {source!r} line {line}"
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise DataError(f'{where}: "image" must be a path or a list of paths, got {value!r}')
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for path in paths:
+        full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(source)), path)
+        try:
+            with Image.open(full) as image:
+                image.verify()
+        except FileNotFoundError:
+            raise DataError(f"{where}: image {path!r} does not exist") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise DataError(f"{where}: image {path!r} cannot be read ({type(e).__name__})") from None
+        out.append(full)
+    return out
 
 
 def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from .common import PromptCache, PromptCond
 from .family import FAMILIES, FamilyFacts, FlowModel
 from .flux import FluxPolicy
 from .flux2 import Flux2KleinPolicy
+from .flux_kontext import FluxKontextPolicy
 from .qwen_image import QwenImagePolicy
 from .sd3 import SD3Policy
 from .z_image import ZImagePolicy
@@ -121,6 +122,7 @@ __all__ = [
     "FamilyFacts",
     "FlowModel",
     "Flux2KleinPolicy",
+    "FluxKontextPolicy",
     "FluxPolicy",
     "ModelPathError",
     "PromptCond",

@@ -34,6 +34,8 @@ class PromptCond:
     neg_embeds: Tensor | None = None
     neg_pooled: Tensor | None = None
     neg_mask: Tensor | None = None
+    ref: Tensor | None = None  # editing families: each prompt's reference latents [B, C, h', w']
+    neg_ref: Tensor | None = None
 
     def as_dict(self) -> dict[str, Tensor]:
         """The tensors as a mapping (what the rollout drivers index row by row)."""

@@ -53,12 +53,15 @@ class FamilyFacts:
     guidance_embedding: ``model.guidance_scale`` feeds a guidance embedding (guidance-distilled models).
     inputs: the per-prompt conditioning inputs it reads besides the prompt (names of a ``.jsonl`` prompt file's
     keys); the recipe hands them to ``condition``.
+    images: ``(min, max)`` reference images per prompt when ``inputs`` has ``image`` (a row with another count is
+    refused with its line before any model loads).
     """
 
     lora_targets: tuple[str, ...]
     half_precision: tuple[str, ...] = ("bf16", "fp16")
     guidance_embedding: bool = False
     inputs: tuple[str, ...] = ()
+    images: tuple[int, int] = (0, 0)
 
 
 class FlowModel(ABC):
