@@ -4,6 +4,8 @@ registry for both recipes: each reward declares whether it scores images or text
 - ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
   reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.core.errors.RewardError`` naming it.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
+- ``toy_edit``: the toy edit world's evaluator (``toy-edit``: instruction carried out and source preserved, from each
+  prompt row's source image, target caption and edit kind).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
@@ -17,7 +19,21 @@ registry for both recipes: each reward declares whether it scores images or text
 - ``remote``: a reward served by ``flowrl serve-reward`` (wire format in its docstring); ``http``: JSON client.
 """
 
-from . import aesthetic, clipscore, geneval, hps, imagereward, jpeg, ocr, pickscore, remote, text, toy, vlm_judge  # noqa: F401  (register their rewards)
+from . import (  # noqa: F401  (register their rewards)
+    aesthetic,
+    clipscore,
+    geneval,
+    hps,
+    imagereward,
+    jpeg,
+    ocr,
+    pickscore,
+    remote,
+    text,
+    toy,
+    toy_edit,
+    vlm_judge,
+)
 from .base import (
     REWARDS,
     RewardFacts,

@@ -15,6 +15,11 @@ Every failure of a reward is a ``RewardError`` naming it: an exception inside th
 is not a dict with a ``"score"``, values that are not numbers or not ``[B]``. NaN and infinite scores are not
 errors here (a trainer decides what to do with them; ``RewardSet.non_finite`` counts them).
 
+A reward may read columns of the prompts' rows besides the text (an edit reward: the source ``image``, a ``target``
+caption): it says so with an attribute ``inputs = ("image", ...)`` (a registered one also in its facts, so that a
+config without those columns is refused before training) and receives each as a keyword list aligned with the
+images, ``reward(images, prompts, image=[...], target=[...])``; ``RewardSet`` takes the rows by prompt text.
+
 Groupwise rewards score the images of one prompt jointly (e.g. a pairwise judge's win rate). They say
 so with an attribute ``groupwise = True`` and are called ``reward(images, prompts, groups=groups)``,
 ``groups`` a ``[B]`` long tensor of group ids (equal id = same prompt group); ``RewardSet`` passes it
@@ -59,6 +64,7 @@ class RewardFacts:
     """What a registered reward declares.
 
     scores: what it scores (``Scores``); the image recipe takes ``IMAGES`` rewards, the text recipe ``TEXT`` ones.
+    inputs: the columns of the prompt rows it reads (an edit reward's source ``image``).
 
     preferences_when: ``(option, value)``: with that option value (or its default) the reward is groupwise and also
     returns ``"preferences"``, a ``[B, B]`` matrix with entry ``[i, j]`` = 1 if image i beat image j, 0.5 for a tie,
@@ -66,6 +72,7 @@ class RewardFacts:
 
     preferences_when: tuple[str, str] | None = None
     scores: Scores = Scores.IMAGES
+    inputs: tuple[str, ...] = ()  # columns of the prompt rows it reads (module docstring)
 
 
 #: name -> factory(**options) -> RewardFn
@@ -271,11 +278,13 @@ class RewardSet:
         prompts: list[str],
         groups: Tensor | None = None,
         preferences: dict[str, Tensor] | None = None,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Score ``images`` ``[B, 3, H, W]`` for ``prompts`` (``B``); ``groups`` ``[B]`` (group ids) is
         required when a groupwise reward is in the set. Returns the weighted total ``[B]`` and the parts. A reward's
         ``"preferences"`` matrix ``[B, B]`` (``RewardFacts``) is put into ``preferences`` by reward name when a dict
-        is given, and left out of the parts."""
+        is given, and left out of the parts. ``inputs`` are the prompt rows' columns by prompt text, for the rewards
+        that read them."""
         batch = len(prompts)
         if images.shape[0] != batch:
             raise ValueError(f"{images.shape[0]} images but {batch} prompts")
@@ -291,7 +300,7 @@ class RewardSet:
         for name, fn in self.rewards.items():
             if is_groupwise(fn) and groups is None:
                 raise ValueError(f"reward {name!r} scores groups of images jointly and needs groups= ([B] group ids)")
-            out = _call(name, fn, images, prompts, groups)
+            out = _call(name, fn, images, prompts, groups, _columns(name, fn, prompts, inputs))
             if isinstance(out, Mapping) and "preferences" in out:
                 out = dict(out)
                 matrix = _as_preferences(name, out.pop("preferences"), batch)
@@ -317,10 +326,26 @@ class RewardSet:
         return " + ".join(f"{w:g}·{n}" if not math.isclose(w, 1.0) else n for n, w in self.weights.items())
 
 
-def _call(name: str, fn: RewardFn, images: Tensor, prompts: list[str], groups: Tensor | None) -> Any:
+def _columns(
+    name: str, fn: RewardFn, prompts: list[str], inputs: Mapping[str, Mapping[str, Any]] | None
+) -> dict[str, list[Any]]:
+    """The columns ``fn`` reads (its ``inputs``), each a list aligned with ``prompts``."""
+    out = {}
+    for key in getattr(fn, "inputs", ()):
+        missing = [p for p in prompts if key not in (inputs or {}).get(p, {})]
+        if missing:
+            raise RewardError(f"reward {name!r} reads {key!r} of each prompt row, and {missing[0]!r} has none (give "
+                              "it in a .jsonl prompt file)")  # fmt: skip
+        out[key] = [inputs[p][key] for p in prompts]
+    return out
+
+
+def _call(
+    name: str, fn: RewardFn, images: Tensor, prompts: list[str], groups: Tensor | None, columns: dict[str, Any]
+) -> Any:
     """``fn``'s raw output; anything it raises becomes a ``RewardError`` naming the reward (the original chained)."""
     try:
-        return fn(images, prompts, groups=groups) if is_groupwise(fn) else fn(images, prompts)
+        return fn(images, prompts, groups=groups, **columns) if is_groupwise(fn) else fn(images, prompts, **columns)
     except RewardError as e:  # already says what failed (e.g. a reward server's reply): add which reward
         raise RewardError(f"reward {name!r}: {e}") from e
     except Exception as e:

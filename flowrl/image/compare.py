@@ -84,7 +84,7 @@ def evaluate_column(
     )  # fmt: skip
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
     watch = RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards])
-    return images, score_images(rewards, images, prompts, watch)
+    return images, score_images(rewards, images, prompts, watch, inputs)
 
 
 def describe_source(spec: ColumnSpec) -> str:

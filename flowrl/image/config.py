@@ -477,22 +477,30 @@ def check_combinations(cfg: Config) -> None:
 
 
 def check_inputs(cfg: Config, family: str) -> None:
-    """Both prompt sources give every row the conditioning inputs the model family reads (``FamilyFacts.inputs``),
-    and no prompt text names two different sets of inputs."""
+    """Both prompt sources give every row the columns that the model family (``FamilyFacts.inputs``) and the
+    registered rewards (``RewardFacts.inputs``) read, the family's count of reference images, and no prompt text
+    names two different sets of inputs."""
     from flowrl.image.data import inputs_by_prompt, load_prompt_set
+    from flowrl.rewards import REWARDS
 
     sources = {key: getattr(cfg.data, key) for key in ("train_prompts", "eval_prompts")}
     sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
     inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
-    needed = FAMILIES.facts(family).inputs if family in FAMILIES else ()
+    readers = {f"the {family} family": FAMILIES.facts(family).inputs} if family in FAMILIES else {}
+    for spec in [*cfg.rewards, *cfg.eval.watch_rewards]:
+        if spec.name in REWARDS:
+            readers[f"reward {spec.name!r}"] = REWARDS.facts(spec.name).inputs
+    for key, source in sources.items():
+        columns = sets[key].columns() if key in sets else set()
+        for who, needed in readers.items():
+            missing = [n for n in needed if n not in columns]
+            if missing:
+                raise ConfigError(f"data.{key}: {who} reads {', '.join(needed)} with each prompt, and {source!r} "
+                                  f"gives no {missing[0]!r}; use a .jsonl file of rows "
+                                  f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
     low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
-    for key, source in sources.items() if needed else ():
-        missing = [n for n in needed if n not in (sets[key].columns() if key in sets else set())]
-        if missing:
-            raise ConfigError(f"data.{key}: the {family} family reads {', '.join(needed)} with each prompt, and "
-                              f"{source!r} gives no {missing[0]!r}; use a .jsonl file of rows "
-                              f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
-        for line, row in zip(sets[key].lines, sets[key].inputs, strict=True) if "image" in needed else ():
+    for key, source in sources.items() if family in FAMILIES and "image" in FAMILIES.facts(family).inputs else ():
+        for line, row in zip(sets[key].lines, sets[key].inputs, strict=True):
             if not low <= len(row["image"]) <= high:
                 count = f"{low}" if low == high else f"{low} to {high}"
                 raise DataError(f"data.{key}: {source!r} line {line} has {len(row['image'])} images; the {family} "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,14 +38,17 @@ def prompt_groups(prompts: Sequence[str]) -> Tensor:
     return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
 
 
-def score_images(rewards: Any, images: Tensor, prompts: list[str], watch: Any = None) -> dict[str, Tensor]:
+def score_images(
+    rewards: Any, images: Tensor, prompts: list[str], watch: Any = None, inputs: Mapping[str, Any] | None = None
+) -> dict[str, Tensor]:
     """``{"reward": total, <reward>: score, <reward>/<diagnostic>: ..., "watch/<reward>": ...}``, each ``[N]``, of
-    ``images`` ``[N, 3, H, W]``; the seeds of one prompt text form a group for groupwise rewards."""
+    ``images`` ``[N, 3, H, W]``; the seeds of one prompt text form a group for groupwise rewards; ``inputs``: the
+    prompt rows' columns by text, for rewards that read them."""
     groups = prompt_groups(prompts)
-    total, parts = rewards(images, prompts, groups)
+    total, parts = rewards(images, prompts, groups, inputs=inputs)
     out = {"reward": total, **parts}
     if watch is not None and watch.rewards:
-        _, extra = watch(images, prompts, groups)
+        _, extra = watch(images, prompts, groups, inputs=inputs)
         out.update({WATCH + k: v for k, v in extra.items()})
     return out
 
@@ -77,12 +80,14 @@ def group_diversity(thumbs: Tensor, groups: Tensor) -> dict[int, float]:
     return out
 
 
-def block_monitors(watch: Any, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+def block_monitors(
+    watch: Any, images: Tensor, prompts: list[str], inputs: Mapping[str, Any] | None = None
+) -> dict[str, Tensor]:
     """What the monitors keep of a scored block: ``thumbs`` ``[n, 3, h, w]`` and each watch reward's scores
     ``[n]`` (``watch/<name>``; never part of the trained rewards)."""
     out = {"thumbs": thumbnails(images)}
     if watch is not None:
-        _, parts = watch(images, prompts, prompt_groups(prompts))
+        _, parts = watch(images, prompts, prompt_groups(prompts), inputs=inputs)
         out.update({WATCH + k: v.float().cpu() for k, v in parts.items()})
     return out
 

@@ -153,7 +153,7 @@ def score(
     """Rewards ``[N, K]`` (one column per configured reward) and every logged component; ``groups`` ``[N]``
     are the samples' prompt groups, which groupwise rewards (pairwise judges) compare within; a pairwise judge's
     ``[N, N]`` preference matrix goes into ``preferences`` when given."""
-    _, parts = run.rewards(images, prompts, groups, preferences)
+    _, parts = run.rewards(images, prompts, groups, preferences, run.inputs)
     return torch.stack([parts[name] for name in run.rewards.rewards], dim=1), parts
 
 
@@ -236,7 +236,7 @@ def _score_block(
     """Rewards, components, preference matrices and monitors of one block (run in the scoring thread)."""
     preferences: dict[str, Tensor] = {}
     rewards, parts = score(run, images, prompts, groups, preferences)
-    return rewards, parts, preferences, block_monitors(run.watch, images, prompts)
+    return rewards, parts, preferences, block_monitors(run.watch, images, prompts, run.inputs)
 
 
 def _rollout(
@@ -417,7 +417,7 @@ def _evaluate_pairs(
         )[:keep]
     if not keep:
         return torch.empty(0), {}
-    return images, score_images(run.rewards, images, prompts[:keep], run.watch)
+    return images, score_images(run.rewards, images, prompts[:keep], run.watch, run.inputs)
 
 
 def _reassemble(shares: list[tuple[list[int], Tensor, dict[str, Tensor]]]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -1,0 +1,52 @@
+"""The toy edit world's evaluator as a reward (``flowrl.image.toy_edit``): it reads each prompt row's source
+``image``, its ``target`` caption and its ``edit`` kind, and scores the edited image on both parts, ``done`` (the
+instruction carried out: the toy evaluator's partial score against the target scene) and ``preserved`` (what the
+edit keeps of the source is still there). ``score = (1 − preserve_weight) · done + preserve_weight · preserved``;
+both parts are logged (``toy-edit/done``, ``toy-edit/preserved``) so that neither hides behind the other."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from flowrl.image.toy_edit import edit_scores
+from flowrl.image.toy_world import parse_prompt
+
+from .base import REWARDS, RewardFn
+
+COLUMNS = ("image", "target", "edit")
+
+
+def load_image(path: str, size: tuple[int, int]) -> Tensor:
+    """``[3, H, W]`` in [0, 1] of an RGB image file, resized (nearest: the toy images are flat colours) to ``size``."""
+    with Image.open(path) as image:
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x[None], size=size, mode="nearest")[0]
+
+
+@REWARDS.register("toy-edit", inputs=COLUMNS)
+def toy_edit(preserve_weight: float = 0.5) -> RewardFn:
+    """Factory of the toy edit reward; ``preserve_weight`` in [0, 1] is the share of ``preserved`` in the score."""
+    if not 0.0 <= preserve_weight <= 1.0:
+        raise ValueError(f"preserve_weight must be in [0, 1], got {preserve_weight}")
+
+    def reward(
+        images: Tensor, prompts: list[str], image: list[list[str]], target: list[str], edit: list[str]
+    ) -> dict[str, Tensor]:
+        size = tuple(images.shape[-2:])
+        parts = [
+            edit_scores(result, load_image(paths[0], size), parse_prompt(caption), kind)
+            for result, paths, caption, kind in zip(images, image, target, edit, strict=True)
+        ]
+        done, preserved = torch.tensor([p[0] for p in parts]), torch.tensor([p[1] for p in parts])
+        return {
+            "score": (1 - preserve_weight) * done + preserve_weight * preserved,
+            "done": done,
+            "preserved": preserved,
+        }
+
+    reward.inputs = COLUMNS
+    return reward
