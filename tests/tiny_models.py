@@ -16,20 +16,9 @@ T5_WORDS = (
 
 def t5_tokenizer(model_max_length: int = 32):
     """A T5-style (Unigram, ``</s>`` appended, ``<pad>`` = 0) fast tokenizer over a small vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import T5TokenizerFast
+    from flowrl.image.models.toy import word_tokenizer
 
-    pieces = ["<pad>", "</s>", "<unk>", *("▁" + w for w in T5_WORDS), *"abcdefghijklmnopqrstuvwxyz", "▁"]
-    tok = Tokenizer(models.Unigram([(p, -float(i)) for i, p in enumerate(pieces)], unk_id=2))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(
-        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
-        model_max_length=model_max_length,
-    )  # fmt: skip
+    return word_tokenizer(T5_WORDS, model_max_length)
 
 
 def tiny_vae(latent_channels: int, seed: int = 0):

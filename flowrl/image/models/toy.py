@@ -51,6 +51,25 @@ def clip_tokenizer(model_max_length: int = 77) -> Any:
     return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=model_max_length)
 
 
+def word_tokenizer(words: list[str], model_max_length: int = 32) -> Any:
+    """A T5-style fast tokenizer (Unigram over whole ``words`` and single letters, ``</s>`` appended, ``<pad>`` = 0)
+    for the T5 encoder of a tiny FLUX-layout model; it saves and loads as ``T5TokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import T5TokenizerFast
+
+    pieces = ["<pad>", "</s>", "<unk>", *("▁" + w for w in words), *"abcdefghijklmnopqrstuvwxyz", "▁"]
+    tok = Tokenizer(models.Unigram([(p, -float(i)) for i, p in enumerate(pieces)], unk_id=2))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0,
+        model_max_length=model_max_length,
+    )  # fmt: skip
+
+
 @dataclass
 class ToyModel:
     """Components of the toy base: ``transformer`` (SD3Transformer2DModel), ``text_encoder``
