@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,4 +62,11 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
     return (x - m) / s
 
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "clip_preprocess", "longest_side_preprocess"]
+def load_image(path: str, size: tuple[int, int]) -> Tensor:
+    """``[3, H, W]`` in [0, 1] of an RGB image file, resized (nearest: the toy images are flat colours) to ``size``."""
+    with Image.open(path) as image:
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return x if tuple(x.shape[-2:]) == size else F.interpolate(x[None], size=size, mode="nearest")[0]
+
+
+__all__ = ["OPENAI_MEAN", "OPENAI_STD", "clip_preprocess", "load_image", "longest_side_preprocess"]

@@ -6,25 +6,16 @@ both parts are logged (``toy-edit/done``, ``toy-edit/preserved``) so that neithe
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from flowrl.image.toy_edit import edit_scores
 from flowrl.image.toy_world import parse_prompt
 
 from .base import REWARDS, RewardFn
+from .preprocess import load_image
 
 COLUMNS = ("image", "target", "edit")
-
-
-def load_image(path: str, size: tuple[int, int]) -> Tensor:
-    """``[3, H, W]`` in [0, 1] of an RGB image file, resized (nearest: the toy images are flat colours) to ``size``."""
-    with Image.open(path) as image:
-        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return x if tuple(x.shape[-2:]) == size else F.interpolate(x[None], size=size, mode="nearest")[0]
 
 
 @REWARDS.register("toy-edit", inputs=COLUMNS)

@@ -164,11 +164,17 @@ EXPECTED = {
 
 @pytest.fixture
 def stand_ins(tmp_path: Path) -> list[str]:
-    """Overrides pointing ``model.path`` at an empty folder and both prompt sources at a small prompt file."""
+    """Overrides pointing ``model.path`` at an empty folder and both prompt sources at a small file of prompt rows
+    with a reference image each (what an editing preset's family and rewards read; the others ignore it)."""
+    from PIL import Image
+
     model = tmp_path / "model"
     model.mkdir()
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red cube\na cat on a sofa\n", encoding="utf-8")
+    Image.new("RGB", (32, 32)).save(tmp_path / "ref.png")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "a red cube", "image": "ref.png"}\n{"prompt": "a cat on a sofa", "image": "ref.png"}\n'
+    )
     return [f"model.path={model}", f"data.train_prompts={prompts}", f"data.eval_prompts={prompts}"]
 
 

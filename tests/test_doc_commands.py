@@ -296,11 +296,16 @@ def remember_run(space: Workspace, c: Command, argv: list[str], run: str) -> Non
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory) -> dict[str, str]:
-    """An empty folder for weights and checkpoints a user downloads or trains, and a small prompt file."""
+    """An empty folder for weights and checkpoints a user downloads or trains, and a small file of prompt rows with
+    a reference image each (what editing configs read; the others take the prompts)."""
+    from PIL import Image
+
     root = tmp_path_factory.mktemp("stand-ins")
     (root / "weights").mkdir()
-    (root / "prompts.txt").write_text("a red cube\na cat on a sofa\n", encoding="utf-8")
-    return {"weights": str(root / "weights"), "prompts": str(root / "prompts.txt")}
+    Image.new("RGB", (32, 32)).save(root / "ref.png")
+    rows = ['{"prompt": "a red cube", "image": "ref.png"}', '{"prompt": "a cat on a sofa", "image": "ref.png"}']
+    (root / "prompts.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {"weights": str(root / "weights"), "prompts": str(root / "prompts.jsonl")}
 
 
 def replace_weights(argv: tuple[str, ...] | list[str], stand_ins: dict[str, str]) -> list[str]:

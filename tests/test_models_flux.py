@@ -106,7 +106,8 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(
         ValueError,
-        match="StableDiffusionXLPipeline pipeline; supported: Flux2KleinPipeline, FluxKontextPipeline, FluxPipeline, QwenImagePipeline",
+        match="StableDiffusionXLPipeline pipeline; supported: Flux2KleinPipeline, FluxKontextPipeline, FluxPipeline, "
+        "QwenImagePipeline",
     ):
         policy_class(str(tmp_path))
 

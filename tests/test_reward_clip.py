@@ -51,3 +51,33 @@ def test_pickscore_and_clipscore_equal_the_hand_computation(clip_dir):
 def test_mismatched_prompts_are_named(clip_dir):
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         make_reward("clipscore", path=clip_dir)(torch.rand(2, 3, 32, 32), ["one"])
+
+
+def test_image_similarity_is_the_clip_image_cosine_of_each_edit_and_its_source(clip_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from flowrl.rewards import REWARDS, RewardSet
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 40, 56, 3), dtype=np.uint8)
+    paths = []
+    for k in range(2):
+        Image.fromarray(pixels[k]).save(tmp_path / f"src{k}.png")
+        paths.append(str(tmp_path / f"src{k}.png"))
+    sources = torch.from_numpy(pixels.astype(np.float32) / 255).permute(0, 3, 1, 2)
+    edits = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    prompts = ["make it red", "add a square"]
+    inputs = {p: {"image": [path]} for p, path in zip(prompts, paths, strict=True)}
+    score = RewardSet.from_specs([{"name": "image-similarity", "options": {"path": clip_dir}}])(
+        edits, prompts, inputs=inputs
+    )[1]["image-similarity"]
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    with torch.no_grad():
+        a = model.visual_projection(model.vision_model(pixel_values=clip_preprocess(edits)).pooler_output)
+        b = model.visual_projection(model.vision_model(pixel_values=clip_preprocess(sources)).pooler_output)
+    torch.testing.assert_close(score, torch.nn.functional.cosine_similarity(a, b, dim=-1), atol=1e-5, rtol=1e-5)
+    same = make_reward("image-similarity", path=clip_dir)(sources, prompts, image=[[p] for p in paths])["score"]
+    torch.testing.assert_close(same, torch.ones(2), atol=1e-5, rtol=0)  # an unchanged source scores 1
+    assert REWARDS.facts("image-similarity").inputs == ("image",)
