@@ -14,7 +14,9 @@ from tiny_runs import TINY_ARGS
 
 from flowrl.core.errors import ConfigError, RewardError
 from flowrl.image import trainer
+from flowrl.image.compare import source_columns
 from flowrl.image.data import inputs_by_prompt, load_prompt_set
+from flowrl.image.run import _gallery
 from flowrl.image.toy_edit import KINDS, Edit, draw, edit_scores, edits_of, render_edit, split_edits
 from flowrl.image.toy_edit_data import write_splits
 from flowrl.image.toy_world import Clause, Placed, Scene
@@ -126,8 +128,18 @@ def test_the_editing_family_trains_on_the_toy_edits_with_the_edit_reward(edit_da
     metrics = trainer.train_step(run)
     assert 0 <= metrics["reward/toy-edit/done"] <= 1 and 0 <= metrics["reward/toy-edit/preserved"] <= 1
     assert math.isfinite(metrics["train/loss"]) and metrics["train/rows"] > 0
-    images, parts = trainer.evaluate(run, run.eval_prompts[:2], [0, 0])  # evaluation reads the rows too
+    prompts = run.eval_prompts[:2]
+    images, parts = trainer.evaluate(run, prompts, [0, 0])  # evaluation reads the rows too
     assert images.shape == (2, 3, 32, 32) and parts["toy-edit/done"].shape == (2,)
+    # the galleries show each row's source image first
+    (column,) = source_columns(prompts, run.inputs, images)
+    assert column.label == "source"
+    assert torch.equal(column.images, torch.stack([_png(run.inputs[p]["image"][0], edit_data) for p in prompts]))
+    html = _gallery(str(tmp_path / "run"), run, prompts, [0, 0], (images, parts), (images, parts), [])
+    page = open(html, encoding="utf-8").read()
+    order = [page.index(f"images/{label}_0000.png") for label in ("source", "base", "trained")]
+    assert order == sorted(order)
+    assert source_columns(["a red circle"], {}, images) == []  # a text-to-image config has none
 
 
 def test_an_edit_names_its_parts():

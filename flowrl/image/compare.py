@@ -121,19 +121,33 @@ def render(
     rows_p = [p for p in prompts for _ in seeds]
     rows_s = [s for _ in prompts for s in seeds]
     results = [evaluate_column(spec, rows_p, rows_s, inputs) for spec in specs]
-    return write_columns(specs, results, rows_p, rows_s, out_dir, title)
+    return write_columns(specs, results, rows_p, rows_s, out_dir, title, inputs)
+
+
+def source_columns(prompts: list[str], inputs: dict[str, dict[str, Any]] | None, like: torch.Tensor) -> list:
+    """``[GalleryColumn("source", ...)]``: each row's first reference image (resized to the images ``like``) when
+    every prompt has one (an editing config), else ``[]``."""
+    from flowrl.image.gallery import GalleryColumn
+    from flowrl.rewards.preprocess import load_image
+
+    if not prompts or any("image" not in (inputs or {}).get(p, {}) for p in prompts):
+        return []
+    size = tuple(like.shape[-2:])
+    images = torch.stack([load_image(inputs[p]["image"][0], size) for p in prompts])
+    return [GalleryColumn("source", images, [{} for _ in prompts])]
 
 
 def write_columns(
     specs: list[ColumnSpec], results: list[tuple[torch.Tensor, dict]], prompts: list[str], seeds: list[int],
-    out_dir: str, title: str,
+    out_dir: str, title: str, inputs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """The gallery of evaluated columns (``evaluate_column``'s results on the rows ``prompts``, ``seeds``), with
-    the monitors of each column against the base (``base_index``) in its header."""
+    the monitors of each column against the base (``base_index``) in its header; an editing config's source images
+    come first (``source_columns``)."""
     from flowrl.image.evaluation import compare, hacking_warnings, monitor_lines
     from flowrl.image.gallery import GalleryColumn, write_gallery
 
-    columns = [
+    columns = source_columns(prompts, inputs, results[0][0]) + [
         GalleryColumn(spec.label, images, [{k: float(v[i]) for k, v in scores.items()} for i in range(len(prompts))])
         for spec, (images, scores) in zip(specs, results, strict=True)
     ]

@@ -104,7 +104,8 @@ def evaluate_images(args: Any, cfg: Any, load: ColumnLoader) -> dict[str, Any]:
         keep = set(prompts[: args.gallery])
         rows = [i for i, p in enumerate(rows_p) if p in keep]
         chosen = [(images[rows], {k: v[rows] for k, v in scores.items()}) for images, scores in results]
-        write_columns(specs, chosen, [rows_p[i] for i in rows], [rows_s[i] for i in rows], args.out, "flowrl eval")
+        write_columns(specs, chosen, [rows_p[i] for i in rows], [rows_s[i] for i in rows], args.out, "flowrl eval",
+                      inputs)  # fmt: skip
     return report
 
 

@@ -115,7 +115,7 @@ def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
         summary.update(_head_to_head(run, prompts, before[0], after[0]))
         notes = _monitors(summary, cfg, prompts, before, after)
         if cfg.eval.gallery_prompts:
-            summary["gallery"] = _gallery(run_dir, cfg, prompts, seeds, before, after, notes, run.iteration)
+            summary["gallery"] = _gallery(run_dir, run, prompts, seeds, before, after, notes)
         if writer is not None:
             writer.add_scalar("eval/reward", summary["eval_reward_after"], run.iteration)
             _log_evaluations(run, writer, prompts, seeds, before, after)
@@ -192,9 +192,11 @@ def _monitors(
     return monitor_lines(change, warnings)
 
 
-def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after, notes: list[str], iterations: int) -> str:
+def _gallery(run_dir: str, run: Run, prompts, seeds, before, after, notes: list[str]) -> str:
+    from flowrl.image.compare import source_columns
     from flowrl.image.gallery import GalleryColumn, write_gallery
 
+    cfg, iterations = run.cfg, run.iteration
     rows = _first_seed_rows(seeds, cfg.eval.gallery_prompts)
 
     def column(label: str, result) -> GalleryColumn:
@@ -206,7 +208,11 @@ def _gallery(run_dir: str, cfg: Config, prompts, seeds, before, after, notes: li
         run_dir,
         [prompts[i] for i in rows],
         [seeds[i] for i in rows],
-        [column("base", before), column("trained", after)],
+        [
+            *source_columns([prompts[i] for i in rows], run.inputs, before[0]),
+            column("base", before),
+            column("trained", after),
+        ],
         title=f"flowrl: base vs trained ({cfg.sampler.mode}, {iterations} iteration{'s' * (iterations != 1)}"
         + (f" of the {cfg.train.iterations} configured)" if iterations < cfg.train.iterations else ")"),
         sort_key="reward",
