@@ -12,7 +12,7 @@ DS_OPS := $(VENV)/.deepspeed-ops
 # this project's 2-core machine; more cores can take more (`make test TEST_WORKERS=4`), 0 runs it in one process
 TEST_WORKERS ?= 2
 
-.PHONY: venv demo text-demo test test-slow lint docs bench clean
+.PHONY: venv demo text-demo edit-demo test test-slow lint docs bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ demo: $(STAMP)
 
 text-demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/text_demo.yaml
+
+# the toy edit world's rows and images (deterministic), written once
+data/toy-edit/held-out.jsonl: | $(STAMP)
+	$(PY) -m flowrl.image.toy_edit_data --out data/toy-edit
+
+edit-demo: $(STAMP) data/toy-edit/held-out.jsonl
+	$(VENV)/bin/flowrl train --config configs/edit_demo.yaml
 
 test: $(STAMP) $(BROWSER) $(DS_OPS)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile

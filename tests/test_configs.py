@@ -172,9 +172,9 @@ def stand_ins(tmp_path: Path) -> list[str]:
     model.mkdir()
     Image.new("RGB", (32, 32)).save(tmp_path / "ref.png")
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        '{"prompt": "a red cube", "image": "ref.png"}\n{"prompt": "a cat on a sofa", "image": "ref.png"}\n'
-    )
+    columns = '"image": "ref.png", "target": "a red square", "edit": "add"'  # an editing preset's family and reward
+    rows = [f'{{"prompt": "{p}", {columns}}}' for p in ("a red cube", "a cat on a sofa")]
+    prompts.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return [f"model.path={model}", f"data.train_prompts={prompts}", f"data.eval_prompts={prompts}"]
 
 

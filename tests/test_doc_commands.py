@@ -303,7 +303,10 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("stand-ins")
     (root / "weights").mkdir()
     Image.new("RGB", (32, 32)).save(root / "ref.png")
-    rows = ['{"prompt": "a red cube", "image": "ref.png"}', '{"prompt": "a cat on a sofa", "image": "ref.png"}']
+    rows = [
+        '{"prompt": "a red cube", "image": "ref.png", "target": "a red square", "edit": "add"}',
+        '{"prompt": "a cat on a sofa", "image": "ref.png", "target": "a red square", "edit": "add"}',
+    ]
     (root / "prompts.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return {"weights": str(root / "weights"), "prompts": str(root / "prompts.jsonl")}
 
