@@ -28,6 +28,7 @@ import sys
 import time
 
 import torch
+from pretrain_common import add_common_options, shifted_sigmas, update_ema
 
 from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
@@ -40,19 +41,9 @@ from flowrl.rewards import make_reward
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="assets/toy-sd3", help="output folder (replaced atomically)")
-    p.add_argument("--steps", type=int, default=4000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
-    p.add_argument("--sigma-shift", type=float, default=3.0, help="shift applied to the logit-normal sigmas")
+    add_common_options(p, out="assets/toy-sd3", steps=4000, batch_size=64, per="prompt")
     p.add_argument("--mislabel", type=float, default=0.5, help="fraction of images recoloured against their caption")
     p.add_argument("--drop-prompt", type=float, default=0.1, help="fraction of empty prompts (for CFG)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
-    p.add_argument("--eval-seeds", type=int, default=2, help="held-out images per prompt in the report")
-    p.add_argument("--eval-steps", type=int, default=10, help="Euler steps for the report")
     return p.parse_args(argv)
 
 
@@ -84,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             prompts, padding="max_length", max_length=model.tokenizer.model_max_length, return_tensors="pt"
         ).input_ids
         out = text(ids, output_hidden_states=True)
-        sigma = torch.sigmoid(torch.randn(args.batch_size, generator=gen))
-        sigma = args.sigma_shift * sigma / (1 + (args.sigma_shift - 1) * sigma)
+        sigma = shifted_sigmas(args.batch_size, args.sigma_shift, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
         xt = (1 - s) * x0 + s * noise
@@ -103,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for avg, live in zip(ema, (net, text), strict=True):
-                for a, p in zip(avg.parameters(), live.parameters(), strict=True):
-                    a.lerp_(p, 1 - decay)
+        update_ema(ema, [net, text], step, args.ema)
         if step % 100 == 0 or step == args.steps - 1:
             print(
                 f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step, args):.2e}  {time.time() - start:.0f}s",

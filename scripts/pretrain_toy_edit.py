@@ -27,12 +27,13 @@ import tempfile
 import time
 
 import torch
+from pretrain_common import add_common_options, shifted_sigmas, update_ema
 
 from flowrl.core.atomic import atomic_dir
 from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
 from flowrl.image.models.flux import image_ids, pack
-from flowrl.image.models.toy import clip_tokenizer, word_tokenizer
+from flowrl.image.models.toy import clip_text_config, clip_tokenizer, word_tokenizer
 from flowrl.image.toy_edit import Edit, edits_of, render_edit, split_edits
 from flowrl.image.toy_world import COLOURS, NUMBERS, SHAPES
 
@@ -43,27 +44,17 @@ WORDS = ["make", "the", "a", "add", "remove", "one", "of", "second", "third", *N
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="assets/toy-kontext", help="output folder (replaced atomically)")
-    p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
-    p.add_argument("--sigma-shift", type=float, default=3.0, help="shift applied to the logit-normal sigmas")
+    add_common_options(p, out="assets/toy-kontext", steps=2000, batch_size=32, per="edit")
     p.add_argument("--unfollowed", type=float, default=0.4, help="fraction of examples whose edit is not the asked")
     p.add_argument("--width", type=int, default=64, help="transformer width (4 heads of width/4)")
     p.add_argument("--layers", type=int, default=2, help="double-stream blocks (as many single-stream)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
-    p.add_argument("--eval-seeds", type=int, default=2, help="held-out samples per edit in the report")
-    p.add_argument("--eval-steps", type=int, default=10, help="Euler steps for the report")
     return p.parse_args(argv)
 
 
 def build(args: argparse.Namespace):
     """The tiny Kontext's components: transformer, scheduler, CLIP and T5 text encoders with their tokenizers."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(args.seed)
     head = args.width // 4
@@ -72,12 +63,7 @@ def build(args: argparse.Namespace):
         attention_head_dim=head, num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=False, axes_dims_rope=(head - 2 * (head * 3 // 8), head * 3 // 8, head * 3 // 8),
     )  # fmt: skip
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )
-    )  # fmt: skip
+    clip = CLIPTextModel(clip_text_config())
     t5 = T5EncoderModel(
         T5Config(vocab_size=len(WORDS) + 30, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                  decoder_start_token_id=0)
@@ -147,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         texts = [e.instruction for e in asked]
         ids_clip = clip_tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
         ids_t5 = t5_tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt").input_ids
-        sigma = torch.sigmoid(torch.randn(args.batch_size, generator=gen))
-        sigma = args.sigma_shift * sigma / (1 + (args.sigma_shift - 1) * sigma)
+        sigma = shifted_sigmas(args.batch_size, args.sigma_shift, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
         v = velocity(net, clip, t5, ids_clip, ids_t5, (1 - s) * x0 + s * noise, ref, sigma)
@@ -159,11 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for avg, m in zip(ema, live, strict=True):
-                for a, p in zip(avg.parameters(), m.parameters(), strict=True):
-                    a.lerp_(p, 1 - decay)
+        update_ema(ema, live, step, args.ema)
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
     train_seconds = time.time() - start

@@ -43,9 +43,9 @@ def tiny_vae(latent_channels: int, seed: int = 0):
 def save_tiny_flux(path: str, *, vae: bool = True, guidance_embeds: bool = True, seed: int = 0) -> str:
     """A FLUX.1-layout folder (``FluxPipeline.save_pretrained``) with tiny components; returns ``path``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
-    from flowrl.image.models.toy import clip_tokenizer
+    from flowrl.image.models.toy import clip_text_config, clip_tokenizer
 
     torch.manual_seed(seed)
     channels = 4 if vae else 3
@@ -61,12 +61,7 @@ def save_tiny_flux(path: str, *, vae: bool = True, guidance_embeds: bool = True,
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )
-    )  # fmt: skip
+    clip = CLIPTextModel(clip_text_config())
     t5 = T5EncoderModel(
         T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0)
     )
@@ -103,20 +98,14 @@ def save_tiny_flux_kontext(path: str, seed: int = 0) -> str:
 def save_tiny_sd3(path: str, seed: int = 0) -> str:
     """A full SD3.5-layout folder (two CLIP encoders with projection, T5, VAE) with tiny components."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from flowrl.image.models.toy import clip_tokenizer
+    from flowrl.image.models.toy import clip_text_config, clip_tokenizer
 
     torch.manual_seed(seed)
 
     def clip():
-        return CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )  # fmt: skip
+        return CLIPTextModelWithProjection(clip_text_config())
 
     transformer = SD3Transformer2DModel(
         sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,

@@ -51,6 +51,18 @@ def clip_tokenizer(model_max_length: int = 77) -> Any:
     return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges, model_max_length=model_max_length)
 
 
+def clip_text_config(hidden: int = 32, layers: int = 2) -> Any:
+    """The ``CLIPTextConfig`` of a tiny CLIP text encoder for ``clip_tokenizer``'s vocabulary (its end token id as
+    ``eos_token_id``: otherwise CLIP pools position 0, the default id never occurring in a tiny vocabulary)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, max_position_embeddings=77, projection_dim=hidden, bos_token_id=49406,
+        eos_token_id=49407, pad_token_id=49407,
+    )  # fmt: skip
+
+
 def word_tokenizer(words: list[str], model_max_length: int = 32) -> Any:
     """A T5-style fast tokenizer (Unigram over whole ``words`` and single letters, ``</s>`` appended, ``<pad>`` = 0)
     for the T5 encoder of a tiny FLUX-layout model; it saves and loads as ``T5TokenizerFast``."""

@@ -1,0 +1,40 @@
+"""What the toy bases' pretraining scripts share (``pretrain_toy.py``, ``pretrain_toy_edit.py``): their common
+options, the shifted logit-normal noise levels they train at, and the EMA of the weights they save."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import Tensor
+
+
+def add_common_options(p: argparse.ArgumentParser, *, out: str, steps: int, batch_size: int, per: str) -> None:
+    """The options every pretraining script takes (``per``: what the report's samples are per, e.g. "prompt")."""
+    p.add_argument("--out", default=out, help="output folder (replaced atomically)")
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--sigma-shift", type=float, default=3.0, help="shift applied to the logit-normal sigmas")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
+    p.add_argument("--eval-seeds", type=int, default=2, help=f"held-out samples per {per} in the report")
+    p.add_argument("--eval-steps", type=int, default=10, help="Euler steps for the report")
+
+
+def shifted_sigmas(n: int, shift: float, generator: torch.Generator) -> Tensor:
+    """``[n]`` noise levels σ = sigmoid(N(0, 1)) (SD3's logit-normal) moved by the schedule's shift s,
+    σ ← s·σ / (1 + (s − 1)·σ), so that the high-noise steps are trained as often as they are sampled."""
+    sigma = torch.sigmoid(torch.randn(n, generator=generator))
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+@torch.no_grad()
+def update_ema(ema: list[torch.nn.Module], live: list[torch.nn.Module], step: int, decay: float) -> None:
+    """Move each EMA copy towards its live module, with the decay warmed up over the first steps."""
+    d = min(decay, (1 + step) / (10 + step))
+    for avg, module in zip(ema, live, strict=True):
+        for a, p in zip(avg.parameters(), module.parameters(), strict=True):
+            a.lerp_(p, 1 - d)
