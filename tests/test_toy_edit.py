@@ -145,3 +145,23 @@ def test_the_editing_family_trains_on_the_toy_edits_with_the_edit_reward(edit_da
 def test_an_edit_names_its_parts():
     edit = Edit(Scene((Clause("triangle", "yellow", 1),)), "recolour", Scene((Clause("triangle", "red", 1),)))
     assert edit.instruction == "make the yellow triangle red"
+
+
+def test_the_shipped_edit_base_loads_as_a_users_checkpoint_and_keeps_its_sources(edit_data):
+    """assets/toy-kontext (scripts/pretrain_toy_edit.py) through FluxKontextPolicy: its report's numbers are the
+    held-out ones, and on a few held-out edits it keeps most of the source (its preservation is ~0.88)."""
+    import json
+
+    from flowrl.image.generate import generate
+    from flowrl.image.models import FluxKontextPolicy, policy_class
+
+    assert policy_class("assets/toy-kontext") is FluxKontextPolicy
+    report = json.load(open("assets/toy-kontext/pretrain_report.json"))
+    assert report["num_eval_samples"] == 2 * 26 and 0 < report["held_out_done"] < report["held_out_preserved"] <= 1
+    rows = load_prompt_set(f"{edit_data}/held-out.jsonl")
+    inputs = inputs_by_prompt(("held-out", rows))
+    prompts = rows.prompts[:6]
+    policy = FluxKontextPolicy("assets/toy-kontext", max_sequence_length=16)
+    images = generate(policy, prompts, [0] * 6, inputs=[inputs[p] for p in prompts], resolution=32, num_steps=10)
+    _, parts = RewardSet.from_specs([{"name": "toy-edit"}])(images, prompts, inputs=inputs)
+    assert parts["toy-edit/preserved"].mean() > 0.6
