@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import save_tiny_flux, save_tiny_qwen_image
+from tiny_models import save_tiny_flux, save_tiny_flux_kontext, save_tiny_qwen_image
 from tiny_runs import TINY_ARGS
 
 from flowrl.cli import main
@@ -122,6 +122,8 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [__file__, tiny_model, str(out), str(run_dir)]
     extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if kind != "deepspeed" else {}
+    if kind != "deepspeed":  # the editing family: a reference image per prompt row, on both processes
+        extra["kontext"] = _kontext_with_rows(tmp_path / "kontext")
     if kind == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
         extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
@@ -158,6 +160,28 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
         full_ft = json.loads((out / "full_finetuning.json").read_text())
         assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
         assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
+
+
+def _kontext_with_rows(folder: Path) -> str:
+    """A tiny FLUX.1-Kontext folder with prompt rows beside it (``_edit_rows``): 3 toy prompts, a 32 px reference
+    image each."""
+    import numpy as np
+    from PIL import Image
+
+    save_tiny_flux_kontext(str(folder))
+    rows = []
+    for k, prompt in enumerate(["a red circle", "a red square", "a green circle"]):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"{k}.png"
+        )
+        rows.append(json.dumps({"prompt": prompt, "image": f"{k}.png"}))
+    (folder / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    return str(folder)
+
+
+def _edit_rows(folder: str) -> list[str]:
+    return [f"data.train_prompts={folder}/rows.jsonl", f"data.eval_prompts={folder}/rows.jsonl",
+            "model.max_sequence_length=32"]  # fmt: skip
 
 
 def _assert_checks(checks: dict) -> None:
@@ -454,7 +478,8 @@ def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
 
     for name, path in (e.split("=", 1) for e in extra):  # other families: name=folder
         AcceleratorState._reset_state()
-        checks = _checks(path, *(["model.guidance_scale=2.0"] if name == "flux" else []))
+        overrides = {"flux": ["model.guidance_scale=2.0"], "kontext": _edit_rows(path)}.get(name, [])
+        checks = _checks(path, *overrides)
         if rank == 0:
             Path(out, f"checks_{name}.json").write_text(json.dumps(checks))
 
