@@ -6,7 +6,8 @@ registry for both recipes: each reward declares whether it scores images or text
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``toy_edit``: the toy edit world's evaluator (``toy-edit``: instruction carried out and source preserved, from each
   prompt row's source image, target caption and edit kind).
-- ``image_similarity``: preservation for editing, the CLIP image-image cosine of an edit with its source image.
+- ``image_similarity``: preservation for editing, the CLIP image-image cosine of an edit with its source image
+  (``image-similarity``) and a model-free pixel version (``pixel-similarity``).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).

@@ -1,8 +1,13 @@
-"""Preservation for editing: the cosine between a ``CLIPModel``'s image embeddings of the edited image and of its
-prompt row's source ``image`` (the first, for a row with several), the image-image term that flow_grpo adds to its
-editing rewards (``image_similarity_score``, weighted 0.5 for Kontext and 0.2 for Qwen-Image-Edit next to GenEval's
-check). ``score`` is the cosine in [-1, 1]: 1 when the edit's embedding is the source's. The CLIP checkpoint is
-the user's (``path``: a local folder or hub id saved by ``CLIPModel.save_pretrained``)."""
+"""Preservation for editing, from each prompt row's source ``image`` (the first, for a row with several).
+
+``image-similarity``: the cosine between a ``CLIPModel``'s image embeddings of the edited image and of the source,
+the image-image term that flow_grpo adds to its editing rewards (``image_similarity_score``, weighted 0.5 for
+Kontext and 0.2 for Qwen-Image-Edit next to GenEval's check); ``score`` in [-1, 1], 1 when the embeddings agree.
+The CLIP checkpoint is the user's (``path``: a local folder or hub id saved by ``CLIPModel.save_pretrained``).
+
+``pixel-similarity``: model-free, 1 − the RMS pixel difference of the two at a small size; a watch reward that shows
+an edit policy ignoring its source (the typical hack of editing RL).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,30 @@ def image_similarity(path: str, device: str = "cpu", batch_size: int = 32) -> Re
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
         sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
         return {"score": (embed(images) * embed(sources)).sum(-1).cpu()}
+
+    reward.inputs = ("image",)
+    return reward
+
+
+@REWARDS.register("pixel-similarity", inputs=("image",))
+def pixel_similarity(size: int = 32) -> RewardFn:
+    """Factory: a model-free preservation score, 1 − the RMS difference in [0, 1] between the edit and its source
+    image, both area-downsampled to at most ``size`` pixels a side (1: unchanged; the hack of an edit policy that
+    ignores its source shows as a fall, so it serves as a watch reward: ``eval.watch_rewards``)."""
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+
+    def small(x: Tensor) -> Tensor:
+        x = x.float().clamp(0, 1)
+        if max(x.shape[-2:]) <= size:
+            return x
+        scale = size / max(x.shape[-2:])
+        return torch.nn.functional.interpolate(x, size=[max(1, round(s * scale)) for s in x.shape[-2:]], mode="area")
+
+    def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
+        sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
+        rms = (small(images.cpu()) - small(sources)).square().flatten(1).mean(1).sqrt()
+        return {"score": 1 - rms}
 
     reward.inputs = ("image",)
     return reward

@@ -165,3 +165,18 @@ def test_the_shipped_edit_base_loads_as_a_users_checkpoint_and_keeps_its_sources
     images = generate(policy, prompts, [0] * 6, inputs=[inputs[p] for p in prompts], resolution=32, num_steps=10)
     _, parts = RewardSet.from_specs([{"name": "toy-edit"}])(images, prompts, inputs=inputs)
     assert parts["toy-edit/preserved"].mean() > 0.6
+
+
+def test_pixel_similarity_is_one_minus_the_small_rms_difference(edit_data):
+    rows = load_prompt_set(f"{edit_data}/held-out.jsonl")
+    inputs = inputs_by_prompt(("held-out", rows))
+    prompts = rows.prompts[:3]
+    sources = torch.stack([_png(inputs[p]["image"][0], edit_data) for p in prompts])
+    reward = RewardSet.from_specs([{"name": "pixel-similarity", "options": {"size": 16}}])
+    assert torch.allclose(reward(sources, prompts, inputs=inputs)[0], torch.ones(3))  # unchanged: 1
+    shifted = (sources + 0.25).clamp(max=1)
+    small = torch.nn.functional.interpolate  # by hand: both at 16 px by area, then the RMS over pixels
+    rms = (small(shifted, size=[16, 16], mode="area") - small(sources, size=[16, 16], mode="area")).square()
+    expected = 1 - rms.flatten(1).mean(1).sqrt()
+    torch.testing.assert_close(reward(shifted, prompts, inputs=inputs)[0], expected)
+    assert (expected < 1).all()
