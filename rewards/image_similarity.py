@@ -49,16 +49,11 @@ def pixel_similarity(size: int = 32) -> RewardFn:
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
 
-    def small(x: Tensor) -> Tensor:
-        x = x.float().clamp(0, 1)
-        if max(x.shape[-2:]) <= size:
-            return x
-        scale = size / max(x.shape[-2:])
-        return torch.nn.functional.interpolate(x, size=[max(1, round(s * scale)) for s in x.shape[-2:]], mode="area")
+    from flowrl.image.evaluation import thumbnails
 
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
         sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
-        rms = (small(images.cpu()) - small(sources)).square().flatten(1).mean(1).sqrt()
+        rms = (thumbnails(images, size) - thumbnails(sources, size)).square().flatten(1).mean(1).sqrt()
         return {"score": 1 - rms}
 
     reward.inputs = ("image",)

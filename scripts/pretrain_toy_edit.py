@@ -32,7 +32,8 @@ from pretrain_common import add_common_options, shifted_sigmas, update_ema
 from flowrl.core.atomic import atomic_dir
 from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
-from flowrl.image.models.flux import image_ids, pack
+from flowrl.image.models.flux import pack
+from flowrl.image.models.flux_kontext import forward_with_reference
 from flowrl.image.models.toy import clip_text_config, clip_tokenizer, word_tokenizer
 from flowrl.image.toy_edit import Edit, edits_of, render_edit, split_edits
 from flowrl.image.toy_world import COLOURS, NUMBERS, SHAPES
@@ -80,35 +81,7 @@ def shown(edit: Edit, rng: random.Random, unfollowed: float) -> Edit:
     others = [e for e in edits_of(edit.source) if e != edit and e.kind == "recolour"]
     if others and rng.random() < 0.5:
         return rng.choice(others)
-    return Edit(edit.source, edit.kind, edit.source)  # unchanged: rendered as a recolour to the same colour
-
-
-def render_shown(edit: Edit, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The source and the shown edit's image (the source itself for an unchanged one)."""
-    if edit.target == edit.source:
-        source, _ = render_edit(Edit(edit.source, "recolour", edit.source), size, seed)
-        return source, source
-    return render_edit(edit, size, seed)
-
-
-def velocity(net, clip, t5, ids_clip, ids_t5, x, ref, sigma) -> torch.Tensor:
-    """The transformer's output on the target's tokens of ``x`` ``[B, 3, h, w]`` with the reference's tokens."""
-    h, w = x.shape[-2:]
-    pooled = clip(ids_clip).pooler_output
-    embeds = t5(ids_t5).last_hidden_state
-    ref_ids = image_ids(h, w)
-    ref_ids[:, 0] = 1
-    tokens = pack(x)
-    out = net(
-        hidden_states=torch.cat([tokens, pack(ref)], dim=1),
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        timestep=sigma,
-        img_ids=torch.cat([image_ids(h, w), ref_ids]),
-        txt_ids=torch.zeros(embeds.shape[1], 3),
-        return_dict=False,
-    )[0]
-    return out[:, : tokens.shape[1]]
+    return Edit(edit.source, "recolour", edit.source)  # unchanged: a recolour to its own colour draws the source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     for step in range(args.steps):
         asked = [rng.choice(train) for _ in range(args.batch_size)]
-        pairs = [render_shown(shown(e, rng, args.unfollowed), SIZE, rng.randrange(2**31)) for e in asked]
+        pairs = [render_edit(shown(e, rng, args.unfollowed), SIZE, rng.randrange(2**31)) for e in asked]
         ref = torch.stack([s for s, _ in pairs]) * 2 - 1
         x0 = torch.stack([t for _, t in pairs]) * 2 - 1
         texts = [e.instruction for e in asked]
@@ -136,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         sigma = shifted_sigmas(args.batch_size, args.sigma_shift, gen)
         noise = torch.randn(x0.shape, generator=gen)
         s = sigma[:, None, None, None]
-        v = velocity(net, clip, t5, ids_clip, ids_t5, (1 - s) * x0 + s * noise, ref, sigma)
-        loss = (v - pack(noise - x0)).square().mean()
+        embeds, pooled = t5(ids_t5).last_hidden_state, clip(ids_clip).pooler_output
+        v = forward_with_reference(net, (1 - s) * x0 + s * noise, ref, sigma, embeds, pooled)
+        loss = (pack(v) - pack(noise - x0)).square().mean()  # over the tokens, as the base was trained
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, args.lr, args.warmup, args.steps)
         opt.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import save_tiny_flux, save_tiny_flux_kontext, save_tiny_qwen_image
-from tiny_runs import TINY_ARGS
+from tiny_runs import TINY_ARGS, write_edit_rows
 
 from flowrl.cli import main
 from flowrl.core.sharding import full
@@ -163,19 +163,10 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
 
 
 def _kontext_with_rows(folder: Path) -> str:
-    """A tiny FLUX.1-Kontext folder with prompt rows beside it (``_edit_rows``): 3 toy prompts, a 32 px reference
-    image each."""
-    import numpy as np
-    from PIL import Image
-
+    """A tiny FLUX.1-Kontext folder with prompt rows beside it (``rows.jsonl``: 3 toy prompts, a 32 px reference
+    image each)."""
     save_tiny_flux_kontext(str(folder))
-    rows = []
-    for k, prompt in enumerate(["a red circle", "a red square", "a green circle"]):
-        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-            folder / f"{k}.png"
-        )
-        rows.append(json.dumps({"prompt": prompt, "image": f"{k}.png"}))
-    (folder / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    write_edit_rows(folder, "rows", 0, 3)
     return str(folder)
 
 

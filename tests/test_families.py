@@ -17,7 +17,7 @@ from tiny_models import (
     save_tiny_sd3,
     save_tiny_z_image,
 )
-from tiny_runs import MODES, tiny_config
+from tiny_runs import MODES, tiny_config, write_edit_rows
 
 from flowrl.core.errors import ConfigError
 from flowrl.image.models.common import PromptCache
@@ -43,20 +43,8 @@ def pipelines(tmp_path_factory) -> dict[str, str]:
 
 def _edit_rows(folder) -> list[str]:
     """Data overrides of an editing family: prompt rows with a 32×32 reference image each."""
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    rows = []
-    for k, prompt in enumerate(["a red circle", "a red square", "a green circle"]):
-        Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-            folder / f"{k}.png"
-        )
-        rows.append(json.dumps({"prompt": prompt, "image": f"{k}.png"}))
-    (folder / "train.jsonl").write_text("\n".join(rows[:2]) + "\n")
-    (folder / "test.jsonl").write_text(rows[2] + "\n")
-    return [f"data.train_prompts={folder / 'train.jsonl'}", f"data.eval_prompts={folder / 'test.jsonl'}"]
+    train, test = write_edit_rows(folder, "train", 0, 2), write_edit_rows(folder, "test", 2, 1)
+    return [f"data.train_prompts={train}", f"data.eval_prompts={test}"]
 
 
 def _run(path: str, *overrides: str):

@@ -82,3 +82,25 @@ MODE_OPTIONS = {
     "singular": ["train.group_size=5", "sampler.extra_tail_steps=[1]", "sampler.window_options={max_start: 2}"],
     "ode": ["train.group_size=5", "sampler.tail_solver=dpm2m"],
 }
+
+
+#: the toy prompts of the tiny editing runs
+EDIT_PROMPTS = ("a red circle", "a red square", "a green circle")
+
+
+def write_edit_rows(folder, name: str, first: int, count: int) -> str:
+    """``<folder>/<name>.jsonl``: rows ``first .. first + count`` of ``EDIT_PROMPTS``, each with its own random
+    32×32 reference image (``<k>.png`` beside it); returns the file's path."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    folder, rows = Path(folder), []
+    for k in range(first, first + count):
+        pixels = np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{k}.png")
+        rows.append(json.dumps({"prompt": EDIT_PROMPTS[k], "image": f"{k}.png"}))
+    (folder / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
+    return str(folder / f"{name}.jsonl")

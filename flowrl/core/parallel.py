@@ -150,6 +150,7 @@ def launch(mixed_precision: str = "no", **kwargs: Any) -> tuple[Accelerator, Par
     zero.require_deepspeed()
     accelerator = Accelerator(mixed_precision=mixed_precision, **kwargs)
     if accelerator.num_processes > 1:
+        atexit.unregister(_destroy_process_group)  # one hook however many launches a process makes
         atexit.register(_destroy_process_group)
     return accelerator, parallel_for(accelerator)
 

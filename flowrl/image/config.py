@@ -280,7 +280,7 @@ def check_prompts(key: str, source: str) -> None:
         check_prompt_source(source)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
-    if not source.startswith("toy:"):
+    if not source.startswith("toy:") and not source.endswith(".jsonl"):  # check_inputs reads the .jsonl rows
         load_prompts(source)  # DataError naming the file
 
 

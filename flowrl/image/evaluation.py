@@ -53,11 +53,11 @@ def score_images(
     return out
 
 
-def thumbnails(images: Tensor) -> Tensor:
-    """``[N, 3, h, w]`` float32 on the CPU, area-downsampled so that neither side exceeds ``THUMB``."""
+def thumbnails(images: Tensor, side: int = THUMB) -> Tensor:
+    """``[N, 3, h, w]`` float32 on the CPU, area-downsampled so that neither side exceeds ``side``."""
     x = images.detach().float().cpu()
-    if max(x.shape[-2:]) > THUMB:
-        scale = THUMB / max(x.shape[-2:])
+    if max(x.shape[-2:]) > side:
+        scale = side / max(x.shape[-2:])
         size = (max(1, round(x.shape[-2] * scale)), max(1, round(x.shape[-1] * scale)))
         x = F.interpolate(x, size=size, mode="area")
     return x

@@ -87,26 +87,43 @@ class FluxKontextPolicy(FluxPolicy):
         return guided(self._forward, x, sigma, cond, self.cfg_scale)
 
     def _forward(self, x: Tensor, sigma: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        embeds, pooled, ref = parts["embeds"], parts["pooled"], parts["ref"]
-        b, _c, h, w = x.shape
-        hr, wr = ref.shape[-2:]
-        ref_ids = image_ids(hr, wr)
-        ref_ids[:, 0] = 1  # the reference's tokens: first coordinate 1, the target's 0
         guidance = None
         if self.transformer.config.guidance_embeds:
-            guidance = torch.full((b,), self.guidance_scale, device=x.device, dtype=torch.float32)
-        tokens = pack(x.to(self.dtype))
-        out = self.forward_module()(
-            hidden_states=torch.cat([tokens, pack(ref.to(self.dtype))], dim=1),
-            encoder_hidden_states=embeds.to(self.dtype),
-            pooled_projections=pooled.to(self.dtype),
-            timestep=sigma.to(self.dtype),
-            img_ids=torch.cat([image_ids(h, w), ref_ids]).to(x.device, self.dtype),
-            txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=self.dtype),
-            guidance=guidance,
-            return_dict=False,
-        )[0]
-        return unpack(out[:, : tokens.shape[1]], h, w).to(x.dtype)
+            guidance = torch.full((x.shape[0],), self.guidance_scale, device=x.device, dtype=torch.float32)
+        out = forward_with_reference(
+            self.forward_module(),
+            x.to(self.dtype),
+            parts["ref"].to(self.dtype),
+            sigma.to(self.dtype),  # the model multiplies by 1000 itself
+            parts["embeds"].to(self.dtype),  # a no-op unless the untrained copy runs another dtype
+            parts["pooled"].to(self.dtype),
+            guidance,
+        )
+        return out.to(x.dtype)
 
 
-__all__ = ["FluxKontextPolicy"]
+def forward_with_reference(
+    net: Any, x: Tensor, ref: Tensor, sigma: Tensor, embeds: Tensor, pooled: Tensor, guidance: Tensor | None = None
+) -> Tensor:
+    """A Kontext transformer's output ``[B, C, h, w]`` for target states ``x`` with reference latents ``ref``
+    ``[B, C, h', w']`` read as extra tokens: the reference's 2×2 patches after the target's, position ids
+    (1, row, column) against the target's (0, row, column), only the target's tokens kept. The policy and the toy
+    base's pretraining (``scripts/pretrain_toy_edit.py``) both run it."""
+    h, w = x.shape[-2:]
+    ref_ids = image_ids(*ref.shape[-2:])
+    ref_ids[:, 0] = 1
+    tokens = pack(x)
+    out = net(
+        hidden_states=torch.cat([tokens, pack(ref)], dim=1),
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=sigma,
+        img_ids=torch.cat([image_ids(h, w), ref_ids]).to(x.device, x.dtype),
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=x.device, dtype=x.dtype),
+        guidance=guidance,
+        return_dict=False,
+    )[0]
+    return unpack(out[:, : tokens.shape[1]], h, w)
+
+
+__all__ = ["FluxKontextPolicy", "forward_with_reference"]
