@@ -16,8 +16,10 @@ import json
 import math
 import os
 import random
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -112,24 +114,19 @@ def test_evaluation_shares_keep_prompt_groups_and_reassemble_in_order():
 
 @pytest.mark.parametrize("kind", ["ddp", "fsdp", "deepspeed"])
 def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kind):
-    out, run_dir = tmp_path / "out", tmp_path / "run"
-    out.mkdir()
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     if kind == "deepspeed":  # ZeRO-2 as deepspeed_zero2.yaml asks (the CPU flag would turn DeepSpeed off)
         pytest.importorskip("deepspeed")
         del env["ACCELERATE_USE_CPU"]
         env.update(ACCELERATE_USE_DEEPSPEED="true", ACCELERATE_DEEPSPEED_ZERO_STAGE="2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += [__file__, tiny_model, str(out), str(run_dir)]
     extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if kind != "deepspeed" else {}
     if kind != "deepspeed":  # the editing family: a reference image per prompt row, on both processes
         extra["kontext"] = _kontext_with_rows(tmp_path / "kontext")
     if kind == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
         extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
-    cmd += [f"{name}={path}" for name, path in extra.items()]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc, out, run_dir = _launch(tmp_path, [tiny_model, *(f"{name}={path}" for name, path in extra.items())], env)
+    assert proc.returncode == 0, _failure(proc.stderr)
     # the command line's last line, printed by the main process only
     lines = proc.stdout.strip().splitlines()
     runs = [str(run_dir), str(out / "part"), str(out / "resumed")]  # each printed once, by the main process
@@ -160,6 +157,39 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
         full_ft = json.loads((out / "full_finetuning.json").read_text())
         assert full_ft["moved"] > 0.9 * full_ft["total"] and full_ft["finite"], full_ft
         assert full_ft["saved_vs_trained"] == 0.0, full_ft  # the gathered shards, saved and loaded back exactly
+
+
+def _launch(tmp_path: Path, args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """Run the workers; returns the finished launch and its output and run folders. A launch in which a process was
+    killed by a signal (gloo's transport once aborted a process mid-run on a loaded CI machine: SIGABRT, no Python
+    error) is run once more in fresh folders, with a warning; a Python error in either process fails at once."""
+    for attempt in range(2):
+        out, run_dir = tmp_path / f"out{attempt}", tmp_path / f"run{attempt}"
+        out.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        cmd += [__file__, args[0], str(out), str(run_dir), *args[1:]]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        if proc.returncode == 0 or not _crashed(proc.stderr) or attempt == 1:
+            return proc, out, run_dir
+        warnings.warn(
+            f"a worker process was killed by a signal; launching once more:\n{_failure(proc.stderr)}", stacklevel=2
+        )
+    raise AssertionError("unreachable")
+
+
+def _crashed(stderr: str) -> bool:
+    """Whether the launcher reports a process killed by SIGABRT or SIGSEGV that printed no Python traceback itself
+    (torchrun prefixes each process's lines with ``[rankN]:``); the survivor's traceback is the lost connection."""
+    dead = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*-(?:6|11)\b", stderr)
+    return bool(dead) and all(f"[rank{r}]: Traceback" not in stderr for r in dead)
+
+
+def _failure(stderr: str) -> str:
+    """What a failed launch printed that says why: each process's error lines (a crashed process's own lines come
+    before the survivor's long traceback, which alone would fill the message), then the end of the output."""
+    keys = ("Error", "error:", "terminate", "Abort", "what():", "Killed", "Traceback")
+    why = [line for line in stderr.splitlines() if any(k in line for k in keys)]
+    return "\n".join(why[-40:]) + "\n...\n" + stderr[-2500:]
 
 
 def _kontext_with_rows(folder: Path) -> str:
