@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,10 +28,11 @@ from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 
 from flowrl.core.errors import ConfigError
 from flowrl.rewards import RewardFn, check_reward_output, make_reward
-from flowrl.rewards.remote import MAX_PIXELS, WireError, decode_request, encode_outputs
+from flowrl.rewards.remote import MAX_PIXELS, WireError, decode_inputs, decode_request, encode_outputs
 
 log = logging.getLogger("flowrl.serve")
 
@@ -77,16 +80,32 @@ class RewardServer(ThreadingHTTPServer):
             return 400, {"error": f"request body is not valid JSON ({e})"}, 0
         try:
             images, prompts = decode_request(parsed, self.max_pixels)
+            columns = decode_inputs(parsed, tuple(getattr(self.reward, "inputs", ())), len(prompts), self.max_pixels)
         except WireError as e:
             return 400, {"error": str(e)}, 0
         try:
-            with self._lock, torch.no_grad():
-                out = self.reward(images, prompts)
+            with self._lock, torch.no_grad(), tempfile.TemporaryDirectory() as folder:
+                out = self.reward(images, prompts, **_as_files(columns, folder))
             outputs = check_reward_output(self.reward_name, out, len(prompts))
         except Exception as e:  # any reward failure is the server's (500), reported to the client
             log.exception("reward %r failed on a batch of %d", self.reward_name, len(prompts))
             return 500, {"error": f"reward {self.reward_name!r} failed: {type(e).__name__}: {e}"}, len(prompts)
         return 200, encode_outputs(outputs), len(prompts)
+
+
+def _as_files(columns: dict[str, list[Any]], folder: str) -> dict[str, list[Any]]:
+    """The request's columns as the reward reads them in training: source images as paths of PNG files (written
+    into ``folder``, which the caller deletes after scoring)."""
+    if "image" not in columns:
+        return columns
+    paths = []
+    for k, images in enumerate(columns["image"]):
+        paths.append([])
+        for j, image in enumerate(images):
+            paths[-1].append(os.path.join(folder, f"{k}-{j}.png"))
+            pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(paths[-1][-1])
+    return {**columns, "image": paths}
 
 
 class _Handler(BaseHTTPRequestHandler):

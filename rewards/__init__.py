@@ -6,15 +6,18 @@ registry for both recipes: each reward declares whether it scores images or text
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``toy_edit``: the toy edit world's evaluator (``toy-edit``: instruction carried out and source preserved, from each
   prompt row's source image, target caption and edit kind).
-- ``image_similarity``: preservation for editing, the CLIP image-image cosine of an edit with its source image
-  (``image-similarity``) and a model-free pixel version (``pixel-similarity``).
+- ``image_similarity``: preservation for editing, the CLIP or DINOv2 image-image cosine of an edit with its source
+  image (``image-similarity``), LPIPS (``lpips``) and a model-free pixel version (``pixel-similarity``).
+- ``clip_direction``: CLIP directional similarity of an edit (``clip-direction``: the image change against the
+  captions' change).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
 - ``hps``: HPSv2 / HPSv2.1 (open_clip ViT-H-14 with the HPS state dict).
 - ``ocr``: OCR edit-distance reward (Flow-GRPO convention; PaddleOCR or your own recogniser).
 - ``geneval``: GenEval-style rules (counts, colours, positions) over a detector (toy world or HTTP server).
-- ``vlm_judge``: pairwise (win rate in the group) or pointwise VLM judge over an OpenAI-compatible API.
+- ``vlm_judge``: pairwise (win rate in the group) or pointwise VLM judge over an OpenAI-compatible API;
+  ``vlm_edit_judge``: the same judge of edits, shown each row's source image first, with an edit rubric.
 - ``imagereward``: ImageReward (BLIP ViT + cross-attending BERT + MLP, mapped onto transformers' BLIP).
 - ``text``: the text recipe's rewards, called as TRL calls them, and the toy text world's (``toy-text:correct``,
   ``toy-text:well_formed``, ``toy-text:answer_digits``).
@@ -23,6 +26,7 @@ registry for both recipes: each reward declares whether it scores images or text
 
 from . import (  # noqa: F401  (register their rewards)
     aesthetic,
+    clip_direction,
     clipscore,
     geneval,
     hps,
@@ -35,6 +39,7 @@ from . import (  # noqa: F401  (register their rewards)
     text,
     toy,
     toy_edit,
+    vlm_edit_judge,
     vlm_judge,
 )
 from .base import (

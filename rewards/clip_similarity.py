@@ -15,31 +15,54 @@ from .preprocess import clip_preprocess
 
 
 class ClipSimilarity:
-    """Load ``path`` (``CLIPModel`` + its tokenizer) and score pairs in batches of ``batch_size``."""
+    """Load ``path`` (``CLIPModel``, and its tokenizer when text is scored) and embed in batches of ``batch_size``."""
 
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 32) -> None:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import CLIPModel
 
-        self.device, self.batch_size = torch.device(device), batch_size
+        self.path, self.device, self.batch_size = path, torch.device(device), batch_size
         self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self._tokenizer = None
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
         """``cos [B]`` between image i and prompt i, and the scalar ``logit_scale.exp()``."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        cos = (self.images(images) * self.texts(prompts)).sum(-1)
+        return cos, self.model.logit_scale.exp().float().cpu()
+
+    @torch.no_grad()
+    def images(self, images: Tensor) -> Tensor:
+        """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of images ``[B, 3, H, W]`` in [0, 1]."""
         size = self.model.config.vision_config.image_size
-        cos = []
-        for i in range(0, len(images), self.batch_size):
-            ids = self.tokenizer(
-                prompts[i : i + self.batch_size], padding="max_length", max_length=77, truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)  # fmt: skip
-            pixels = clip_preprocess(images[i : i + self.batch_size].to(self.device), size)
-            out = self.model(input_ids=ids, pixel_values=pixels)  # embeds come back L2-normalised
-            cos.append((out.image_embeds * out.text_embeds).sum(-1).float().cpu())
-        return torch.cat(cos), self.model.logit_scale.exp().float().cpu()
+        parts = [self._image_features(clip_preprocess(images[i : i + self.batch_size].to(self.device), size))
+                 for i in range(0, len(images), self.batch_size)]  # fmt: skip
+        return _unit(torch.cat(parts))
+
+    @torch.no_grad()
+    def texts(self, texts: list[str]) -> Tensor:
+        """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of texts, each cut to 77 tokens."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        parts = []
+        for i in range(0, len(texts), self.batch_size):
+            ids = self._tokenizer(texts[i : i + self.batch_size], padding="max_length", max_length=77, truncation=True,
+                                  return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+            out = self.model.get_text_features(input_ids=ids)
+            parts.append(out if isinstance(out, Tensor) else out.pooler_output)
+        return _unit(torch.cat(parts))
+
+    def _image_features(self, pixels: Tensor) -> Tensor:
+        out = self.model.get_image_features(pixel_values=pixels)
+        return out if isinstance(out, Tensor) else out.pooler_output
+
+
+def _unit(x: Tensor) -> Tensor:
+    x = x.float().cpu()
+    return x / x.norm(dim=-1, keepdim=True)
 
 
 __all__ = ["ClipSimilarity"]

@@ -17,18 +17,26 @@ from torch import Tensor
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def clip_preprocess(
-    images: Tensor, size: int = 224, mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD
+    images: Tensor,
+    size: int = 224,
+    mean: tuple[float, ...] = OPENAI_MEAN,
+    std: tuple[float, ...] = OPENAI_STD,
+    crop: int | None = None,
 ) -> Tensor:
-    """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, size, size]`` (shortest side, centre crop).
+    """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, crop, crop]``: the shortest side resized to ``size``, a
+    centre crop of ``crop`` (default ``size``; DINOv2 resizes to 256 and crops 224).
 
-    The crop's offset is floored like transformers' ``CLIPImageProcessor``; torchvision's ``CenterCrop``
+    The crop's offset is floored like transformers' image processors; torchvision's ``CenterCrop``
     rounds, which differs by one pixel when the margin is odd."""
+    crop = size if crop is None else crop
     x = _resize(images, size, min)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    return _normalise(x[..., top : top + size, left : left + size], mean, std)
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    return _normalise(x[..., top : top + crop, left : left + crop], mean, std)
 
 
 def longest_side_preprocess(
@@ -69,4 +77,12 @@ def load_image(path: str, size: tuple[int, int]) -> Tensor:
     return x if tuple(x.shape[-2:]) == size else F.interpolate(x[None], size=size, mode="nearest")[0]
 
 
-__all__ = ["OPENAI_MEAN", "OPENAI_STD", "clip_preprocess", "load_image", "longest_side_preprocess"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "clip_preprocess",
+    "load_image",
+    "longest_side_preprocess",
+]

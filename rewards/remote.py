@@ -11,6 +11,16 @@ then ``make_reward("remote", url="http://127.0.0.1:8000")``. The wire format is 
     4xx / 5xx     {"error": "<message>"}         400: malformed request; 500: the reward raised
     GET /health   {"status": "ok", "reward": "<name>"}
 
+Rewards that read columns of the prompt rows (an edit reward's source ``image``, a ``target`` caption) get them in an
+optional ``"inputs"`` object, one value per image (a row's value repeated for each of its images):
+
+                   "inputs": {"image": [["<base64 PNG>", ...], ...],    the row's source images, as PNGs
+                              "target": ["two red squares", ...]}       any other column: its JSON value
+
+The client reads a row's image files and sends their pixels (the server cannot read the trainer's paths); the server
+writes them to temporary PNG files for the reward, which reads paths as it does in training. The client sends the
+columns named by its ``inputs`` option; a server whose reward reads a column the request lacks answers 400.
+
 PNG is 8-bit, so the server scores ``quantize_8bit(images)`` (``round(x·255)/255``); it is small and
 what a third-party client can produce easily. safetensors carries the float tensor bit-exactly (in
 its own dtype), so remote scores equal local ones. Scores travel as JSON numbers: float32 values
@@ -142,11 +152,54 @@ def _decode_safetensors(data: Any, max_pixels: int) -> Tensor:
     return images
 
 
-def encode_request(images: Tensor, prompts: list[str], fmt: str = "png") -> dict[str, Any]:
-    """The ``POST /score`` body for a batch."""
+def encode_request(
+    images: Tensor, prompts: list[str], fmt: str = "png", columns: Mapping[str, list[Any]] | None = None
+) -> dict[str, Any]:
+    """The ``POST /score`` body for a batch; ``columns`` (name → one value per image, the ``image`` column's a list
+    of file paths) go into ``"inputs"`` (module docstring)."""
     if images.shape[0] != len(prompts):
         raise ValueError(f"{images.shape[0]} images but {len(prompts)} prompts")
-    return {"prompts": list(prompts), "images": encode_images(images, fmt)}
+    body: dict[str, Any] = {"prompts": list(prompts), "images": encode_images(images, fmt)}
+    if columns:
+        files: dict[str, str] = {}  # a group's rows share their sources: read and encode each file once
+        for paths in columns.get("image", []):
+            for path in paths:
+                if path not in files:
+                    files[path] = encode_images(load_image_file(path)[None])["data"][0]
+        body["inputs"] = {
+            name: [[files[p] for p in paths] for paths in values] if name == "image" else list(values)
+            for name, values in columns.items()
+        }
+    return body
+
+
+def load_image_file(path: str) -> Tensor:
+    """``[3, H, W]`` in [0, 1] of an image file at its own size."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def decode_inputs(body: Mapping[str, Any], needed: tuple[str, ...], batch: int, max_pixels: int = MAX_PIXELS) -> dict:
+    """The request's ``"inputs"`` columns that a reward reads (``needed``), one value per image; the ``image``
+    column's as lists of ``[3, H, W]`` tensors. Raises ``WireError`` naming a missing or malformed column."""
+    inputs = body.get("inputs", {})
+    if not isinstance(inputs, Mapping):
+        raise WireError("inputs: expected an object of columns")
+    out: dict[str, list[Any]] = {}
+    for name in needed:
+        values = inputs.get(name)
+        if not isinstance(values, list) or len(values) != batch:
+            got = "none" if values is None else f"{len(values) if isinstance(values, list) else type(values).__name__}"
+            raise WireError(f"inputs.{name}: the reward reads this column of each prompt row; expected a list of "
+                            f"{batch} values (one per image), got {got}")  # fmt: skip
+        if name == "image":
+            if not all(isinstance(v, list) and v for v in values):
+                raise WireError("inputs.image: expected, per image, a non-empty list of base64 PNGs")
+            counts = [len(v) for v in values]
+            decoded = list(_decode_png([b for v in values for b in v], max_pixels))
+            values = [decoded[sum(counts[:k]) : sum(counts[: k + 1])] for k in range(batch)]
+        out[name] = values
+    return out
 
 
 def decode_request(body: Any, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, list[str]]:
@@ -210,8 +263,12 @@ def remote(
     retries: int = 3,
     backoff: float = 1.0,
     batch_size: int = 0,
+    inputs: tuple[str, ...] | list[str] = (),
 ) -> RewardFn:
     """A reward served by ``flowrl serve-reward`` at ``url``.
+
+    ``inputs``: the columns of the prompt rows to send with the images (what the served reward reads, e.g.
+    ``[image]`` for an edit reward; module docstring).
 
     ``format``: ``"png"`` (8-bit, small) or ``"safetensors"`` (exact floats). ``timeout`` seconds per
     request; ``retries`` extra attempts with back-off ``backoff · 2^k`` s on connection errors, timeouts
@@ -226,7 +283,7 @@ def remote(
             f"got {timeout}, {retries}, {backoff}, {batch_size}"
         )
 
-    def reward(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+    def reward(images: Tensor, prompts: list[str], **columns: list[Any]) -> dict[str, Tensor]:
         if images.shape[0] != len(prompts):
             raise ValueError(f"remote reward: {images.shape[0]} images but {len(prompts)} prompts")
         if not prompts:  # nothing to send; the server rejects empty batches
@@ -235,7 +292,8 @@ def remote(
         parts: list[dict[str, Tensor]] = []
         for start in range(0, len(prompts), step):
             chunk = prompts[start : start + step]
-            body = encode_request(images[start : start + step], chunk, format)
+            chunk_columns = {name: values[start : start + step] for name, values in columns.items()}
+            body = encode_request(images[start : start + step], chunk, format, chunk_columns)
             answer = post_json(endpoint, body, timeout=timeout, retries=retries, backoff=backoff)
             parts.append(decode_outputs(answer, len(chunk), source=endpoint))
             if set(parts[-1]) != set(parts[0]):
@@ -244,6 +302,7 @@ def remote(
                 )
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
+    reward.inputs = tuple(inputs)  # the columns RewardSet hands it (and the config requires of the prompt rows)
     return reward
 
 

@@ -127,6 +127,8 @@ class VLMJudge:
     in pairwise mode, ``"preferences"`` ``[B, B]`` (1 won, ½ tie or no verdict, 0 lost; within groups); see the
     module docstring. ``groupwise`` is True in pairwise mode, so ``RewardSet`` passes the groups."""
 
+    pairwise_instruction, pointwise_instruction = PAIRWISE_INSTRUCTION, POINTWISE_INSTRUCTION  # the defaults
+
     def __init__(
         self,
         base_url: str = "http://127.0.0.1:8000/v1",
@@ -152,7 +154,7 @@ class VLMJudge:
             raise ValueError(f"vlm-judge: order must be one of {', '.join(ORDERS)}, got {order!r}")
         if workers < 1 or retries < 0 or timeout <= 0 or backoff < 0:
             raise ValueError("vlm-judge: need workers >= 1, retries >= 0, timeout > 0, backoff >= 0")
-        instruction = instruction or (PAIRWISE_INSTRUCTION if mode == "pairwise" else POINTWISE_INSTRUCTION)
+        instruction = instruction or (self.pairwise_instruction if mode == "pairwise" else self.pointwise_instruction)
         if "{prompt}" not in instruction:
             raise ValueError("vlm-judge: the instruction must contain '{prompt}' where the prompt goes")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -167,24 +169,37 @@ class VLMJudge:
         self.api_key = _api_key(api_key_env)
 
     def __call__(self, images: Tensor, prompts: list[str], groups: Tensor | None = None) -> dict[str, Tensor]:
+        return self.judge(images, prompts, groups, [[] for _ in prompts])
+
+    def judge(
+        self, images: Tensor, prompts: list[str], groups: Tensor | None, lead: list[list[str]]
+    ) -> dict[str, Tensor]:
+        """Score as ``__call__`` does, each request showing ``lead[k]`` (image URLs of row k, e.g. an edit's source
+        images) before row k's image(s)."""
         if self.mode == "pointwise":
-            return self._pointwise(images, prompts)
+            return self._pointwise(images, prompts, lead)
         if groups is None or len(groups) != len(images):
             raise ValueError("vlm-judge (pairwise) compares images within groups and needs groups= ([B] ids)")
-        return self._pairwise(images, prompts, groups)
+        return self._pairwise(images, prompts, groups, lead)
 
-    def _pointwise(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+    def _pointwise(self, images: Tensor, prompts: list[str], lead: list[list[str]]) -> dict[str, Tensor]:
         urls = [png_data_url(img) for img in images]
-        replies = _run_all(lambda k: self.ask([urls[k]], prompts[k]), range(len(urls)), self.workers)
+        replies = _run_all(lambda k: self.ask([*lead[k], urls[k]], prompts[k]), range(len(urls)), self.workers)
         scores = [parse_score(r, self.score_re) for r in replies]
         unparseable = torch.tensor([s is None for s in scores], dtype=torch.float32)
         score = torch.tensor([3.0 if s is None else s for s in scores]) / 5
         return {"score": score, "unparseable": unparseable}
 
-    def _pairwise(self, images: Tensor, prompts: list[str], groups: Tensor) -> dict[str, Tensor]:
+    def _pairwise(
+        self, images: Tensor, prompts: list[str], groups: Tensor, lead: list[list[str]]
+    ) -> dict[str, Tensor]:
         pairs = self.pairs(groups.tolist(), prompts)  # checks the groups before any work is done
         urls = [png_data_url(img) for img in images]  # each image is sent G − 1 times: encode it once
-        replies = _run_all(lambda p: self.ask([urls[p[0]], urls[p[1]]], prompts[p[0]]), pairs, self.workers)
+
+        def ask(pair: tuple[int, int]) -> str:
+            return self.ask([*lead[pair[0]], urls[pair[0]], urls[pair[1]]], prompts[pair[0]])
+
+        replies = _run_all(ask, pairs, self.workers)
         batch = len(urls)
         unparseable, ties, played = (torch.zeros(batch, dtype=torch.float64) for _ in range(3))
         preferences = torch.zeros(batch, batch, dtype=torch.float64)

@@ -81,3 +81,41 @@ def test_image_similarity_is_the_clip_image_cosine_of_each_edit_and_its_source(c
     same = make_reward("image-similarity", path=clip_dir)(sources, prompts, image=[[p] for p in paths])["score"]
     torch.testing.assert_close(same, torch.ones(2), atol=1e-5, rtol=0)  # an unchanged source scores 1
     assert REWARDS.facts("image-similarity").inputs == ("image",)
+
+
+def test_clip_direction_is_the_cosine_of_the_image_change_and_the_caption_change(clip_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoTokenizer, CLIPModel
+
+    from flowrl.rewards import REWARDS
+
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    image = []
+    for k in range(2):
+        Image.fromarray(pixels[k]).save(tmp_path / f"s{k}.png")
+        image.append([str(tmp_path / f"s{k}.png")])
+    sources = torch.from_numpy(pixels.astype(np.float32) / 255).permute(0, 3, 1, 2)
+    edits = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    before, after = ["two red circles", "a blue square"], ["two green circles", "two blue squares"]
+    reward = make_reward("clip-direction", path=clip_dir, batch_size=1)
+    out = reward(edits, ["make them green", "add a square"], image=image, source_caption=before, target=after)
+
+    model, tok = CLIPModel.from_pretrained(clip_dir).eval(), AutoTokenizer.from_pretrained(clip_dir)
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        return x / x.norm(dim=-1, keepdim=True)
+
+    def img(x: torch.Tensor) -> torch.Tensor:
+        return unit(model.visual_projection(model.vision_model(pixel_values=clip_preprocess(x)).pooler_output))
+
+    def txt(texts: list[str]) -> torch.Tensor:
+        ids = tok(texts, padding="max_length", max_length=77, return_tensors="pt").input_ids
+        return unit(model.text_projection(model.text_model(input_ids=ids).pooler_output))
+
+    with torch.no_grad():
+        expected = torch.nn.functional.cosine_similarity(img(edits) - img(sources), txt(after) - txt(before), dim=-1)
+    torch.testing.assert_close(out["score"], expected, atol=1e-5, rtol=1e-4)
+    unchanged = reward(sources, ["a", "b"], image=image, source_caption=before, target=after)["score"]
+    assert torch.equal(unchanged, torch.zeros(2))  # no change points nowhere
+    assert REWARDS.facts("clip-direction").inputs == ("image", "source_caption", "target")

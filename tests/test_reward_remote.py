@@ -358,3 +358,36 @@ def test_real_cli_subprocess_serves_jpeg_reward():
         code = process.wait(timeout=30)
     assert code == 0  # SIGTERM is a clean shutdown
     assert "POST /score 200 batch=3" in process.stderr.read()
+
+
+def test_an_edit_reward_served_remotely_gets_the_rows_sources_and_scores_as_locally(tmp_path):
+    """``pixel-similarity`` reads each row's source image: served, it gets the sources through the request's
+    ``inputs`` (read from the trainer's files, written to temporary files on the server) and scores as it does
+    locally; a request without them is refused with the column's name."""
+    from flowrl.rewards import RewardSet
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    for k in range(2):
+        Image.fromarray(pixels[k]).save(tmp_path / f"s{k}.png")
+    rows = {"a": {"image": [str(tmp_path / "s0.png")]}, "b": {"image": [str(tmp_path / "s1.png")]}}
+    images = (images_for(3) * 255).round() / 255  # 8-bit: exact through PNG
+    prompts = ["a", "b", "a"]
+    local = RewardSet.from_specs([{"name": "pixel-similarity", "options": {"size": 4}}])(images, prompts, inputs=rows)
+    srv = start(make_server("pixel-similarity", {"size": 4}, port=0))
+    try:
+        spec = {"name": "remote", "options": {"url": srv.url, "inputs": ["image"], "batch_size": 2}}
+        remote = RewardSet.from_specs([spec])(images, prompts, inputs=rows)
+        status, reply = raw_request(srv.url, json.dumps(encode_request(images, prompts)).encode())
+    finally:
+        stop(srv)
+    torch.testing.assert_close(remote[0], local[0], atol=1e-6, rtol=0)
+    assert local[0].min() < 0.9  # random edits of random sources: the scores say something
+    assert status == 400 and "inputs.image: the reward reads this column" in reply["error"], reply
+
+
+def test_a_remote_reward_reading_a_column_is_checked_against_the_prompt_rows(tmp_path):
+    from flowrl.core.errors import ConfigError
+    from flowrl.recipes import load_config
+
+    with pytest.raises(ConfigError, match="reward 'remote' reads image with each prompt"):
+        load_config(None, ["rewards=[{name: remote, options: {url: 'http://127.0.0.1:9', inputs: [image]}}]"])

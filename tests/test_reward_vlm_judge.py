@@ -240,3 +240,47 @@ def test_reward_set_passes_groups_only_to_groupwise_rewards():
         rewards(images, ["a", "a", "b", "b"], torch.tensor([0.0, 0.0, 1.0, 1.0]))
     plain_only = RewardSet({"plain": Pointwise()}, {"plain": 1.0})
     torch.testing.assert_close(plain_only(images, ["a"] * 4)[0], parts["plain"])  # no groups needed
+
+
+def _grey_png(path, level: int) -> str:
+    Image.fromarray(np.full((8, 8, 3), level, dtype=np.uint8)).save(path)
+    return str(path)
+
+
+def test_the_edit_judge_shows_each_rows_sources_first_and_judges_by_them(judge, tmp_path):
+    """A scripted judge of preservation: of two edits, the one whose grey level is closer to the (first) source's
+    wins. Row a's source is 100, row b's has two sources (200 and 0): each request shows them first."""
+    from flowrl.rewards import REWARDS
+    from flowrl.rewards.vlm_edit_judge import EDIT_PAIRWISE
+
+    def closer(body: dict[str, Any], n: int) -> Reply:
+        source, first, second = shown_levels(body)[-3:]
+        return 200, f"Image {1 if abs(first - source) < abs(second - source) else 2} is better", 0.0
+
+    judge.script = closer
+    sources = {"a": [_grey_png(tmp_path / "a.png", 100)], "b": [_grey_png(tmp_path / "b0.png", 0),
+                                                                _grey_png(tmp_path / "b1.png", 200)]}  # fmt: skip
+    images = grey(90, 200, 180, 40, 101)  # a: 90, 40, 101 (101 closest to 100, 40 farthest); b: 200, 180
+    prompts = ["a", "b", "b", "a", "a"]
+    spec = {"name": "vlm-edit-judge", "options": {"base_url": judge.base_url, "model": "fake", "timeout": 5.0}}
+    inputs = {p: {"image": paths} for p, paths in sources.items()}
+    _, parts = RewardSet.from_specs([spec])(images, prompts, groups=torch.tensor([0, 1, 1, 0, 0]), inputs=inputs)
+    torch.testing.assert_close(parts["vlm-edit-judge"], torch.tensor([0.5, 1.0, 0.0, 0.0, 1.0]))
+    for body in judge.requests:
+        content = body["messages"][0]["content"]
+        row = "b" if len(content) == 5 else "a"  # b's requests carry its 2 sources, a's its 1, then the 2 edits
+        assert [part["type"] for part in content] == ["image_url"] * (len(sources[row]) + 2) + ["text"]
+        assert shown_levels(body)[: len(sources[row])] == {"a": [100 / 255], "b": [0.0, 200 / 255]}[row]
+        assert content[-1]["text"] == EDIT_PAIRWISE.replace("{prompt}", row)
+    assert len(judge.requests) == 3 + 1 and REWARDS.facts("vlm-edit-judge").inputs == ("image",)
+
+
+def test_the_pointwise_edit_judge_sends_source_then_edit_and_needs_the_rows(judge, tmp_path):
+    judge.script = lambda body, n: (200, f"Score: {1 + round(shown_levels(body)[0] * 4)}", 0.0)  # from the source
+    reward = make_reward("vlm-edit-judge", base_url=judge.base_url, model="fake", mode="pointwise", timeout=5.0)
+    image = [[_grey_png(tmp_path / "s0.png", 0)], [_grey_png(tmp_path / "s1.png", 255)]]
+    out = reward(grey(128, 128), ["x", "y"], image=image)
+    torch.testing.assert_close(out["score"], torch.tensor([0.2, 1.0]))  # 1/5 and 5/5: the judge saw each source
+    assert all(len(b["messages"][0]["content"]) == 3 for b in judge.requests)  # source, edit, instruction
+    with pytest.raises(ValueError, match="needs the rows' image column"):
+        reward(grey(128), ["x"])

@@ -88,7 +88,8 @@ def edit_data(tmp_path_factory) -> str:
 def test_the_written_rows_load_and_the_reward_reads_their_columns(edit_data):
     rows = load_prompt_set(f"{edit_data}/held-out.jsonl")
     edits = split_edits("held-out")
-    assert rows.prompts == [e.instruction for e in edits] and rows.columns() == {"image", "target", "edit", "edited"}
+    assert rows.prompts == [e.instruction for e in edits]
+    assert rows.columns() == {"image", "target", "source_caption", "edit", "edited"}
     inputs = inputs_by_prompt(("held-out", rows))
     # the PNGs round-trip: the reward on the ground-truth edits scores 1 on both parts
     edited = torch.stack([_png(row["edited"], edit_data) for row in rows.inputs])
