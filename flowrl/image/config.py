@@ -35,8 +35,9 @@ from flowrl.samplers.modes import ROLLOUT_MODES, Branching, ModeFacts, switch_mo
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image or "
-        "FLUX.1-Kontext (editing: prompt rows with an image) (model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image, "
+        "FLUX.1-Kontext, Qwen-Image-Edit or Qwen-Image-Edit-2509/2511 (editing: prompt rows with an image) "
+        "(model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
@@ -478,18 +479,22 @@ def check_combinations(cfg: Config) -> None:
 
 def check_inputs(cfg: Config, family: str) -> None:
     """Both prompt sources give every row the columns that the model family (``FamilyFacts.inputs``) and the
-    registered rewards (``RewardFacts.inputs``) read, the family's count of reference images, and no prompt text
-    names two different sets of inputs."""
+    registered rewards (``RewardFacts.inputs``) read, the family's count of reference images (optional when its
+    minimum is 0: then a file's rows have images all or none), and no prompt text names two different sets of
+    inputs."""
     from flowrl.image.data import inputs_by_prompt, load_prompt_set
     from flowrl.rewards import REWARDS
 
     sources = {key: getattr(cfg.data, key) for key in ("train_prompts", "eval_prompts")}
     sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
     inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
-    readers = {f"the {family} family": FAMILIES.facts(family).inputs} if family in FAMILIES else {}
+    low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
+    readers = {}
+    if family in FAMILIES:  # min 0 reference images: the image column is optional
+        readers[f"the {family} family"] = tuple(n for n in FAMILIES.facts(family).inputs if n != "image" or low > 0)
     for spec in [*cfg.rewards, *cfg.eval.watch_rewards]:
-        if spec.name in REWARDS:
-            readers[f"reward {spec.name!r}"] = REWARDS.facts(spec.name).inputs
+        if spec.name in REWARDS:  # declared at registration, or chosen by an `inputs` option (the remote reward's)
+            readers[f"reward {spec.name!r}"] = (*REWARDS.facts(spec.name).inputs, *spec.options.get("inputs", ()))
     for key, source in sources.items():
         columns = sets[key].columns() if key in sets else set()
         for who, needed in readers.items():
@@ -498,13 +503,19 @@ def check_inputs(cfg: Config, family: str) -> None:
                 raise ConfigError(f"data.{key}: {who} reads {', '.join(needed)} with each prompt, and {source!r} "
                                   f"gives no {missing[0]!r}; use a .jsonl file of rows "
                                   f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
-    low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
     for key, source in sources.items() if family in FAMILIES and "image" in FAMILIES.facts(family).inputs else ():
-        for line, row in zip(sets[key].lines, sets[key].inputs, strict=True):
-            if not low <= len(row["image"]) <= high:
+        counts = [len(row.get("image", [])) for row in sets[key].inputs] if key in sets else []
+        if low == 0 and not any(counts):
+            continue  # plain prompts (a toy split, a text file, rows without images): no references
+        for line, n in zip(sets[key].lines, counts, strict=True):
+            if not low <= n <= high:
                 count = f"{low}" if low == high else f"{low} to {high}"
-                raise DataError(f"data.{key}: {source!r} line {line} has {len(row['image'])} images; the {family} "
-                                f"family takes {count} per prompt")  # fmt: skip
+                raise DataError(f"data.{key}: {source!r} line {line} has {n} images; the {family} family takes "
+                                f"{count} per prompt")  # fmt: skip
+        if min(counts) == 0 < max(counts):
+            line = sets[key].lines[counts.index(0)]
+            raise DataError(f"data.{key}: {source!r} line {line} has no image but other rows have; the {family} "
+                            "family's rows all have reference images or none (one token layout)")  # fmt: skip
 
 
 def _read_json(path: str) -> dict | None:

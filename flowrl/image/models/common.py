@@ -34,8 +34,13 @@ class PromptCond:
     neg_embeds: Tensor | None = None
     neg_pooled: Tensor | None = None
     neg_mask: Tensor | None = None
-    ref: Tensor | None = None  # editing families: each prompt's reference latents [B, C, h', w']
+    ref: Tensor | None = None  # editing families: each prompt's reference latents [B, C, h', w'] (or packed tokens)
     neg_ref: Tensor | None = None
+    ref_shapes: Tensor | None = None  # packed references: each one's patch grid [B, K, 2] (Qwen-Image-Edit)
+    neg_ref_shapes: Tensor | None = None
+    # FLUX.2 [klein]: ``ref`` holds the references' packed tokens [B, N, C], ``ref_ids`` their position ids [B, N, 4]
+    ref_ids: Tensor | None = None
+    neg_ref_ids: Tensor | None = None
 
     def as_dict(self) -> dict[str, Tensor]:
         """The tensors as a mapping (what the rollout drivers index row by row)."""

@@ -52,9 +52,12 @@ class FamilyFacts:
     half_precision: weight dtypes its activations stay finite in (FLUX.1 overflows in fp16).
     guidance_embedding: ``model.guidance_scale`` feeds a guidance embedding (guidance-distilled models).
     inputs: the per-prompt conditioning inputs it reads besides the prompt (names of a ``.jsonl`` prompt file's
-    keys); the recipe hands them to ``condition``.
+    keys); the recipe hands them to ``condition``. Every row must have them, except ``image`` when ``images`` allows
+    none.
     images: ``(min, max)`` reference images per prompt when ``inputs`` has ``image`` (a row with another count is
-    refused with its line before any model loads).
+    refused with its line before any model loads). ``min`` 0 makes them optional: prompt data without an ``image``
+    column is accepted (rows without one have no reference, e.g. FLUX.2 [klein]'s text-to-image), but one prompt
+    file's rows either all have images or none, since one batch's rows take one token layout.
     """
 
     lora_targets: tuple[str, ...]

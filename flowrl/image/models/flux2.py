@@ -20,18 +20,32 @@ Layout (what ``Flux2KleinPipeline.save_pretrained`` writes): ``transformer/`` (`
   above 1 on a step-distilled folder (``is_distilled``: FLUX.2-klein-4B / -9B; the ``-base`` models are not) is
   refused when the config is read, from ``model_index.json`` alone (the pipeline would ignore the scale with a logged
   warning, so the run would not do what its record says).
+- **Editing** (``Flux2KleinPipeline(image=...)``). The same class edits when each prompt comes with reference images
+  (a ``.jsonl`` prompt row's ``image``: one path or a list, at most ``MAX_REFERENCES``); without them it is the
+  text-to-image model above, unchanged. ``condition`` prepares each reference as the pipeline does (above 1024²
+  pixels shrunk to about that area, LANCZOS; then centre-cropped to multiples of 16 = VAE factor × 2×2 patches),
+  encodes it through the VAE (the posterior's mode, patchified, batch-norm normalised: the state's own layout) and
+  packs it into tokens with position ids (10 + 10·i, row, column, 0) for the row's i-th image, once per prompt; the
+  samplers index them with the text rows, so the whole group and every step reuse them. ``velocity`` appends them
+  after the target's tokens and keeps only the target's outputs: only the target is noised, predicted and trained.
+  Guidance passes the same references with the negative prompt, as the pipeline does. One batch's rows must have
+  equal reference token counts (the rows of a file all have references or none; the config checks that); the
+  pipeline's input checks (sides of at least 64 pixels, aspect ratio at most 8) are not applied.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from flowrl.core.errors import ConfigError
+from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import warn_truncation
 from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
@@ -40,6 +54,10 @@ from .family import FAMILIES, FlowModel
 from .sd3 import ATTENTION_TARGETS
 
 TEXT_LAYERS = (9, 18, 27)  # the pipeline's text_encoder_out_layers
+#: reference images per prompt: Black Forest Labs documents up to 4 for klein 4B / 9B (docs.bfl.ai, "Reference Images
+#: per Model"); the diffusers pipeline itself sets no limit
+MAX_REFERENCES = 4
+REFERENCE_AREA = 1024 * 1024  # the pipeline shrinks a larger reference to about this many pixels
 
 
 def empirical_mu(tokens: int, num_steps: int) -> float:
@@ -108,6 +126,26 @@ class Flux2Codec:
         return (z - mean) / std
 
 
+def reference_pixels(path: str, multiple: int) -> Tensor:
+    """``[1, 3, H, W]`` in [0, 1]: the image at ``path`` as ``Flux2KleinPipeline`` prepares a reference: above 1024²
+    pixels shrunk to about that area (LANCZOS, aspect kept), then centre-cropped to multiples of ``multiple`` (its
+    image processor's ``resize_mode="crop"``), then converted to RGB."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        width, height = image.size
+        if width * height > REFERENCE_AREA:
+            scale = math.sqrt(REFERENCE_AREA / (width * height))
+            image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
+            width, height = image.size
+        w, h = width // multiple * multiple, height // multiple * multiple
+        if w == 0 or h == 0:
+            raise DataError(f"reference image {path!r} ({width}×{height}) is smaller than {multiple} pixels")
+        left, top = (width - w) // 2, (height - h) // 2
+        pixels = np.asarray(image.crop((left, top, left + w, top + h)).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+
+
 def _ids(rows: int, columns: int, tokens: int, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Image ids ``[B, rows·columns, 4]`` = (0, row, column, 0) and text ids ``[B, tokens, 4]`` = (0, 0, 0, l)."""
     zero = torch.arange(1)
@@ -116,9 +154,15 @@ def _ids(rows: int, columns: int, tokens: int, batch: int, device: torch.device)
     return image.expand(batch, -1, -1).to(device), text.expand(batch, -1, -1).to(device)
 
 
-@FAMILIES.register("Flux2KleinPipeline", lora_targets=(*ATTENTION_TARGETS, "attn.to_qkv_mlp_proj"))
+@FAMILIES.register(
+    "Flux2KleinPipeline",
+    lora_targets=(*ATTENTION_TARGETS, "attn.to_qkv_mlp_proj"),
+    inputs=("image",),
+    images=(0, MAX_REFERENCES),  # optional: without references it generates from text
+)
 class Flux2KleinPolicy(FlowModel):
-    """A FLUX.2 [klein] model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive."""
+    """A FLUX.2 [klein] model ready for RL; ``velocity(x, sigma, cond)`` is what the samplers drive. With reference
+    images (``condition``) it edits, as ``Flux2KleinPipeline(image=...)``."""
 
     pipeline_class = "Flux2KleinPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
 
@@ -200,9 +244,51 @@ class Flux2KleinPolicy(FlowModel):
         layers = torch.stack([out.hidden_states[k] for k in TEXT_LAYERS], dim=2)  # [B, L, 3, hidden]
         return {"embeds": layers.flatten(2).to(self.dtype)}
 
+    # ----------------------------------------------------------------- reference images
+    @torch.no_grad()
+    def condition(
+        self, prompts: list[str], inputs: Sequence[Mapping[str, Any]] | None = None, with_negative: bool | None = None
+    ) -> PromptCond:
+        """The prompts' text rows; when the rows have reference images (``inputs[i]["image"]``, a list of paths),
+        also ``ref [B, N, 4C]``, their packed tokens, and ``ref_ids [B, N, 4]``, their position ids (the negative's
+        rows get the same references, as the pipeline's guidance passes them to both). Without images: ``encode``."""
+        cond = self.encode(prompts, with_negative)
+        images = [list(row.get("image", ())) for row in inputs or ()]
+        if not any(images):
+            return cond
+        if len(images) != len(prompts) or not all(images):
+            raise DataError("FLUX.2 [klein] edits when every prompt of a batch has reference images, and "
+                            'generates from text when none has: give every row an "image", or none')  # fmt: skip
+        refs = [self.reference_tokens(paths) for paths in images]
+        if len({r[0].shape[1] for r in refs}) > 1:
+            sizes = sorted({r[0].shape[1] for r in refs})
+            raise DataError(f"the reference images of one batch must give one token count; got {sizes} tokens: give "
+                            "the rows the same number of images, of the same sizes")  # fmt: skip
+        cond.ref, cond.ref_ids = torch.cat([r[0] for r in refs]), torch.cat([r[1] for r in refs])
+        if cond.neg_embeds is not None:
+            cond.neg_ref, cond.neg_ref_ids = cond.ref, cond.ref_ids
+        return cond
+
+    def reference_tokens(self, paths: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """One row's reference images as the pipeline's ``prepare_image_latents`` makes them: tokens ``[1, N, 4C]``
+        (each image's normalised, patchified latent, flattened, the images one after another) and their position
+        ids ``[1, N, 4]`` = (10 + 10·i, row, column, 0) for image i."""
+        if len(paths) > MAX_REFERENCES:
+            raise DataError(f"FLUX.2 [klein] takes at most {MAX_REFERENCES} reference images per prompt, got "
+                            f"{len(paths)}")  # fmt: skip
+        tokens, ids = [], []
+        for i, path in enumerate(paths):
+            z = self.codec.encode(reference_pixels(path, 2 * self.codec.factor), self.device, self.dtype)
+            _, c, h, w = z.shape
+            tokens.append(z.reshape(1, c, h * w).transpose(1, 2))
+            time = torch.tensor([10 + 10 * i])
+            ids.append(torch.cartesian_prod(time, torch.arange(h), torch.arange(w), torch.arange(1)))
+        return torch.cat(tokens, dim=1), torch.cat(ids)[None].to(self.device)
+
     # ----------------------------------------------------------------- network
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """Velocity ``[B, 4C, h, w]`` at patchified states ``x`` and noise levels ``sigma`` (``[B]``)."""
+        """Velocity ``[B, 4C, h, w]`` at patchified states ``x`` and noise levels ``sigma`` (``[B]``), reading the
+        reference tokens of ``cond["ref"]`` when there are any (the target's outputs only)."""
         if self.distilled and self.cfg_scale > 1:
             raise ValueError("this FLUX.2 [klein] model is step-distilled (is_distilled): it takes no guidance; "
                              "set model.cfg_scale=1")  # fmt: skip
@@ -210,8 +296,11 @@ class Flux2KleinPolicy(FlowModel):
         t = (sigma.float() * 1000).to(self.dtype) / 1000
 
         def forward(tokens: Tensor, t: Tensor, parts: dict[str, Tensor]) -> Tensor:
-            embeds = parts["embeds"]
+            embeds, n = parts["embeds"], tokens.shape[1]
             image_ids, text_ids = _ids(h, w, embeds.shape[1], tokens.shape[0], tokens.device)
+            if "ref" in parts:  # the references' tokens after the target's
+                tokens = torch.cat([tokens, parts["ref"].to(tokens.dtype)], dim=1)
+                image_ids = torch.cat([image_ids, parts["ref_ids"].to(image_ids)], dim=1)
             return self.forward_module()(
                 hidden_states=tokens.to(self.dtype),
                 timestep=t,
@@ -220,10 +309,19 @@ class Flux2KleinPolicy(FlowModel):
                 txt_ids=text_ids,
                 img_ids=image_ids,
                 return_dict=False,
-            )[0]
+            )[0][:, :n]
 
         out = guided(forward, x.reshape(b, c, h * w).transpose(1, 2), t, cond, self.cfg_scale)
         return out.transpose(1, 2).reshape(b, c, h, w).to(x.dtype)
 
 
-__all__ = ["Flux2Codec", "Flux2KleinPolicy", "empirical_mu", "is_distilled", "patchify", "unpatchify"]
+__all__ = [
+    "MAX_REFERENCES",
+    "Flux2Codec",
+    "Flux2KleinPolicy",
+    "empirical_mu",
+    "is_distilled",
+    "patchify",
+    "reference_pixels",
+    "unpatchify",
+]
