@@ -381,7 +381,8 @@ def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
     path_help = next(text for key, _, _, text in describe(Config) if key == "model.path")
     names = {"StableDiffusion3Pipeline": "SD3.5", "FluxPipeline": "FLUX.1", "QwenImagePipeline": "Qwen-Image",
              "Flux2KleinPipeline": "FLUX.2 [klein]", "ZImagePipeline": "Z-Image",
-             "FluxKontextPipeline": "FLUX.1-Kontext"}  # fmt: skip
+             "FluxKontextPipeline": "FLUX.1-Kontext", "QwenImageEditPipeline": "Qwen-Image-Edit",
+             "QwenImageEditPlusPipeline": "Qwen-Image-Edit(-2509)"}  # fmt: skip
     assert FAMILIES.names() == sorted(names) and all(name in path_help for name in names.values())
     with pytest.raises(SystemExit):
         build_parser(["gallery", "--help"]).parse_args(["gallery", "--help"])

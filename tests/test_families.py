@@ -1,6 +1,7 @@
-"""The trainer on tiny SD3.5-, FLUX.1-, Qwen-Image-, FLUX.2 [klein]-, Z-Image- and FLUX.1-Kontext-layout pipelines
-(VAE, text encoders) saved to disk (Kontext trains on prompt rows with a reference image each): every sampler mode,
-half-precision frozen weights, gradient checkpointing, the prompt cache, hub-id paths."""
+"""The trainer on tiny SD3.5-, FLUX.1-, Qwen-Image-, FLUX.2 [klein]-, Z-Image-, FLUX.1-Kontext- and
+Qwen-Image-Edit(-Plus)-layout pipelines (VAE, text encoders) saved to disk (the editing ones train on prompt rows
+with a reference image each): every sampler mode, half-precision frozen weights, gradient checkpointing, the prompt
+cache, hub-id paths."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tiny_models import (
     save_tiny_flux2_klein,
     save_tiny_flux_kontext,
     save_tiny_qwen_image,
+    save_tiny_qwen_image_edit,
     save_tiny_sd3,
     save_tiny_z_image,
 )
@@ -38,7 +40,21 @@ def pipelines(tmp_path_factory) -> dict[str, str]:
         "flux2": save_tiny_flux2_klein(str(root / "flux2")),
         "zimage": save_tiny_z_image(str(root / "zimage")),
         "kontext": save_tiny_flux_kontext(str(root / "kontext")),
+        "qwen-edit": save_tiny_qwen_image_edit(str(root / "qwen-edit")),
+        "qwen-edit-plus": save_tiny_qwen_image_edit(str(root / "qwen-edit-plus"), plus=True),
     }
+
+
+EDITING = ("kontext", "qwen-edit", "qwen-edit-plus")  # trained on prompt rows with a reference image each
+
+
+@pytest.fixture(autouse=True)
+def small_references(monkeypatch):
+    """The Qwen-Image-Edit families resize references to about 1024² pixels, as their pipelines; here 32²."""
+    from flowrl.image.models import QwenImageEditPlusPolicy, QwenImageEditPolicy
+
+    monkeypatch.setattr(QwenImageEditPolicy, "vae_area", 32 * 32)
+    monkeypatch.setattr(QwenImageEditPlusPolicy, "condition_area", 32 * 32)
 
 
 def _edit_rows(folder) -> list[str]:
@@ -48,7 +64,7 @@ def _edit_rows(folder) -> list[str]:
 
 
 def _run(path: str, *overrides: str):
-    data = _edit_rows(Path(path)) if Path(path).name == "kontext" else []
+    data = _edit_rows(Path(path)) if Path(path).name in EDITING else []
     return setup(tiny_config(path, *BACKEND, *data, *overrides))
 
 
@@ -56,7 +72,7 @@ def _moved(before: list[torch.Tensor], run) -> bool:
     return any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", "kontext"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", *EDITING])
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     run = _run(pipelines[family], f"sampler.mode={mode}", *MODES[mode])
@@ -68,7 +84,7 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     assert _moved(before, run)
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", "kontext"])
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", *EDITING])
 def test_bf16_frozen_weights_with_fp32_lora(pipelines, family):
     # on an H100 (torch 2.11) the fused attention kernels' bf16 backward gave this tiny FLUX.1 non-finite gradients
     # in its text-stream LoRA (the trainer skips such updates); PyTorch's math kernel is finite

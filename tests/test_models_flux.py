@@ -107,7 +107,7 @@ def test_load_policy_picks_the_adapter_from_model_index(flux_dir, tmp_path):
     with pytest.raises(
         ValueError,
         match="StableDiffusionXLPipeline pipeline; supported: Flux2KleinPipeline, FluxKontextPipeline, FluxPipeline, "
-        "QwenImagePipeline",
+        "QwenImageEditPipeline, QwenImageEditPlusPipeline, QwenImagePipeline",
     ):
         policy_class(str(tmp_path))
 

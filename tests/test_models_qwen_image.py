@@ -120,6 +120,8 @@ def test_every_family_is_one_registered_flow_model():
             "Flux2KleinPipeline",
             "ZImagePipeline",
             "FluxKontextPipeline",
+            "QwenImageEditPipeline",
+            "QwenImageEditPlusPipeline",
         ]
     )
     for name in FAMILIES.names():

@@ -272,3 +272,66 @@ def pipeline_sigmas(pipe, scheduler, **call) -> torch.Tensor:
     pipe.set_progress_bar_config(disable=True)
     pipe(**call, output_type="latent")
     return pipe.scheduler.sigmas.clone()
+
+
+def save_tiny_qwen_image_edit(path: str, plus: bool = False, seed: int = 0) -> str:
+    """A Qwen-Image-Edit-layout folder (``QwenImageEditPipeline.save_pretrained``; ``plus``: the
+    ``QwenImageEditPlusPipeline`` of Qwen-Image-Edit-2509/2511) with the tiny components of ``save_tiny_qwen_image``
+    plus what reads the reference image: a ``Qwen2VLProcessor`` (image and video processors, the tokenizer with the
+    vision special tokens) and a text encoder whose vision tower and token ids agree with it."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImageEditPipeline,
+        QwenImageEditPlusPipeline,
+        QwenImageTransformer2DModel,
+    )
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer.add_tokens(vision_tokens, special_tokens=True)
+    ids = dict(zip(vision_tokens, tokenizer.convert_tokens_to_ids(vision_tokens), strict=True))
+    # the processor's patch (14), merge (2) and temporal (2) sizes are the vision tower's defaults; at most 112²
+    # pixels reach the tower (16 patches of 14², 4 vision tokens after the 2×2 merge)
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(size=pixels),
+    )  # fmt: skip
+    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
+            "rope_theta": 1e6, "vocab_size": len(tokenizer)}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+    encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(
+            text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+            vision_end_token_id=ids["<|vision_end|>"],
+        )
+    )  # fmt: skip
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
+    )  # fmt: skip
+    vae = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0],
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )  # fmt: skip
+    pipeline = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+    pipeline(
+        scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tokenizer, processor=processor,
+        transformer=transformer,
+    ).save_pretrained(path, safe_serialization=True)  # fmt: skip
+    return path

@@ -35,9 +35,8 @@ from flowrl.samplers.modes import ROLLOUT_MODES, Branching, ModeFacts, switch_mo
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image, "
-        "FLUX.1-Kontext, Qwen-Image-Edit or Qwen-Image-Edit-2509/2511 (editing: prompt rows with an image) "
-        "(model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image or, "
+        "editing rows' images, FLUX.1-Kontext, Qwen-Image-Edit(-2509) (model_index.json decides); default: toy base",
     )
     resolution: int = option(32, "image side in pixels", low=8)
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))

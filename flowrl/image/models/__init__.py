@@ -1,5 +1,6 @@
 """Model adapters: one ``FlowModel`` per model family (``SD3Policy``, ``FluxPolicy``, ``QwenImagePolicy``,
-``Flux2KleinPolicy``, ``ZImagePolicy``; the interface and the ``FAMILIES`` registry are in
+``Flux2KleinPolicy``, ``ZImagePolicy``, the editing ``FluxKontextPolicy``, ``QwenImageEditPolicy`` and
+``QwenImageEditPlusPolicy``; the interface and the ``FAMILIES`` registry are in
 ``flowrl.image.models.family``), chosen from a diffusers folder's ``model_index.json`` by ``policy_class``, and the
 toy base's architecture (``flowrl.image.models.toy``)."""
 
@@ -17,6 +18,7 @@ from .flux import FluxPolicy
 from .flux2 import Flux2KleinPolicy
 from .flux_kontext import FluxKontextPolicy
 from .qwen_image import QwenImagePolicy
+from .qwen_image_edit import QwenImageEditPlusPolicy, QwenImageEditPolicy
 from .sd3 import SD3Policy
 from .z_image import ZImagePolicy
 
@@ -126,6 +128,8 @@ __all__ = [
     "FluxPolicy",
     "ModelPathError",
     "PromptCond",
+    "QwenImageEditPlusPolicy",
+    "QwenImageEditPolicy",
     "QwenImagePolicy",
     "SD3Policy",
     "ZImagePolicy",
