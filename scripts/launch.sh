@@ -3,7 +3,7 @@
 #
 # Usage: [NUM_GPUS=8] scripts/launch.sh configs/<preset>.yaml [key=value ...]
 # Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate), PYTHON (the
-# python beside accelerate), FSDP_LAYERS (the block classes FSDP wraps, passed when ACCELERATE_CONFIG is an FSDP
+# python beside accelerate), DETECTOR_URL / JUDGE_URL (reward servers replacing the preset's), FSDP_LAYERS (the block classes FSDP wraps, passed when ACCELERATE_CONFIG is an FSDP
 # file; the FLUX launchers set FLUX's).
 # The project's virtualenv (.venv, made by `make venv`) comes first on PATH: nothing needs activating.
 # The config is checked once, in one process, before the launch (`flowrl train --check`): an error is one line and
@@ -32,6 +32,24 @@ fi
 if [[ -z "${PYTHON:-}" ]]; then  # the interpreter `accelerate launch -m flowrl` will run
     PYTHON="$(dirname "$(command -v "$ACCELERATE")")/python"
     [[ -x "$PYTHON" ]] || PYTHON=python3
+fi
+
+# reward servers named in the environment replace the preset's addresses (one `rewards=` override, as JSON, before
+# the caller's own overrides, which still win): DETECTOR_URL for geneval's detector, JUDGE_URL for a VLM judge's API
+if [[ -n "${DETECTOR_URL:-}${JUDGE_URL:-}" ]]; then
+    rewards="$("$PYTHON" - "$CONFIG" <<'PY'
+import json, os, sys, yaml
+rewards = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))["rewards"]
+for r in rewards:
+    options = r.setdefault("options", {})
+    if r["name"] == "geneval" and os.environ.get("DETECTOR_URL"):
+        options.setdefault("detector_options", {})["url"] = os.environ["DETECTOR_URL"]
+    if r["name"] in ("vlm-judge", "vlm-edit-judge") and os.environ.get("JUDGE_URL"):
+        options["base_url"] = os.environ["JUDGE_URL"]
+print(json.dumps(rewards))
+PY
+)"
+    set -- "rewards=$rewards" "$@"
 fi
 
 "$PYTHON" -m flowrl train --check --config "$CONFIG" "$@"

@@ -18,33 +18,19 @@
 #      CUDA_VISIBLE_DEVICES=0,1,2,3 NUM_GPUS=4 JUDGE_URL=http://127.0.0.1:8080/v1 scripts/train_flux_pref_grpo.sh
 #
 # Usage: [NUM_GPUS=8] [JUDGE_URL=...] scripts/train_flux_pref_grpo.sh [key=value ...]
-# Environment: JUDGE_URL (http://127.0.0.1:8080/v1: the API base, without /chat/completions), PYTHON
-# (.venv/bin/python if present, else python3), and as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE);
+# Environment: JUDGE_URL (http://127.0.0.1:8080/v1: the API base, without /chat/completions), and as
+# scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON);
 # under an FSDP accelerate config FSDP wraps FLUX's two block classes (FSDP_LAYERS).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONFIG=configs/flux_pref_grpo.yaml
-JUDGE_URL="${JUDGE_URL:-http://127.0.0.1:8080/v1}"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
+export JUDGE_URL="${JUDGE_URL:-http://127.0.0.1:8080/v1}"  # launch.sh puts it into the judge's options
 
 if command -v curl >/dev/null && ! curl -sf --max-time 10 "${JUDGE_URL%/}/models" >/dev/null; then
     echo "warning: no judge answers at ${JUDGE_URL%/}/models; start the vLLM server first (see this script)" >&2
 fi
 
-# the config's rewards with the judge's base_url replaced (one override, as JSON)
-rewards="$("$PYTHON" - "$CONFIG" "$JUDGE_URL" <<'PY'
-import json, sys, yaml
-rewards = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))["rewards"]
-for r in rewards:
-    if r["name"] == "vlm-judge":
-        r.setdefault("options", {})["base_url"] = sys.argv[2]
-print(json.dumps(rewards))
-PY
-)"
-
 export FSDP_LAYERS="${FSDP_LAYERS:-FluxTransformerBlock,FluxSingleTransformerBlock}"
-exec scripts/launch.sh "$CONFIG" "rewards=$rewards" "$@"
+exec scripts/launch.sh "$CONFIG" "$@"

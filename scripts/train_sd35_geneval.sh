@@ -21,32 +21,17 @@
 #          REWARD_URL=http://127.0.0.1:8101 scripts/train_sd35_geneval.sh   # uses the `remote` reward
 #
 # Usage: [NUM_GPUS=8] [DETECTOR_URL=...|REWARD_URL=...] scripts/train_sd35_geneval.sh [key=value ...]
-# Environment: DETECTOR_URL (http://127.0.0.1:8100), REWARD_URL (unset), PYTHON (.venv/bin/python if present, else
-# python3), and as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE).
+# Environment: DETECTOR_URL (http://127.0.0.1:8100), REWARD_URL (unset), and as scripts/launch.sh (NUM_GPUS,
+# ACCELERATE_CONFIG, ACCELERATE, PYTHON).
 # train.prompts_per_step counts prompts over all GPUs: the preset's value is the published batch for any NUM_GPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONFIG=configs/sd35_geneval.yaml
-DETECTOR_URL="${DETECTOR_URL:-http://127.0.0.1:8100}"
+export DETECTOR_URL="${DETECTOR_URL:-http://127.0.0.1:8100}"  # launch.sh puts it into the geneval reward
 REWARD_URL="${REWARD_URL:-}"
-if [[ -z "${PYTHON:-}" ]]; then
-    if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-
 if [[ -n "$REWARD_URL" ]]; then
-    rewards="[{name: remote, weight: 1.0, options: {url: '$REWARD_URL', timeout: 300}}]"
-else
-    # the config's rewards with the geneval detector's url replaced (one override, as JSON)
-    rewards="$("$PYTHON" - "$CONFIG" "$DETECTOR_URL" <<'PY'
-import json, sys, yaml
-rewards = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))["rewards"]
-for r in rewards:
-    if r["name"] == "geneval":
-        r.setdefault("options", {}).setdefault("detector_options", {})["url"] = sys.argv[2]
-print(json.dumps(rewards))
-PY
-)"
+    unset DETECTOR_URL
+    exec scripts/launch.sh "$CONFIG" "rewards=[{name: remote, weight: 1.0, options: {url: '$REWARD_URL', timeout: 300}}]" "$@"
 fi
-
-exec scripts/launch.sh "$CONFIG" "rewards=$rewards" "$@"
+exec scripts/launch.sh "$CONFIG" "$@"

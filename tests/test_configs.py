@@ -40,6 +40,9 @@ SCRIPTS = {
     "train_qwen_image_pickscore.sh": "qwen_image_pickscore.yaml",
     "train_flux2_klein_pickscore.sh": "flux2_klein_pickscore.yaml",
     "train_z_image_turbo_pickscore.sh": "z_image_turbo_pickscore.yaml",
+    "train_flux_kontext_grpo.sh": "flux_kontext_grpo.yaml",
+    "train_qwen_image_edit_grpo.sh": "qwen_image_edit_grpo.yaml",
+    "train_flux2_klein_edit_grpo.sh": "flux2_klein_edit_grpo.yaml",
 }
 FLUX_BLOCKS = "FluxTransformerBlock,FluxSingleTransformerBlock"
 SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL", "FSDP_LAYERS", "PYTHON",
@@ -158,6 +161,32 @@ EXPECTED = {
         "advantage.name": "gdpo",
         "loss.name": "grpo-guard",
         "rewards": ["vlm-judge", "clipscore"],
+    },
+    "flux2_klein_edit_grpo.yaml": {  # Pref-GRPO's klein edit run (lora_ur_edit_prefgrpo_flux2_klein_edit.sh)
+        "model.path": "black-forest-labs/FLUX.2-klein-base-9B",
+        "model.resolution": 512,
+        "model.lora_rank": 64,
+        "model.lora_alpha": 128.0,
+        "model.cfg_scale": 4.0,
+        "model.max_sequence_length": 512,
+        "model.gradient_checkpointing": True,
+        "sampler.num_steps": 15,
+        "sampler.noise_level": 0.7,
+        "sampler.shift": 3.0,
+        "sampler.same_noise": True,
+        "window": ("fixed", 14),
+        "train.group_size": 9,
+        "train.minibatches": 3,
+        "train.lr": 3e-5,
+        "train.weight_decay": 1e-4,
+        "train.timestep_fraction": 0.6,
+        "advantage.name": "gdpo",
+        "advantage.clip_max": 5.0,
+        "loss.name": "grpo-guard",
+        "loss.clip_low": 1e-4,
+        "loss.kl_coef": 0.0,
+        "eval.num_steps": 15,
+        "rewards": ["vlm-edit-judge"],
     },
 }
 
@@ -420,9 +449,10 @@ def test_script_command_validates(script: str, tmp_path: Path, stand_ins: list[s
     cfg = load_config(str(REPO / args[i + 4]), overrides + stand_ins)
     assert cfg.train.iterations == 3
     options = {r.name: r.options for r in cfg.rewards}
-    if "vlm-judge" in options:
-        assert options["vlm-judge"]["base_url"] == env["JUDGE_URL"]
-        assert options["vlm-judge"]["model"] == "UnifiedReward"
+    for judge in ("vlm-judge", "vlm-edit-judge"):
+        if judge in options:
+            assert options[judge]["base_url"] == env["JUDGE_URL"]
+            assert options[judge]["model"] == "UnifiedReward"
     if "geneval" in options:
         assert options["geneval"]["detector_options"]["url"] == env["DETECTOR_URL"]
 
