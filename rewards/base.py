@@ -18,7 +18,8 @@ errors here (a trainer decides what to do with them; ``RewardSet.non_finite`` co
 A reward may read columns of the prompts' rows besides the text (an edit reward: the source ``image``, a ``target``
 caption): it says so with an attribute ``inputs = ("image", ...)`` (a registered one also in its facts, so that a
 config without those columns is refused before training) and receives each as a keyword list aligned with the
-images, ``reward(images, prompts, image=[...], target=[...])``; ``RewardSet`` takes the rows by prompt text.
+images, ``reward(images, prompts, image=[...], target=[...])``; ``RewardSet`` takes the rows by prompt (its
+``flowrl.core.inputs.row_key``: the text, or a ``PromptRow``'s own key).
 
 Groupwise rewards score the images of one prompt jointly (e.g. a pairwise judge's win rate). They say
 so with an attribute ``groupwise = True`` and are called ``reward(images, prompts, groups=groups)``,
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor
 
 from flowrl.core.errors import RewardError
+from flowrl.core.inputs import row_inputs
 from flowrl.core.registry import Registry
 from flowrl.core.sections import HUB_ID
 
@@ -331,12 +333,13 @@ def _columns(
 ) -> dict[str, list[Any]]:
     """The columns ``fn`` reads (its ``inputs``), each a list aligned with ``prompts``."""
     out = {}
+    rows = row_inputs(inputs, prompts)
     for key in getattr(fn, "inputs", ()):
-        missing = [p for p in prompts if key not in (inputs or {}).get(p, {})]
+        missing = [p for p, row in zip(prompts, rows, strict=True) if key not in row]
         if missing:
             raise RewardError(f"reward {name!r} reads {key!r} of each prompt row, and {missing[0]!r} has none (give "
                               "it in a .jsonl prompt file)")  # fmt: skip
-        out[key] = [inputs[p][key] for p in prompts]
+        out[key] = [row[key] for row in rows]
     return out
 
 

@@ -90,6 +90,42 @@ def test_prompt_data_without_the_familys_inputs_is_refused_at_config_time(shaded
         tiny_config(shaded, f"data.train_prompts={clash}", f"data.eval_prompts={held_out}")
 
 
+def test_one_text_on_several_rows_is_a_row_each_in_training_and_evaluation(shaded, tmp_path):
+    """A file may repeat a text with other inputs (one edit instruction on several images): each row is a
+    ``PromptRow`` that is its text for the encoder and the rewards but keeps its own inputs, evaluation group,
+    evaluation noise and clustering unit; a text repeated with the same inputs stays one row."""
+    import pickle
+
+    from flowrl.core.inputs import PromptRow, row_key
+    from flowrl.core.seeds import eval_noise_seeds
+    from flowrl.core.stats import prompt_mean_se
+    from flowrl.image.evaluation import prompt_groups
+
+    rows = [("a red circle", 1.0), ("a red circle", -1.0), ("a red square", 2.0), ("a red square", 2.0)]
+    path = _jsonl(tmp_path / "rows.jsonl", rows)
+    prompts = load_prompt_set(path).prompts
+    assert prompts == [p for p, _ in rows] and all(type(p) is PromptRow for p in prompts[:2])
+    assert row_key(prompts[0]) != row_key(prompts[1]) and type(prompts[2]) is str  # same inputs: one row
+    assert pickle.loads(pickle.dumps(prompts[1])).key == prompts[1].key  # what gathering across processes does
+    assert sorted(inputs_by_prompt(("rows", load_prompt_set(path))).values(), key=str) == sorted(
+        [{"shade": 1.0}, {"shade": -1.0}, {"shade": 2.0}], key=str)  # fmt: skip
+    assert prompt_groups(prompts).tolist() == [0, 1, 2, 2]
+    seeds = eval_noise_seeds(prompts, [0] * 4)
+    assert seeds[0] != seeds[1] and seeds[2] == seeds[3] == eval_noise_seeds(["a red square"], [0])[0]
+    assert prompt_mean_se(torch.tensor([0.0, 2.0, 1.0, 1.0]), prompts) == (1.0, pytest.approx(math.sqrt(1 / 3)))
+
+    cfg = tiny_config(shaded, f"data.train_prompts={path}", f"data.eval_prompts={path}", "train.iterations=1",
+                      "train.prompts_per_step=3")  # fmt: skip
+    run = trainer.setup(cfg)
+    trainer.train_step(run)
+    shade = {row_key(p): s for p, (_, s) in zip(prompts, rows, strict=True)}
+    drawn = [(row_key(p), s) for seen, shades in ShadedToy.seen for p, s in zip(seen, shades, strict=True)]
+    assert {k for k, _ in drawn} == set(shade) and all(s == shade[k] for k, s in drawn)  # each row its own shade
+    ShadedToy.seen = []
+    trainer.evaluate(run, run.eval_prompts[:3], [0, 0, 0])
+    assert ShadedToy.seen == [(["a red circle", "a red circle", "a red square"], [1.0, -1.0, 2.0])]
+
+
 def test_a_text_to_image_family_reads_jsonl_prompts_and_ignores_their_other_keys(tiny_model, tmp_path):
     rows = _jsonl(tmp_path / "rows.jsonl", TRAIN)
     cfg = tiny_config(tiny_model, f"data.train_prompts={rows}", "train.iterations=1")

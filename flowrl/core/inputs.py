@@ -1,17 +1,44 @@
 """The user's inputs as every recipe reads them: text files that must be UTF-8 (an error names the file, the line
-and the byte), and prompts longer than a tokenizer reads (a warning, once per tokenizer and limit, on the logger
-``flowrl.models``).
+and the byte), prompts longer than a tokenizer reads (a warning, once per tokenizer and limit, on the logger
+``flowrl.models``), and the rows of a prompt file that repeat a text with other inputs (``PromptRow``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowrl.core.errors import DataError
 
 log = logging.getLogger("flowrl.models")
 _TRUNCATION_WARNED: set[tuple[str, int]] = set()
+
+
+class PromptRow(str):
+    """A prompt that is one row of a prompt file whose text other rows repeat with other inputs (one edit
+    instruction on several source images). It is its text everywhere the text matters (encoding, rewards, galleries);
+    ``key`` tells the rows apart where a row is meant: its inputs, its evaluation group and its evaluation noise."""
+
+    key: str
+
+    def __new__(cls, text: str, key: str) -> PromptRow:
+        row = super().__new__(cls, text)
+        row.key = key
+        return row
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:  # pickled with its key (processes gather prompts)
+        return PromptRow, (str(self), self.key)
+
+
+def row_key(prompt: str) -> str:
+    """The key of a prompt's row: a ``PromptRow``'s own key, else the text (unique in its file)."""
+    return getattr(prompt, "key", prompt)
+
+
+def row_inputs(inputs: Mapping[str, Mapping[str, Any]] | None, prompts: Sequence[str]) -> list[dict[str, Any]]:
+    """Each prompt's row inputs (``{}`` for a prompt without any) from ``inputs`` keyed by ``row_key``."""
+    return [dict((inputs or {}).get(row_key(p), {})) for p in prompts]
 
 
 def read_utf8(path: str, name: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from flowrl.core.inputs import row_key
+
 EVAL_STREAM = 1 << 63  # evaluation seeds are EVAL_STREAM + a 63-bit hash
 TRAIN_SEED_LIMIT = 1 << 63  # every training noise seed is below this (see flowrl.image.trainer.sample)
 
@@ -30,7 +32,7 @@ def eval_noise_seeds(prompts: Sequence[str], indices: Sequence[int]) -> list[int
     """``eval_noise_seed`` of every pair (``prompts[i]``, ``indices[i]``)."""
     if len(prompts) != len(indices):
         raise ValueError(f"{len(prompts)} prompts but {len(indices)} seed indices")
-    return [eval_noise_seed(p, k) for p, k in zip(prompts, indices, strict=True)]
+    return [eval_noise_seed(row_key(p), k) for p, k in zip(prompts, indices, strict=True)]  # a PromptRow: its key
 
 
 __all__ = ["EVAL_STREAM", "TRAIN_SEED_LIMIT", "eval_noise_seed", "eval_noise_seeds"]

@@ -15,6 +15,8 @@ from collections.abc import Hashable, Sequence
 import torch
 from torch import Tensor
 
+from flowrl.core.inputs import row_key
+
 
 def unit_means(values: Tensor, units: Sequence[Hashable]) -> Tensor:
     """``[U]`` mean of ``values`` ``[N]`` within each unit (in order of first appearance); NaN values (unscored
@@ -44,8 +46,9 @@ def mean_se(values: Tensor | Sequence[float]) -> tuple[float, float]:
 def prompt_mean_se(values: Tensor, prompts: Sequence[Hashable]) -> tuple[float, float]:
     """Mean of ``values`` ``[N]`` (one per image; ``prompts[i]`` is image ``i``'s prompt) and its standard error
     with the prompt as the unit: the mean and SE of the per-prompt means. For a paired gain pass
-    ``after − before`` of the same (prompt, seed) pairs."""
-    return mean_se(unit_means(values, prompts))
+    ``after − before`` of the same (prompt, seed) pairs. A ``PromptRow`` (a text its file repeats with other
+    inputs) is its own unit."""
+    return mean_se(unit_means(values, [row_key(p) for p in prompts]))
 
 
 __all__ = ["mean_se", "prompt_mean_se", "unit_means"]

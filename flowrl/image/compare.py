@@ -21,6 +21,7 @@ import torch
 
 from flowrl.core.columns import ColumnSpec, base_index
 from flowrl.core.errors import ConfigError
+from flowrl.core.inputs import row_inputs
 
 
 def load_column_policy(cfg, source: str):
@@ -79,7 +80,7 @@ def evaluate_column(
     cfg = spec.cfg
     policy = load_column_policy(cfg, spec.source)
     images = generate(
-        policy, prompts, seeds, inputs=[(inputs or {}).get(p, {}) for p in prompts], resolution=cfg.model.resolution,
+        policy, prompts, seeds, inputs=row_inputs(inputs, prompts), resolution=cfg.model.resolution,
         num_steps=cfg.eval.num_steps, solver=cfg.eval.solver, batch_size=cfg.train.sample_batch or 64,
     )  # fmt: skip
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])
@@ -130,10 +131,11 @@ def source_columns(prompts: list[str], inputs: dict[str, dict[str, Any]] | None,
     from flowrl.image.gallery import GalleryColumn
     from flowrl.rewards.preprocess import load_image
 
-    if not prompts or any("image" not in (inputs or {}).get(p, {}) for p in prompts):
+    rows = row_inputs(inputs, prompts)
+    if not prompts or any("image" not in row for row in rows):
         return []
     size = tuple(like.shape[-2:])
-    images = torch.stack([load_image(inputs[p]["image"][0], size) for p in prompts])
+    images = torch.stack([load_image(row["image"][0], size) for row in rows])
     return [GalleryColumn("source", images, [{} for _ in prompts])]
 
 

@@ -479,8 +479,7 @@ def check_combinations(cfg: Config) -> None:
 def check_inputs(cfg: Config, family: str) -> None:
     """Both prompt sources give every row the columns that the model family (``FamilyFacts.inputs``) and the
     registered rewards (``RewardFacts.inputs``) read, the family's count of reference images (optional when its
-    minimum is 0: then a file's rows have images all or none), and no prompt text names two different sets of
-    inputs."""
+    minimum is 0: then a file's rows have images all or none), and no text with other inputs in the other file."""
     from flowrl.image.data import inputs_by_prompt, load_prompt_set
     from flowrl.rewards import REWARDS
 

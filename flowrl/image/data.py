@@ -9,6 +9,10 @@ family receives them as a list of absolute paths.
 Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
 hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
 
+A file may repeat a text with other inputs (one edit instruction on several images): each such row is a
+``flowrl.core.inputs.PromptRow``, the text with a key of its own, so that its inputs, its evaluation group and its
+evaluation noise are its own.
+
 A source that does not exist is a ``ConfigError`` (the config names it); a file that exists but holds no usable
 prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the file and, where it helps, the line.
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowrl.core.errors import ConfigError, DataError
-from flowrl.core.inputs import read_utf8
+from flowrl.core.inputs import PromptRow, read_utf8, row_key
 
 TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all", "toy:validation", "toy:train-no-val")
 
@@ -75,7 +79,18 @@ def load_prompt_set(source: str) -> PromptSet:
         lines.append(n)
     if not prompts:
         raise DataError(f"prompt file {source!r} has no rows")
-    return PromptSet(prompts, inputs, lines)
+    return PromptSet(_rows(prompts, inputs, lines, os.path.basename(source)), inputs, lines)
+
+
+def _rows(prompts: list[str], inputs: list[dict[str, Any]], lines: list[int], name: str) -> list[str]:
+    """The prompts, each text that the file repeats with other inputs as a ``PromptRow`` per row, keyed by the
+    file's name and the row's line (rows that repeat a text with the same inputs are the same row)."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for prompt, row in zip(prompts, inputs, strict=True):
+        seen.setdefault(prompt, [])
+        if row not in seen[prompt]:
+            seen[prompt].append(row)
+    return [PromptRow(p, f"{p}\x00{name}:{n}") if len(seen[p]) > 1 else p for p, n in zip(prompts, lines, strict=True)]
 
 
 def _image_paths(value: Any, source: str, line: int) -> list[str]:
@@ -102,17 +117,19 @@ def _image_paths(value: Any, source: str, line: int) -> list[str]:
 
 
 def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:
-    """Each prompt text's inputs over the named sets (``(source, set)`` pairs). The text is the key of a prompt's
-    group, its noise and its evaluation pairs, so one text with two different sets of inputs is a ``DataError``."""
+    """Each row's inputs over the named sets (``(source, set)`` pairs), keyed by ``row_key``: a text that one file
+    repeats with other inputs is a ``PromptRow`` per row; a text with other inputs in another file is a
+    ``DataError`` (the two files' rows would share the text's key)."""
     out: dict[str, dict[str, Any]] = {}
     first: dict[str, str] = {}
     for source, prompt_set in sets:
         for prompt, inputs in zip(prompt_set.prompts, prompt_set.inputs, strict=True):
-            if prompt in out and out[prompt] != inputs:
-                raise DataError(f"prompt {prompt!r} has different inputs in {first[prompt]!r} and {source!r}; a "
-                                "prompt text names one set of inputs")  # fmt: skip
-            out.setdefault(prompt, inputs)
-            first.setdefault(prompt, source)
+            key = row_key(prompt)
+            if key in out and out[key] != inputs:
+                raise DataError(f"prompt {prompt!r} has different inputs in {first[key]!r} and {source!r}; give "
+                                "it one set of inputs in both, or other texts")  # fmt: skip
+            out.setdefault(key, inputs)
+            first.setdefault(key, source)
     return {p: i for p, i in out.items() if i}
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from flowrl.core.inputs import row_key
 from flowrl.core.monitor import WATCH
 from flowrl.core.stats import mean_se, prompt_mean_se
 
@@ -33,9 +34,10 @@ THUMB = 32  # side of the images the distances are measured on
 
 
 def prompt_groups(prompts: Sequence[str]) -> Tensor:
-    """Group ids ``[N]``: equal prompt texts share an id (numbered in order of first appearance)."""
+    """Group ids ``[N]``: the pairs of one prompt row share an id (numbered in order of first appearance; equal
+    texts are one row unless a file repeats the text with other inputs, ``flowrl.core.inputs.PromptRow``)."""
     ids: dict[str, int] = {}
-    return torch.tensor([ids.setdefault(p, len(ids)) for p in prompts], dtype=torch.long)
+    return torch.tensor([ids.setdefault(row_key(p), len(ids)) for p in prompts], dtype=torch.long)
 
 
 def score_images(
@@ -103,10 +105,10 @@ def monitor_metrics(monitors: dict[str, Tensor], groups: Tensor) -> dict[str, fl
 
 
 def diversity(images: Tensor, prompts: Sequence[str]) -> dict[str, float]:
-    """Per prompt text (in order of first appearance) with at least two images: the mean pairwise ``distance``
-    between its images ``[N, 3, H, W]``."""
+    """Per prompt row (its ``row_key``, in order of first appearance) with at least two images: the mean pairwise
+    ``distance`` between its images ``[N, 3, H, W]``."""
     per_group = group_diversity(thumbnails(images), prompt_groups(prompts))
-    return {p: per_group[g] for g, p in enumerate(dict.fromkeys(prompts)) if g in per_group}
+    return {k: per_group[g] for g, k in enumerate(dict.fromkeys(map(row_key, prompts))) if g in per_group}
 
 
 def categories(prompt: str, metadata: dict[str, Any] | None = None) -> list[str]:
@@ -133,7 +135,11 @@ def summarize(
     """Mean and prompt-clustered SE of every score ``[N]``; with ``images``, the within-prompt diversity (mean and
     SE over prompts, and per prompt); per category (``categories``), the mean and SE of every score over the
     category's prompts."""
-    out: dict[str, Any] = {"num_images": len(prompts), "num_prompts": len(set(prompts)), "se_unit": "prompt"}
+    out: dict[str, Any] = {
+        "num_images": len(prompts),
+        "num_prompts": len(set(map(row_key, prompts))),
+        "se_unit": "prompt",
+    }
     out["scores"] = {k: dict(zip(("mean", "se"), prompt_mean_se(v, prompts), strict=True)) for k, v in scores.items()}
     if images is not None:
         per_prompt = diversity(images, prompts)
@@ -144,7 +150,7 @@ def summarize(
     for label in sorted({c for cs in labels.values() for c in cs}):
         rows = torch.tensor([label in labels[p] for p in prompts])
         chosen = [p for p, keep in zip(prompts, rows.tolist(), strict=True) if keep]
-        by_category[label] = {"num_prompts": len(set(chosen))}
+        by_category[label] = {"num_prompts": len(set(map(row_key, chosen)))}
         for k, v in scores.items():
             mean, se = prompt_mean_se(v[rows], chosen)
             by_category[label][k] = {"mean": mean, "se": se}

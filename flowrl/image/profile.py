@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from flowrl.core.inputs import row_inputs
 from flowrl.image.config import Config
 
 #: stages in the order the table lists them, with what each covers
@@ -46,7 +47,7 @@ def forward_flops(run: Any) -> int:
 
     policy = run.policy
     prompt = run.train_prompts[0]
-    cond = policy.condition([prompt], [run.inputs.get(prompt, {})]).as_dict()
+    cond = policy.condition([prompt], row_inputs(run.inputs, [prompt])).as_dict()
     x = policy.initial_noise([0], run.cfg.model.resolution)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         policy.velocity(x, torch.tensor([0.5], device=x.device), cond)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from flowrl.core.errors import ConfigError
+from flowrl.core.inputs import row_key
 from flowrl.core.loop import finish_summary
 from flowrl.core.resume import Finished, read_checkpoint, write_checkpoint
 from flowrl.core.stats import prompt_mean_se
@@ -101,7 +102,7 @@ def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
         "train_seconds": round(done.train_seconds, 1),
         "seed": cfg.seed,
         "num_eval_samples": len(prompts) if cfg.eval.enabled else 0,
-        "num_eval_prompts": len(set(prompts)) if cfg.eval.enabled else 0,
+        "num_eval_prompts": len(set(map(row_key, prompts))) if cfg.eval.enabled else 0,
         "eval_seeds": sorted(set(seeds)),
         "eval_noise": "independent per (prompt, seed index)",
         "se_unit": "prompt",

@@ -1,6 +1,7 @@
 """The toy edit world's splits as files a user's edit data would be: per split a ``.jsonl`` of rows
 ``{"prompt": instruction, "image": source png, "target": caption, "source_caption": the source's caption, "edit":
-kind, "edited": ground-truth png}`` with the PNGs beside it (the images are drawn by ``flowrl.image.toy_edit``, deterministically per row).
+kind, "edited": ground-truth png}`` with the PNGs beside it (the images are drawn by ``flowrl.image.toy_edit``,
+deterministically per row).
 
     python -m flowrl.image.toy_edit_data --out data/toy-edit [--size 32]
 """
@@ -37,7 +38,8 @@ def write_splits(out: str, size: int = 32) -> dict[str, int]:
                 _png(edited, os.path.join(tmp, split, f"{i:04d}-edited.png"))
                 name = f"{split}/{i:04d}"
                 rows.append({"prompt": edit.instruction, "image": f"{name}-source.png", "target": edit.target.text,
-                             "source_caption": edit.source.text, "edit": edit.kind, "edited": f"{name}-edited.png"})  # fmt: skip
+                             "source_caption": edit.source.text, "edit": edit.kind,
+                             "edited": f"{name}-edited.png"})  # fmt: skip
             with open(os.path.join(tmp, f"{split}.jsonl"), "w", encoding="utf-8") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
             counts[split] = len(rows)

@@ -32,6 +32,7 @@ from torch import Tensor
 from flowrl.core.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.core.advantages.core import combine
 from flowrl.core.errors import ConfigError
+from flowrl.core.inputs import row_inputs
 from flowrl.core.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.core.losses import LOSSES, LossOutput, Together, TrainsOn, trains_on
 from flowrl.core.monitor import TrainingMonitor
@@ -170,7 +171,7 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     low = int(prompt_of_root[0])  # encode only this share's prompts
     mine = prompts[low : int(prompt_of_root[-1]) + 1]
     with run.clock.stage("encode"):
-        cond = policy.condition(mine, [run.inputs.get(p, {}) for p in mine]).as_dict()
+        cond = policy.condition(mine, row_inputs(run.inputs, mine)).as_dict()
     cond = index_cond(cond, prompt_of_root - low)
     seed = cfg.seed * 1_000_003 + run.iteration
     rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
@@ -409,7 +410,7 @@ def _evaluate_pairs(
             policy,
             prompts,
             seeds,
-            inputs=[run.inputs.get(p, {}) for p in prompts],
+            inputs=row_inputs(run.inputs, prompts),
             resolution=cfg.model.resolution,
             num_steps=cfg.eval.num_steps,
             solver=cfg.eval.solver,
