@@ -195,3 +195,35 @@ def test_the_state_shape_comes_from_the_family(tiny_model, tmp_path, loss):
         assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
     finally:
         FAMILIES._table, FAMILIES._facts, FAMILIES._options = saved
+
+
+def test_a_datasets_folder_gives_rows_with_images(tmp_path, monkeypatch):
+    """A Hugging Face ``datasets`` folder with a ``prompt`` and an ``image`` column (images, one or a list per row)
+    gives the rows a ``.jsonl`` file would: its images as PNG paths (written once to the cache, pixel for pixel),
+    its other columns as inputs; a split dictionary or a folder without prompts is refused in one line."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    images = [PILImage.fromarray(p) for p in pixels]
+    features = Features({"prompt": Value("string"), "image": Sequence(Image()), "target": Value("string")})
+    rows = {"prompt": ["make it red", "make it red", " add a cat "], "image": [[images[0]], [images[1], images[2]],
+            [images[2]]], "target": ["red", "red", "a cat"]}  # fmt: skip
+    Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "edits"))
+    prompt_set = load_prompt_set(str(tmp_path / "edits"))
+    assert prompt_set.prompts == ["make it red", "make it red", "add a cat"] and prompt_set.lines == [1, 2, 3]
+    assert [len(r["image"]) for r in prompt_set.inputs] == [1, 2, 1] and prompt_set.columns() == {"image", "target"}
+    for row, expected in zip(prompt_set.inputs, [[0], [1, 2], [2]], strict=True):
+        for path, k in zip(row["image"], expected, strict=True):
+            assert np.array_equal(np.asarray(PILImage.open(path).convert("RGB")), pixels[k])
+    assert load_prompt_set(str(tmp_path / "edits")) == prompt_set  # the cache is reused
+    assert len(inputs_by_prompt(("edits", prompt_set))) == 3  # the repeated instruction is a row each
+
+    DatasetDict({"train": Dataset.from_dict({"prompt": ["a"]})}).save_to_disk(str(tmp_path / "splits"))
+    with pytest.raises(DataError, match="holds the splits train: give one split's folder"):
+        load_prompt_set(str(tmp_path / "splits"))
+    Dataset.from_dict({"text": ["a"]}).save_to_disk(str(tmp_path / "no_prompt"))
+    with pytest.raises(DataError, match="has no 'prompt' column \\(its columns: text\\)"):
+        load_prompt_set(str(tmp_path / "no_prompt"))

@@ -274,13 +274,13 @@ def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
 
 def check_prompts(key: str, source: str) -> None:
     """``source`` is a toy split or a readable file of prompts (read now, so a bad file fails before training)."""
-    from flowrl.image.data import check_prompt_source, load_prompts
+    from flowrl.image.data import check_prompt_source, has_rows, load_prompts
 
     try:
         check_prompt_source(source)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
-    if not source.startswith("toy:") and not source.endswith(".jsonl"):  # check_inputs reads the .jsonl rows
+    if not source.startswith("toy:") and not has_rows(source):  # check_inputs reads the rows
         load_prompts(source)  # DataError naming the file
 
 

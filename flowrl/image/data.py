@@ -9,6 +9,9 @@ family receives them as a list of absolute paths.
 Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
 hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
 
+A Hugging Face ``datasets`` folder (``Dataset.save_to_disk``) with a ``prompt`` column gives rows too: its ``image``
+column (images, or paths relative to the folder) and its other columns are the inputs.
+
 A file may repeat a text with other inputs (one edit instruction on several images): each such row is a
 ``flowrl.core.inputs.PromptRow``, the text with a key of its own, so that its inputs, its evaluation group and its
 evaluation noise are its own.
@@ -24,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowrl.core.atomic import atomic_dir
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import PromptRow, read_utf8, row_key
 
@@ -31,12 +35,17 @@ TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all", "toy:validation", "to
 
 
 def check_prompt_source(source: str) -> None:
-    """Raise ``ConfigError`` if ``source`` names neither a toy split nor an existing file."""
+    """Raise ``ConfigError`` if ``source`` names neither a toy split nor an existing file or folder."""
     if source.startswith("toy:"):
         if source not in TOY_PROMPT_SETS:
             raise ConfigError(f"unknown prompt set {source!r}; valid: {', '.join(TOY_PROMPT_SETS)} or a file path")
-    elif not os.path.isfile(source):
+    elif not os.path.isfile(source) and not os.path.isdir(source):
         raise ConfigError(f"prompt file {source!r} does not exist")
+
+
+def has_rows(source: str) -> bool:
+    """Whether ``source`` gives rows with inputs (a ``.jsonl`` file or a ``datasets`` folder), not bare prompts."""
+    return source.endswith(".jsonl") or os.path.isdir(source)
 
 
 @dataclass
@@ -59,9 +68,11 @@ class PromptSet:
 
 def load_prompt_set(source: str) -> PromptSet:
     """The prompts of ``source`` with their inputs (a ``.jsonl`` file's other keys; none for the other sources)."""
-    if not source.endswith(".jsonl"):
+    if not has_rows(source):
         return PromptSet(load_prompts(source))
     check_prompt_source(source)
+    if os.path.isdir(source):
+        return _dataset_rows(source)
     prompts, inputs, lines = [], [], []
     for n, line in enumerate(read_utf8(source, f"prompt file {source!r}").splitlines(), 1):
         if not line.strip():
@@ -74,12 +85,53 @@ def load_prompt_set(source: str) -> PromptSet:
             raise DataError(f'prompt file {source!r} line {n}: expected an object with a non-empty "prompt" string')
         prompts.append(row.pop("prompt").strip())
         if "image" in row:
-            row["image"] = _image_paths(row["image"], source, n)
+            row["image"] = _image_paths(
+                row["image"], os.path.dirname(os.path.abspath(source)), f"prompt file {source!r} line {n}"
+            )
         inputs.append(row)
         lines.append(n)
     if not prompts:
         raise DataError(f"prompt file {source!r} has no rows")
     return PromptSet(_rows(prompts, inputs, lines, os.path.basename(source)), inputs, lines)
+
+
+def _dataset_rows(source: str) -> PromptSet:
+    """The rows of a Hugging Face ``datasets`` folder (``Dataset.save_to_disk``): its ``prompt`` column, its ``image``
+    column (an image or a list of them, or paths relative to the folder) and its other JSON-like columns. The images
+    are written once as PNGs to a cache folder named by the dataset's fingerprint (``$XDG_CACHE_HOME/flowrl``), which
+    the families read as they read a ``.jsonl`` file's paths; a row's number counts from 1."""
+    from datasets import Dataset, load_from_disk
+
+    try:
+        data = load_from_disk(source)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"prompt folder {source!r} is not a datasets folder (Dataset.save_to_disk): {e}") from None
+    if not isinstance(data, Dataset):
+        raise DataError(f"prompt folder {source!r} holds the splits {', '.join(data)}: give one split's folder")
+    if "prompt" not in data.column_names:
+        raise DataError(f"dataset {source!r} has no 'prompt' column (its columns: {', '.join(data.column_names)})")
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "flowrl", "datasets",
+                         data._fingerprint)  # fmt: skip
+    if "image" in data.column_names and not os.path.isdir(cache):
+        with atomic_dir(cache) as tmp:
+            for n, value in enumerate(data["image"], 1):
+                for k, image in enumerate(value if isinstance(value, list) else [value]):
+                    if not isinstance(image, str):
+                        image.convert("RGB").save(os.path.join(tmp, f"{n}-{k}.png"))
+    prompts, inputs = [], []
+    for n, row in enumerate(data, 1):
+        if not isinstance(row["prompt"], str) or not row["prompt"].strip():
+            raise DataError(f"dataset {source!r} row {n}: expected a non-empty prompt string")
+        prompts.append(row.pop("prompt").strip())
+        if "image" in row:
+            images = row["image"] if isinstance(row["image"], list) else [row["image"]]
+            paths = [x if isinstance(x, str) else os.path.join(cache, f"{n}-{k}.png") for k, x in enumerate(images)]
+            row["image"] = _image_paths(paths, os.path.abspath(source), f"dataset {source!r} row {n}")
+        inputs.append({k: v for k, v in row.items() if isinstance(v, (str, int, float, bool, list, dict))})
+    if not prompts:
+        raise DataError(f"dataset {source!r} has no rows")
+    lines = list(range(1, len(prompts) + 1))
+    return PromptSet(_rows(prompts, inputs, lines, os.path.basename(os.path.normpath(source))), inputs, lines)
 
 
 def _rows(prompts: list[str], inputs: list[dict[str, Any]], lines: list[int], name: str) -> list[str]:
@@ -93,18 +145,17 @@ def _rows(prompts: list[str], inputs: list[dict[str, Any]], lines: list[int], na
     return [PromptRow(p, f"{p}\x00{name}:{n}") if len(seen[p]) > 1 else p for p, n in zip(prompts, lines, strict=True)]
 
 
-def _image_paths(value: Any, source: str, line: int) -> list[str]:
-    """A row's ``image`` (a path or a list of paths, relative to the file's folder) as absolute paths of images that
-    exist and open; a ``DataError`` naming the file, the line and the path otherwise."""
+def _image_paths(value: Any, folder: str, where: str) -> list[str]:
+    """A row's ``image`` (a path or a list of paths, relative to ``folder``) as absolute paths of images that exist and
+    open; a ``DataError`` naming the row (``where``) and the path otherwise."""
     paths = [value] if isinstance(value, str) else value
-    where = f"prompt file {source!r} line {line}"
     if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
         raise DataError(f'{where}: "image" must be a path or a list of paths, got {value!r}')
     from PIL import Image, UnidentifiedImageError
 
     out = []
     for path in paths:
-        full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(source)), path)
+        full = path if os.path.isabs(path) else os.path.join(folder, path)
         try:
             with Image.open(full) as image:
                 image.verify()
@@ -136,7 +187,7 @@ def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:
 def load_prompts(source: str) -> list[str]:
     """The prompts of ``source``: ``ConfigError`` for an unknown toy split or a missing file, ``DataError`` for
     an empty or non-UTF-8 file (a ``.jsonl`` file's prompts without their inputs)."""
-    if source.endswith(".jsonl"):
+    if has_rows(source):
         return load_prompt_set(source).prompts
     check_prompt_source(source)
     if source.startswith("toy:"):
