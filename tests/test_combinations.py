@@ -75,6 +75,46 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     assert "pairwise" in {e for e, _ in refused}  # no reward here compares images in pairs: see the test below
 
 
+@pytest.fixture(scope="module")
+def kontext_rows(tmp_path_factory) -> list[str]:
+    """Overrides training a tiny FLUX.1-Kontext on prompt rows with a 32×32 reference image each."""
+    from tiny_models import save_tiny_flux_kontext
+    from tiny_runs import write_edit_rows
+
+    root = tmp_path_factory.mktemp("kontext")
+    path = save_tiny_flux_kontext(str(root / "model"))
+    train, test = write_edit_rows(root, "train", 0, 2), write_edit_rows(root, "test", 2, 1)
+    return [f"model.path={path}", "model.resolution=32", "model.max_sequence_length=16",
+            f"data.train_prompts={train}", f"data.eval_prompts={test}"]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", sorted(MODE_OPTIONS))
+def test_every_loss_trains_an_editing_family(tiny_model, kontext_rows, mode):
+    """Editing goes through the family interface: on FLUX.1-Kontext (reference tokens beside the target's) with an
+    edit reward reading the rows' source images, every loss a mode accepts with the GRPO estimator (the same ones
+    as on the text-to-image toy) trains one iteration with a finite loss."""
+    from flowrl.image.trainer import setup, train_step
+
+    reads_rows = "rewards=[{name: toy-geneval}, {name: pixel-similarity, weight: 0.5}]"
+    runs = {"edit": [*kontext_rows, *TINY, reads_rows], "t2i": [f"model.path={tiny_model}", *TINY]}
+    accepted: dict[str, list[str]] = {"edit": [], "t2i": []}
+    run = None
+    for loss in LOSSES.names():
+        for kind, args in runs.items():
+            try:
+                cfg = load_config(None, [*args, f"sampler.mode={mode}", *MODE_OPTIONS[mode], f"loss.name={loss}"])
+            except ConfigError:
+                continue
+            accepted[kind].append(loss)
+            if kind == "edit":  # one run serves the losses that keep no trailing copy (as the test above)
+                if run is None or LOSSES.facts(loss).old_policy(cfg.loss.options) is not None or run.old is not None:
+                    run = setup(cfg)
+                run.cfg, run.adv_state = cfg, {}
+                metrics = train_step(run)
+                assert math.isfinite(metrics["train/loss"]) and not metrics["train/skipped"], (loss, metrics)
+    assert accepted["edit"] == accepted["t2i"] and "nft" in accepted["edit"]
+
+
 def test_text_combinations_run_or_are_refused_at_config_time(lm_dir):
     from flowrl.text.trainer import setup, train_step
 
