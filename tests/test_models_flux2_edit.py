@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_models import save_tiny_flux2_klein
-from tiny_runs import TINY_ARGS, write_edit_rows
+from tiny_runs import TINY_ARGS, assert_lora_reproduces_velocity, write_edit_rows
 
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.seeds import eval_noise_seeds
@@ -21,7 +21,6 @@ from flowrl.image.config import check_inputs
 from flowrl.image.generate import generate
 from flowrl.image.models import FAMILIES, Flux2KleinPolicy
 from flowrl.image.models.flux2 import MAX_REFERENCES, reference_pixels
-from flowrl.image.run import save_checkpoint
 from flowrl.recipes import load_config
 
 PROMPTS = ["make it red", "add a blue square"]
@@ -138,16 +137,11 @@ def test_training_on_edit_rows_and_the_lora_in_the_pipeline(klein_dir, tmp_path)
         metrics = trainer.train_step(run)
         assert np.isfinite(metrics["train/loss"])
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
-    save_checkpoint(run, str(tmp_path / "ckpt"))
-    pipe = Flux2KleinPipeline.from_pretrained(klein_dir)
-    pipe.load_lora_weights(str(tmp_path / "ckpt" / "lora"), weight_name="pytorch_lora_weights.safetensors")
-    x, sigma = torch.randn(1, *run.policy.latent_shape(32)), torch.full((1,), 0.6)
     cond = run.policy.condition(["a red circle"], [run.inputs["a red circle"]]).as_dict()
     assert "ref" in cond and "neg_ref" in cond
-    ours = run.policy.velocity(x, sigma, cond)
-    run.policy.transformer = pipe.transformer  # the pipeline's network with the saved LoRA, through our adapter
-    run.policy.prepared = None
-    torch.testing.assert_close(run.policy.velocity(x, sigma, cond), ours, atol=1e-5, rtol=1e-4)
+    assert_lora_reproduces_velocity(
+        run, Flux2KleinPipeline, klein_dir, tmp_path, "a red circle", run.inputs["a red circle"]
+    )
 
 
 def _rows(path, prompts: list[str], images: list) -> str:

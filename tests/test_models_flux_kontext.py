@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 from tiny_models import save_tiny_flux_kontext
-from tiny_runs import TINY_ARGS
+from tiny_runs import TINY_ARGS, assert_lora_reproduces_velocity
 
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.seeds import eval_noise_seeds
@@ -18,7 +18,6 @@ from flowrl.image import trainer
 from flowrl.image.generate import generate
 from flowrl.image.models import FAMILIES, FluxKontextPolicy, policy_class
 from flowrl.image.models.flux import pack
-from flowrl.image.run import save_checkpoint
 from flowrl.recipes import load_config
 
 
@@ -98,15 +97,8 @@ def test_training_on_edit_rows_and_the_lora_in_the_pipeline(kontext_dir, referen
     metrics = trainer.train_step(run)
     assert np.isfinite(metrics["train/loss"])
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, run.params, strict=True))
-    save_checkpoint(run, str(tmp_path / "ckpt"))
-    pipe = FluxKontextPipeline.from_pretrained(kontext_dir)
-    pipe.load_lora_weights(str(tmp_path / "ckpt" / "lora"), weight_name="pytorch_lora_weights.safetensors")
-    x, sigma = torch.randn(1, *run.policy.latent_shape(32)), torch.full((1,), 0.6)
-    cond = run.policy.condition(["a red circle"], [{"image": [references[0]]}]).as_dict()
-    ours = run.policy.velocity(x, sigma, cond)
-    run.policy.transformer = pipe.transformer  # the pipeline's network with the saved LoRA, through our adapter
-    run.policy.prepared = None
-    torch.testing.assert_close(run.policy.velocity(x, sigma, cond), ours, atol=1e-5, rtol=1e-4)
+    assert_lora_reproduces_velocity(run, FluxKontextPipeline, kontext_dir, tmp_path, "a red circle",
+                                    {"image": [references[0]]})  # fmt: skip
 
 
 def test_edit_rows_are_checked_before_any_model_loads(kontext_dir, references, tmp_path):

@@ -152,26 +152,19 @@ def qwen_tokenizer():
     return tok
 
 
-def save_tiny_qwen_image(path: str, seed: int = 0) -> str:
-    """A Qwen-Image-layout folder (``QwenImagePipeline.save_pretrained``) with tiny components: its scheduler
-    config as Qwen/Qwen-Image's (dynamic shift, terminal 0.02), a VAE with non-trivial latent statistics."""
-    from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
-        QwenImagePipeline,
-        QwenImageTransformer2DModel,
-    )
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    torch.manual_seed(seed)
-    tokenizer = qwen_tokenizer()
+def _qwen_vl_configs(vocab: int) -> tuple[dict, dict]:
+    """The text and vision configs of the tiny Qwen2.5-VL encoder of the Qwen-Image families (hidden 16)."""
     text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
             "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
-            "rope_theta": 1e6, "vocab_size": len(tokenizer)}  # fmt: skip
-    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
-    encoder = Qwen2_5_VLForConditionalGeneration(
-        Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=16, vocab_size=len(tokenizer))
-    )
+            "rope_theta": 1e6, "vocab_size": vocab}  # fmt: skip
+    return text, {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+
+
+def _qwen_image_parts():
+    """The tiny transformer, VAE (non-trivial latent statistics) and scheduler (Qwen/Qwen-Image's config: dynamic
+    shift, terminal 0.02) of the Qwen-Image families, made in this order from the current seed."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
         joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
@@ -184,6 +177,24 @@ def save_tiny_qwen_image(path: str, seed: int = 0) -> str:
         num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
         base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
     )  # fmt: skip
+    return transformer, vae, scheduler
+
+
+def save_tiny_qwen_image(path: str, seed: int = 0) -> str:
+    """A Qwen-Image-layout folder (``QwenImagePipeline.save_pretrained``) with tiny components: its scheduler
+    config as Qwen/Qwen-Image's (dynamic shift, terminal 0.02), a VAE with non-trivial latent statistics."""
+    from diffusers import (
+        QwenImagePipeline,
+    )
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = qwen_tokenizer()
+    text, vision = _qwen_vl_configs(len(tokenizer))
+    encoder = Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(text_config=text, vision_config=vision, hidden_size=16, vocab_size=len(tokenizer))
+    )
+    transformer, vae, scheduler = _qwen_image_parts()
     QwenImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tokenizer, transformer=transformer
     ).save_pretrained(path, safe_serialization=True)
@@ -280,11 +291,8 @@ def save_tiny_qwen_image_edit(path: str, plus: bool = False, seed: int = 0) -> s
     plus what reads the reference image: a ``Qwen2VLProcessor`` (image and video processors, the tokenizer with the
     vision special tokens) and a text encoder whose vision tower and token ids agree with it."""
     from diffusers import (
-        AutoencoderKLQwenImage,
-        FlowMatchEulerDiscreteScheduler,
         QwenImageEditPipeline,
         QwenImageEditPlusPipeline,
-        QwenImageTransformer2DModel,
     )
     from transformers import (
         Qwen2_5_VLConfig,
@@ -306,10 +314,7 @@ def save_tiny_qwen_image_edit(path: str, plus: bool = False, seed: int = 0) -> s
         image_processor=Qwen2VLImageProcessor(size=pixels), tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(size=pixels),
     )  # fmt: skip
-    text = {"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default"},
-            "rope_theta": 1e6, "vocab_size": len(tokenizer)}  # fmt: skip
-    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16}
+    text, vision = _qwen_vl_configs(len(tokenizer))
     encoder = Qwen2_5_VLForConditionalGeneration(
         Qwen2_5_VLConfig(
             text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
@@ -317,18 +322,7 @@ def save_tiny_qwen_image_edit(path: str, plus: bool = False, seed: int = 0) -> s
             vision_end_token_id=ids["<|vision_end|>"],
         )
     )  # fmt: skip
-    transformer = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
-        joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-    )  # fmt: skip
-    vae = AutoencoderKLQwenImage(
-        base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
-        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0],
-    )  # fmt: skip
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
-        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
-    )  # fmt: skip
+    transformer, vae, scheduler = _qwen_image_parts()
     pipeline = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
     pipeline(
         scheduler=scheduler, vae=vae, text_encoder=encoder, tokenizer=tokenizer, processor=processor,

@@ -104,3 +104,22 @@ def write_edit_rows(folder, name: str, first: int, count: int) -> str:
         rows.append(json.dumps({"prompt": EDIT_PROMPTS[k], "image": f"{k}.png"}))
     (folder / f"{name}.jsonl").write_text("\n".join(rows) + "\n")
     return str(folder / f"{name}.jsonl")
+
+
+def assert_lora_reproduces_velocity(run, pipeline_class, folder: str, out, prompt: str, inputs: dict) -> None:
+    """The trained LoRA of ``run``, saved by our checkpoint code, loads into the family's diffusers pipeline with
+    ``load_lora_weights`` and gives, through our adapter (the pipeline's network swapped in), the trained velocity
+    for ``prompt`` with its row ``inputs`` (reference images)."""
+    import torch
+
+    from flowrl.image.run import save_checkpoint
+
+    save_checkpoint(run, str(out / "ckpt"))
+    pipe = pipeline_class.from_pretrained(folder)
+    pipe.load_lora_weights(str(out / "ckpt" / "lora"), weight_name="pytorch_lora_weights.safetensors")
+    x, sigma = torch.randn(1, *run.policy.latent_shape(32)), torch.full((1,), 0.6)
+    cond = run.policy.condition([prompt], [inputs]).as_dict()
+    with torch.no_grad():
+        ours = run.policy.velocity(x, sigma, cond)
+        run.policy.transformer, run.policy.prepared = pipe.transformer, None
+        torch.testing.assert_close(run.policy.velocity(x, sigma, cond), ours, atol=1e-5, rtol=1e-4)
