@@ -185,3 +185,25 @@ def test_attention_backend_is_applied_or_refused_clearly(pipelines):
     if importlib.util.find_spec("xformers") is None:  # optional: never installed by default
         with pytest.raises(ValueError, match=r"model\.attention_backend='xformers'.*xformers"):
             _run(pipelines["flux"], "model.attention_backend=xformers")
+
+
+@pytest.mark.parametrize("family", ["kontext", "flux2", "qwen-edit"])
+def test_reference_size_resizes_every_editing_familys_references(pipelines, family, tmp_path):
+    """``model.reference_size``: each reference is resized to about that side² pixels (aspect kept) before its
+    encoding, whatever its stored size: twice the side, four times the reference tokens."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "ref.png")
+    run = _run(pipelines[family], "model.reference_size=64") if family != "flux2" else None
+    if run is None:  # FLUX.2 [klein] edits on rows with images, and generates from text without them
+        train, test = write_edit_rows(tmp_path, "train", 0, 2), write_edit_rows(tmp_path, "test", 2, 1)
+        run = setup(tiny_config(pipelines[family], *BACKEND, f"data.train_prompts={train}",
+                                f"data.eval_prompts={test}", "model.reference_size=64"))  # fmt: skip
+    assert run.policy.reference_area == 64 * 64
+
+    def size() -> int:
+        return run.policy.condition(["a red circle"], [{"image": [str(tmp_path / "ref.png")]}]).ref.numel()
+
+    larger = size()
+    run.policy.reference_area = None  # as the pipeline: the stored 32 px (Qwen-Image-Edit: 32², set above)
+    assert larger == 4 * size()

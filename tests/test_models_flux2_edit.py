@@ -17,7 +17,7 @@ from tiny_runs import TINY_ARGS, assert_lora_reproduces_velocity, write_edit_row
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.seeds import eval_noise_seeds
 from flowrl.image import trainer
-from flowrl.image.config import check_inputs
+from flowrl.image.data import check_rows
 from flowrl.image.generate import generate
 from flowrl.image.models import FAMILIES, Flux2KleinPolicy
 from flowrl.image.models.flux2 import MAX_REFERENCES, reference_pixels
@@ -165,4 +165,5 @@ def test_edit_rows_are_checked_before_any_model_loads(klein_dir, references, tmp
     # an editing family that requires its image still refuses prompt data without one (FLUX.1-Kontext's facts)
     cfg = load_config(None, args)
     with pytest.raises(ConfigError, match=r"the FluxKontextPipeline family reads image"):
-        check_inputs(cfg, "FluxKontextPipeline")
+        check_rows({k: getattr(cfg.data, k) for k in ("train_prompts", "eval_prompts")}, "FluxKontextPipeline",
+                   [*cfg.rewards, *cfg.eval.watch_rewards])  # fmt: skip

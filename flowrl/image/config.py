@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from flowrl.core.advantages import ADVANTAGES, AdvantageConfig, refusal
-from flowrl.core.errors import ConfigError, DataError
+from flowrl.core.errors import ConfigError
 from flowrl.core.losses import LOSSES, LossConfig, TrainsOn, trains_on
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options, section_option
 from flowrl.core.options import load, option, set_dotted, to_dict
@@ -59,6 +59,12 @@ class ModelConfig:
     )
     max_sequence_length: int = option(
         0, "T5 tokens per prompt (0 = the pipeline's default: 256 for SD3, 512 for FLUX.1-dev)", low=0
+    )
+    reference_size: int = option(
+        0,
+        "editing: resize each reference image to about this side² pixels, aspect kept (0 = as the family's pipeline: "
+        "Kontext its stored size, Qwen-Image-Edit ~1024², FLUX.2 klein at most ~1024²; flow_grpo trains at 512)",
+        low=0,
     )
     prompt_cache: int = option(
         0, "keep the text encoders' outputs for this many recent prompts (0 = encode every time)", low=0
@@ -280,7 +286,7 @@ def check_prompts(key: str, source: str) -> None:
         check_prompt_source(source)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
-    if not source.startswith("toy:") and not has_rows(source):  # check_inputs reads the rows
+    if not source.startswith("toy:") and not has_rows(source):  # check_rows reads the rows
         load_prompts(source)  # DataError naming the file
 
 
@@ -473,47 +479,10 @@ def check_combinations(cfg: Config) -> None:
                 f"{' or '.join(allowed)}"
             )
     check_model_options(m)  # the family's checks of its folder's files (FLUX.2 klein: guidance when distilled)
-    check_inputs(cfg, family)
-
-
-def check_inputs(cfg: Config, family: str) -> None:
-    """Both prompt sources give every row the columns that the model family (``FamilyFacts.inputs``) and the
-    registered rewards (``RewardFacts.inputs``) read, the family's count of reference images (optional when its
-    minimum is 0: then a file's rows have images all or none), and no text with other inputs in the other file."""
-    from flowrl.image.data import inputs_by_prompt, load_prompt_set
-    from flowrl.rewards import REWARDS
+    from flowrl.image.data import check_rows
 
     sources = {key: getattr(cfg.data, key) for key in ("train_prompts", "eval_prompts")}
-    sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
-    inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
-    low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
-    readers = {}
-    if family in FAMILIES:  # min 0 reference images: the image column is optional
-        readers[f"the {family} family"] = tuple(n for n in FAMILIES.facts(family).inputs if n != "image" or low > 0)
-    for spec in [*cfg.rewards, *cfg.eval.watch_rewards]:
-        if spec.name in REWARDS:  # declared at registration, or chosen by an `inputs` option (the remote reward's)
-            readers[f"reward {spec.name!r}"] = (*REWARDS.facts(spec.name).inputs, *spec.options.get("inputs", ()))
-    for key, source in sources.items():
-        columns = sets[key].columns() if key in sets else set()
-        for who, needed in readers.items():
-            missing = [n for n in needed if n not in columns]
-            if missing:
-                raise ConfigError(f"data.{key}: {who} reads {', '.join(needed)} with each prompt, and {source!r} "
-                                  f"gives no {missing[0]!r}; use a .jsonl file of rows "
-                                  f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
-    for key, source in sources.items() if family in FAMILIES and "image" in FAMILIES.facts(family).inputs else ():
-        counts = [len(row.get("image", [])) for row in sets[key].inputs] if key in sets else []
-        if low == 0 and not any(counts):
-            continue  # plain prompts (a toy split, a text file, rows without images): no references
-        for line, n in zip(sets[key].lines, counts, strict=True):
-            if not low <= n <= high:
-                count = f"{low}" if low == high else f"{low} to {high}"
-                raise DataError(f"data.{key}: {source!r} line {line} has {n} images; the {family} family takes "
-                                f"{count} per prompt")  # fmt: skip
-        if min(counts) == 0 < max(counts):
-            line = sets[key].lines[counts.index(0)]
-            raise DataError(f"data.{key}: {source!r} line {line} has no image but other rows have; the {family} "
-                            "family's rows all have reference images or none (one token layout)")  # fmt: skip
+    check_rows(sources, family, [*cfg.rewards, *cfg.eval.watch_rewards])
 
 
 def _read_json(path: str) -> dict | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,47 @@ def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:
             out.setdefault(key, inputs)
             first.setdefault(key, source)
     return {p: i for p, i in out.items() if i}
+
+
+def check_rows(sources: Mapping[str, str], family: str, rewards: Sequence[Any]) -> None:
+    """The prompt sources (``{"train_prompts": source, ...}``, named so in errors) give every row the columns that
+    the model family (``FamilyFacts.inputs``) and the rewards (specs with ``name`` and ``options``;
+    ``RewardFacts.inputs``) read, the family's count of reference images (optional when its minimum is 0: then a
+    file's rows have images all or none), and no text with other inputs in the other file. Reads the rows only: no
+    model loads."""
+    from flowrl.image.models import FAMILIES
+    from flowrl.rewards import REWARDS
+
+    sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
+    inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
+    low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
+    readers = {}
+    if family in FAMILIES:  # min 0 reference images: the image column is optional
+        readers[f"the {family} family"] = tuple(n for n in FAMILIES.facts(family).inputs if n != "image" or low > 0)
+    for spec in rewards:
+        if spec.name in REWARDS:  # declared at registration, or chosen by an `inputs` option (the remote reward's)
+            readers[f"reward {spec.name!r}"] = (*REWARDS.facts(spec.name).inputs, *spec.options.get("inputs", ()))
+    for key, source in sources.items():
+        columns = sets[key].columns() if key in sets else set()
+        for who, needed in readers.items():
+            missing = [n for n in needed if n not in columns]
+            if missing:
+                raise ConfigError(f"data.{key}: {who} reads {', '.join(needed)} with each prompt, and {source!r} "
+                                  f"gives no {missing[0]!r}; use a .jsonl file of rows "
+                                  f"{{\"prompt\": ..., \"{missing[0]}\": ...}}")  # fmt: skip
+    for key, source in sources.items() if family in FAMILIES and "image" in FAMILIES.facts(family).inputs else ():
+        counts = [len(row.get("image", [])) for row in sets[key].inputs] if key in sets else []
+        if low == 0 and not any(counts):
+            continue  # plain prompts (a toy split, a text file, rows without images): no references
+        for line, n in zip(sets[key].lines, counts, strict=True):
+            if not low <= n <= high:
+                count = f"{low}" if low == high else f"{low} to {high}"
+                raise DataError(f"data.{key}: {source!r} line {line} has {n} images; the {family} family takes "
+                                f"{count} per prompt")  # fmt: skip
+        if min(counts) == 0 < max(counts):
+            line = sets[key].lines[counts.index(0)]
+            raise DataError(f"data.{key}: {source!r} line {line} has no image but other rows have; the {family} "
+                            "family's rows all have reference images or none (one token layout)")  # fmt: skip
 
 
 def load_prompts(source: str) -> list[str]:

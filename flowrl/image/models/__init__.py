@@ -108,6 +108,7 @@ def policy_for(model: Any, shift: float = 0.0, device: str | Any = "cpu") -> Flo
     policy = cls(path, device=device, dtype=dtype, **options)
     policy.cfg_scale, policy.negative_prompt = model.cfg_scale, model.negative_prompt
     policy.schedule_shift = shift
+    policy.reference_area = model.reference_size**2 if getattr(model, "reference_size", 0) else None
     if FAMILIES.facts(policy.pipeline_class).guidance_embedding:
         policy.guidance_scale = model.guidance_scale
     policy.prompt_cache = PromptCache(model.prompt_cache) if getattr(model, "prompt_cache", 0) else None

@@ -80,6 +80,8 @@ class FlowModel(ABC):
 
     path: str
     scheduler: Any
+    # editing families: the pixels a reference image is resized to (model.reference_size²); None: as the pipeline does
+    reference_area: int | None = None
     pipeline_class: str  # whose save_lora_weights / load_lora_weights format the LoRA uses
     transformer: torch.nn.Module
     codec: Codec

@@ -126,16 +126,17 @@ class Flux2Codec:
         return (z - mean) / std
 
 
-def reference_pixels(path: str, multiple: int) -> Tensor:
+def reference_pixels(path: str, multiple: int, area: int | None = None) -> Tensor:
     """``[1, 3, H, W]`` in [0, 1]: the image at ``path`` as ``Flux2KleinPipeline`` prepares a reference: above 1024²
     pixels shrunk to about that area (LANCZOS, aspect kept), then centre-cropped to multiples of ``multiple`` (its
-    image processor's ``resize_mode="crop"``), then converted to RGB."""
+    image processor's ``resize_mode="crop"``), then converted to RGB. ``area`` (``model.reference_size``²): resized
+    to about that many pixels instead, up or down."""
     from PIL import Image
 
     with Image.open(path) as image:
         width, height = image.size
-        if width * height > REFERENCE_AREA:
-            scale = math.sqrt(REFERENCE_AREA / (width * height))
+        if width * height > REFERENCE_AREA or area:
+            scale = math.sqrt((area or REFERENCE_AREA) / (width * height))
             image = image.resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
             width, height = image.size
         w, h = width // multiple * multiple, height // multiple * multiple
@@ -278,7 +279,8 @@ class Flux2KleinPolicy(FlowModel):
                             f"{len(paths)}")  # fmt: skip
         tokens, ids = [], []
         for i, path in enumerate(paths):
-            z = self.codec.encode(reference_pixels(path, 2 * self.codec.factor), self.device, self.dtype)
+            pixels = reference_pixels(path, 2 * self.codec.factor, self.reference_area)
+            z = self.codec.encode(pixels, self.device, self.dtype)
             _, c, h, w = z.shape
             tokens.append(z.reshape(1, c, h * w).transpose(1, 2))
             time = torch.tensor([10 + 10 * i])

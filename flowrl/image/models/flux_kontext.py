@@ -8,13 +8,15 @@ are concatenated after the noisy target's tokens, with position ids whose first 
 0), and only the target's tokens of the output are kept: only the target is noised, predicted and trained.
 
 The reference is resized as the pipeline does with ``_auto_resize=False``: to its own size rounded down to a
-multiple of 16 (VAE factor × 2×2 packing). The pipeline's default instead picks the closest of its preferred
-resolutions (about 1 megapixel), which a reference of that size already is; prepare the references at the size
-to train on (the references of one batch must share a size).
+multiple of 16 (VAE factor × 2×2 packing); with ``model.reference_size``, first to about that side² pixels. The
+pipeline's default instead picks the closest of its preferred resolutions (about 1 megapixel), which a reference of
+that size already is; prepare the references at the size to train on, or set ``model.reference_size`` (the
+references of one batch must share a size).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,8 +74,13 @@ class FluxKontextPolicy(FluxPolicy):
             raise DataError(f"FLUX.1-Kontext takes one reference image per prompt, got {len(paths)}")
         with Image.open(paths[0]) as image:
             image = image.convert("RGB")
-            multiple = self.codec.factor * 2
-            width, height = image.size[0] // multiple * multiple, image.size[1] // multiple * multiple
+            multiple, (width, height) = self.codec.factor * 2, image.size
+            if self.reference_area:  # model.reference_size: about that many pixels, aspect kept
+                width, height = (
+                    round(math.sqrt(self.reference_area * width / height)),
+                    round(math.sqrt(self.reference_area * height / width)),
+                )
+            width, height = width // multiple * multiple, height // multiple * multiple
             if width < multiple or height < multiple:
                 raise DataError(f"reference image {paths[0]!r} is smaller than {multiple} pixels")
             pixels = image.resize((width, height), Image.Resampling.LANCZOS)

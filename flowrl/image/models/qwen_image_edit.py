@@ -153,7 +153,7 @@ class QwenImageEditPolicy(QwenImagePolicy):
         with its references' vision tokens through Qwen2.5-VL, the template's first 64 tokens dropped, right-padded."""
         rows = [json.loads(key) for key in keys]
         texts = [self._capped(text) for text, _ in rows]
-        area = self.condition_area or self.vae_area
+        area = self.condition_area or self.reference_area or self.vae_area
         images = [open_resized(p, area) for _, ps in rows for p in ps]
         model_inputs = self.processor(
             text=[self._template(t, len(ps)) for t, (_, ps) in zip(texts, rows, strict=True)],
@@ -188,7 +188,7 @@ class QwenImageEditPolicy(QwenImagePolicy):
         for i, ps in enumerate(paths):
             tokens = []
             for k, path in enumerate(ps):
-                image = open_resized(path, self.vae_area)
+                image = open_resized(path, self.reference_area or self.vae_area)
                 x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
                 z = self.codec.encode(x[None], self.device, self.dtype)  # [1, C, h', w']
                 shapes[i, k] = torch.tensor([z.shape[-2] // 2, z.shape[-1] // 2])
