@@ -42,10 +42,11 @@ def pipelines(tmp_path_factory) -> dict[str, str]:
         "kontext": save_tiny_flux_kontext(str(root / "kontext")),
         "qwen-edit": save_tiny_qwen_image_edit(str(root / "qwen-edit")),
         "qwen-edit-plus": save_tiny_qwen_image_edit(str(root / "qwen-edit-plus"), plus=True),
+        "flux2-edit": save_tiny_flux2_klein(str(root / "flux2-edit")),  # the same family, on rows with images
     }
 
 
-EDITING = ("kontext", "qwen-edit", "qwen-edit-plus")  # trained on prompt rows with a reference image each
+EDITING = ("kontext", "qwen-edit", "qwen-edit-plus", "flux2-edit")  # trained on rows with a reference image each
 
 
 @pytest.fixture(autouse=True)
@@ -187,18 +188,14 @@ def test_attention_backend_is_applied_or_refused_clearly(pipelines):
             _run(pipelines["flux"], "model.attention_backend=xformers")
 
 
-@pytest.mark.parametrize("family", ["kontext", "flux2", "qwen-edit"])
+@pytest.mark.parametrize("family", ["kontext", "flux2-edit", "qwen-edit"])
 def test_reference_size_resizes_every_editing_familys_references(pipelines, family, tmp_path):
     """``model.reference_size``: each reference is resized to about that side² pixels (aspect kept) before its
     encoding, whatever its stored size: twice the side, four times the reference tokens."""
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "ref.png")
-    run = _run(pipelines[family], "model.reference_size=64") if family != "flux2" else None
-    if run is None:  # FLUX.2 [klein] edits on rows with images, and generates from text without them
-        train, test = write_edit_rows(tmp_path, "train", 0, 2), write_edit_rows(tmp_path, "test", 2, 1)
-        run = setup(tiny_config(pipelines[family], *BACKEND, f"data.train_prompts={train}",
-                                f"data.eval_prompts={test}", "model.reference_size=64"))  # fmt: skip
+    run = _run(pipelines[family], "model.reference_size=64")
     assert run.policy.reference_area == 64 * 64
 
     def size() -> int:
