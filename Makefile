@@ -45,8 +45,8 @@ demo: $(STAMP)
 text-demo: $(STAMP)
 	$(VENV)/bin/flowrl train --config configs/text_demo.yaml
 
-# the toy edit world's rows and images (deterministic), written once
-data/toy-edit/held-out.jsonl: | $(STAMP)
+# the toy edit world's rows and images (deterministic), written again when their generator changes
+data/toy-edit/held-out.jsonl: flowrl/image/toy_edit_data.py flowrl/image/toy_edit.py | $(STAMP)
 	$(PY) -m flowrl.image.toy_edit_data --out data/toy-edit
 
 edit-demo: $(STAMP) data/toy-edit/held-out.jsonl
