@@ -141,6 +141,11 @@ def test_the_editing_family_trains_on_the_toy_edits_with_the_edit_reward(edit_da
     order = [page.index(f"images/{label}_0000.png") for label in ("source", "base", "trained")]
     assert order == sorted(order)
     assert source_columns(["a red circle"], {}, images) == []  # a text-to-image config has none
+    two = {"a": {"image": [run.inputs[prompts[0]]["image"][0], run.inputs[prompts[1]]["image"][0]]},
+           "b": {"image": run.inputs[prompts[1]]["image"]}}  # fmt: skip
+    first, second = source_columns(["a", "b"], two, images)  # rows of several references: a column each
+    assert (first.label, second.label) == ("source 1", "source 2")
+    assert torch.equal(second.images[0], first.images[1]) and torch.equal(second.images[1], torch.ones(3, 32, 32))
 
 
 def test_an_edit_names_its_parts():

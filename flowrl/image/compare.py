@@ -126,17 +126,23 @@ def render(
 
 
 def source_columns(prompts: list[str], inputs: dict[str, dict[str, Any]] | None, like: torch.Tensor) -> list:
-    """``[GalleryColumn("source", ...)]``: each row's first reference image (resized to the images ``like``) when
-    every prompt has one (an editing config), else ``[]``."""
+    """The rows' reference images as gallery columns (resized to the images ``like``) when every prompt has one (an
+    editing config), else ``[]``: ``source``, or ``source 1`` .. ``source k`` for rows of up to k references (a row
+    with fewer shows white in the others)."""
     from flowrl.image.gallery import GalleryColumn
     from flowrl.rewards.preprocess import load_image
 
     rows = row_inputs(inputs, prompts)
-    if not prompts or any("image" not in row for row in rows):
+    if not prompts or any(not row.get("image") for row in rows):
         return []
-    size = tuple(like.shape[-2:])
-    images = torch.stack([load_image(row["image"][0], size) for row in rows])
-    return [GalleryColumn("source", images, [{} for _ in prompts])]
+    size, count = tuple(like.shape[-2:]), max(len(row["image"]) for row in rows)
+    blank = torch.ones(3, *size)
+    columns = []
+    for k in range(count):
+        images = torch.stack([load_image(row["image"][k], size) if k < len(row["image"]) else blank for row in rows])
+        label = "source" if count == 1 else f"source {k + 1}"
+        columns.append(GalleryColumn(label, images, [{} for _ in prompts]))
+    return columns
 
 
 def write_columns(
