@@ -80,7 +80,8 @@ class RewardServer(ThreadingHTTPServer):
             return 400, {"error": f"request body is not valid JSON ({e})"}, 0
         try:
             images, prompts = decode_request(parsed, self.max_pixels)
-            columns = decode_inputs(parsed, tuple(getattr(self.reward, "inputs", ())), len(prompts), self.max_pixels)
+            left = self.max_pixels - images.shape[0] * images.shape[2] * images.shape[3]  # one budget per request
+            columns = decode_inputs(parsed, tuple(getattr(self.reward, "inputs", ())), len(prompts), left)
         except WireError as e:
             return 400, {"error": str(e)}, 0
         try:

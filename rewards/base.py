@@ -285,7 +285,7 @@ class RewardSet:
         """Score ``images`` ``[B, 3, H, W]`` for ``prompts`` (``B``); ``groups`` ``[B]`` (group ids) is
         required when a groupwise reward is in the set. Returns the weighted total ``[B]`` and the parts. A reward's
         ``"preferences"`` matrix ``[B, B]`` (``RewardFacts``) is put into ``preferences`` by reward name when a dict
-        is given, and left out of the parts. ``inputs`` are the prompt rows' columns by prompt text, for the rewards
+        is given, and left out of the parts. ``inputs`` are the prompt rows' columns by ``row_key``, for the rewards
         that read them."""
         batch = len(prompts)
         if images.shape[0] != batch:
@@ -302,7 +302,7 @@ class RewardSet:
         for name, fn in self.rewards.items():
             if is_groupwise(fn) and groups is None:
                 raise ValueError(f"reward {name!r} scores groups of images jointly and needs groups= ([B] group ids)")
-            out = _call(name, fn, images, prompts, groups, _columns(name, fn, prompts, inputs))
+            out = self.raw(name, images, prompts, groups, inputs)
             if isinstance(out, Mapping) and "preferences" in out:
                 out = dict(out)
                 matrix = _as_preferences(name, out.pop("preferences"), batch)
@@ -313,6 +313,19 @@ class RewardSet:
             parts[name] = out["score"]
             parts.update({f"{name}/{k}": v for k, v in out.items() if k != "score"})
         return total, parts
+
+    def raw(
+        self,
+        name: str,
+        images: Tensor,
+        prompts: list[str],
+        groups: Tensor | None = None,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Any:
+        """Reward ``name``'s own output for the batch (unchecked, unweighted), called as ``__call__`` calls it: with
+        ``groups`` if it is groupwise and the columns it reads from ``inputs``."""
+        fn = self.rewards[name]
+        return _call(name, fn, images, prompts, groups, _columns(name, fn, prompts, inputs))
 
     def non_finite(self, parts: Mapping[str, Tensor]) -> dict[str, int]:
         """``{reward name: count}`` of NaN or infinite scores in ``parts`` (as ``__call__`` returns them), for the

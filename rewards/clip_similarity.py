@@ -15,14 +15,15 @@ from .preprocess import clip_preprocess
 
 
 class ClipSimilarity:
-    """Load ``path`` (``CLIPModel``, and its tokenizer when text is scored) and embed in batches of ``batch_size``."""
+    """Load ``path`` (``CLIPModel``, and its tokenizer unless ``text`` is False: only images are embedded) and embed
+    in batches of ``batch_size``."""
 
-    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32) -> None:
-        from transformers import CLIPModel
+    def __init__(self, path: str, device: str = "cpu", batch_size: int = 32, text: bool = True) -> None:
+        from transformers import AutoTokenizer, CLIPModel
 
-        self.path, self.device, self.batch_size = path, torch.device(device), batch_size
+        self.device, self.batch_size = torch.device(device), batch_size
         self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
-        self._tokenizer = None
+        self.tokenizer = AutoTokenizer.from_pretrained(path) if text else None  # a missing one fails when built
 
     @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -43,13 +44,11 @@ class ClipSimilarity:
     @torch.no_grad()
     def texts(self, texts: list[str]) -> Tensor:
         """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of texts, each cut to 77 tokens."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer is None:
+            raise ValueError("this ClipSimilarity was built for images only (text=False)")
         parts = []
         for i in range(0, len(texts), self.batch_size):
-            ids = self._tokenizer(texts[i : i + self.batch_size], padding="max_length", max_length=77, truncation=True,
+            ids = self.tokenizer(texts[i : i + self.batch_size], padding="max_length", max_length=77, truncation=True,
                                   return_tensors="pt").input_ids.to(self.device)  # fmt: skip
             out = self.model.get_text_features(input_ids=ids)
             parts.append(out if isinstance(out, Tensor) else out.pooler_output)

@@ -61,7 +61,7 @@ def image_similarity(path: str, device: str = "cpu", batch_size: int = 32) -> Re
 
 def clip_features(path: str, device: str) -> Callable[[Tensor], Tensor]:
     """``f(images [B, 3, H, W] in [0, 1]) -> [B, D]``: a ``CLIPModel``'s projected image features."""
-    return ClipSimilarity(path, device).images
+    return ClipSimilarity(path, device, text=False).images
 
 
 def dino_features(path: str, device: str) -> Callable[[Tensor], Tensor]:

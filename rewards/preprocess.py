@@ -71,10 +71,17 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
 
 
 def load_image(path: str, size: tuple[int, int]) -> Tensor:
-    """``[3, H, W]`` in [0, 1] of an RGB image file, resized (nearest: the toy images are flat colours) to ``size``."""
+    """``[3, H, W]`` in [0, 1] of an RGB image file at ``size`` = (H, W): as stored when it has that size, else
+    centre-cropped to that aspect ratio and resized (bilinear, antialiased), so an edit and its source line up."""
     with Image.open(path) as image:
         x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    return x if tuple(x.shape[-2:]) == size else F.interpolate(x[None], size=size, mode="nearest")[0]
+    if tuple(x.shape[-2:]) == size:
+        return x
+    h, w = x.shape[-2:]
+    crop_h, crop_w = min(h, round(w * size[0] / size[1])), min(w, round(h * size[1] / size[0]))
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    x = x[:, top : top + crop_h, left : left + crop_w]
+    return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
 __all__ = [

@@ -110,16 +110,10 @@ PNG_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "1")
 def _decode_png(data: Any, max_pixels: int) -> Tensor:
     if not isinstance(data, list) or not data:
         raise WireError("images.data: expected a non-empty list of base64 PNG strings for format 'png'")
-    arrays, total = [], 0
+    arrays: list[np.ndarray] = []
+    total = 0
     for i, text in enumerate(data):
-        raw = _b64(text, f"images.data[{i}]")
-        try:
-            image = Image.open(io.BytesIO(raw))  # reads the header only; pixels are decoded by asarray below
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
-        if image.format != "PNG" or image.mode not in PNG_MODES:
-            raise WireError(f"images.data[{i}]: expected a PNG in mode {', '.join(PNG_MODES)}, got {image.format} "
-                            f"in mode {image.mode!r}")  # fmt: skip
+        image = _open_png(text, f"images.data[{i}]")
         total += image.width * image.height
         _check_pixels(total, max_pixels)
         if arrays and (image.height, image.width) != tuple(arrays[0].shape[:2]):
@@ -127,12 +121,29 @@ def _decode_png(data: Any, max_pixels: int) -> Tensor:
             raise WireError(
                 f"images.data[{i}]: size {image.width}x{image.height} differs from image 0's {width}x{height}"
             )
-        try:
-            arrays.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
-        except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
-            raise WireError(f"images.data[{i}]: not a readable PNG ({e})") from e
+        arrays.append(_pixels(image, f"images.data[{i}]"))
     # contiguous: reductions over a channels-last view sum in another order, so scores would differ in the last bit
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().float() / 255
+
+
+def _open_png(text: Any, where: str) -> Image.Image:
+    """The PNG of a base64 string, header read (pixels not yet decoded); ``WireError`` naming ``where``."""
+    raw = _b64(text, where)
+    try:
+        image = Image.open(io.BytesIO(raw))  # reads the header only; pixels are decoded by _pixels
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise WireError(f"{where}: not a readable PNG ({e})") from e
+    if image.format != "PNG" or image.mode not in PNG_MODES:
+        raise WireError(f"{where}: expected a PNG in mode {', '.join(PNG_MODES)}, got {image.format} in mode "
+                        f"{image.mode!r}")  # fmt: skip
+    return image
+
+
+def _pixels(image: Image.Image, where: str) -> np.ndarray:
+    try:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+        raise WireError(f"{where}: not a readable PNG ({e})") from e
 
 
 def _decode_safetensors(data: Any, max_pixels: int) -> Tensor:
@@ -180,26 +191,45 @@ def load_image_file(path: str) -> Tensor:
 
 
 def decode_inputs(body: Mapping[str, Any], needed: tuple[str, ...], batch: int, max_pixels: int = MAX_PIXELS) -> dict:
-    """The request's ``"inputs"`` columns that a reward reads (``needed``), one value per image; the ``image``
-    column's as lists of ``[3, H, W]`` tensors. Raises ``WireError`` naming a missing or malformed column."""
+    """The request's ``"inputs"`` columns that a reward reads (``needed``), one value per image: the ``image``
+    column's as lists of ``[3, H, W]`` tensors (each its own size; ``max_pixels`` bounds their sum), any other's as
+    JSON scalars or lists of them. Raises ``WireError`` naming a missing or malformed column or value."""
     inputs = body.get("inputs", {})
     if not isinstance(inputs, Mapping):
         raise WireError("inputs: expected an object of columns")
     out: dict[str, list[Any]] = {}
+    total = 0
     for name in needed:
         values = inputs.get(name)
         if not isinstance(values, list) or len(values) != batch:
             got = "none" if values is None else f"{len(values) if isinstance(values, list) else type(values).__name__}"
             raise WireError(f"inputs.{name}: the reward reads this column of each prompt row; expected a list of "
                             f"{batch} values (one per image), got {got}")  # fmt: skip
-        if name == "image":
-            if not all(isinstance(v, list) and v for v in values):
-                raise WireError("inputs.image: expected, per image, a non-empty list of base64 PNGs")
-            counts = [len(v) for v in values]
-            decoded = list(_decode_png([b for v in values for b in v], max_pixels))
-            values = [decoded[sum(counts[:k]) : sum(counts[: k + 1])] for k in range(batch)]
-        out[name] = values
+        if name != "image":
+            for k, value in enumerate(values):
+                if not _json_value(value):
+                    raise WireError(f"inputs.{name}[{k}]: expected a string, number or a list of them")
+            out[name] = values
+            continue
+        decoded = []
+        for k, sources in enumerate(values):
+            if not isinstance(sources, list) or not sources:
+                raise WireError(f"inputs.image[{k}]: expected a non-empty list of base64 PNGs")
+            row = []
+            for j, text in enumerate(sources):
+                image = _open_png(text, f"inputs.image[{k}][{j}]")
+                total += image.width * image.height
+                _check_pixels(total, max_pixels)
+                row.append(torch.from_numpy(_pixels(image, f"inputs.image[{k}][{j}]")).permute(2, 0, 1).float() / 255)
+            decoded.append(row)
+        out[name] = decoded
     return out
+
+
+def _json_value(value: Any) -> bool:
+    """A column value the wire carries: a string, a number or a boolean, or a list of them (no null)."""
+    scalar = (str, int, float, bool)
+    return isinstance(value, scalar) or (isinstance(value, list) and all(isinstance(v, scalar) for v in value))
 
 
 def decode_request(body: Any, max_pixels: int = MAX_PIXELS) -> tuple[Tensor, list[str]]:
@@ -302,7 +332,7 @@ def remote(
                 )
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
-    reward.inputs = tuple(inputs)  # the columns RewardSet hands it (and the config requires of the prompt rows)
+    reward.inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)  # the columns RewardSet hands it
     return reward
 
 

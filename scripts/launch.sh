@@ -3,8 +3,8 @@
 #
 # Usage: [NUM_GPUS=8] scripts/launch.sh configs/<preset>.yaml [key=value ...]
 # Environment: NUM_GPUS (8), ACCELERATE_CONFIG (configs/accelerate/ddp.yaml), ACCELERATE (accelerate), PYTHON (the
-# python beside accelerate), DETECTOR_URL / JUDGE_URL (reward servers replacing the preset's), FSDP_LAYERS (the block classes FSDP wraps, passed when ACCELERATE_CONFIG is an FSDP
-# file; the FLUX launchers set FLUX's).
+# python beside accelerate), DETECTOR_URL / JUDGE_URL (reward servers replacing the preset's), FSDP_LAYERS (the
+# block classes FSDP wraps, passed when ACCELERATE_CONFIG is an FSDP file; the FLUX launchers set FLUX's).
 # The project's virtualenv (.venv, made by `make venv`) comes first on PATH: nothing needs activating.
 # The config is checked once, in one process, before the launch (`flowrl train --check`): an error is one line and
 # exit 2, not one copy per process and the launcher's traceback.
@@ -38,8 +38,9 @@ fi
 # the caller's own overrides, which still win): DETECTOR_URL for geneval's detector, JUDGE_URL for a VLM judge's API
 if [[ -n "${DETECTOR_URL:-}${JUDGE_URL:-}" ]]; then
     rewards="$("$PYTHON" - "$CONFIG" <<'PY'
-import json, os, sys, yaml
-rewards = yaml.safe_load(open(sys.argv[1], encoding="utf-8"))["rewards"]
+import json, os, sys
+from flowrl.core.presets import yaml_load  # the YAML the trainer reads (1e-4 is a number, not a string)
+rewards = yaml_load(open(sys.argv[1], encoding="utf-8"))["rewards"]
 for r in rewards:
     options = r.setdefault("options", {})
     if r["name"] == "geneval" and os.environ.get("DETECTOR_URL"):

@@ -30,6 +30,7 @@ import torch
 from pretrain_common import add_common_options, shifted_sigmas, update_ema
 
 from flowrl.core.atomic import atomic_dir
+from flowrl.core.inputs import row_inputs
 from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
 from flowrl.image.models.flux import pack
@@ -163,7 +164,7 @@ def evaluate_folder(path: str, args: argparse.Namespace) -> dict:
         inputs = inputs_by_prompt(("held-out", rows))
         prompts = [p for p in rows.prompts for _ in range(args.eval_seeds)]
         seeds = [k for _ in rows.prompts for k in range(args.eval_seeds)]
-        images = generate(policy, prompts, seeds, inputs=[inputs[p] for p in prompts], resolution=SIZE,
+        images = generate(policy, prompts, seeds, inputs=row_inputs(inputs, prompts), resolution=SIZE,
                           num_steps=args.eval_steps)  # fmt: skip
         _, parts = RewardSet.from_specs([{"name": "toy-edit"}])(images, prompts, inputs=inputs)
     out = {"num_eval_samples": len(prompts), "eval_steps": args.eval_steps}

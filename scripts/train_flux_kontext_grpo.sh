@@ -11,7 +11,8 @@
 #
 # Usage: [NUM_GPUS=8] scripts/train_flux_kontext_grpo.sh [key=value ...]
 #   e.g. NUM_GPUS=4 scripts/train_flux_kontext_grpo.sh model.path=/models/flux_kontext train.iterations=100
-# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON); under an FSDP accelerate config
+# Environment: DETECTOR_URL (the GenEval detection server; default the preset's http://127.0.0.1:8100) and as
+# scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON); under an FSDP accelerate config
 # FSDP wraps FLUX's two block classes (FSDP_LAYERS).
 set -euo pipefail
 export FSDP_LAYERS="${FSDP_LAYERS:-FluxTransformerBlock,FluxSingleTransformerBlock}"

@@ -11,6 +11,7 @@
 #
 # Usage: [NUM_GPUS=8] scripts/train_qwen_image_edit_grpo.sh [key=value ...]
 #   e.g. NUM_GPUS=4 scripts/train_qwen_image_edit_grpo.sh model.path=/models/qwen_image_edit train.iterations=100
-# Environment: as scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON).
+# Environment: DETECTOR_URL (the GenEval detection server; default the preset's http://127.0.0.1:8100) and as
+# scripts/launch.sh (NUM_GPUS, ACCELERATE_CONFIG, ACCELERATE, PYTHON).
 set -euo pipefail
 exec "$(dirname "$0")/launch.sh" configs/qwen_image_edit_grpo.yaml "$@"

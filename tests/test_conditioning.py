@@ -85,9 +85,6 @@ def test_prompt_data_without_the_familys_inputs_is_refused_at_config_time(shaded
     with pytest.raises(ConfigError, match=r"data\.train_prompts: the ShadedToyPipeline family reads shade with each "
                                           r"prompt, and 'toy:train' gives no 'shade'"):  # fmt: skip
         tiny_config(shaded, "data.train_prompts=toy:train", f"data.eval_prompts={held_out}")
-    clash = _jsonl(tmp_path / "clash.jsonl", [("a red circle", 1.0)])
-    with pytest.raises(DataError, match="prompt 'a red circle' has different inputs"):
-        tiny_config(shaded, f"data.train_prompts={clash}", f"data.eval_prompts={held_out}")
 
 
 def test_one_text_on_several_rows_is_a_row_each_in_training_and_evaluation(shaded, tmp_path):
@@ -101,21 +98,29 @@ def test_one_text_on_several_rows_is_a_row_each_in_training_and_evaluation(shade
     from flowrl.core.stats import prompt_mean_se
     from flowrl.image.evaluation import prompt_groups
 
-    rows = [("a red circle", 1.0), ("a red circle", -1.0), ("a red square", 2.0), ("a red square", 2.0)]
+    rows = [("a red circle", 1.0), ("a red circle", -1.0), ("a red square", 2.0), ("a red square", 2.0),
+            ("a red circle", 1.0)]  # fmt: skip
     path = _jsonl(tmp_path / "rows.jsonl", rows)
     prompts = load_prompt_set(path).prompts
-    assert prompts == [p for p, _ in rows] and all(type(p) is PromptRow for p in prompts[:2])
+    assert prompts == [p for p, _ in rows] and all(type(p) is PromptRow for p in (*prompts[:2], prompts[4]))
     assert row_key(prompts[0]) != row_key(prompts[1]) and type(prompts[2]) is str  # same inputs: one row
+    assert row_key(prompts[4]) == row_key(prompts[0])  # equal rows share their key wherever they are
+    # a text with other inputs in the other file is a row of its own there too (keyed by text and inputs)
+    other = load_prompt_set(_jsonl(tmp_path / "other.jsonl", [("a red square", 7.0)]))
+    both = inputs_by_prompt(("rows", load_prompt_set(path)), ("other", other))
+    assert type(other.prompts[0]) is PromptRow and both[row_key(other.prompts[0])] == {"shade": 7.0}
+    assert len(both) == 4
     assert pickle.loads(pickle.dumps(prompts[1])).key == prompts[1].key  # what gathering across processes does
     assert sorted(inputs_by_prompt(("rows", load_prompt_set(path))).values(), key=str) == sorted(
         [{"shade": 1.0}, {"shade": -1.0}, {"shade": 2.0}], key=str)  # fmt: skip
-    assert prompt_groups(prompts).tolist() == [0, 1, 2, 2]
-    seeds = eval_noise_seeds(prompts, [0] * 4)
+    assert prompt_groups(prompts).tolist() == [0, 1, 2, 2, 0]
+    seeds = eval_noise_seeds(prompts, [0] * 5)
     assert seeds[0] != seeds[1] and seeds[2] == seeds[3] == eval_noise_seeds(["a red square"], [0])[0]
-    assert prompt_mean_se(torch.tensor([0.0, 2.0, 1.0, 1.0]), prompts) == (1.0, pytest.approx(math.sqrt(1 / 3)))
+    values = torch.tensor([0.0, 2.0, 1.0, 1.0, 0.0])
+    assert prompt_mean_se(values, prompts) == (1.0, pytest.approx(math.sqrt(1 / 3)))
 
     cfg = tiny_config(shaded, f"data.train_prompts={path}", f"data.eval_prompts={path}", "train.iterations=1",
-                      "train.prompts_per_step=3")  # fmt: skip
+                      "train.prompts_per_step=5")  # fmt: skip
     run = trainer.setup(cfg)
     trainer.train_step(run)
     shade = {row_key(p): s for p, (_, s) in zip(prompts, rows, strict=True)}

@@ -100,3 +100,14 @@ def test_lpips_is_one_minus_the_packages_distance(alexnet_cache, tmp_path):
     assert out["distance"][0] < 1e-9 and 1e-3 < out["distance"][1] < out["distance"][2]  # unchanged < patch < noise
     with pytest.raises(ValueError, match="net must be alex, vgg or squeeze"):
         make_reward("lpips", net="resnet")
+
+
+def test_a_source_of_another_size_is_centre_cropped_to_the_edits_aspect_and_resized(tmp_path):
+    from flowrl.rewards.preprocess import load_image
+
+    pixels = np.random.default_rng(5).integers(0, 256, (20, 40, 3), dtype=np.uint8)  # H 20, W 40
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    x = torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)
+    assert torch.equal(load_image(str(tmp_path / "wide.png"), (20, 40)), x)  # its own size: as stored
+    square = F.interpolate(x[None, :, :, 10:30], size=(10, 10), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(load_image(str(tmp_path / "wide.png"), (10, 10)), square[0].clamp(0, 1))

@@ -366,20 +366,28 @@ def test_an_edit_reward_served_remotely_gets_the_rows_sources_and_scores_as_loca
     locally; a request without them is refused with the column's name."""
     from flowrl.rewards import RewardSet
 
-    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    for k in range(2):
-        Image.fromarray(pixels[k]).save(tmp_path / f"s{k}.png")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 16, 3), dtype=np.uint8)
+    Image.fromarray(pixels[0, :, :8]).save(tmp_path / "s0.png")  # sources of two sizes in one request
+    Image.fromarray(pixels[1]).save(tmp_path / "s1.png")
     rows = {"a": {"image": [str(tmp_path / "s0.png")]}, "b": {"image": [str(tmp_path / "s1.png")]}}
     images = (images_for(3) * 255).round() / 255  # 8-bit: exact through PNG
     prompts = ["a", "b", "a"]
     local = RewardSet.from_specs([{"name": "pixel-similarity", "options": {"size": 4}}])(images, prompts, inputs=rows)
     srv = start(make_server("pixel-similarity", {"size": 4}, port=0))
     try:
-        spec = {"name": "remote", "options": {"url": srv.url, "inputs": ["image"], "batch_size": 2}}
+        spec = {"name": "remote", "options": {"url": srv.url, "inputs": "image", "batch_size": 2}}  # one name: fine
         remote = RewardSet.from_specs([spec])(images, prompts, inputs=rows)
         status, reply = raw_request(srv.url, json.dumps(encode_request(images, prompts)).encode())
     finally:
         stop(srv)
+    srv = start(make_server("toy-edit", port=0))  # reads a caption column too: a null there is the client's fault
+    try:
+        body = encode_request(images[:1], ["a"], columns={"image": [rows["a"]["image"]], "target": [None],
+                                                           "edit": ["add"]})  # fmt: skip
+        bad_status, bad_reply = raw_request(srv.url, json.dumps(body).encode())
+    finally:
+        stop(srv)
+    assert bad_status == 400 and "inputs.target[0]: expected a string" in bad_reply["error"], bad_reply
     torch.testing.assert_close(remote[0], local[0], atol=1e-6, rtol=0)
     assert local[0].min() < 0.9  # random edits of random sources: the scores say something
     assert status == 400 and "inputs.image: the reward reads this column" in reply["error"], reply

@@ -284,3 +284,29 @@ def test_the_pointwise_edit_judge_sends_source_then_edit_and_needs_the_rows(judg
     assert all(len(b["messages"][0]["content"]) == 3 for b in judge.requests)  # source, edit, instruction
     with pytest.raises(ValueError, match="needs the rows' image column"):
         reward(grey(128), ["x"])
+
+
+def test_the_edit_judge_scores_trained_against_base_with_the_rows_sources(judge, tmp_path):
+    """The run's summary meets each trained image with the base image of its prompt and seed as a group of two; the
+    edit judge gets the rows' sources there too (a scripted judge preferring the brighter edit: trained wins)."""
+    from types import SimpleNamespace
+
+    from flowrl.core.checkpoint import plain
+    from flowrl.core.inputs import PromptRow
+    from flowrl.image.run import _head_to_head
+
+    def brighter_edit(body: dict[str, Any], n: int) -> Reply:
+        first, second = shown_levels(body)[-2:]  # after the source
+        return 200, f"Image {1 if first > second else 2} is better", 0.0
+
+    judge.script = brighter_edit
+    spec = {"name": "vlm-edit-judge", "options": {"base_url": judge.base_url, "model": "fake", "timeout": 5.0}}
+    inputs = {"a": {"image": [_grey_png(tmp_path / "a.png", 100)]}, "b": {"image": [_grey_png(tmp_path / "b.png", 9)]}}
+    run = SimpleNamespace(rewards=RewardSet.from_specs([spec]), inputs=inputs)
+    out = _head_to_head(run, ["a", "b"], base=grey(40, 40), trained=grey(90, 200))
+    assert out["eval/vlm-edit-judge/trained_vs_base"]["mean"] == 1.0
+    assert all(len(b["messages"][0]["content"]) == 4 for b in judge.requests)  # source, two edits, rubric
+    # a prompt row keyed in a trainer's state saves and loads back (weights_only) as its key's text
+    path = tmp_path / "state.pt"
+    torch.save(plain({PromptRow("a", "a\x00k"): [1.0]}), path)
+    assert torch.load(path, weights_only=True) == {"a": [1.0]}

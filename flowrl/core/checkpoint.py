@@ -66,10 +66,13 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 
 def plain(value: Any) -> Any:
-    """Tuples (and other iterables) as lists, recursively, so that ``weights_only`` loading reads them back."""
+    """Tuples (and other iterables) as lists and string subclasses as strings, recursively, so that ``weights_only``
+    loading reads them back."""
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (str, bytes, Tensor)) or not hasattr(value, "__iter__"):
+        return {(str(k) if isinstance(k, str) else k): plain(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return str(value)  # a str subclass (a prompt row) would not load under weights_only
+    if isinstance(value, (bytes, Tensor)) or not hasattr(value, "__iter__"):
         return value
     return [plain(v) for v in value]
 

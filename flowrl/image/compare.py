@@ -72,7 +72,7 @@ def evaluate_column(
 ) -> tuple[torch.Tensor, dict]:
     """One column's images ``[N, 3, H, W]`` for the (prompt, seed index) rows and their scores (trained and watch
     rewards, ``flowrl.image.evaluation.score_images``), generated as the trainer evaluates; ``inputs``: each
-    prompt's conditioning inputs by text (``flowrl.image.data.inputs_by_prompt``)."""
+    prompt row's conditioning inputs by ``row_key`` (``flowrl.image.data.inputs_by_prompt``)."""
     from flowrl.image.evaluation import score_images
     from flowrl.image.generate import generate
     from flowrl.rewards import RewardSet

@@ -62,8 +62,8 @@ class ModelConfig:
     )
     reference_size: int = option(
         0,
-        "editing: resize each reference image to about this side² pixels, aspect kept (0 = as the family's pipeline: "
-        "Kontext its stored size, Qwen-Image-Edit ~1024², FLUX.2 klein at most ~1024²; flow_grpo trains at 512)",
+        "editing: resize each reference image to about this side² pixels for the VAE, aspect kept (0 = as the "
+        "family's pipeline: Kontext its stored size, Qwen-Image-Edit ~1024², klein at most ~1024²; flow_grpo: 512)",
         low=0,
     )
     prompt_cache: int = option(

@@ -12,9 +12,9 @@ hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
 A Hugging Face ``datasets`` folder (``Dataset.save_to_disk``) with a ``prompt`` column gives rows too: its ``image``
 column (images, or paths relative to the folder) and its other columns are the inputs.
 
-A file may repeat a text with other inputs (one edit instruction on several images): each such row is a
-``flowrl.core.inputs.PromptRow``, the text with a key of its own, so that its inputs, its evaluation group and its
-evaluation noise are its own.
+A text may come with several sets of inputs (one edit instruction on several images, in one file or in the training
+and the evaluation file): each such row is a ``flowrl.core.inputs.PromptRow``, the text with a key of its own (the
+text and a digest of its inputs), so that its inputs, its evaluation group and its evaluation noise are its own.
 
 A source that does not exist is a ``ConfigError`` (the config names it); a file that exists but holds no usable
 prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the file and, where it helps, the line.
@@ -22,13 +22,14 @@ prompts (empty, only comments, not UTF-8 text) is a ``DataError`` naming the fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowrl.core.atomic import atomic_dir
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import PromptRow, read_utf8, row_key
 
@@ -93,7 +94,9 @@ def load_prompt_set(source: str) -> PromptSet:
         lines.append(n)
     if not prompts:
         raise DataError(f"prompt file {source!r} has no rows")
-    return PromptSet(_rows(prompts, inputs, lines, os.path.basename(source)), inputs, lines)
+    prompt_set = PromptSet(prompts, inputs, lines)
+    key_rows(prompt_set)
+    return prompt_set
 
 
 def _dataset_rows(source: str) -> PromptSet:
@@ -114,11 +117,7 @@ def _dataset_rows(source: str) -> PromptSet:
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "flowrl", "datasets",
                          data._fingerprint)  # fmt: skip
     if "image" in data.column_names and not os.path.isdir(cache):
-        with atomic_dir(cache) as tmp:
-            for n, value in enumerate(data["image"], 1):
-                for k, image in enumerate(value if isinstance(value, list) else [value]):
-                    if not isinstance(image, str):
-                        image.convert("RGB").save(os.path.join(tmp, f"{n}-{k}.png"))
+        _write_images(data["image"], cache, source)
     prompts, inputs = [], []
     for n, row in enumerate(data, 1):
         if not isinstance(row["prompt"], str) or not row["prompt"].strip():
@@ -131,19 +130,49 @@ def _dataset_rows(source: str) -> PromptSet:
         inputs.append({k: v for k, v in row.items() if isinstance(v, (str, int, float, bool, list, dict))})
     if not prompts:
         raise DataError(f"dataset {source!r} has no rows")
-    lines = list(range(1, len(prompts) + 1))
-    return PromptSet(_rows(prompts, inputs, lines, os.path.basename(os.path.normpath(source))), inputs, lines)
+    prompt_set = PromptSet(prompts, inputs, list(range(1, len(prompts) + 1)))
+    key_rows(prompt_set)
+    return prompt_set
 
 
-def _rows(prompts: list[str], inputs: list[dict[str, Any]], lines: list[int], name: str) -> list[str]:
-    """The prompts, each text that the file repeats with other inputs as a ``PromptRow`` per row, keyed by the
-    file's name and the row's line (rows that repeat a text with the same inputs are the same row)."""
-    seen: dict[str, list[dict[str, Any]]] = {}
-    for prompt, row in zip(prompts, inputs, strict=True):
-        seen.setdefault(prompt, [])
-        if row not in seen[prompt]:
-            seen[prompt].append(row)
-    return [PromptRow(p, f"{p}\x00{name}:{n}") if len(seen[p]) > 1 else p for p, n in zip(prompts, lines, strict=True)]
+def _write_images(column: Sequence[Any], cache: str, source: str) -> None:
+    """A dataset's image column as ``<row>-<k>.png`` files in ``cache``: written beside it and renamed into place,
+    unless another process (of the same launch) got there first, so no reader ever sees a half-written folder."""
+    tmp = f"{cache}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for n, value in enumerate(column, 1):
+            for k, image in enumerate(value if isinstance(value, list) else [value]):
+                if image is None:
+                    raise DataError(f"dataset {source!r} row {n}: image {k} is empty")
+                if not isinstance(image, str):
+                    image.convert("RGB").save(os.path.join(tmp, f"{n}-{k}.png"))
+        os.rename(tmp, cache)
+    except OSError:
+        if not os.path.isdir(cache):  # not another process's finished folder: a real failure
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def key_rows(*sets: PromptSet) -> None:
+    """In place: over all ``sets`` (loaded together), each text that comes with more than one set of inputs becomes a
+    ``PromptRow`` per row, keyed by its text and a digest of its inputs (equal rows share a key, wherever they are;
+    the key does not depend on file names or lines)."""
+    digests: dict[str, set[str]] = {}
+    for prompt_set in sets:
+        for prompt, row in zip(prompt_set.prompts, prompt_set.inputs, strict=True):
+            digests.setdefault(str(prompt), set()).add(_digest(row))
+    for prompt_set in sets:
+        prompt_set.prompts[:] = [
+            PromptRow(str(p), f"{p}\x00{_digest(row)}") if len(digests[str(p)]) > 1 else p
+            for p, row in zip(prompt_set.prompts, prompt_set.inputs, strict=True)
+        ]
+
+
+def _digest(row: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _image_paths(value: Any, folder: str, where: str) -> list[str]:
@@ -169,40 +198,34 @@ def _image_paths(value: Any, folder: str, where: str) -> list[str]:
 
 
 def inputs_by_prompt(*sets: tuple[str, PromptSet]) -> dict[str, dict[str, Any]]:
-    """Each row's inputs over the named sets (``(source, set)`` pairs), keyed by ``row_key``: a text that one file
-    repeats with other inputs is a ``PromptRow`` per row; a text with other inputs in another file is a
-    ``DataError`` (the two files' rows would share the text's key)."""
-    out: dict[str, dict[str, Any]] = {}
-    first: dict[str, str] = {}
-    for source, prompt_set in sets:
-        for prompt, inputs in zip(prompt_set.prompts, prompt_set.inputs, strict=True):
-            key = row_key(prompt)
-            if key in out and out[key] != inputs:
-                raise DataError(f"prompt {prompt!r} has different inputs in {first[key]!r} and {source!r}; give "
-                                "it one set of inputs in both, or other texts")  # fmt: skip
-            out.setdefault(key, inputs)
-            first.setdefault(key, source)
-    return {p: i for p, i in out.items() if i}
+    """Each row's inputs over the named sets (``(source, set)`` pairs, e.g. the training and the evaluation file),
+    keyed by ``row_key``: a text with other inputs in another of the sets becomes a ``PromptRow`` there too
+    (``key_rows``, in place), so no two rows share a key."""
+    key_rows(*[prompt_set for _, prompt_set in sets])
+    out = {
+        row_key(p): row for _, prompt_set in sets for p, row in zip(prompt_set.prompts, prompt_set.inputs, strict=True)
+    }
+    return {key: row for key, row in out.items() if row}
 
 
 def check_rows(sources: Mapping[str, str], family: str, rewards: Sequence[Any]) -> None:
     """The prompt sources (``{"train_prompts": source, ...}``, named so in errors) give every row the columns that
     the model family (``FamilyFacts.inputs``) and the rewards (specs with ``name`` and ``options``;
     ``RewardFacts.inputs``) read, the family's count of reference images (optional when its minimum is 0: then a
-    file's rows have images all or none), and no text with other inputs in the other file. Reads the rows only: no
-    model loads."""
+    file's rows have images all or none). Reads the rows only: no model loads."""
     from flowrl.image.models import FAMILIES
     from flowrl.rewards import REWARDS
 
     sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
-    inputs_by_prompt(*[(sources[key], s) for key, s in sets.items()])  # DataError naming both files
     low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
     readers = {}
     if family in FAMILIES:  # min 0 reference images: the image column is optional
         readers[f"the {family} family"] = tuple(n for n in FAMILIES.facts(family).inputs if n != "image" or low > 0)
     for spec in rewards:
         if spec.name in REWARDS:  # declared at registration, or chosen by an `inputs` option (the remote reward's)
-            readers[f"reward {spec.name!r}"] = (*REWARDS.facts(spec.name).inputs, *spec.options.get("inputs", ()))
+            chosen = spec.options.get("inputs", ())
+            chosen = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+            readers[f"reward {spec.name!r}"] = (*REWARDS.facts(spec.name).inputs, *chosen)
     for key, source in sources.items():
         columns = sets[key].columns() if key in sets else set()
         for who, needed in readers.items():

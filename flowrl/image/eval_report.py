@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowrl.core.atomic import write_json
 from flowrl.core.errors import ConfigError
+from flowrl.core.inputs import row_key
 from flowrl.core.options import seed_indices
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def add_arguments(parser: Any) -> None:
 
 def pairs(args: Any, cfg: Any) -> tuple[list[str], list[int], list[str], dict[str, dict[str, Any]]]:
     """The (prompt, seed index) rows, each prompt with every seed, the distinct prompts and their conditioning
-    inputs by text; refuses bad input before any model loads."""
+    inputs by row (``flowrl.core.inputs.row_key``); refuses bad input before any model loads."""
     from flowrl.image.data import inputs_by_prompt, load_prompt_set
 
     source = args.prompts or cfg.data.eval_prompts
@@ -101,8 +102,8 @@ def evaluate_images(args: Any, cfg: Any, load: ColumnLoader) -> dict[str, Any]:
     if args.gallery:
         from flowrl.image.compare import write_columns
 
-        keep = set(prompts[: args.gallery])
-        rows = [i for i, p in enumerate(rows_p) if p in keep]
+        keep = {row_key(p) for p in prompts[: args.gallery]}
+        rows = [i for i, p in enumerate(rows_p) if row_key(p) in keep]
         chosen = [(images[rows], {k: v[rows] for k, v in scores.items()}) for images, scores in results]
         write_columns(specs, chosen, [rows_p[i] for i in rows], [rows_s[i] for i in rows], args.out, "flowrl eval",
                       inputs)  # fmt: skip

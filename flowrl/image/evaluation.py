@@ -45,7 +45,7 @@ def score_images(
 ) -> dict[str, Tensor]:
     """``{"reward": total, <reward>: score, <reward>/<diagnostic>: ..., "watch/<reward>": ...}``, each ``[N]``, of
     ``images`` ``[N, 3, H, W]``; the seeds of one prompt text form a group for groupwise rewards; ``inputs``: the
-    prompt rows' columns by text, for rewards that read them."""
+    prompt rows' columns by ``row_key``, for rewards that read them."""
     groups = prompt_groups(prompts)
     total, parts = rewards(images, prompts, groups, inputs=inputs)
     out = {"reward": total, **parts}

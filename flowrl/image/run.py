@@ -144,7 +144,8 @@ def _head_to_head(run: Run, prompts: list[str], base: torch.Tensor, trained: tor
     out: dict[str, Any] = {}
     for name, fn in run.rewards.rewards.items():
         if is_groupwise(fn):
-            score = fn(torch.cat([trained, base]), prompts + prompts, groups=pairs)["score"][:n]
+            images = torch.cat([trained, base])
+            score = run.rewards.raw(name, images, prompts + prompts, pairs, run.inputs)["score"][:n]
             mean, se = prompt_mean_se(score.float(), prompts)
             out[f"eval/{name}/trained_vs_base"] = {"mean": mean, "se": se}
     return out

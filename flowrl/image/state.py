@@ -33,7 +33,7 @@ class Run(RunState):
     window: WindowSchedule
     train_prompts: list[str]
     eval_prompts: list[str]
-    #: each prompt's conditioning inputs (a ``.jsonl`` prompt file's other keys), by prompt text; none: text only
+    #: each prompt's conditioning inputs (a ``.jsonl`` prompt file's other keys), by row_key; none: text only
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
 

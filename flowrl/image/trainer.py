@@ -32,7 +32,7 @@ from torch import Tensor
 from flowrl.core.advantages import AdvantageBatch, TreeStructure, compute_advantages
 from flowrl.core.advantages.core import combine
 from flowrl.core.errors import ConfigError
-from flowrl.core.inputs import row_inputs
+from flowrl.core.inputs import row_inputs, row_key
 from flowrl.core.loop import count_skip, draw_prompts, lr_scheduler, mean_over_processes, process_seed
 from flowrl.core.losses import LOSSES, LossOutput, Together, TrainsOn, trains_on
 from flowrl.core.monitor import TrainingMonitor
@@ -281,7 +281,7 @@ def advantage_batch(run: Run, batch: Batch) -> AdvantageBatch:
         rewards=batch.rewards,
         group_id=batch.rollout.group_id,
         weights=run.rewards.weight_vector(),
-        prompt_keys=batch.prompts,
+        prompt_keys=[row_key(p) for p in batch.prompts],  # a row's own key: rows may repeat a text
         granular_rewards=batch.granular,
         strata=strata(run, batch),
         pairwise=batch.preferences,
@@ -389,7 +389,7 @@ def evaluate(run: Run, prompts: list[str], seeds: list[int]) -> tuple[Tensor, di
 
 
 def eval_share(prompts: list[str], index: int, num_processes: int) -> list[int]:
-    """Positions of the pairs process ``index`` evaluates: prompt texts dealt out in turn, each with all its seeds."""
+    """Positions of the pairs process ``index`` evaluates: prompt rows dealt out in turn, each with all its seeds."""
     group = prompt_groups(prompts)
     return [i for i in range(len(prompts)) if int(group[i]) % num_processes == index]
 

@@ -14,15 +14,17 @@ into the vision tower's patches and the tokenizer with the vision tokens).
   before it (Plus: ``"Picture k: <vision tokens>"`` per reference), the processor expands them into the image's
   patch tokens, and the language model's last hidden state is kept without the template's first 64 tokens
   (``prompt_template_encode_start_idx``). The vision-language view of a reference is the image resized, with
-  Lanczos, to about ``vae_area`` pixels (Qwen-Image-Edit: the VAE's own size, as the pipeline's one-image call
-  passes it; when that pipeline gets a list of images it hands the processor the images at their stored size, a
-  quirk not copied) or to about ``condition_area`` pixels (Plus: 384², as its pipeline). The negative prompt is
-  encoded with the same references (the pipelines' true CFG passes them to both). Since the encoding depends on
-  the images, the prompt cache (``model.prompt_cache``) is keyed by the text and the image paths.
-- **Reference latents.** Each reference resized to about ``vae_area`` pixels (1024², the pipelines'; sides
-  multiples of 32, its aspect ratio kept), through the VAE as ``QwenCodec`` encodes (the posterior's mode,
-  normalised), packed into 2×2 patches and concatenated after the target's tokens; ``img_shapes`` lists the target's
-  and each reference's patch grid, and only the target's tokens of the output are kept. The rows hold them packed:
+  Lanczos, to about ``vae_area`` pixels (``model.reference_size``²; Qwen-Image-Edit: the VAE's own size, as the
+  pipeline's one-image call passes it; when that pipeline gets a list of images it hands the processor the images
+  at their stored size, a quirk not copied) or to about ``condition_area`` pixels (Plus: 384², as its pipeline).
+  The negative prompt is encoded with the same references (the pipelines' true CFG passes them to both). Since
+  the encoding depends on the images, the prompt cache (``model.prompt_cache``) is keyed by the text and the image
+  paths.
+- **Reference latents.** Each reference resized to about ``vae_area`` pixels (1024², the pipelines', or
+  ``model.reference_size``²; sides multiples of 32, its aspect ratio kept), through the VAE as ``QwenCodec``
+  encodes (the posterior's mode, normalised), packed into 2×2 patches and concatenated after the target's tokens;
+  ``img_shapes`` lists the target's and each reference's patch grid, and only the target's tokens of the output are
+  kept. The rows hold them packed:
   ``ref [B, N, 4C]`` (zero-padded to the longest row) with ``ref_shapes [B, K, 2]`` (each reference's patch rows
   and columns, zeros for a row with fewer references). The transformer's rotary positions follow the first row's
   ``img_shapes``, so rows whose references differ in number or size go through separate forward passes.
@@ -30,7 +32,7 @@ into the vision tower's patches and the tokenizer with the vision tokens).
   (with a warning), never the vision tokens.
 
 Flow-GRPO's Qwen-Image-Edit(-Plus) training resizes references to 512² (``calculate_dimensions(512 * 512, ...)``
-in its pipeline copy); set ``vae_area`` on the policy to train at that size.
+in its pipeline copy); ``model.reference_size`` trains at another size (the Plus vision-language view stays 384²).
 """
 
 from __future__ import annotations
