@@ -269,7 +269,10 @@ def test_groupwise_rewards_are_evaluated_trained_against_base():
 
     base = torch.full((4, 3, 2, 2), 0.5)
     trained = torch.tensor([0.9, 0.7, 0.2, 0.5]).view(4, 1, 1, 1).expand(4, 3, 2, 2)
-    run = SimpleNamespace(rewards=SimpleNamespace(rewards={"judge": BrighterWins(), "plain": lambda im, p: {}}))
+    from flowrl.rewards import RewardSet
+
+    rewards = RewardSet({"judge": BrighterWins(), "plain": lambda im, p: {}}, {"judge": 1.0, "plain": 1.0})
+    run = SimpleNamespace(rewards=rewards, inputs={})
     out = _head_to_head(run, ["a", "b", "c", "d"], base, trained)
     assert list(out) == ["eval/judge/trained_vs_base"]  # only the groupwise reward
     assert out["eval/judge/trained_vs_base"]["mean"] == pytest.approx((1 + 1 + 0 + 0.5) / 4)
