@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .base import REWARDS, RewardFn
 from .clip_similarity import ClipSimilarity
-from .preprocess import load_image
+from .preprocess import load_sources
 
 COLUMNS = ("image", "source_caption", "target")
 
@@ -28,8 +28,8 @@ def clip_direction(path: str, device: str = "cpu", batch_size: int = 32) -> Rewa
     def reward(
         images: Tensor, prompts: list[str], image: list[list[str]], source_caption: list[str], target: list[str]
     ) -> dict[str, Tensor]:
-        sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
-        moved = clip.images(images) - clip.images(sources)
+        sources, index = load_sources(image, tuple(images.shape[-2:]))  # each source embedded once
+        moved = clip.images(images) - clip.images(sources)[index]
         wanted = clip.texts(list(target)) - clip.texts(list(source_caption))
         return {"score": torch.nn.functional.cosine_similarity(moved, wanted, dim=-1)}
 

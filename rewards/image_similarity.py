@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .base import REWARDS, RewardFn
 from .clip_similarity import ClipSimilarity
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, clip_preprocess, load_image
+from .preprocess import IMAGENET_MEAN, IMAGENET_STD, clip_preprocess, load_sources
 
 
 @REWARDS.register("image-similarity", inputs=("image",))
@@ -52,8 +52,8 @@ def image_similarity(path: str, device: str = "cpu", batch_size: int = 32) -> Re
         return feats.float() / feats.float().norm(dim=-1, keepdim=True)
 
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
-        sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
-        return {"score": (embed(images) * embed(sources)).sum(-1).cpu()}
+        sources, index = load_sources(image, tuple(images.shape[-2:]))  # each source embedded once
+        return {"score": (embed(images) * embed(sources)[index]).sum(-1).cpu()}
 
     reward.inputs = ("image",)
     return reward
@@ -100,8 +100,8 @@ def lpips_similarity(net: str = "alex", device: str = "cpu", batch_size: int = 3
 
     @torch.no_grad()
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
-        sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
-        a, b = images.float(), sources
+        sources, index = load_sources(image, tuple(images.shape[-2:]))
+        a, b = images.float(), sources[index]
         if min(a.shape[-2:]) < 64:  # AlexNet's three poolings leave nothing of a smaller image
             scale = 64 / min(a.shape[-2:])
             a, b = (F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False) for x in (a, b))
@@ -126,8 +126,8 @@ def pixel_similarity(size: int = 32) -> RewardFn:
     from flowrl.image.evaluation import thumbnails
 
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
-        sources = torch.stack([load_image(paths[0], tuple(images.shape[-2:])) for paths in image])
-        rms = (thumbnails(images, size) - thumbnails(sources, size)).square().flatten(1).mean(1).sqrt()
+        sources, index = load_sources(image, tuple(images.shape[-2:]))
+        rms = (thumbnails(images, size) - thumbnails(sources, size)[index]).square().flatten(1).mean(1).sqrt()
         return {"score": 1 - rms}
 
     reward.inputs = ("image",)

@@ -84,6 +84,14 @@ def load_image(path: str, size: tuple[int, int]) -> Tensor:
     return F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
 
 
+def load_sources(image: list[list[str]], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The rows' first source images (``image[i][0]``) at ``size``, each distinct file loaded once (a group's rows
+    share one): ``[U, 3, H, W]``, and ``[B]`` indices of each row's image in it."""
+    first = {path: k for k, path in enumerate(dict.fromkeys(row[0] for row in image))}
+    index = torch.tensor([first[row[0]] for row in image], dtype=torch.long)
+    return torch.stack([load_image(path, size) for path in first]), index
+
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -91,5 +99,6 @@ __all__ = [
     "OPENAI_STD",
     "clip_preprocess",
     "load_image",
+    "load_sources",
     "longest_side_preprocess",
 ]

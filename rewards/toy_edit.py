@@ -13,7 +13,7 @@ from flowrl.image.toy_edit import edit_scores
 from flowrl.image.toy_world import parse_prompt
 
 from .base import REWARDS, RewardFn
-from .preprocess import load_image
+from .preprocess import load_sources
 
 COLUMNS = ("image", "target", "edit")
 
@@ -27,10 +27,10 @@ def toy_edit(preserve_weight: float = 0.5) -> RewardFn:
     def reward(
         images: Tensor, prompts: list[str], image: list[list[str]], target: list[str], edit: list[str]
     ) -> dict[str, Tensor]:
-        size = tuple(images.shape[-2:])
+        sources, index = load_sources(image, tuple(images.shape[-2:]))
         parts = [
-            edit_scores(result, load_image(paths[0], size), parse_prompt(caption), kind)
-            for result, paths, caption, kind in zip(images, image, target, edit, strict=True)
+            edit_scores(result, sources[k], parse_prompt(caption), kind)
+            for result, k, caption, kind in zip(images, index.tolist(), target, edit, strict=True)
         ]
         done, preserved = torch.tensor([p[0] for p in parts]), torch.tensor([p[1] for p in parts])
         return {
