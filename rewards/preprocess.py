@@ -70,12 +70,13 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
     return (x - m) / s
 
 
-def load_image(path: str, size: tuple[int, int]) -> Tensor:
-    """``[3, H, W]`` in [0, 1] of an RGB image file at ``size`` = (H, W): as stored when it has that size, else
-    centre-cropped to that aspect ratio and resized (bilinear, antialiased), so an edit and its source line up."""
+def load_image(path: str, size: tuple[int, int] | None = None) -> Tensor:
+    """``[3, H, W]`` in [0, 1] of an RGB image file at ``size`` = (H, W): as stored when it has that size (or no size
+    is given), else centre-cropped to that aspect ratio and resized (bilinear, antialiased), so an edit and its
+    source line up."""
     with Image.open(path) as image:
         x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-    if tuple(x.shape[-2:]) == size:
+    if size is None or tuple(x.shape[-2:]) == size:
         return x
     h, w = x.shape[-2:]
     crop_h, crop_w = min(h, round(w * size[0] / size[1])), min(w, round(h * size[1] / size[0]))

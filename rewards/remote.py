@@ -48,6 +48,7 @@ from flowrl.core.errors import RewardError
 
 from .base import REWARDS, RewardFn
 from .http import post_json
+from .preprocess import load_image
 
 WIRE_FORMATS = ("png", "safetensors")
 
@@ -176,18 +177,12 @@ def encode_request(
         for paths in columns.get("image", []):
             for path in paths:
                 if path not in files:
-                    files[path] = encode_images(load_image_file(path)[None])["data"][0]
+                    files[path] = encode_images(load_image(path)[None])["data"][0]
         body["inputs"] = {
             name: [[files[p] for p in paths] for paths in values] if name == "image" else list(values)
             for name, values in columns.items()
         }
     return body
-
-
-def load_image_file(path: str) -> Tensor:
-    """``[3, H, W]`` in [0, 1] of an image file at its own size."""
-    with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
 
 
 def decode_inputs(body: Mapping[str, Any], needed: tuple[str, ...], batch: int, max_pixels: int = MAX_PIXELS) -> dict:

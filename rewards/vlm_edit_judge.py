@@ -10,12 +10,10 @@ a 1-5 score of one edit, divided by 5. The options, the parsing and the position
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from PIL import Image
 from torch import Tensor
 
 from .base import REWARDS
+from .preprocess import load_image
 from .vlm_judge import VLMJudge, png_data_url
 
 EDIT_PAIRWISE = (
@@ -48,12 +46,7 @@ class VLMEditJudge(VLMJudge):
     ) -> dict[str, Tensor]:
         if image is None or len(image) != len(prompts):
             raise ValueError("vlm-edit-judge shows each edit's source: it needs the rows' image column (image=)")
-        urls = {path: _source_url(path) for paths in image for path in paths}  # a group's requests share them
+        urls = {
+            path: png_data_url(load_image(path)) for paths in image for path in paths
+        }  # a group's requests share them
         return self.judge(images, prompts, groups, [[urls[path] for path in paths] for paths in image])
-
-
-def _source_url(path: str) -> str:
-    """A source image file as a PNG data URL."""
-    with Image.open(path) as image:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
-    return png_data_url(pixels)
