@@ -204,3 +204,21 @@ def test_reference_size_resizes_every_editing_familys_references(pipelines, fami
     larger = size()
     run.policy.reference_area = None  # as the pipeline: the stored 32 px (Qwen-Image-Edit: 32², set above)
     assert larger == 4 * size()
+
+
+@pytest.mark.parametrize("family", ["kontext", "flux2-edit", "qwen-edit"])
+def test_a_prompt_cache_keeps_each_rows_reference_encoding(pipelines, family, tmp_path):
+    """With ``model.prompt_cache`` a row's references are read and VAE-encoded once: drawn again (every iteration
+    draws the same rows), the kept encoding is used, equal to a fresh one."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(tmp_path / "ref.png")
+    run = _run(pipelines[family], "model.prompt_cache=8")
+    encode, calls = run.policy.codec.encode, []
+    run.policy.codec.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    rows = [{"image": [str(tmp_path / "ref.png")]}]
+    first = run.policy.condition(["a red circle"], rows).ref
+    again = run.policy.condition(["a red circle"], rows).ref
+    assert len(calls) == 1 and torch.equal(first, again)
+    run.policy.prompt_cache = None  # off: encoded each time, the same
+    assert torch.equal(run.policy.condition(["a red circle"], rows).ref, first) and len(calls) == 2

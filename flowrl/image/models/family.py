@@ -32,6 +32,7 @@ targets, the half-precision weight types it runs in, whether it reads ``model.gu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,21 @@ class FlowModel(ABC):
         self.path, self.dtype, self.device = path, dtype, torch.device(device)
         self.transformer = transformer_cls.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
         self.scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(path, subfolder="scheduler")
+
+    def cached_reference(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``: an editing family's encoding of one row's reference images (``key`` names the files and the
+        size), kept among the last ``model.prompt_cache`` ones when a prompt cache is on. The VAE is frozen and
+        encodes the posterior's mode, so a kept encoding is what encoding again would give; training draws the same
+        rows again and again, and each would otherwise be read, resized and encoded on every iteration."""
+        if self.prompt_cache is None:
+            return make()
+        kept = self.__dict__.setdefault("_references", OrderedDict())
+        if key not in kept:
+            kept[key] = make()
+        kept.move_to_end(key)
+        while len(kept) > self.prompt_cache.size:
+            kept.popitem(last=False)
+        return kept[key]
 
     def forward_module(self) -> torch.nn.Module:
         """The module a forward pass runs through.

@@ -260,7 +260,8 @@ class Flux2KleinPolicy(FlowModel):
         if len(images) != len(prompts) or not all(images):
             raise DataError("FLUX.2 [klein] edits when every prompt of a batch has reference images, and "
                             'generates from text when none has: give every row an "image", or none')  # fmt: skip
-        refs = [self.reference_tokens(paths) for paths in images]
+        refs = [self.cached_reference(("klein", *paths, self.reference_area), lambda p=paths: self.reference_tokens(p))
+                for paths in images]  # fmt: skip
         if len({r[0].shape[1] for r in refs}) > 1:
             sizes = sorted({r[0].shape[1] for r in refs})
             raise DataError(f"the reference images of one batch must give one token count; got {sizes} tokens: give "

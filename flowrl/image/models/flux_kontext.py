@@ -56,7 +56,8 @@ class FluxKontextPolicy(FluxPolicy):
             raise DataError("FLUX.1-Kontext edits an image: give each prompt one with a .jsonl prompt file of rows "
                             '{"prompt": ..., "image": path}')  # fmt: skip
         cond = self.encode(prompts, with_negative)
-        refs = [self.reference_latents(row["image"]) for row in inputs]
+        refs = [self.cached_reference(("kontext", *row["image"], self.reference_area),
+                                      lambda r=row: self.reference_latents(r["image"])) for row in inputs]  # fmt: skip
         if len({tuple(r.shape) for r in refs}) > 1:
             sizes = sorted({tuple(r.shape[-2:]) for r in refs})
             raise DataError(f"the reference images of one batch must have one size after resizing; got latents of "

@@ -190,15 +190,20 @@ class QwenImageEditPolicy(QwenImagePolicy):
         for i, ps in enumerate(paths):
             tokens = []
             for k, path in enumerate(ps):
-                image = open_resized(path, self.reference_area or self.vae_area)
-                x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-                z = self.codec.encode(x[None], self.device, self.dtype)  # [1, C, h', w']
+                area = self.reference_area or self.vae_area
+                z = self.cached_reference(("qwen-edit", path, area), lambda p=path, a=area: self._latents(p, a))
                 shapes[i, k] = torch.tensor([z.shape[-2] // 2, z.shape[-1] // 2])
                 tokens.append(pack(z)[0])
             rows.append(torch.cat(tokens))
         length = max(r.shape[0] for r in rows)
         ref = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
         return ref, shapes.to(self.device)
+
+    def _latents(self, path: str, area: int) -> Tensor:
+        """``[1, C, h', w']``: the reference at ``path`` resized to about ``area`` pixels, through the VAE."""
+        image = open_resized(path, area)
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return self.codec.encode(x[None], self.device, self.dtype)
 
     # ----------------------------------------------------------------- network
     def velocity(self, x: Tensor, sigma: Tensor, cond: dict[str, Tensor]) -> Tensor:
