@@ -99,14 +99,12 @@ def _as_files(columns: dict[str, list[Any]], folder: str) -> dict[str, list[Any]
     into ``folder``, which the caller deletes after scoring)."""
     if "image" not in columns:
         return columns
-    paths = []
-    for k, images in enumerate(columns["image"]):
-        paths.append([])
-        for j, image in enumerate(images):
-            paths[-1].append(os.path.join(folder, f"{k}-{j}.png"))
-            pixels = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            Image.fromarray(pixels).save(paths[-1][-1])
-    return {**columns, "image": paths}
+    written: dict[int, str] = {}  # a source repeated across a group's rows is one tensor: one file
+    for image in (image for images in columns["image"] for image in images):
+        if id(image) not in written:
+            written[id(image)] = os.path.join(folder, f"{len(written)}.png")
+            Image.fromarray((image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(written[id(image)])
+    return {**columns, "image": [[written[id(image)] for image in images] for images in columns["image"]]}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -187,7 +187,8 @@ def encode_request(
 
 def decode_inputs(body: Mapping[str, Any], needed: tuple[str, ...], batch: int, max_pixels: int = MAX_PIXELS) -> dict:
     """The request's ``"inputs"`` columns that a reward reads (``needed``), one value per image: the ``image``
-    column's as lists of ``[3, H, W]`` tensors (each its own size; ``max_pixels`` bounds their sum), any other's as
+    column's as lists of ``[3, H, W]`` tensors (each its own size; each distinct one decoded once, the same tensor
+    where it repeats; ``max_pixels`` bounds their sum), any other's as
     JSON scalars or lists of them. Raises ``WireError`` naming a missing or malformed column or value."""
     inputs = body.get("inputs", {})
     if not isinstance(inputs, Mapping):
@@ -206,17 +207,18 @@ def decode_inputs(body: Mapping[str, Any], needed: tuple[str, ...], batch: int, 
                     raise WireError(f"inputs.{name}[{k}]: expected a string, number or a list of them")
             out[name] = values
             continue
-        decoded = []
+        decoded, seen = [], {}  # a group's images repeat their row's sources: each distinct one decoded once
         for k, sources in enumerate(values):
             if not isinstance(sources, list) or not sources:
                 raise WireError(f"inputs.image[{k}]: expected a non-empty list of base64 PNGs")
-            row = []
             for j, text in enumerate(sources):
-                image = _open_png(text, f"inputs.image[{k}][{j}]")
-                total += image.width * image.height
-                _check_pixels(total, max_pixels)
-                row.append(torch.from_numpy(_pixels(image, f"inputs.image[{k}][{j}]")).permute(2, 0, 1).float() / 255)
-            decoded.append(row)
+                if not isinstance(text, str) or text not in seen:
+                    image = _open_png(text, f"inputs.image[{k}][{j}]")
+                    total += image.width * image.height
+                    _check_pixels(total, max_pixels)
+                    pixels = _pixels(image, f"inputs.image[{k}][{j}]")
+                    seen[text] = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+            decoded.append([seen[text] for text in sources])
         out[name] = decoded
     return out
 

@@ -399,3 +399,12 @@ def test_a_remote_reward_reading_a_column_is_checked_against_the_prompt_rows(tmp
 
     with pytest.raises(ConfigError, match="reward 'remote' reads image with each prompt"):
         load_config(None, ["rewards=[{name: remote, options: {url: 'http://127.0.0.1:9', inputs: [image]}}]"])
+
+
+def test_a_source_repeated_across_a_groups_rows_is_decoded_once():
+    from flowrl.rewards.remote import decode_inputs
+
+    source = png_b64(np.full((8, 8, 3), 7, dtype=np.uint8))
+    body = {"inputs": {"image": [[source], [source], [source]]}}
+    (a, b, c) = decode_inputs(body, ("image",), 3, max_pixels=64)["image"]  # one 8x8 image's pixels: the budget
+    assert a[0] is b[0] is c[0] and torch.equal(a[0], torch.full((3, 8, 8), 7 / 255))
