@@ -44,28 +44,25 @@ def image_similarity(path: str, device: str = "cpu", batch_size: int = 32) -> Re
     kind = AutoConfig.from_pretrained(path).model_type
     if kind not in EMBEDDINGS:
         raise ValueError(f"image-similarity: {path!r} holds a {kind!r} model; valid: {', '.join(EMBEDDINGS)}")
-    features = EMBEDDINGS[kind](path, device)
-
-    @torch.no_grad()
-    def embed(images: Tensor) -> Tensor:
-        feats = torch.cat([features(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
-        return feats.float() / feats.float().norm(dim=-1, keepdim=True)
+    embed = EMBEDDINGS[kind](path, device, batch_size)
 
     def reward(images: Tensor, prompts: list[str], image: list[list[str]]) -> dict[str, Tensor]:
         sources, index = load_sources(image, tuple(images.shape[-2:]))  # each source embedded once
-        return {"score": (embed(images) * embed(sources)[index]).sum(-1).cpu()}
+        return {"score": (embed(images) * embed(sources)[index]).sum(-1)}
 
     reward.inputs = ("image",)
     return reward
 
 
-def clip_features(path: str, device: str) -> Callable[[Tensor], Tensor]:
-    """``f(images [B, 3, H, W] in [0, 1]) -> [B, D]``: a ``CLIPModel``'s projected image features."""
-    return ClipSimilarity(path, device, text=False).images
+def clip_features(path: str, device: str, batch_size: int) -> Callable[[Tensor], Tensor]:
+    """``f(images [B, 3, H, W] in [0, 1]) -> [B, D]`` (unit length, float32, CPU): a ``CLIPModel``'s projected image
+    features, in batches of ``batch_size``."""
+    return ClipSimilarity(path, device, batch_size, text=False).images
 
 
-def dino_features(path: str, device: str) -> Callable[[Tensor], Tensor]:
-    """``f(images [B, 3, H, W] in [0, 1]) -> [B, D]``: a ``Dinov2Model``'s class token after its transform."""
+def dino_features(path: str, device: str, batch_size: int) -> Callable[[Tensor], Tensor]:
+    """``f(images [B, 3, H, W] in [0, 1]) -> [B, D]`` (unit length, float32, CPU): a ``Dinov2Model``'s class token
+    after its transform, in batches of ``batch_size``."""
     from transformers import Dinov2Model
 
     model = Dinov2Model.from_pretrained(path).to(device).eval()
@@ -76,8 +73,13 @@ def dino_features(path: str, device: str) -> Callable[[Tensor], Tensor]:
             spec = json.load(f)
         resize, crop = spec.get("size", {}).get("shortest_edge", resize), spec.get("crop_size", {}).get("height", crop)
 
+    @torch.no_grad()
     def features(images: Tensor) -> Tensor:
-        return model(pixel_values=clip_preprocess(images, resize, IMAGENET_MEAN, IMAGENET_STD, crop)).pooler_output
+        parts = [model(pixel_values=clip_preprocess(images[i : i + batch_size].to(device), resize, IMAGENET_MEAN,
+                                                    IMAGENET_STD, crop)).pooler_output
+                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        feats = torch.cat(parts).float().cpu()
+        return feats / feats.norm(dim=-1, keepdim=True)
 
     return features
 
