@@ -43,16 +43,19 @@ class ClipSimilarity:
 
     @torch.no_grad()
     def texts(self, texts: list[str]) -> Tensor:
-        """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of texts, each cut to 77 tokens."""
+        """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of texts, each cut to 77 tokens; each distinct
+        text is embedded once (a rollout group repeats its prompt and captions)."""
         if self.tokenizer is None:
             raise ValueError("this ClipSimilarity was built for images only (text=False)")
+        distinct = list(dict.fromkeys(texts))
         parts = []
-        for i in range(0, len(texts), self.batch_size):
-            ids = self.tokenizer(texts[i : i + self.batch_size], padding="max_length", max_length=77, truncation=True,
-                                  return_tensors="pt").input_ids.to(self.device)  # fmt: skip
+        for i in range(0, len(distinct), self.batch_size):
+            ids = self.tokenizer(distinct[i : i + self.batch_size], padding="max_length", max_length=77,
+                                  truncation=True, return_tensors="pt").input_ids.to(self.device)  # fmt: skip
             out = self.model.get_text_features(input_ids=ids)
             parts.append(out if isinstance(out, Tensor) else out.pooler_output)
-        return _unit(torch.cat(parts))
+        where = {t: i for i, t in enumerate(distinct)}
+        return _unit(torch.cat(parts))[torch.tensor([where[t] for t in texts])]
 
     def _image_features(self, pixels: Tensor) -> Tensor:
         out = self.model.get_image_features(pixel_values=pixels)

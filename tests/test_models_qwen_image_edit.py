@@ -97,6 +97,7 @@ def test_ode_generation_equals_the_pipeline(edit_dir, plus_dir, references, smal
     cond = policy.condition(PROMPTS, [{"image": i} for i in images]).as_dict()
     if plus:
         assert cond["ref_shapes"].tolist() == [[[8, 8], [4, 12]], [[8, 8], [0, 0]]]  # 64² and 32×96 px at the VAE
+        assert cond["ref_shapes"].device.type == "cpu"  # read on every forward: on the host, never a device sync
         assert cond["ref"].shape == (2, 64 + 48, 16)
     x = policy.initial_noise([3, 4], 32)
     ours, _ = ode_solve("euler", policy.velocity, x, policy.sigmas(4, 32), cond)

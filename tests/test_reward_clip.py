@@ -119,3 +119,23 @@ def test_clip_direction_is_the_cosine_of_the_image_change_and_the_caption_change
     unchanged = reward(sources, ["a", "b"], image=image, source_caption=before, target=after)["score"]
     assert torch.equal(unchanged, torch.zeros(2))  # no change points nowhere
     assert REWARDS.facts("clip-direction").inputs == ("image", "source_caption", "target")
+
+
+def test_each_distinct_text_is_embedded_once_and_every_row_gets_its_own(clip_dir):
+    from rewards.clip_similarity import ClipSimilarity
+
+    clip = ClipSimilarity(clip_dir, batch_size=2)
+    seen: list[int] = []
+    embed = clip.model.get_text_features
+
+    def counted(input_ids: torch.Tensor):
+        seen.append(input_ids.shape[0])
+        return embed(input_ids=input_ids)
+
+    clip.model.get_text_features = counted
+    texts = ["two red circles", "a blue square", "two red circles", "two red circles", "a cat"]
+    out = clip.texts(texts)
+    assert sum(seen) == 3  # a rollout group's repeated prompt is embedded once
+    alone = torch.cat([clip.texts([t]) for t in texts])
+    torch.testing.assert_close(out, alone, atol=1e-6, rtol=0)
+    assert not torch.allclose(out[0], out[1])

@@ -185,7 +185,8 @@ class QwenImageEditPolicy(QwenImagePolicy):
 
     def reference_tokens(self, paths: list[list[str]]) -> tuple[Tensor, Tensor]:
         """``ref [B, N, 4C]``: each row's references through the VAE, packed and concatenated (zero-padded to the
-        longest row); ``ref_shapes [B, K, 2]`` (long): each reference's packed rows and columns (zeros: none)."""
+        longest row); ``ref_shapes [B, K, 2]`` (long, kept on the CPU: every forward reads the layout from it, which on
+        an accelerator would wait for the device each step): each reference's packed rows and columns (zeros: none)."""
         rows, shapes = [], torch.zeros(len(paths), max(len(ps) for ps in paths), 2, dtype=torch.long)
         for i, ps in enumerate(paths):
             tokens = []
@@ -197,7 +198,7 @@ class QwenImageEditPolicy(QwenImagePolicy):
             rows.append(torch.cat(tokens))
         length = max(r.shape[0] for r in rows)
         ref = torch.stack([torch.nn.functional.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
-        return ref, shapes.to(self.device)
+        return ref, shapes
 
     def _latents(self, path: str, area: int) -> Tensor:
         """``[1, C, h', w']``: the reference at ``path`` resized to about ``area`` pixels, through the VAE."""
