@@ -258,20 +258,23 @@ class RewardSet:
 
     @classmethod
     def from_specs(cls, specs: Sequence[Mapping[str, Any]]) -> RewardSet:
-        """Build from ``[{"name": ..., "weight": 1.0, "options": {...}}, ...]``."""
+        """Build from ``[{"name": ..., "weight": 1.0, "options": {...}, "label": ""}, ...]``; each reward is keyed
+        (logged, weighted, a column of the reward matrix) by its ``label``, or its name when it has none, so one
+        reward may be listed twice with other options under two labels."""
         rewards, weights = {}, {}
         for spec in specs:  # every path first: a missing file fails before any reward model loads
             check_paths(spec["name"], dict(spec.get("options") or {}))
         for spec in specs:
-            name = spec["name"]
-            if name in rewards:
-                raise ValueError(f"reward {name!r} listed twice")
+            name, key = spec["name"], spec.get("label") or spec["name"]
+            if key in rewards:
+                twice = f"label {key!r} given twice" if spec.get("label") else f"reward {name!r} listed twice"
+                raise ValueError(f"{twice}: give each listing its own label")
             options = dict(spec.get("options") or {})
             try:
-                rewards[name] = make_reward(name, **options)
+                rewards[key] = make_reward(name, **options)
             except Exception as e:  # a missing checkpoint, a bad option value, the user's constructor raising
                 raise RewardError(f"reward {name!r} could not be built: {type(e).__name__}: {e}") from e
-            weights[name] = float(spec.get("weight", 1.0))
+            weights[key] = float(spec.get("weight", 1.0))
         return cls(rewards, weights)
 
     def __call__(

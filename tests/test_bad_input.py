@@ -182,6 +182,15 @@ CONFIG_CASES = {
         "config",
         same("rewards[1].name: 'toy-geneval' is listed twice"),
     ),
+    "reward label given twice": Case(
+        FLOW,
+        lambda c: ["rewards=[{name: toy-geneval, label: a}, {name: jpeg-compressibility, label: a}]"],
+        "config",
+        same("rewards[1].label: 'a' is listed twice"),
+    ),
+    "reward label with a slash": Case(
+        FLOW, lambda c: ["rewards=[{name: toy-geneval, label: a/b}]"], "config", same("rewards[0].label: 'a/b'")
+    ),
     "unknown reward option": Case(
         FLOW,
         lambda c: [rewards("jpeg-compressibility", qualty=80)],

@@ -103,6 +103,18 @@ def test_the_written_rows_load_and_the_reward_reads_their_columns(edit_data):
     assert total.tolist() == pytest.approx([0.75 * d + 0.25 * p for d, p in expected])
     with pytest.raises(RewardError, match="reward 'toy-edit' reads 'image' of each prompt row"):
         reward(sources, rows.prompts)
+    # listed twice under labels, one column per part (what GDPO normalises apart): the same weighted total
+    split = RewardSet.from_specs([
+        {"name": "toy-edit", "label": "done", "weight": 0.75, "options": {"preserve_weight": 0.0}},
+        {"name": "toy-edit", "label": "kept", "weight": 0.25, "options": {"preserve_weight": 1.0}},
+    ])  # fmt: skip
+    both, columns = split(sources, rows.prompts, inputs=inputs)
+    torch.testing.assert_close(both, total)
+    assert torch.equal(columns["done"], parts["toy-edit/done"])
+    assert torch.equal(columns["kept"], parts["toy-edit/preserved"]) and "kept/done" in columns
+    assert split.weight_vector().tolist() == [0.75, 0.25]
+    with pytest.raises(ValueError, match="label 'done' given twice"):
+        RewardSet.from_specs([{"name": "toy-edit", "label": "done"}, {"name": "pixel-similarity", "label": "done"}])
 
 
 def _png(path: str, folder: str) -> torch.Tensor:

@@ -141,7 +141,7 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
     cfg = method_config(preset, spec)
     recipe = recipe_for(cfg)
     run = recipe.setup(cfg)
-    strict_key = f"{cfg.rewards[0].name}/strict"
+    strict_key = f"{cfg.rewards[0].label or cfg.rewards[0].name}/strict"
     first: dict[str, torch.Tensor] = {}
     rows: list[str] = []  # the evaluation's (prompt, seed index) rows, by prompt
 

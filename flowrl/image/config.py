@@ -161,6 +161,7 @@ class RewardSpec:
     )
     weight: float = option(1.0, "weight in the total reward")
     options: dict[str, Any] = option({}, "keyword options of the reward's factory (or of your callable)")
+    label: str = option("", "its key in logs, weights and the reward matrix (default: name): list a reward twice")
 
 
 @dataclass
@@ -260,14 +261,19 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
 
 def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
     """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
-    reward is listed twice. Reads signatures only: no reward model loads. ``key`` names the list in messages."""
+    reward is listed twice under one key (its label, else its name). Reads signatures only: no reward model loads.
+    ``key`` names the list in messages."""
     from flowrl.rewards import Scores, check_reward_name, check_reward_options
 
     seen = set()
     for i, spec in enumerate(specs):
-        if spec.name in seen:
-            raise ConfigError(f"{key}[{i}].name: {spec.name!r} is listed twice (give it one weight)")
-        seen.add(spec.name)
+        if "/" in spec.label:
+            raise ConfigError(f"{key}[{i}].label: {spec.label!r} has a '/', which separates a reward's components")
+        if (spec.label or spec.name) in seen:
+            field = "label" if spec.label else "name"
+            raise ConfigError(f"{key}[{i}].{field}: {spec.label or spec.name!r} is listed twice (give it one weight, "
+                              "or each listing its own label)")  # fmt: skip
+        seen.add(spec.label or spec.name)
         try:
             check_reward_name(spec.name, Scores.IMAGES)
         except ValueError as e:
@@ -359,7 +365,7 @@ def check_strata(cfg: Config) -> None:
     """``advantage.strata`` names a component of a configured reward (``<reward>`` or ``<reward>/<key>``); whether
     that reward gives the key is known when it first scores (the trainer then names the components it has)."""
     key = cfg.advantage.strata
-    names = [r.name for r in cfg.rewards]
+    names = [r.label or r.name for r in cfg.rewards]
     if key and key.split("/", 1)[0] not in names and key.rsplit("/", 1)[0] not in names:
         raise ConfigError(
             f"advantage.strata={key!r} names no configured reward's component (rewards: {', '.join(names)}; "
