@@ -1137,3 +1137,18 @@ def test_a_stored_config_written_before_options_nested_is_read_in_todays_layout(
     assert upgrade(Config, old) == now
     old["loss"]["renoise"] = "auto"
     assert upgrade(Config, old)["loss"]["awm"]["renoise"] == "uniform"
+
+
+def test_a_resolution_of_height_and_width_samples_that_size(tiny_model):
+    from flowrl.image.generate import generate
+    from flowrl.image.models import policy_for
+
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    cfg = load_config(demo, [f"model.path={tiny_model}", "model.resolution=[16, 32]"])
+    assert cfg.model.resolution == [16, 32]
+    for bad, says in (("[16, 30]", r"resolution=\[16, 30\] must be a multiple of"), ("[16, 32, 8]", "two: \\[height")):
+        with pytest.raises(ConfigError, match=says):
+            load_config(demo, [f"model.path={tiny_model}", f"model.resolution={bad}"])
+    policy = policy_for(cfg.model)
+    images = generate(policy, ["a red circle"], [0], resolution=cfg.model.resolution, num_steps=2)
+    assert images.shape == (1, 3, 16, 32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +197,23 @@ def token_ids(tokenizer: Any, prompts: list[str], device: torch.device, max_leng
         truncation=True,
         return_tensors="pt",
     ).input_ids.to(device)
+
+
+def pixel_size(resolution: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` in pixels of ``model.resolution``: one side (a square) or ``[height, width]``."""
+    if isinstance(resolution, int):
+        return resolution, resolution
+    height, width = resolution
+    return int(height), int(width)
+
+
+def latent_size(resolution: int | Sequence[int], factor: int, multiple: int, why: str) -> tuple[int, int]:
+    """``(h, w)``: the pixel size of ``resolution`` divided by the VAE's ``factor``, each side checked to be a multiple
+    of ``multiple`` pixels (``ConfigError`` naming ``why``: its downsampling times the patch or packing)."""
+    height, width = pixel_size(resolution)
+    if height % multiple or width % multiple:
+        raise ConfigError(f"resolution {resolution} must be a multiple of {multiple} ({why})")
+    return height // factor, width // factor
 
 
 def seeded_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device, dtype: torch.dtype) -> Tensor:

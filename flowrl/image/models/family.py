@@ -99,9 +99,10 @@ class FlowModel(ABC):
 
     # ----------------------------------------------------------------- the family's part
     @abstractmethod
-    def latent_shape(self, resolution: int) -> tuple[int, ...]:
-        """Shape of one state for a square output of ``resolution`` pixels: ``(C, h, w)`` for an image family (any
-        rank is allowed, e.g. ``(C, F, h, w)``); raises when it does not fit the family's VAE factor and packing."""
+    def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, ...]:
+        """Shape of one state for an output of ``resolution`` pixels (one side, or ``[H, W]``): ``(C, h, w)`` for an
+        image family (any rank is allowed, e.g. ``(C, F, h, w)``); raises when it does not fit the family's VAE factor
+        and packing."""
 
     @abstractmethod
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:

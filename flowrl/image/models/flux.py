@@ -16,6 +16,7 @@ token count, or by its fixed shift).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from .common import (
     encode_prompts,
     freeze,
     guided,
+    latent_size,
     load_text_encoder,
     require_folder,
     token_ids,
@@ -74,13 +76,11 @@ class PackedLatents:
                 f"channels ({self.codec.channels}): tokens are 2×2 patches of the latent"
             )
 
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one unpacked latent for a square image of ``resolution`` pixels."""
-        step = 2 * self.codec.factor
-        if resolution % step:
-            raise ConfigError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 packing)")
-        side = resolution // self.codec.factor
-        return (self.codec.channels, side, side)
+    def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one unpacked latent for an image of ``resolution`` pixels (a side or [H, W])."""
+        factor = self.codec.factor
+        h, w = latent_size(resolution, factor, 2 * factor, "VAE downsampling × 2×2 packing")
+        return (self.codec.channels, h, w)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas on the pipelines' grid ``linspace(1, 1/T, T)``, shifted by the

@@ -49,7 +49,7 @@ from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import warn_truncation
 from flowrl.samplers import pipeline_grid, scheduler_sigmas
 
-from .common import PromptCond, encode_prompts, freeze, guided
+from .common import PromptCond, encode_prompts, freeze, guided, latent_size
 from .family import FAMILIES, FlowModel
 from .sd3 import ATTENTION_TARGETS
 
@@ -207,12 +207,12 @@ class Flux2KleinPolicy(FlowModel):
             )
 
     # ----------------------------------------------------------------- shapes and schedule
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(4C, h/2, w/2)`` of one patchified latent for a square image of ``resolution`` pixels."""
+    def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, int, int]:
+        """Shape ``(4C, h/2, w/2)`` of one patchified latent for an image of ``resolution`` pixels (a side or
+        [H, W])."""
         step = 2 * self.codec.factor
-        if resolution % step:
-            raise ValueError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 patches)")
-        return (self.transformer.config.in_channels, resolution // step, resolution // step)
+        h, w = latent_size(resolution, step, step, "VAE downsampling × 2×2 patches")
+        return (self.transformer.config.in_channels, h, w)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas on the pipeline's grid ``linspace(1, 1/T, T)``, shifted by the

@@ -15,6 +15,7 @@ pipeline appends 256 zero tokens, this adapter appends none (the toy base is tra
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ from .common import (
     encode_prompts,
     freeze,
     guided,
+    latent_size,
     load_text_encoder,
     require_folder,
     token_ids,
@@ -82,16 +84,12 @@ class SD3Policy(FlowModel):
         self.max_sequence_length = max_sequence_length  # T5 tokens, the pipeline's default 256
 
     # ----------------------------------------------------------------- shapes and schedule
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
+    def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one latent for an image of ``resolution`` pixels (a side or [H, W])."""
         factor = self.codec.factor
-        if resolution % (factor * self.transformer.config.patch_size):
-            raise ConfigError(
-                f"resolution {resolution} must be a multiple of {factor * self.transformer.config.patch_size} "
-                "(VAE downsampling × patch size)"
-            )
-        side = resolution // factor
-        return (self.transformer.config.in_channels, side, side)
+        multiple = factor * self.transformer.config.patch_size
+        h, w = latent_size(resolution, factor, multiple, "VAE downsampling × patch size")
+        return (self.transformer.config.in_channels, h, w)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigma schedule for ``num_steps`` steps (float64): its own spacing, as the SD3

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -31,7 +32,7 @@ from flowrl.core.inputs import warn_truncation
 from flowrl.samplers import scheduler_sigmas
 from flowrl.samplers.schedules import dynamic_shift_mu
 
-from .common import Codec, PromptCond, encode_prompts, freeze
+from .common import Codec, PromptCond, encode_prompts, freeze, latent_size
 from .family import FAMILIES, FlowModel
 
 ATTENTION = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
@@ -74,13 +75,11 @@ class ZImagePolicy(FlowModel):
         self.max_sequence_length = max_sequence_length
 
     # ----------------------------------------------------------------- shapes and schedule
-    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
-        """Shape ``(C, h, w)`` of one latent for a square image of ``resolution`` pixels."""
-        step = 2 * self.codec.factor
-        if resolution % step:
-            raise ConfigError(f"resolution {resolution} must be a multiple of {step} (VAE downsampling × 2×2 patches)")
-        side = resolution // self.codec.factor
-        return (self.transformer.config.in_channels, side, side)
+    def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, int, int]:
+        """Shape ``(C, h, w)`` of one latent for an image of ``resolution`` pixels (a side or [H, W])."""
+        factor = self.codec.factor
+        h, w = latent_size(resolution, factor, 2 * factor, "VAE downsampling × 2×2 patches")
+        return (self.transformer.config.in_channels, h, w)
 
     def sigmas(self, num_steps: int, resolution: int) -> Tensor:
         """The scheduler's ``[T + 1]`` sigmas on the pipeline's float32 grid."""
