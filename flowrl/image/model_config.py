@@ -4,7 +4,6 @@ weight types its activations stay finite in, and the family's own checks (``Flow
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -13,7 +12,7 @@ from flowrl.core.options import option
 from flowrl.core.presets import PROJECT
 from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES
 from flowrl.image.models import check_model_options
-from flowrl.image.models.common import pixel_size
+from flowrl.image.models.common import pixel_size, read_json
 from flowrl.image.models.family import FAMILIES
 
 
@@ -26,6 +25,18 @@ class ModelConfig:
     )
     resolution: int | list[int] = option(
         32, "image side in pixels, or [height, width] (a video's frame size: e.g. [240, 416])", low=8
+    )
+    frames: int = option(0, "video families: frames per video (0 = the family's default: Wan's 81)", low=0)
+    train_experts: str = option(
+        "both",
+        "Wan 2.2 (two experts): which train: both (Flow-Factory's LoRA examples, Pref-GRPO), high (the high-noise "
+        "transformer: UniRL, Flow-Factory's full fine-tuning) or low; the others run frozen",
+        choices=("both", "high", "low"),
+    )
+    cfg_scale_2: float = option(
+        0.0,
+        "Wan 2.2: the low-noise expert's guidance scale (the pipeline's guidance_scale_2; 0 = model.cfg_scale)",
+        low=0.0,
     )
     finetune: str = option("lora", "lora (reference = adapter disabled) or full", choices=("lora", "full"))
     lora_rank: int = option(16, "LoRA rank", low=1)
@@ -101,32 +112,30 @@ def check_model(m: ModelConfig) -> str:
                 f"model.weights_dtype={m.weights_dtype}: {family}'s activations overflow in {m.weights_dtype}; use "
                 f"{' or '.join(allowed)}"
             )
+    video = family in FAMILIES and FAMILIES.facts(family).video
+    if not video and family in FAMILIES:
+        for key, default in (("frames", 0), ("train_experts", "both"), ("cfg_scale_2", 0.0)):
+            if getattr(m, key) != default:
+                raise ConfigError(f"model.{key}={getattr(m, key)}: {family} makes images (video families only)")
     check_model_options(m)  # the family's checks of its folder's files (FLUX.2 klein: guidance when distilled)
     return family
-
-
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def pixel_multiple(path: str) -> tuple[int, str]:
     """What ``model.resolution`` must be a multiple of for a local pipeline folder, and why: the VAE's downsampling
     times the transformer's patch (at least the 2×2 every latent family patches or packs by); a pixel-space model
     (no VAE, the toy world) needs its patch only. (0, "") when the folder's configs do not say (hub ids)."""
-    transformer = _read_json(os.path.join(path, "transformer", "config.json"))
+    transformer = read_json(os.path.join(path, "transformer", "config.json"))
     if transformer is None:
         return 0, ""
     patch = transformer.get("patch_size", transformer.get("all_patch_size", 1))
-    patch = int(patch[0] if isinstance(patch, list) else patch or 1)
-    vae = _read_json(os.path.join(path, "vae", "config.json"))
+    patch = int(patch[-1] if isinstance(patch, list) else patch or 1)  # Wan's (t, h, w): the spatial side
+    vae = read_json(os.path.join(path, "vae", "config.json"))
     if vae is None:
         return patch, f"its transformer takes {patch}×{patch} pixel patches"
-    if "block_out_channels" in vae:
+    if "scale_factor_spatial" in vae:  # Wan's VAE states it (2.2's also patchifies by 2)
+        scale = int(vae["scale_factor_spatial"])
+    elif "block_out_channels" in vae:
         scale = 2 ** (len(vae["block_out_channels"]) - 1)
     elif "temperal_downsample" in vae:  # the video VAEs (Qwen-Image): one 2× spatial step per entry
         scale = 2 ** len(vae["temperal_downsample"])
@@ -138,8 +147,4 @@ def pixel_multiple(path: str) -> tuple[int, str]:
 
 def pipeline_class_of(path: str) -> str:
     """``_class_name`` of a local folder's model_index.json ("" for hub ids and unreadable folders)."""
-    try:
-        with open(os.path.join(path, "model_index.json"), encoding="utf-8") as f:
-            return str(json.load(f).get("_class_name", ""))
-    except (OSError, ValueError):
-        return ""
+    return str((read_json(os.path.join(path, "model_index.json")) or {}).get("_class_name", ""))

@@ -20,6 +20,7 @@ from .flux_kontext import FluxKontextPolicy
 from .qwen_image import QwenImagePolicy
 from .qwen_image_edit import QwenImageEditPlusPolicy, QwenImageEditPolicy
 from .sd3 import SD3Policy
+from .wan import WanPolicy
 from .z_image import ZImagePolicy
 
 
@@ -105,6 +106,9 @@ def policy_for(model: Any, shift: float = 0.0, device: str | Any = "cpu") -> Flo
     path = resolve_model_path(model.path)
     cls = policy_class(path)
     cls.check_options(path, model)  # again: a hub id the config check could not read is local now
+    if FAMILIES.facts(cls.pipeline_class).video:
+        options.update(train_experts=model.train_experts, cfg_scale_2=model.cfg_scale_2)
+        options.update({"num_frames": model.frames} if model.frames else {})
     policy = cls(path, device=device, dtype=dtype, **options)
     policy.cfg_scale, policy.negative_prompt = model.cfg_scale, model.negative_prompt
     policy.schedule_shift = shift
@@ -133,6 +137,7 @@ __all__ = [
     "QwenImageEditPolicy",
     "QwenImagePolicy",
     "SD3Policy",
+    "WanPolicy",
     "ZImagePolicy",
     "check_model_options",
     "load_policy",

@@ -199,6 +199,16 @@ def token_ids(tokenizer: Any, prompts: list[str], device: torch.device, max_leng
     ).input_ids.to(device)
 
 
+def read_json(path: str) -> dict | None:
+    """A JSON file's mapping, or None when it is missing, unreadable or not a mapping (a folder's optional configs)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def pixel_size(resolution: int | Sequence[int]) -> tuple[int, int]:
     """``(height, width)`` in pixels of ``model.resolution``: one side (a square) or ``[height, width]``."""
     if isinstance(resolution, int):

@@ -59,6 +59,8 @@ class FamilyFacts:
     refused with its line before any model loads). ``min`` 0 makes them optional: prompt data without an ``image``
     column is accepted (rows without one have no reference, e.g. FLUX.2 [klein]'s text-to-image), but one prompt
     file's rows either all have images or none, since one batch's rows take one token layout.
+    video: it makes videos: its state has a time axis ``(C, F', h, w)``, it reads ``model.frames`` (and the Wan 2.2
+    expert options) and ``decode`` gives frames ``[B, F, 3, H, W]``, which rewards and galleries take as videos.
     """
 
     lora_targets: tuple[str, ...]
@@ -66,6 +68,7 @@ class FamilyFacts:
     guidance_embedding: bool = False
     inputs: tuple[str, ...] = ()
     images: tuple[int, int] = (0, 0)
+    video: bool = False
 
 
 class FlowModel(ABC):
