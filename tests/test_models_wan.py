@@ -86,8 +86,8 @@ def test_unipc_checkpoints_give_the_pipelines_sigmas_timesteps_and_velocity(fold
     captured: list[torch.Tensor] = []
     pipe.transformer.register_forward_hook(lambda m, a, out: captured.append(out[0]))
     x = policy.initial_noise([5], SIZE)
-    pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=SIZE, width=SIZE, num_inference_steps=STEPS,
-         latents=x.clone(), output_type="latent", guidance_scale=4.0)  # fmt: skip
+    pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=SIZE, width=SIZE,
+         num_inference_steps=STEPS, latents=x.clone(), output_type="latent", guidance_scale=4.0)  # fmt: skip
     sigmas = policy.sigmas(STEPS, SIZE)
     torch.testing.assert_close(sigmas.float(), pipe.scheduler.sigmas.float())
     ours_t = policy.timestep(sigmas[:-1])

@@ -27,7 +27,8 @@ def tiny_wan_vae(seed: int = 0):
     mean = torch.linspace(-0.3, 0.3, 16).tolist()
     std = torch.linspace(0.5, 2.0, 16).tolist()
     return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                            temperal_downsample=[False, True, True], latents_mean=mean, latents_std=std).eval()  # fmt: skip
+                            temperal_downsample=[False, True, True], latents_mean=mean,
+                            latents_std=std).eval()  # fmt: skip
 
 
 def tiny_wan_transformer(seed: int = 0, in_channels: int = 16, **kw):
