@@ -1,11 +1,13 @@
 """Reward models, installed as ``flowrl.rewards``: one file per reward, registered by name in ``REWARDS`` (one
-registry for both recipes: each reward declares whether it scores images or text completions, ``Scores``).
+registry for both recipes: each reward declares whether it scores images, videos or text completions, ``Scores``).
 
 - ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
   reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.core.errors.RewardError`` naming it.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
 - ``toy_edit``: the toy edit world's evaluator (``toy-edit``: instruction carried out and source preserved, from each
   prompt row's source image, target caption and edit kind).
+- ``toy_video``: the toy video world's evaluator (``toy-video``: objects in every frame, the described motion,
+  consistency between frames; a video reward, ``Scores.VIDEOS``).
 - ``image_similarity``: preservation for editing, the CLIP or DINOv2 image-image cosine of an edit with its source
   image (``image-similarity``), LPIPS (``lpips``) and a model-free pixel version (``pixel-similarity``).
 - ``clip_direction``: CLIP directional similarity of an edit (``clip-direction``: the image change against the
@@ -39,6 +41,7 @@ from . import (  # noqa: F401  (register their rewards)
     text,
     toy,
     toy_edit,
+    toy_video,
     vlm_edit_judge,
     vlm_judge,
 )

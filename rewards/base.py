@@ -55,17 +55,19 @@ class Scores(enum.Enum):
     """What a reward scores: which recipe can train on it."""
 
     IMAGES = "images"  # reward(images, prompts) -> {"score": [B], ...}
+    VIDEOS = "videos"  # reward(videos [B, F, 3, H, W] in [0, 1], prompts) -> {"score": [B], ...}
     TEXT = "text"  # TRL's f(prompts, completions, **columns) -> one float (or None) per completion
 
     def describe(self) -> str:
-        return {Scores.IMAGES: "images", Scores.TEXT: "text completions"}[self]
+        return {Scores.IMAGES: "images", Scores.VIDEOS: "videos", Scores.TEXT: "text completions"}[self]
 
 
 @dataclass(frozen=True)
 class RewardFacts:
     """What a registered reward declares.
 
-    scores: what it scores (``Scores``); the image recipe takes ``IMAGES`` rewards, the text recipe ``TEXT`` ones.
+    scores: what it scores (``Scores``); the image recipe takes ``IMAGES`` rewards (``VIDEOS`` ones for a video
+    family), the text recipe ``TEXT`` ones.
     inputs: the columns of the prompt rows it reads (an edit reward's source ``image``).
 
     preferences_when: ``(option, value)``: with that option value (or its default) the reward is groupwise and also

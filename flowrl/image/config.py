@@ -24,7 +24,7 @@ from flowrl.core.options import load, option, set_dotted, to_dict
 from flowrl.core.presets import one_line, parse_override, resolve_relative_path, yaml_load
 from flowrl.core.rollout import RolloutConfig, check_filters
 from flowrl.core.sections import OutputConfig, RunControl, check_trackers, imports_option
-from flowrl.image.model_config import ModelConfig, check_model
+from flowrl.image.model_config import ModelConfig, check_model, makes_videos
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
 from flowrl.samplers.modes import ROLLOUT_MODES, Branching, ModeFacts, switch_mode
 
@@ -199,10 +199,10 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
     return kind, size
 
 
-def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
+def check_rewards(specs: list[RewardSpec], key: str = "rewards", videos: bool = False) -> None:
     """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
     reward is listed twice under one key (its label, else its name). Reads signatures only: no reward model loads.
-    ``key`` names the list in messages."""
+    ``key`` names the list in messages; ``videos``: the model makes videos, whose rewards score videos."""
     from flowrl.rewards import Scores, check_reward_name, check_reward_options
 
     seen = set()
@@ -215,7 +215,7 @@ def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
                               "or each listing its own label)")  # fmt: skip
         seen.add(spec.label or spec.name)
         try:
-            check_reward_name(spec.name, Scores.IMAGES)
+            check_reward_name(spec.name, Scores.VIDEOS if videos else Scores.IMAGES)
         except ValueError as e:
             raise ConfigError(f"{key}[{i}].name: {e}") from None
         try:
@@ -226,13 +226,13 @@ def check_rewards(specs: list[RewardSpec], key: str = "rewards") -> None:
 
 def check_prompts(key: str, source: str) -> None:
     """``source`` is a toy split or a readable file of prompts (read now, so a bad file fails before training)."""
-    from flowrl.image.data import check_prompt_source, has_rows, load_prompts
+    from flowrl.image.data import check_prompt_source, has_rows, is_toy_split, load_prompts
 
     try:
         check_prompt_source(source)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
-    if not source.startswith("toy:") and not has_rows(source):  # check_rows reads the rows
+    if not is_toy_split(source) and not has_rows(source):  # check_rows reads the rows
         load_prompts(source)  # DataError naming the file
 
 
@@ -356,9 +356,10 @@ def check_tree(s: SamplerConfig, group_size: int) -> None:
 
 def check_combinations(cfg: Config) -> None:
     """Cross-field rules (each message names the keys)."""
-    check_rewards(cfg.rewards)
+    videos = makes_videos(cfg.model.path)
+    check_rewards(cfg.rewards, videos=videos)
     check_trackers(cfg.output.trackers)
-    check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards")
+    check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards", videos)
     check_filters(cfg.rollout.filter, Backend.FLOW, ADVANTAGES.facts(cfg.advantage.name).per_transition)
     trained = {r.name for r in cfg.rewards}
     for i, spec in enumerate(cfg.eval.watch_rewards):

@@ -7,7 +7,9 @@ to open as images when the file is read, so a bad row is refused with its line b
 family receives them as a list of absolute paths.
 
 Toy splits: ``toy:train`` (374 prompts) = ``toy:train-no-val`` (299) + ``toy:validation`` (75, for choosing
-hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468).
+hyper-parameters); ``toy:held-out`` (94, only ever reported); ``toy:all`` (468). The toy video world's
+(``flowrl.image.toy_video``): ``toy-video:train`` (384) = ``toy-video:train-no-val`` (307) + ``toy-video:validation``
+(77); ``toy-video:held-out`` (96); ``toy-video:all`` (480).
 
 A Hugging Face ``datasets`` folder (``Dataset.save_to_disk``) with a ``prompt`` column gives rows too: its ``image``
 column (images, or paths relative to the folder) and its other columns are the inputs.
@@ -33,12 +35,20 @@ from typing import Any
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import PromptRow, read_utf8, row_key
 
-TOY_PROMPT_SETS = ("toy:train", "toy:held-out", "toy:all", "toy:validation", "toy:train-no-val")
+TOY_PROMPT_SETS = (
+    *(f"{world}:{split}" for world in ("toy", "toy-video") for split in ("train", "held-out", "all", "validation",
+                                                                        "train-no-val")),
+)  # fmt: skip
+
+
+def is_toy_split(source: str) -> bool:
+    """Whether ``source`` names a built-in toy split (``toy:<split>``, the toy video world's ``toy-video:<split>``)."""
+    return source.startswith(("toy:", "toy-video:"))
 
 
 def check_prompt_source(source: str) -> None:
     """Raise ``ConfigError`` if ``source`` names neither a toy split nor an existing file or folder."""
-    if source.startswith("toy:"):
+    if is_toy_split(source):
         if source not in TOY_PROMPT_SETS:
             raise ConfigError(f"unknown prompt set {source!r}; valid: {', '.join(TOY_PROMPT_SETS)} or a file path")
     elif not os.path.isfile(source) and not os.path.isdir(source):
@@ -216,7 +226,7 @@ def check_rows(sources: Mapping[str, str], family: str, rewards: Sequence[Any]) 
     from flowrl.image.models import FAMILIES
     from flowrl.rewards import REWARDS
 
-    sets = {key: load_prompt_set(source) for key, source in sources.items() if not source.startswith("toy:")}
+    sets = {key: load_prompt_set(source) for key, source in sources.items() if not is_toy_split(source)}
     low, high = FAMILIES.facts(family).images if family in FAMILIES else (0, 0)
     readers = {}
     if family in FAMILIES:  # min 0 reference images: the image column is optional
@@ -255,6 +265,10 @@ def load_prompts(source: str) -> list[str]:
     if has_rows(source):
         return load_prompt_set(source).prompts
     check_prompt_source(source)
+    if source.startswith("toy-video:"):
+        from flowrl.image.toy_video import split_clips
+
+        return [c.text for c in split_clips(source.split(":", 1)[1])]
     if source.startswith("toy:"):
         from flowrl.image.toy_world import all_scenes, split_scenes, validation_split
 

@@ -47,7 +47,7 @@ def generate(
 ) -> Tensor:
     """ODE-sample one image per (prompt, seed index) pair from that pair's own evaluation noise
     (``eval_noise_seed``), conditioned on each prompt's ``inputs`` (none: the prompt only). Returns
-    ``[B, 3, H, W]`` float32 in [0, 1] on CPU."""
+    ``[B, 3, H, W]`` float32 in [0, 1] on CPU (a video family: frames ``[B, F, 3, H, W]``)."""
     noise_seeds = eval_noise_seeds(prompts, seed_indices)
     sigmas = policy.sigmas(num_steps, resolution)
     images = []

@@ -121,6 +121,12 @@ def check_model(m: ModelConfig) -> str:
     return family
 
 
+def makes_videos(path: str) -> bool:
+    """Whether the local folder ``path`` holds a video family's pipeline (``FamilyFacts.video``)."""
+    family = pipeline_class_of(path)
+    return family in FAMILIES and FAMILIES.facts(family).video
+
+
 def pixel_multiple(path: str) -> tuple[int, str]:
     """What ``model.resolution`` must be a multiple of for a local pipeline folder, and why: the VAE's downsampling
     times the transformer's patch (at least the 2×2 every latent family patches or packs by); a pixel-space model

@@ -1,0 +1,76 @@
+"""The toy video world: prompts, splits, ground-truth clips and the evaluator's three parts, by hand and as the
+``toy-video`` reward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flowrl.image.data import load_prompts
+from flowrl.image.toy_video import (
+    DIRECTIONS,
+    FRAMES,
+    SIZE,
+    Clip,
+    all_clips,
+    parse_clip,
+    render_clip,
+    score_clip,
+    split_clips,
+)
+from flowrl.image.toy_world import Clause
+from flowrl.rewards import REWARDS, RewardSet, Scores
+
+
+def test_prompts_parse_back_and_the_splits_are_disjoint_and_complete():
+    clips = all_clips()
+    assert len(clips) == 48 + 432 and len({c.text for c in clips}) == len(clips)
+    assert all(parse_clip(c.text) == c for c in clips)
+    assert clips[0].text == "a red circle moving left"
+    held, train = split_clips("held-out"), split_clips("train")
+    fit, validation = split_clips("train-no-val"), split_clips("validation")
+    assert not set(held) & set(train) and len(held) + len(train) == len(clips)
+    assert set(fit) | set(validation) == set(train) and not set(fit) & set(validation)
+    assert load_prompts("toy-video:held-out") == [c.text for c in held]
+    with pytest.raises(ValueError, match="not a toy video prompt"):
+        parse_clip("a red circle moving sideways")
+
+
+def test_every_ground_truth_clip_scores_one_on_every_part():
+    for i, clip in enumerate(all_clips()[::5]):
+        assert score_clip(render_clip(clip, seed=i), clip.text) == {"objects": 1.0, "motion": 1.0, "consistency": 1.0}
+
+
+def test_the_evaluator_by_hand():
+    mover, other = Clause("square", "red"), Clause("circle", "blue")
+    clip = Clip(mover, "right", other)
+    video = render_clip(clip, seed=3)
+    assert video.shape == (FRAMES, 3, SIZE, SIZE)
+    assert not video[: FRAMES // 2, 2].any() and video[FRAMES // 2 :, 2].any()  # blue appears halfway
+    frozen = video[:1].expand_as(video).clone()  # the first frame held: objects of the first half, no motion
+    s = score_clip(frozen, clip.text)
+    assert s["motion"] == 0.0 and s["consistency"] == 1.0
+    assert s["objects"] == pytest.approx((4 * 1.0 + 4 * 0.5) / 8)  # second half: the mover there, blue missing
+    backwards = video.flip(0)  # played backwards: the mover goes left, the blue circle vanishes
+    b = score_clip(backwards, clip.text)
+    assert b["motion"] == 0.0 and b["objects"] == pytest.approx(0.5)  # the mover always, blue in the wrong half
+    empty = torch.zeros_like(video)
+    assert score_clip(empty, clip.text) == {"objects": pytest.approx(4 * 0.5 / 8), "motion": 0.0, "consistency": 0.0}
+    flicker = video.clone()
+    flicker[1::2] = 0  # the mover in every other frame only
+    f = score_clip(flicker, clip.text)
+    assert f["consistency"] == pytest.approx(0.5) and f["motion"] == 1.0  # found in half; steady where seen
+
+
+def test_the_reward_scores_videos_and_logs_each_part():
+    assert REWARDS.facts("toy-video").scores is Scores.VIDEOS
+    clips = [Clip(Clause("triangle", "green"), d) for d in DIRECTIONS]
+    videos = torch.stack([render_clip(c, seed=k) for k, c in enumerate(clips)])
+    prompts = [c.text for c in clips]
+    total, parts = RewardSet.from_specs([{"name": "toy-video"}])(videos, prompts)
+    assert torch.equal(total, torch.ones(4)) and torch.equal(parts["toy-video/motion"], torch.ones(4))
+    still = videos[:, :1].expand_as(videos).contiguous()
+    total, parts = RewardSet.from_specs([{"name": "toy-video"}])(still, prompts)
+    assert torch.allclose(total, torch.full((4,), 2 / 3)) and torch.equal(parts["toy-video/motion"], torch.zeros(4))
+    with pytest.raises(Exception, match=r"scores videos \[B, F, 3, H, W\]"):
+        RewardSet.from_specs([{"name": "toy-video"}])(videos[:, 0], prompts)
