@@ -12,6 +12,7 @@ registry for both recipes: each reward declares whether it scores images, videos
   image (``image-similarity``), LPIPS (``lpips``) and a model-free pixel version (``pixel-similarity``).
 - ``clip_direction``: CLIP directional similarity of an edit (``clip-direction``: the image change against the
   captions' change).
+- ``per_frame``: any image reward on a video's frames, aggregated per video (``per-frame``: mean, min or first-last).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
@@ -36,6 +37,7 @@ from . import (  # noqa: F401  (register their rewards)
     imagereward,
     jpeg,
     ocr,
+    per_frame,
     pickscore,
     remote,
     text,

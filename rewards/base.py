@@ -77,6 +77,7 @@ class RewardFacts:
     preferences_when: tuple[str, str] | None = None
     scores: Scores = Scores.IMAGES
     inputs: tuple[str, ...] = ()  # columns of the prompt rows it reads (module docstring)
+    wraps: bool = False  # it wraps an image reward named by its option ``reward``, built with its ``options``
 
 
 #: name -> factory(**options) -> RewardFn
@@ -179,6 +180,10 @@ def check_reward_options(name: str, options: Mapping[str, Any]) -> None:
     if unknown:
         valid = ", ".join(n for n in named if n not in ("images", "prompts")) or "none"
         raise ValueError(f"reward {name!r} has no option {unknown[0]!r} (its options: {valid})")
+    if not is_user_reward(name) and REWARDS.facts(name).wraps and isinstance(options.get("reward"), str):
+        inner = options["reward"]
+        check_reward_name(inner, Scores.IMAGES)
+        check_reward_options(inner, options.get("options") or {})
 
 
 def load_object(path: str) -> Any:

@@ -34,15 +34,9 @@ def load_column_policy(cfg, source: str):
     lora = next((p for p in (os.path.join(source, "lora"), source) if _is_lora(p)), None)
     full = next((p for p in (os.path.join(source, "full"), source) if _is_full(p)), None)
     if lora is None and full is None:
-        raise ConfigError(f"{source!r} holds no LoRA (pytorch_lora_weights.safetensors) or full transformer")
+        raise ConfigError(f"{source!r} holds no LoRA (pytorch_lora_weights*.safetensors) or full transformer")
     try:
-        if lora is not None:
-            policy.transformer.load_lora_adapter(
-                lora, prefix="transformer", adapter_name="gallery", weight_name="pytorch_lora_weights.safetensors"
-            )
-        else:
-            trained = type(policy.transformer).from_pretrained(full, torch_dtype=policy.transformer.dtype)
-            policy.transformer = trained.to(policy.device).eval().requires_grad_(False)
+        policy.load_trained(lora or full, lora=lora is not None)
     except (RuntimeError, ValueError, KeyError, OSError) as e:  # shapes, names or files of another model
         raise ConfigError(f"checkpoint {source!r} does not fit the model {cfg.model.path!r}: "
                           f"{' '.join(str(e).split())[:300]}") from None  # fmt: skip
@@ -58,13 +52,17 @@ def _with_untrained_copy(cfg: Any, policy: Any, lora: bool) -> Any:
 
 
 def _is_lora(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "pytorch_lora_weights.safetensors"))
+    """A folder of LoRA weights (``pytorch_lora_weights.safetensors``; a Wan 2.2 expert's file has a suffix)."""
+    return os.path.isdir(path) and any(f.startswith("pytorch_lora_weights") for f in os.listdir(path))
 
 
 def _is_full(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and any(
-        f.startswith("diffusion_pytorch_model") for f in os.listdir(path)
-    )
+    """A full transformer (``config.json`` and its weights), or one per expert in ``transformer*/`` subfolders."""
+    if not os.path.isdir(path):
+        return False
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return any(f.startswith("diffusion_pytorch_model") for f in os.listdir(path))
+    return any(_is_full(os.path.join(path, sub)) for sub in ("transformer", "transformer_2"))
 
 
 def evaluate_column(

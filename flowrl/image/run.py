@@ -23,7 +23,7 @@ from flowrl.core.inputs import row_key
 from flowrl.core.loop import finish_summary
 from flowrl.core.resume import Finished, read_checkpoint, write_checkpoint
 from flowrl.core.stats import prompt_mean_se
-from flowrl.core.weights import save_weights, weight_state
+from flowrl.core.weights import weight_state
 from flowrl.image.config import Config
 from flowrl.image.trainer import Run, evaluate
 
@@ -49,8 +49,7 @@ def save_checkpoint(run: Run, path: str) -> None:
     extras = {"ema": run.ema.state_dict() if run.ema is not None else None, "window": run.window.state_dict(),
               "old": run.old.state_dict() if run.old is not None else None}  # fmt: skip
     finite = [*run.params, *(run.ema.shadow if run.ema is not None else []), *(run.old.shadow if run.old else [])]
-    write_checkpoint(run, path, lambda f: save_weights(t, m.finetune, f, run.policy.pipeline_class, weights), extras,
-                     finite)  # fmt: skip
+    write_checkpoint(run, path, lambda f: run.policy.save_trained(f, m.finetune, weights), extras, finite)
 
 
 def restore(run: Run, path: str) -> None:

@@ -162,6 +162,25 @@ class FlowModel(ABC):
             kept.popitem(last=False)
         return kept[key]
 
+    def save_trained(self, folder: str, finetune: str, state: dict[str, Tensor] | None = None) -> None:
+        """Write the trained weights (``state``: ``flowrl.core.weights.weight_state``'s, taken now by default) into
+        ``folder`` in the family's pipeline format: ``pytorch_lora_weights.safetensors`` for
+        ``pipeline.load_lora_weights``, or the full transformer for ``from_pretrained``."""
+        from flowrl.core.weights import save_weights
+
+        save_weights(self.transformer, finetune, folder, self.pipeline_class, state)
+
+    def load_trained(self, folder: str, lora: bool) -> None:
+        """Load what ``save_trained`` wrote into ``folder`` (the gallery's and evaluation's trained columns): the
+        LoRA as an adapter named ``gallery``, or the full transformer in place of the base's."""
+        if lora:
+            self.transformer.load_lora_adapter(
+                folder, prefix="transformer", adapter_name="gallery", weight_name="pytorch_lora_weights.safetensors"
+            )
+            return
+        trained = type(self.transformer).from_pretrained(folder, torch_dtype=self.transformer.dtype)
+        self.transformer = trained.to(self.device).eval().requires_grad_(False)
+
     def forward_module(self) -> torch.nn.Module:
         """The module a forward pass runs through.
 

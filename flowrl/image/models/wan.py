@@ -41,7 +41,8 @@ from .common import PromptCond, encode_prompts, freeze, guided, latent_size, rea
 from .family import FAMILIES, FlowModel
 
 WAN_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # self- and cross-attention: Flow-Factory's and Pref-GRPO's
-EXPERTS = ("both", "high", "low")
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the high-noise expert's (Wan 2.1: the one transformer's)
+LOW_LORA_FILE = "pytorch_lora_weights_transformer_2.safetensors"  # load with load_into_transformer_2=True
 
 
 class WanCodec:
@@ -206,6 +207,52 @@ class WanPolicy(FlowModel):
         if experts == "low" and os.path.isdir(path) and not two_experts(path):
             raise ConfigError(f"model.train_experts=low: {path!r} has one transformer (Wan 2.1); only Wan 2.2 "
                               "folders (transformer_2 and boundary_ratio) have a low-noise expert")  # fmt: skip
+
+    # ----------------------------------------------------------------- trained weights
+    def save_trained(self, folder: str, finetune: str, state: dict[str, Tensor] | None = None) -> None:
+        """Wan 2.1 as every family. Wan 2.2: each trained expert's weights apart, as the pipeline loads them: LoRA
+        in ``pytorch_lora_weights.safetensors`` (high noise, ``pipe.load_lora_weights(folder)``) and
+        ``pytorch_lora_weights_transformer_2.safetensors`` (low noise, ``pipe.load_lora_weights(folder,
+        weight_name=..., load_into_transformer_2=True)``); full weights in ``transformer/`` and ``transformer_2/``."""
+        from diffusers import WanPipeline
+        from peft.utils import get_peft_model_state_dict
+
+        from flowrl.core.weights import ADAPTER, save_weights, weight_state
+
+        if self.boundary is None:
+            return super().save_trained(folder, finetune, state)
+        state = weight_state(self.transformer, finetune) if state is None else state
+        if finetune == "full":
+            for name, part in self._per_expert(state):
+                module = getattr(self.transformer, name) if self.trains == "both" else self.transformer
+                save_weights(module, "full", os.path.join(folder, name), self.pipeline_class, part)
+            return
+        layers = get_peft_model_state_dict(self.transformer, state_dict=state, adapter_name=ADAPTER)
+        metadata = self.transformer.peft_config[ADAPTER].to_dict()
+        for name, part in self._per_expert(layers):
+            file = LORA_FILE if name == "transformer" else LOW_LORA_FILE
+            WanPipeline.save_lora_weights(
+                folder, transformer_lora_layers=part, transformer_lora_adapter_metadata=metadata, weight_name=file
+            )
+
+    def _per_expert(self, state: dict[str, Tensor]) -> list[tuple[str, dict[str, Tensor]]]:
+        """``state`` of the trained module cut into each trained expert's (named as its pipeline component)."""
+        if self.trains != "both":
+            return [("transformer" if self.trains == "high" else "transformer_2", state)]
+        return [(name, {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")})
+                for name in ("transformer", "transformer_2")]  # fmt: skip
+
+    def load_trained(self, folder: str, lora: bool) -> None:
+        """What ``save_trained`` wrote: each expert's LoRA file or full weights into that expert (frozen or not)."""
+        if self.boundary is None:
+            return super().load_trained(folder, lora)
+        for high, name, file in ((True, "transformer", LORA_FILE), (False, "transformer_2", LOW_LORA_FILE)):
+            expert = self._expert(high)
+            if lora and os.path.isfile(os.path.join(folder, file)):
+                expert.load_lora_adapter(folder, prefix="transformer", adapter_name="gallery", weight_name=file)
+            elif not lora and os.path.isdir(os.path.join(folder, name)):
+                trained = type(expert).from_pretrained(os.path.join(folder, name), torch_dtype=expert.dtype)
+                expert.load_state_dict(trained.state_dict())
 
     # ----------------------------------------------------------------- shapes and schedule
     def latent_shape(self, resolution: int | Sequence[int]) -> tuple[int, int, int, int]:

@@ -1,0 +1,101 @@
+"""The image recipe trains video families unchanged: every rollout mode on a tiny Wan 2.1, Wan 2.2's experts
+trained as ``model.train_experts`` says, and the trained LoRA (one file per expert) loading into ``WanPipeline``
+with ``load_lora_weights`` and giving the trained velocities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_runs import MODES, tiny_config
+from tiny_video import save_tiny_wan
+
+from flowrl.core.errors import ConfigError
+from flowrl.image.trainer import setup, train_step
+
+VIDEO = [
+    "model.frames=9",
+    "model.max_sequence_length=16",
+    # JPEG size varies between random videos, so advantages are non-zero
+    "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, every: 4}}]",
+]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("wan-train")
+    return {
+        "wan21": save_tiny_wan(str(root / "wan21"), scheduler="euler"),
+        "wan22": save_tiny_wan(str(root / "wan22"), experts=True, scheduler="euler"),
+    }
+
+
+def _lora(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_rollout_mode_trains_the_video_family(folders, mode):
+    run = setup(tiny_config(folders["wan21"], *VIDEO, f"sampler.mode={mode}", *MODES[mode]))
+    before = _lora(run.policy.transformer)
+    for _ in range(2):
+        metrics = train_step(run)
+        assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values() if isinstance(v, float))
+    after = _lora(run.policy.transformer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_video_families_take_video_rewards_and_their_options(folders):
+    with pytest.raises(ConfigError, match=r"'jpeg-compressibility' scores images, and this recipe trains on videos"):
+        tiny_config(folders["wan21"], "model.frames=9", "rewards=[{name: jpeg-compressibility}]")
+    with pytest.raises(ConfigError, match=r"model\.frames=10: Wan's VAE needs 1 \+ 4·k frames \(9 or 13\)"):
+        tiny_config(folders["wan21"], *VIDEO, "model.frames=10")
+    with pytest.raises(ConfigError, match="model.train_experts=low: .* has one transformer"):
+        tiny_config(folders["wan21"], *VIDEO, "model.train_experts=low")
+    with pytest.raises(ConfigError, match="has no option 'qualty'"):
+        tiny_config(folders["wan21"], "model.frames=9",
+                    "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, options: {qualty: 3}}}]")  # fmt: skip
+
+
+@pytest.mark.parametrize("experts", ["both", "high", "low"])
+def test_wan22_trains_the_chosen_experts_and_each_loads_into_the_pipeline(folders, experts, tmp_path):
+    from diffusers import WanPipeline
+
+    from flowrl.image.run import save_checkpoint
+
+    run = setup(tiny_config(folders["wan22"], *VIDEO, f"model.train_experts={experts}", "sampler.mode=flow-grpo"))
+    policy = run.policy
+    high, low = policy._expert(True), policy._expert(False)
+    start = {"high": _lora(high), "low": _lora(low)}
+    for _ in range(2):
+        train_step(run)
+    moved = {name: any(not torch.equal(v, _lora(m)[k]) for k, v in start[name].items())
+             for name, m in (("high", high), ("low", low))}  # fmt: skip
+    assert moved == {"high": experts != "low", "low": experts != "high"}
+    save_checkpoint(run, str(tmp_path / "ckpt"))
+    folder = str(tmp_path / "ckpt" / "lora")
+    pipe = WanPipeline.from_pretrained(folders["wan22"])
+    if experts != "low":
+        pipe.load_lora_weights(folder)
+    if experts != "high":
+        pipe.load_lora_weights(folder, weight_name="pytorch_lora_weights_transformer_2.safetensors",
+                               load_into_transformer_2=True, adapter_name="low")  # fmt: skip
+    x = torch.randn(2, *policy.latent_shape(32))
+    sigma = torch.tensor([0.99, 0.3])  # one row for each expert
+    cond = policy.encode(["a red circle"] * 2).as_dict()
+    with torch.no_grad():
+        ours = policy.velocity(x, sigma, cond)
+        t = policy.timestep(sigma)
+        theirs = torch.cat([
+            expert(hidden_states=x[i : i + 1], timestep=t[i : i + 1], encoder_hidden_states=cond["embeds"][i : i + 1],
+                   return_dict=False)[0]
+            for i, expert in enumerate((pipe.transformer, pipe.transformer_2))
+        ])  # fmt: skip
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ours, _base_velocity(folders["wan22"], x, sigma, cond), atol=1e-4)
+
+
+def _base_velocity(folder: str, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+    from flowrl.image.models import WanPolicy
+
+    with torch.no_grad():
+        return WanPolicy(folder, num_frames=9, max_sequence_length=16).velocity(x, sigma, cond)
