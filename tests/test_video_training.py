@@ -51,9 +51,9 @@ def test_video_families_take_video_rewards_and_their_options(folders):
         tiny_config(folders["wan21"], *VIDEO, "model.frames=10")
     with pytest.raises(ConfigError, match="model.train_experts=low: .* has one transformer"):
         tiny_config(folders["wan21"], *VIDEO, "model.train_experts=low")
+    bad = "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, options: {qualty: 3}}}]"
     with pytest.raises(ConfigError, match="has no option 'qualty'"):
-        tiny_config(folders["wan21"], "model.frames=9",
-                    "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, options: {qualty: 3}}}]")  # fmt: skip
+        tiny_config(folders["wan21"], "model.frames=9", bad)
 
 
 @pytest.mark.parametrize("experts", ["both", "high", "low"])
