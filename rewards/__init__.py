@@ -13,6 +13,8 @@ registry for both recipes: each reward declares whether it scores images, videos
 - ``clip_direction``: CLIP directional similarity of an edit (``clip-direction``: the image change against the
   captions' change).
 - ``per_frame``: any image reward on a video's frames, aggregated per video (``per-frame``: mean, min or first-last).
+- ``video_temporal``: what a video does over time (``temporal-consistency``: consecutive frames' CLIP / DINOv2 or
+  pixel similarity, with a flicker measure; ``motion``: how much moves, so that a frozen video cannot win).
 - ``jpeg``: JPEG (in)compressibility (DDPO).
 - ``aesthetic``: LAION aesthetic predictor v2 (CLIP ViT-L/14 + MLP head); ``preprocess``: CLIP transforms.
 - ``pickscore``, ``clipscore``: image-text similarity of a ``CLIPModel`` (``clip_similarity``).
@@ -20,7 +22,8 @@ registry for both recipes: each reward declares whether it scores images, videos
 - ``ocr``: OCR edit-distance reward (Flow-GRPO convention; PaddleOCR or your own recogniser).
 - ``geneval``: GenEval-style rules (counts, colours, positions) over a detector (toy world or HTTP server).
 - ``vlm_judge``: pairwise (win rate in the group) or pointwise VLM judge over an OpenAI-compatible API;
-  ``vlm_edit_judge``: the same judge of edits, shown each row's source image first, with an edit rubric.
+  ``vlm_edit_judge``: the same judge of edits, shown each row's source image first, with an edit rubric;
+  ``vlm_video_judge``: of videos, shown evenly spaced frames of each, with a video rubric.
 - ``imagereward``: ImageReward (BLIP ViT + cross-attending BERT + MLP, mapped onto transformers' BLIP).
 - ``text``: the text recipe's rewards, called as TRL calls them, and the toy text world's (``toy-text:correct``,
   ``toy-text:well_formed``, ``toy-text:answer_digits``).
@@ -44,8 +47,10 @@ from . import (  # noqa: F401  (register their rewards)
     toy,
     toy_edit,
     toy_video,
+    video_temporal,
     vlm_edit_judge,
     vlm_judge,
+    vlm_video_judge,
 )
 from .base import (
     REWARDS,

@@ -11,6 +11,11 @@ then ``make_reward("remote", url="http://127.0.0.1:8000")``. The wire format is 
     4xx / 5xx     {"error": "<message>"}         400: malformed request; 500: the reward raised
     GET /health   {"status": "ok", "reward": "<name>"}
 
+Videos travel the same way: in ``png``, each item of ``data`` is a list of the video's frames as PNGs (every video
+the same number of frames and size); in ``safetensors``, the tensor ``images`` is ``[B, F, 3, H, W]``. The served
+reward then gets videos ``[B, F, 3, H, W]``; on the trainer's side the client is ``remote-video`` (the same client,
+declared as a video reward so that a video family's config takes it).
+
 Rewards that read columns of the prompt rows (an edit reward's source ``image``, a ``target`` caption) get them in an
 optional ``"inputs"`` object, one value per image (a row's value repeated for each of its images):
 
@@ -46,7 +51,7 @@ from torch import Tensor
 
 from flowrl.core.errors import RewardError
 
-from .base import REWARDS, RewardFn
+from .base import REWARDS, RewardFn, Scores
 from .http import post_json
 from .preprocess import load_image
 
@@ -67,18 +72,25 @@ def quantize_8bit(images: Tensor) -> Tensor:
     return (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
 
 
+def _png_strings(images: Tensor) -> list[str]:
+    """``[N, 3, H, W]`` → one base64 PNG per image (8-bit)."""
+    data = []
+    for image in quantize_8bit(images):
+        array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        data.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return data
+
+
 def encode_images(images: Tensor, fmt: str = "png") -> dict[str, Any]:
-    """``[B, 3, H, W]`` images → the request's ``"images"`` object in format ``fmt``."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+    """``[B, 3, H, W]`` images (or videos ``[B, F, 3, H, W]``) → the request's ``"images"`` object in ``fmt``."""
+    if images.ndim not in (4, 5) or images.shape[-3] != 3:
+        raise ValueError(f"expected images [B, 3, H, W] or videos [B, F, 3, H, W], got shape {tuple(images.shape)}")
     if fmt == "png":
-        data = []
-        for image in quantize_8bit(images):
-            array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-            buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format="PNG")
-            data.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-        return {"format": "png", "data": data}
+        if images.ndim == 5:
+            return {"format": "png", "data": [_png_strings(video) for video in images]}
+        return {"format": "png", "data": _png_strings(images)}
     if fmt == "safetensors":
         tensor = images.detach().cpu().contiguous()
         if not tensor.is_floating_point():
@@ -109,8 +121,15 @@ PNG_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "1")
 
 
 def _decode_png(data: Any, max_pixels: int) -> Tensor:
+    """``[B, 3, H, W]``, or ``[B, F, 3, H, W]`` when every item is a list of frames."""
     if not isinstance(data, list) or not data:
         raise WireError("images.data: expected a non-empty list of base64 PNG strings for format 'png'")
+    if all(isinstance(item, list) for item in data):  # videos: each item a list of its frames
+        counts = {len(item) for item in data}
+        if len(counts) != 1 or 0 in counts:
+            raise WireError(f"images.data: every video needs the same number of frames (> 0), got {sorted(counts)}")
+        frames = _decode_png([frame for item in data for frame in item], max_pixels)
+        return frames.view(len(data), counts.pop(), *frames.shape[1:])
     arrays: list[np.ndarray] = []
     total = 0
     for i, text in enumerate(data):
@@ -156,11 +175,12 @@ def _decode_safetensors(data: Any, max_pixels: int) -> Tensor:
     if "images" not in tensors:
         raise WireError(f"images.data: the safetensors file has no tensor 'images' (found: {sorted(tensors)})")
     images = tensors["images"]
-    if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape:
-        raise WireError(f"images.data: tensor 'images' must be [B, 3, H, W], got shape {list(images.shape)}")
+    if images.ndim not in (4, 5) or images.shape[-3] != 3 or 0 in images.shape:
+        raise WireError(f"images.data: tensor 'images' must be [B, 3, H, W] (videos [B, F, 3, H, W]), got shape "
+                        f"{list(images.shape)}")  # fmt: skip
     if not images.is_floating_point():
         raise WireError(f"images.data: tensor 'images' must be floating point, got {images.dtype}")
-    _check_pixels(images.shape[0] * images.shape[2] * images.shape[3], max_pixels)
+    _check_pixels(images[..., 0, :, :].numel(), max_pixels)
     return images
 
 
@@ -331,6 +351,10 @@ def remote(
 
     reward.inputs = (inputs,) if isinstance(inputs, str) else tuple(inputs)  # the columns RewardSet hands it
     return reward
+
+
+# the same client, declared as scoring videos: a video family's config takes it (its server scores [B, F, 3, H, W])
+REWARDS.register("remote-video", scores=Scores.VIDEOS)(remote)
 
 
 __all__ = [

@@ -182,9 +182,13 @@ class VLMJudge:
             raise ValueError("vlm-judge (pairwise) compares images within groups and needs groups= ([B] ids)")
         return self._pairwise(images, prompts, groups, lead)
 
+    def shown(self, image: Tensor) -> list[str]:
+        """The data URLs one batch item is shown as: its PNG (a video judge shows several frames)."""
+        return [png_data_url(image)]
+
     def _pointwise(self, images: Tensor, prompts: list[str], lead: list[list[str]]) -> dict[str, Tensor]:
-        urls = [png_data_url(img) for img in images]
-        replies = _run_all(lambda k: self.ask([*lead[k], urls[k]], prompts[k]), range(len(urls)), self.workers)
+        urls = [self.shown(img) for img in images]
+        replies = _run_all(lambda k: self.ask([*lead[k], *urls[k]], prompts[k]), range(len(urls)), self.workers)
         scores = [parse_score(r, self.score_re) for r in replies]
         unparseable = torch.tensor([s is None for s in scores], dtype=torch.float32)
         score = torch.tensor([3.0 if s is None else s for s in scores]) / 5
@@ -194,10 +198,10 @@ class VLMJudge:
         self, images: Tensor, prompts: list[str], groups: Tensor, lead: list[list[str]]
     ) -> dict[str, Tensor]:
         pairs = self.pairs(groups.tolist(), prompts)  # checks the groups before any work is done
-        urls = [png_data_url(img) for img in images]  # each image is sent G − 1 times: encode it once
+        urls = [self.shown(img) for img in images]  # each image is sent G − 1 times: encode it once
 
         def ask(pair: tuple[int, int]) -> str:
-            return self.ask([*lead[pair[0]], urls[pair[0]], urls[pair[1]]], prompts[pair[0]])
+            return self.ask([*lead[pair[0]], *urls[pair[0]], *urls[pair[1]]], prompts[pair[0]])
 
         replies = _run_all(ask, pairs, self.workers)
         batch = len(urls)

@@ -43,6 +43,9 @@ SCRIPTS = {
     "train_flux_kontext_grpo.sh": "flux_kontext_grpo.yaml",
     "train_qwen_image_edit_grpo.sh": "qwen_image_edit_grpo.yaml",
     "train_flux2_klein_edit_grpo.sh": "flux2_klein_edit_grpo.yaml",
+    "train_wan22_t2v_grpo.sh": "wan22_t2v_grpo.yaml",
+    "train_wan21_t2v_grpo.sh": "wan21_t2v_grpo.yaml",
+    "train_wan21_i2v_grpo.sh": "wan21_i2v_grpo.yaml",
 }
 FLUX_BLOCKS = "FluxTransformerBlock,FluxSingleTransformerBlock"
 SCRIPT_ENV = ("NUM_GPUS", "ACCELERATE_CONFIG", "JUDGE_URL", "DETECTOR_URL", "REWARD_URL", "FSDP_LAYERS", "PYTHON",
@@ -188,6 +191,50 @@ EXPECTED = {
         "eval.num_steps": 15,
         "rewards": ["vlm-edit-judge"],
     },
+    "wan22_t2v_grpo.yaml": {  # Flow-Factory examples/grpo/lora/wan22/t2v.yaml
+        "model.path": "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+        "model.resolution": 480,
+        "model.frames": 5,
+        "model.lora_rank": 64,
+        "model.lora_alpha": 128.0,
+        "model.train_experts": "both",
+        "model.cfg_scale": 4.0,
+        "model.cfg_scale_2": 3.0,
+        "sampler.num_steps": 10,
+        "sampler.noise_level": 0.9,
+        "window": ("random", 1),
+        "train.group_size": 16,
+        "train.prompts_per_step": 48,
+        "train.lr": 1e-4,
+        "advantage.name": "gdpo",
+        "loss.clip_low": 1e-4,
+        "loss.kl_coef": 0.0,
+        "rewards": ["per-frame"],
+    },
+    "wan21_t2v_grpo.yaml": {  # flow_grpo config/grpo.py general_ocr_wan2_1
+        "model.path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        "model.resolution": [240, 416],
+        "model.frames": 33,
+        "model.lora_rank": 32,
+        "model.lora_alpha": 64.0,
+        "model.cfg_scale": 4.5,
+        "sampler.num_steps": 20,
+        "window": ("fixed", 19),
+        "train.group_size": 4,
+        "train.lr": 1e-4,
+        "loss.clip_low": 1e-3,
+        "loss.kl_coef": 0.004,
+        "rewards": ["per-frame"],
+    },
+    "wan21_i2v_grpo.yaml": {  # Flow-Factory examples/grpo/lora/wan21/i2v.yaml
+        "model.path": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+        "model.resolution": 240,
+        "model.frames": 5,
+        "model.cfg_scale": 5.0,
+        "sampler.num_steps": 10,
+        "train.group_size": 16,
+        "rewards": ["per-frame"],
+    },
 }
 
 
@@ -324,16 +371,27 @@ def tiny_transformers():
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=(4, 4, 4, 4),
     )  # fmt: skip
+    wan = _tiny_wan()
     zimage = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=1, n_refiner_layers=1, n_heads=2,
         n_kv_heads=2, cap_feat_dim=16, axes_dims=[8, 4, 4], axes_lens=[64, 32, 32],
     )  # fmt: skip
-    return {"sd3": sd3, "flux": flux, "qwen": qwen, "flux2": flux2, "zimage": zimage}
+    return {"sd3": sd3, "flux": flux, "qwen": qwen, "flux2": flux2, "zimage": zimage, "wan": wan}
+
+
+def _tiny_wan():
+    """A tiny Wan 2.1 image-to-video transformer: every module name of the text-to-video one, and the image K/V."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
+                                 out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32, num_layers=1, image_dim=8,
+                                 added_kv_proj_dim=24)  # fmt: skip
 
 
 #: the family of a preset's model.path (a hub id) and its pipeline class
 PATH_FAMILIES = (("qwen-image", "qwen", "QwenImagePipeline"), ("flux.2", "flux2", "Flux2KleinPipeline"),
-                 ("z-image", "zimage", "ZImagePipeline"), ("flux", "flux", "FluxPipeline"))  # fmt: skip
+                 ("z-image", "zimage", "ZImagePipeline"), ("flux", "flux", "FluxPipeline"),
+                 ("wan", "wan", "WanPipeline"))  # fmt: skip
 
 
 def family_of(path: Path) -> tuple[str, str]:

@@ -26,6 +26,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_flux, save_tiny_flux_kontext, save_tiny_qwen_image
 from tiny_runs import TINY_ARGS, write_edit_rows
+from tiny_video import save_tiny_wan
 
 from flowrl.cli import main
 from flowrl.core.sharding import full
@@ -46,6 +47,9 @@ TRAIN_ARGS = [
 ]
 # what must keep working under DDP: the reference policy (KL), gradient checkpointing, EMA, several
 # optimizer steps of uneven micro-batches per iteration, and intermediate checkpoints
+# the tiny Wan's videos: 9 frames, scored by a frame reward (JPEG size varies, so advantages are non-zero)
+WAN = ["model.frames=9", "model.max_sequence_length=16",
+       "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, every: 4}}]"]  # fmt: skip
 DDP_FEATURES = [
     "loss.kl_coef=0.1",
     "model.gradient_checkpointing=true",
@@ -122,6 +126,8 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
     extra = {"qwen": save_tiny_qwen_image(str(tmp_path / "qwen"))} if kind != "deepspeed" else {}
     if kind != "deepspeed":  # the editing family: a reference image per prompt row, on both processes
         extra["kontext"] = _kontext_with_rows(tmp_path / "kontext")
+        # a video family: Wan 2.2's two experts trained as one module ([B, C, F', h, w] states)
+        extra["wan"] = save_tiny_wan(str(tmp_path / "wan"), experts=True, scheduler="euler")
     if kind == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
         extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
@@ -499,7 +505,7 @@ def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
 
     for name, path in (e.split("=", 1) for e in extra):  # other families: name=folder
         AcceleratorState._reset_state()
-        overrides = {"flux": ["model.guidance_scale=2.0"], "kontext": _edit_rows(path)}.get(name, [])
+        overrides = {"flux": ["model.guidance_scale=2.0"], "kontext": _edit_rows(path), "wan": WAN}.get(name, [])
         checks = _checks(path, *overrides)
         if rank == 0:
             Path(out, f"checks_{name}.json").write_text(json.dumps(checks))

@@ -120,3 +120,50 @@ def test_a_trained_column_differs_from_base_and_bench_folders_expand(tiny_model,
         ("run/a", ("a", "checkpoints", "final")),
         ("run/b", ("b", "checkpoints", "final")),
     ]
+
+
+# loads a video gallery in a frame; reports, once every clip has played past its start, each clip's decoded size and
+# how far it played (or, after 8 s, what it got so far)
+CHECK_VIDEOS = """<!DOCTYPE html><html><body><pre id="out">pending</pre>
+<iframe id="f" src="index.html" width="1400" height="900"></iframe>
+<script>
+const frame = document.getElementById("f"), start = Date.now();
+frame.onload = () => {
+  const videos = [...frame.contentDocument.querySelectorAll("video")];
+  const report = () => {
+    const played = videos.every((v) => v.currentTime > 0 && v.videoWidth > 0);
+    if (!played && Date.now() - start < 8000) return setTimeout(report, 50);
+    document.getElementById("out").textContent = JSON.stringify(
+      videos.map((v) => [v.getAttribute("src"), v.videoWidth, v.videoHeight, v.currentTime, v.error && v.error.code]));
+  };
+  report();
+};
+</script></body></html>"""
+
+
+def test_a_video_gallery_plays_side_by_side_in_chromium(tmp_path, chromium):
+    from flowrl.core.video import read_frames
+    from flowrl.image.gallery import GalleryColumn, write_gallery
+    from flowrl.image.toy_video import all_clips, render_clip
+
+    clips = all_clips()[:2]
+    prompts, seeds = [c.text for c in clips], [0, 1]
+    moving = torch.stack([render_clip(c, seed=k) for k, c in enumerate(clips)])
+    frozen = moving[:, :1].expand_as(moving).contiguous()
+    columns = [GalleryColumn("base", frozen, [{"m": 0.0}] * 2), GalleryColumn("trained", moving, [{"m": 1.0}] * 2)]
+    folder = Path(write_gallery(str(tmp_path), prompts, seeds, columns, upscale=4, fps=8)["dir"])
+    page = (folder / "index.html").read_text()
+    assert page.count("<video ") == 4 and "http" not in page
+    back = read_frames(str(folder / "videos" / "trained_0001.webm"))  # lossless VP9: the frames come back
+    expected = (moving[1] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().repeat(4, 1).repeat(4, 2)
+    assert back.shape == (8, 128, 128, 3) and abs(back.astype(int) - expected.astype(int)).max() <= 2
+    assert (folder / "images" / "base_0000.png").is_file()  # the poster
+
+    (folder / "check.html").write_text(CHECK_VIDEOS)
+    proc = _headless(chromium, "--autoplay-policy=no-user-gesture-required", "--virtual-time-budget=10000",
+                     "--dump-dom", (folder / "check.html").as_uri())  # fmt: skip
+    found = re.search(r'<pre id="out">(.*?)</pre>', proc.stdout, re.S)
+    assert found and found.group(1) != "pending", (proc.stdout[-2000:], proc.stderr[-2000:])
+    report = json.loads(found.group(1).replace("&quot;", '"'))
+    assert len(report) == 4
+    assert all(w == 128 and h == 128 and t > 0 and not err for _, w, h, t, err in report), report

@@ -115,3 +115,41 @@ def test_decoded_frames_equal_the_pipelines_video(folders):
     torch.testing.assert_close(frames, expected, atol=1e-5, rtol=1e-5)
     back = policy.codec.encode(frames, policy.device, policy.dtype)
     assert back.shape == z.shape
+
+
+@pytest.fixture(scope="module")
+def i2v_folders(tmp_path_factory) -> dict[str, str]:
+    import numpy as np
+    from PIL import Image
+    from tiny_video import save_tiny_wan_i2v
+
+    root = tmp_path_factory.mktemp("wan-i2v")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "first.png")
+    return {
+        "wan21": save_tiny_wan_i2v(str(root / "wan21")),
+        "wan22": save_tiny_wan_i2v(str(root / "wan22"), experts=True),
+        "image": str(root / "first.png"),
+    }
+
+
+@pytest.mark.parametrize("kind, cfg", [("wan21", 1.0), ("wan21", 4.0), ("wan22", 3.5)])
+def test_image_to_video_equals_the_pipeline(i2v_folders, kind, cfg):
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    from flowrl.image.models import WanI2VPolicy
+
+    folder, image = i2v_folders[kind], i2v_folders["image"]
+    assert policy_class(folder) is WanI2VPolicy
+    policy = WanI2VPolicy(folder, num_frames=FRAMES)
+    policy.cfg_scale, policy.negative_prompt, policy.frame_size = cfg, NEGATIVE, SIZE
+    cond = policy.condition([PROMPT], [{"image": [image]}]).as_dict()
+    assert cond["ref"].shape == (1, 4 + 16, 3, 4, 4)  # the first-frame mask (4 channels), then its latent
+    assert ("image_embeds" in cond) == (kind == "wan21")
+    x = policy.initial_noise([11], SIZE)
+    ours, _ = ode_solve("euler", policy.velocity, x, policy.sigmas(STEPS, SIZE), cond)
+    pipe = WanImageToVideoPipeline.from_pretrained(folder)
+    theirs = pipe(image=Image.open(image), prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=SIZE,
+                  width=SIZE, num_inference_steps=STEPS, latents=x.clone(), output_type="latent",
+                  guidance_scale=cfg).frames  # fmt: skip
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)

@@ -139,3 +139,46 @@ def test_each_distinct_text_is_embedded_once_and_every_row_gets_its_own(clip_dir
     alone = torch.cat([clip.texts([t]) for t in texts])
     torch.testing.assert_close(out, alone, atol=1e-6, rtol=0)
     assert not torch.allclose(out[0], out[1])
+
+
+def test_video_rewards_over_time_by_hand(clip_dir):
+    from transformers import CLIPModel
+
+    levels = torch.tensor([0.2, 0.3, 0.5, 0.5])  # each frame one grey level
+    video = levels.view(1, 4, 1, 1, 1).expand(1, 4, 3, 16, 16).clone()
+    frozen = video[:, :1].expand_as(video).contiguous()
+    both = torch.cat([video, frozen])
+    steps = (levels[1:] - levels[:-1]).abs()  # 0.1, 0.2, 0
+    moved = make_reward("motion", target=0.2)(both, ["a", "b"])
+    torch.testing.assert_close(moved["amount"], torch.stack([steps.mean(), torch.tensor(0.0)]))
+    torch.testing.assert_close(moved["score"], torch.stack([steps.mean() / 0.2, torch.tensor(0.0)]))
+    plain = make_reward("temporal-consistency")(both, ["a", "b"])
+    torch.testing.assert_close(plain["score"], torch.stack([1 - steps.mean(), torch.tensor(1.0)]))
+    torch.testing.assert_close(plain["flicker"], torch.stack([steps.mean(), torch.tensor(0.0)]))
+    clip = make_reward("temporal-consistency", path=clip_dir)(both, ["a", "b"])
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    with torch.no_grad():
+        e = model.visual_projection(model.vision_model(pixel_values=clip_preprocess(video[0])).pooler_output)
+    e = e / e.norm(dim=-1, keepdim=True)
+    expected = (e[1:] * e[:-1]).sum(-1).mean()
+    torch.testing.assert_close(clip["score"], torch.stack([expected, torch.tensor(1.0)]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"videos of 2 or more frames"):
+        make_reward("motion")(video[:, 0], ["a"])
+
+
+def test_per_frame_scores_the_chosen_frames_of_each_video_and_aggregates(clip_dir):
+    from flowrl.rewards.per_frame import chosen_frames
+
+    assert chosen_frames(9, 4) == [0, 4, 8] and chosen_frames(8, 3) == [0, 3, 6, 7] and chosen_frames(5, 10) == [0, 4]
+    videos = torch.rand(2, 5, 3, 40, 40, generator=torch.Generator().manual_seed(1))
+    prompts = ["a red circle", "two blue squares"]
+    frames = make_reward("clipscore", path=clip_dir)
+    alone = torch.stack([frames(videos[b, [0, 2, 4]], [prompts[b]] * 3)["score"] for b in range(2)])  # [2, 3]
+    for aggregate, expected in (("mean", alone.mean(1)), ("min", alone.min(1).values),
+                                ("first-last", (alone[:, 0] + alone[:, -1]) / 2)):  # fmt: skip
+        out = make_reward("per-frame", reward="clipscore", options={"path": clip_dir}, every=2, aggregate=aggregate)
+        got = out(videos, prompts)
+        torch.testing.assert_close(got["score"], expected, atol=1e-5, rtol=1e-5)
+        assert got["frames_scored"].tolist() == [3.0, 3.0]
+    with pytest.raises(ValueError, match="aggregate must be one of mean, min, first-last"):
+        make_reward("per-frame", reward="clipscore", aggregate="max")

@@ -408,3 +408,27 @@ def test_a_source_repeated_across_a_groups_rows_is_decoded_once():
     body = {"inputs": {"image": [[source], [source], [source]]}}
     (a, b, c) = decode_inputs(body, ("image",), 3, max_pixels=64)["image"]  # one 8x8 image's pixels: the budget
     assert a[0] is b[0] is c[0] and torch.equal(a[0], torch.full((3, 8, 8), 7 / 255))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "png"])
+def test_videos_travel_as_frame_lists_or_one_tensor_and_score_as_locally(fmt):
+    from flowrl.image.toy_video import all_clips, render_clip
+
+    clips = all_clips()[:3]
+    videos, prompts = torch.stack([render_clip(c, seed=k) for k, c in enumerate(clips)]), [c.text for c in clips]
+    body = json.loads(json.dumps(encode_request(videos, prompts, fmt)))
+    assert fmt != "png" or (len(body["images"]["data"]) == 3 and len(body["images"]["data"][0]) == 8)
+    decoded, _ = decode_request(body)
+    assert decoded.shape == (3, 8, 3, 32, 32) and torch.equal(decoded, videos)  # 0/1 colours survive 8 bits
+    srv = start(make_server("toy-video", port=0))
+    try:
+        still = videos[:, :1].repeat(1, 8, 1, 1, 1)  # frozen clips: parts other than 1 and 0
+        got = make_reward("remote-video", url=srv.url, format=fmt, retries=0)(still, prompts)
+        local = make_reward("toy-video")(still, prompts)
+        assert set(got) == set(local) and all(torch.equal(got[k], local[k].float()) for k in local)
+    finally:
+        stop(srv)
+    frames = body["images"]["data"] if fmt == "png" else encode_request(videos, prompts, "png")["images"]["data"]
+    uneven = {"prompts": ["a", "b"], "images": {"format": "png", "data": [frames[0], frames[1][:3]]}}
+    with pytest.raises(Exception, match="every video needs the same number of frames"):
+        decode_request(uneven)

@@ -310,3 +310,30 @@ def test_the_edit_judge_scores_trained_against_base_with_the_rows_sources(judge,
     path = tmp_path / "state.pt"
     torch.save(plain({PromptRow("a", "a\x00k"): [1.0]}), path)
     assert torch.load(path, weights_only=True) == {"a": [1.0]}
+
+
+def test_the_video_judge_shows_evenly_spaced_frames_in_order(judge):
+    from flowrl.rewards import REWARDS, Scores
+
+    # video k's frame f has grey level 10·(k + 1) + f: the frames shown, and their order, can be read back
+    videos = torch.stack([grey(*[10 * (k + 1) + f for f in range(9)]) for k in range(2)])  # [2, 9, 3, 8, 8]
+
+    def pointwise(body: dict[str, Any], n: int) -> Reply:
+        levels = [round(v * 255) for v in shown_levels(body)]
+        return 200, f"Score: {1 + (levels[0] // 10)}", 0.0
+
+    judge.script = pointwise
+    reward = make_reward("vlm-video-judge", base_url=judge.base_url, model="fake", mode="pointwise", frames=3)
+    out = reward(videos, ["p", "q"])
+    torch.testing.assert_close(out["score"], torch.tensor([2 / 5, 3 / 5]))
+    shown = sorted([round(v * 255) for v in shown_levels(b)] for b in judge.requests)
+    assert shown == [[10, 14, 18], [20, 24, 28]]  # frames 0, 4, 8 of each, in order
+    assert "Score: N" in judge.requests[0]["messages"][0]["content"][-1]["text"]
+
+    judge.requests.clear()
+    judge.script = lambda body, n: (200, "Video 2 is better", 0.0)
+    pairwise = make_reward("vlm-video-judge", base_url=judge.base_url, model="fake", frames=2, order="fixed")
+    out = pairwise(videos, ["p", "p"], groups=torch.tensor([0, 0]))
+    torch.testing.assert_close(out["score"], torch.tensor([0.0, 1.0], dtype=torch.float64))  # the one shown second
+    assert [round(v * 255) for v in shown_levels(judge.requests[0])] == [10, 18, 20, 28]  # Video 1's, then Video 2's
+    assert REWARDS.facts("vlm-video-judge").scores is Scores.VIDEOS

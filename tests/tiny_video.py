@@ -59,3 +59,27 @@ def save_tiny_wan(path: str, *, experts: bool = False, scheduler: str = "unipc",
                        scheduler=wan_scheduler(scheduler), transformer=tiny_wan_transformer(seed), **two)  # fmt: skip
     pipe.save_pretrained(path)
     return path
+
+
+def save_tiny_wan_i2v(path: str, *, experts: bool = False, seed: int = 0) -> str:
+    """A Wan 2.1 image-to-video folder (CLIP image tokens through added K/V: a tiny CLIP vision tower of 5 tokens),
+    or (``experts``) a Wan 2.2 A14B-style one: two experts, boundary 0.9, no CLIP. The transformer reads
+    ``[noisy z | 4 mask channels | condition z]`` = 36 channels."""
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    parts: dict = {"scheduler": wan_scheduler("euler")}
+    if experts:
+        parts |= {"transformer": tiny_wan_transformer(seed, in_channels=36),
+                  "transformer_2": tiny_wan_transformer(seed + 1, in_channels=36), "boundary_ratio": 0.9}  # fmt: skip
+    else:
+        torch.manual_seed(seed)
+        clip = CLIPVisionModel(CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                                num_attention_heads=2, image_size=8, patch_size=4)).eval()  # fmt: skip
+        processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+        parts |= {"transformer": tiny_wan_transformer(seed, in_channels=36, image_dim=8, added_kv_proj_dim=24),
+                  "image_encoder": clip, "image_processor": processor}  # fmt: skip
+    pipe = WanImageToVideoPipeline(tokenizer=t5_tokenizer(512), text_encoder=tiny_umt5(), vae=tiny_wan_vae(seed),
+                                   **parts)  # fmt: skip
+    pipe.save_pretrained(path)
+    return path

@@ -66,9 +66,12 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log(values, step=step)
 
-    def log_images(self, tag: str, images: Tensor, captions: list[str], step: int) -> None:
-        """``images`` ``[N, 3, H, W]`` in [0, 1] with one caption each."""
+    def log_images(self, tag: str, images: Tensor, captions: list[str], step: int, fps: int = 16) -> None:
+        """``images`` ``[N, 3, H, W]`` in [0, 1] with one caption each; videos ``[N, F, 3, H, W]`` go to
+        ``log_videos``."""
         images = images.detach().float().clamp(0, 1).cpu()
+        if images.ndim == 5:
+            return self.log_videos(tag, images, captions, step, fps)
         for tracker in self.trackers:
             if tracker.name == "tensorboard":
                 from torchvision.utils import make_grid
@@ -82,6 +85,39 @@ class Trackers:
                 pixels = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
                 tracker.run.log({tag: [wandb.Image(p, caption=c) for p, c in zip(pixels, captions, strict=True)]},
                                 step=step)  # fmt: skip
+
+    def log_videos(self, tag: str, videos: Tensor, captions: list[str], step: int, fps: int) -> None:
+        """``videos`` ``[N, F, 3, H, W]`` in [0, 1]: tensorboard shows one animated grid (a GIF in its images tab, as
+        its own ``add_video`` writes it, without the moviepy it needs), wandb one ``wandb.Video`` per clip."""
+        from flowrl.core.video import animated_gif, write_webm
+
+        pixels = (videos.permute(0, 1, 3, 4, 2) * 255).round().to(torch.uint8).numpy()  # [N, F, H, W, 3]
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":
+                from tensorboard.compat.proto.summary_pb2 import Summary
+                from torchvision.utils import make_grid
+
+                grid = torch.stack([make_grid(videos[:, f], nrow=min(8, len(videos)), padding=2)
+                                    for f in range(videos.shape[1])])  # fmt: skip
+                frames = (grid.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+                image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
+                                      encoded_image_string=animated_gif(frames, fps))  # fmt: skip
+                tracker.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]),
+                                                              step)  # fmt: skip
+                tracker.writer.add_text(f"{tag}/captions", "\n".join(f"{i}. {c}" for i, c in enumerate(captions)),
+                                        step)  # fmt: skip
+            elif tracker.name == "wandb":
+                import tempfile
+
+                import wandb
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    clips = []
+                    for i, (clip, caption) in enumerate(zip(pixels, captions, strict=True)):
+                        path = os.path.join(tmp, f"{i}.webm")
+                        write_webm(clip, path, fps)
+                        clips.append(wandb.Video(path, caption=caption, format="webm"))
+                    tracker.run.log({tag: clips}, step=step)
 
     def log_table(self, tag: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
         for tracker in self.trackers:

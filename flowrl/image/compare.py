@@ -164,7 +164,8 @@ def write_columns(
             change = compare(results[b][1], scores, prompts, results[b][0], images)
             warnings = hacking_warnings(change, eval_cfg.watch_drop, eval_cfg.diversity_drop)
             notes += monitor_lines(change, warnings, specs[b].label, spec.label)
-    return write_gallery(out_dir, prompts, seeds, columns, title=title, sort_key="reward", notes=notes)
+    return write_gallery(out_dir, prompts, seeds, columns, title=title, sort_key="reward", notes=notes,
+                         fps=specs[0].cfg.eval.fps)  # fmt: skip
 
 
 __all__ = [

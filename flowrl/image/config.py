@@ -157,6 +157,7 @@ class EvalConfig:
     num_steps: int = option(10, "ODE steps of evaluation sampling", low=1)
     solver: str = option("euler", "ODE solver for evaluation", choices=ODE_SOLVERS.names)
     gallery_prompts: int = option(24, "rows in the gallery (0 = no gallery)", low=0)
+    fps: int = option(16, "video families: frames per second of the gallery's clips (the Wan pipelines' 16)", low=1)
     watch_rewards: list[RewardSpec] = dataclasses.field(
         default_factory=list,
         metadata={"help": "rewards scored on training and evaluation images but never trained on, to see reward "
@@ -199,10 +200,11 @@ def window_of(cfg: SamplerConfig) -> tuple[str, int]:
     return kind, size
 
 
-def check_rewards(specs: list[RewardSpec], key: str = "rewards", videos: bool = False) -> None:
+def check_rewards(specs: list[RewardSpec], key: str = "rewards", videos: bool | None = False) -> None:
     """Each reward exists (a registered name, or an importable ``module:callable``) and takes its options; no
     reward is listed twice under one key (its label, else its name). Reads signatures only: no reward model loads.
-    ``key`` names the list in messages; ``videos``: the model makes videos, whose rewards score videos."""
+    ``key`` names the list in messages; ``videos``: the model makes videos, whose rewards score videos (None: not
+    known before the model loads, either kind passes here and ``check_reward_kinds`` runs then)."""
     from flowrl.rewards import Scores, check_reward_name, check_reward_options
 
     seen = set()
@@ -215,13 +217,29 @@ def check_rewards(specs: list[RewardSpec], key: str = "rewards", videos: bool = 
                               "or each listing its own label)")  # fmt: skip
         seen.add(spec.label or spec.name)
         try:
-            check_reward_name(spec.name, Scores.VIDEOS if videos else Scores.IMAGES)
+            if videos is None:
+                check_reward_name(spec.name, Scores.VIDEOS if spec.name in video_rewards() else Scores.IMAGES)
+            else:
+                check_reward_name(spec.name, Scores.VIDEOS if videos else Scores.IMAGES)
         except ValueError as e:
             raise ConfigError(f"{key}[{i}].name: {e}") from None
         try:
             check_reward_options(spec.name, spec.options)
         except ValueError as e:
             raise ConfigError(f"{key}[{i}].options: {e}") from None
+
+
+def video_rewards() -> set[str]:
+    """The registered rewards that score videos."""
+    from flowrl.rewards import REWARDS, Scores
+
+    return set(REWARDS.names(lambda f: f.scores is Scores.VIDEOS))
+
+
+def check_reward_kinds(cfg: Config, videos: bool) -> None:
+    """Once the model is known (a hub id's files came with it): its rewards score what it makes."""
+    check_rewards(cfg.rewards, videos=videos)
+    check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards", videos)
 
 
 def check_prompts(key: str, source: str) -> None:

@@ -3,8 +3,10 @@ gives each column's mean scores and the last column's paired gain over the first
 
 ``write_gallery`` writes ``<out_dir>/gallery/`` with a self-contained ``index.html`` (sortable and filterable by
 score, no external URLs), the upscaled images under ``images/`` and a single ``contact_sheet.png`` (the rows as a
-grid of blocks, about square). The directory is built next to its destination and renamed into place, so a failed
-call never leaves a partial gallery behind.
+grid of blocks, about square). Columns of videos ``[N, F, 3, H, W]`` are written as WebM clips under ``videos/``
+that the page plays side by side (looping, muted), each with its first frame as poster under ``images/``; the
+contact sheet shows a filmstrip of four of its frames. The directory is built next to its destination and renamed
+into place, so a failed call never leaves a partial gallery behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import Tensor
 
 from flowrl.core.atomic import atomic_dir
 from flowrl.core.stats import prompt_mean_se
+from flowrl.core.video import filmstrip, write_webm
 
 _PAD = 6
 _PROMPT_W = 220  # contact-sheet width of the prompt column, pixels
@@ -33,7 +36,7 @@ class GalleryColumn:
     """One model/checkpoint: a label and one image per gallery row."""
 
     label: str
-    images: Tensor  # [N, 3, H, W] float in [0, 1]
+    images: Tensor  # [N, 3, H, W] float in [0, 1], or videos [N, F, 3, H, W]
     scores: list[dict[str, float]]  # one dict per image, e.g. {"toy-geneval": 0.75, "toy-geneval/strict": 1.0}
 
 
@@ -49,11 +52,15 @@ def _validate(prompts: list[str], seeds: list[int], columns: list[GalleryColumn]
     if dupes := sorted({lab for lab in labels if labels.count(lab) > 1}):
         raise ValueError(f"duplicate column labels: {dupes}")
     n, arrays = len(prompts), []
+    frames = next((c.images.shape[1] for c in columns if isinstance(c.images, Tensor) and c.images.ndim == 5), 0)
     for col in columns:
         x = col.images
-        if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        if not isinstance(x, Tensor) or x.ndim not in (4, 5) or x.shape[-3] != 3:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"column {col.label!r}: images must be a [N, 3, H, W] tensor, got {shape}")
+            raise ValueError(f"column {col.label!r}: images must be a [N, 3, H, W] tensor (videos: [N, F, 3, H, W]), "
+                             f"got {shape}")  # fmt: skip
+        if frames and x.ndim == 4:  # an image beside videos (image-to-video's first frame): a still clip
+            x = x.unsqueeze(1).expand(-1, frames, -1, -1, -1)
         if x.shape[0] != n:
             raise ValueError(f"column {col.label!r}: {x.shape[0]} images but {n} prompts/seeds")
         if len(col.scores) != n:
@@ -63,7 +70,7 @@ def _validate(prompts: list[str], seeds: list[int], columns: list[GalleryColumn]
             lo, hi = x.nan_to_num().min().item(), x.nan_to_num().max().item()
             raise ValueError(f"column {col.label!r}: image values must be in [0, 1], got [{lo:.4f}, {hi:.4f}]")
         u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-        arrays.append(u8.permute(0, 2, 3, 1).contiguous().numpy())
+        arrays.append(u8.movedim(-3, -1).contiguous().numpy())  # [N, (F,) H, W, 3]
     return arrays
 
 
@@ -216,8 +223,10 @@ def _fmt_se(mean: float, se: float) -> str:
 def _html(
     title: str, prompts: list[str], seeds: list[int], columns: list[GalleryColumn], srcs: list[list[str]],
     sizes: list[tuple[int, int]], sort_key: str | None, notes: Sequence[str] = (),
+    clips: list[list[str]] | None = None,
 ) -> str:  # fmt: skip
-    """The self-contained index page (inline CSS/JS, relative image paths)."""
+    """The self-contained index page (inline CSS/JS, relative image paths; ``clips``: each cell's video, ``srcs``
+    then its poster)."""
     e = html.escape
     key_name = e(sort_key) if sort_key is not None else "first score"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style>"]
@@ -256,7 +265,12 @@ def _html(
                 for k, v in col.scores[i].items()
             )
             alt = e(f"{col.label}: {prompt} (seed {seed})")
-            out.append(f"<td><img src='{srcs[j][i]}' width='{w}' height='{h}' alt='{alt}'><ul>{items}</ul></td>")
+            if clips is None:
+                cell = f"<img src='{srcs[j][i]}' width='{w}' height='{h}' alt='{alt}'>"
+            else:
+                cell = (f"<video src='{clips[j][i]}' poster='{srcs[j][i]}' width='{w}' height='{h}' title='{alt}' "
+                        "autoplay loop muted playsinline controls></video>")  # fmt: skip
+            out.append(f"<td>{cell}<ul>{items}</ul></td>")
         out.append("</tr>")
     out.append(f"</tbody></table><script>{_JS.replace('NCOLS', str(len(columns)))}</script></body></html>")
     return "\n".join(out)
@@ -272,15 +286,17 @@ def write_gallery(
     sort_key: str | None = None,
     upscale: int = 4,
     notes: Sequence[str] = (),
+    fps: int = 8,
 ) -> dict[str, str]:
     """Write ``<out_dir>/gallery/`` (index.html, images/, contact_sheet.png) comparing ``columns`` row by row.
 
     Row ``i`` is ``(prompts[i], seeds[i])``; every column holds ``images`` ``[N, 3, H, W]`` in [0, 1] and ``N`` score
     dicts, with ``N == len(prompts) == len(seeds)``. Images are saved upscaled ``upscale``x (nearest neighbour).
     ``sort_key`` is the score shown on the contact sheet and used by the page's sort/filter controls (default: first
-    key of the first score dict). ``notes`` are extra header lines (the reward-hacking monitors). The directory is
-    replaced atomically. Returns absolute paths ``html``,
-    ``contact_sheet`` and ``dir``. Raises ``ValueError`` (naming the column) on inconsistent input.
+    key of the first score dict). ``notes`` are extra header lines (the reward-hacking monitors). Videos
+    ``[N, F, 3, H, W]`` become WebM clips at ``fps`` frames per second. The directory is replaced atomically.
+    Returns absolute paths ``html``, ``contact_sheet`` and ``dir``. Raises ``ValueError`` (naming the column) on
+    inconsistent input.
     """
     if not isinstance(upscale, int) or upscale < 1:
         raise ValueError(f"upscale must be a positive int, got {upscale!r}")
@@ -289,21 +305,27 @@ def write_gallery(
         sort_key = next(iter(columns[0].scores[0]), None)
     elif not any(sort_key in d for c in columns for d in c.scores):
         raise ValueError(f"sort_key {sort_key!r} is not in any column's scores")
-    arrays = [a.repeat(upscale, axis=1).repeat(upscale, axis=2) for a in arrays]
+    arrays = [a.repeat(upscale, axis=-3).repeat(upscale, axis=-2) for a in arrays]
+    videos = arrays[0].ndim == 5
 
     final = os.path.join(os.path.abspath(out_dir), "gallery")
     with atomic_dir(final) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
-        srcs = []
+        srcs, clips = [], []
         for slug, arr in zip(_slugs([c.label for c in columns]), arrays, strict=True):
             srcs.append([f"images/{slug}_{i:04d}.png" for i in range(len(prompts))])
-            for src, img in zip(srcs[-1], arr, strict=True):
-                Image.fromarray(img).save(os.path.join(tmp, src))
-        sizes = [(a.shape[2], a.shape[1]) for a in arrays]
-        page = _html(title, prompts, seeds, columns, srcs, sizes, sort_key, notes)
+            clips.append([f"videos/{slug}_{i:04d}.webm" for i in range(len(prompts))])
+            for src, clip, img in zip(srcs[-1], clips[-1], arr, strict=True):
+                Image.fromarray(img[0] if videos else img).save(os.path.join(tmp, src))
+                if videos:
+                    os.makedirs(os.path.join(tmp, "videos"), exist_ok=True)
+                    write_webm(img, os.path.join(tmp, clip), fps)
+        sizes = [(a.shape[-2], a.shape[-3]) for a in arrays]
+        page = _html(title, prompts, seeds, columns, srcs, sizes, sort_key, notes, clips if videos else None)
         with open(os.path.join(tmp, "index.html"), "w", encoding="utf-8") as f:
             f.write(page)
-        _contact_sheet(os.path.join(tmp, "contact_sheet.png"), title, prompts, seeds, columns, arrays, sort_key)
+        sheets = [np.stack([filmstrip(v) for v in a]) for a in arrays] if videos else arrays
+        _contact_sheet(os.path.join(tmp, "contact_sheet.png"), title, prompts, seeds, columns, sheets, sort_key)
     return {
         "html": os.path.join(final, "index.html"),
         "contact_sheet": os.path.join(final, "contact_sheet.png"),

@@ -11,7 +11,7 @@ from flowrl.core.errors import ConfigError
 from flowrl.core.options import option
 from flowrl.core.presets import PROJECT
 from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES
-from flowrl.image.models import check_model_options
+from flowrl.image.models import check_model_options, local_folder
 from flowrl.image.models.common import pixel_size, read_json
 from flowrl.image.models.family import FAMILIES
 
@@ -121,9 +121,13 @@ def check_model(m: ModelConfig) -> str:
     return family
 
 
-def makes_videos(path: str) -> bool:
-    """Whether the local folder ``path`` holds a video family's pipeline (``FamilyFacts.video``)."""
-    family = pipeline_class_of(path)
+def makes_videos(path: str) -> bool | None:
+    """Whether the pipeline at ``path`` (a local folder, or a hub id's snapshot in the local cache) is a video
+    family's (``FamilyFacts.video``); None when its files are not at hand (known once it loads)."""
+    folder = local_folder(path)
+    if folder is None:
+        return None
+    family = pipeline_class_of(folder)
     return family in FAMILIES and FAMILIES.facts(family).video
 
 

@@ -74,7 +74,7 @@ def log_samples(run: Run, trackers: Any) -> None:
     prompts = run.eval_prompts[: run.cfg.output.images_count]
     images, parts = evaluate(run, prompts, [0] * len(prompts))
     if trackers is not None:
-        trackers.log_images("samples", images, image_captions(prompts, parts), run.iteration)
+        trackers.log_images("samples", images, image_captions(prompts, parts), run.iteration, run.cfg.eval.fps)
 
 
 def _first_seed_rows(seeds: list[int], count: int) -> list[int]:
@@ -89,7 +89,7 @@ def _log_evaluations(run: Run, trackers: Any, prompts: list[str], seeds: list[in
     rows = _first_seed_rows(seeds, run.cfg.output.images_count)
     for tag, (images, parts) in (("eval/before", before), ("eval/after", after)):
         captions = image_captions([prompts[i] for i in rows], {k: v[rows] for k, v in parts.items()})
-        trackers.log_images(tag, images[rows], captions, run.iteration)
+        trackers.log_images(tag, images[rows], captions, run.iteration, run.cfg.eval.fps)
 
 
 def write_summary(done: Finished, prompts: list[str], seeds: list[int]) -> None:
@@ -218,6 +218,7 @@ def _gallery(run_dir: str, run: Run, prompts, seeds, before, after, notes: list[
         + (f" of the {cfg.train.iterations} configured)" if iterations < cfg.train.iterations else ")"),
         sort_key="reward",
         notes=notes,
+        fps=cfg.eval.fps,
     )
     return paths["html"]
 

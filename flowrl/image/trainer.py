@@ -41,11 +41,11 @@ from flowrl.core.rollout import filter_rollouts
 from flowrl.core.share import UpdateStep, Whole, deal, gather_all, gather_batch
 from flowrl.core.update import update as shared_update
 from flowrl.core.weights import EMA, frozen_copy, make_trainable
-from flowrl.image.config import Config, window_of
+from flowrl.image.config import Config, check_reward_kinds, window_of
 from flowrl.image.data import inputs_by_prompt, load_prompt_set
 from flowrl.image.evaluation import block_monitors, monitor_metrics, prompt_groups, score_images
 from flowrl.image.generate import generate
-from flowrl.image.models import lora_targets, policy_for
+from flowrl.image.models import FAMILIES, lora_targets, policy_for
 from flowrl.image.models.common import in_chunks, set_attention_backend
 from flowrl.image.models.untrained import compile_policy, untrained_copy
 from flowrl.image.objectives import OBJECTIVES, Objective, TrainRows
@@ -79,12 +79,14 @@ def setup(cfg: Config) -> Run:
     rewards = RewardSet.from_specs([vars(r) for r in cfg.rewards])  # before the model: a bad reward fails fast
     m = cfg.model
     policy = policy_for(m, cfg.sampler.shift, accelerator.device)
+    check_reward_kinds(cfg, FAMILIES.facts(policy.pipeline_class).video)  # a hub id's family is known only now
     if m.finetune == "full" and (cfg.loss.kl_coef > 0 or cfg.loss.velocity_kl_coef > 0):
         policy.reference = frozen_copy(policy.transformer)  # LoRA runs disable the adapter instead
     params = make_trainable(policy.transformer, m.finetune, m.lora_rank, m.lora_alpha, lora_targets(m, policy))
     set_attention_backend(policy.transformer, m.attention_backend)
     if m.gradient_checkpointing:
         policy.transformer.enable_gradient_checkpointing()
+    policy.check_parallel(parallel.sharded)
     policy.untrained = untrained_copy(policy, m.untrained_copy, m.finetune == "lora", parallel.sharded)
     t = cfg.train
     prepared, optimizer, params = parallel.prepare(

@@ -21,6 +21,7 @@ from .qwen_image import QwenImagePolicy
 from .qwen_image_edit import QwenImageEditPlusPolicy, QwenImageEditPolicy
 from .sd3 import SD3Policy
 from .wan import WanPolicy
+from .wan_i2v import WanI2VPolicy
 from .z_image import ZImagePolicy
 
 
@@ -110,6 +111,8 @@ def policy_for(model: Any, shift: float = 0.0, device: str | Any = "cpu") -> Flo
         options.update(train_experts=model.train_experts, cfg_scale_2=model.cfg_scale_2)
         options.update({"num_frames": model.frames} if model.frames else {})
     policy = cls(path, device=device, dtype=dtype, **options)
+    if FAMILIES.facts(cls.pipeline_class).video:
+        policy.frame_size = model.resolution
     policy.cfg_scale, policy.negative_prompt = model.cfg_scale, model.negative_prompt
     policy.schedule_shift = shift
     policy.reference_area = model.reference_size**2 if getattr(model, "reference_size", 0) else None
@@ -137,6 +140,7 @@ __all__ = [
     "QwenImageEditPolicy",
     "QwenImagePolicy",
     "SD3Policy",
+    "WanI2VPolicy",
     "WanPolicy",
     "ZImagePolicy",
     "check_model_options",

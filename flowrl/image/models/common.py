@@ -41,6 +41,9 @@ class PromptCond:
     # FLUX.2 [klein]: ``ref`` holds the references' packed tokens [B, N, C], ``ref_ids`` their position ids [B, N, 4]
     ref_ids: Tensor | None = None
     neg_ref_ids: Tensor | None = None
+    # Wan 2.1 image-to-video: CLIP's hidden states of the first frame [B, S, D] (extra cross-attention tokens)
+    image_embeds: Tensor | None = None
+    neg_image_embeds: Tensor | None = None
 
     def as_dict(self) -> dict[str, Tensor]:
         """The tensors as a mapping (what the rollout drivers index row by row)."""

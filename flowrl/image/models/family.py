@@ -162,6 +162,11 @@ class FlowModel(ABC):
             kept.popitem(last=False)
         return kept[key]
 
+    def check_parallel(self, sharded: bool) -> None:
+        """Refuse (``ConfigError``) a way of training this model across processes that it cannot take; ``sharded``:
+        FSDP shards the trained module. The default takes every way."""
+        return None
+
     def save_trained(self, folder: str, finetune: str, state: dict[str, Tensor] | None = None) -> None:
         """Write the trained weights (``state``: ``flowrl.core.weights.weight_state``'s, taken now by default) into
         ``folder`` in the family's pipeline format: ``pytorch_lora_weights.safetensors`` for

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -59,12 +59,12 @@ class WanCodec:
     def factor(self) -> int:
         """Pixels per latent cell along each side (the VAE config's ``scale_factor_spatial``, as the pipeline reads
         it)."""
-        return int(self.vae.config.scale_factor_spatial) if self.vae is not None else 1
+        return int(getattr(self.vae.config, "scale_factor_spatial", 8)) if self.vae is not None else 1
 
     @property
     def temporal(self) -> int:
         """Frames per latent frame after the first (``scale_factor_temporal``)."""
-        return int(self.vae.config.scale_factor_temporal) if self.vae is not None else 1
+        return int(getattr(self.vae.config, "scale_factor_temporal", 4)) if self.vae is not None else 1
 
     @property
     def channels(self) -> int:
@@ -110,6 +110,7 @@ def _experts_class() -> type:
 
         config_name = "config.json"
         _supports_gradient_checkpointing = True
+        _no_split_modules: ClassVar[list[str]] = ["WanTransformerBlock"]  # FSDP units: each expert's blocks
 
         @register_to_config
         def __init__(self, boundary_timestep: float = 875.0) -> None:
@@ -120,15 +121,25 @@ def _experts_class() -> type:
             return self
 
         def forward(self, hidden_states: Tensor, timestep: Tensor, return_dict: bool = False, **kwargs: Any) -> Any:
+            from torch.distributed.fsdp import FSDPModule
+
             high = timestep >= self.config.boundary_timestep
-            if bool(high.all()) or not bool(high.any()):
+            # sharded, every process must gather (and reduce) both experts' weights in every pass, whichever rows
+            # it has: an expert without rows here runs on one row whose output counts with weight zero
+            sharded = isinstance(self, FSDPModule)
+            if not sharded and (bool(high.all()) or not bool(high.any())):
                 expert = self.transformer if bool(high.all()) else self.transformer_2
                 return (expert(hidden_states=hidden_states, timestep=timestep, return_dict=False, **kwargs)[0],)
-            out = torch.empty_like(hidden_states[:, : self.transformer.config.out_channels])
+            out = torch.zeros_like(hidden_states[:, : self.transformer.config.out_channels])
             for rows, expert in ((high, self.transformer), (~high, self.transformer_2)):
-                part = {k: v[rows] if isinstance(v, Tensor) else v for k, v in kwargs.items()}
-                out[rows] = expert(hidden_states=hidden_states[rows], timestep=timestep[rows], return_dict=False,
-                                   **part)[0].to(out.dtype)  # fmt: skip
+                empty = not bool(rows.any())
+                pick = torch.arange(len(rows), device=rows.device) == 0 if empty else rows
+                part = {k: v[pick] if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+                y = expert(hidden_states=hidden_states[pick], timestep=timestep[pick], return_dict=False, **part)[0]
+                if empty:
+                    out = out + 0.0 * y.sum()
+                else:
+                    out[rows] = y.to(out.dtype)
             return (out,)
 
     return WanExperts
@@ -151,7 +162,7 @@ class WanPolicy(FlowModel):
 
     pipeline_class = "WanPipeline"  # whose save_lora_weights / load_lora_weights format the LoRA uses
     name = "Wan"
-    vae_required = False
+    frame_size: int | Sequence[int] | None = None  # model.resolution (image-to-video resizes the first frame to it)
 
     def __init__(
         self,
@@ -197,7 +208,8 @@ class WanPolicy(FlowModel):
     @classmethod
     def check_options(cls, path: str, model: Any) -> None:
         """``model.frames`` fits the VAE (``1 + k·temporal``), and ``model.train_experts`` the folder."""
-        temporal = int((read_json(os.path.join(path, "vae", "config.json")) or {}).get("scale_factor_temporal", 1))
+        vae = read_json(os.path.join(path, "vae", "config.json"))
+        temporal = int(vae.get("scale_factor_temporal", 4)) if vae is not None else 1  # no VAE: pixel space
         frames = getattr(model, "frames", 0)
         if frames and (frames - 1) % temporal:
             low = (frames - 1) // temporal * temporal + 1
@@ -207,6 +219,15 @@ class WanPolicy(FlowModel):
         if experts == "low" and os.path.isdir(path) and not two_experts(path):
             raise ConfigError(f"model.train_experts=low: {path!r} has one transformer (Wan 2.1); only Wan 2.2 "
                               "folders (transformer_2 and boundary_ratio) have a low-noise expert")  # fmt: skip
+
+    def check_parallel(self, sharded: bool) -> None:
+        """FSDP gathers a sharded module's weights in every pass on every process; with one Wan 2.2 expert trained,
+        a process whose rows are all at the other expert's steps would skip the trained module's pass."""
+        if sharded and self.frozen_expert is not None:
+            raise ConfigError(
+                f"model.train_experts={self.trains} with FSDP is not supported: train both experts "
+                "(model.train_experts=both) or use DDP"
+            )
 
     # ----------------------------------------------------------------- trained weights
     def save_trained(self, folder: str, finetune: str, state: dict[str, Tensor] | None = None) -> None:
@@ -316,12 +337,30 @@ class WanPolicy(FlowModel):
         if self.boundary is None:
             return guided(self._forward, x, t, cond, self.cfg_scale)
         high = t >= self.boundary
+        if self.trains == "both":
+            return self._both_experts(x, t, cond, high)
         out = torch.empty_like(x)
         for rows, is_high in ((high, True), (~high, False)):
             if bool(rows.any()):
                 part = {k: v[rows] for k, v in cond.items()}
                 out[rows] = guided(self._forward, x[rows], t[rows], part, self._scale(is_high))
         return out
+
+    def _both_experts(self, x: Tensor, t: Tensor, cond: dict[str, Tensor], high: Tensor) -> Tensor:
+        """Both experts trained: one pass of the trained module over every row (it sends each row to its expert),
+        the negative rows batched with the prompt's, and each row guided by its expert's scale. One pass, so that
+        a distributed wrapper sees the same calls on every process whichever steps its rows are at."""
+        scale = torch.where(high, self.cfg_scale, self._scale(False)).to(x.dtype)
+        parts = {k: v for k, v in cond.items() if not k.startswith("neg_")}
+        if bool((scale <= 1).all()):
+            return self._forward(x, t, parts)
+        negative = {k[4:]: v for k, v in cond.items() if k.startswith("neg_")}
+        both = self._forward(
+            torch.cat([x, x]), torch.cat([t, t]), {k: torch.cat([negative[k], parts[k]]) for k in parts}
+        )
+        uncond, text = both.chunk(2)
+        s = scale.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(s > 1, uncond + s * (text - uncond), text)
 
     def _module(self, high: bool) -> tuple[Any, torch.dtype]:
         """The module a pass of this expert goes through, and the dtype its inputs take: the trained module (or its
