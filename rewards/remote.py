@@ -161,7 +161,7 @@ def _open_png(text: Any, where: str) -> Image.Image:
 
 def _pixels(image: Image.Image, where: str) -> np.ndarray:
     try:
-        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        return np.array(image if image.mode == "RGB" else image.convert("RGB"))  # a writable copy for torch
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
         raise WireError(f"{where}: not a readable PNG ({e})") from e
 

@@ -154,9 +154,11 @@ def test_a_video_gallery_plays_side_by_side_in_chromium(tmp_path, chromium):
     folder = Path(write_gallery(str(tmp_path), prompts, seeds, columns, upscale=4, fps=8)["dir"])
     page = (folder / "index.html").read_text()
     assert page.count("<video ") == 4 and "http" not in page
-    back = read_frames(str(folder / "videos" / "trained_0001.webm"))  # lossless VP9: the frames come back
+    back = read_frames(str(folder / "videos" / "trained_0001.webm"))
     expected = (moving[1] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().repeat(4, 1).repeat(4, 2)
-    assert back.shape == (8, 128, 128, 3) and abs(back.astype(int) - expected.astype(int)).max() <= 2
+    error = abs(back.astype(int) - expected.astype(int))
+    # lossless VP9 in yuv420p (what browsers play): exact brightness, colour at half resolution (object edges)
+    assert back.shape == (8, 128, 128, 3) and error.mean() < 1.0 and (error > 8).mean() < 0.02
     assert (folder / "images" / "base_0000.png").is_file()  # the poster
 
     (folder / "check.html").write_text(CHECK_VIDEOS)
