@@ -183,7 +183,10 @@ MALFORMED = {
     "too many pixels": (png_request([_png_ok(80)] * 2, prompts="ab"), "exceed this server's limit of 10000"),
     "bad safetensors": (st_request(raw=b"zz"), "not a readable safetensors"),
     "no images tensor": (st_request({"x": torch.zeros(1)}), "has no tensor 'images'"),
-    "wrong shape": (st_request({"images": torch.zeros(1, 4, 2, 2)}), "(videos [B, F, 3, H, W]), got shape [1, 4, 2, 2]"),
+    "wrong shape": (
+        st_request({"images": torch.zeros(1, 4, 2, 2)}),
+        "(videos [B, F, 3, H, W]), got shape [1, 4, 2, 2]",
+    ),
     "integer tensor": (st_request({"images": torch.zeros(1, 3, 2, 2).byte()}), "must be floating point"),
     "body too large": (b"x" * 300_000, "300000 bytes exceeds this server's limit of 200000 bytes"),
 }
