@@ -62,7 +62,10 @@ def test_wan22_trains_the_chosen_experts_and_each_loads_into_the_pipeline(folder
 
     from flowrl.image.run import save_checkpoint
 
-    run = setup(tiny_config(folders["wan22"], *VIDEO, f"model.train_experts={experts}", "sampler.mode=flow-grpo"))
+    run = setup(tiny_config(folders["wan22"], *VIDEO, f"model.train_experts={experts}", "sampler.mode=flow-grpo",
+                            "model.gradient_checkpointing=true"))  # fmt: skip
+    trained = [m for m in run.policy.transformer.modules() if type(m).__name__ == "WanTransformer3DModel"]
+    assert len(trained) == (2 if experts == "both" else 1) and all(m.gradient_checkpointing for m in trained)
     policy = run.policy
     high, low = policy._expert(True), policy._expert(False)
     start = {"high": _lora(high), "low": _lora(low)}
