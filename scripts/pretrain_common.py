@@ -1,12 +1,20 @@
-"""What the toy bases' pretraining scripts share (``pretrain_toy.py``, ``pretrain_toy_edit.py``): their common
-options, the shifted logit-normal noise levels they train at, and the EMA of the weights they save."""
+"""What the toy bases' pretraining scripts share (``pretrain_toy.py``, ``pretrain_toy_edit.py``,
+``pretrain_toy_video.py``): their common options, the shifted logit-normal noise levels they train at, the optimizer
+step with the EMA of the weights they save, and the saved folder with its report."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from flowrl.core.atomic import atomic_dir
+from flowrl.core.lr_schedule import warmup_cosine
 
 
 def add_common_options(p: argparse.ArgumentParser, *, out: str, steps: int, batch_size: int, per: str) -> None:
@@ -38,3 +46,37 @@ def update_ema(ema: list[torch.nn.Module], live: list[torch.nn.Module], step: in
     for avg, module in zip(ema, live, strict=True):
         for a, p in zip(avg.parameters(), module.parameters(), strict=True):
             a.lerp_(p, 1 - d)
+
+
+def optimizer_step(
+    opt: torch.optim.Optimizer, params: list, loss: Tensor, step: int, args: argparse.Namespace, ema: list,
+    live: list, start: float,
+) -> None:  # fmt: skip
+    """One step on ``loss``: the warm-up cosine learning rate, gradients clipped at norm 1, then the EMA; the loss
+    printed every 100 steps (seconds since ``start``)."""
+    for group in opt.param_groups:
+        group["lr"] = warmup_cosine(step, args.lr, args.warmup, args.steps)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    update_ema(ema, live, step, args.ema)
+    if step % 100 == 0 or step == args.steps - 1:
+        print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+
+
+def write_base(
+    args: argparse.Namespace, save: Callable[[str], None], evaluate: Callable[[str], dict], train_seconds: float,
+    **facts: object,
+) -> dict:  # fmt: skip
+    """Save the base into ``args.out`` (replaced atomically) with ``pretrain_report.json``: the held-out evaluation of
+    the saved folder, loaded back as a user would, and the run's facts; returns the report."""
+    with atomic_dir(args.out) as tmp:
+        save(tmp)
+        report = evaluate(tmp)
+        facts.update(lr=args.lr, seed=args.seed, threads=args.threads, train_seconds=round(train_seconds, 1))
+        report.update(steps=args.steps, batch_size=args.batch_size, **facts, torch=torch.__version__)
+        with open(os.path.join(tmp, "pretrain_report.json"), "w") as f:
+            json.dump(report, f, indent=2)
+    print(json.dumps(report, indent=2))
+    return report

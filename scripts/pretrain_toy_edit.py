@@ -27,11 +27,9 @@ import tempfile
 import time
 
 import torch
-from pretrain_common import add_common_options, shifted_sigmas, update_ema
+from pretrain_common import add_common_options, optimizer_step, shifted_sigmas, write_base
 
-from flowrl.core.atomic import atomic_dir
 from flowrl.core.inputs import row_inputs
-from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
 from flowrl.image.models.flux import pack
 from flowrl.image.models.flux_kontext import forward_with_reference
@@ -113,25 +111,17 @@ def main(argv: list[str] | None = None) -> int:
         embeds, pooled = t5(ids_t5).last_hidden_state, clip(ids_clip).pooler_output
         v = forward_with_reference(net, (1 - s) * x0 + s * noise, ref, sigma, embeds, pooled)
         loss = (pack(v) - pack(noise - x0)).square().mean()  # over the tokens, as the base was trained
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, args.lr, args.warmup, args.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        update_ema(ema, live, step, args.ema)
-        if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+        optimizer_step(opt, params, loss, step, args, ema, live, start)
     train_seconds = time.time() - start
-    with atomic_dir(args.out) as tmp:
-        save(tmp, ema, scheduler, clip_tok, t5_tok)
-        report = evaluate_folder(tmp, args)
-        report.update(steps=args.steps, batch_size=args.batch_size, unfollowed=args.unfollowed, lr=args.lr,
-                      width=args.width, layers=args.layers, seed=args.seed, threads=args.threads,
-                      train_seconds=round(train_seconds, 1), torch=torch.__version__)  # fmt: skip
-        with open(os.path.join(tmp, "pretrain_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    write_base(
+        args,
+        lambda tmp: save(tmp, ema, scheduler, clip_tok, t5_tok),
+        lambda tmp: evaluate_folder(tmp, args),
+        train_seconds,
+        unfollowed=args.unfollowed,
+        width=args.width,
+        layers=args.layers,
+    )
     return 0
 
 

@@ -25,10 +25,8 @@ import sys
 import time
 
 import torch
-from pretrain_common import add_common_options, shifted_sigmas, update_ema
+from pretrain_common import add_common_options, optimizer_step, shifted_sigmas, write_base
 
-from flowrl.core.atomic import atomic_dir
-from flowrl.core.lr_schedule import warmup_cosine
 from flowrl.core.stats import prompt_mean_se
 from flowrl.image.models.toy import word_tokenizer
 from flowrl.image.toy_video import DIRECTIONS, FRAMES, SIZE, plan, split_clips
@@ -109,25 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         v = net(hidden_states=(1 - s) * x0 + s * noise, timestep=sigma * 1000,
                 encoder_hidden_states=embed(t5, tok, [c.text for c in asked]), return_dict=False)[0]  # fmt: skip
         loss = (v - (noise - x0)).square().mean()
-        for group in opt.param_groups:
-            group["lr"] = warmup_cosine(step, args.lr, args.warmup, args.steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        update_ema(ema, live, step, args.ema)
-        if step % 100 == 0 or step == args.steps - 1:
-            print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:.0f}s", flush=True)
+        optimizer_step(opt, params, loss, step, args, ema, live, start)
     train_seconds = time.time() - start
-    with atomic_dir(args.out) as tmp:
-        save(tmp, ema, scheduler, tok)
-        report = evaluate_folder(tmp, args)
-        report.update(steps=args.steps, batch_size=args.batch_size, unfollowed=args.unfollowed, lr=args.lr,
-                      width=args.width, layers=args.layers, seed=args.seed, threads=args.threads,
-                      train_seconds=round(train_seconds, 1), torch=torch.__version__)  # fmt: skip
-        with open(os.path.join(tmp, "pretrain_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report, indent=2))
+    write_base(
+        args,
+        lambda tmp: save(tmp, ema, scheduler, tok),
+        lambda tmp: evaluate_folder(tmp, args),
+        train_seconds,
+        unfollowed=args.unfollowed,
+        width=args.width,
+        layers=args.layers,
+    )
     return 0
 
 

@@ -28,6 +28,7 @@ SPLITS = {
         "data.train_prompts=data/toy-edit/train-no-val.jsonl",
         "data.eval_prompts=data/toy-edit/validation.jsonl",
     ],
+    "toy-video": ["data.train_prompts=toy-video:train-no-val", "data.eval_prompts=toy-video:validation"],
 }
 
 
