@@ -190,18 +190,18 @@ class WanPolicy(FlowModel):
         high = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
         self.boundary: float | None = None
         self.frozen_expert: torch.nn.Module | None = None
-        self.trains = "high"
+        self.trains, trained = "high", high  # Wan 2.1: its one transformer
         if two_experts(path):
             low = WanTransformer3DModel.from_pretrained(path, subfolder="transformer_2", torch_dtype=dtype)
             self.boundary = float(read_index(path)["boundary_ratio"]) * self.scheduler.config.num_train_timesteps
             self.trains = train_experts
             if train_experts == "both":
-                high = _experts_class()(boundary_timestep=self.boundary).attach(high, low)
+                trained = _experts_class()(boundary_timestep=self.boundary).attach(high, low)
             else:
-                high, self.frozen_expert = (high, low) if train_experts == "high" else (low, high)
-        elif train_experts != "both" and train_experts != "high":
-            raise ConfigError(f"model.train_experts={train_experts}: {path!r} has one transformer (Wan 2.1)")
-        self.transformer = high
+                trained, self.frozen_expert = (high, low) if train_experts == "high" else (low, high)
+        elif train_experts == "low":
+            raise ConfigError(f"model.train_experts=low: {path!r} has one transformer (Wan 2.1)")
+        self.transformer = trained
         freeze(self.transformer, self.frozen_expert, self.vae, self.text_encoder, device=self.device)
         self.integer_timesteps = type(self.scheduler).__name__ == "UniPCMultistepScheduler"
 
