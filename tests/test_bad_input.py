@@ -287,7 +287,7 @@ CONFIG_CASES = {
         FLOW,
         lambda c: ["advantage.name=pairwise"],
         "config",
-        same("advantage.name=pairwise needs pairwise", "vlm-judge in its pairwise mode"),
+        same("advantage.name=pairwise needs pairwise", "vlm-judge, vlm-video-judge in its pairwise mode"),
     ),
     "median with an even group": Case(
         FLOW, lambda c: ["advantage.name=median"], "config", same("needs odd groups", "group size is 2; use 3")

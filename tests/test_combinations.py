@@ -190,7 +190,7 @@ def test_pairwise_trains_on_the_judges_preferences(tiny_model):
         judge.close()
     pointwise = "rewards=[{name: vlm-judge, options: {base_url: 'http://127.0.0.1:1/v1', mode: pointwise}}]"
     for rewards in ("rewards=[{name: toy-geneval}]", pointwise):
-        with pytest.raises(ConfigError, match=r"advantage.name=pairwise .*vlm-judge in its pairwise mode"):
+        with pytest.raises(ConfigError, match=r"advantage.name=pairwise .*vlm-judge, vlm-video-judge in its pairwise"):
             load_config(None, [*common, rewards])
 
 

@@ -685,7 +685,8 @@ def test_toy_prompt_sets() -> None:
 def test_unknown_toy_set() -> None:
     with pytest.raises(ConfigError) as info:
         load_prompts("toy:test")
-    valid = "toy:train, toy:held-out, toy:all, toy:validation, toy:train-no-val"
+    valid = ", ".join(f"{w}:{s}" for w in ("toy", "toy-video") for s in ("train", "held-out", "all", "validation",
+                                                                           "train-no-val"))  # fmt: skip
     assert str(info.value) == f"unknown prompt set 'toy:test'; valid: {valid} or a file path"
 
 

@@ -382,7 +382,8 @@ def test_help_names_the_gallery_prompts_default_and_every_model_family(capsys):
     names = {"StableDiffusion3Pipeline": "SD3.5", "FluxPipeline": "FLUX.1", "QwenImagePipeline": "Qwen-Image",
              "Flux2KleinPipeline": "FLUX.2 [klein]", "ZImagePipeline": "Z-Image",
              "FluxKontextPipeline": "FLUX.1-Kontext", "QwenImageEditPipeline": "Qwen-Image-Edit",
-             "QwenImageEditPlusPipeline": "Qwen-Image-Edit(-2509)"}  # fmt: skip
+             "QwenImageEditPlusPipeline": "Qwen-Image-Edit(-2509)", "WanPipeline": "Wan 2.1 / 2.2",
+             "WanImageToVideoPipeline": "image-to-video"}  # fmt: skip
     assert FAMILIES.names() == sorted(names) and all(name in path_help for name in names.values())
     with pytest.raises(SystemExit):
         build_parser(["gallery", "--help"]).parse_args(["gallery", "--help"])

@@ -122,6 +122,8 @@ def test_every_family_is_one_registered_flow_model():
             "FluxKontextPipeline",
             "QwenImageEditPipeline",
             "QwenImageEditPlusPipeline",
+            "WanPipeline",
+            "WanImageToVideoPipeline",
         ]
     )
     for name in FAMILIES.names():

@@ -122,7 +122,7 @@ def test_clip_direction_is_the_cosine_of_the_image_change_and_the_caption_change
 
 
 def test_each_distinct_text_is_embedded_once_and_every_row_gets_its_own(clip_dir):
-    from rewards.clip_similarity import ClipSimilarity
+    from flowrl.rewards.clip_similarity import ClipSimilarity
 
     clip = ClipSimilarity(clip_dir, batch_size=2)
     seen: list[int] = []

@@ -20,8 +20,9 @@ from flowrl.image.models.family import FAMILIES
 class ModelConfig:
     path: str = option(
         "assets/toy-sd3",
-        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image or, "
-        "editing rows' images, FLUX.1-Kontext, Qwen-Image-Edit(-2509) (model_index.json decides); default: toy base",
+        "diffusers pipeline folder or hub id (org/name) of SD3.5, FLUX.1, Qwen-Image, FLUX.2 [klein], Z-Image, the "
+        "video models Wan 2.1 / 2.2 (text- and image-to-video) or, editing rows' images, FLUX.1-Kontext, "
+        "Qwen-Image-Edit(-2509) (model_index.json decides); default: toy base",
     )
     resolution: int | list[int] = option(
         32, "image side in pixels, or [height, width] (a video's frame size: e.g. [240, 416])", low=8
