@@ -5,8 +5,10 @@ step with the EMA of the weights they save, and the saved folder with its report
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import random
 import time
 from collections.abc import Callable
 
@@ -30,6 +32,29 @@ def add_common_options(p: argparse.ArgumentParser, *, out: str, steps: int, batc
     p.add_argument("--threads", type=int, default=2, help="torch threads (results depend on it)")
     p.add_argument("--eval-seeds", type=int, default=2, help=f"held-out samples per {per} in the report")
     p.add_argument("--eval-steps", type=int, default=10, help="Euler steps for the report")
+
+
+def add_base_options(
+    p: argparse.ArgumentParser, *, unfollowed: float, unfollowed_help: str, width: int, layers: int, layers_help: str
+) -> None:
+    """The size of a conditioned toy base and the share of its noisy labels (the edit and video bases)."""
+    p.add_argument("--unfollowed", type=float, default=unfollowed, help=unfollowed_help)
+    p.add_argument("--width", type=int, default=width, help="transformer width (4 heads of width/4)")
+    p.add_argument("--layers", type=int, default=layers, help=layers_help)
+
+
+def training_setup(
+    args: argparse.Namespace, live: tuple[torch.nn.Module, ...]
+) -> tuple[list, list, torch.optim.Optimizer, random.Random, torch.Generator]:
+    """For the modules trained together: their EMA copies, their parameters, AdamW at ``args.lr`` (weight decay
+    0.01), the data and noise generators of ``args.seed``; the modules put in training mode."""
+    ema = [copy.deepcopy(m).requires_grad_(False) for m in live]
+    params = [p for m in live for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
+    for m in live:
+        m.train()
+    return ema, params, opt, rng, gen
 
 
 def shifted_sigmas(n: int, shift: float, generator: torch.Generator) -> Tensor:

@@ -18,7 +18,6 @@ The EMA weights are saved, loaded back through ``FluxKontextPolicy`` and evaluat
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -27,7 +26,14 @@ import tempfile
 import time
 
 import torch
-from pretrain_common import add_common_options, optimizer_step, shifted_sigmas, write_base
+from pretrain_common import (
+    add_base_options,
+    add_common_options,
+    optimizer_step,
+    shifted_sigmas,
+    training_setup,
+    write_base,
+)
 
 from flowrl.core.inputs import row_inputs
 from flowrl.core.stats import prompt_mean_se
@@ -45,9 +51,8 @@ WORDS = ["make", "the", "a", "add", "remove", "one", "of", "second", "third", *N
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(p, out="assets/toy-kontext", steps=2000, batch_size=32, per="edit")
-    p.add_argument("--unfollowed", type=float, default=0.4, help="fraction of examples whose edit is not the asked")
-    p.add_argument("--width", type=int, default=64, help="transformer width (4 heads of width/4)")
-    p.add_argument("--layers", type=int, default=2, help="double-stream blocks (as many single-stream)")
+    add_base_options(p, unfollowed=0.4, unfollowed_help="fraction of examples whose edit is not the asked", width=64,
+                     layers=2, layers_help="double-stream blocks (as many single-stream)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -90,12 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     train = split_edits("train")
     net, scheduler, clip, clip_tok, t5, t5_tok = build(args)
     live = (net, clip, t5)
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in live]
-    params = [p for m in live for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
-    for m in live:
-        m.train()
+    ema, params, opt, rng, gen = training_setup(args, live)
     start = time.time()
     for step in range(args.steps):
         asked = [rng.choice(train) for _ in range(args.batch_size)]

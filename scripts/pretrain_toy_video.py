@@ -17,7 +17,6 @@ evaluated on the held-out prompts with the ``toy-video`` reward; the report land
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import random
@@ -25,7 +24,14 @@ import sys
 import time
 
 import torch
-from pretrain_common import add_common_options, optimizer_step, shifted_sigmas, write_base
+from pretrain_common import (
+    add_base_options,
+    add_common_options,
+    optimizer_step,
+    shifted_sigmas,
+    training_setup,
+    write_base,
+)
 
 from flowrl.core.stats import prompt_mean_se
 from flowrl.image.models.toy import word_tokenizer
@@ -40,9 +46,8 @@ TOKENS = 16  # the longest prompt is 12 words and its end token
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_options(p, out="assets/toy-wan", steps=2000, batch_size=16, per="prompt")
-    p.add_argument("--unfollowed", type=float, default=0.35, help="fraction of examples moving another way")
-    p.add_argument("--width", type=int, default=128, help="transformer width (4 heads of width/4)")
-    p.add_argument("--layers", type=int, default=4, help="transformer blocks")
+    add_base_options(p, unfollowed=0.35, unfollowed_help="fraction of examples moving another way", width=128,
+                     layers=4, layers_help="transformer blocks")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -91,12 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     train = split_clips("train")
     net, scheduler, t5, tok = build(args)
     live = (net, t5)
-    ema = [copy.deepcopy(m).requires_grad_(False) for m in live]
-    params = [p for m in live for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    rng, gen = random.Random(args.seed), torch.Generator().manual_seed(args.seed)
-    for m in live:
-        m.train()
+    ema, params, opt, rng, gen = training_setup(args, live)
     start = time.time()
     for step in range(args.steps):
         asked = [rng.choice(train) for _ in range(args.batch_size)]
