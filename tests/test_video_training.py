@@ -104,10 +104,14 @@ def _base_velocity(folder: str, x: torch.Tensor, sigma: torch.Tensor, cond: dict
         return WanPolicy(folder, num_frames=9, max_sequence_length=16).velocity(x, sigma, cond)
 
 
-def test_a_video_run_evaluates_and_writes_a_playable_gallery_and_tensorboard_clips(folders, tmp_path):
+def test_a_video_run_evaluates_and_writes_a_playable_gallery_and_tracker_clips(folders, tmp_path, monkeypatch):
+    import glob
     import json
     import os
 
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     from flowrl.cli import main
     from flowrl.core.video import read_frames
 
@@ -116,7 +120,8 @@ def test_a_video_run_evaluates_and_writes_a_playable_gallery_and_tensorboard_cli
             "sampler.num_steps=4", "train.iterations=1", "train.prompts_per_step=2", "train.group_size=4",
             "eval.num_prompts=2", "eval.seeds_per_prompt=1", "eval.num_steps=3", "eval.gallery_prompts=2",
             "eval.fps=8", "output.progress=false", "data.train_prompts=toy-video:train",
-            "data.eval_prompts=toy-video:held-out", "output.images_count=2"]  # fmt: skip
+            "data.eval_prompts=toy-video:held-out", "output.images_count=2",
+            "output.trackers=[tensorboard, wandb]"]  # fmt: skip
     assert main(args) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_eval_samples"] == 2 and "eval/per-frame/frames_scored" in summary
@@ -128,3 +133,5 @@ def test_a_video_run_evaluates_and_writes_a_playable_gallery_and_tensorboard_cli
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0}).Reload()
     gif = events.Images("eval/after")[0].encoded_image_string
     assert gif[:6] == b"GIF89a"  # an animated grid of the clips in TensorBoard's images tab
+    clips = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "files" / "media" / "videos" / "eval" / "*.webm"))
+    assert len(clips) == 2 * 2  # before and after, two clips each
