@@ -28,13 +28,6 @@ def chosen_frames(frames: int, every: int) -> list[int]:
     return picked if picked[-1] == frames - 1 else [*picked, frames - 1]
 
 
-def evenly_spaced(frames: int, count: int) -> list[int]:
-    """``count`` frame indices spread evenly over ``frames``, the first and (when ``count`` > 1) the last included."""
-    if count <= 1:
-        return [0]
-    return sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)})
-
-
 @REWARDS.register("per-frame", scores=Scores.VIDEOS, wraps=True)
 def per_frame(reward: str, options: dict[str, Any] | None = None, every: int = 1, aggregate: str = "mean") -> RewardFn:
     """Factory: the image reward ``reward`` (built with ``options``) on every ``every``-th frame, aggregated."""

@@ -12,8 +12,9 @@ from typing import Any
 
 from torch import Tensor
 
+from flowrl.core.video import evenly_spaced
+
 from .base import REWARDS, Scores
-from .per_frame import evenly_spaced
 from .vlm_judge import VLMJudge, png_data_url
 
 VIDEO_PAIRWISE = (

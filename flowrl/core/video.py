@@ -47,10 +47,16 @@ def read_frames(path: str) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in clip.decode(video=0)])
 
 
+def evenly_spaced(frames: int, count: int) -> list[int]:
+    """``count`` frame indices spread evenly over ``frames``, the first and (when ``count`` > 1) the last included."""
+    if count <= 1:
+        return [0]
+    return sorted({round(i * (frames - 1) / (count - 1)) for i in range(count)})
+
+
 def filmstrip(frames: np.ndarray, count: int = 4, gap: int = 2) -> np.ndarray:
     """``count`` evenly spaced frames of ``[F, H, W, 3]`` side by side (white gaps): a clip's motion in one image."""
-    f = frames.shape[0]
-    picked = sorted({round(i * (f - 1) / max(count - 1, 1)) for i in range(count)})
+    picked = evenly_spaced(frames.shape[0], count)
     h, w = frames.shape[1:3]
     strip = np.full((h, len(picked) * (w + gap) - gap, 3), 255, dtype=np.uint8)
     for k, i in enumerate(picked):
@@ -58,4 +64,4 @@ def filmstrip(frames: np.ndarray, count: int = 4, gap: int = 2) -> np.ndarray:
     return strip
 
 
-__all__ = ["animated_gif", "filmstrip", "read_frames", "write_webm"]
+__all__ = ["animated_gif", "evenly_spaced", "filmstrip", "read_frames", "write_webm"]

@@ -35,9 +35,9 @@ from typing import Any
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.inputs import PromptRow, read_utf8, row_key
 
-TOY_PROMPT_SETS = (
-    *(f"{world}:{split}" for world in ("toy", "toy-video") for split in ("train", "held-out", "all", "validation",
-                                                                        "train-no-val")),
+TOY_PROMPT_SETS = tuple(
+    f"{world}:{split}" for world in ("toy", "toy-video") for split in ("train", "held-out", "all", "validation",
+                                                                       "train-no-val")
 )  # fmt: skip
 
 

@@ -311,6 +311,8 @@ def write_gallery(
     final = os.path.join(os.path.abspath(out_dir), "gallery")
     with atomic_dir(final) as tmp:
         os.makedirs(os.path.join(tmp, "images"))
+        if videos:
+            os.makedirs(os.path.join(tmp, "videos"))
         srcs, clips = [], []
         for slug, arr in zip(_slugs([c.label for c in columns]), arrays, strict=True):
             srcs.append([f"images/{slug}_{i:04d}.png" for i in range(len(prompts))])
@@ -318,7 +320,6 @@ def write_gallery(
             for src, clip, img in zip(srcs[-1], clips[-1], arr, strict=True):
                 Image.fromarray(img[0] if videos else img).save(os.path.join(tmp, src))
                 if videos:
-                    os.makedirs(os.path.join(tmp, "videos"), exist_ok=True)
                     write_webm(img, os.path.join(tmp, clip), fps)
         sizes = [(a.shape[-2], a.shape[-3]) for a in arrays]
         page = _html(title, prompts, seeds, columns, srcs, sizes, sort_key, notes, clips if videos else None)

@@ -150,13 +150,16 @@ def guided(
     x: Tensor,
     t: Tensor,
     cond: dict[str, Tensor],
-    scale: float,
-    combine: Callable[[Tensor, Tensor, float], Tensor] = cfg_combine,
+    scale: float | Tensor,
+    combine: Callable[[Tensor, Tensor, Any], Tensor] = cfg_combine,
 ) -> Tensor:
     """``forward(x, t, parts)`` on the prompt's parts, with classifier-free guidance ``combine(u, c, scale)`` when
-    ``scale > 1``: one batched pass over the negative and the prompt rows when their shapes agree, else two."""
+    ``scale > 1``: one batched pass over the negative and the prompt rows when their shapes agree, else two.
+    ``scale`` may be ``[B]``, a scale per row (Wan 2.2's experts guide by their own); rows at 1 or below keep the
+    prompt's output, unguided."""
     parts = {k: v for k, v in cond.items() if not k.startswith("neg_")}
-    if scale <= 1:
+    per_row = isinstance(scale, Tensor)
+    if bool((scale <= 1).all()) if per_row else scale <= 1:
         return forward(x, t, parts)
     negative = {k[4:]: v for k, v in cond.items() if k.startswith("neg_")}
     if not negative:
@@ -166,7 +169,10 @@ def guided(
         uncond, text = both.chunk(2)
     else:
         uncond, text = forward(x, t, negative), forward(x, t, parts)
-    return combine(uncond, text, scale)
+    if not per_row:
+        return combine(uncond, text, scale)
+    s = scale.to(text).view(-1, *([1] * (text.dim() - 1)))
+    return torch.where(s > 1, combine(uncond, text, s), text)
 
 
 def require_folder(path: str, sub: str, layout: str) -> None:

@@ -338,7 +338,9 @@ class WanPolicy(FlowModel):
             return guided(self._forward, x, t, cond, self.cfg_scale)
         high = t >= self.boundary
         if self.trains == "both":
-            return self._both_experts(x, t, cond, high)
+            # one pass of the trained module over every row (it sends each row to its expert), so that a distributed
+            # wrapper sees the same calls on every process whichever steps its rows are at
+            return guided(self._forward, x, t, cond, torch.where(high, self.cfg_scale, self._scale(False)))
         out = torch.empty_like(x)
         for rows, is_high in ((high, True), (~high, False)):
             if bool(rows.any()):
@@ -346,31 +348,15 @@ class WanPolicy(FlowModel):
                 out[rows] = guided(self._forward, x[rows], t[rows], part, self._scale(is_high))
         return out
 
-    def _both_experts(self, x: Tensor, t: Tensor, cond: dict[str, Tensor], high: Tensor) -> Tensor:
-        """Both experts trained: one pass of the trained module over every row (it sends each row to its expert),
-        the negative rows batched with the prompt's, and each row guided by its expert's scale. One pass, so that
-        a distributed wrapper sees the same calls on every process whichever steps its rows are at."""
-        scale = torch.where(high, self.cfg_scale, self._scale(False)).to(x.dtype)
-        parts = {k: v for k, v in cond.items() if not k.startswith("neg_")}
-        if bool((scale <= 1).all()):
-            return self._forward(x, t, parts)
-        negative = {k[4:]: v for k, v in cond.items() if k.startswith("neg_")}
-        both = self._forward(
-            torch.cat([x, x]), torch.cat([t, t]), {k: torch.cat([negative[k], parts[k]]) for k in parts}
-        )
-        uncond, text = both.chunk(2)
-        s = scale.view(-1, *([1] * (x.dim() - 1)))
-        return torch.where(s > 1, uncond + s * (text - uncond), text)
-
-    def _module(self, high: bool) -> tuple[Any, torch.dtype]:
-        """The module a pass of this expert goes through, and the dtype its inputs take: the trained module (or its
-        distributed wrapper) for a trained expert, the frozen one otherwise."""
-        if self.boundary is None or self.trains == "both" or (self.trains == "high") == high:
+    def _module(self, t: Tensor) -> tuple[Any, torch.dtype]:
+        """The module a pass at timesteps ``t`` (all of one expert's) goes through, and the dtype its inputs take:
+        the trained module (or its distributed wrapper) for a trained expert, the frozen one otherwise."""
+        if self.boundary is None or self.trains == "both" or (self.trains == "high") == bool(t[0] >= self.boundary):
             return self.forward_module(), self.dtype
         return self.frozen_expert, next(self.frozen_expert.parameters()).dtype
 
     def _forward(self, x: Tensor, t: Tensor, parts: dict[str, Tensor]) -> Tensor:
-        module, dtype = self._module(self.boundary is None or bool(t[0] >= self.boundary))
+        module, dtype = self._module(t)
         extra = {"encoder_hidden_states_image": parts["image_embeds"].to(dtype)} if "image_embeds" in parts else {}
         hidden = self.model_input(x, parts).to(dtype)
         out = module(hidden_states=hidden, timestep=t, encoder_hidden_states=parts["embeds"].to(dtype),
