@@ -76,6 +76,18 @@ def test_the_reward_scores_videos_and_logs_each_part():
         RewardSet.from_specs([{"name": "toy-video"}])(videos[:, 0], prompts)
 
 
+def test_a_part_alone_is_the_score_so_gdpo_can_take_the_parts_as_columns():
+    clip = Clip(Clause("circle", "blue"), "up")
+    still = render_clip(clip)[:1].expand(8, -1, -1, -1)[None].contiguous()  # objects 1, motion 0, consistency 1
+    specs = [{"name": "toy-video", "label": k, "weight": 1 / 3, "options": {"part": k}}
+             for k in ("objects", "motion", "consistency")]  # fmt: skip
+    total, parts = RewardSet.from_specs(specs)(still, [clip.text])
+    assert torch.allclose(total, torch.tensor([2 / 3]))  # the same total as the reward's plain mean
+    assert parts["motion"].tolist() == [0.0] and parts["consistency"].tolist() == [1.0]
+    with pytest.raises(ValueError, match="toy-video part must be one of objects, motion, consistency"):
+        RewardSet.from_specs([{"name": "toy-video", "options": {"part": "speed"}}])
+
+
 def test_the_shipped_video_base_loads_as_a_users_checkpoint_and_makes_clips():
     """assets/toy-wan (scripts/pretrain_toy_video.py) through the video demo's config: clips of the frame count and
     size it was trained at, scored by the reward on every part; its report states the held-out parts."""
