@@ -17,6 +17,7 @@ from flowrl.image.toy_video import (
     render_clip,
     score_clip,
     split_clips,
+    stray_share,
 )
 from flowrl.image.toy_world import Clause
 from flowrl.rewards import REWARDS, RewardSet, Scores
@@ -60,6 +61,33 @@ def test_the_evaluator_by_hand():
     flicker[1::2] = 0  # the mover in every other frame only
     f = score_clip(flicker, clip.text)
     assert f["consistency"] == pytest.approx(0.5) and f["motion"] == 1.0  # found in half; steady where seen
+
+
+def test_a_bloated_mover_or_a_noisy_background_is_not_the_object():
+    """What RL found first on the old evaluator: blobs twice the size and a background of faint noise kept the mover
+    detectable in every frame. Both now cost objects, by hand: area 4x -> size factor (1/4)/0.8; stray 7% -> 0.5."""
+    clip = Clip(Clause("square", "red"), "right")
+    truth = render_clip(clip, seed=3)
+    assert score_clip(truth, clip.text)["objects"] == 1.0
+    bloated = torch.zeros_like(truth)
+    for f in range(truth.shape[0]):  # each frame's square drawn at twice its side (4x its area), centred alike
+        ys, xs = truth[f, 0].nonzero(as_tuple=True)
+        cy, cx, half = int(ys.float().mean()), int(xs.float().mean()), int(ys.max() - ys.min() + 1)
+        bloated[f, 0, max(0, cy - half) : cy + half, max(0, cx - half) : cx + half] = 1.0
+    area = float((bloated[0, 0] > 0).sum())
+    expected = min(1.0, float((truth[0, 0] > 0).sum()) / area / 0.8)
+    assert score_clip(bloated, clip.text)["objects"] == pytest.approx(expected, abs=0.05)
+    noisy = truth.clone()
+    speckle = torch.zeros(32, 32, dtype=torch.bool)
+    speckle.view(-1)[torch.randperm(1024, generator=torch.Generator().manual_seed(0))[:400]] = True
+    speckle &= truth[0].sum(0) == 0  # on the background of the first frame only
+    keep = int(0.07 * 1024)
+    idx = speckle.view(-1).nonzero().squeeze(1)[:keep]
+    noisy[0].view(3, -1)[:, idx] = torch.tensor([0.5, 0.1, 0.5])[:, None]  # purple: near no palette colour
+    assert stray_share(noisy[0]) == pytest.approx(keep / 1024)
+    s = score_clip(noisy, clip.text)
+    assert s["objects"] == pytest.approx((7 + (1 - (keep / 1024 - 0.02) / 0.1)) / 8)
+    assert s["consistency"] == 1.0 and s["motion"] == 1.0  # the other parts do not see it
 
 
 def test_the_reward_scores_videos_and_logs_each_part():

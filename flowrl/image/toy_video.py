@@ -13,7 +13,10 @@ mover travels ``travel`` of the side (0.4) in a straight line at constant speed,
 ``score_clip(clip, prompt)`` returns three parts in [0, 1]:
 
 - ``objects``: per frame, the mover present (its colour and shape: 1; its colour only: ½) and the second object
-  absent before it appears and present after, as in the text-to-image evaluator; averaged over frames;
+  absent before it appears and present after, as in the text-to-image evaluator, times the mover's size (its area
+  over the ground truth's or the inverse, ÷ 0.8, at most 1: a bloated or shrunken blob is not the object) and the
+  frame's cleanness (1 − (stray − 2%) ÷ 10%, in [0, 1], stray: the share of lit pixels near no palette colour, which
+  a clip of this world never has); averaged over frames;
 - ``motion``: the mover's centroid track: its travel along the named direction over 75% of the ground truth's
   (clamped at 1), times the share of consecutive frames that step that way (a jittering or frozen object scores 0);
 - ``consistency``: the share of frames the mover is found in, times the mean over consecutive frames of the ratio
@@ -38,6 +41,7 @@ from flowrl.image.toy_world import COLOURS, SHAPES, Clause, _mask, detect
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 FRAMES, SIZE, TRAVEL = 8, 32, 0.4
+STRAY_FREE, STRAY_SPAN = 0.02, 0.10  # stray pixels: up to 2% cost nothing, 12% and more zero the frame's objects
 SPLITS = ("train", "held-out", "validation", "train-no-val", "all")
 
 
@@ -121,7 +125,7 @@ class Track:
 def plan(clip: Clip, frames: int, size: int, rng: random.Random) -> Track:
     """A random placement of ``clip``: the mover's straight path stays inside the frame and at least 1.5 px away
     from the second object's box."""
-    r = size / 6.4
+    r = radius(size)
     dx, dy = DIRECTIONS[clip.direction]
     travel = TRAVEL * size
     lo, hi = r + 1, size - r - 1
@@ -142,6 +146,26 @@ def plan(clip: Clip, frames: int, size: int, rng: random.Random) -> Track:
         step = (dx * travel / (frames - 1), dy * travel / (frames - 1))
         return Track((x0, y0), step, other, r)
     raise RuntimeError(f"could not place {clip.text!r} on a {size}px frame")
+
+
+def radius(size: int) -> float:
+    """The objects' radius on a ``size``-pixel frame."""
+    return size / 6.4
+
+
+def stray_share(frame: Tensor, tolerance: float = 0.35) -> float:
+    """The share of pixels of a frame ``[3, H, W]`` that are lit (a channel above ``tolerance``) yet within
+    ``tolerance`` of no palette colour: noise or smears, which a clip of this world never has."""
+    img = frame.detach().float().clamp(0, 1).cpu()
+    near = torch.zeros(img.shape[1:], dtype=torch.bool)
+    for rgb in COLOURS.values():
+        near |= ((img - torch.tensor(rgb)[:, None, None]).abs() <= tolerance).all(0)
+    return float(((img > tolerance).any(0) & ~near).float().mean())
+
+
+def _ratio(a: float, b: float) -> float:
+    """min/max of two areas ÷ 0.8, at most 1 (rasterising a shape varies its area a little)."""
+    return min(1.0, min(a, b) / max(a, b) / 0.8)
 
 
 def render_clip(clip: Clip, frames: int = FRAMES, size: int = SIZE, seed: int = 0) -> Tensor:
@@ -174,16 +198,21 @@ def score_clip(clip_frames: Tensor, prompt: str) -> dict[str, float]:
     movers = [max((o for o in objs if o.colour == clip.mover.colour), key=lambda o: o.area, default=None)
               for objs in found]  # fmt: skip
     checks = []
+    c = size / 2
+    truth = float(_mask(clip.mover.shape, c, c, radius(size), size).sum())  # the mover's area in a clip of the world
     for f, objs in enumerate(found):
         mover = movers[f]
-        part = [0.0 if mover is None else 1.0 if mover.shape == clip.mover.shape else 0.5]
+        part = [
+            0.0 if mover is None else (1.0 if mover.shape == clip.mover.shape else 0.5) * _ratio(mover.area, truth)
+        ]
         if clip.appears is not None:
             other = [o for o in objs if o.colour == clip.appears.colour]
             if f < frames // 2:
                 part.append(float(not other))
             else:
                 part.append(0.0 if not other else 1.0 if any(o.shape == clip.appears.shape for o in other) else 0.5)
-        checks.append(sum(part) / len(part))
+        clean = 1.0 - max(0.0, stray_share(clip_frames[f]) - STRAY_FREE) / STRAY_SPAN
+        checks.append(sum(part) / len(part) * max(0.0, clean))
     seen = [(f, m) for f, m in enumerate(movers) if m is not None]
     motion = 0.0
     if len(seen) >= frames // 2:
@@ -193,10 +222,10 @@ def score_clip(clip_frames: Tensor, prompt: str) -> dict[str, float]:
         steps = [b - a > 0.25 for a, b in itertools.pairwise(along)]
         motion = max(0.0, min(1.0, travel / (0.75 * TRAVEL * size))) * sum(steps) / len(steps)
     # area ratios of consecutive frames, 0.8 and above counting as steady (rasterising a moving shape varies it)
-    ratios = [min(1.0, min(a.area, b.area) / max(a.area, b.area) / 0.8) for (_, a), (_, b) in itertools.pairwise(seen)]
+    ratios = [_ratio(a.area, b.area) for (_, a), (_, b) in itertools.pairwise(seen)]
     consistency = len(seen) / frames * (sum(ratios) / len(ratios) if ratios else 0.0)
     return {"objects": sum(checks) / frames, "motion": motion, "consistency": consistency}
 
 
 __all__ = ["DIRECTIONS", "FRAMES", "SIZE", "Clip", "all_clips", "parse_clip", "render_clip", "score_clip",
-           "split_clips"]  # fmt: skip
+           "split_clips", "stray_share"]  # fmt: skip
