@@ -191,3 +191,56 @@ def test_lora_round_trip_through_diffusers(tiny_model, tmp_path):
         v_base = SD3Policy(tiny_model).velocity(x, sigma, cond)
     torch.testing.assert_close(v_loaded, v_trained, atol=1e-5, rtol=1e-5)
     assert (v_loaded - v_base).abs().max() > 1e-4
+
+
+def test_inner_epochs_draw_new_levels_and_noise_as_diffusionnft_does(tiny_model):
+    """DiffusionNFT (scripts/train_nft_sd3.py) permutes each sample's timesteps and draws its noise inside the
+    inner-epoch loop: with loss.nft.renoise_each_epoch (the default) epoch 1's rows are a new draw, the same on every
+    process (by whole-batch position); with it off, epoch 0's rows come back."""
+    from tiny_runs import tiny_config
+
+    from flowrl.image.objectives import OBJECTIVES
+    from flowrl.image.trainer import advantages, sample, setup, train_step
+
+    run = setup(tiny_config(tiny_model, *NFT_ARGS, "train.inner_epochs=2"))
+    batch = sample(run, run.train_prompts[:2])
+    train, _ = advantages(run, batch)
+    samples = OBJECTIVES.get("samples")
+    assert samples.epoch_rows(run, train, 0) is train
+    again = samples.epoch_rows(run, train, 1)
+    assert (again.noise_seed != train.noise_seed).all() and not torch.equal(again.sigma, train.sigma)
+    assert all(again.sigma[2 * i] != again.sigma[2 * i + 1] for i in range(8))  # still 2 distinct levels each
+    assert set(again.sigma.tolist()) <= set(run.policy.sigmas(4, run.cfg.model.resolution).tolist())
+    assert torch.equal(again.advantages, train.advantages) and torch.equal(again.position, train.position)
+    # a process holding only samples 2 and 3 draws the same levels and seeds for them
+    part = replace(train, position=train.position[4:8])
+    sigma, seed = samples._draw(run, part, 1)
+    assert torch.equal(sigma, again.sigma[4:8]) and torch.equal(seed, again.noise_seed[4:8])
+    run.cfg.loss.options.renoise_each_epoch = False
+    assert samples.epoch_rows(run, train, 1) is train
+    run.cfg.loss.options.renoise_each_epoch = True
+    out = train_step(run)
+    assert out["train/rows"] == 16 and math.isfinite(out["train/loss"])
+
+
+def test_a_ratio_clipping_sample_loss_refuses_new_noise_per_epoch():
+    base = ["model.path=assets/toy-sd3", "loss.name=awm", "sampler.mode=ode", "loss.awm.ratio=true"]
+    load_config(None, [*base, "train.inner_epochs=2"])  # AWM keeps its rows by default
+    with pytest.raises(ConfigError, match="needs the same noise in every inner epoch"):
+        load_config(None, [*base, "train.inner_epochs=2", "loss.awm.renoise_each_epoch=true"])
+    load_config(None, [*base, "loss.awm.renoise_each_epoch=true"])  # one pass: nothing to keep
+
+
+def test_a_run_stored_before_the_option_resumes_as_it_ran():
+    """A config stored before renoise_each_epoch existed kept each row's noise for the iteration: read back, it says
+    so, and a resume must say the same (or is refused naming the key)."""
+    from flowrl.core.method_options import upgrade
+    from flowrl.core.options import to_dict
+    from flowrl.image.config import Config
+
+    now = to_dict(load_config(None, ["model.path=assets/toy-sd3", *NFT_ARGS]))
+    assert now["loss"]["nft"]["renoise_each_epoch"] is True
+    stored = {**now, "loss": {**now["loss"], "nft": dict(now["loss"]["nft"])}}
+    del stored["loss"]["nft"]["renoise_each_epoch"]
+    assert upgrade(Config, stored)["loss"]["nft"]["renoise_each_epoch"] is False
+    assert upgrade(Config, now) == now

@@ -166,6 +166,11 @@ class MethodSection:
         options = cls.REGISTRY.options(name) if name in cls.REGISTRY else None
         if options is not None and name not in out:  # written in full, as to_dict writes it today
             out[name] = to_dict(load(options, moved, f"{name}."))
+        if options is not None and isinstance(out.get(name), dict):
+            # an option added after the config was stored: what the method did before it existed (the options'
+            # STORED_DEFAULTS where a default changed the behaviour, else the default)
+            then = {**to_dict(options()), **getattr(options, "STORED_DEFAULTS", {})}
+            out[name] = {**then, **out[name]}
         return out
 
     # ------------------------------------------------------------------ helpers

@@ -3,6 +3,7 @@ sequences), dealt into optimizer steps as one process holding every row would de
 accumulated over micro-batches and applied.
 
     for each of train.inner_epochs passes:
+        row_loss.new_epoch(epoch)                     e.g. re-noised samples draw their levels and noise again
         deal the whole batch's rows into train.minibatches steps (``step_rows``: one shuffle, the same on every
         process; a prompt group's rows stay together when the objective or the loss declares it)
         for each step:
@@ -39,6 +40,9 @@ class RowLoss(Protocol):
 
     keeps: Together
 
+    def new_epoch(self, index: int) -> None:
+        """Before inner epoch ``index`` (from 0), on every process: e.g. draw the rows' noise again."""
+
     def start(self, step: UpdateStep) -> None:
         """Before a step's passes, on every process (a collective is allowed, e.g. the step's token count)."""
 
@@ -70,7 +74,8 @@ def update(
     order = torch.Generator().manual_seed(run.cfg.seed * 7919 + run.iteration)  # the same on every process
     sums: dict[str, float] = {}
     count = skipped = 0
-    for _ in range(t.inner_epochs):
+    for epoch in range(t.inner_epochs):
+        row_loss.new_epoch(epoch)
         for step in step_rows(kept, acc.process_index, t.minibatches, t.micro_batch, order, kept_units):
             step_sums: dict[str, float] = {}
             row_loss.start(step)

@@ -353,6 +353,12 @@ def check_renoise(cfg: Config) -> None:
             f"loss.{name}.renoise=stratified draws from schedule indices 1..int(sampler.num_steps * "
             f"train.timestep_fraction) = 1..{top}: needs at least 2"
         )
+    clips_old_value = LOSSES.facts(name).old_value(cfg.loss.options) is not None
+    if clips_old_value and cfg.loss.options.renoise_each_epoch and cfg.train.inner_epochs > 1:
+        raise ConfigError(
+            f"loss.name={name} clips a ratio against each row's value before the update, which needs the same noise "
+            f"in every inner epoch: set loss.{name}.renoise_each_epoch=false or train.inner_epochs=1"
+        )
 
 
 def check_tree(s: SamplerConfig, group_size: int) -> None:

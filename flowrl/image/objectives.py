@@ -17,7 +17,7 @@ Adding an objective is one more registered object here plus its loss.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -48,6 +48,7 @@ class TrainRows:
     sigma: Tensor | None = None  # [M]
     noise_seed: Tensor | None = None  # [M] int64
     old_value: Tensor | None = None  # [M]
+    samples: int = 0  # the whole batch's samples (sample objectives draw levels for all of them)
 
 
 class Objective(Protocol):
@@ -57,6 +58,10 @@ class Objective(Protocol):
 
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         """The loss of ``rows`` (indices into this process's ``train`` rows)."""
+        ...
+
+    def epoch_rows(self, run: Run, train: TrainRows, epoch: int) -> TrainRows:
+        """The rows of inner epoch ``epoch`` (``train`` as ``rows`` made them is epoch 0's)."""
         ...
 
 
@@ -87,6 +92,9 @@ class ReplayTransitions:
         adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
         pos = whole.transition_pos
         return TrainRows(adv_t, mask_t, pos, whole.batch.tree.group_id[pos])
+
+    def epoch_rows(self, run: Run, train: TrainRows, epoch: int) -> TrainRows:
+        return train  # a stored transition is the same in every pass
 
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         cfg, policy, cond = run.cfg, run.policy, batch.cond
@@ -125,22 +133,37 @@ class RenoisedSamples:
 
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         cfg = run.cfg
-        levels = renoise_levels(cfg)
-        k, total = levels.per_sample, whole.batch.rewards.shape[0]
-        gen = torch.Generator().manual_seed(cfg.seed * 6_700_417 + run.iteration)  # the same on every process
-        sigmas = run.policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)
-        sigma = draw_levels(levels, sigmas, total, gen)[whole.sample_pos].flatten()
+        k, total = renoise_levels(cfg).per_sample, whole.batch.rewards.shape[0]
         position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
-        seed = ((cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + position) % 2**62
         group = batch.rollout.group_id.cpu().repeat_interleave(k)
-        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, group, sigma, seed)
+        train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, group, samples=total)
+        train.sigma, train.noise_seed = self._draw(run, train, epoch=0)
         value = LOSSES.facts(cfg.loss.name).old_value(cfg.loss.options)
-        if value is not None:
+        if value is not None:  # the same noise in every inner epoch (refused otherwise: config.check_renoise)
             with torch.no_grad():
                 parts = [value(self._inputs(run, batch, r, train, old=False), cfg.loss.options)
                          for r in torch.arange(len(position)).split(cfg.train.micro_batch)]  # fmt: skip
             train.old_value = torch.cat(parts).cpu() if parts else torch.zeros(0)
         return train
+
+    def epoch_rows(self, run: Run, train: TrainRows, epoch: int) -> TrainRows:
+        if epoch == 0 or not run.cfg.loss.options.renoise_each_epoch:
+            return train
+        sigma, seed = self._draw(run, train, epoch)
+        return replace(train, sigma=sigma, noise_seed=seed)
+
+    @staticmethod
+    def _draw(run: Run, train: TrainRows, epoch: int) -> tuple[Tensor, Tensor]:
+        """Each row's noise level ``[M]`` and noise seed ``[M]`` for inner epoch ``epoch``: drawn for the whole batch
+        from (seed, iteration, epoch) and taken by the rows' positions, so the same on every process."""
+        cfg = run.cfg
+        levels = renoise_levels(cfg)
+        k = levels.per_sample
+        gen = torch.Generator().manual_seed(cfg.seed * 6_700_417 + run.iteration + epoch * 1_000_000_007)
+        sigmas = run.policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution)
+        sigma = draw_levels(levels, sigmas, train.samples, gen)[train.position[::k] // k].flatten()
+        base = (cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + epoch * 2**40
+        return sigma, (base + train.position) % 2**62
 
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         inputs = self._inputs(run, batch, rows, train, old=True)

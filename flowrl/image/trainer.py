@@ -354,6 +354,9 @@ class ObjectiveRows:
     keeps: Together  # what the objective declared (``ObjectiveFacts.keeps``)
     total: int = 0  # the current step's rows over all processes
 
+    def new_epoch(self, index: int) -> None:
+        self.train = self.objective.epoch_rows(self.run, self.train, index)
+
     def start(self, step: UpdateStep) -> None:
         self.total = step.total
 

@@ -451,6 +451,9 @@ class SequenceRows:
         weight = share[kind] * self.run.accelerator.num_processes if kind in share else 1.0  # GLOBAL_TOKENS: 1
         return out, weight
 
+    def new_epoch(self, index: int) -> None:
+        pass  # a token row is the same in every pass
+
     def filler(self) -> LossOutput:
         return self._loss(torch.zeros(1, dtype=torch.long, device=self.mask.device))[0]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -63,12 +63,20 @@ class NftOptions(RenoiseOptions):
 
     FLAT: ClassVar[dict[str, str]] = {**RenoiseOptions.FLAT, "nft_beta": "beta", "nft_adv_clip": "adv_clip",
                                       "nft_decay_type": "decay_type"}  # fmt: skip
+    STORED_DEFAULTS: ClassVar[dict[str, Any]] = {"renoise_each_epoch": False}  # a run stored before the option
 
     renoise: str = option(
         "subset",
         "the noise levels each clean sample trains at (flowrl.core.losses.renoise; subset, DiffusionNFT's: a random "
         "permutation's first max(1, int(T·train.timestep_fraction)) of the T levels)",
         choices=lambda: RENOISE.names(),
+    )
+    renoise_each_epoch: bool = option(
+        True,
+        "with train.inner_epochs > 1: new noise levels and noise in every inner epoch, as DiffusionNFT "
+        "scripts/train_nft_sd3.py draws them inside its inner-epoch loop (a per-row timestep permutation and "
+        "torch.randn_like per pass); False keeps each row's level and noise for the whole iteration (flowrl before "
+        "2026-12)",
     )
     beta: float = option(
         1.0, "β: positive velocity β·vθ + (1 − β)·v_old, negative (1 + β)·v_old − β·vθ (its config.beta)", low=1e-6

@@ -46,6 +46,11 @@ class RenoiseOptions:
     )
     renoise_count: int = option(6, "stratified / logit-normal: levels per sample (AWM's train_timesteps)", low=1)
     renoise_shift: float = option(3.0, "logit-normal: the time shift (AWM's time_shift)", low=1e-6)
+    renoise_each_epoch: bool = option(
+        False,
+        "with train.inner_epochs > 1: draw each row's noise level and noise again in every inner epoch (True) or "
+        "keep them for the whole iteration (False); AWM's code makes one pass, so it has no say",
+    )
 
 
 @dataclass(frozen=True)
