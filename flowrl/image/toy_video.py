@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flowrl.image.toy_world import COLOURS, SHAPES, Clause, _mask, detect
+from flowrl.image.toy_world import COLOURS, SHAPES, Clause, _mask, detect, palette_masks
 
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 FRAMES, SIZE, TRAVEL = 8, 32, 0.4
@@ -156,11 +156,9 @@ def radius(size: int) -> float:
 def stray_share(frame: Tensor, tolerance: float = 0.35) -> float:
     """The share of pixels of a frame ``[3, H, W]`` that are lit (a channel above ``tolerance``) yet within
     ``tolerance`` of no palette colour: noise or smears, which a clip of this world never has."""
-    img = frame.detach().float().clamp(0, 1).cpu()
-    near = torch.zeros(img.shape[1:], dtype=torch.bool)
-    for rgb in COLOURS.values():
-        near |= ((img - torch.tensor(rgb)[:, None, None]).abs() <= tolerance).all(0)
-    return float(((img > tolerance).any(0) & ~near).float().mean())
+    near = torch.stack(list(palette_masks(frame, tolerance).values())).any(0)
+    lit = (frame.detach().float().cpu() > tolerance).any(0)
+    return float((lit & ~near).float().mean())
 
 
 def _ratio(a: float, b: float) -> float:

@@ -222,16 +222,21 @@ def classify_shape(ys: Tensor, xs: Tensor) -> str:
     return "triangle" if top < 0.55 * bottom else "circle"
 
 
+def palette_masks(image: Tensor, tolerance: float = 0.35) -> dict[str, Tensor]:
+    """Per palette colour, the ``[H, W]`` mask of the pixels of an image ``[3, H, W]`` (clamped to [0, 1]) within
+    ``tolerance`` of it in every channel."""
+    img = image.detach().float().clamp(0, 1).cpu()
+    return {name: ((img - torch.tensor(c)[:, None, None]).abs() <= tolerance).all(0) for name, c in COLOURS.items()}
+
+
 def detect(image: Tensor, min_area: int = 6, tolerance: float = 0.35) -> list[Found]:
     """Objects in an image ``[3, H, W]`` in [0, 1]: pixels within ``tolerance`` (per channel) of a palette
     colour, grouped into connected components of at least ``min_area`` pixels."""
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected an image [3, H, W], got shape {tuple(image.shape)}")
-    img = image.detach().float().clamp(0, 1).cpu()
-    w = img.shape[-1]
+    w = image.shape[-1]
     found = []
-    for name, rgb in COLOURS.items():
-        close = ((img - torch.tensor(rgb)[:, None, None]).abs() <= tolerance).all(0)
+    for name, close in palette_masks(image, tolerance).items():
         for comp in _components(close):
             if comp.numel() < min_area:
                 continue
