@@ -157,7 +157,7 @@ def test_full_preset_names_every_method_of_the_issue():
     preset = load_preset(str(REPO / "configs/bench/full.yaml"))
     assert [m.name for m in preset.methods] == [
         "flow-grpo", "flow-grpo-fast", "mixgrpo", "mixgrpo-flash", "branchgrpo", "branchgrpo-pruned",
-        "branchgrpo-mix", "tempflow", "g2rpo", "grpo-guard", "nft", "awm",
+        "branchgrpo-mix", "tempflow", "g2rpo", "grpo-guard", "nft", "awm", "dpo", "best-of-n",
     ]  # fmt: skip
 
 

@@ -63,7 +63,7 @@ def test_flow_combinations_run_or_are_refused_at_config_time(tiny_model, mode):
     assert ("grpo", "awm") in ran and ("grpo", "nft") in ran
     if not ROLLOUT_MODES.facts(mode).stochastic:
         assert {loss for _, loss in ran} == {
-            n for n in LOSSES.names() if LOSSES.facts(n).trains_on is TrainsOn.SAMPLES
+            n for n in LOSSES.names() if LOSSES.facts(n).trains_on in (TrainsOn.SAMPLES, TrainsOn.PAIRS)
         }
         return
     assert ("grpo", "ppo-clip") in ran

@@ -50,6 +50,10 @@ TRAIN_ARGS = [
 # the tiny Wan's videos: 9 frames, scored by a frame reward (JPEG size varies, so advantages are non-zero)
 WAN = ["model.frames=9", "model.max_sequence_length=16",
        "rewards=[{name: per-frame, options: {reward: jpeg-compressibility, every: 4}}]"]  # fmt: skip
+# online DPO: 2 groups, one per process; one pair each at 2 levels, dealt over 2 optimizer steps of 1-row passes (a
+# process may hold no row of a step); the reference refreshed after every step
+DPO_RUN = ["loss.name=dpo", "sampler.mode=ode", "loss.dpo.renoise_count=2", "loss.dpo.ref_update_step=1",
+           "train.prompts_per_step=2", "train.minibatches=2", "train.micro_batch=1", "eval.enabled=false"]  # fmt: skip
 DDP_FEATURES = [
     "loss.kl_coef=0.1",
     "model.gradient_checkpointing=true",
@@ -146,6 +150,8 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
     _assert_shared_prompts_and_split_noise(ranks, tiny_model)
     _assert_synchronised_training(ranks, run_dir)
     _assert_one_process_makes_the_same_updates(tiny_model, tmp_path, [torch.load(out / f"rank{k}.pt") for k in (0, 1)])
+    if kind == "ddp":
+        _assert_dpo_pairs_train_as_in_one_process(tiny_model, tmp_path, out / "dpo")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 2 and summary["num_eval_samples"] == 4
     assert len([f for f in os.listdir(run_dir / "tb") if f.startswith("events.out.tfevents")]) == 1
@@ -264,6 +270,28 @@ def _assert_one_process_makes_the_same_updates(model: str, tmp_path: Path, ranks
         for a, b in zip(ranks[0]["params"][step + 1], one["params"][step + 1], strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
         assert any(not torch.equal(a, b) for a, b in zip(one["params"][step], one["params"][step + 1], strict=True))
+
+
+def _assert_dpo_pairs_train_as_in_one_process(model: str, tmp_path: Path, two: Path) -> None:
+    """DPO on two processes (each holding one group, so both members of its pair) trains the weights one process
+    does, and its reference (refreshed every step) holds the trained weights."""
+    assert main(["train", f"output.run_dir={tmp_path / 'dpo_one'}", f"model.path={model}", *TRAIN_ARGS, *DPO_RUN]) == 0
+    states = [torch.load(d / "checkpoints" / "final" / "trainer_state.pt") for d in (two, tmp_path / "dpo_one")]
+    start = setup_params(model)
+    assert any(not torch.equal(a, b) for a, b in zip(states[1]["params"], start, strict=True))
+    for a, b in zip(states[0]["params"], states[1]["params"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    for state in states:
+        assert all(torch.equal(o, p) for o, p in zip(state["old"]["shadow"], state["params"], strict=True))
+
+
+def setup_params(model: str) -> list[torch.Tensor]:
+    """The trainable weights a run starts from."""
+    from tiny_runs import tiny_config
+
+    from flowrl.image.trainer import setup
+
+    return [p.detach().clone() for p in setup(tiny_config(model, *TRAIN_ARGS, *DPO_RUN)).params]
 
 
 def _assert_synchronised_training(ranks: list[dict], run_dir: Path) -> None:
@@ -496,6 +524,8 @@ def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
     assert main(["train", f"output.run_dir={out}/resumed", *common, f"train.resume={out}/part/checkpoints/final"]) == 0
     if os.environ.get("ACCELERATE_USE_DEEPSPEED"):
         return
+    if not os.environ.get("ACCELERATE_USE_FSDP"):  # DPO's pairs, each group on one process
+        assert main(["train", f"output.run_dir={out}/dpo", f"model.path={model}", *TRAIN_ARGS, *DPO_RUN]) == 0
     checks = _checks(model)
     if rank == 0:
         Path(out, "checks.json").write_text(json.dumps(checks))
@@ -636,3 +666,7 @@ def test_batches_processes_cannot_share_are_refused_at_start(tiny_model):
     check(2, "train.prompts_per_step=4", groupwise)
     with pytest.raises(ConfigError, match=r"reward 'bad_rewards:GroupBrightness' compares the images of a prompt"):
         check(2, "train.prompts_per_step=3", groupwise)
+    dpo = ["loss.name=dpo", "sampler.mode=ode", "loss.dpo.renoise_count=2"]
+    check(2, "train.prompts_per_step=4", *dpo)
+    with pytest.raises(ConfigError, match=r"loss.name=dpo pairs the samples of a prompt, so a group must stay on one"):
+        check(2, "train.prompts_per_step=3", *dpo)

@@ -19,7 +19,7 @@ from tiny_models import (
     save_tiny_sd3,
     save_tiny_z_image,
 )
-from tiny_runs import MODES, tiny_config, write_edit_rows
+from tiny_runs import MODES, PREFERENCE_RUNS, tiny_config, write_edit_rows
 
 from flowrl.core.errors import ConfigError
 from flowrl.image.models.common import PromptCache
@@ -81,6 +81,17 @@ def test_every_sampler_mode_trains_each_family(pipelines, family, mode):
     for _ in range(2):
         m = train_step(run)
         assert m["train/rows"] > 0
+        assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
+    assert _moved(before, run)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "qwen", "flux2", "zimage", *EDITING])
+@pytest.mark.parametrize("loss", sorted(PREFERENCE_RUNS))
+def test_the_preference_losses_train_each_family(pipelines, family, loss):
+    run = _run(pipelines[family], *PREFERENCE_RUNS[loss])
+    before = [p.detach().clone() for p in run.params]
+    for _ in range(2):
+        m = train_step(run)
         assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
     assert _moved(before, run)
 

@@ -234,7 +234,7 @@ def test_awm_time_weightings_match_its_code_at_ratio_one(weighting):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'; valid: awm, bnpo"):
+    with pytest.raises(ValueError, match=r"unknown policy loss 'ppo'; valid: awm, best-of-n, bnpo"):
         compute_loss("ppo", LossInputs())
     with pytest.raises(ValueError, match=r"already registered"):
         LOSSES.register("grpo")(lambda inputs, cfg, options: None)

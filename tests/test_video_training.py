@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_runs import MODES, tiny_config
+from tiny_runs import MODES, PREFERENCE_RUNS, tiny_config
 from tiny_video import save_tiny_wan
 
 from flowrl.core.errors import ConfigError
@@ -33,9 +33,10 @@ def _lora(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
 
 
-@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("mode", sorted(MODES) + sorted(PREFERENCE_RUNS))
 def test_every_rollout_mode_trains_the_video_family(folders, mode):
-    run = setup(tiny_config(folders["wan21"], *VIDEO, f"sampler.mode={mode}", *MODES[mode]))
+    args = PREFERENCE_RUNS[mode] if mode in PREFERENCE_RUNS else [f"sampler.mode={mode}", *MODES[mode]]
+    run = setup(tiny_config(folders["wan21"], *VIDEO, *args))
     before = _lora(run.policy.transformer)
     for _ in range(2):
         metrics = train_step(run)

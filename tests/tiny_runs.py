@@ -24,6 +24,12 @@ MODES = {
     "ode": ["loss.name=nft", "train.timestep_fraction=0.5"],  # no transitions: a loss that trains on samples
 }
 
+#: the losses that train on pairs of a group's samples or on its best ones, each on ODE rollouts (2 levels per row)
+PREFERENCE_RUNS = {
+    "dpo": ["sampler.mode=ode", "loss.name=dpo", "loss.dpo.renoise_count=2"],
+    "best-of-n": ["sampler.mode=ode", "loss.name=best-of-n", "loss.best-of-n.renoise_count=2"],
+}
+
 
 #: a tiny training run: 2 iterations of 2 prompts × 4 images, 4 steps, a short evaluation
 TINY_ARGS = [

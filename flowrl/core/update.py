@@ -100,7 +100,7 @@ def update(
 def _accumulate(run: RunState, row_loss: RowLoss, step: UpdateStep, sums: dict[str, float]) -> None:
     """Backward passes of one optimizer step: this process's rows in micro-batches, each loss times its weight,
     then zero-weight passes up to ``step.calls`` (a parallel layer that syncs in backward needs equal counts)."""
-    pieces = step.rows.split(run.cfg.train.micro_batch)
+    pieces = step.rows.split(run.cfg.train.micro_batch) if step.rows.numel() else ()  # no rows: fillers only
     for k, mb in enumerate(pieces):
         with run.clock.stage("replay_forward", mb.numel()):
             out, weight = row_loss(mb)

@@ -414,9 +414,9 @@ def check_combinations(cfg: Config) -> None:
     if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
         raise ConfigError(
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
-            "trains on final samples: awm, nft)"
+            "trains on final samples: awm, nft, dpo)"
         )
-    if trains_on(cfg.loss.name) is TrainsOn.SAMPLES:
+    if trains_on(cfg.loss.name) in (TrainsOn.SAMPLES, TrainsOn.PAIRS):
         check_renoise(cfg)
         if ADVANTAGES.facts(cfg.advantage.name).per_transition:
             raise ConfigError(

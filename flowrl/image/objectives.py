@@ -3,14 +3,17 @@
 A loss declares the objective it trains with (``LossFacts.trains_on``); the recipe looks the objective up and never
 asks which method it runs. Each objective is one registered object with two parts:
 
-- ``rows``: this process's rows and their advantages, from the estimator's per-sample advantages ``[N]``;
+- ``rows``: this process's rows and their advantages, from the estimator's per-sample advantages of the whole
+  gathered batch ``[N]`` (``whole.sample_pos`` says which samples this process holds);
 - ``__call__``: the loss of some of those rows under the current policy.
 
 - ``transitions`` (Flow-GRPO and its family): a row is a stored denoising step, replayed for its log-prob and
   step mean (and the reference's);
 - ``samples`` (AWM, DiffusionNFT): a row is a final clean sample x0 at one noise level of the sampling schedule
   (its options' ``renoise`` scheme says how many per sample), re-noised there for its velocity and flow-matching
-  target (and the old policy's velocity when the loss declares ``old_policy``).
+  target (and the old policy's velocity when the loss declares ``old_policy``);
+- ``pairs`` (DPO): a row is a chosen and a rejected sample of one prompt group, both re-noised at one level with
+  one noise, for the velocities of both under the policy and its reference.
 
 Adding an objective is one more registered object here plus its loss.
 """
@@ -25,6 +28,7 @@ from torch import Tensor
 
 from flowrl.core.advantages import broadcast_to_transitions
 from flowrl.core.losses import LOSSES, LossInputs, LossOutput, Together, compute_loss
+from flowrl.core.losses.dpo import choose_pairs
 from flowrl.core.losses.renoise import Levels, draw_levels, levels_of
 from flowrl.core.registry import Registry
 from flowrl.core.share import Whole
@@ -48,12 +52,13 @@ class TrainRows:
     sigma: Tensor | None = None  # [M]
     noise_seed: Tensor | None = None  # [M] int64
     old_value: Tensor | None = None  # [M]
-    samples: int = 0  # the whole batch's samples (sample objectives draw levels for all of them)
+    samples: int = 0  # the whole batch's samples or pairs (sample objectives draw levels for all of them)
+    pair: Tensor | None = None  # [M, 2] pair objectives: each row's chosen and rejected sample (this process's)
 
 
 class Objective(Protocol):
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
-        """This process's rows from per-sample advantages and mask ``[N_local]``."""
+        """This process's rows from the whole batch's per-sample advantages and mask ``[N]``."""
         ...
 
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
@@ -89,6 +94,7 @@ class ReplayTransitions:
     """Log-prob losses: each row is a stored transition, replayed under the current (and reference) policy."""
 
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        adv, mask = adv[whole.sample_pos], mask[whole.sample_pos]
         adv_t, mask_t = broadcast_to_transitions(adv, mask, batch.rollout.transitions.sample_id)
         pos = whole.transition_pos
         return TrainRows(adv_t, mask_t, pos, whole.batch.tree.group_id[pos])
@@ -134,6 +140,10 @@ class RenoisedSamples:
     def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
         cfg = run.cfg
         k, total = renoise_levels(cfg).per_sample, whole.batch.rewards.shape[0]
+        select = LOSSES.facts(cfg.loss.name).selects(cfg.loss.options)
+        if select is not None:  # the loss trains on some samples only (best-of-N: each group's top k)
+            mask = mask & select(adv, whole.batch.group_id)
+        adv, mask = adv[whole.sample_pos], mask[whole.sample_pos]
         position = whole.sample_pos.repeat_interleave(k) * k + torch.arange(k).repeat(adv.numel())
         group = batch.rollout.group_id.cpu().repeat_interleave(k)
         train = TrainRows(adv.repeat_interleave(k), mask.repeat_interleave(k), position, group, samples=total)
@@ -174,30 +184,85 @@ class RenoisedSamples:
 
     @staticmethod
     def _inputs(run: Run, batch: Batch, rows: Tensor, train: TrainRows, old: bool) -> LossInputs:
-        """The velocities of ``rows`` at their noised samples (with ``old``: the reference's and the trailing
-        copy's too, as configured)."""
-        cfg, policy = run.cfg, run.policy
-        sample = rows // renoise_levels(cfg).per_sample
-        x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]  # on the accelerator
-        cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
-        sigma = train.sigma[rows].to(x0)
-        seeds = train.noise_seed[rows].tolist()
-        eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
-        eps = eps.to(x0)
-        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
-        x_t = (1 - s) * x0 + s * eps
-        v_ref = v_old = None
-        if old and cfg.loss.velocity_kl_coef > 0:
-            with reference_policy(policy):
-                v_ref = policy.velocity(x_t, sigma, cond)
-        if old and run.old is not None:
-            with torch.no_grad(), run.old.applied():
-                v_old = policy.velocity(x_t, sigma, cond)
-        v_pred = policy.velocity(x_t, sigma, cond)
-        return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
+        sample = rows // renoise_levels(run.cfg).per_sample
+        return renoised_inputs(run, batch, sample, train.sigma[rows], train.noise_seed[rows], old)
+
+
+def renoised_inputs(run: Run, batch: Batch, sample: Tensor, sigma: Tensor, seeds: Tensor, old: bool) -> LossInputs:
+    """The velocities at the clean samples ``sample`` ``[R]`` (indices into this process's batch) re-noised at
+    ``sigma`` ``[R]`` with the noise of ``seeds`` ``[R]`` (with ``old``: the reference's and the trailing copy's
+    too, as configured)."""
+    cfg, policy = run.cfg, run.policy
+    x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]  # on the accelerator
+    cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
+    sigma = sigma.to(x0)
+    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds.tolist()])
+    eps = eps.to(x0)
+    s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - s) * x0 + s * eps
+    v_ref = v_old = None
+    if old and cfg.loss.velocity_kl_coef > 0:
+        with reference_policy(policy):
+            v_ref = policy.velocity(x_t, sigma, cond)
+    if old and run.old is not None:
+        with torch.no_grad(), run.old.applied():
+            v_old = policy.velocity(x_t, sigma, cond)
+    v_pred = policy.velocity(x_t, sigma, cond)
+    return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
+
+
+class PreferencePairs:
+    """Pair losses (DPO): each row is a (chosen, rejected) pair of one prompt group's samples at a noise level σ,
+    both re-noised with the same ε; the loss reads the policy's and the reference's (the trailing copy's) velocity
+    at both, chosen rows first.
+
+    The pairs are chosen from the whole batch's advantages (``loss.<name>.pairing``; within a group the estimator's
+    advantage ranks as the reward does) and numbered in the whole batch's order, so that, as for samples, σ and ε
+    follow from a row's position whatever the number of processes. A group stays on one process (the config asks
+    for ``train.prompts_per_step`` divisible by the processes), so both members of a pair are this process's."""
+
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        options, k = run.cfg.loss.options, renoise_levels(run.cfg).per_sample
+        usable = mask.nonzero().squeeze(1)  # a filtered-out sample makes no pair
+        chosen, rejected = choose_pairs(adv[usable], whole.batch.group_id[usable], options.pairing, options.pairs)
+        chosen, rejected = usable[chosen], usable[rejected]
+        local = torch.full((adv.numel(),), -1, dtype=torch.long)
+        local[whole.sample_pos] = torch.arange(whole.sample_pos.numel())
+        mine = (local[chosen] >= 0).nonzero().squeeze(1)
+        if bool((local[rejected[mine]] < 0).any()):
+            raise RuntimeError("a preference pair spans two processes: its group was dealt to both")
+        position = mine.repeat_interleave(k) * k + torch.arange(k).repeat(mine.numel())
+        pair = torch.stack([local[chosen[mine]], local[rejected[mine]]], dim=1).repeat_interleave(k, dim=0)
+        gap = (adv[chosen[mine]] - adv[rejected[mine]]).repeat_interleave(k)
+        group = whole.batch.group_id[chosen[mine]].repeat_interleave(k)
+        train = TrainRows(gap, torch.ones_like(gap, dtype=torch.bool), position, group, samples=chosen.numel())
+        train.pair = pair
+        train.sigma, train.noise_seed = RenoisedSamples._draw(run, train, epoch=0)
+        return train
+
+    def epoch_rows(self, run: Run, train: TrainRows, epoch: int) -> TrainRows:
+        return RenoisedSamples().epoch_rows(run, train, epoch)
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        if train.pair.numel():
+            pair, sigma, seeds = train.pair[rows], train.sigma[rows], train.noise_seed[rows]
+        else:  # a process without pairs keeps in step with the others (a zero-weight pass)
+            pair, sigma, seeds = torch.zeros(1, 2, dtype=torch.long), torch.full((1,), 0.5), torch.zeros(1).long()
+        inputs = renoised_inputs(run, batch, pair.T.flatten(), sigma.repeat(2), seeds.repeat(2), old=True)
+        return compute_loss(run.cfg.loss.name, inputs, run.cfg.loss)
 
 
 OBJECTIVES.register("transitions", keeps=Together.ROWS)(ReplayTransitions())
 OBJECTIVES.register("samples", keeps=Together.ROWS)(RenoisedSamples())
+OBJECTIVES.register("pairs", keeps=Together.ROWS)(PreferencePairs())  # a pair is one row: never split
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveFacts", "RenoisedSamples", "ReplayTransitions", "TrainRows"]
+__all__ = [
+    "OBJECTIVES",
+    "Objective",
+    "ObjectiveFacts",
+    "PreferencePairs",
+    "RenoisedSamples",
+    "ReplayTransitions",
+    "TrainRows",
+    "renoised_inputs",
+]

@@ -142,6 +142,11 @@ def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: 
             f"train.prompts_per_step={prompts}: its {prompts * per_prompt} roots cannot be dealt out evenly to "
             f"{processes} processes; use a multiple of {need}"
         )
+    if trains_on(cfg.loss.name) is TrainsOn.PAIRS and prompts % processes:
+        raise ConfigError(
+            f"loss.name={cfg.loss.name} pairs the samples of a prompt, so a group must stay on one process: "
+            f"train.prompts_per_step={prompts} must be a multiple of the {processes} processes"
+        )
     groupwise = [name for name, fn in rewards.rewards.items() if is_groupwise(fn)]
     if groupwise and prompts % processes:
         raise ConfigError(
@@ -316,8 +321,7 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
         group = whole.batch.tree.group_id[pos]
         return TrainRows(result.advantages[pos], result.mask[pos], pos, group), result.metrics
     keep, kept = filter_rollouts(run.cfg.rollout.filter, whole.batch)  # per-transition estimators take none
-    adv, mask = result.advantages[whole.sample_pos], (result.mask & keep)[whole.sample_pos]
-    return objective(run).rows(run, batch, whole, adv, mask), {**result.metrics, **kept}
+    return objective(run).rows(run, batch, whole, result.advantages, result.mask & keep), {**result.metrics, **kept}
 
 
 def objective(run: Run) -> Objective:

@@ -1,12 +1,14 @@
 """Policy losses: one registry, one signature ``fn(inputs, cfg, options) -> LossOutput``.
 
-Registered names: ppo-clip, grpo-guard, awm, nft (flows); grpo, bnpo, dr-grpo, dapo, gspo (both); cispo, sapo
-(tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every clipped
-loss (``LossConfig``); awm, nft and sapo declare their own options (``AwmOptions``, ``NftOptions``, ``SapoOptions``:
-``loss.awm.weighting`` in a config). See docs/methods.md.
+Registered names: ppo-clip, grpo-guard, awm, nft, dpo, best-of-n (flows); grpo, bnpo, dr-grpo, dapo, gspo (both);
+cispo, sapo (tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every
+clipped loss (``LossConfig``); awm, nft, dpo, best-of-n and sapo declare their own options (``AwmOptions``,
+``NftOptions``, ``DpoOptions``, ``BestOfNOptions``, ``SapoOptions``: ``loss.awm.weighting`` in a config).
+See docs/methods.md.
 """
 
-from . import nft, policy  # noqa: F401  (importing registers the losses)
+from . import best_of_n, dpo, nft, policy  # noqa: F401  (importing registers the losses)
+from .best_of_n import BestOfNOptions
 from .core import (
     LOSSES,
     Loss,
@@ -23,6 +25,7 @@ from .core import (
     together,
     trains_on,
 )
+from .dpo import DpoOptions
 from .nft import NftOptions
 from .policy import AwmOptions, SapoOptions
 from .renoise import RenoiseOptions
@@ -41,6 +44,8 @@ __all__ = [
     "LOSSES",
     "STEP_WEIGHTINGS",
     "AwmOptions",
+    "BestOfNOptions",
+    "DpoOptions",
     "Loss",
     "LossConfig",
     "LossFacts",

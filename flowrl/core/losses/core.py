@@ -152,6 +152,7 @@ class TrainsOn(Fact):
 
     TRANSITIONS = "transitions"  # a stored denoising step or a token, with its log-prob
     SAMPLES = "samples"  # a clean final sample, re-noised at drawn levels (AWM, DiffusionNFT)
+    PAIRS = "pairs"  # a chosen and a rejected sample of one group, re-noised alike (DPO)
 
 
 class NormalizesBy(Fact):
@@ -190,6 +191,8 @@ class LossFacts:
     ignores: options of ``LossConfig`` the loss does not read (a config that sets one is refused).
     keeps: which rows the loss needs in one optimizer step (``Together.GROUPS``: a prompt group's, e.g. a loss that
     pairs a group's winners with its losers); the update loop deals the rows so.
+    selects: given the loss's options, which samples it trains on, a function ``(advantages [N], group [N]) -> bool
+    [N]`` over the whole batch (best-of-N: each group's top k); or None (every sample the estimator keeps).
     """
 
     trains_on: TrainsOn = TrainsOn.TRANSITIONS
@@ -199,6 +202,7 @@ class LossFacts:
     old_value: Callable[[Any], Callable[[LossInputs, Any], Tensor] | None] = _never
     ignores: tuple[str, ...] = ()
     keeps: Together = Together.ROWS
+    selects: Callable[[Any], Callable[[Tensor, Tensor], Tensor] | None] = _never
 
     def __post_init__(self) -> None:
         for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy), ("keeps", Together)):
