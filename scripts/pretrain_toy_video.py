@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_common_options(p, out="assets/toy-wan", steps=2000, batch_size=16, per="prompt")
     add_base_options(p, unfollowed=0.35, unfollowed_help="fraction of examples moving another way", width=128,
                      layers=4, layers_help="transformer blocks")  # fmt: skip
+    p.add_argument("--init", default="", help="a saved toy video base to continue from (its transformer and UMT5)")
     return p.parse_args(argv)
 
 
@@ -66,6 +67,10 @@ def build(args: argparse.Namespace):
     t5 = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 32, d_model=32, d_kv=8, d_ff=64, num_layers=2,
                                      num_heads=4, relative_attention_num_buckets=8))  # fmt: skip
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=args.sigma_shift)
+    if args.init:  # continue training a saved base (its architecture must be this one)
+        saved = WanTransformer3DModel.from_pretrained(args.init, subfolder="transformer")
+        transformer.load_state_dict(saved.state_dict())
+        t5.load_state_dict(UMT5EncoderModel.from_pretrained(args.init, subfolder="text_encoder").state_dict())
     return transformer, scheduler, t5, word_tokenizer(WORDS, TOKENS)
 
 
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         unfollowed=args.unfollowed,
         width=args.width,
         layers=args.layers,
+        **({"init": args.init} if args.init else {}),
     )
     return 0
 
