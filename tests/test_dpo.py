@@ -69,8 +69,6 @@ def test_reference_refresh_schedule():
 def test_config_refusals():
     base = ["model.path=assets/toy-sd3", *DPO_ARGS]
     load_config(None, base)
-    with pytest.raises(ConfigError, match="cfg_scale=1"):
-        load_config(None, [*base, "model.cfg_scale=4.5"])
     with pytest.raises(ConfigError, match="velocity_kl_coef"):
         load_config(None, [*base, "loss.velocity_kl_coef=0.1"])
     with pytest.raises(ConfigError, match="timestep_fraction"):
@@ -144,3 +142,116 @@ def test_a_group_that_ties_throughout_trains_nothing(tiny_model, monkeypatch):
     out = train_step(run)
     assert out["train/rows"] == 0
     assert all(torch.equal(p.detach(), b) for p, b in zip(run.params, before, strict=True))
+
+
+def test_guided_rollouts_train_the_prompts_own_velocity(tiny_model):
+    """flow_grpo samples its DPO pairs with CFG (guidance 4.5) and trains the conditional velocity: with
+    model.cfg_scale > 1 the rollouts are guided and the pairs' velocities are the prompt's alone."""
+    from tiny_runs import tiny_config
+
+    from flowrl.image.objectives import OBJECTIVES
+    from flowrl.image.trainer import advantages, sample, setup
+    from flowrl.samplers import index_cond
+
+    guided = setup(tiny_config(tiny_model, *DPO_ARGS, "model.cfg_scale=4.5"))
+    plain = setup(tiny_config(tiny_model, *DPO_ARGS))
+    batch = sample(guided, guided.train_prompts[:2])
+    assert not torch.allclose(batch.rollout.samples, sample(plain, plain.train_prompts[:2]).rollout.samples)
+    assert any(k.startswith("neg_") for k in batch.cond)  # the guided run's conditioning holds the negative rows
+    train, _ = advantages(guided, batch)
+    rows = torch.tensor([0])
+    members = train.pair[0]
+    x0 = batch.rollout.samples[members]
+    sigma = train.sigma[rows].repeat(2).to(x0)
+    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(train.noise_seed[0])))
+                       for _ in range(2)]).to(x0)  # fmt: skip
+    x_t = (1 - sigma.view(-1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1) * eps
+    cond = {k: v for k, v in index_cond(batch.cond, batch.rollout.cond_index[members]).items() if "neg_" not in k}
+    with torch.no_grad():
+        v = plain.policy.velocity(x_t, sigma, cond)  # the same weights, unguided
+        v_guided = guided.policy.velocity(x_t, sigma, index_cond(batch.cond, batch.rollout.cond_index[members]))
+    assert guided.policy.cfg_scale == 4.5 and not torch.allclose(v, v_guided)
+    out = OBJECTIVES.get("pairs")(guided, batch, rows, train)
+    err = ((v - (eps - x0)) ** 2).flatten(1).mean(1)
+    assert out.metrics["dpo/chosen_error"] == pytest.approx(float(err[0]), rel=1e-4)
+    assert out.metrics["dpo/rejected_error"] == pytest.approx(float(err[1]), rel=1e-4)
+    assert guided.policy.cfg_scale == 4.5  # restored after the pass
+
+
+# ----------------------------------------------------------------------------------------------- SmPO
+
+
+def test_smpo_loss_by_hand():
+    from flowrl.core.losses import SmpoOptions
+
+    # one pair; errors: policy chosen 1, rejected 4; reference 4 and 1: d = (1 − 4) − (4 − 1) = −6
+    v = torch.tensor([[1.0], [2.0]])
+    v_ref = torch.tensor([[2.0], [1.0]])
+    rewards = torch.tensor([[0.9, 0.2]])
+    inputs = LossInputs(v_pred=v, v_old=v_ref, v_target=torch.zeros(2, 1), pair_rewards=rewards)
+    options = SmpoOptions(beta=0.5, temperature=0.5, margin_scale=10.0)
+    out = compute_loss("smpo", inputs, LossConfig(), options)
+    p = 1 / (1 + math.exp(-(0.9 - 0.2) / 0.5))  # the two-way softmax of 0.9/τ and 0.2/τ
+    inside = -0.5 * 0.5 * (2 * p - 1) * 10 * -6
+    assert out.loss.item() == pytest.approx(math.log1p(math.exp(-inside)), rel=1e-6)
+    assert out.metrics["smpo/preference"] == pytest.approx(p)
+    # a tie (p = ½) gives no push at all: log 2 and no gradient
+    v.requires_grad_(True)
+    tie = LossInputs(v_pred=v, v_old=v_ref, v_target=torch.zeros(2, 1), pair_rewards=torch.tensor([[0.5, 0.5]]))
+    flat = compute_loss("smpo", tie, LossConfig(), options)
+    flat.loss.backward()
+    assert flat.loss.item() == pytest.approx(math.log(2)) and v.grad.abs().max() == 0
+
+
+def test_inversion_by_hand_on_a_linear_velocity():
+    """v(x, s) = a·x + s: one Euler step up from σ = 0 to 0.25, refined once by ReNoise as SmPO's code does (the
+    second velocity at the moved state, the same level)."""
+    from flowrl.image.objectives import invert
+
+    a = 0.5
+    velocity = lambda x, s, cond: a * x + s.view(-1, 1)  # noqa: E731
+    x0 = torch.tensor([[1.0], [2.0]])
+    grid = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    # row 0 to σ = 0.25 (one step), row 1 to 0.4 (a full step, then a cut one of 0.15 from 0.25)
+    out = invert(velocity, x0, torch.tensor([0.25, 0.4]), grid, {}, refinements=1)
+    v1 = a * 1.0
+    moved = 1.0 + 0.25 * v1
+    assert out[0].item() == pytest.approx(1.0 + 0.25 * (v1 + a * moved) / 2)
+    x = 2.0 + 0.25 * (a * 2.0 + a * (2.0 + 0.25 * a * 2.0)) / 2
+    w1 = a * x + 0.25
+    w2 = a * (x + 0.15 * w1) + 0.25
+    assert out[1].item() == pytest.approx(x + 0.15 * (w1 + w2) / 2)
+    plain = invert(velocity, x0, torch.tensor([0.25, 0.25]), grid, {}, refinements=0)
+    torch.testing.assert_close(plain, x0 * (1 + 0.25 * a))
+
+
+def test_smpo_trains_on_inverted_states(tiny_model):
+    from tiny_runs import tiny_config
+
+    from flowrl.image.objectives import OBJECTIVES, invert
+    from flowrl.image.trainer import advantages, sample, setup, train_step
+    from flowrl.samplers import index_cond
+
+    run = setup(tiny_config(tiny_model, "loss.name=smpo", "sampler.mode=ode", "loss.smpo.beta=50"))
+    batch = sample(run, run.train_prompts[:2])
+    train, _ = advantages(run, batch)
+    assert train.pair.shape == (2, 2)  # one pair per group at one uniform schedule level
+    total = batch.rewards @ torch.tensor([1.0, 0.1])  # toy-geneval + 0.1 · jpeg (tiny_runs' rewards)
+    torch.testing.assert_close(train.pair_reward, total[train.pair])
+    out = OBJECTIVES.get("pairs")(run, batch, torch.tensor([1]), train)
+    members = train.pair[1]
+    x0, sigma = batch.rollout.samples[members], train.sigma[[1, 1]]
+    cond = index_cond(batch.cond, batch.rollout.cond_index[members])
+    grid = run.policy.sigmas(4, run.cfg.model.resolution).flip(0)
+    with torch.no_grad():
+        x_t = invert(run.policy.velocity, x0, sigma, grid, cond, 1)
+        v = run.policy.velocity(x_t, sigma, cond)
+    s = sigma.view(-1, 1, 1, 1)
+    target = (x_t - (1 - s) * x0) / s - x0
+    err = ((v - target) ** 2).flatten(1).mean(1)
+    assert out.metrics["smpo/chosen_error"] == pytest.approx(float(err[0]), rel=1e-4)
+    assert out.metrics["smpo/rejected_error"] == pytest.approx(float(err[1]), rel=1e-4)
+    before = [p.detach().clone() for p in run.params]
+    metrics = train_step(run)
+    assert math.isfinite(metrics["train/loss"]) and metrics["train/rows"] == 2
+    assert any(not torch.equal(p.detach(), b) for p, b in zip(run.params, before, strict=True))

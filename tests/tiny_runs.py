@@ -28,6 +28,7 @@ MODES = {
 PREFERENCE_RUNS = {
     "dpo": ["sampler.mode=ode", "loss.name=dpo", "loss.dpo.renoise_count=2"],
     "best-of-n": ["sampler.mode=ode", "loss.name=best-of-n", "loss.best-of-n.renoise_count=2"],
+    "smpo": ["sampler.mode=ode", "loss.name=smpo"],
 }
 
 

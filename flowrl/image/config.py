@@ -423,8 +423,9 @@ def check_combinations(cfg: Config) -> None:
                 f"loss.name={cfg.loss.name} trains on final samples; advantage.name={cfg.advantage.name} gives "
                 "per-transition advantages (use a per-sample estimator such as grpo)"
             )
-        if cfg.model.cfg_scale > 1:
-            raise ConfigError(f"loss.name={cfg.loss.name} regresses the unguided velocity; needs model.cfg_scale=1")
+        if cfg.model.cfg_scale > 1 and not LOSSES.facts(cfg.loss.name).guided_rollouts:
+            name = cfg.loss.name
+            raise ConfigError(f"loss.name={name} is CFG-free (its rollouts unguided); needs model.cfg_scale=1")
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
     for key in ("train_prompts", "eval_prompts"):

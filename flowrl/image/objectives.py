@@ -20,6 +20,7 @@ Adding an objective is one more registered object here plus its loss.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,7 +34,7 @@ from flowrl.core.losses.renoise import Levels, draw_levels, levels_of
 from flowrl.core.registry import Registry
 from flowrl.core.share import Whole
 from flowrl.core.weights import reference_policy
-from flowrl.samplers import index_cond, replay_log_prob
+from flowrl.samplers import Velocity, index_cond, replay_log_prob
 
 if TYPE_CHECKING:
     from flowrl.image.config import Config
@@ -54,6 +55,7 @@ class TrainRows:
     old_value: Tensor | None = None  # [M]
     samples: int = 0  # the whole batch's samples or pairs (sample objectives draw levels for all of them)
     pair: Tensor | None = None  # [M, 2] pair objectives: each row's chosen and rejected sample (this process's)
+    pair_reward: Tensor | None = None  # [M, 2] their configured (weighted) rewards
 
 
 class Objective(Protocol):
@@ -201,13 +203,14 @@ def renoised_inputs(run: Run, batch: Batch, sample: Tensor, sigma: Tensor, seeds
     s = sigma.view(-1, *([1] * (x0.dim() - 1)))
     x_t = (1 - s) * x0 + s * eps
     v_ref = v_old = None
-    if old and cfg.loss.velocity_kl_coef > 0:
-        with reference_policy(policy):
-            v_ref = policy.velocity(x_t, sigma, cond)
-    if old and run.old is not None:
-        with torch.no_grad(), run.old.applied():
-            v_old = policy.velocity(x_t, sigma, cond)
-    v_pred = policy.velocity(x_t, sigma, cond)
+    with policy.unguided():  # the prompt's own velocity, also where guided rollouts made the samples
+        if old and cfg.loss.velocity_kl_coef > 0:
+            with reference_policy(policy):
+                v_ref = policy.velocity(x_t, sigma, cond)
+        if old and run.old is not None:
+            with torch.no_grad(), run.old.applied():
+                v_old = policy.velocity(x_t, sigma, cond)
+        v_pred = policy.velocity(x_t, sigma, cond)
     return LossInputs(v_pred=v_pred, v_target=eps - x0, v_ref=v_ref, sigma=sigma, v_old=v_old, x_t=x_t, x0=x0)
 
 
@@ -236,7 +239,9 @@ class PreferencePairs:
         gap = (adv[chosen[mine]] - adv[rejected[mine]]).repeat_interleave(k)
         group = whole.batch.group_id[chosen[mine]].repeat_interleave(k)
         train = TrainRows(gap, torch.ones_like(gap, dtype=torch.bool), position, group, samples=chosen.numel())
+        total = whole.batch.combined()  # [N] the configured (weighted) reward
         train.pair = pair
+        train.pair_reward = torch.stack([total[chosen[mine]], total[rejected[mine]]], 1).repeat_interleave(k, 0)
         train.sigma, train.noise_seed = RenoisedSamples._draw(run, train, epoch=0)
         return train
 
@@ -246,10 +251,59 @@ class PreferencePairs:
     def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
         if train.pair.numel():
             pair, sigma, seeds = train.pair[rows], train.sigma[rows], train.noise_seed[rows]
+            rewards = train.pair_reward[rows]
         else:  # a process without pairs keeps in step with the others (a zero-weight pass)
             pair, sigma, seeds = torch.zeros(1, 2, dtype=torch.long), torch.full((1,), 0.5), torch.zeros(1).long()
-        inputs = renoised_inputs(run, batch, pair.T.flatten(), sigma.repeat(2), seeds.repeat(2), old=True)
+            rewards = torch.zeros(1, 2)
+        sample, sigma = pair.T.flatten(), sigma.repeat(2)
+        refinements = LOSSES.facts(run.cfg.loss.name).inversion(run.cfg.loss.options)
+        if refinements is None:
+            inputs = renoised_inputs(run, batch, sample, sigma, seeds.repeat(2), old=True)
+        else:
+            inputs = inverted_inputs(run, batch, sample, sigma, refinements)
+        inputs.pair_rewards = rewards.to(inputs.v_pred.device)
         return compute_loss(run.cfg.loss.name, inputs, run.cfg.loss)
+
+
+def inverted_inputs(run: Run, batch: Batch, sample: Tensor, sigma: Tensor, refinements: int) -> LossInputs:
+    """The velocities of the policy and its trailing copy at the clean samples ``sample`` ``[R]`` inverted to
+    ``sigma`` ``[R]`` by the policy's own ODE (``invert``, no gradient), and the flow-matching target the inverted
+    state implies: ε̂ = (x_σ − (1 − σ)·x0)/σ, target ε̂ − x0 (SmPO)."""
+    cfg, policy = run.cfg, run.policy
+    x0 = batch.rollout.samples[sample.to(batch.rollout.samples.device)]
+    cond = index_cond(batch.cond, batch.rollout.cond_index[sample.to(batch.rollout.cond_index.device)])
+    sigma = sigma.to(x0)
+    grid = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution).flip(0).to(x0)  # 0 → σ_max
+    with policy.unguided():
+        with torch.no_grad():
+            x_t = invert(policy.velocity, x0, sigma, grid, cond, refinements)
+        s = sigma.view(-1, *([1] * (x0.dim() - 1)))
+        eps = (x_t - (1 - s) * x0) / s
+        with torch.no_grad(), run.old.applied():
+            v_old = policy.velocity(x_t, sigma, cond)
+        v_pred = policy.velocity(x_t, sigma, cond)
+    return LossInputs(v_pred=v_pred, v_target=eps - x0, v_old=v_old, sigma=sigma, x_t=x_t, x0=x0)
+
+
+def invert(velocity: Velocity, x0: Tensor, sigma: Tensor, grid: Tensor, cond: dict, refinements: int) -> Tensor:
+    """x0 ``[R, *S]`` carried backwards along the ODE to the levels ``sigma`` ``[R]``: Euler steps up the ascending
+    ``grid`` (each row's last one cut at its σ), each refined by ReNoise ``refinements`` times: v = mean of the
+    velocities at the step's start and at the current estimate of its end, both read at the start level (as SmPO's
+    code)."""
+    x = x0.clone()
+    view = (-1, *([1] * (x0.dim() - 1)))
+    for lo, hi in itertools.pairwise(grid.tolist()):
+        start, end = sigma.clamp(max=lo), sigma.clamp(max=hi)
+        step = (end - start).view(view)
+        if not bool((step > 0).any()):
+            break
+        v = velocity(x, start, cond)
+        moved, total = x + step * v, v
+        for k in range(refinements):
+            total = total + velocity(moved, start, cond)
+            moved = x + step * total / (k + 2)
+        x = moved
+    return x
 
 
 OBJECTIVES.register("transitions", keeps=Together.ROWS)(ReplayTransitions())
@@ -264,5 +318,7 @@ __all__ = [
     "RenoisedSamples",
     "ReplayTransitions",
     "TrainRows",
+    "invert",
+    "inverted_inputs",
     "renoised_inputs",
 ]

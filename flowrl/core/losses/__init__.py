@@ -1,13 +1,13 @@
 """Policy losses: one registry, one signature ``fn(inputs, cfg, options) -> LossOutput``.
 
-Registered names: ppo-clip, grpo-guard, awm, nft, dpo, best-of-n (flows); grpo, bnpo, dr-grpo, dapo, gspo (both);
-cispo, sapo (tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of every
-clipped loss (``LossConfig``); awm, nft, dpo, best-of-n and sapo declare their own options (``AwmOptions``,
-``NftOptions``, ``DpoOptions``, ``BestOfNOptions``, ``SapoOptions``: ``loss.awm.weighting`` in a config).
-See docs/methods.md.
+Registered names: ppo-clip, grpo-guard, awm, nft, dpo, smpo, best-of-n (flows); grpo, bnpo, dr-grpo, dapo, gspo
+(both); cispo, sapo (tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of
+every clipped loss (``LossConfig``); awm, nft, dpo, smpo, best-of-n and sapo declare their own options
+(``AwmOptions``, ``NftOptions``, ``DpoOptions``, ``SmpoOptions``, ``BestOfNOptions``, ``SapoOptions``:
+``loss.awm.weighting`` in a config). See docs/methods.md.
 """
 
-from . import best_of_n, dpo, nft, policy  # noqa: F401  (importing registers the losses)
+from . import best_of_n, dpo, nft, policy, smpo  # noqa: F401  (importing registers the losses)
 from .best_of_n import BestOfNOptions
 from .core import (
     LOSSES,
@@ -29,6 +29,7 @@ from .dpo import DpoOptions
 from .nft import NftOptions
 from .policy import AwmOptions, SapoOptions
 from .renoise import RenoiseOptions
+from .smpo import SmpoOptions
 from .terms import (
     STEP_WEIGHTINGS,
     aggregate,
@@ -56,6 +57,7 @@ __all__ = [
     "OldPolicy",
     "RenoiseOptions",
     "SapoOptions",
+    "SmpoOptions",
     "Together",
     "TrainsOn",
     "aggregate",

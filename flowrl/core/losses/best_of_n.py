@@ -88,6 +88,7 @@ def _sampler(options: BestOfNOptions) -> OldPolicy | None:
     old_policy=_sampler,
     selects=lambda options: top_of_groups(options.top_k),
     ignores=("clip_low", "clip_high", "dual_clip", "delta", "max_length"),
+    guided_rollouts=True,
 )
 def best_of_n(inputs: LossInputs, cfg: LossConfig, options: BestOfNOptions) -> LossOutput:
     """The flow-matching loss of the selected samples' rows: mean‖vθ − (ε − x0)‖² (module docstring); needs v_pred

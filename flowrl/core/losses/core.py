@@ -54,6 +54,7 @@ class LossInputs:
     x0: Tensor | None = None
     sigma: Tensor | None = None  # [N] the noise level each row was re-noised at (AWM's weightings, NFT's x0)
     policy_weights: Tensor | None = None  # [N, T] multiplies the policy term only (not the KL): entropy masking
+    pair_rewards: Tensor | None = None  # [P, 2] pair losses: the chosen's and the rejected's reward (SmPO)
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
     def need(self, *names: str, loss: str) -> None:
@@ -193,6 +194,11 @@ class LossFacts:
     pairs a group's winners with its losers); the update loop deals the rows so.
     selects: given the loss's options, which samples it trains on, a function ``(advantages [N], group [N]) -> bool
     [N]`` over the whole batch (best-of-N: each group's top k); or None (every sample the estimator keeps).
+    guided_rollouts: a loss on clean samples whose rollouts may use classifier-free guidance: it regresses the
+    prompt's own velocity at them (flow_grpo's DPO and SFT); the others (AWM, DiffusionNFT) are CFG-free methods.
+    inversion: given the loss's options, how its rows reach their noise level: None, x0 plus fresh noise (the
+    forward process); an int, the policy's ODE run backwards from x0 with that many ReNoise refinements per step
+    (SmPO).
     """
 
     trains_on: TrainsOn = TrainsOn.TRANSITIONS
@@ -203,6 +209,8 @@ class LossFacts:
     ignores: tuple[str, ...] = ()
     keeps: Together = Together.ROWS
     selects: Callable[[Any], Callable[[Tensor, Tensor], Tensor] | None] = _never
+    guided_rollouts: bool = False
+    inversion: Callable[[Any], int | None] = _never
 
     def __post_init__(self) -> None:
         for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy), ("keeps", Together)):

@@ -78,7 +78,8 @@ def refresh_decay(every: int):
     return decay
 
 
-def _reference(options: DpoOptions) -> OldPolicy:
+def dpo_reference(options: DpoOptions) -> OldPolicy:
+    """DPO's reference: a trailing copy refreshed every ``ref_update_step`` optimizer steps that draws the rollouts."""
     return OldPolicy(decay=refresh_decay(options.ref_update_step), samples=True)
 
 
@@ -92,8 +93,9 @@ def fm_error(v: Tensor, target: Tensor) -> Tensor:
     options=DpoOptions,
     trains_on=TrainsOn.PAIRS,
     trainers=(Backend.FLOW,),
-    old_policy=_reference,
+    old_policy=dpo_reference,
     ignores=("clip_low", "clip_high", "dual_clip", "delta", "max_length"),
+    guided_rollouts=True,
 )
 def dpo(inputs: LossInputs, cfg: LossConfig, options: DpoOptions) -> LossOutput:
     """The DPO loss of P pairs (module docstring). Needs v_pred, v_old (the reference's velocity) and v_target
@@ -145,4 +147,4 @@ def choose_pairs(advantages: Tensor, group: Tensor, pairing: str, k: int = 1) ->
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long)
 
 
-__all__ = ["PAIRINGS", "DpoOptions", "choose_pairs", "dpo", "fm_error", "refresh_decay"]
+__all__ = ["PAIRINGS", "DpoOptions", "choose_pairs", "dpo", "dpo_reference", "fm_error", "refresh_decay"]

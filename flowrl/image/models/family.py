@@ -31,9 +31,10 @@ targets, the half-precision weight types it runs in, whether it reads ``model.gu
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,6 +207,22 @@ class FlowModel(ABC):
             return self.velocity(x, sigma, cond)
         with self.untrained.serving(self):
             return self.velocity(x, sigma, cond)
+
+    @contextlib.contextmanager
+    def unguided(self) -> Iterator[None]:
+        """Inside, ``velocity`` is the prompt's own prediction, without classifier-free guidance (the ``neg_*`` rows
+        of a guided run's conditioning are left unread): what a flow-matching loss regresses when the rollouts were
+        guided (flow_grpo's DPO trains the conditional velocity of images sampled at guidance 4.5)."""
+        saved = self.cfg_scale, getattr(self, "cfg_scale_2", None)
+        self.cfg_scale = 1.0
+        if saved[1] is not None:
+            self.cfg_scale_2 = 1.0 if saved[1] else 0.0  # Wan 2.2's low-noise expert (0: as the high-noise one)
+        try:
+            yield
+        finally:
+            self.cfg_scale = saved[0]
+            if saved[1] is not None:
+                self.cfg_scale_2 = saved[1]
 
     def train_mode(self, mode: bool) -> None:
         """Training (``True``) or evaluation mode for the transformer and its prepared wrapper."""
