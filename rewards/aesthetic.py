@@ -51,15 +51,15 @@ class Aesthetic:
 
         self.device, self.batch_size = torch.device(device), batch_size
         self.clip = CLIPVisionModelWithProjection.from_pretrained(clip_path).to(self.device).eval()
+        self.clip.requires_grad_(False)
         state = torch.load(head_path, map_location="cpu", weights_only=True)
-        self.head = aesthetic_head(state).to(self.device)
+        self.head = aesthetic_head(state).to(self.device).requires_grad_(False)
         dim = self.clip.config.projection_dim
         if self.head.layers[0].in_features != dim:
             raise ValueError(
                 f"aesthetic head expects {self.head.layers[0].in_features}-d embeddings, CLIP projects to {dim}"
             )
 
-    @torch.no_grad()
     def score_pixels(self, pixel_values: Tensor) -> Tensor:
         """Scores ``[B]`` of already preprocessed ``pixel_values`` ``[B, 3, 224, 224]``."""
         emb = self.clip(pixel_values=pixel_values.to(self.device)).image_embeds
@@ -74,7 +74,7 @@ class Aesthetic:
         return {"score": torch.cat(chunks)}
 
 
-@REWARDS.register("aesthetic")
+@REWARDS.register("aesthetic", differentiable=True)
 def aesthetic(clip_path: str, head_path: str, device: str = "cpu", batch_size: int = 32) -> RewardFn:
     """LAION aesthetic v2 score (see the module docstring for the checkpoints)."""
     return Aesthetic(clip_path, head_path, device, batch_size)

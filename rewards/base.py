@@ -78,6 +78,9 @@ class RewardFacts:
     scores: Scores = Scores.IMAGES
     inputs: tuple[str, ...] = ()  # columns of the prompt rows it reads (module docstring)
     wraps: bool = False  # it wraps an image reward named by its option ``reward``, built with its ``options``
+    # its score has a gradient with respect to the images (torch preprocessing, frozen weights, no no_grad inside):
+    # direct reward backpropagation (ReFL, DRaFT) can train through it; without an image gradient no graph is built
+    differentiable: bool = False
 
 
 #: name -> factory(**options) -> RewardFn

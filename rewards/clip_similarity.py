@@ -22,18 +22,17 @@ class ClipSimilarity:
         from transformers import AutoTokenizer, CLIPModel
 
         self.device, self.batch_size = torch.device(device), batch_size
-        self.model = CLIPModel.from_pretrained(path).to(self.device).eval()
+        self.model = CLIPModel.from_pretrained(path).to(self.device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(path) if text else None  # a missing one fails when built
 
-    @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        """``cos [B]`` between image i and prompt i, and the scalar ``logit_scale.exp()``."""
+        """``cos [B]`` between image i and prompt i, and the scalar ``logit_scale.exp()`` (differentiable in the
+        images: a graph is built only when they require a gradient)."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         cos = (self.images(images) * self.texts(prompts)).sum(-1)
         return cos, self.model.logit_scale.exp().float().cpu()
 
-    @torch.no_grad()
     def images(self, images: Tensor) -> Tensor:
         """L2-normalised projected embeddings ``[B, D]`` (float32, CPU) of images ``[B, 3, H, W]`` in [0, 1]."""
         size = self.model.config.vision_config.image_size

@@ -12,7 +12,7 @@ from .base import REWARDS, RewardFn
 from .clip_similarity import ClipSimilarity
 
 
-@REWARDS.register("clipscore")
+@REWARDS.register("clipscore", differentiable=True)
 def clipscore(path: str, device: str = "cpu", batch_size: int = 32) -> RewardFn:
     """CLIPScore of each (image, prompt) pair."""
     sim = ClipSimilarity(path, device, batch_size)

@@ -27,12 +27,11 @@ class HPS:
         if "state_dict" not in state:
             raise ValueError(f"HPS checkpoint {checkpoint!r} has no 'state_dict' entry (keys: {', '.join(state)})")
         self.model.load_state_dict(state["state_dict"])
-        self.model.to(self.device).eval()
+        self.model.to(self.device).eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         size = self.model.visual.image_size
         self.size = size[0] if isinstance(size, tuple | list) else int(size)
 
-    @torch.no_grad()
     def __call__(self, images: Tensor, prompts: list[str]) -> dict[str, Tensor]:
         if len(prompts) != len(images):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
@@ -46,7 +45,7 @@ class HPS:
         return {"score": torch.cat(scores)}
 
 
-@REWARDS.register("hpsv2")
+@REWARDS.register("hpsv2", differentiable=True)
 def hpsv2(checkpoint: str, arch: str = "ViT-H-14", device: str = "cpu", batch_size: int = 32) -> RewardFn:
     """HPSv2 / HPSv2.1 preference score (the checkpoint decides which)."""
     return HPS(checkpoint, arch, device, batch_size)

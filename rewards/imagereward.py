@@ -110,7 +110,7 @@ class ImageReward:
         self.text.load_state_dict({k[len(TEXT) :]: v for k, v in state.items() if k.startswith(TEXT)})
         self.head.load_state_dict({k[len(HEAD) :]: v for k, v in state.items() if k.startswith(HEAD)})
         for module in (self.vision, self.text, self.head):
-            module.to(self.device).eval()
+            module.to(self.device).eval().requires_grad_(False)
 
         self.tokenizer = BertTokenizer.from_pretrained(tokenizer)
         # BLIP's two extra tokens (ids 30522, 30523 with the real vocabulary); the score itself keeps [CLS] first.
@@ -124,7 +124,6 @@ class ImageReward:
         """``[B, 3, H, W]`` in [0, 1] → normalised ``[B, 3, S, S]`` (S = 224 for the published model)."""
         return clip_preprocess(images.to(self.device), self.image_size)
 
-    @torch.no_grad()
     def score_pixels(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Scores ``[B]`` of preprocessed ``pixel_values`` ``[B, 3, S, S]`` and token ids / mask ``[B, T]``."""
         image = self.vision(pixel_values=pixel_values.to(self.device)).last_hidden_state  # [B, 1 + patches, width]
@@ -161,7 +160,7 @@ def _check_keys(path: str, missing: set[str], unexpected: set[str]) -> None:
         )
 
 
-@REWARDS.register("imagereward")
+@REWARDS.register("imagereward", differentiable=True)
 def imagereward(
     checkpoint: str,
     med_config: str,

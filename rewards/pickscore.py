@@ -13,7 +13,7 @@ from .base import REWARDS, RewardFn
 from .clip_similarity import ClipSimilarity
 
 
-@REWARDS.register("pickscore")
+@REWARDS.register("pickscore", differentiable=True)
 def pickscore(path: str, scale: float = 1.0, device: str = "cpu", batch_size: int = 32) -> RewardFn:
     """PickScore divided by ``scale``; the raw score is logged as ``raw``."""
     sim = ClipSimilarity(path, device, batch_size)

@@ -13,8 +13,19 @@ from torch import Tensor
 
 
 def good(images: Tensor, prompts: list[str], offset: float = 0.0) -> dict[str, Tensor]:
-    """A well-behaved reward: the mean brightness (plus ``offset``)."""
+    """A well-behaved reward: the mean brightness (plus ``offset``); differentiable in the images."""
     return {"score": images.mean((1, 2, 3)) + offset}
+
+
+good.differentiable = True  # direct reward backpropagation may train through it
+
+
+def clip_brightness(videos: Tensor, prompts: list[str]) -> dict[str, Tensor]:
+    """``good`` for videos ``[B, F, 3, H, W]``: the mean brightness of each clip; differentiable."""
+    return {"score": videos.mean((1, 2, 3, 4))}
+
+
+clip_brightness.differentiable = True
 
 
 def raises(images: Tensor, prompts: list[str]) -> dict[str, Tensor]:

@@ -878,7 +878,8 @@ def test_train_help_lists_every_choice_and_the_text_keys(capsys):
     text = " ".join(capsys.readouterr().out.split())  # wrapped lines joined
     assert "model.mixed_precision (str, default 'no') accelerate mixed precision (one of: no, fp16, bf16)" in text
     assert "(one of: branchgrpo, branchgrpo-mix, flow-grpo, flow-grpo-fast, mixgrpo, mixgrpo-flash, ode" in text
-    assert "one of: awm, best-of-n, bnpo, dapo, dpo, dr-grpo, grpo, grpo-guard, gspo, nft, ppo-clip, smpo" in text
+    losses = "awm, best-of-n, bnpo, dapo, dpo, dr-grpo, draft, grpo, grpo-guard, gspo, nft, ppo-clip, refl, smpo"
+    assert f"one of: {losses}" in text
     assert "options of the text backend" in text and "generation.max_new_tokens (int, default 64)" in text
     assert "generation.engine (str, default 'generate')" in text and "one of: generate, continuous" in text
     assert "TRL's GRPOConfig names, translated: " in text and "epsilon_high, generation_batch_size" in text
@@ -1110,6 +1111,7 @@ def test_facts_are_enums_checked_at_registration() -> None:
         assert all(isinstance(t, Backend) for t in facts.trainers)
     assert LOSSES.names(lambda f: f.trains_on is TrainsOn.SAMPLES) == ["awm", "best-of-n", "nft"]
     assert LOSSES.names(lambda f: f.trains_on is TrainsOn.PAIRS) == ["dpo", "smpo"]
+    assert LOSSES.names(lambda f: f.trains_on is TrainsOn.CHAINS) == ["draft", "refl"]
     assert all(isinstance(ROLLOUT_MODES.facts(m).branching, Branching) for m in ROLLOUT_MODES.names())
     assert str(TrainsOn.SAMPLES) == f"{TrainsOn.SAMPLES}" == "samples" and isinstance(Branching.TREE, Fact)
     with pytest.raises(TypeError, match="trains_on must be a TrainsOn, got 'samples'"):

@@ -60,6 +60,16 @@ def test_score_equals_an_independent_computation(checkpoints):
     torch.testing.assert_close(got, x.squeeze(-1), atol=1e-5, rtol=1e-5)
 
 
+def test_score_is_differentiable_in_the_images(checkpoints):
+    from reward_grad import assert_image_gradient
+
+    clip_path, head_path, _ = checkpoints
+    reward = make_reward("aesthetic", clip_path=clip_path, head_path=head_path, batch_size=2)
+    reward.clip.double(), reward.head.double()  # the tiny head's score moves by ~1e-6 here: float32 cannot see it
+    images = 0.2 + 0.6 * torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert_image_gradient(reward, images, ["", ""], h=0.1)
+
+
 def test_bad_head_is_named(checkpoints, tmp_path):
     clip_path, _, state = checkpoints
     torch.save({k: v for k, v in state.items() if not k.startswith("layers.7")}, tmp_path / "bad.pth")

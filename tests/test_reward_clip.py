@@ -48,6 +48,16 @@ def test_pickscore_and_clipscore_equal_the_hand_computation(clip_dir):
     assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # CLIP's initial temperature
 
 
+def test_pickscore_is_differentiable_in_the_images(clip_dir):
+    from reward_grad import assert_image_gradient
+
+    from flowrl.rewards import REWARDS
+
+    assert REWARDS.facts("pickscore").differentiable and REWARDS.facts("clipscore").differentiable
+    images = 0.2 + 0.6 * torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+    assert_image_gradient(make_reward("pickscore", path=clip_dir), images, ["a red circle", "two blue squares"])
+
+
 def test_mismatched_prompts_are_named(clip_dir):
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         make_reward("clipscore", path=clip_dir)(torch.rand(2, 3, 32, 32), ["one"])

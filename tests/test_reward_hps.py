@@ -63,6 +63,14 @@ def test_score_is_the_cosine_of_the_embeddings(hps_checkpoint):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_score_is_differentiable_in_the_images(hps_checkpoint):
+    from reward_grad import assert_image_gradient
+
+    reward = make_reward("hpsv2", checkpoint=hps_checkpoint, arch="tiny-hps-test", batch_size=2)
+    images = 0.2 + 0.6 * torch.rand(2, 3, 48, 32, generator=torch.Generator().manual_seed(2))
+    assert_image_gradient(reward, images, ["a red circle", "a cat"])
+
+
 def test_checkpoint_without_state_dict_is_named(hps_checkpoint, tmp_path):
     torch.save({"weights": {}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="has no 'state_dict' entry"):

@@ -171,6 +171,14 @@ def test_score_equals_a_hand_written_forward(files):
     assert not torch.allclose(reward(images.flip(0), PROMPTS)["score"], got)
 
 
+def test_score_is_differentiable_in_the_images(files):
+    from reward_grad import assert_image_gradient
+
+    reward = make_reward("imagereward", batch_size=2, **files["options"])
+    images = 0.2 + 0.6 * torch.rand(3, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    assert_image_gradient(reward, images, PROMPTS)
+
+
 def test_preprocessing_matches_the_published_transform(files):
     from torchvision import transforms as T
 

@@ -36,6 +36,8 @@ def _lora(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("mode", sorted(MODES) + sorted(PREFERENCE_RUNS))
 def test_every_rollout_mode_trains_the_video_family(folders, mode):
     args = PREFERENCE_RUNS[mode] if mode in PREFERENCE_RUNS else [f"sampler.mode={mode}", *MODES[mode]]
+    if mode in ("draft", "refl"):  # through the decoded clips to a differentiable clip reward
+        args = [*args, "rewards=[{name: 'bad_rewards:clip_brightness'}]"]
     run = setup(tiny_config(folders["wan21"], *VIDEO, *args))
     before = _lora(run.policy.transformer)
     for _ in range(2):

@@ -24,11 +24,14 @@ MODES = {
     "ode": ["loss.name=nft", "train.timestep_fraction=0.5"],  # no transitions: a loss that trains on samples
 }
 
-#: the losses that train on pairs of a group's samples or on its best ones, each on ODE rollouts (2 levels per row)
+#: the losses that train on pairs of a group's samples, on its best ones or through the sampler, on ODE rollouts
 PREFERENCE_RUNS = {
     "dpo": ["sampler.mode=ode", "loss.name=dpo", "loss.dpo.renoise_count=2"],
     "best-of-n": ["sampler.mode=ode", "loss.name=best-of-n", "loss.best-of-n.renoise_count=2"],
     "smpo": ["sampler.mode=ode", "loss.name=smpo"],
+    # direct reward backpropagation: a differentiable reward (the mean brightness)
+    "draft": ["sampler.mode=ode", "loss.name=draft", "loss.draft.steps=2", "rewards=[{name: 'bad_rewards:good'}]"],
+    "refl": ["sampler.mode=ode", "loss.name=refl", "loss.refl.window=2", "rewards=[{name: 'bad_rewards:good'}]"],
 }
 
 

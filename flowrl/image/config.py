@@ -361,6 +361,30 @@ def check_renoise(cfg: Config) -> None:
         )
 
 
+def check_chains(cfg: Config) -> None:
+    """A chain loss (ReFL, DRaFT) re-runs each sample's ODE chain on Euler steps and backpropagates every configured
+    reward: the rollouts must be those chains and every reward differentiable."""
+    name, s = cfg.loss.name, cfg.sampler
+    if s.mode != "ode" or s.tail_solver != "euler":
+        raise ConfigError(
+            f"loss.name={name} differentiates the sampler's Euler chains: use sampler.mode=ode with "
+            f"sampler.tail_solver=euler (got {s.mode}, {s.tail_solver})"
+        )
+    if ADVANTAGES.facts(cfg.advantage.name).per_transition:
+        adv = cfg.advantage.name
+        raise ConfigError(f"loss.name={name} trains on whole chains; advantage.name={adv} needs transitions")
+    if name == "draft" and cfg.loss.options.lv_copies and cfg.loss.options.steps != 1:
+        raise ConfigError("loss.draft.lv_copies (DRaFT-LV) re-noises the last step only: set loss.draft.steps=1")
+    from flowrl.rewards import REWARDS
+
+    for i, r in enumerate(cfg.rewards):
+        if r.name in REWARDS and not REWARDS.facts(r.name).differentiable:
+            raise ConfigError(
+                f"rewards[{i}].name={r.name!r} is not differentiable; loss.name={name} backpropagates through the "
+                "reward (differentiable: " + ", ".join(REWARDS.names(lambda f: f.differentiable)) + ")"
+            )
+
+
 def check_tree(s: SamplerConfig, group_size: int) -> None:
     """A tree mode's split steps: distinct, inside the schedule, and as many leaves per prompt as the group."""
     key, splits, factor = f"sampler.{s.mode}", s.options.split_steps, s.options.branch_factor
@@ -416,6 +440,8 @@ def check_combinations(cfg: Config) -> None:
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
             "trains on final samples: awm, nft, dpo)"
         )
+    if trains_on(cfg.loss.name) is TrainsOn.CHAINS:
+        check_chains(cfg)
     if trains_on(cfg.loss.name) in (TrainsOn.SAMPLES, TrainsOn.PAIRS):
         check_renoise(cfg)
         if ADVANTAGES.facts(cfg.advantage.name).per_transition:

@@ -13,7 +13,9 @@ asks which method it runs. Each objective is one registered object with two part
   (its options' ``renoise`` scheme says how many per sample), re-noised there for its velocity and flow-matching
   target (and the old policy's velocity when the loss declares ``old_policy``);
 - ``pairs`` (DPO): a row is a chosen and a rejected sample of one prompt group, both re-noised at one level with
-  one noise, for the velocities of both under the policy and its reference.
+  one noise, for the velocities of both under the policy and its reference;
+- ``chains`` (ReFL, DRaFT): a row is a sample's sampling chain, re-run from its initial noise with its last steps
+  differentiated, decoded and scored by the differentiable rewards.
 
 Adding an objective is one more registered object here plus its loss.
 """
@@ -306,9 +308,79 @@ def invert(velocity: Velocity, x0: Tensor, sigma: Tensor, grid: Tensor, cond: di
     return x
 
 
+class RewardGradient:
+    """Chain losses (ReFL, DRaFT; ``flowrl.core.losses.reward_backprop``): each row is a sample's chain, re-run from
+    its initial noise with the current weights on Euler steps of the schedule, without gradient up to the loss's first
+    differentiated step (one draw per micro-batch), then with gradient (each network pass checkpointed) to the end,
+    or in one x0 prediction (ReFL), or through re-noised copies of the last step (DRaFT-LV); decoded with gradient and
+    scored by the configured rewards, all differentiable, weighted as configured."""
+
+    def rows(self, run: Run, batch: Batch, whole: Whole, adv: Tensor, mask: Tensor) -> TrainRows:
+        n, group = whole.sample_pos.numel(), batch.rollout.group_id.cpu()
+        return TrainRows(torch.zeros(n), torch.ones(n, dtype=torch.bool), whole.sample_pos, group)
+
+    def epoch_rows(self, run: Run, train: TrainRows, epoch: int) -> TrainRows:
+        return train
+
+    def __call__(self, run: Run, batch: Batch, rows: Tensor, train: TrainRows) -> LossOutput:
+        cfg, policy = run.cfg, run.policy
+        plan = LOSSES.facts(cfg.loss.name).chain(cfg.loss.options)
+        sigmas = policy.sigmas(cfg.sampler.num_steps, cfg.model.resolution).to(batch.noise.device)
+        steps = len(sigmas) - 1
+        seed = (cfg.seed * 7_368_787 + run.iteration) * 1_000_033 + int(train.position[rows].min())
+        gen = torch.Generator().manual_seed(seed % 2**62)
+        first = plan.first(steps, gen)
+        local = rows.to(batch.noise.device)
+        cond = index_cond(batch.cond, batch.rollout.cond_index[local.to(batch.rollout.cond_index.device)])
+        x = batch.noise[local]
+        with torch.no_grad():
+            for i in range(first):
+                x = x + (sigmas[i + 1] - sigmas[i]) * policy.velocity(x, sigmas[i].expand(len(x)), cond)
+        x0 = chain_end(policy.velocity, x, sigmas, first, cond, plan, gen)
+        prompts = [batch.prompts[int(r)] for r in rows]
+        copies = max(1, plan.copies)
+        reward = differentiable_reward(run, policy.decode(x0), prompts * copies).view(copies, -1).mean(0)
+        return compute_loss(cfg.loss.name, LossInputs(reward=reward), cfg.loss)
+
+
+def chain_end(velocity: Velocity, x: Tensor, sigmas: Tensor, first: int, cond: dict, plan, gen) -> Tensor:
+    """The clean samples ``[R·copies, *S]`` from the states ``x`` at step ``first``, with gradient: Euler steps to the
+    end, each network pass checkpointed; or one x0 prediction x − σ·v (``plan.jump``); or, for DRaFT-LV, the finished
+    chain (no gradient) re-noised ``plan.copies`` times to the last step's level and each copy denoised in one pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    def v(state: Tensor, i: int, rows_cond: dict) -> Tensor:
+        s = sigmas[i].expand(len(state))
+        return checkpoint(velocity, state, s, rows_cond, use_reentrant=False)
+
+    if plan.jump:
+        return x - sigmas[first] * v(x, first, cond)
+    if plan.copies:
+        last = len(sigmas) - 2
+        with torch.no_grad():
+            for i in range(first, last + 1):
+                x = x + (sigmas[i + 1] - sigmas[i]) * velocity(x, sigmas[i].expand(len(x)), cond)
+        eps = torch.randn((plan.copies, *x.shape), generator=gen).to(x)
+        noisy = ((1 - sigmas[last]) * x + sigmas[last] * eps).flatten(0, 1)
+        repeated = {k: t.repeat(plan.copies, *([1] * (t.dim() - 1))) for k, t in cond.items()}
+        return noisy - sigmas[last] * v(noisy, last, repeated)
+    for i in range(first, len(sigmas) - 1):
+        x = x + (sigmas[i + 1] - sigmas[i]) * v(x, i, cond)
+    return x
+
+
+def differentiable_reward(run: Run, images: Tensor, prompts: list[str]) -> Tensor:
+    """The configured rewards' weighted sum ``[B]`` of ``images`` ``[B, 3, H, W]`` (or videos), with its gradient."""
+    total = 0
+    for name, fn in run.rewards.rewards.items():
+        total = total + run.rewards.weights[name] * fn(images, prompts)["score"].to(images.device)
+    return total
+
+
 OBJECTIVES.register("transitions", keeps=Together.ROWS)(ReplayTransitions())
 OBJECTIVES.register("samples", keeps=Together.ROWS)(RenoisedSamples())
 OBJECTIVES.register("pairs", keeps=Together.ROWS)(PreferencePairs())  # a pair is one row: never split
+OBJECTIVES.register("chains", keeps=Together.ROWS)(RewardGradient())
 
 __all__ = [
     "OBJECTIVES",
@@ -317,6 +389,7 @@ __all__ = [
     "PreferencePairs",
     "RenoisedSamples",
     "ReplayTransitions",
+    "RewardGradient",
     "TrainRows",
     "invert",
     "inverted_inputs",

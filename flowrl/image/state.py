@@ -50,6 +50,7 @@ class Batch:
     granular: Tensor | None = None  # [J, N, K] rewards of coarser decodings (G2RPO)
     preferences: Tensor | None = None  # [N, N] a pairwise judge's verdicts within groups (Pref-GRPO)
     monitors: dict[str, Tensor] = field(default_factory=dict)  # thumbnails and watch scores (trainer.monitor)
+    noise: Tensor | None = None  # [R, *S] the roots' initial noise (chain losses re-run the chains from it)
 
 
 __all__ = ["Batch", "Run"]

@@ -50,7 +50,7 @@ from flowrl.image.models.common import in_chunks, set_attention_backend
 from flowrl.image.models.untrained import compile_policy, untrained_copy
 from flowrl.image.objectives import OBJECTIVES, Objective, TrainRows
 from flowrl.image.state import Batch, Run
-from flowrl.rewards import RewardSet, is_groupwise
+from flowrl.rewards import RewardSet, is_groupwise, is_user_reward
 from flowrl.samplers import (
     WINDOW_SCHEDULES,
     Rollout,
@@ -147,6 +147,14 @@ def _check_split(cfg: Config, window: WindowSchedule, rewards: RewardSet, pool: 
             f"loss.name={cfg.loss.name} pairs the samples of a prompt, so a group must stay on one process: "
             f"train.prompts_per_step={prompts} must be a multiple of the {processes} processes"
         )
+    if trains_on(cfg.loss.name) is TrainsOn.CHAINS:  # registered rewards were checked with the config
+        users = [r.label or r.name for r in cfg.rewards if is_user_reward(r.name)]
+        stiff = [key for key in users if not getattr(rewards.rewards[key], "differentiable", False)]
+        if stiff:
+            raise ConfigError(
+                f"reward {stiff[0]!r} does not say it is differentiable (an attribute differentiable = True); "
+                f"loss.name={cfg.loss.name} backpropagates through every reward"
+            )
     groupwise = [name for name, fn in rewards.rewards.items() if is_groupwise(fn)]
     if groupwise and prompts % processes:
         raise ConfigError(
@@ -215,7 +223,7 @@ def sample(run: Run, prompts: list[str]) -> Batch:
     if rollout.extra_samples:
         coarser = [policy.decode(s, chunk) for _, s in sorted(rollout.extra_samples.items())]
         granular = torch.stack([score(run, im, sample_prompts, rollout.group_id)[0] for im in coarser])
-    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise, monitors)
+    return Batch(rollout, cond, sample_prompts, rewards, parts, granular, pairwise, monitors, noise=x)
 
 
 def _root_blocks(prompt_of_root: Tensor, size: int, whole_prompts: bool = False) -> list[tuple[int, int]]:

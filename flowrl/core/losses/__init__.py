@@ -1,13 +1,13 @@
 """Policy losses: one registry, one signature ``fn(inputs, cfg, options) -> LossOutput``.
 
-Registered names: ppo-clip, grpo-guard, awm, nft, dpo, smpo, best-of-n (flows); grpo, bnpo, dr-grpo, dapo, gspo
-(both); cispo, sapo (tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are options of
-every clipped loss (``LossConfig``); awm, nft, dpo, smpo, best-of-n and sapo declare their own options
-(``AwmOptions``, ``NftOptions``, ``DpoOptions``, ``SmpoOptions``, ``BestOfNOptions``, ``SapoOptions``:
+Registered names: ppo-clip, grpo-guard, awm, nft, dpo, smpo, best-of-n, draft, refl (flows); grpo, bnpo, dr-grpo,
+dapo, gspo (both); cispo, sapo (tokens). Step weightings (uniform, noise-aware, inverse-dt) and KL (Gaussian or k3) are
+options of every clipped loss (``LossConfig``); the others declare their own options (``AwmOptions``, ``NftOptions``,
+``DpoOptions``, ``SmpoOptions``, ``BestOfNOptions``, ``DraftOptions``, ``ReflOptions``, ``SapoOptions``:
 ``loss.awm.weighting`` in a config). See docs/methods.md.
 """
 
-from . import best_of_n, dpo, nft, policy, smpo  # noqa: F401  (importing registers the losses)
+from . import best_of_n, dpo, nft, policy, reward_backprop, smpo  # noqa: F401  (importing registers the losses)
 from .best_of_n import BestOfNOptions
 from .core import (
     LOSSES,
@@ -29,6 +29,7 @@ from .dpo import DpoOptions
 from .nft import NftOptions
 from .policy import AwmOptions, SapoOptions
 from .renoise import RenoiseOptions
+from .reward_backprop import DraftOptions, ReflOptions
 from .smpo import SmpoOptions
 from .terms import (
     STEP_WEIGHTINGS,
@@ -47,6 +48,7 @@ __all__ = [
     "AwmOptions",
     "BestOfNOptions",
     "DpoOptions",
+    "DraftOptions",
     "Loss",
     "LossConfig",
     "LossFacts",
@@ -55,6 +57,7 @@ __all__ = [
     "NftOptions",
     "NormalizesBy",
     "OldPolicy",
+    "ReflOptions",
     "RenoiseOptions",
     "SapoOptions",
     "SmpoOptions",

@@ -55,6 +55,7 @@ class LossInputs:
     sigma: Tensor | None = None  # [N] the noise level each row was re-noised at (AWM's weightings, NFT's x0)
     policy_weights: Tensor | None = None  # [N, T] multiplies the policy term only (not the KL): entropy masking
     pair_rewards: Tensor | None = None  # [P, 2] pair losses: the chosen's and the rejected's reward (SmPO)
+    reward: Tensor | None = None  # [N] chain losses: each row's differentiable reward, with its gradient
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
     def need(self, *names: str, loss: str) -> None:
@@ -154,6 +155,7 @@ class TrainsOn(Fact):
     TRANSITIONS = "transitions"  # a stored denoising step or a token, with its log-prob
     SAMPLES = "samples"  # a clean final sample, re-noised at drawn levels (AWM, DiffusionNFT)
     PAIRS = "pairs"  # a chosen and a rejected sample of one group, re-noised alike (DPO)
+    CHAINS = "chains"  # a sample's sampling chain, its last steps differentiated to the reward (ReFL, DRaFT)
 
 
 class NormalizesBy(Fact):
@@ -199,6 +201,7 @@ class LossFacts:
     inversion: given the loss's options, how its rows reach their noise level: None, x0 plus fresh noise (the
     forward process); an int, the policy's ODE run backwards from x0 with that many ReNoise refinements per step
     (SmPO).
+    chain: given the loss's options, how a chain loss differentiates the sampler (``reward_backprop.ChainGradient``).
     """
 
     trains_on: TrainsOn = TrainsOn.TRANSITIONS
@@ -211,6 +214,7 @@ class LossFacts:
     selects: Callable[[Any], Callable[[Tensor, Tensor], Tensor] | None] = _never
     guided_rollouts: bool = False
     inversion: Callable[[Any], int | None] = _never
+    chain: Callable[[Any], Any] = _never
 
     def __post_init__(self) -> None:
         for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy), ("keeps", Together)):

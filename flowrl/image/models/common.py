@@ -261,9 +261,9 @@ class Codec:
         """Channels of an unpacked latent."""
         return self.vae.config.latent_channels if self.vae is not None else 3
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
+        """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32); differentiable (the VAE is
+        frozen: a graph is built only for latents that require a gradient, as direct reward backpropagation's)."""
         if self.vae is None:
             return (latents.float() * 0.5 + 0.5).clamp(0, 1)
         cfg = self.vae.config

@@ -110,7 +110,6 @@ class Flux2Codec:
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + self.vae.config.batch_norm_eps)
         return bn.running_mean.view(1, -1, 1, 1).to(like), std.to(like)
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """State ``[B, 4C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
         z = latents.to(self.vae.dtype)

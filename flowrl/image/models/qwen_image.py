@@ -63,7 +63,6 @@ class QwenCodec:
     def channels(self) -> int:
         return self.vae.config.z_dim
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, C, h, w]`` → images ``[B, 3, H, W]`` in [0, 1] (float32)."""
         z = latents.to(self.vae.dtype)[:, :, None]

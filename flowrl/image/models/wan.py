@@ -76,7 +76,6 @@ class WanCodec:
         mean = torch.tensor(cfg.latents_mean).view(shape).to(z.device, z.dtype)
         return mean, torch.tensor(cfg.latents_std).view(shape).to(z.device, z.dtype)
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents ``[B, C, F', h, w]`` → frames ``[B, F, 3, H, W]`` in [0, 1] (float32)."""
         if self.vae is None:
