@@ -4,6 +4,8 @@ registry for both recipes: each reward declares whether it scores images, videos
 - ``base``: the reward interface, ``make_reward`` (registered names or ``module:callable`` paths to your own
   reward) and the weighted ``RewardSet``; every reward failure is a ``flowrl.core.errors.RewardError`` naming it.
 - ``toy``: the toy world's rule-based evaluator (``toy-geneval``).
+- ``toy_learned``: the toy world's learned reward (``toy-learned``: a small CNN trained to predict ``toy-geneval``;
+  differentiable, hackable).
 - ``toy_edit``: the toy edit world's evaluator (``toy-edit``: instruction carried out and source preserved, from each
   prompt row's source image, target caption and edit kind).
 - ``toy_video``: the toy video world's evaluator (``toy-video``: objects in every frame, the described motion,
@@ -46,6 +48,7 @@ from . import (  # noqa: F401  (register their rewards)
     text,
     toy,
     toy_edit,
+    toy_learned,
     toy_video,
     video_temporal,
     vlm_edit_judge,

@@ -34,6 +34,7 @@ from flowrl.core.options import option
 
 from .core import LOSSES, LossConfig, LossInputs, LossOutput, TrainsOn
 from .dpo import DpoOptions, dpo_reference, fm_error
+from .renoise import RENOISE
 
 
 @dataclass
@@ -46,7 +47,7 @@ class SmpoOptions(DpoOptions):
         "uniform",
         "the noise level of each pair (flowrl.core.losses.renoise): SmPO draws t uniformly (torch.randint over the "
         "1000 training timesteps); uniform here is one level of the sampling schedule",
-        choices=("uniform", "subset", "stratified", "logit-normal"),
+        choices=lambda: RENOISE.names(),
     )
     beta: float = option(5000.0, "β (SmPO examples/sdxl.sh --beta_dpo 5000; sd15.sh 2000)", low=1e-9)
     temperature: float = option(
