@@ -27,9 +27,9 @@ from torch import Tensor
 from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
+from .core import LOSSES, NO_RATIO, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
 from .dpo import fm_error, refresh_decay
-from .renoise import RENOISE, RenoiseOptions
+from .renoise import RenoiseOptions, scheme_option
 from .terms import velocity_penalty
 
 
@@ -39,11 +39,10 @@ class BestOfNOptions(RenoiseOptions):
 
     FLAT: ClassVar[dict[str, str]] = {}
 
-    renoise: str = option(
+    renoise: str = scheme_option(
         "logit-normal",
-        "the noise levels each selected sample trains at (flowrl.core.losses.renoise); flow_grpo's SFT script draws "
-        "int(T·timestep_fraction) logit-normal levels (renoise_count) on the shifted schedule (renoise_shift)",
-        choices=lambda: RENOISE.names(),
+        "flow_grpo's SFT script draws int(T·timestep_fraction) logit-normal levels (renoise_count) on the shifted "
+        "schedule (renoise_shift)",
     )
     renoise_each_epoch: bool = option(True, "with train.inner_epochs > 1: new levels and noise in every inner epoch")
     top_k: int = option(1, "the samples of each group trained on: its k highest advantages (flow_grpo: 1)", low=1)
@@ -87,7 +86,7 @@ def _sampler(options: BestOfNOptions) -> OldPolicy | None:
     trainers=(Backend.FLOW,),
     old_policy=_sampler,
     selects=lambda options: top_of_groups(options.top_k),
-    ignores=("clip_low", "clip_high", "dual_clip", "delta", "max_length"),
+    ignores=NO_RATIO,
     guided_rollouts=True,
 )
 def best_of_n(inputs: LossInputs, cfg: LossConfig, options: BestOfNOptions) -> LossOutput:

@@ -74,6 +74,8 @@ def _on_samples(facts: LossFacts) -> bool:
 
 
 FLOW, TEXT = (Backend.FLOW,), (Backend.TEXT,)
+#: the ratio-clipping options a loss without a probability ratio does not read (its ``ignores``)
+NO_RATIO = ("clip_low", "clip_high", "dual_clip", "delta", "max_length")
 
 
 @dataclass

@@ -28,8 +28,8 @@ from torch import Tensor
 from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
-from .renoise import RENOISE, RenoiseOptions
+from .core import LOSSES, NO_RATIO, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
+from .renoise import RenoiseOptions, scheme_option
 
 PAIRINGS = ("best-worst", "top-bottom", "all")
 
@@ -40,12 +40,10 @@ class DpoOptions(RenoiseOptions):
 
     FLAT: ClassVar[dict[str, str]] = {}
 
-    renoise: str = option(
+    renoise: str = scheme_option(
         "logit-normal",
-        "the noise levels each pair trains at (flowrl.core.losses.renoise); flow_grpo draws int(T·timestep_fraction) "
-        "logit-normal levels per pair (compute_density_for_timestep_sampling, logit_mean 0, logit_std 1) on the "
-        "shifted training schedule: renoise_count and renoise_shift say how many and the shift",
-        choices=lambda: RENOISE.names(),
+        "flow_grpo draws int(T·timestep_fraction) logit-normal levels per pair (compute_density_for_timestep_sampling,"
+        " logit_mean 0, logit_std 1) on the shifted training schedule: renoise_count and renoise_shift",
     )
     renoise_each_epoch: bool = option(
         True, "with train.inner_epochs > 1: new levels and noise in every inner epoch (flow_grpo draws them per pass)"
@@ -88,15 +86,12 @@ def fm_error(v: Tensor, target: Tensor) -> Tensor:
     return ((v.float() - target.float()) ** 2).flatten(1).mean(1)
 
 
-@LOSSES.register(
-    "dpo",
-    options=DpoOptions,
-    trains_on=TrainsOn.PAIRS,
-    trainers=(Backend.FLOW,),
-    old_policy=dpo_reference,
-    ignores=("clip_low", "clip_high", "dual_clip", "delta", "max_length"),
-    guided_rollouts=True,
-)
+#: what a loss on DPO's pairs declares (SmPO shares it): pairs, flows, the refreshed reference, guided rollouts allowed
+PAIR_FACTS = dict(trains_on=TrainsOn.PAIRS, trainers=(Backend.FLOW,), old_policy=dpo_reference, ignores=NO_RATIO,
+                  guided_rollouts=True)  # fmt: skip
+
+
+@LOSSES.register("dpo", options=DpoOptions, **PAIR_FACTS)
 def dpo(inputs: LossInputs, cfg: LossConfig, options: DpoOptions) -> LossOutput:
     """The DPO loss of P pairs (module docstring). Needs v_pred, v_old (the reference's velocity) and v_target
     ``[2P, *S]``: rows 0..P−1 the chosen members, P..2P−1 the rejected ones, row i and P + i at the same σ and ε."""
@@ -147,4 +142,4 @@ def choose_pairs(advantages: Tensor, group: Tensor, pairing: str, k: int = 1) ->
     return torch.tensor(chosen, dtype=torch.long), torch.tensor(rejected, dtype=torch.long)
 
 
-__all__ = ["PAIRINGS", "DpoOptions", "choose_pairs", "dpo", "dpo_reference", "fm_error", "refresh_decay"]
+__all__ = ["PAIRINGS", "PAIR_FACTS", "DpoOptions", "choose_pairs", "dpo", "dpo_reference", "fm_error", "refresh_decay"]

@@ -29,7 +29,7 @@ from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
 from .core import LOSSES, LossConfig, LossInputs, LossOutput, OldPolicy, TrainsOn
-from .renoise import RENOISE, RenoiseOptions
+from .renoise import RenoiseOptions, scheme_option
 from .terms import velocity_penalty
 
 # (flat, uprate, uphold) of DiffusionNFT's decay types 0, 1, 2 (its return_decay)
@@ -65,11 +65,8 @@ class NftOptions(RenoiseOptions):
                                       "nft_decay_type": "decay_type"}  # fmt: skip
     STORED_DEFAULTS: ClassVar[dict[str, Any]] = {"renoise_each_epoch": False}  # a run stored before the option
 
-    renoise: str = option(
-        "subset",
-        "the noise levels each clean sample trains at (flowrl.core.losses.renoise; subset, DiffusionNFT's: a random "
-        "permutation's first max(1, int(T·train.timestep_fraction)) of the T levels)",
-        choices=lambda: RENOISE.names(),
+    renoise: str = scheme_option(
+        "subset", "DiffusionNFT's subset, a random permutation's first max(1, int(T·train.timestep_fraction)) of T"
     )
     renoise_each_epoch: bool = option(
         True,

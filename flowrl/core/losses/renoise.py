@@ -30,6 +30,12 @@ from flowrl.core.options import option
 from flowrl.core.registry import Registry
 
 
+def scheme_option(default: str, why: str) -> Any:
+    """A loss's ``renoise`` option: one of the registered schemes, ``default`` its own, ``why`` its source."""
+    return option(default, f"the noise levels its rows train at (flowrl.core.losses.renoise): {why}",
+                  choices=lambda: RENOISE.names())  # fmt: skip
+
+
 @dataclass
 class RenoiseOptions:
     """The re-noising options of a loss trained on samples (its options class extends this one)."""
@@ -38,11 +44,8 @@ class RenoiseOptions:
                                       "renoise_shift": "renoise_shift"}  # fmt: skip
     FLAT_DEFAULTS: ClassVar[dict[str, Any]] = {"renoise": "auto"}  # the old flat 'auto': the loss's own scheme
 
-    renoise: str = option(
-        "uniform",
-        "the noise levels each clean sample trains at (flowrl.core.losses.renoise; subset: DiffusionNFT's, stratified "
-        "and logit-normal: AWM's discrete_wo_init and logit_normal)",
-        choices=lambda: RENOISE.names(),
+    renoise: str = scheme_option(
+        "uniform", "subset is DiffusionNFT's, stratified and logit-normal AWM's discrete_wo_init and logit_normal"
     )
     renoise_count: int = option(6, "stratified / logit-normal: levels per sample (AWM's train_timesteps)", low=1)
     renoise_shift: float = option(3.0, "logit-normal: the time shift (AWM's time_shift)", low=1e-6)
@@ -117,4 +120,4 @@ def logit_normal(levels: Levels, sigmas: Tensor, n: int, gen: torch.Generator) -
     return (shift * t / (1 + (shift - 1) * t)).clamp(min=0.01)
 
 
-__all__ = ["RENOISE", "Levels", "RenoiseOptions", "draw_levels", "levels_of"]
+__all__ = ["RENOISE", "Levels", "RenoiseOptions", "draw_levels", "levels_of", "scheme_option"]

@@ -27,9 +27,7 @@ import torch.nn.functional as F
 from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput, TrainsOn
-
-UNREAD = ("clip_low", "clip_high", "dual_clip", "delta", "max_length")
+from .core import LOSSES, NO_RATIO, LossConfig, LossInputs, LossOutput, TrainsOn
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def _refl_chain(options: ReflOptions) -> ChainGradient:
 
 
 @LOSSES.register("draft", options=DraftOptions, trains_on=TrainsOn.CHAINS, trainers=(Backend.FLOW,),
-                 chain=_draft_chain, ignores=UNREAD)  # fmt: skip
+                 chain=_draft_chain, ignores=NO_RATIO)  # fmt: skip
 def draft(inputs: LossInputs, cfg: LossConfig, options: DraftOptions) -> LossOutput:
     """−scale·mean(reward) over the rows' differentiable rewards ``[N]``."""
     inputs.need("reward", loss="draft")
@@ -94,7 +92,7 @@ def draft(inputs: LossInputs, cfg: LossConfig, options: DraftOptions) -> LossOut
 
 
 @LOSSES.register("refl", options=ReflOptions, trains_on=TrainsOn.CHAINS, trainers=(Backend.FLOW,),
-                 chain=_refl_chain, ignores=UNREAD)  # fmt: skip
+                 chain=_refl_chain, ignores=NO_RATIO)  # fmt: skip
 def refl(inputs: LossInputs, cfg: LossConfig, options: ReflOptions) -> LossOutput:
     """scale·mean(relu(margin − reward)) over the rows' differentiable rewards ``[N]``."""
     inputs.need("reward", loss="refl")

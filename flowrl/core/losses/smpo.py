@@ -29,12 +29,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
-from .core import LOSSES, LossConfig, LossInputs, LossOutput, TrainsOn
-from .dpo import DpoOptions, dpo_reference, fm_error
-from .renoise import RENOISE
+from .core import LOSSES, LossConfig, LossInputs, LossOutput
+from .dpo import PAIR_FACTS, DpoOptions, fm_error
+from .renoise import scheme_option
 
 
 @dataclass
@@ -43,11 +42,8 @@ class SmpoOptions(DpoOptions):
 
     FLAT: ClassVar[dict[str, str]] = {}
 
-    renoise: str = option(
-        "uniform",
-        "the noise level of each pair (flowrl.core.losses.renoise): SmPO draws t uniformly (torch.randint over the "
-        "1000 training timesteps); uniform here is one level of the sampling schedule",
-        choices=lambda: RENOISE.names(),
+    renoise: str = scheme_option(
+        "uniform", "SmPO draws t uniformly (torch.randint over 1000 timesteps); uniform: one level of the schedule"
     )
     beta: float = option(5000.0, "β (SmPO examples/sdxl.sh --beta_dpo 5000; sd15.sh 2000)", low=1e-9)
     temperature: float = option(
@@ -68,16 +64,7 @@ def smoothed_preference(rewards: torch.Tensor, temperature: float) -> torch.Tens
     return torch.sigmoid((rewards[:, 0] - rewards[:, 1]).float() / temperature)
 
 
-@LOSSES.register(
-    "smpo",
-    options=SmpoOptions,
-    trains_on=TrainsOn.PAIRS,
-    trainers=(Backend.FLOW,),
-    old_policy=dpo_reference,
-    ignores=("clip_low", "clip_high", "dual_clip", "delta", "max_length"),
-    guided_rollouts=True,
-    inversion=lambda options: options.renoise_iterations,
-)
+@LOSSES.register("smpo", options=SmpoOptions, inversion=lambda options: options.renoise_iterations, **PAIR_FACTS)
 def smpo(inputs: LossInputs, cfg: LossConfig, options: SmpoOptions) -> LossOutput:
     """The SmPO loss of P pairs (module docstring). Needs v_pred, v_old (the reference's velocity), v_target
     ``[2P, *S]`` (chosen rows first, each pair at one σ, the states and targets from the inversion) and
