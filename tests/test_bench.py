@@ -173,3 +173,26 @@ def test_finished_runs_survive_options_added_later_at_their_base_value():
     assert not _same_settings(done, {"config": {"loss": {"name": "awm", "clip": 0.3, "new": 0}}, "phase": "report"},
                               base)  # fmt: skip
     assert not _same_settings(same, done, base)  # a setting this flowrl no longer has
+
+
+def test_curve_points_carry_the_watched_rewards_with_their_gains():
+    """A learned reward's rise shows beside the evaluator it imitates: each ``watch/<name>`` gets its mean and its
+    paired gain over the run's first evaluation, by hand (two prompts, two seeds each: SE over the prompts' means)."""
+    import torch
+
+    from flowrl.image.bench import curve_point
+
+    prompts = ["a", "a", "b", "b"]
+    first: dict = {}
+    start = {"reward": torch.tensor([0.2, 0.4, 0.6, 0.8]), "watch/toy-geneval": torch.tensor([0.5, 0.5, 0.1, 0.3]),
+             "watch/toy-geneval/strict": torch.zeros(4)}  # fmt: skip
+    p0 = curve_point(start, prompts, first, "toy-geneval/strict")
+    assert p0["gain"] == 0.0 and p0["watch/toy-geneval_gain"] == 0.0
+    assert p0["watch/toy-geneval"] == pytest.approx((0.5 + 0.2) / 2) and "strict" not in p0
+    assert "watch/toy-geneval/strict" not in p0  # a watch reward's diagnostics are not curve columns
+    later = {**start, "reward": start["reward"] + 0.3, "watch/toy-geneval": torch.tensor([0.5, 0.7, 0.1, 0.1])}
+    p1 = curve_point(later, prompts, first, "toy-geneval/strict")
+    assert p1["gain"] == pytest.approx(0.3) and p1["gain_se"] == pytest.approx(0.0, abs=1e-7)
+    # watch gain per prompt: a +0.1, b −0.1: mean 0, SE = std of (0.1, −0.1) / √2 = 0.1
+    assert p1["watch/toy-geneval_gain"] == pytest.approx(0.0, abs=1e-7)
+    assert p1["watch/toy-geneval_gain_se"] == pytest.approx(0.1, rel=1e-5)

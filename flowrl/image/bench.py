@@ -134,7 +134,6 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
     the paired gain over the run's own first evaluation (same pairs, same noise) with its SE over prompts."""
     import torch
 
-    from flowrl.core.stats import prompt_mean_se
     from flowrl.recipes import recipe_for
 
     torch.set_num_threads(int(os.environ.get("FLOWRL_BENCH_THREADS", torch.get_num_threads())))
@@ -147,15 +146,10 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
 
     def point(clock: float) -> dict[str, float]:
         prompts, parts = recipe.scores(run)
-        first.setdefault("reward", parts["reward"])
         rows[:] = prompts
         # the machine's 1-minute load: about the run's own threads when nothing else runs (a check on the timings)
         out = {"t": clock, "iteration": run.iteration, "load": os.getloadavg()[0]}
-        out["reward"], out["reward_se"] = prompt_mean_se(parts["reward"], prompts)
-        out["gain"], out["gain_se"] = prompt_mean_se(parts["reward"] - first["reward"], prompts)
-        if strict_key in parts:
-            out["strict"], out["strict_se"] = prompt_mean_se(parts[strict_key], prompts)
-        return out
+        return {**out, **curve_point(parts, prompts, first, strict_key)}
 
     budget = 60 * preset.budget_minutes
     every = 60 * preset.eval_every_minutes if spec.phase == "report" else math.inf
@@ -190,6 +184,25 @@ def run_method(preset: BenchPreset, spec: RunSpec, out_dir: str) -> dict[str, An
         "transitions_per_iteration": mean("train/rows"),
         "peak_rss_gb": _peak_rss_gb(),
     }
+
+
+def curve_point(parts: dict[str, Any], prompts: list[str], first: dict[str, Any], strict_key: str) -> dict[str, float]:
+    """One evaluation's means with their SEs over prompts: the trained reward, its paired gain over the run's first
+    evaluation (kept in ``first``), the strict accuracy when scored, and each watch reward (``watch/<name>``, never
+    trained on: a learned reward's rise shows beside the evaluator it imitates) with its own paired gain."""
+    from flowrl.core.stats import prompt_mean_se
+
+    watched = [k for k in parts if k.startswith("watch/") and k.count("/") == 1]
+    for key in ("reward", *watched):
+        first.setdefault(key, parts[key])
+    out: dict[str, float] = {}
+    for key, name in (("reward", "reward"), *((k, k) for k in watched)):
+        out[name], out[f"{name}_se"] = prompt_mean_se(parts[key], prompts)
+        gain = "gain" if key == "reward" else f"{name}_gain"
+        out[gain], out[f"{gain}_se"] = prompt_mean_se(parts[key] - first[key], prompts)
+    if strict_key in parts:
+        out["strict"], out["strict_se"] = prompt_mean_se(parts[strict_key], prompts)
+    return out
 
 
 def _peak_rss_gb() -> float:
