@@ -373,8 +373,6 @@ def check_chains(cfg: Config) -> None:
     if ADVANTAGES.facts(cfg.advantage.name).per_transition:
         adv = cfg.advantage.name
         raise ConfigError(f"loss.name={name} trains on whole chains; advantage.name={adv} needs transitions")
-    if name == "draft" and cfg.loss.options.lv_copies and cfg.loss.options.steps != 1:
-        raise ConfigError("loss.draft.lv_copies (DRaFT-LV) re-noises the last step only: set loss.draft.steps=1")
     from flowrl.rewards import REWARDS
 
     for i, r in enumerate(cfg.rewards):
@@ -438,7 +436,7 @@ def check_combinations(cfg: Config) -> None:
     if not ROLLOUT_MODES.facts(s.mode).stochastic and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
         raise ConfigError(
             f"sampler.mode={s.mode} records no transitions; loss.name={cfg.loss.name} trains on them (use a loss that "
-            "trains on final samples: awm, nft, dpo)"
+            f"trains on final samples: {', '.join(LOSSES.names(lambda f: f.trains_on is not TrainsOn.TRANSITIONS))})"
         )
     if trains_on(cfg.loss.name) is TrainsOn.CHAINS:
         check_chains(cfg)

@@ -24,6 +24,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from flowrl.core.errors import ConfigError
 from flowrl.core.method_options import Backend
 from flowrl.core.options import option
 
@@ -52,6 +53,10 @@ class DraftOptions:
         0, "DRaFT-LV: re-noised copies of the finished sample denoised with gradient (steps = 1); 0: DRaFT-K", low=0
     )
     scale: float = option(1.0, "the loss is −scale·mean(reward)", low=1e-12)
+
+    def __post_init__(self) -> None:
+        if self.lv_copies and self.steps != 1:
+            raise ConfigError("loss.draft.lv_copies (DRaFT-LV) re-noises the last step only: set loss.draft.steps=1")
 
 
 @dataclass
