@@ -13,12 +13,15 @@ until its budget of *training* seconds is spent. The protocol (see DESIGN.md, "M
 
 Every run writes ``result.json`` (with the settings it ran) into its own folder; a rerun with the same output folder
 keeps finished runs whose settings are unchanged and runs the rest, so a long protocol can span several sittings.
+Every run holds ``$FLOWRL_BENCH_LOCK`` (a file, when the variable is set) while it trains, so that other work can
+wait for the gap between runs.
 The report (``flowrl.image.bench_report``) is ``results.json``, ``results.md`` and ``reward_vs_time.png``; each
 reported run's final LoRA is under ``<method>-r<k>/checkpoints/final``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -268,12 +271,13 @@ def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dic
         log(f"{spec.folder}: finished earlier, kept")
         return done
     os.makedirs(folder, exist_ok=True)
-    started = time.time()
-    proc = multiprocessing.get_context("spawn").Process(
-        target=_child, args=(preset, spec, folder, result_path, settings)
-    )
-    proc.start()
-    proc.join()
+    with _machine_lock():
+        started = time.time()
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_child, args=(preset, spec, folder, result_path, settings)
+        )
+        proc.start()
+        proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"bench run {spec.folder!r} failed with exit code {proc.exitcode}")
     with open(result_path, encoding="utf-8") as f:
@@ -282,6 +286,25 @@ def run_once(preset: BenchPreset, spec: RunSpec, out_dir: str, log=print) -> dic
     log(f"{spec.folder}: {result['eval_prompts']} reward {last['reward']:.3f} ± {last['reward_se']:.3f} after "
         f"{result['iterations']} iterations ({time.time() - started:.0f} s)")  # fmt: skip
     return result
+
+
+@contextlib.contextmanager
+def _machine_lock():
+    """Hold an exclusive ``flock`` on ``$FLOWRL_BENCH_LOCK`` (when set) for the length of one run, so that other work
+    on a small machine can wait for the gap between runs (``flock $FLOWRL_BENCH_LOCK make test``) instead of sharing
+    the cores with a timed run."""
+    path = os.environ.get("FLOWRL_BENCH_LOCK")
+    if not path:
+        yield
+        return
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def choose_lr(selection: list[dict[str, Any]]) -> float:
