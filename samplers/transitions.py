@@ -67,6 +67,14 @@ class Transitions:
         return Transitions(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     @staticmethod
+    def empty(like: Tensor) -> Transitions:
+        """No transitions, with states shaped, typed and placed as ``like`` ``[B, *S]`` (an ODE rollout's)."""
+        state = like.new_zeros((0, *like.shape[1:]))
+        flt = torch.zeros(0, dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        lng = torch.zeros(0, dtype=torch.long)
+        return Transitions(state, state, state.to(flt.dtype), flt, flt, flt, flt, lng, lng, lng, lng, lng, lng, lng)
+
+    @staticmethod
     def cat(parts: Sequence[Transitions]) -> Transitions:
         """Concatenate along the transition axis."""
         if not parts:

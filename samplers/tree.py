@@ -126,7 +126,7 @@ def tree_rollout(
     tail = sigmas[last_stochastic + 1 :]
     samples, extra, calls = _ode_tails(ode_velocity, x, tail, index_cond(cond, root), tail_solver, tail_steps,
                                        extra_tail_steps, tail_grid)  # fmt: skip
-    transitions = Transitions.cat(parts) if parts else _empty_transitions(x)
+    transitions = Transitions.cat(parts) if parts else Transitions.empty(x)
     return Rollout(samples, group_id.cpu()[root], root, node, transitions, nfe + calls, extra)
 
 
@@ -199,13 +199,6 @@ def _ode_tails(
         extra[n], calls = ode_solve(solver, velocity, x, subsample_sigmas(tail, n), cond)
         nfe += calls * x.shape[0]
     return samples, extra, nfe
-
-
-def _empty_transitions(x: Tensor) -> Transitions:
-    state = x.new_zeros((0, *x.shape[1:]))
-    flt = torch.zeros(0, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    lng = torch.zeros(0, dtype=torch.long)
-    return Transitions(state, state, state.to(flt.dtype), flt, flt, flt, flt, lng, lng, lng, lng, lng, lng, lng)
 
 
 __all__ = ["tree_rollout"]

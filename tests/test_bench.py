@@ -157,8 +157,14 @@ def test_full_preset_names_every_method_of_the_issue():
     preset = load_preset(str(REPO / "configs/bench/full.yaml"))
     assert [m.name for m in preset.methods] == [
         "flow-grpo", "flow-grpo-fast", "mixgrpo", "mixgrpo-flash", "branchgrpo", "branchgrpo-pruned",
-        "branchgrpo-mix", "tempflow", "g2rpo", "grpo-guard", "nft", "awm", "dpo", "best-of-n",
+        "branchgrpo-mix", "tempflow", "g2rpo", "grpo-guard", "nft", "awm", "dpo", "best-of-n", "smpo",
+        "draft-learned", "refl-learned", "flow-grpo-fast-learned", "dpo-learned",
     ]  # fmt: skip
+    # the learned-reward rows train on toy-learned and watch the evaluator
+    for m in preset.methods:
+        if m.name.endswith("-learned"):
+            assert "rewards=[{name: toy-learned}]" in m.overrides
+            assert "eval.watch_rewards=[{name: toy-geneval}]" in m.overrides
 
 
 def test_finished_runs_survive_options_added_later_at_their_base_value():
@@ -196,3 +202,36 @@ def test_curve_points_carry_the_watched_rewards_with_their_gains():
     # watch gain per prompt: a +0.1, b −0.1: mean 0, SE = std of (0.1, −0.1) / √2 = 0.1
     assert p1["watch/toy-geneval_gain"] == pytest.approx(0.0, abs=1e-7)
     assert p1["watch/toy-geneval_gain_se"] == pytest.approx(0.1, rel=1e-5)
+
+
+def test_rows_on_another_reward_have_no_target_and_list_their_watched_rewards():
+    """A row trained on a learned reward is not timed against the evaluator's target; its watched evaluator's final
+    value and paired gain are means over repeats with their SE over repeats, by hand."""
+
+    def run(name: str, rewards: list[str], points: list[tuple[float, float]], watch: list[float] | None, k: int):
+        r = _run(name, points, k)
+        r["settings"] = {"config": {"rewards": [{"name": n} for n in rewards]}}
+        if watch is not None:
+            for p, w in zip(r["curve"], watch, strict=True):
+                p.update({"watch/toy-geneval": w, "watch/toy-geneval_se": 0.02, "watch/toy-geneval_gain": w - watch[0],
+                          "watch/toy-geneval_gain_se": 0.02})  # fmt: skip
+        return r
+
+    preset = BenchPreset(repeats=2, baseline="base", methods=[BenchMethod("base"), BenchMethod("hack")])
+    runs = [
+        run("base", ["toy-geneval"], [(0, 0.3), (60, 0.5)], None, 0),
+        run("base", ["toy-geneval"], [(0, 0.3), (60, 0.5)], None, 1),
+        run("hack", ["toy-learned"], [(0, 0.3), (60, 0.9)], [0.3, 0.32], 0),  # the learned reward soars ...
+        run("hack", ["toy-learned"], [(0, 0.3), (60, 0.7)], [0.3, 0.28], 1),  # ... the evaluator does not move
+    ]
+    rows = {r["method"]: r for r in summarise(preset, runs)["rows"]}
+    assert rows["base"]["time_to_target_s"] == 60 and rows["base"]["watched"] == {}
+    hack = rows["hack"]
+    assert hack["time_to_target_s"] is None and hack["speedup"] is None and hack["rewards"] == ["toy-learned"]
+    assert hack["final_gain"] == pytest.approx(0.5) and hack["final_gain_se"] == pytest.approx(0.1)
+    w = hack["watched"]["toy-geneval"]
+    assert (w["base"], w["final"], w["final_se"]) == pytest.approx((0.3, 0.3, 0.02))
+    assert w["gain"] == pytest.approx(0.0, abs=1e-12) and w["gain_se"] == pytest.approx(0.02)
+    table = markdown(summarise(preset, runs))
+    assert "| hack (on toy-learned) |" in table and "– (own reward)" in table
+    assert "| hack | toy-learned | 0.500 ± 0.100 | toy-geneval | 0.300 → 0.300 ± 0.020 | 0.000 ± 0.020 |" in table

@@ -38,6 +38,9 @@ SCRIPTS = {
     "train_flux_pref_grpo.sh": "flux_pref_grpo.yaml",
     "train_sd35_nft_pickscore.sh": "sd35_nft_pickscore.yaml",
     "train_sd35_dpo_pickscore.sh": "sd35_dpo_pickscore.yaml",
+    "train_sd35_refl_pickscore.sh": "sd35_refl_pickscore.yaml",
+    "train_flux_dpo_pickscore.sh": "flux_dpo_pickscore.yaml",
+    "train_flux_refl_hpsv21.sh": "flux_refl_hpsv21.yaml",
     "train_qwen_image_pickscore.sh": "qwen_image_pickscore.yaml",
     "train_flux2_klein_pickscore.sh": "flux2_klein_pickscore.yaml",
     "train_z_image_turbo_pickscore.sh": "z_image_turbo_pickscore.yaml",
@@ -124,6 +127,50 @@ EXPECTED = {
         "loss.dpo.renoise_count": 39,
         "loss.dpo.renoise_shift": 3.0,
         "rewards": ["pickscore"],
+    },
+    "sd35_refl_pickscore.yaml": {
+        "model.path": "stabilityai/stable-diffusion-3.5-medium",
+        "model.resolution": 512,
+        "model.finetune": "full",
+        "model.cfg_scale": 1.0,
+        "sampler.mode": "ode",
+        "sampler.tail_solver": "euler",
+        "sampler.num_steps": 40,
+        "train.lr": 1e-5,
+        "train.weight_decay": 1e-2,
+        "loss.name": "refl",
+        "loss.refl.window": 10,
+        "loss.refl.margin": 2.0,
+        "loss.refl.scale": 1e-3,
+        "rewards": ["pickscore"],
+    },
+    "flux_dpo_pickscore.yaml": {
+        "model.path": "black-forest-labs/FLUX.1-dev",
+        "model.resolution": 512,
+        "model.lora_rank": 64,
+        "model.lora_alpha": 128.0,
+        "model.guidance_scale": 3.5,
+        "sampler.mode": "ode",
+        "sampler.num_steps": 28,
+        "train.group_size": 4,
+        "train.lr": 1e-6,
+        "loss.name": "dpo",
+        "loss.dpo.beta": 2000.0,
+        "loss.dpo.ref_update_step": 0,
+        "loss.dpo.renoise": "logit-normal",
+        "rewards": ["pickscore"],
+    },
+    "flux_refl_hpsv21.yaml": {
+        "model.path": "black-forest-labs/FLUX.1-dev",
+        "model.resolution": 720,
+        "model.lora_rank": 128,
+        "model.guidance_scale": 3.5,
+        "sampler.mode": "ode",
+        "sampler.tail_solver": "euler",
+        "loss.name": "refl",
+        "loss.refl.margin": 2.0,
+        "loss.refl.scale": 1e-3,
+        "rewards": ["hpsv2"],
     },
     "qwen_image_pickscore.yaml": {
         "model.path": "Qwen/Qwen-Image-2512",
@@ -543,7 +590,10 @@ def test_geneval_script_remote_reward(tmp_path: Path, stand_ins: list[str]):
     assert [(r.name, r.options["url"]) for r in cfg.rewards] == [("remote", "http://127.0.0.1:8101")]
 
 
-@pytest.mark.parametrize("script", ["train_flux_hpsv21.sh", "train_flux_pref_grpo.sh"])
+FLUX_SCRIPTS = [name for name, preset in SCRIPTS.items() if preset.startswith("flux_")]
+
+
+@pytest.mark.parametrize("script", FLUX_SCRIPTS)
 def test_flux_scripts_wrap_flux_blocks_under_fsdp(script: str, tmp_path: Path):
     env = {"ACCELERATE_CONFIG": "configs/accelerate/fsdp.yaml", "JUDGE_URL": "http://127.0.0.1:9/v1"}
     args = launched(tmp_path, script, env)

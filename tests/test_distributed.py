@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import save_tiny_flux, save_tiny_flux_kontext, save_tiny_qwen_image
-from tiny_runs import TINY_ARGS, write_edit_rows
+from tiny_runs import TINY_ARGS, write_edit_rows, write_pairs
 from tiny_video import save_tiny_wan
 
 from flowrl.cli import main
@@ -135,6 +135,8 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
     if kind == "fsdp":  # FLUX too: its blocks return views, which FSDP2 warns may lose gradients
         env["ACCELERATE_USE_FSDP"] = "true"
         extra["flux"] = save_tiny_flux(str(tmp_path / "flux"))
+    if kind == "ddp":
+        write_pairs(tmp_path / "pairs", [None, 0.75])
     proc, out, run_dir = _launch(tmp_path, [tiny_model, *(f"{name}={path}" for name, path in extra.items())], env)
     assert proc.returncode == 0, _failure(proc.stderr)
     # the command line's last line, printed by the main process only
@@ -152,6 +154,8 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
     _assert_one_process_makes_the_same_updates(tiny_model, tmp_path, [torch.load(out / f"rank{k}.pt") for k in (0, 1)])
     if kind == "ddp":
         _assert_dpo_pairs_train_as_in_one_process(tiny_model, tmp_path, out / "dpo")
+        offline = offline_args(tmp_path / "pairs")
+        _assert_dpo_pairs_train_as_in_one_process(tiny_model, tmp_path, out / "dpo_offline", *offline)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 2 and summary["num_eval_samples"] == 4
     assert len([f for f in os.listdir(run_dir / "tb") if f.startswith("events.out.tfevents")]) == 1
@@ -272,17 +276,23 @@ def _assert_one_process_makes_the_same_updates(model: str, tmp_path: Path, ranks
         assert any(not torch.equal(a, b) for a, b in zip(one["params"][step], one["params"][step + 1], strict=True))
 
 
-def _assert_dpo_pairs_train_as_in_one_process(model: str, tmp_path: Path, two: Path) -> None:
-    """DPO on two processes (each holding one group, so both members of its pair) trains the weights one process
-    does, and its reference (refreshed every step) holds the trained weights."""
-    assert main(["train", f"output.run_dir={tmp_path / 'dpo_one'}", f"model.path={model}", *TRAIN_ARGS, *DPO_RUN]) == 0
-    states = [torch.load(d / "checkpoints" / "final" / "trainer_state.pt") for d in (two, tmp_path / "dpo_one")]
+def _assert_dpo_pairs_train_as_in_one_process(model: str, tmp_path: Path, two: Path, *extra: str) -> None:
+    """DPO on two processes (each holding one group, or one pair of a dataset, so both members of its pair) trains
+    the weights one process does, and its reference (refreshed every step) holds the trained weights."""
+    one = tmp_path / f"{two.name}_one"
+    assert main(["train", f"output.run_dir={one}", f"model.path={model}", *TRAIN_ARGS, *DPO_RUN, *extra]) == 0
+    states = [torch.load(d / "checkpoints" / "final" / "trainer_state.pt") for d in (two, one)]
     start = setup_params(model)
     assert any(not torch.equal(a, b) for a, b in zip(states[1]["params"], start, strict=True))
     for a, b in zip(states[0]["params"], states[1]["params"], strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     for state in states:
         assert all(torch.equal(o, p) for o, p in zip(state["old"]["shadow"], state["params"], strict=True))
+
+
+def offline_args(pairs: Path) -> list[str]:
+    """Offline DPO on the pair dataset written to ``pairs`` (``test_pairs.write_pairs``), its latents cached there."""
+    return [f"data.pairs={pairs / 'pairs.jsonl'}", f"data.pairs_cache={pairs / 'cache'}"]
 
 
 def setup_params(model: str) -> list[torch.Tensor]:
@@ -526,6 +536,9 @@ def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
         return
     if not os.environ.get("ACCELERATE_USE_FSDP"):  # DPO's pairs, each group on one process
         assert main(["train", f"output.run_dir={out}/dpo", f"model.path={model}", *TRAIN_ARGS, *DPO_RUN]) == 0
+        if Path(out).parent.joinpath("pairs").is_dir():  # offline: a pair dataset's pairs, one per process
+            offline = [f"model.path={model}", *TRAIN_ARGS, *DPO_RUN, *offline_args(Path(out).parent / "pairs")]
+            assert main(["train", f"output.run_dir={out}/dpo_offline", *offline]) == 0
     checks = _checks(model)
     if rank == 0:
         Path(out, "checks.json").write_text(json.dumps(checks))

@@ -80,6 +80,23 @@ def _train(model: str, run_dir: Path, *extra: str, stop_at: int | None = None) -
     )
 
 
+def test_resumed_offline_dpo_draws_the_pairs_of_the_uninterrupted_run(tiny_model, tmp_path):
+    from tiny_runs import write_pairs
+
+    pairs = write_pairs(tmp_path / "pairs", [None, 0.75, 0.9, 1.0, 0.8])
+    args = [f"model.path={tiny_model}", *TINY_ARGS, "train.iterations=4", "train.save_every=1", "eval.enabled=false",
+            "output.tensorboard=false", "loss.name=dpo", "sampler.mode=ode", "loss.dpo.renoise_count=2",
+            "loss.dpo.ref_update_step=2", f"data.pairs={pairs}", f"data.pairs_cache={tmp_path / 'cache'}"]  # fmt: skip
+    whole = _recorded(ImageRecipe, [*args, f"output.run_dir={tmp_path / 'whole'}"], None)
+    with pytest.raises(Stop):
+        _recorded(ImageRecipe, [*args, f"output.run_dir={tmp_path / 'split'}"], 2)
+    rest = _recorded(ImageRecipe, [*args, f"output.run_dir={tmp_path / 'split'}", "train.resume=auto"], None)
+    assert [m["iteration"] for m in rest] == [3, 4] and rest == whole[2:]  # the same pairs, levels and losses
+    ends = [load_state(str(tmp_path / run / "checkpoints" / "final")) for run in ("whole", "split")]
+    assert all(torch.equal(x, y) for x, y in zip(ends[0]["params"], ends[1]["params"], strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(ends[0]["old"]["shadow"], ends[1]["old"]["shadow"], strict=True))
+
+
 def test_resumed_run_repeats_the_uninterrupted_run_exactly(tiny_model, tmp_path):
     whole = _train(tiny_model, tmp_path / "whole")
     with pytest.raises(Stop):

@@ -133,3 +133,22 @@ def assert_lora_reproduces_velocity(run, pipeline_class, folder: str, out, promp
         ours = run.policy.velocity(x, sigma, cond)
         run.policy.transformer, run.policy.prepared = pipe.transformer, None
         torch.testing.assert_close(run.policy.velocity(x, sigma, cond), ours, atol=1e-5, rtol=1e-4)
+
+
+def write_pairs(folder, labels: list[float | None], size: int = 40) -> str:
+    """A JSONL pair dataset in ``folder`` (a ``Path``): pair i's chosen image is bright, its rejected one dark (each
+    with its own hue), labelled ``labels[i]`` (None: no label key); image paths relative to the file."""
+    import json
+
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, label in enumerate(labels):
+        for kind, level in (("chosen", 220), ("rejected", 30)):
+            colour = (level, (40 * i) % 255, 255 - level)
+            Image.new("RGB", (size, size), colour).save(folder / "img" / f"{kind}{i}.png")
+        row = {"prompt": f"a photo of {i} dogs", "chosen": f"img/chosen{i}.png", "rejected": f"img/rejected{i}.png"}
+        lines.append(json.dumps(row if label is None else {**row, "label": label}))
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return str(folder / "pairs.jsonl")

@@ -5,8 +5,9 @@ and the byte), prompts longer than a tokenizer reads (a warning, once per tokeni
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from flowrl.core.errors import DataError
@@ -51,6 +52,18 @@ def read_utf8(path: str, name: str) -> str:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{name} is not UTF-8 text (line {line}, byte {e.start}); re-save it as UTF-8") from None
+
+
+def jsonl_rows(path: str, name: str) -> Iterator[tuple[int, Any]]:
+    """Each non-blank line of the UTF-8 JSONL file ``path`` as (line number, parsed value); a ``DataError`` naming
+    ``name`` and the line when one is not JSON."""
+    for n, line in enumerate(read_utf8(path, name).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name} line {n}: not JSON ({e.msg})") from None
 
 
 _TRUNCATION_WARNED: set[tuple[str, int]] = set()

@@ -11,6 +11,10 @@ first evaluation time at which its repeat-averaged curve reaches it, and its spe
 divided by it. Each repeat's own time is listed too (its spread). Evaluations happen at fixed training-time
 intervals, so a time is resolved to the evaluation interval.
 
+A method trained on other rewards than the baseline's (a learned reward, say) has no time to target: its held-out
+reward is its own reward's. Its watch rewards (``eval.watch_rewards``, e.g. the evaluator the learned reward
+imitates) are listed beside its own gain.
+
 Stable: no point of the method's curve lies more than 2 SE below its base evaluation (the paired gain over the
 base, SE over repeats, or over prompts with one repeat).
 """
@@ -35,7 +39,8 @@ def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
     for i in range(n):
         pts = [r["curve"][i] for r in runs]
         point = {"t": statistics.fmean(p["t"] for p in pts)}
-        for key in ("reward", "gain", "strict"):
+        watched = [k for k in pts[0] if k.startswith("watch/") and not k.endswith("_se")]
+        for key in ("reward", "gain", "strict", *watched):
             if key in pts[0]:
                 point[key], se = mean_se([p[key] for p in pts])
                 point[f"{key}_se"] = se if len(pts) > 1 else pts[0][f"{key}_se"]
@@ -63,19 +68,45 @@ def _selection_rows(selection: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], target: float, base_time) -> dict:
+def trained_rewards(run: dict[str, Any]) -> list[str]:
+    """The names of the rewards a bench run trained on (from its recorded config)."""
+    return [r["name"] for r in run.get("settings", {}).get("config", {}).get("rewards", [])]
+
+
+def _final(finals: list[dict[str, float]], key: str) -> tuple[float, float]:
+    """The mean of ``key`` over the repeats' final points ± its SE over repeats (one repeat: its SE over prompts)."""
+    mean, se = mean_se([p[key] for p in finals])
+    return mean, finals[0][f"{key}_se"] if len(finals) == 1 else se
+
+
+def _watched(finals: list[dict[str, float]], base: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each watch reward's base value, final value and paired gain over the run's base (means ± SEs)."""
+    out = {}
+    for key in (k for k in finals[0] if k.startswith("watch/") and not k.endswith(("_se", "_gain"))):
+        (final, final_se), (gain, gain_se) = _final(finals, key), _final(finals, f"{key}_gain")
+        out[key.removeprefix("watch/")] = {"base": base[key], "final": final, "final_se": final_se, "gain": gain,
+                                           "gain_se": gain_se}  # fmt: skip
+    return out
+
+
+def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], target: float | None, base_time) -> dict:
+    """A method's row; ``target`` None: it trained on another reward than the baseline, so no time to target."""
     finals, bests = [r["curve"][-1] for r in rs], [max(r["curve"], key=lambda p: p["reward"]) for r in rs]
-    final, final_se = mean_se([p["reward"] for p in finals])
+    final, final_se = _final(finals, "reward")
     best, best_se = mean_se([p["reward"] for p in bests])
     one = len(rs) == 1
     strict = [p["strict"] for p in finals if "strict" in p]
-    t = _time_to(curve, target)
+    t = None if target is None else _time_to(curve, target)
     return {
         "method": name,
         "lr": rs[0]["lr"],
+        "rewards": trained_rewards(rs[0]),
         "base_reward": curve[0]["reward"],
         "final_reward": final,
-        "final_reward_se": finals[0]["reward_se"] if one else final_se,
+        "final_reward_se": final_se,
+        "final_gain": _final(finals, "gain")[0],
+        "final_gain_se": _final(finals, "gain")[1],
+        "watched": _watched(finals, curve[0]),
         "best_reward": best,
         "best_reward_se": bests[0]["reward_se"] if one else best_se,
         "best_at_s": statistics.fmean(p["t"] for p in bests),
@@ -83,7 +114,7 @@ def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], tar
         "final_strict": statistics.fmean(strict) if strict else None,
         "final_strict_se": (finals[0]["strict_se"] if one else mean_se(strict)[1]) if strict else None,
         "time_to_target_s": t,
-        "time_to_target_s_repeats": [_time_to(r["curve"], target) for r in rs],
+        "time_to_target_s_repeats": [None if target is None else _time_to(r["curve"], target) for r in rs],
         "speedup": base_time / t if t and base_time else None,
         "stable": _stable(curve),
         "nfe_per_sample": statistics.fmean(r["nfe_per_sample"] for r in rs),
@@ -103,6 +134,10 @@ def summarise(preset, runs: list[dict[str, Any]], selection: list[dict[str, Any]
     baseline = preset.baseline if preset.baseline in curves else names[0]
     target = mean_se([r["curve"][-1]["reward"] for r in by_method[baseline]])[0]  # as the mean curve averages
     base_time = _time_to(curves[baseline], target)
+
+    def same(name: str) -> bool:  # trained on the baseline's rewards: its time to the target means something
+        return trained_rewards(by_method[name][0]) == trained_rewards(by_method[baseline][0])
+
     return {
         "baseline": baseline,
         "target_reward": target,
@@ -118,7 +153,7 @@ def summarise(preset, runs: list[dict[str, Any]], selection: list[dict[str, Any]
             "eval": preset.eval_prompts,
         },
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "rows": [_row(n, by_method[n], curves[n], target, base_time) for n in names],
+        "rows": [_row(n, by_method[n], curves[n], target if same(n) else None, base_time) for n in names],
         "selection": _selection_rows(selection or []),
         "curves": curves,
         "runs": runs,
@@ -151,13 +186,16 @@ def markdown(results: dict[str, Any]) -> str:
         "| peak RSS (GB) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    own = next((r.get("rewards") for r in rows if r["method"] == results["baseline"]), None)
     for r in rows:
         reached = "not reached" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.0f}"
+        if r.get("rewards", own) != own:  # another reward: its own scale, no target
+            reached = "– (own reward)"
         if results["repeats"] > 1:
             each = ", ".join("–" if t is None else f"{t:.0f}" for t in r["time_to_target_s_repeats"])
             reached += f" [{each}]"
         cells = [
-            r["method"],
+            r["method"] + (f" (on {', '.join(r['rewards'])})" if r.get("rewards", own) != own else ""),
             f"{r['lr']:g}",
             f"{r['base_reward']:.3f} → {_pm(r['final_reward'], r['final_reward_se'])}",
             f"{_pm(r['best_reward'], r['best_reward_se'])} ({r['best_at_s']:.0f})",
@@ -172,6 +210,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r['peak_rss_gb']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _watched_table(rows)
     if results.get("selection"):
         chosen = {r["method"]: r["lr"] for r in rows}
         lines += ["", f"Learning rate chosen on {results['prompts']['validation']} (final reward, "
@@ -183,6 +222,23 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {s['method']} | {s['lr']:g}{mark} | {_pm(s['validation_reward'], s['validation_reward_se'])} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _watched_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows that watched rewards they did not train on: the trained reward's gain beside each watched one's (a
+    learned reward that rises while the evaluator it imitates does not is being hacked)."""
+    watching = [r for r in rows if r.get("watched")]
+    if not watching:
+        return []
+    lines = ["", "Watched rewards (scored on the same held-out images, never trained on; gains paired over each "
+             "run's base evaluation):", "", "| method | trained on | its gain | watched | base → final | gain |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in watching:
+        for name, w in r["watched"].items():
+            cells = [r["method"], ", ".join(r.get("rewards", [])), _pm(r["final_gain"], r["final_gain_se"]), name,
+                     f"{w['base']:.3f} → {_pm(w['final'], w['final_se'])}", _pm(w["gain"], w["gain_se"])]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: str) -> None:

@@ -147,6 +147,13 @@ class DataConfig:
         "toy:train | toy:train-no-val | toy:validation | toy:held-out | toy:all | a text file, one prompt a line",
     )
     eval_prompts: str = option("toy:held-out", "prompts for evaluation and the gallery (same forms)")
+    pairs: str = option(
+        "", "a pair dataset to train on instead of rollouts (offline DPO): a JSONL file of {prompt, chosen, rejected, "
+        "label} or a datasets folder; train.prompts_per_step pairs per iteration (flowrl.image.pairs)"
+    )  # fmt: skip
+    pairs_cache: str = option(
+        "", "where data.pairs' VAE latents are cached ('' = $XDG_CACHE_HOME/flowrl/pair-latents)"
+    )
 
 
 @dataclass
@@ -450,6 +457,11 @@ def check_combinations(cfg: Config) -> None:
         if cfg.model.cfg_scale > 1 and not LOSSES.facts(cfg.loss.name).guided_rollouts:
             name = cfg.loss.name
             raise ConfigError(f"loss.name={name} is CFG-free (its rollouts unguided); needs model.cfg_scale=1")
+    if cfg.data.pairs:
+        from flowrl.image.pairs import check_pair_data
+
+        offline = LOSSES.names(lambda f: f.offline)
+        check_pair_data(cfg, offline, LOSSES.facts(cfg.loss.name).offline, videos)
     if not cfg.rewards:
         raise ConfigError("rewards: list at least one reward")
     for key in ("train_prompts", "eval_prompts"):

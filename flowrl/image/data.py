@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowrl.core.errors import ConfigError, DataError
-from flowrl.core.inputs import PromptRow, read_utf8, row_key
+from flowrl.core.inputs import PromptRow, jsonl_rows, read_utf8, row_key
 
 TOY_PROMPT_SETS = tuple(
     f"{world}:{split}" for world in ("toy", "toy-video") for split in ("train", "held-out", "all", "validation",
@@ -86,13 +86,7 @@ def load_prompt_set(source: str) -> PromptSet:
     if os.path.isdir(source):
         return _dataset_rows(source)
     prompts, inputs, lines = [], [], []
-    for n, line in enumerate(read_utf8(source, f"prompt file {source!r}").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"prompt file {source!r} line {n}: not JSON ({e.msg})") from None
+    for n, row in jsonl_rows(source, f"prompt file {source!r}"):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise DataError(f'prompt file {source!r} line {n}: expected an object with a non-empty "prompt" string')
         prompts.append(row.pop("prompt").strip())

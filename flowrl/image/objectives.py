@@ -58,6 +58,7 @@ class TrainRows:
     samples: int = 0  # the whole batch's samples or pairs (sample objectives draw levels for all of them)
     pair: Tensor | None = None  # [M, 2] pair objectives: each row's chosen and rejected sample (this process's)
     pair_reward: Tensor | None = None  # [M, 2] their configured (weighted) rewards
+    pair_label: Tensor | None = None  # [M] a pair dataset's probability that the chosen is preferred
 
 
 class Objective(Protocol):
@@ -244,6 +245,8 @@ class PreferencePairs:
         total = whole.batch.combined()  # [N] the configured (weighted) reward
         train.pair = pair
         train.pair_reward = torch.stack([total[chosen[mine]], total[rejected[mine]]], 1).repeat_interleave(k, 0)
+        if batch.labels is not None:
+            train.pair_label = batch.labels[local[chosen[mine]]].repeat_interleave(k)
         train.sigma, train.noise_seed = RenoisedSamples._draw(run, train, epoch=0)
         return train
 
@@ -264,6 +267,8 @@ class PreferencePairs:
         else:
             inputs = inverted_inputs(run, batch, sample, sigma, refinements)
         inputs.pair_rewards = rewards.to(inputs.v_pred.device)
+        if train.pair_label is not None and train.pair.numel():
+            inputs.pair_labels = train.pair_label[rows].to(inputs.v_pred.device)
         return compute_loss(run.cfg.loss.name, inputs, run.cfg.loss)
 
 

@@ -49,6 +49,7 @@ from flowrl.image.models import FAMILIES, lora_targets, policy_for
 from flowrl.image.models.common import in_chunks, set_attention_backend
 from flowrl.image.models.untrained import compile_policy, untrained_copy
 from flowrl.image.objectives import OBJECTIVES, Objective, TrainRows
+from flowrl.image.pairs import load_pair_latents, pair_batch
 from flowrl.image.state import Batch, Run
 from flowrl.rewards import RewardSet, is_groupwise, is_user_reward
 from flowrl.samplers import (
@@ -109,6 +110,7 @@ def setup(cfg: Config) -> Run:
     train_set, eval_set = load_prompt_set(cfg.data.train_prompts), load_prompt_set(cfg.data.eval_prompts)
     _check_split(cfg, window, rewards, len(train_set.prompts), accelerator.num_processes)
     old_policy = LOSSES.facts(cfg.loss.name).old_policy(cfg.loss.options)
+    pairs = load_pair_latents(cfg, policy, accelerator) if cfg.data.pairs else None
     return Run(
         cfg=cfg,
         accelerator=accelerator,
@@ -128,6 +130,7 @@ def setup(cfg: Config) -> Run:
         rng=random.Random(cfg.seed),
         watch=RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards]) if cfg.eval.watch_rewards else None,
         monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
+        pairs=pairs,
     )
 
 
@@ -460,25 +463,22 @@ def iteration_metrics(run: Run, batch: Batch, whole: Whole) -> dict[str, float]:
 
 def train_step(run: Run) -> dict[str, float]:
     """One iteration: pick prompts, sample, score, compute advantages, update, advance the window and the learning
-    rate. Returns the metrics (the same on every process). A non-finite reward skips the update."""
+    rate (or, with a pair dataset, read its pairs and update). Returns the metrics (the same on every process). A
+    non-finite reward skips the update."""
     cfg, acc = run.cfg, run.accelerator
     run.clock.reset()
     t0 = time.perf_counter()
-    batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
+    if run.pairs is not None:
+        batch = pair_batch(run)
+    else:
+        batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
     t1 = time.perf_counter()
     broken = gather_all(acc, non_finite_rewards(batch))
     if any(broken):
         metrics = {"train/skipped_steps": 0.0, "reward/non_finite": float(sum(n for b in broken for n in b.values()))}
         reason = "non-finite reward " + ", ".join(sorted({f"{k!r}" for b in broken for k in b}))
     else:
-        with run.clock.stage("advantages"):
-            whole = gather_batch(acc, advantage_batch(run, batch))
-            rows, adv_metrics = advantages(run, batch, whole)
-        if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
-            gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
-            mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
-            rows = replace(rows, mask=mask)
-        metrics = {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
+        metrics = (pair_update if run.pairs is not None else rollout_update)(run, batch)
         reason = "non-finite loss or gradient"
         trail_old_policy(run, metrics)
     t2 = time.perf_counter()
@@ -492,6 +492,30 @@ def train_step(run: Run) -> dict[str, float]:
     run.scheduler.step()
     run.iteration += 1
     return metrics
+
+
+def rollout_update(run: Run, batch: Batch) -> dict[str, float]:
+    """The update on a scored rollout batch: advantages of the whole batch, the step subset, the update."""
+    cfg = run.cfg
+    with run.clock.stage("advantages"):
+        whole = gather_batch(run.accelerator, advantage_batch(run, batch))
+        rows, adv_metrics = advantages(run, batch, whole)
+    if cfg.train.timestep_fraction < 1 and trains_on(cfg.loss.name) is TrainsOn.TRANSITIONS:
+        gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
+        mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
+        rows = replace(rows, mask=mask)
+    return {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
+
+
+def pair_update(run: Run, batch: Batch) -> dict[str, float]:
+    """The update on a pair dataset's batch: each pair ranked by its label (no estimator: the label is the
+    preference), ties dropped by the objective; metrics of the labels."""
+    whole = gather_batch(run.accelerator, AdvantageBatch(batch.rewards, batch.rollout.group_id, torch.ones(1)))
+    preference = whole.batch.rewards[:, 0]
+    rows = objective(run).rows(run, batch, whole, preference, torch.ones_like(preference, dtype=torch.bool))
+    chosen = preference[0::2]
+    metrics = {"pairs/label_mean": chosen.mean().item(), "pairs/ties": float((chosen == 0.5).sum())}
+    return {**metrics, "sampler/nfe_per_sample": 0.0, **update(run, batch, rows)}
 
 
 def trail_old_policy(run: Run, metrics: dict[str, float]) -> None:

@@ -55,6 +55,7 @@ class LossInputs:
     sigma: Tensor | None = None  # [N] the noise level each row was re-noised at (AWM's weightings, NFT's x0)
     policy_weights: Tensor | None = None  # [N, T] multiplies the policy term only (not the KL): entropy masking
     pair_rewards: Tensor | None = None  # [P, 2] pair losses: the chosen's and the rejected's reward (SmPO)
+    pair_labels: Tensor | None = None  # [P] a pair dataset's probability that the chosen is preferred (None: 1)
     reward: Tensor | None = None  # [N] chain losses: each row's differentiable reward, with its gradient
     token_count: float | None = None  # dapo: valid elements in the whole global batch (default: mask sum)
 
@@ -204,6 +205,7 @@ class LossFacts:
     forward process); an int, the policy's ODE run backwards from x0 with that many ReNoise refinements per step
     (SmPO).
     chain: given the loss's options, how a chain loss differentiates the sampler (``reward_backprop.ChainGradient``).
+    offline: a pair loss that also trains on a dataset's labelled pairs (``data.pairs``, offline Diffusion-DPO).
     """
 
     trains_on: TrainsOn = TrainsOn.TRANSITIONS
@@ -217,6 +219,7 @@ class LossFacts:
     guided_rollouts: bool = False
     inversion: Callable[[Any], int | None] = _never
     chain: Callable[[Any], Any] = _never
+    offline: bool = False
 
     def __post_init__(self) -> None:
         for name, kind in (("trains_on", TrainsOn), ("normalizes_by", NormalizesBy), ("keeps", Together)):

@@ -1,5 +1,7 @@
 """Diffusion-DPO for flows (Wallace et al., "Diffusion Model Alignment Using Direct Preference Optimization"), online
-from rollout groups as flow_grpo trains it (yifan123/flow_grpo scripts/train_sd3_dpo.py, config/dpo.py).
+from rollout groups as flow_grpo trains it (yifan123/flow_grpo scripts/train_sd3_dpo.py, config/dpo.py), or offline
+from a dataset of labelled pairs (``data.pairs``, ``flowrl.image.pairs``; a soft label p makes the loss
+−[p·log σ(z) + (1 − p)·log σ(−z)]).
 
 A row is a preference pair of one prompt's samples, a chosen x0ʷ and a rejected x0ˡ, re-noised at the SAME level σ
 with the SAME noise ε (x_σ = (1 − σ)·x0 + σ·ε for both). With the flow-matching error e(v, x0) = mean‖v − (ε − x0)‖²
@@ -91,17 +93,22 @@ PAIR_FACTS = dict(trains_on=TrainsOn.PAIRS, trainers=(Backend.FLOW,), old_policy
                   guided_rollouts=True)  # fmt: skip
 
 
-@LOSSES.register("dpo", options=DpoOptions, **PAIR_FACTS)
+@LOSSES.register("dpo", options=DpoOptions, offline=True, **PAIR_FACTS)
 def dpo(inputs: LossInputs, cfg: LossConfig, options: DpoOptions) -> LossOutput:
     """The DPO loss of P pairs (module docstring). Needs v_pred, v_old (the reference's velocity) and v_target
-    ``[2P, *S]``: rows 0..P−1 the chosen members, P..2P−1 the rejected ones, row i and P + i at the same σ and ε."""
+    ``[2P, *S]``: rows 0..P−1 the chosen members, P..2P−1 the rejected ones, row i and P + i at the same σ and ε.
+    With ``pair_labels`` ``[P]`` (a pair dataset's soft labels p) the loss is −[p·log σ(z) + (1 − p)·log σ(−z)]."""
     inputs.need("v_pred", "v_old", "v_target", loss="dpo")
     error = fm_error(inputs.v_pred, inputs.v_target)
     ref_error = fm_error(inputs.v_old.detach(), inputs.v_target)
     p = error.shape[0] // 2
     w_diff, l_diff = error[:p] - ref_error[:p], error[p:] - ref_error[p:]
     inside = -0.5 * options.beta * (w_diff - l_diff)
-    loss = -F.logsigmoid(inside).mean()
+    if inputs.pair_labels is None:
+        loss = -F.logsigmoid(inside).mean()
+    else:  # a soft label p: the cross-entropy of σ(inside) against p (label-smoothed DPO)
+        p_w = inputs.pair_labels.to(inside)
+        loss = -(p_w * F.logsigmoid(inside) + (1 - p_w) * F.logsigmoid(-inside)).mean()
     metrics = {
         "dpo/implicit_acc": float((inside.detach() > 0).float().mean()),
         "dpo/chosen_diff": float(w_diff.detach().mean()),

@@ -1,0 +1,284 @@
+"""Offline preference pairs (``data.pairs``): Diffusion-DPO from a dataset of labelled image pairs instead of rollouts.
+
+A pair dataset is either
+
+- a JSONL file, one pair a line: ``{"prompt": ..., "chosen": "a.png", "rejected": "b.png", "label": 0.9}`` (image
+  paths relative to the file's folder, or absolute), or
+- a ``datasets`` folder (``Dataset.save_to_disk``) with the columns ``prompt``, ``chosen``, ``rejected`` (``Image``
+  features or paths) and optionally ``label``.
+
+``label`` is the probability that the chosen image is the preferred one (default 1: a hard label). A pair labelled
+0.5 is a tie and trains nothing (Diffusion-DPO drops Pick-a-Pic's ties); a label below 0.5 is refused (swap the two
+images instead). The DPO loss takes the label as its soft target, −[p·log σ(z) + (1 − p)·log σ(−z)] (label-smoothed
+DPO, as TRL's ``label_smoothing`` with ε = 1 − p per pair).
+
+Every image is resized to cover ``model.resolution``, centre-cropped to it and encoded once by the model family's
+VAE (the posterior's mode, as the families encode reference images); the latents are cached in one safetensors file
+under ``data.pairs_cache`` (default ``$XDG_CACHE_HOME/flowrl/pair-latents``), named by a hash of the dataset's files
+(names, sizes, modification times), the model, its weight dtype and the resolution, so a second run, or a change of
+anything but those, reads them back without the VAE. The cache file is read lazily: a training step loads only its
+pairs.
+
+Each iteration draws ``train.prompts_per_step`` pairs (without replacement within the iteration, from the run's
+seeded prompt generator, so a resumed run draws what an uninterrupted one would); the processes share them pair by
+pair, so a pair never spans two processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from flowrl.core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from flowrl.image.models import FlowModel
+    from flowrl.image.state import Batch, Run
+
+KEYS = ("prompt", "chosen", "rejected")
+CACHE_VERSION = 1  # bump when the encoding (resize, crop, VAE call) changes
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """One labelled pair: its prompt, the two images (a path or a decoded image) and the chosen's preference."""
+
+    prompt: str
+    chosen: Any
+    rejected: Any
+    label: float = 1.0
+
+
+def read_pairs(path: str) -> list[PairRecord]:
+    """The records of the pair dataset at ``path`` (JSONL file or ``datasets`` folder), checked: every key present,
+    every image path a file, every label in [0.5, 1]. A ``DataError`` names the problem and its line or row."""
+    if os.path.isdir(path):
+        return _read_folder(path)
+    if not os.path.isfile(path):
+        raise DataError(f"data.pairs: {path!r} is neither a JSONL file nor a datasets folder")
+    from flowrl.core.inputs import jsonl_rows
+
+    folder, records = os.path.dirname(os.path.abspath(path)), []
+    for n, row in jsonl_rows(path, f"data.pairs {path}"):
+        where = f"data.pairs {path} line {n}"
+        record = _record(row, where)
+        for key in ("chosen", "rejected"):
+            image = os.path.join(folder, getattr(record, key))
+            if not os.path.isfile(image):
+                raise DataError(f"{where}: {key} image {getattr(record, key)!r} does not exist")
+        records.append(PairRecord(record.prompt, os.path.join(folder, record.chosen),
+                                  os.path.join(folder, record.rejected), record.label))  # fmt: skip
+    if not records:
+        raise DataError(f"data.pairs {path} holds no pairs")
+    return records
+
+
+def _read_folder(path: str) -> list[PairRecord]:
+    try:
+        from datasets import load_from_disk
+
+        data = load_from_disk(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"data.pairs: {path!r} is not a datasets folder (Dataset.save_to_disk): {e}") from None
+    if hasattr(data, "keys"):  # a DatasetDict: take its train split
+        if "train" not in data:
+            raise DataError(f"data.pairs: {path!r} is a DatasetDict without a train split ({', '.join(data)})")
+        data = data["train"]
+    missing = [k for k in KEYS if k not in data.column_names]
+    if missing:
+        raise DataError(f"data.pairs: {path!r} lacks the column(s) {', '.join(missing)} (it has "
+                        f"{', '.join(data.column_names)})")  # fmt: skip
+    from datasets import Image
+
+    for key in ("chosen", "rejected"):  # undecoded ({bytes, path}): checking the rows must not decode every image
+        if isinstance(data.features[key], Image):
+            data = data.cast_column(key, Image(decode=False))
+    records = [_record(row, f"data.pairs {path} row {i}") for i, row in enumerate(data)]
+    if not records:
+        raise DataError(f"data.pairs {path} holds no pairs")
+    return records
+
+
+def _record(row: Any, where: str) -> PairRecord:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with {', '.join(KEYS)}")
+    missing = [k for k in KEYS if row.get(k) is None]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(missing)}")
+    if not isinstance(row["prompt"], str):
+        raise DataError(f"{where}: prompt must be a string")
+    label = row.get("label", 1.0)
+    label = 1.0 if label is None else label
+    if isinstance(label, bool) or not isinstance(label, (int, float)) or not 0.5 <= label <= 1:
+        raise DataError(f"{where}: label {label!r} must be a number in [0.5, 1], the probability that chosen is "
+                        "preferred (below 0.5: swap chosen and rejected)")  # fmt: skip
+    return PairRecord(row["prompt"], row["chosen"], row["rejected"], float(label))
+
+
+def load_image(image: Any, size: tuple[int, int]) -> Tensor:
+    """A path, PIL image or undecoded ``datasets`` image → ``[3, H, W]`` float32 in [0, 1]: resized to cover
+    ``size`` (H, W), centre-cropped."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(image, dict):  # a datasets Image column, undecoded
+        image = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    if isinstance(image, (str, io.BytesIO)):
+        with Image.open(image) as f:
+            image = f.convert("RGB")
+    image = image.convert("RGB")
+    h, w = size
+    scale = max(h / image.height, w / image.width)
+    resized = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))),
+                           Image.Resampling.BICUBIC)  # fmt: skip
+    left, top = (resized.width - w) // 2, (resized.height - h) // 2
+    cropped = resized.crop((left, top, left + w, top + h))
+    data = torch.frombuffer(bytearray(cropped.tobytes()), dtype=torch.uint8).view(h, w, 3)
+    return data.permute(2, 0, 1).float() / 255
+
+
+def fingerprint(path: str) -> str:
+    """A hash of the dataset's files: each file's name (relative), size and modification time; a JSONL file's
+    images too."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+    else:
+        files = [path, *sorted({p for r in read_pairs(path) for p in (r.chosen, r.rejected)})]
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.relpath(f, path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_path(cfg: Any, policy: FlowModel) -> str:
+    """The cache file of ``cfg.data.pairs`` encoded by ``policy`` at ``cfg.model.resolution``."""
+    folder = cfg.data.pairs_cache or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "flowrl", "pair-latents"
+    )
+    key = json.dumps([CACHE_VERSION, fingerprint(cfg.data.pairs), os.path.abspath(cfg.data.pairs), cfg.model.path,
+                      type(policy).__name__, str(policy.dtype), image_size(cfg.model.resolution)])  # fmt: skip
+    return os.path.join(folder, hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
+
+
+def image_size(resolution: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
+    """``model.resolution`` as (H, W)."""
+    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
+
+
+def _chunks(n: int, size: int) -> Iterator[range]:
+    for lo in range(0, n, size):
+        yield range(lo, min(n, lo + size))
+
+
+@torch.no_grad()
+def encode_pairs(records: list[PairRecord], policy: FlowModel, size: tuple[int, int], path: str, chunk: int) -> None:
+    """Encode every record's two images with ``policy``'s VAE, ``chunk`` images per call, into the safetensors file
+    ``path`` (written whole, then renamed: a stopped encoding leaves nothing behind)."""
+    from safetensors.torch import save_file
+
+    latents: dict[str, list[Tensor]] = {"chosen": [], "rejected": []}
+    for rows in _chunks(len(records), max(1, chunk)):
+        for key in latents:
+            images = torch.stack([load_image(getattr(records[i], key), size) for i in rows])
+            latents[key].append(policy.encode_images(images).cpu())
+    tensors = {k: torch.cat(v).contiguous() for k, v in latents.items()}
+    tensors["label"] = torch.tensor([r.label for r in records], dtype=torch.float32)
+    meta = {"prompts": json.dumps([r.prompt for r in records], ensure_ascii=False)}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(tensors, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+class PairLatents:
+    """The encoded pairs of a cache file, read lazily: ``prompts`` ``[B]``, ``labels`` ``[B]``, and each pair's two
+    latents on demand."""
+
+    def __init__(self, path: str) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        self._file = safe_open(path, framework="pt")
+        self.prompts: list[str] = json.loads(self._file.metadata()["prompts"])
+        self.labels: Tensor = self._file.get_tensor("label")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def latents(self, key: str, index: list[int]) -> Tensor:
+        """``[len(index), *S]`` the ``key`` (chosen or rejected) latents of pairs ``index``."""
+        view = self._file.get_slice(key)
+        return torch.cat([view[i : i + 1] for i in index])
+
+
+def load_pair_latents(cfg: Any, policy: FlowModel, accelerator: Any) -> PairLatents:
+    """The dataset's latents, encoded now (by the main process, the others waiting) unless cached."""
+    path = cache_path(cfg, policy)
+    with accelerator.main_process_first():
+        if not os.path.isfile(path) and accelerator.is_main_process:
+            encode_pairs(read_pairs(cfg.data.pairs), policy, image_size(cfg.model.resolution), path,
+                         cfg.train.sample_batch or 8)  # fmt: skip
+    return PairLatents(path)
+
+
+def pair_batch(run: Run) -> Batch:
+    """This process's share of the iteration's pairs as a ``Batch``: samples chosen, rejected, chosen, ... ; group
+    ids the pair's position in the whole iteration; one reward column, the per-sample preference (p for the chosen,
+    1 − p for the rejected), which ranks each pair as its label does; ``labels`` the same."""
+    from flowrl.core.inputs import row_inputs
+    from flowrl.core.share import deal
+    from flowrl.image.state import Batch
+    from flowrl.samplers import Rollout, Transitions
+
+    pairs, policy, acc, t = run.pairs, run.policy, run.accelerator, run.cfg.train
+    drawn = run.rng.sample(range(len(pairs)), min(t.prompts_per_step, len(pairs)))
+    first, count = deal(len(drawn), acc.num_processes, acc.process_index)
+    mine = drawn[first : first + count]
+    labels = pairs.labels[mine]
+    preference = torch.stack([labels, 1 - labels], dim=1).flatten()  # [2·count] in sample order
+    prompts = [pairs.prompts[i] for i in mine]
+    x0 = torch.stack([pairs.latents("chosen", mine), pairs.latents("rejected", mine)], dim=1).flatten(0, 1)
+    x0 = x0.to(policy.device, torch.float32)
+    local = torch.arange(count).repeat_interleave(2)
+    rollout = Rollout(x0, local + first, local, torch.arange(2 * count), Transitions.empty(x0), nfe=0)
+    cond = policy.condition(prompts, row_inputs(run.inputs, prompts)).as_dict()
+    return Batch(rollout, cond, [p for p in prompts for _ in range(2)], preference[:, None], {}, labels=preference)
+
+
+def check_pair_data(cfg: Any, offline_losses: list[str], loss_is_offline: bool, videos: bool) -> None:
+    """``data.pairs``: a loss that trains on a dataset's pairs, an image model, no rollout filter, readable data."""
+    if not loss_is_offline:
+        raise ConfigError(f"data.pairs trains on a pair dataset; loss.name={cfg.loss.name} needs rollouts (losses "
+                          f"that train on a dataset's pairs: {', '.join(offline_losses)})")  # fmt: skip
+    if videos:
+        raise ConfigError(f"data.pairs holds image pairs; model.path={cfg.model.path} makes videos")
+    if cfg.rollout.filter:
+        raise ConfigError("rollout.filter filters rollouts; data.pairs trains on a dataset's pairs (remove it)")
+    try:
+        read_pairs(cfg.data.pairs)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+__all__ = [
+    "PairLatents",
+    "PairRecord",
+    "cache_path",
+    "check_pair_data",
+    "encode_pairs",
+    "fingerprint",
+    "image_size",
+    "load_image",
+    "load_pair_latents",
+    "pair_batch",
+    "read_pairs",
+]
