@@ -58,7 +58,7 @@ def run_one(
     _, before = evaluate(run, prompts, indices)
     rewards = []
     while run.iteration < iterations:
-        rewards.append(train_step(run)["reward/mean"])
+        rewards.append(train_step(run).get("reward/mean", float("nan")))  # none from a pair dataset
     _, after = evaluate(run, prompts, indices)
     out = {"name": name, "seed": seed, "iterations": iterations, "overrides": overrides}
     out["seconds"] = time.time() - start

@@ -527,6 +527,11 @@ BENCH_WINDOWS = {
     ("full", "awm"): ("ode", "fixed", 10, {}),
     ("full", "dpo"): ("ode", "fixed", 10, {}),
     ("full", "best-of-n"): ("ode", "fixed", 10, {}),
+    ("full", "smpo"): ("ode", "fixed", 10, {}),
+    ("full", "draft-learned"): ("ode", "fixed", 10, {}),
+    ("full", "refl-learned"): ("ode", "fixed", 10, {}),
+    ("full", "flow-grpo-fast-learned"): ("flow-grpo-fast", "random", 3, {"max_start": 2}),
+    ("full", "dpo-learned"): ("ode", "fixed", 10, {}),
     ("short", "flow-grpo"): ("flow-grpo", "fixed", 6, {}),
     ("short", "flow-grpo-fast"): ("flow-grpo-fast", "random", 3, {"max_start": 2}),
 }
@@ -795,13 +800,17 @@ def test_describe_covers_every_loadable_leaf(mp: str) -> None:
         return out
 
     data = to_dict(load_config(None, [mp]))
-    nested = {key for key in _describe() if key.count(".") == 2}  # every method's own options, under its name
+    # every method's own options, under its name in its section (loss.awm.weighting, rollout.generate.sol-rl.pool)
+    sections = ("loss.", "advantage.", "sampler.", "rollout.generate.", "rollout.control.")
+    nested = {key for key in set(_describe()) - leaves(data) if key.startswith(sections)}
     assert leaves(data) == set(_describe()) - nested
     for loss in LOSSES.names(lambda f: Backend.FLOW in f.trainers):
         own = LOSSES.options(loss)
         if own is not None:
             assert {f"loss.{loss}.{f.name}" for f in dataclasses.fields(own)} <= nested
     assert "sampler.branchgrpo-mix.split_steps" in nested and "advantage.tree.fusion" in nested
+    assert {"rollout.generate.sol-rl.pool", "rollout.generate.sol-rl.select"} <= nested
+    assert all(key.count(".") == (3 if key.startswith("rollout.") else 2) for key in nested)
 
 
 def test_describe_every_help_is_non_empty() -> None:

@@ -308,12 +308,17 @@ def stand_ins(tmp_path_factory) -> dict[str, str]:
         '{"prompt": "a cat on a sofa", "image": "ref.png", "target": "a red square", "edit": "add"}',
     ]
     (root / "prompts.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return {"weights": str(root / "weights"), "prompts": str(root / "prompts.jsonl")}
+    pair = '{"prompt": "a red cube", "chosen": "ref.png", "rejected": "ref.png"}'
+    (root / "pairs.jsonl").write_text(pair + "\n", encoding="utf-8")
+    files = {"weights": "weights", "prompts": "prompts.jsonl", "pairs": "pairs.jsonl"}
+    return {key: str(root / name) for key, name in files.items()}
 
 
 def replace_weights(argv: tuple[str, ...] | list[str], stand_ins: dict[str, str]) -> list[str]:
-    """Paths under /models and /ckpts (what a user downloads or trains) replaced by the stand-in folder."""
-    return [re.sub(r"/(models|ckpts)/[^\s,]*", stand_ins["weights"], word) for word in argv]
+    """Paths under /models and /ckpts (what a user downloads or trains) replaced by the stand-in folder, and a pair
+    dataset under /data by the stand-in pair file."""
+    words = [re.sub(r"/(models|ckpts)/[^\s,]*", stand_ins["weights"], word) for word in argv]
+    return [re.sub(r"^data\.pairs=/data/\S*", f"data.pairs={stand_ins['pairs']}", word) for word in words]
 
 
 def prompt_files(config: str, stand_ins: dict[str, str]) -> list[str]:

@@ -16,7 +16,7 @@ from tiny_runs import write_pairs
 
 from flowrl.core.errors import ConfigError, DataError
 from flowrl.core.losses import DpoOptions, LossConfig, LossInputs, compute_loss
-from flowrl.image.pairs import load_image, read_pairs
+from flowrl.image.pair_data import load_image, read_pairs
 from flowrl.recipes import load_config
 
 OFFLINE = ["loss.name=dpo", "sampler.mode=ode", "loss.dpo.renoise_count=2", "loss.dpo.beta=50"]

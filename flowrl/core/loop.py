@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -43,6 +42,9 @@ log = logging.getLogger("flowrl")
 # seed·1_000_003 + iteration for any valid seed (< 10**9), and every offset seed stays below 2**63 for k < 2**10, so
 # none reaches the evaluation stream (flowrl.core.seeds.TRAIN_SEED_LIMIT).
 _PROCESS_SEED_STRIDE = 2**40
+
+
+T = TypeVar("T")
 
 
 def lr_scheduler(
@@ -86,10 +88,11 @@ def count_skip(run: RunState, skipped: bool, reason: str) -> None:
         )
 
 
-def draw_prompts(rng: random.Random, pool: list[str], count: int) -> list[str]:
-    """One iteration's prompts: ``min(count, len(pool))`` distinct prompts. Every process draws the same ones from
-    its copy of the shared seeded ``rng`` (so the copies stay in step) and samples its share of their images."""
-    return rng.sample(pool, min(count, len(pool)))
+def draw_prompts(run: RunState, pool: Sequence[T], keys: Sequence[str], count: int) -> list[T]:
+    """One iteration's prompts: ``min(count, len(pool))`` distinct items of ``pool`` (``keys``: their prompt keys),
+    as the run's control (``rollout.control``) chooses them. Every process draws the same ones from its copy of the
+    shared seeded ``run.rng`` and of the control (so the copies stay in step) and samples its share of them."""
+    return run.control.draw(run.rng, pool, keys, count)
 
 
 def process_seed(run: RunState, seed: int) -> int:

@@ -68,6 +68,7 @@ def loop_state(run: RunState) -> dict[str, Any]:
         "scheduler": run.scheduler.state_dict(),
         "advantage_state": plain(run.adv_state),
         "prompt_rng": plain(run.rng.getstate()),
+        "control": plain(run.control.state_dict()),
         "rng": rngs,
         "skips": [run.skips_in_a_row, run.skips],
         "train_seconds": run.train_seconds,
@@ -87,6 +88,7 @@ def restore_loop_state(run: RunState, state: dict[str, Any], path: str) -> None:
     run.adv_state = state["advantage_state"]
     run.rng = random.Random()
     run.rng.setstate(python_state(state["prompt_rng"]))
+    run.control.load_state_dict(state.get("control", {}))  # checkpoints before controls: a fresh record
     rngs = state["rng"]
     set_rng_states(rngs[run.accelerator.process_index % len(rngs)])
     run.iteration = int(state["iteration"])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flowrl.core.rollout.control import PromptControl
 from flowrl.core.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class RunState:
     train_seconds: float = 0.0  # over the whole run, resumed invocations included
     clock: Stopwatch = field(default_factory=Stopwatch)  # wall time per stage of the current iteration
     monitor: TrainingMonitor | None = None  # reward-hacking signals over the iterations (the training loop feeds it)
+    control: PromptControl = field(default_factory=PromptControl)  # draws each iteration's prompts (rollout.control)
 
 
 __all__ = ["RunState"]

@@ -16,13 +16,14 @@ from typing import Any
 
 import yaml
 
+import flowrl.image.sol_rl  # noqa: F401  (registers the sol-rl generator before configs are read)
 from flowrl.core.advantages import ADVANTAGES, AdvantageConfig, refusal
 from flowrl.core.errors import ConfigError
 from flowrl.core.losses import LOSSES, LossConfig, TrainsOn, trains_on
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options, section_option
 from flowrl.core.options import load, option, set_dotted, to_dict
 from flowrl.core.presets import one_line, parse_override, resolve_relative_path, yaml_load
-from flowrl.core.rollout import RolloutConfig, check_filters
+from flowrl.core.rollout import RolloutConfig, check_rollout
 from flowrl.core.sections import OutputConfig, RunControl, check_trackers, imports_option
 from flowrl.image.model_config import ModelConfig, check_model, makes_videos
 from flowrl.samplers import ODE_SOLVERS, STEP_KINDS, WINDOW_SCHEDULES, make_window
@@ -413,7 +414,7 @@ def check_combinations(cfg: Config) -> None:
     check_rewards(cfg.rewards, videos=videos)
     check_trackers(cfg.output.trackers)
     check_rewards(cfg.eval.watch_rewards, "eval.watch_rewards", videos)
-    check_filters(cfg.rollout.filter, Backend.FLOW, ADVANTAGES.facts(cfg.advantage.name).per_transition)
+    check_rollout(cfg, Backend.FLOW, ADVANTAGES.facts(cfg.advantage.name).per_transition)
     trained = {r.name for r in cfg.rewards}
     for i, spec in enumerate(cfg.eval.watch_rewards):
         if spec.name in trained:
@@ -458,7 +459,7 @@ def check_combinations(cfg: Config) -> None:
             name = cfg.loss.name
             raise ConfigError(f"loss.name={name} is CFG-free (its rollouts unguided); needs model.cfg_scale=1")
     if cfg.data.pairs:
-        from flowrl.image.pairs import check_pair_data
+        from flowrl.image.pair_data import check_pair_data
 
         offline = LOSSES.names(lambda f: f.offline)
         check_pair_data(cfg, offline, LOSSES.facts(cfg.loss.name).offline, videos)

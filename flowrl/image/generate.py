@@ -34,10 +34,17 @@ class ImagePolicy(Protocol):
 
 
 @torch.no_grad()
-def generate(
+def generate(policy: ImagePolicy, prompts: list[str], seed_indices: list[int], **options: Any) -> Tensor:
+    """ODE-sample one image per (prompt, seed index) pair from that pair's own evaluation noise
+    (``eval_noise_seed``); ``options`` are ``generate_from_noise``'s (``resolution`` and ``num_steps`` required).
+    Returns ``[B, 3, H, W]`` float32 in [0, 1] on CPU (a video family: frames ``[B, F, 3, H, W]``)."""
+    return generate_from_noise(policy, prompts, eval_noise_seeds(prompts, seed_indices), **options)
+
+
+def generate_from_noise(
     policy: ImagePolicy,
     prompts: list[str],
-    seed_indices: list[int],
+    noise_seeds: list[int],
     *,
     inputs: Sequence[Mapping[str, Any]] | None = None,
     resolution: int,
@@ -45,10 +52,9 @@ def generate(
     solver: str = "euler",
     batch_size: int = 64,
 ) -> Tensor:
-    """ODE-sample one image per (prompt, seed index) pair from that pair's own evaluation noise
-    (``eval_noise_seed``), conditioned on each prompt's ``inputs`` (none: the prompt only). Returns
+    """ODE-sample one image per prompt from the initial noise of its seed in ``noise_seeds``, with the cheaper
+    untrained copy where the family made one (``model.untrained_copy``); ``batch_size`` images per pass. Returns
     ``[B, 3, H, W]`` float32 in [0, 1] on CPU (a video family: frames ``[B, F, 3, H, W]``)."""
-    noise_seeds = eval_noise_seeds(prompts, seed_indices)
     sigmas = policy.sigmas(num_steps, resolution)
     images = []
     for i in range(0, len(prompts), batch_size):
@@ -60,4 +66,4 @@ def generate(
     return torch.cat(images)
 
 
-__all__ = ["ImagePolicy", "generate"]
+__all__ = ["ImagePolicy", "generate", "generate_from_noise"]

@@ -25,6 +25,7 @@ from flowrl.image.config import Config
 #: stages in the order the table lists them, with what each covers
 STAGES = {
     "encode": "prompt encoding (text encoders, or the prompt cache)",
+    "explore": "Sol-RL's exploration pool, sampled, decoded and scored (rollout.generate: sol-rl)",
     "rollout": "the whole rollout (network passes and the sampler's arithmetic)",
     "rollout_trained_forward": "  forward passes of the trained (SDE) steps, live module",
     "rollout_untrained_forward": "  forward passes of untrained steps (ODE steps, tails): the untrained copy",

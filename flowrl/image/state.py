@@ -17,7 +17,7 @@ from flowrl.rewards import RewardSet
 from flowrl.samplers import Rollout, WindowSchedule
 
 if TYPE_CHECKING:
-    from flowrl.image.pairs import PairLatents
+    pass
 
 
 @dataclass(kw_only=True)
@@ -36,7 +36,7 @@ class Run(RunState):
     #: each prompt's conditioning inputs (a ``.jsonl`` prompt file's other keys), by row_key; none: text only
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     watch: RewardSet | None = None  # eval.watch_rewards: scored, never trained on
-    pairs: PairLatents | None = None  # data.pairs: a pair dataset's encoded pairs replace the rollouts
+    pairs: Any = None  # data.pairs: a pair dataset's encoded pairs (flowrl.image.pairs.PairLatents) replace rollouts
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Batch:
     monitors: dict[str, Tensor] = field(default_factory=dict)  # thumbnails and watch scores (trainer.monitor)
     noise: Tensor | None = None  # [R, *S] the roots' initial noise (chain losses re-run the chains from it)
     labels: Tensor | None = None  # [N] a pair dataset's: the probability that each sample is its pair's preferred one
+    metrics: dict[str, float] = field(default_factory=dict)  # what the generator reports (rollout.generate)
 
 
 __all__ = ["Batch", "Run"]

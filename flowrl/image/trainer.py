@@ -37,7 +37,7 @@ from flowrl.core.loop import count_skip, draw_prompts, lr_scheduler, mean_over_p
 from flowrl.core.losses import LOSSES, LossOutput, Together, TrainsOn, trains_on
 from flowrl.core.monitor import TrainingMonitor
 from flowrl.core.parallel import launch
-from flowrl.core.rollout import filter_rollouts
+from flowrl.core.rollout import GENERATORS, filter_rollouts, make_control, zero_variance_share
 from flowrl.core.share import UpdateStep, Whole, deal, gather_all, gather_batch
 from flowrl.core.update import update as shared_update
 from flowrl.core.weights import EMA, frozen_copy, make_trainable
@@ -130,6 +130,7 @@ def setup(cfg: Config) -> Run:
         rng=random.Random(cfg.seed),
         watch=RewardSet.from_specs([vars(r) for r in cfg.eval.watch_rewards]) if cfg.eval.watch_rewards else None,
         monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
+        control=make_control(cfg.rollout.control),
         pairs=pairs,
     )
 
@@ -177,10 +178,11 @@ def score(
 
 
 @torch.no_grad()
-def sample(run: Run, prompts: list[str]) -> Batch:
+def sample(run: Run, prompts: list[str], noise_seeds: list[int] | None = None) -> Batch:
     """Roll out the current policy on this process's share of the iteration's ``prompts`` (``P``, the same on every
     process) with the iteration's plan, decode and score. The batch's roots are dealt out in blocks; group ids
-    are positions in ``prompts``."""
+    are positions in ``prompts``. ``noise_seeds``: every root's initial-noise seed, the whole batch's (the same on
+    every process; default: the iteration's own)."""
     cfg, policy, acc = run.cfg, run.policy, run.accelerator
     plan = ROLLOUT_MODES.get(cfg.sampler.mode)(cfg.sampler, run.window, cfg.train.group_size)
     every_root = torch.arange(len(prompts)).repeat_interleave(plan.roots_per_prompt)
@@ -192,9 +194,12 @@ def sample(run: Run, prompts: list[str]) -> Batch:
         cond = policy.condition(mine, row_inputs(run.inputs, mine)).as_dict()
     cond = index_cond(cond, prompt_of_root - low)
     seed = cfg.seed * 1_000_003 + run.iteration
-    rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
-    noise_seeds = [seed * 4096 + i for i in rows]  # < 2**62 for a valid cfg.seed: flowrl.core.seeds.TRAIN_SEED_LIMIT
-    x = policy.initial_noise(noise_seeds, cfg.model.resolution)
+    if noise_seeds is None:
+        rows = prompt_of_root.tolist() if cfg.sampler.same_noise else range(first, first + count)
+        seeds = [seed * 4096 + i for i in rows]  # < 2**62 for a valid cfg.seed: flowrl.core.seeds.TRAIN_SEED_LIMIT
+    else:
+        seeds = noise_seeds[first : first + count]
+    x = policy.initial_noise(seeds, cfg.model.resolution)
     policy.train_mode(False)
     chunk, clock = cfg.train.sample_batch, run.clock
     groupwise = any(is_groupwise(fn) for fn in run.rewards.rewards.values())
@@ -332,7 +337,9 @@ def advantages(run: Run, batch: Batch, whole: Whole | None = None) -> tuple[Trai
         group = whole.batch.tree.group_id[pos]
         return TrainRows(result.advantages[pos], result.mask[pos], pos, group), result.metrics
     keep, kept = filter_rollouts(run.cfg.rollout.filter, whole.batch)  # per-transition estimators take none
-    return objective(run).rows(run, batch, whole, result.advantages, result.mask & keep), {**result.metrics, **kept}
+    trained = result.mask & keep
+    counts = {"rollout/samples": float(trained.numel()), "rollout/trained_samples": float(trained.sum())}
+    return objective(run).rows(run, batch, whole, result.advantages, trained), {**result.metrics, **kept, **counts}
 
 
 def objective(run: Run) -> Objective:
@@ -458,7 +465,7 @@ def iteration_metrics(run: Run, batch: Batch, whole: Whole) -> dict[str, float]:
     out.update({f"reward/{k}": v.mean().item() for k, v in batch.components.items()})
     out["sampler/nfe_per_sample"] = batch.rollout.nfe / max(1, batch.rollout.samples.shape[0])
     out["sampler/transitions"] = float(len(batch.rollout.transitions))
-    return {**out, **monitor_metrics(batch.monitors, batch.rollout.group_id)}
+    return {**out, **batch.metrics, **monitor_metrics(batch.monitors, batch.rollout.group_id)}
 
 
 def train_step(run: Run) -> dict[str, float]:
@@ -471,7 +478,10 @@ def train_step(run: Run) -> dict[str, float]:
     if run.pairs is not None:
         batch = pair_batch(run)
     else:
-        batch = sample(run, draw_prompts(run.rng, run.train_prompts, cfg.train.prompts_per_step))
+        pool = run.train_prompts
+        prompts = draw_prompts(run, pool, [row_key(p) for p in pool], cfg.train.prompts_per_step)
+        spec = cfg.rollout.generate
+        batch = GENERATORS.get(spec.name)(run, prompts, sample, spec.options)
     t1 = time.perf_counter()
     broken = gather_all(acc, non_finite_rewards(batch))
     if any(broken):
@@ -504,7 +514,10 @@ def rollout_update(run: Run, batch: Batch) -> dict[str, float]:
         gen = torch.Generator().manual_seed(process_seed(run, cfg.seed * 104_729 + run.iteration))
         mask = step_subset(rows.mask, batch.rollout.transitions.sample_id.cpu(), cfg.train.timestep_fraction, gen)
         rows = replace(rows, mask=mask)
-    return {**iteration_metrics(run, batch, whole), **adv_metrics, **update(run, batch, rows)}
+    total = whole.batch.combined()
+    run.control.observe(whole.batch.prompt_keys, total, whole.batch.group_id)
+    signals = {"reward/zero_std_frac": zero_variance_share(total, whole.batch.group_id), **run.control.metrics()}
+    return {**iteration_metrics(run, batch, whole), **adv_metrics, **signals, **update(run, batch, rows)}
 
 
 def pair_update(run: Run, batch: Batch) -> dict[str, float]:

@@ -19,7 +19,7 @@ from flowrl.core.errors import ConfigError
 from flowrl.core.losses import LOSSES, LossConfig
 from flowrl.core.method_options import NESTED, Backend, MethodSection, refuse_unread_options
 from flowrl.core.options import load, option, rename_keys
-from flowrl.core.rollout import RolloutConfig, check_filters
+from flowrl.core.rollout import RolloutConfig, check_rollout
 from flowrl.core.sections import HUB_ID, WEIGHT_DTYPES, OutputConfig, RunControl, check_trackers, imports_option
 
 #: what the text trainer feeds an advantage estimator besides rewards and groups
@@ -232,7 +232,7 @@ def load_text_config(data: dict[str, Any]) -> TextConfig:
     why = refusal(cfg.advantage.name, cfg.train.group_size, inputs, TEXT_INPUT_HINTS)
     if why:
         raise ConfigError(why)
-    check_filters(cfg.rollout.filter, Backend.TEXT, ADVANTAGES.facts(cfg.advantage.name).per_transition)
+    check_rollout(cfg, Backend.TEXT, ADVANTAGES.facts(cfg.advantage.name).per_transition)
     return cfg
 
 

@@ -35,7 +35,7 @@ from flowrl.core.loop import (
 from flowrl.core.losses import LossInputs, LossOutput, NormalizesBy, Together, compute_loss, normalizes_by
 from flowrl.core.monitor import WATCH, TrainingMonitor, distinct_share
 from flowrl.core.parallel import launch
-from flowrl.core.rollout import filter_rollouts
+from flowrl.core.rollout import filter_rollouts, make_control
 from flowrl.core.sections import WEIGHT_DTYPES
 from flowrl.core.share import UpdateStep, deal, gather_all
 from flowrl.core.state import RunState
@@ -168,6 +168,7 @@ def setup(
         format=prompt_format(cfg, tokenizer, train_rows, eval_rows),
         watch=list(zip(reward_names(watch), watch, strict=True)),
         monitor=TrainingMonitor(cfg.eval.watch_drop, cfg.eval.diversity_drop),
+        control=make_control(cfg.rollout.control),
     )
 
 
@@ -298,17 +299,21 @@ def advantages(run: TextRun, batch: TextBatch) -> tuple[Tensor, dict[str, float]
     keep, kept = filter_rollouts(run.cfg.rollout.filter, adv_batch)
     total = weighted_total(run, all_rewards).masked_fill(unscored, math.nan)
     group_std = _nanstd(total.view(-1, g), dim=1)
+    run.control.observe(keys, total, group_id)
     metrics = {
         "reward/mean": total.nanmean().item(),
         "reward/std": _nanstd(total).item(),
         "reward/zero_std_frac": (group_std.abs() < 1e-6).float().mean().item(),  # equal groups: share of samples
+        **run.control.metrics(),
     }
     for k, (name, _, _) in enumerate(run.rewards):
         col = all_rewards[:, k]
         metrics[f"reward/{name}"] = col.nanmean().item()
         metrics[f"reward/{name}/std"] = _nanstd(col).item()
     mine = slice(batch.first, batch.first + batch.rewards.shape[0])
-    return (result.advantages * result.mask * keep * ~unscored)[mine], {**metrics, **result.metrics, **kept}
+    trained = result.mask & keep & ~unscored
+    metrics.update({"rollout/samples": float(trained.numel()), "rollout/trained_samples": float(trained.sum())})
+    return (result.advantages * trained)[mine], {**metrics, **result.metrics, **kept}
 
 
 def strata(run: TextRun, batch: TextBatch) -> Tensor | None:
@@ -502,7 +507,8 @@ def train_step(run: TextRun) -> dict[str, float]:
     """One iteration: draw prompts, generate, score, advantages, update. Metrics averaged over processes."""
     cfg, acc = run.cfg, run.accelerator
     t0 = time.perf_counter()
-    batch = generate(run, draw_prompts(run.rng, run.train_rows, cfg.train.prompts_per_step))
+    pool = run.train_rows
+    batch = generate(run, draw_prompts(run, pool, [prompt_key(r["prompt"]) for r in pool], cfg.train.prompts_per_step))
     t1 = time.perf_counter()
     infinite = sum(gather_all(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
     if infinite:

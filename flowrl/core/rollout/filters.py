@@ -30,14 +30,19 @@ from flowrl.core.registry import Registry
 
 
 @dataclass(frozen=True)
-class FilterFacts:
-    """What a filter declares: ``backends``, the recipes whose rollouts it can filter."""
+class StageFacts:
+    """What every rollout-stage strategy declares: ``backends``, the recipes it applies to."""
 
     backends: tuple[Backend, ...] = (Backend.FLOW, Backend.TEXT)
 
     def __post_init__(self) -> None:
         if not all(isinstance(b, Backend) for b in self.backends):
             raise TypeError(f"backends must be Backend members, got {self.backends!r}")
+
+
+@dataclass(frozen=True)
+class FilterFacts(StageFacts):
+    """What a filter declares: ``backends``, the recipes whose rollouts it can filter."""
 
 
 #: (the whole batch, its own options or None) -> keep mask [N] bool
@@ -54,11 +59,17 @@ class ZeroVarianceOptions:
 def zero_variance(batch: AdvantageBatch, options: ZeroVarianceOptions) -> Tensor:
     """DAPO's dynamic-sampling filter without the refill: drop every group whose samples all got the same total
     reward (their group-relative advantages are zero, so they would only dilute the step)."""
-    total = batch.combined()
-    ids, group = batch.group_id.unique(return_inverse=True)
-    high = torch.full((len(ids),), -torch.inf, dtype=total.dtype).scatter_reduce(0, group, total, "amax")
-    low = torch.full((len(ids),), torch.inf, dtype=total.dtype).scatter_reduce(0, group, total, "amin")
-    return (high - low > options.tolerance)[group]
+    span, group = group_spans(batch.combined(), batch.group_id)
+    return (span > options.tolerance)[group]
+
+
+def group_spans(totals: Tensor, group_id: Tensor) -> tuple[Tensor, Tensor]:
+    """Each group's max − min of ``totals`` ``[N]`` (``[G]``, groups in order of id) and each sample's group index
+    ``[N]`` into it."""
+    ids, group = group_id.unique(return_inverse=True)
+    high = torch.full((len(ids),), -torch.inf, dtype=totals.dtype).scatter_reduce(0, group, totals, "amax")
+    low = torch.full((len(ids),), torch.inf, dtype=totals.dtype).scatter_reduce(0, group, totals, "amin")
+    return high - low, group
 
 
 @dataclass
@@ -69,15 +80,6 @@ class FilterSpec(MethodSection):
 
     name: str = option("zero-variance", "rollout filter (registry name)", choices=FILTERS.names)
     options: Any = dataclasses.field(default=None, metadata=NESTED)
-
-
-@dataclass
-class RolloutConfig:
-    filter: list[FilterSpec] = dataclasses.field(
-        default_factory=list,
-        metadata={"help": "filters of the scored rollouts, applied in order: a list of {name, <name>: {options}} "
-                          "(e.g. [{name: zero-variance}]); a filtered sample gets no policy gradient"},
-    )  # fmt: skip
 
 
 def check_filters(specs: list[FilterSpec], backend: Backend, per_transition: bool) -> None:
@@ -113,9 +115,10 @@ __all__ = [
     "FILTERS",
     "FilterFacts",
     "FilterSpec",
-    "RolloutConfig",
     "RolloutFilter",
+    "StageFacts",
     "ZeroVarianceOptions",
     "check_filters",
     "filter_rollouts",
+    "group_spans",
 ]
