@@ -156,6 +156,12 @@ def test_two_processes_make_the_updates_of_one_process(tiny_model, tmp_path, kin
         _assert_dpo_pairs_train_as_in_one_process(tiny_model, tmp_path, out / "dpo")
         offline = offline_args(tmp_path / "pairs")
         _assert_dpo_pairs_train_as_in_one_process(tiny_model, tmp_path, out / "dpo_offline", *offline)
+        # Sol-RL: the pool dealt over two processes keeps the candidates one process keeps
+        shares = [json.loads((out / f"solrl{k}.json").read_text()) for k in range(2)]
+        one = sol_rl_share(tiny_model)
+        assert shares[0]["prompts"] + shares[1]["prompts"] == one["prompts"]
+        torch.testing.assert_close(torch.tensor(shares[0]["explored"] + shares[1]["explored"]),
+                                   torch.tensor(one["explored"]), rtol=0, atol=1e-6)  # fmt: skip
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_steps"] == 2 and summary["num_eval_samples"] == 4
     assert len([f for f in os.listdir(run_dir / "tb") if f.startswith("events.out.tfevents")]) == 1
@@ -288,6 +294,23 @@ def _assert_dpo_pairs_train_as_in_one_process(model: str, tmp_path: Path, two: P
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     for state in states:
         assert all(torch.equal(o, p) for o, p in zip(state["old"]["shadow"], state["params"], strict=True))
+
+
+SOL_RL = ["rollout.generate.name=sol-rl", "rollout.generate.sol-rl.pool=6", "rollout.generate.sol-rl.explore_steps=2"]
+
+
+def sol_rl_share(model: str) -> dict:
+    """This process's share of a Sol-RL batch of two prompts: its samples' prompts and explored rewards."""
+    from accelerate.state import AcceleratorState
+    from tiny_runs import tiny_config
+
+    from flowrl.core.rollout import GENERATORS
+    from flowrl.image.trainer import sample, setup
+
+    AcceleratorState._reset_state()
+    run = setup(tiny_config(model, *SOL_RL))
+    batch = GENERATORS.get("sol-rl")(run, run.train_prompts[:2], sample, run.cfg.rollout.generate.options)
+    return {"prompts": [str(p) for p in batch.prompts], "explored": batch.components["explored"].tolist()}
 
 
 def offline_args(pairs: Path) -> list[str]:
@@ -485,7 +508,7 @@ def _record_training(record: dict):
         tensors["positions"].append(rows.position.clone())
         return rows, metrics
 
-    def recorded_sample(run, prompts):
+    def recorded_sample(run, prompts, noise_seeds=None):
         record["prompts"].append(list(prompts))
         noise = run.policy.initial_noise
 
@@ -495,7 +518,7 @@ def _record_training(record: dict):
 
         run.policy.initial_noise = recorded_noise
         try:
-            return sample(run, prompts)
+            return sample(run, prompts, noise_seeds)
         finally:
             del run.policy.initial_noise
 
@@ -539,6 +562,7 @@ def _worker(model: str, out: str, run_dir: str, *extra: str) -> None:
         if Path(out).parent.joinpath("pairs").is_dir():  # offline: a pair dataset's pairs, one per process
             offline = [f"model.path={model}", *TRAIN_ARGS, *DPO_RUN, *offline_args(Path(out).parent / "pairs")]
             assert main(["train", f"output.run_dir={out}/dpo_offline", *offline]) == 0
+        Path(out, f"solrl{rank}.json").write_text(json.dumps(sol_rl_share(model)))
     checks = _checks(model)
     if rank == 0:
         Path(out, "checks.json").write_text(json.dumps(checks))
