@@ -20,8 +20,8 @@ def test_uniform_draws_what_the_runs_drew_before():
     a, b = random.Random(3), random.Random(3)
     control = make_control(load_config("configs/demo.yaml", []).rollout.control)
     for _ in range(5):
-        assert control.draw(a, pool, pool, 6) == b.sample(pool, 6)
-    assert sorted(control.draw(a, pool[:4], pool[:4], 6)) == pool[:4]  # a small pool: every prompt once
+        assert control.draw(a, pool, str, 6) == b.sample(pool, 6)
+    assert sorted(control.draw(a, pool[:4], str, 6)) == pool[:4]  # a small pool: every prompt once
 
 
 def test_the_record_and_its_metrics_by_hand():

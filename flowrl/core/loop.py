@@ -88,11 +88,12 @@ def count_skip(run: RunState, skipped: bool, reason: str) -> None:
         )
 
 
-def draw_prompts(run: RunState, pool: Sequence[T], keys: Sequence[str], count: int) -> list[T]:
-    """One iteration's prompts: ``min(count, len(pool))`` distinct items of ``pool`` (``keys``: their prompt keys),
-    as the run's control (``rollout.control``) chooses them. Every process draws the same ones from its copy of the
-    shared seeded ``run.rng`` and of the control (so the copies stay in step) and samples its share of them."""
-    return run.control.draw(run.rng, pool, keys, count)
+def draw_prompts(run: RunState, pool: Sequence[T], key: Callable[[T], str], count: int) -> list[T]:
+    """One iteration's prompts: ``min(count, len(pool))`` distinct items of ``pool`` (``key``: an item's prompt key,
+    for controls that keep per-prompt state), as the run's control (``rollout.control``) chooses them. Every process
+    draws the same ones from its copy of the shared seeded ``run.rng`` and of the control (so the copies stay in
+    step) and samples its share of them."""
+    return run.control.draw(run.rng, pool, key, count)
 
 
 def process_seed(run: RunState, seed: int) -> int:

@@ -93,6 +93,7 @@ def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], tar
     """A method's row; ``target`` None: it trained on another reward than the baseline, so no time to target."""
     finals, bests = [r["curve"][-1] for r in rs], [max(r["curve"], key=lambda p: p["reward"]) for r in rs]
     final, final_se = _final(finals, "reward")
+    gain, gain_se = _final(finals, "gain")
     best, best_se = mean_se([p["reward"] for p in bests])
     one = len(rs) == 1
     strict = [p["strict"] for p in finals if "strict" in p]
@@ -104,8 +105,8 @@ def _row(name: str, rs: list[dict[str, Any]], curve: list[dict[str, float]], tar
         "base_reward": curve[0]["reward"],
         "final_reward": final,
         "final_reward_se": final_se,
-        "final_gain": _final(finals, "gain")[0],
-        "final_gain_se": _final(finals, "gain")[1],
+        "final_gain": gain,
+        "final_gain_se": gain_se,
         "watched": _watched(finals, curve[0]),
         "best_reward": best,
         "best_reward_se": bests[0]["reward_se"] if one else best_se,

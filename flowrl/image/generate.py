@@ -41,6 +41,7 @@ def generate(policy: ImagePolicy, prompts: list[str], seed_indices: list[int], *
     return generate_from_noise(policy, prompts, eval_noise_seeds(prompts, seed_indices), **options)
 
 
+@torch.no_grad()
 def generate_from_noise(
     policy: ImagePolicy,
     prompts: list[str],

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from flowrl.image.models.common import pixel_size
 from flowrl.image.pair_data import PairRecord, load_image, read_pairs
 
 if TYPE_CHECKING:
@@ -44,13 +45,13 @@ if TYPE_CHECKING:
 CACHE_VERSION = 1  # bump when the encoding (resize, crop, VAE call) changes
 
 
-def fingerprint(path: str) -> str:
+def fingerprint(path: str, records: list[PairRecord]) -> str:
     """A hash of the dataset's files: each file's name (relative), size and modification time; a JSONL file's
-    images too."""
+    images (``records``, read from it) too."""
     if os.path.isdir(path):
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
     else:
-        files = [path, *sorted({p for r in read_pairs(path) for p in (r.chosen, r.rejected)})]
+        files = [path, *sorted({p for r in records for p in (r.chosen, r.rejected)})]
     h = hashlib.sha256()
     for f in files:
         st = os.stat(f)
@@ -58,19 +59,15 @@ def fingerprint(path: str) -> str:
     return h.hexdigest()
 
 
-def cache_path(cfg: Any, policy: FlowModel) -> str:
-    """The cache file of ``cfg.data.pairs`` encoded by ``policy`` at ``cfg.model.resolution``."""
+def cache_path(cfg: Any, policy: FlowModel, records: list[PairRecord]) -> str:
+    """The cache file of ``cfg.data.pairs`` (its ``records``) encoded by ``policy`` at ``cfg.model.resolution``."""
     folder = cfg.data.pairs_cache or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "flowrl", "pair-latents"
     )
-    key = json.dumps([CACHE_VERSION, fingerprint(cfg.data.pairs), os.path.abspath(cfg.data.pairs), cfg.model.path,
-                      type(policy).__name__, str(policy.dtype), image_size(cfg.model.resolution)])  # fmt: skip
+    source = [fingerprint(cfg.data.pairs, records), os.path.abspath(cfg.data.pairs)]
+    model = [cfg.model.path, type(policy).__name__, str(policy.dtype), pixel_size(cfg.model.resolution)]
+    key = json.dumps([CACHE_VERSION, *source, *model])
     return os.path.join(folder, hashlib.sha256(key.encode()).hexdigest()[:24] + ".safetensors")
-
-
-def image_size(resolution: int | list[int] | tuple[int, ...]) -> tuple[int, int]:
-    """``model.resolution`` as (H, W)."""
-    return (resolution, resolution) if isinstance(resolution, int) else (int(resolution[0]), int(resolution[1]))
 
 
 def _chunks(n: int, size: int) -> Iterator[range]:
@@ -121,11 +118,11 @@ class PairLatents:
 
 def load_pair_latents(cfg: Any, policy: FlowModel, accelerator: Any) -> PairLatents:
     """The dataset's latents, encoded now (by the main process, the others waiting) unless cached."""
-    path = cache_path(cfg, policy)
+    records = read_pairs(cfg.data.pairs)
+    path = cache_path(cfg, policy, records)
     with accelerator.main_process_first():
         if not os.path.isfile(path) and accelerator.is_main_process:
-            encode_pairs(read_pairs(cfg.data.pairs), policy, image_size(cfg.model.resolution), path,
-                         cfg.train.sample_batch or 8)  # fmt: skip
+            encode_pairs(records, policy, pixel_size(cfg.model.resolution), path, cfg.train.sample_batch or 8)
     return PairLatents(path)
 
 
@@ -158,7 +155,6 @@ __all__ = [
     "cache_path",
     "encode_pairs",
     "fingerprint",
-    "image_size",
     "load_pair_latents",
     "pair_batch",
 ]

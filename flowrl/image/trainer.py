@@ -475,20 +475,19 @@ def train_step(run: Run) -> dict[str, float]:
     cfg, acc = run.cfg, run.accelerator
     run.clock.reset()
     t0 = time.perf_counter()
-    if run.pairs is not None:
-        batch = pair_batch(run)
+    if run.pairs is not None:  # a pair dataset: its pairs, ranked by their labels
+        batch, step_update = pair_batch(run), pair_update
     else:
-        pool = run.train_prompts
-        prompts = draw_prompts(run, pool, [row_key(p) for p in pool], cfg.train.prompts_per_step)
+        prompts = draw_prompts(run, run.train_prompts, row_key, cfg.train.prompts_per_step)
         spec = cfg.rollout.generate
-        batch = GENERATORS.get(spec.name)(run, prompts, sample, spec.options)
+        batch, step_update = GENERATORS.get(spec.name)(run, prompts, sample, spec.options), rollout_update
     t1 = time.perf_counter()
     broken = gather_all(acc, non_finite_rewards(batch))
     if any(broken):
         metrics = {"train/skipped_steps": 0.0, "reward/non_finite": float(sum(n for b in broken for n in b.values()))}
         reason = "non-finite reward " + ", ".join(sorted({f"{k!r}" for b in broken for k in b}))
     else:
-        metrics = (pair_update if run.pairs is not None else rollout_update)(run, batch)
+        metrics = step_update(run, batch)
         reason = "non-finite loss or gradient"
         trail_old_policy(run, metrics)
     t2 = time.perf_counter()

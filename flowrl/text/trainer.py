@@ -507,8 +507,8 @@ def train_step(run: TextRun) -> dict[str, float]:
     """One iteration: draw prompts, generate, score, advantages, update. Metrics averaged over processes."""
     cfg, acc = run.cfg, run.accelerator
     t0 = time.perf_counter()
-    pool = run.train_rows
-    batch = generate(run, draw_prompts(run, pool, [prompt_key(r["prompt"]) for r in pool], cfg.train.prompts_per_step))
+    rows = draw_prompts(run, run.train_rows, lambda row: prompt_key(row["prompt"]), cfg.train.prompts_per_step)
+    batch = generate(run, rows)
     t1 = time.perf_counter()
     infinite = sum(gather_all(acc, int(torch.isinf(batch.rewards).sum())))  # NaN means "does not apply"
     if infinite:

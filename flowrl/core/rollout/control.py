@@ -4,7 +4,7 @@ A control is registered with its facts and its own options (``@CONTROLS.register
 run (``make_control``); every process holds an identical copy and feeds it the same whole-batch results, so the
 copies stay equal without communication::
 
-    prompts = control.draw(rng, pool, keys, count)     # the iteration's prompts (rng: the run's shared generator)
+    prompts = control.draw(rng, pool, key, count)      # the iteration's prompts (rng: the run's shared generator)
     control.observe(keys, totals, group_id)            # after scoring: each prompt's rewards of this iteration
 
 Every control keeps each prompt's difficulty (``PromptStats``: how often it was drawn, the mean of its groups'
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -65,8 +65,8 @@ class PromptControl:
         self.options = options
         self.stats: dict[str, PromptStats] = {}
 
-    def draw(self, rng: random.Random, pool: Sequence[T], keys: Sequence[str], count: int) -> list[T]:
-        """``min(count, len(pool))`` distinct items of ``pool`` (``keys``: each item's prompt key)."""
+    def draw(self, rng: random.Random, pool: Sequence[T], key: Callable[[T], str], count: int) -> list[T]:
+        """``min(count, len(pool))`` distinct items of ``pool`` (``key``: an item's prompt key, unread here)."""
         return rng.sample(list(pool), min(count, len(pool)))
 
     def observe(self, keys: Sequence[str], totals: Tensor, group_id: Tensor) -> None:
